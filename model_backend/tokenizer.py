@@ -1,0 +1,297 @@
+"""Byte-level BPE tokenizer, built with the `tokenizers` library from GGUF metadata or a tokenizer.json.
+
+Special tokens (end-of-sequence / end-of-turn, FIM, file separators) are discovered from the vocabulary by
+name through the tables below; no token id is hard-coded. `encode` never adds BOS (callers add `bos_id` when
+`add_bos`), and `token_bytes(id)` gives the raw bytes a token stands for, which is what streaming and token
+healing need (a token may hold half of a UTF-8 character).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+
+# --- tables -------------------------------------------------------------------------------------------------
+
+# Tokens that end a completion when the model emits them, besides the file's own EOS.
+END_OF_TURN_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>", "<|im_end|>", "<|end_of_text|>", "<|eot_id|>", "<|end|>", "<|EOT|>", "<EOT>",
+    "<end_of_turn>", "</s>", "<｜end▁of▁sentence｜>",
+)
+
+# Role -> spellings used by the model families we know (StarCoder/SmolLM, Qwen2.5-Coder, CodeLlama, DeepSeek-Coder).
+SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
+    "fim_prefix": ("<fim_prefix>", "<|fim_prefix|>", "<PRE>", "▁<PRE>", "<｜fim▁begin｜>"),
+    "fim_suffix": ("<fim_suffix>", "<|fim_suffix|>", "<SUF>", "▁<SUF>", "<｜fim▁hole｜>"),
+    "fim_middle": ("<fim_middle>", "<|fim_middle|>", "<MID>", "▁<MID>", "<｜fim▁end｜>"),
+    "fim_pad": ("<fim_pad>", "<|fim_pad|>"),
+    "file_sep": ("<file_sep>", "<|file_sep|>"),
+    "repo_name": ("<repo_name>", "<reponame>", "<|repo_name|>"),
+}
+
+# llama.cpp's pre-tokenizer regexes (llama-vocab.cpp), by the GGUF `tokenizer.ggml.pre` name. Each regex splits
+# the pieces the previous one produced, exactly as llama.cpp applies them.
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_STARCODER = (r"\p{N}", _GPT2)
+_DEEPSEEK_CODER = (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}")
+_DEFAULT = (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", "[0-9][0-9][0-9]")
+
+PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
+    "default": _DEFAULT,
+    "gpt-2": (_GPT2,), "gpt2": (_GPT2,), "phi-2": (_GPT2,), "mpt": (_GPT2,), "olmo": (_GPT2,), "jais": (_GPT2,),
+    "starcoder": _STARCODER, "smollm": _STARCODER, "refact": _STARCODER, "command-r": _STARCODER,
+    "codeshell": _STARCODER, "exaone": _STARCODER, "minerva-7b": _STARCODER,
+    "qwen2": (_QWEN2,), "stablelm2": (_QWEN2,), "deepseek-r1-qwen": (_QWEN2,), "megrez": (_QWEN2,),
+    "llama3": (_LLAMA3,), "llama-v3": (_LLAMA3,), "llama-bpe": (_LLAMA3,), "falcon3": (_LLAMA3,),
+    "smaug-bpe": (_LLAMA3,), "dbrx": (_LLAMA3,), "pixtral": (_LLAMA3,),
+    "deepseek-coder": _DEEPSEEK_CODER,
+}
+
+# GGUF token types (gguf.TokenType)
+_CONTROL, _USER_DEFINED = 3, 4
+
+
+class TokenizerError(ValueError):
+    """The tokenizer data is unusable; `weights.load_checkpoint` turns this into a ModelLoadError."""
+
+
+@lru_cache(maxsize=1)
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's printable-character spelling of bytes, inverted: character -> byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def _token_to_bytes(token: str, special: bool) -> bytes:
+    if special:
+        return token.encode("utf-8")
+    table = byte_decoder()
+    try:
+        return bytes(table[ch] for ch in token)
+    except KeyError:  # not spelled in the byte alphabet (an added token such as "<|im_end|>")
+        return token.encode("utf-8")
+
+
+def byte_level_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
+    regexes = PRE_TOKENIZER_REGEXES.get(pre)
+    if regexes is None:
+        raise TokenizerError(f"unknown pre-tokenizer {pre!r} (known: {', '.join(sorted(PRE_TOKENIZER_REGEXES))})")
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
+    return pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+def discover_special(vocab: dict[str, int]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for role, spellings in SPECIAL_TOKENS.items():
+        for s in spellings:
+            if s in vocab:
+                found[role] = vocab[s]
+                break
+    return found
+
+
+def discover_eos(vocab: dict[str, int], eos_id: int | None) -> frozenset[int]:
+    ids = {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
+    if eos_id is not None:
+        ids.add(eos_id)
+    return frozenset(ids)
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` plus what the engine needs: BOS/EOS ids, special roles and token bytes."""
+
+    def __init__(
+        self,
+        tk: tokenizers.Tokenizer,
+        *,
+        bos_id: int | None,
+        add_bos: bool,
+        eos_id: int | None,
+    ) -> None:
+        self.tk = tk
+        vocab = tk.get_vocab(with_added_tokens=True)
+        self.vocab_size: int = max(vocab.values()) + 1 if vocab else 0
+        self.bos_id = bos_id
+        self.add_bos = add_bos
+        self.eos_id = eos_id
+        self.eos_ids: frozenset[int] = discover_eos(vocab, eos_id)
+        self.special: dict[str, int] = discover_special(vocab)
+        # added tokens whose text is literal rather than spelled in the byte alphabet
+        alphabet = set(byte_decoder())
+        self.literal_ids: frozenset[int] = frozenset(
+            i for i, t in tk.get_added_tokens_decoder().items() if t.special or not set(t.content) <= alphabet
+        )
+        pieces: list[str] = [""] * self.vocab_size
+        for token, i in vocab.items():
+            pieces[i] = token
+        self._pieces = pieces
+        self._bytes: list[bytes | None] = [None] * self.vocab_size
+
+    # --- the contract ---------------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tk.decode(list(ids), skip_special_tokens=False)
+
+    def token_bytes(self, id: int) -> bytes:
+        b = self._bytes[id]
+        if b is None:
+            b = _token_to_bytes(self._pieces[id], id in self.literal_ids)
+            self._bytes[id] = b
+        return b
+
+    def all_token_bytes(self) -> list[bytes]:
+        """`token_bytes` for every id (index = id); handy for token healing's prefix constraints."""
+        return [self.token_bytes(i) for i in range(self.vocab_size)]
+
+    def token_text(self, id: int) -> str:
+        return self.token_bytes(id).decode("utf-8", errors="replace")
+
+    def to_json(self) -> str:
+        """Everything needed to rebuild this tokenizer (`from_json`), for the converted-weights cache."""
+        return json.dumps(
+            {
+                "tokenizer": json.loads(self.tk.to_str()),
+                "bos_id": self.bos_id,
+                "add_bos": self.add_bos,
+                "eos_id": self.eos_id,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Tokenizer:
+        d = json.loads(text)
+        tk = tokenizers.Tokenizer.from_str(json.dumps(d["tokenizer"]))
+        return cls(tk, bos_id=d["bos_id"], add_bos=d["add_bos"], eos_id=d["eos_id"])
+
+    # --- constructors ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_gguf(cls, reader: Any) -> Tokenizer:
+        """Build from a `gguf.GGUFReader`'s `tokenizer.ggml.*` metadata (gpt2-style byte-level BPE)."""
+        fields = reader.fields
+
+        def get(key: str, default: Any = None) -> Any:
+            f = fields.get(key)
+            return default if f is None else f.contents()
+
+        model = get("tokenizer.ggml.model")
+        if model is None:
+            raise TokenizerError("no tokenizer in the GGUF metadata (tokenizer.ggml.model missing)")
+        if model != "gpt2":
+            raise TokenizerError(f"unsupported tokenizer model {model!r} (only byte-level BPE 'gpt2' is supported)")
+        tokens: list[str] = get("tokenizer.ggml.tokens") or []
+        merges: list[str] = get("tokenizer.ggml.merges") or []
+        if not tokens or not merges:
+            raise TokenizerError("GGUF tokenizer has no tokens or no merges")
+        types: list[int] = get("tokenizer.ggml.token_type") or [1] * len(tokens)
+        pre = get("tokenizer.ggml.pre", "default")
+        return cls.from_vocab(
+            tokens,
+            merges,
+            types,
+            pre=pre,
+            bos_id=get("tokenizer.ggml.bos_token_id"),
+            eos_id=get("tokenizer.ggml.eos_token_id"),
+            add_bos=bool(get("tokenizer.ggml.add_bos_token", False)),
+        )
+
+    @classmethod
+    def from_vocab(
+        cls,
+        tokens: Sequence[str],
+        merges: Sequence[str],
+        token_types: Sequence[int],
+        *,
+        pre: str,
+        bos_id: int | None,
+        eos_id: int | None,
+        add_bos: bool,
+    ) -> Tokenizer:
+        vocab = {t: i for i, t in enumerate(tokens)}
+        if len(vocab) != len(tokens):
+            raise TokenizerError("duplicate tokens in the vocabulary")
+        pairs = []
+        for m in merges:
+            a, sep, b = m.partition(" ")
+            if not sep:
+                raise TokenizerError(f"malformed merge {m!r}")
+            pairs.append((a, b))
+        tk = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=False))
+        tk.pre_tokenizer = byte_level_pre_tokenizer(pre)
+        tk.decoder = decoders.ByteLevel()
+        control = [
+            AddedToken(t, special=True, normalized=False)
+            for t, ty in zip(tokens, token_types, strict=False)
+            if ty == _CONTROL
+        ]
+        user = [
+            AddedToken(t, special=False, normalized=False)
+            for t, ty in zip(tokens, token_types, strict=False)
+            if ty == _USER_DEFINED
+        ]
+        if control:
+            tk.add_special_tokens(control)
+        if user:
+            tk.add_tokens(user)
+        if bos_id is not None and not 0 <= bos_id < len(tokens):
+            bos_id = None
+        if eos_id is not None and not 0 <= eos_id < len(tokens):
+            eos_id = None
+        return cls(tk, bos_id=bos_id, add_bos=add_bos, eos_id=eos_id)
+
+    @classmethod
+    def from_tokenizer_json(
+        cls, path: str | Path, *, bos_id: int | None = None, eos_id: int | None = None
+    ) -> Tokenizer:
+        """Load a Hugging Face `tokenizer.json`; BOS/EOS come from a sibling tokenizer_config.json when present,
+        else from the ids given (e.g. config.json's `bos_token_id` / `eos_token_id`)."""
+        path = Path(path)
+        try:
+            tk = tokenizers.Tokenizer.from_file(str(path))
+        except FileNotFoundError as e:
+            raise TokenizerError(f"missing tokenizer file {path}") from e
+        except Exception as e:  # tokenizers raises plain Exception on bad JSON
+            raise TokenizerError(f"unreadable tokenizer file {path}: {e}") from e
+        cfg: dict[str, Any] = {}
+        cfg_path = path.with_name("tokenizer_config.json")
+        if cfg_path.is_file():
+            try:
+                cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise TokenizerError(f"unreadable {cfg_path}: {e}") from e
+
+        def token_id(value: Any) -> int | None:
+            if isinstance(value, dict):
+                value = value.get("content")
+            return tk.token_to_id(value) if isinstance(value, str) else None
+
+        bos = token_id(cfg.get("bos_token")) if "bos_token" in cfg else bos_id
+        eos = token_id(cfg.get("eos_token")) if cfg.get("eos_token") else eos_id
+        add_bos = cfg.get("add_bos_token")
+        if add_bos is None:  # a post-processor that inserts BOS means the model was trained with it
+            post = json.loads(tk.to_str()).get("post_processor") or {}
+            single = post.get("single") or []
+            add_bos = bool(bos is not None and single and "SpecialToken" in single[0])
+        return cls(tk, bos_id=bos, add_bos=bool(add_bos), eos_id=eos)
