@@ -1,0 +1,613 @@
+"""The step-based engine: requests -> slots -> batched decode steps -> streamed text.
+
+One thread calls it (the server's worker, or `generate`). Each `step()`:
+  1. admits waiting requests while enough cache slots are free: one prefill per request, reusing the
+     longest cached token prefix of any free slot (LRU), then copying the prompt's KV into the slots of
+     its sibling samples / beams (n samples share one prefill), and samples their first tokens;
+  2. runs ONE batched forward over every other running sequence (rows at different positions) and
+     samples the next token of each.
+Text is decoded from token bytes (an incremental UTF-8 decoder holds back half characters), stop
+strings are matched on that text across token boundaries (text that could begin a stop string is held
+back), and token healing backs off a prompt's last token when the tokenizer could have merged it
+with what follows, constraining the first generated token to start with the removed bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import codecs
+import itertools
+import logging
+import math
+import random
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from model_backend import sampling
+from model_backend.model import Transformer, build_model, quantize_int8
+
+log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 512  # prompt tokens per forward during prefill (bounds the attention scratch memory)
+DEFAULT_MAX_SEQ = 4096  # KV cache length per slot unless asked (and never above the model's context)
+
+
+# -- the public data types (docs/architecture.md) -----------------------------------------------------------
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 -> greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 -> off
+    n: int = 1  # candidates returned
+    best_of: int | None = None  # generate best_of, return the n with the highest mean log-prob
+    beam_width: int = 1  # > 1 -> beam search (length-normalised)
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    token_healing: bool = True
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0 or not math.isfinite(self.temperature):
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be >= n ({self.n})")
+        if self.beam_width < 1:
+            raise ValueError(f"beam_width must be >= 1, got {self.beam_width}")
+        if self.beam_width > 1 and self.n > self.beam_width:
+            raise ValueError(f"n ({self.n}) must be <= beam_width ({self.beam_width})")
+        if any(not isinstance(s, str) or s == "" for s in self.stop):
+            raise ValueError("stop strings must be non-empty strings")
+
+    @property
+    def n_sequences(self) -> int:
+        if self.beam_width > 1:
+            return self.beam_width
+        return self.best_of or self.n
+
+
+@dataclass
+class Candidate:
+    index: int
+    text: str
+    token_ids: list[int]
+    token_logprobs: list[float]
+    tokens: list[str]  # the text of each token
+    mean_logprob: float  # over token_logprobs plus the end-of-sequence token when one ended it
+    finish_reason: str  # "stop" | "length" | "cancelled"
+
+
+@dataclass
+class StepOutput:
+    request_id: str
+    index: int
+    delta: str  # new text (already stop-trimmed; may be "" while a stop string is pending)
+    finished: bool
+    candidate: Candidate | None  # set when finished
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    prompt_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens actually computed (the rest came from the prefix cache)
+    prefix_cache_hits: int = 0
+    prefix_tokens_reused: int = 0
+    shared_prefills: int = 0  # sibling samples / beams that copied a prompt's KV instead of recomputing
+    generated_tokens: int = 0
+    decode_steps: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- internal state ------------------------------------------------------------------------------------------
+
+@dataclass
+class _Seq:
+    index: int
+    slot: int
+    pending: int | None = None  # sampled, not yet in the KV cache
+    ids: list[int] = field(default_factory=list)  # generated (an ending EOS included)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of `text` already streamed
+    strip: bytes = b""  # healed bytes still to drop from the output
+    decoder: Any = None
+    finish_reason: str | None = None
+    ended_by_eos: bool = False
+
+    def total(self) -> float:
+        return sum(self.logprobs)
+
+
+@dataclass
+class _Request:
+    id: str
+    params: SamplingParams
+    prompt: list[int]
+    heal: bytes
+    allowed: torch.Tensor | None
+    generator: torch.Generator
+    seqs: list[_Seq] = field(default_factory=list)
+    beams_finished: list[_Seq] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    fresh: bool = True  # admitted during the current step
+
+    @property
+    def streaming(self) -> bool:
+        p = self.params
+        return p.beam_width == 1 and (p.best_of is None or p.best_of == p.n)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but torch sees no CUDA device (torch build "
+                         f"{torch.__version__})")
+    return torch.device(device)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def stop_holdback(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def find_stop(text: str, stops: list[str]) -> int:
+    """Index where the earliest stop string starts in `text`, or -1."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else -1
+
+
+class Engine:
+    def __init__(self, model: Transformer, tokenizer: Any, config: Any, *, device: torch.device,
+                 max_batch: int = 8, max_seq_len: int | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = device
+        self.max_batch = max_batch
+        self.max_seq_len = min(max_seq_len or DEFAULT_MAX_SEQ, config.context_length)
+        self.stats = EngineStats()
+        model.setup_caches(max_batch, self.max_seq_len)
+        self.eos_ids = frozenset(getattr(tokenizer, "eos_ids", ()) or ())
+        specials = getattr(tokenizer, "special", {}) or {}
+        bos = getattr(tokenizer, "bos_id", None)
+        self._no_heal = set(self.eos_ids) | set(specials.values()) | ({bos} if bos is not None else set())
+        self._slot_tokens: list[list[int]] = [[] for _ in range(max_batch)]
+        self._slot_owner: list[str | None] = [None] * max_batch
+        self._slot_used: list[int] = [0] * max_batch
+        self._clock = itertools.count(1)
+        self._waiting: deque[_Request] = deque()
+        self._running: dict[str, _Request] = {}
+        self._vocab_index: tuple[list[bytes], list[int]] | None = None
+        self._token_text: dict[int, str] = {}
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model: str = "default", *, device: str = "auto", max_batch: int = 8,
+             max_seq_len: int | None = None, quantize: str = "auto", rope_theta: float | None = None,
+             rope_scaling: float | None = None, dtype: str | None = None, cache_dir: Any = None,
+             progress: bool = True) -> Engine:
+        """Load a checkpoint (see weights.resolve_model) onto `device`.
+
+        quantize: "auto" (int8 on CPU, none on CUDA), "int8" or "none". dtype: None picks fp32 on CPU,
+        bf16 (fp16 without bf16 support) on CUDA. rope_theta / rope_scaling override the checkpoint's.
+        """
+        from model_backend.weights import load_checkpoint
+
+        dev = resolve_device(device)
+        if quantize not in ("auto", "int8", "none"):
+            raise ValueError(f"quantize must be auto, int8 or none, got {quantize!r}")
+        ckpt = load_checkpoint(model, cache_dir=cache_dir, progress=progress)
+        return cls.from_checkpoint(ckpt, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
+                                   quantize=quantize, rope_theta=rope_theta, rope_scaling=rope_scaling,
+                                   dtype=dtype)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Any, *, device: torch.device | str = "cpu", max_batch: int = 8,
+                        max_seq_len: int | None = None, quantize: str = "auto",
+                        rope_theta: float | None = None, rope_scaling: float | None = None,
+                        dtype: str | None = None) -> Engine:
+        dev = resolve_device(device) if isinstance(device, str) else device
+        cfg = ckpt.config
+        if rope_theta is not None or rope_scaling is not None:
+            import dataclasses
+
+            cfg = dataclasses.replace(
+                cfg, rope_theta=cfg.rope_theta if rope_theta is None else float(rope_theta),
+                rope_scaling=cfg.rope_scaling if rope_scaling is None else float(rope_scaling))
+        if dtype is None:
+            if dev.type == "cuda":
+                tdtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            else:
+                tdtype = torch.float32
+        else:
+            tdtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                      "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        model = build_model(cfg, ckpt.tensors, device=dev, dtype=tdtype)
+        if quantize == "int8" or (quantize == "auto" and dev.type == "cpu" and tdtype == torch.float32):
+            if dev.type != "cpu":
+                raise ValueError("int8 quantisation is a CPU path; use quantize='none' on CUDA")
+            model = quantize_int8(model)
+        return cls(model, ckpt.tokenizer, cfg, device=dev, max_batch=max_batch, max_seq_len=max_seq_len)
+
+    # -- the API ---------------------------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+        params.validate()
+        if request_id in self._running or any(r.id == request_id for r in self._waiting):
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if params.n_sequences > self.max_batch:
+            raise ValueError(f"request needs {params.n_sequences} sequences but the engine has "
+                             f"{self.max_batch} slots (max_batch)")
+        ids = self._prompt_ids(prompt)
+        heal, allowed = b"", None
+        if params.token_healing:
+            ids, heal, allowed = self._heal(ids)
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed)
+        self._waiting.append(_Request(request_id, params, ids, heal, allowed, gen))
+        self.stats.requests += 1
+
+    def has_unfinished(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def abort(self, request_id: str) -> None:
+        self._waiting = deque(r for r in self._waiting if r.id != request_id)
+        req = self._running.pop(request_id, None)
+        if req is not None:
+            self._free(req)
+
+    def step(self) -> list[StepOutput]:
+        out: list[StepOutput] = []
+        for req in self._running.values():
+            req.fresh = False
+        while self._waiting and self._waiting[0].params.n_sequences <= self._slot_owner.count(None):
+            req = self._waiting.popleft()
+            self._running[req.id] = req
+            out.extend(self._admit(req))
+        out.extend(self._decode())
+        return out
+
+    def generate(self, prompt: str | list[int], params: SamplingParams | None = None) -> list[Candidate]:
+        params = params or SamplingParams()
+        rid = f"generate-{next(self._clock)}"
+        self.add_request(rid, prompt, params)
+        done: dict[int, Candidate] = {}
+        try:
+            while rid in self._running or any(r.id == rid for r in self._waiting):
+                for o in self.step():
+                    if o.request_id == rid and o.candidate is not None:
+                        done[o.index] = o.candidate
+        except BaseException:
+            self.abort(rid)
+            raise
+        return [done[i] for i in sorted(done)]
+
+    # -- prompts, token healing ---------------------------------------------------------------------------------
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        tok = self.tokenizer
+        if isinstance(prompt, str):
+            ids = list(tok.encode(prompt))
+            if getattr(tok, "add_bos", False) and tok.bos_id is not None:
+                ids = [tok.bos_id] + ids
+        else:
+            ids = [int(t) for t in prompt]
+            bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
+            if bad:
+                raise ValueError(f"prompt token ids out of range [0, {self.config.vocab_size}): {bad[:5]}")
+        if not ids:
+            raise ValueError("empty prompt: the model needs at least one token to condition on")
+        if len(ids) >= self.max_seq_len:
+            raise ValueError(f"prompt is {len(ids)} tokens but the context holds {self.max_seq_len} "
+                             f"(model context {self.config.context_length}); shorten the prompt")
+        return ids
+
+    def _vocab(self) -> tuple[list[bytes], list[int]]:
+        if self._vocab_index is None:
+            n = min(self.tokenizer.vocab_size, self.config.vocab_size)
+            pairs = sorted((self.tokenizer.token_bytes(i), i) for i in range(n) if i not in self._no_heal)
+            self._vocab_index = ([b for b, _ in pairs], [i for _, i in pairs])
+        return self._vocab_index
+
+    def tokens_starting_with(self, prefix: bytes) -> list[int]:
+        keys, ids = self._vocab()
+        lo = bisect.bisect_left(keys, prefix)
+        hi = lo
+        while hi < len(keys) and keys[hi].startswith(prefix):
+            hi += 1
+        return ids[lo:hi]
+
+    def _heal(self, ids: list[int]) -> tuple[list[int], bytes, torch.Tensor | None]:
+        """Back off the last prompt token when some other token extends it; see the module docstring."""
+        if len(ids) < 2 or ids[-1] in self._no_heal:
+            return ids, b"", None
+        removed = self.tokenizer.token_bytes(ids[-1])
+        if not removed:
+            return ids, b"", None
+        options = self.tokens_starting_with(removed)
+        if len(options) <= 1:
+            return ids, b"", None
+        return ids[:-1], removed, torch.tensor(options, device=self.device)
+
+    # -- slots ---------------------------------------------------------------------------------------------------
+    def _free(self, req: _Request) -> None:
+        for s in req.slots:
+            if self._slot_owner[s] == req.id:
+                self._slot_owner[s] = None
+                self._slot_used[s] = next(self._clock)
+        req.slots = []
+
+    def _pick_slots(self, req: _Request) -> tuple[list[int], int]:
+        """Slots for a request (first = the prefill slot, the free slot with the longest shared prefix)."""
+        free = [s for s in range(self.max_batch) if self._slot_owner[s] is None]
+        best, best_len = None, 0
+        for s in free:
+            c = common_prefix(self._slot_tokens[s], req.prompt)
+            if c > best_len:
+                best, best_len = s, c
+        lru = sorted(free, key=lambda s: self._slot_used[s])
+        if best is None:
+            best = lru[0]
+        rest = [s for s in lru if s != best][: req.params.n_sequences - 1]
+        return [best] + rest, best_len
+
+    def _forward(self, tokens: list[list[int]], start: list[int], slots: list[int]) -> torch.Tensor:
+        x = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        return self.model(x, start, slots)
+
+    # -- admission: prefill + first tokens ---------------------------------------------------------------------------
+    def _admit(self, req: _Request) -> list[StepOutput]:
+        t0 = time.perf_counter()
+        slots, reuse = self._pick_slots(req)
+        for s in slots:
+            self._slot_owner[s] = req.id
+        req.slots = slots
+        ids = req.prompt
+        reuse = min(reuse, len(ids) - 1)  # always compute >= 1 token: its logits start the generation
+        if reuse > 0:
+            self.stats.prefix_cache_hits += 1
+            self.stats.prefix_tokens_reused += reuse
+        self.stats.prompt_tokens += len(ids)
+        self.stats.prefill_tokens += len(ids) - reuse
+        main = slots[0]
+        logits = None
+        for a in range(reuse, len(ids), PREFILL_CHUNK):
+            chunk = ids[a:a + PREFILL_CHUNK]
+            logits = self._forward([chunk], [a], [main])
+        assert logits is not None
+        self._slot_tokens[main] = list(ids)
+        for s in slots[1:] if req.params.beam_width == 1 else ():  # n samples share the one prefill
+            self.model.copy_slot(main, s, len(ids))
+            self._slot_tokens[s] = list(ids)
+            self.stats.shared_prefills += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.stats.prefill_seconds += time.perf_counter() - t0
+        req.seqs = [self._new_seq(req, i, s) for i, s in enumerate(slots)]
+        lp = sampling.log_probs(logits[0])
+        if req.params.beam_width > 1:
+            return self._beam_step(req, lp.unsqueeze(0), [req.seqs[0]])
+        out = []
+        for seq in req.seqs:
+            token, logprob = self._sample(req, seq, logits[0], lp)
+            out.extend(self._accept(req, seq, token, logprob))
+        return out + self._finish_if_done(req)
+
+    def _new_seq(self, req: _Request, index: int, slot: int) -> _Seq:
+        return _Seq(index=index, slot=slot, strip=req.heal,
+                    decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    def _sample(self, req: _Request, seq: _Seq, logits: torch.Tensor, lp: torch.Tensor) -> tuple[int, float]:
+        p = req.params
+        allowed = req.allowed if not seq.ids else None  # token healing constrains the first token
+        if allowed is not None:
+            constrained = sampling.apply_allowed(logits, allowed)
+        else:
+            constrained = logits
+        if p.temperature <= 0:
+            token = int(torch.argmax(constrained).item())
+        else:
+            cand, probs = sampling.candidate_set(constrained, p.temperature, p.top_k, p.top_p)
+            token = int(cand[torch.multinomial(probs, 1, generator=req.generator)].item())
+        return token, float(lp[token].item())
+
+    # -- one decode step for every running sequence --------------------------------------------------------------
+    def _decode(self) -> list[StepOutput]:
+        rows = [(req, seq) for req in self._running.values() if not req.fresh
+                for seq in req.seqs if seq.pending is not None and seq.finish_reason is None]
+        if not rows:
+            return []
+        rows.sort(key=lambda r: r[1].slot)
+        t0 = time.perf_counter()
+        tokens = [[seq.pending] for _, seq in rows]
+        start = [len(self._slot_tokens[seq.slot]) for _, seq in rows]
+        slots = [seq.slot for _, seq in rows]
+        logits = self._forward(tokens, start, slots)
+        for _, seq in rows:
+            self._slot_tokens[seq.slot].append(seq.pending)  # type: ignore[arg-type]
+            seq.pending = None
+        lps = sampling.log_probs(logits)
+        out: list[StepOutput] = []
+        by_req: dict[str, list[int]] = {}
+        for i, (req, _) in enumerate(rows):
+            by_req.setdefault(req.id, []).append(i)
+        for rid, idx in by_req.items():
+            req = self._running[rid]
+            if req.params.beam_width > 1:
+                out.extend(self._beam_step(req, lps[idx], [rows[i][1] for i in idx]))
+                continue
+            for i in idx:
+                seq = rows[i][1]
+                token, logprob = self._sample(req, seq, logits[i], lps[i])
+                out.extend(self._accept(req, seq, token, logprob))
+            out.extend(self._finish_if_done(req))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.stats.decode_seconds += time.perf_counter() - t0
+        self.stats.decode_steps += 1
+        return out
+
+    # -- text, stop strings, finishing ---------------------------------------------------------------------------
+    def token_text(self, token: int) -> str:
+        text = self._token_text.get(token)
+        if text is None:
+            text = self.tokenizer.token_bytes(token).decode("utf-8", errors="replace")
+            self._token_text[token] = text
+        return text
+
+    def _push_text(self, seq: _Seq, token: int) -> None:
+        data = self.tokenizer.token_bytes(token)
+        if seq.strip:
+            n = min(len(seq.strip), len(data))
+            data, seq.strip = data[n:], seq.strip[n:]
+        seq.text += seq.decoder.decode(data)
+
+    def _accept(self, req: _Request, seq: _Seq, token: int, logprob: float) -> list[StepOutput]:
+        """Record a sampled token for a sampling sequence; return its stream output."""
+        p = req.params
+        seq.ids.append(token)
+        seq.logprobs.append(logprob)
+        self.stats.generated_tokens += 1
+        if token in self.eos_ids:
+            seq.ended_by_eos = True
+            self._end(seq, "stop")
+        else:
+            self._push_text(seq, token)
+            cut = find_stop(seq.text, p.stop) if p.stop else -1
+            if cut >= 0:
+                seq.text = seq.text[:cut]
+                self._end(seq, "stop")
+            elif len(seq.ids) >= p.max_tokens or len(req.prompt) + len(seq.ids) >= self.max_seq_len:
+                self._end(seq, "length")
+            else:
+                seq.pending = token
+        if seq.finish_reason is None:
+            safe = len(seq.text) - (stop_holdback(seq.text, p.stop) if p.stop else 0)
+        else:
+            safe = len(seq.text)
+        delta = seq.text[seq.emitted:max(safe, seq.emitted)]
+        seq.emitted = max(safe, seq.emitted)
+        if not req.streaming:
+            return []
+        cand = self._candidate(seq, seq.index) if seq.finish_reason else None
+        return [StepOutput(req.id, seq.index, delta, seq.finish_reason is not None, cand)]
+
+    def _end(self, seq: _Seq, reason: str) -> None:
+        if reason == "length":
+            tail = seq.decoder.decode(b"", final=True)
+            seq.text += tail
+        seq.finish_reason = reason
+        seq.pending = None
+
+    def _candidate(self, seq: _Seq, index: int) -> Candidate:
+        ids, lps = list(seq.ids), list(seq.logprobs)
+        mean = sum(lps) / len(lps) if lps else 0.0
+        if seq.ended_by_eos:
+            ids, lps = ids[:-1], lps[:-1]
+        return Candidate(index=index, text=seq.text, token_ids=ids, token_logprobs=lps,
+                         tokens=[self.token_text(t) for t in ids], mean_logprob=mean,
+                         finish_reason=seq.finish_reason or "length")
+
+    def _finish_if_done(self, req: _Request) -> list[StepOutput]:
+        if any(s.finish_reason is None for s in req.seqs):
+            return []
+        self._running.pop(req.id, None)
+        self._free(req)
+        if req.streaming:
+            return []
+        ranked = sorted(req.seqs, key=lambda s: self._candidate(s, 0).mean_logprob, reverse=True)
+        return [StepOutput(req.id, i, s.text, True, self._candidate(s, i))
+                for i, s in enumerate(ranked[: req.params.n])]
+
+    # -- beam search -----------------------------------------------------------------------------------------
+    def _beam_step(self, req: _Request, lps: torch.Tensor, beams: list[_Seq]) -> list[StepOutput]:
+        """Expand the alive beams (rows of `lps`), keep the best `width`, move their KV into the slots."""
+        p = req.params
+        width = p.beam_width
+        first = all(not b.ids for b in beams)
+        totals = torch.tensor([b.total() for b in beams], device=lps.device)
+        cands = sampling.beam_candidates(lps, totals, width, req.allowed if first else None)
+        length = len(self._slot_tokens[beams[0].slot])
+        alive: list[_Seq] = []
+        parents: list[int] = []
+        for parent, token, logprob in cands:
+            src = beams[parent]
+            hyp = self._new_seq(req, 0, src.slot)
+            hyp.ids, hyp.logprobs = src.ids + [token], src.logprobs + [logprob]
+            for t in hyp.ids:
+                if t in self.eos_ids:
+                    hyp.ended_by_eos = True
+                    break
+                self._push_text(hyp, t)
+            cut = find_stop(hyp.text, p.stop) if p.stop else -1
+            if hyp.ended_by_eos or cut >= 0:
+                if cut >= 0:
+                    hyp.text = hyp.text[:cut]
+                hyp.finish_reason = "stop"
+                req.beams_finished.append(hyp)
+                continue
+            if len(hyp.ids) >= p.max_tokens or length + 1 >= self.max_seq_len:
+                hyp.text += hyp.decoder.decode(b"", final=True)
+                hyp.finish_reason = "length"
+                req.beams_finished.append(hyp)
+                continue
+            alive.append(hyp)
+            parents.append(src.slot)
+            self.stats.generated_tokens += 1
+            if len(alive) == width:
+                break
+        slots = req.slots[: len(alive)]
+        self.model.reorder_slots(parents, slots, length)
+        parent_tokens = [list(self._slot_tokens[s]) for s in parents]
+        for hyp, slot, toks in zip(alive, slots, parent_tokens, strict=True):
+            hyp.slot = slot
+            hyp.pending = hyp.ids[-1]
+            self._slot_tokens[slot] = toks
+        req.seqs = alive
+        if not sampling.beam_done(self._as_hyps(req.beams_finished), self._as_hyps(alive), width):
+            return []
+        self._running.pop(req.id, None)
+        self._free(req)
+        for hyp in alive:
+            hyp.text += hyp.decoder.decode(b"", final=True)
+            hyp.finish_reason = "length"
+        everyone = req.beams_finished + alive
+        ranked = sorted(everyone, key=lambda h: self._candidate(h, 0).mean_logprob, reverse=True)
+        return [StepOutput(req.id, i, h.text, True, self._candidate(h, i)) for i, h in enumerate(ranked[: p.n])]
+
+    @staticmethod
+    def _as_hyps(seqs: list[_Seq]) -> list[sampling.Hypothesis]:
+        return [sampling.Hypothesis(s.ids, s.logprobs) for s in seqs]
