@@ -1,0 +1,158 @@
+--- copilot-ls for Neovim: ghost-text completions from a local model through the `copilot-ls` language server.
+---
+---   require('copilot_ls').setup({ settings = { backendUrl = 'http://127.0.0.1:8765' } })
+---
+--- Neovim 0.12+ (vim.lsp.inline_completion): Neovim's own inline completion, enabled for our server.
+--- Neovim 0.10/0.11: our own ghost text (ghost.lua). Both get the same keys and bookkeeping.
+local client_mod = require('copilot_ls.client')
+local config = require('copilot_ls.config')
+
+local api = vim.api
+local M = {}
+
+--- The resolved options and the path in use ('native' or 'ghost'); nil until setup().
+M.config = nil
+M.path = nil
+
+local attached = {} ---@type table<integer, boolean>
+
+local function impl()
+  return require('copilot_ls.' .. M.path)
+end
+
+--- Shape the user's settings for the server: initializationOptions carry them as they are; the
+--- workspace/didChangeConfiguration and workspace/configuration payloads nest them under "copilot-ls".
+local function with_settings(cfg)
+  cfg.init_options = vim.deepcopy(cfg.settings)
+  cfg.lsp_settings = { ['copilot-ls'] = vim.deepcopy(cfg.settings) }
+  return cfg
+end
+
+local function feed(key)
+  api.nvim_feedkeys(api.nvim_replace_termcodes(key, true, false, true), 'in', false)
+end
+
+local function map_keys(bufnr)
+  local keys = M.config.keys
+  local function map(name, fn, desc)
+    if keys[name] then
+      vim.keymap.set('i', keys[name], fn, { buffer = bufnr, desc = desc, silent = true })
+    end
+  end
+  map('accept', function()
+    if vim.fn.pumvisible() == 1 or not impl().accept(bufnr) then
+      feed(keys.accept)
+    end
+  end, 'copilot-ls: accept the suggestion')
+  map('dismiss', function()
+    if not impl().dismiss(bufnr) then
+      feed(keys.dismiss)
+    end
+  end, 'copilot-ls: dismiss the suggestion')
+  map('next', function()
+    impl().cycle(bufnr, 1)
+  end, 'copilot-ls: next suggestion')
+  map('prev', function()
+    impl().cycle(bufnr, -1)
+  end, 'copilot-ls: previous suggestion')
+end
+
+local function on_attach(bufnr)
+  if attached[bufnr] then
+    return
+  end
+  attached[bufnr] = true
+  impl().attach(bufnr)
+  map_keys(bufnr)
+end
+
+local function on_detach(bufnr)
+  if not attached[bufnr] then
+    return
+  end
+  attached[bufnr] = nil
+  impl().detach(bufnr)
+  for _, name in ipairs({ 'accept', 'dismiss', 'next', 'prev' }) do
+    local key = M.config.keys[name]
+    if key then
+      pcall(vim.keymap.del, 'i', key, { buffer = bufnr })
+    end
+  end
+end
+
+--- Configure and start. Options: see config.lua (cmd, filetypes, root_markers, settings, mode, debounce_ms,
+--- keys). Calling it again replaces the options (the server gets the new settings).
+function M.setup(opts)
+  local cfg = with_settings(config.resolve(opts))
+  local path = config.path(cfg.mode)
+  if M.config then
+    M.config = cfg
+    client_mod.update_settings(cfg)
+    return
+  end
+  M.config, M.path = cfg, path
+  require('copilot_ls.ghost').debounce_ms = cfg.debounce_ms
+
+  local group = api.nvim_create_augroup('copilot_ls', { clear = true })
+  api.nvim_create_autocmd('LspAttach', {
+    group = group,
+    callback = function(args)
+      local client = vim.lsp.get_client_by_id(args.data.client_id)
+      if client and client.name == client_mod.name then
+        on_attach(args.buf)
+      end
+    end,
+  })
+  api.nvim_create_autocmd('LspDetach', {
+    group = group,
+    callback = function(args)
+      local client = vim.lsp.get_client_by_id(args.data.client_id)
+      if client and client.name == client_mod.name then
+        on_detach(args.buf)
+      end
+    end,
+  })
+  client_mod.start(cfg)
+end
+
+--- Replace some settings (merged into the current ones) and send them to the running server.
+function M.set_settings(settings)
+  if not M.config then
+    error('copilot_ls: call setup() first', 0)
+  end
+  M.config.settings = vim.tbl_deep_extend('force', M.config.settings, settings or {})
+  with_settings(M.config)
+  client_mod.update_settings(M.config)
+end
+
+--- Accept / dismiss / cycle the suggestion of the current buffer (what the keys do). accept and dismiss
+--- return false when nothing is shown.
+function M.accept()
+  return M.path ~= nil and impl().accept(api.nvim_get_current_buf())
+end
+
+function M.dismiss()
+  return M.path ~= nil and impl().dismiss(api.nvim_get_current_buf())
+end
+
+function M.cycle(delta)
+  if M.path then
+    impl().cycle(api.nvim_get_current_buf(), delta or 1)
+  end
+end
+
+--- Whether a suggestion is shown in `bufnr` (default: current), and its text still to be inserted.
+function M.visible(bufnr)
+  return M.path ~= nil and impl().visible(bufnr or api.nvim_get_current_buf())
+end
+
+function M.current_text(bufnr)
+  return M.path ~= nil and impl().current_text(bufnr or api.nvim_get_current_buf()) or nil
+end
+
+--- Stop the server (and wait for it to exit, at most `timeout_ms`).
+function M.stop(timeout_ms)
+  client_mod.stop(timeout_ms)
+end
+
+return M

@@ -1,0 +1,45 @@
+--- Accept / dismiss bookkeeping through workspace/executeCommand (the server counts them locally; nothing
+--- leaves the machine). copilot-ls gives each item the command { "copilot-ls.accepted", { item_id } }.
+local client_mod = require('copilot_ls.client')
+
+local M = {}
+
+M.commands = { accepted = 'copilot-ls.accepted', rejected = 'copilot-ls.rejected' }
+
+local function supports(client, name)
+  local provider = client.server_capabilities and client.server_capabilities.executeCommandProvider
+  return type(provider) == 'table' and vim.tbl_contains(provider.commands or {}, name)
+end
+
+local function execute(client, bufnr, command, arguments)
+  client_mod.request(client, 'workspace/executeCommand', {
+    command = command,
+    arguments = arguments,
+  }, function() end, bufnr)
+end
+
+--- The server's id of `item` (the argument of its accepted command), if it has one.
+local function item_id(item)
+  local cmd = item.command
+  if type(cmd) == 'table' and cmd.command == M.commands.accepted and type(cmd.arguments) == 'table' then
+    return cmd.arguments[1]
+  end
+end
+
+--- The user accepted `item` (an LSP InlineCompletionItem): run the item's own command, as VS Code does.
+function M.accepted(client, bufnr, item)
+  local cmd = item.command
+  if type(cmd) == 'table' and type(cmd.command) == 'string' then
+    execute(client, bufnr, cmd.command, cmd.arguments)
+  end
+end
+
+--- The user dismissed `item`: report it with our rejected command.
+function M.rejected(client, bufnr, item)
+  local id = item_id(item)
+  if id ~= nil and supports(client, M.commands.rejected) then
+    execute(client, bufnr, M.commands.rejected, { id })
+  end
+end
+
+return M

@@ -1,0 +1,203 @@
+-- Drives a headless Neovim through one scenario with the copilot_ls plugin; run by test_neovim_e2e.py as
+--   nvim --headless --clean -n -c 'luafile tests/editors/nvim/e2e.lua' test_lib.py
+-- Input (environment): COPILOT_LS_PLUGIN (editors/neovim), COPILOT_LS_CMD and COPILOT_LS_SETTINGS (JSON),
+-- COPILOT_LS_MODE, COPILOT_LS_SCENARIO (accept | dismiss | dead_backend | health), COPILOT_LS_TIMEOUT_MS,
+-- COPILOT_LS_RESULT (where the JSON result goes). Output: that JSON file; exit code 0 unless it crashed.
+local env = vim.env
+local api = vim.api
+
+vim.g.loaded_python3_provider = 0
+vim.o.showmode = false
+vim.o.swapfile = false
+vim.opt.shortmess:append('I')
+vim.opt.runtimepath:prepend(env.COPILOT_LS_PLUGIN)
+vim.cmd('runtime! plugin/copilot_ls.lua')
+
+local timeout_ms = tonumber(env.COPILOT_LS_TIMEOUT_MS or '90000')
+local scenario = env.COPILOT_LS_SCENARIO
+local result = { scenario = scenario, version = tostring(vim.version()), events = {}, messages = {} }
+local t0 = vim.uv.hrtime()
+
+local function event(name, extra)
+  local e = { name = name, ms = math.floor((vim.uv.hrtime() - t0) / 1e6) }
+  for k, v in pairs(extra or {}) do
+    e[k] = v
+  end
+  table.insert(result.events, e)
+end
+
+local function finish(err)
+  if err then
+    result.error = tostring(err)
+  end
+  pcall(function()
+    result.lines = api.nvim_buf_get_lines(0, 0, -1, false)
+  end)
+  pcall(require('copilot_ls').stop, 3000)
+  local f = assert(io.open(env.COPILOT_LS_RESULT, 'w'))
+  f:write(vim.json.encode(result))
+  f:close()
+  vim.cmd('qa!')
+end
+
+-- window/showMessage from the server (e.g. "backend down") are kept for the test to read.
+local show = vim.lsp.handlers['window/showMessage']
+vim.lsp.handlers['window/showMessage'] = function(err, params, ctx, ...)
+  table.insert(result.messages, params and params.message or '')
+  return show(err, params, ctx, ...)
+end
+
+local co
+local function sleep(ms)
+  vim.defer_fn(function()
+    local ok, err = coroutine.resume(co)
+    if not ok then
+      finish(debug.traceback(co, err))
+    end
+  end, ms)
+  coroutine.yield()
+end
+
+local function wait_until(what, pred, ms)
+  local deadline = vim.uv.now() + (ms or timeout_ms)
+  while vim.uv.now() < deadline do
+    local ok, v = pcall(pred)
+    if ok and v then
+      return v
+    end
+    sleep(25)
+  end
+  error('timed out waiting for ' .. what, 0)
+end
+
+local function feed(keys, flags)
+  api.nvim_feedkeys(api.nvim_replace_termcodes(keys, true, false, true), flags, false)
+end
+
+local function line(row)
+  return api.nvim_buf_get_lines(0, row, row + 1, false)[1]
+end
+
+local function status_of_server()
+  local client = require('copilot_ls.client').get(0)
+  local provider = client and client.server_capabilities.executeCommandProvider
+  local commands = provider and provider.commands or {}
+  result.server_commands = commands
+  for _, name in ipairs(commands) do
+    if name:match('status$') then
+      local reply = client:request_sync('workspace/executeCommand', { command = name, arguments = {} }, 5000, 0)
+      result.status = reply and (reply.result or reply.err)
+      return
+    end
+  end
+end
+
+local function type_test()
+  -- What the user types, at the end of test_lib.py: a test function, then an assert to complete.
+  vim.bo.autoindent, vim.bo.indentexpr, vim.bo.smartindent = false, '', false
+  local last = api.nvim_buf_line_count(0)
+  api.nvim_win_set_cursor(0, { last, 0 })
+  result.row = last - 1 -- 0-based row of the def line
+  result.typed = { 'def test_common_prefix():', '    assert common_prefix(' }
+  feed('i' .. result.typed[1] .. '<CR>' .. result.typed[2], 'nt')
+  wait_until('the typed text', function()
+    return line(result.row + 1) == result.typed[2] and api.nvim_get_mode().mode == 'i'
+  end, 10000)
+  event('typed')
+end
+
+local scenarios = {}
+
+function scenarios.accept(plugin)
+  type_test()
+  result.ghost = wait_until('ghost text', function()
+    return plugin.visible() and plugin.current_text()
+  end)
+  event('ghost', { text = result.ghost })
+  feed('<Tab>', 'mt')
+  wait_until('the suggestion in the buffer', function()
+    return line(result.row + 1) ~= result.typed[2]
+  end, 10000)
+  event('accepted')
+  result.after_accept = api.nvim_buf_get_lines(0, result.row, -1, false)
+  feed('<Esc>', 'nt')
+  wait_until('normal mode', function()
+    return api.nvim_get_mode().mode == 'n'
+  end, 5000)
+  sleep(300) -- let the bookkeeping command reach the server
+  status_of_server()
+end
+
+function scenarios.dismiss(plugin)
+  type_test()
+  result.ghost = wait_until('ghost text', function()
+    return plugin.visible() and plugin.current_text()
+  end)
+  event('ghost', { text = result.ghost })
+  feed('<C-]>', 'mt')
+  wait_until('the ghost text to go', function()
+    return not plugin.visible()
+  end, 5000)
+  event('dismissed')
+  result.after_dismiss = api.nvim_buf_get_lines(0, result.row, -1, false)
+  feed('<Esc>', 'nt')
+  sleep(300)
+  status_of_server()
+end
+
+function scenarios.dead_backend(plugin)
+  type_test()
+  -- Give the server time to try the dead backend; nothing may show, and editing must go on as usual.
+  local deadline = vim.uv.now() + tonumber(env.COPILOT_LS_DEAD_WAIT_MS or '4000')
+  while vim.uv.now() < deadline do
+    if plugin.visible() then
+      result.ghost = plugin.current_text()
+    end
+    sleep(50)
+  end
+  feed('"ab", "ac")<Tab>== "a"<Esc>', 'mt')
+  wait_until('normal mode', function()
+    return api.nvim_get_mode().mode == 'n'
+  end, 10000)
+  event('typed_more')
+  result.after_typing = api.nvim_buf_get_lines(0, result.row, -1, false)
+  result.client_alive = require('copilot_ls.client').get(0) ~= nil
+  feed('u', 'nt') -- undo still works
+  sleep(100)
+  result.after_undo = api.nvim_buf_get_lines(0, result.row, -1, false)
+end
+
+function scenarios.health()
+  vim.cmd('checkhealth copilot_ls')
+  result.health = api.nvim_buf_get_lines(0, 0, -1, false)
+  vim.cmd('bwipeout!')
+end
+
+co = coroutine.create(function()
+  local plugin = require('copilot_ls')
+  plugin.setup({
+    cmd = vim.json.decode(env.COPILOT_LS_CMD),
+    settings = vim.json.decode(env.COPILOT_LS_SETTINGS or '{}'),
+    mode = env.COPILOT_LS_MODE or 'auto',
+  })
+  result.path = plugin.path
+  if scenario ~= 'health' then
+    vim.cmd('edit ' .. vim.fn.fnameescape(env.COPILOT_LS_FILE))
+    wait_until('the server to attach', function()
+      local c = require('copilot_ls.client').get(0)
+      return c and c.initialized
+    end, 30000)
+    event('attached')
+  end
+  scenarios[scenario](plugin)
+  finish()
+end)
+
+vim.defer_fn(function()
+  finish('scenario did not finish within the deadline')
+end, timeout_ms + 30000)
+
+local ok, err = coroutine.resume(co)
+if not ok then
+  finish(debug.traceback(co, err))
+end
