@@ -1,0 +1,253 @@
+"""engine.py on tiny random models (through the real loader and tokenizer) and on the default GGUF."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from model_backend.engine import Engine, SamplingParams, find_stop, stop_holdback
+
+PROMPT = "def fibonacci(n):\n    return"
+
+
+def greedy(**kw) -> SamplingParams:
+    kw.setdefault("max_tokens", 12)
+    return SamplingParams(temperature=0.0, token_healing=kw.pop("token_healing", False), **kw)
+
+
+def model_logprobs(engine: Engine, prompt_ids: list[int], generated: list[int]) -> list[float]:
+    """Log-probs of `generated` after `prompt_ids` by one full forward (a spare slot, no cache reuse)."""
+    seq = torch.tensor([prompt_ids + generated])
+    slot = engine.max_batch - 1
+    logits = engine.model(seq, [0], [slot], all_logits=True)[0]
+    lp = torch.log_softmax(logits, dim=-1)
+    n = len(prompt_ids)
+    return [lp[n - 1 + i, t].item() for i, t in enumerate(generated)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "starcoder2"])
+def test_greedy_matches_transformers_generate(arch, tiny_engine, tiny_hf):
+    engine = tiny_engine(arch)
+    ref, _, _ = tiny_hf(arch)
+    ids = engine.tokenizer.encode(PROMPT)
+    [cand] = engine.generate(ids, greedy(max_tokens=10))
+    with torch.no_grad():
+        out = ref.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)
+    want = out[0, len(ids):].tolist()
+    eos = engine.tokenizer.eos_ids
+    got = cand.token_ids + ([next(iter(eos))] if cand.finish_reason == "stop" else [])
+    assert got == want[:len(got)]
+    assert cand.text == engine.tokenizer.decode(cand.token_ids)
+
+
+def test_logprobs_are_the_model_s(tiny_engine):
+    engine = tiny_engine("qwen2")
+    ids = engine.tokenizer.encode(PROMPT)
+    [cand] = engine.generate(ids, SamplingParams(max_tokens=8, temperature=1.0, seed=3, token_healing=False))
+    want = model_logprobs(engine, ids, cand.token_ids)
+    assert cand.token_logprobs == pytest.approx(want, abs=1e-4)
+    if cand.finish_reason == "length":
+        assert cand.mean_logprob == pytest.approx(sum(want) / len(want), abs=1e-4)
+
+
+def test_max_tokens_and_finish_reason(tiny_engine):
+    engine = tiny_engine()
+    [cand] = engine.generate(PROMPT, greedy(max_tokens=5))
+    assert cand.finish_reason in ("length", "stop")
+    if cand.finish_reason == "length":
+        assert len(cand.token_ids) == 5
+
+
+def test_same_seed_same_samples_and_n_share_one_prefill(tiny_engine):
+    engine = tiny_engine(max_batch=4)
+    params = SamplingParams(max_tokens=8, temperature=1.0, n=3, seed=7, token_healing=False)
+    before = engine.stats.prefill_tokens
+    a = engine.generate("x = [1, 2, 3]\nfor i in", params)
+    prompt_len = len(engine.tokenizer.encode("x = [1, 2, 3]\nfor i in"))
+    assert engine.stats.prefill_tokens - before == prompt_len  # one prefill for 3 samples
+    assert engine.stats.shared_prefills >= 2
+    engine2 = tiny_engine(max_batch=4)
+    b = engine2.generate("x = [1, 2, 3]\nfor i in", params)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    assert len({tuple(c.token_ids) for c in a}) > 1  # siblings sample independently
+    # each sibling's log-probs are those of the full model: the copied KV is right
+    ids = engine.tokenizer.encode("x = [1, 2, 3]\nfor i in")
+    for c in a:
+        assert c.token_logprobs == pytest.approx(model_logprobs(engine, ids, c.token_ids), abs=1e-4)
+
+
+def test_best_of_returns_the_top_n_by_mean_logprob(tiny_engine):
+    engine = tiny_engine(max_batch=4)
+    cands = engine.generate(PROMPT, SamplingParams(max_tokens=6, temperature=1.0, n=2, best_of=4, seed=1))
+    assert len(cands) == 2
+    assert [c.index for c in cands] == [0, 1]
+    assert cands[0].mean_logprob >= cands[1].mean_logprob
+
+
+def test_prefix_reuse_prefills_only_new_tokens_and_gives_identical_output(tiny_engine):
+    engine = tiny_engine(max_batch=2)
+    base = "int main(void) { return 0; }\nint main(void) { return 0; }\nint maers"
+    engine.generate(base, greedy(max_tokens=4))
+    longer = base + " WHERE id"
+    n_base = len(engine.tokenizer.encode(base))
+    n_longer = len(engine.tokenizer.encode(longer))
+    before = engine.stats.prefill_tokens
+    hits = engine.stats.prefix_cache_hits
+    [warm] = engine.generate(longer, greedy(max_tokens=8))
+    assert engine.stats.prefix_cache_hits == hits + 1
+    computed = engine.stats.prefill_tokens - before
+    assert computed <= n_longer - n_base + 2  # only the new tokens (+ a re-tokenised boundary)
+    [cold] = tiny_engine(max_batch=2).generate(longer, greedy(max_tokens=8))
+    assert warm.token_ids == cold.token_ids
+    assert warm.token_logprobs == pytest.approx(cold.token_logprobs, abs=1e-4)
+
+
+def test_concurrent_requests_batch_like_each_alone(tiny_engine):
+    engine = tiny_engine(max_batch=4)
+    prompts = ["SELECT name", "The quick brown fox jumps over", "int main(void) {"]
+    alone = [tiny_engine(max_batch=4).generate(p, greedy(max_tokens=9))[0].token_ids for p in prompts]
+    for i, p in enumerate(prompts):
+        engine.add_request(f"r{i}", p, greedy(max_tokens=9))
+    texts: dict[str, str] = {}
+    done: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        for o in engine.step():
+            texts[o.request_id] = texts.get(o.request_id, "") + o.delta
+            if o.finished:
+                done[o.request_id] = o.candidate.token_ids
+                assert texts[o.request_id] == o.candidate.text  # the stream adds up to the text
+    assert [done[f"r{i}"] for i in range(3)] == alone
+
+
+def test_abort_frees_slots(tiny_engine):
+    engine = tiny_engine(max_batch=2)
+    engine.add_request("a", PROMPT, greedy(max_tokens=50))
+    engine.step()
+    assert engine.has_unfinished()
+    engine.abort("a")
+    assert not engine.has_unfinished()
+    engine.abort("never-existed")  # harmless
+    assert len(engine.generate(PROMPT, SamplingParams(max_tokens=3, n=2, seed=0))) == 2
+
+
+def test_beam_width_one_is_greedy(tiny_engine):
+    engine = tiny_engine()
+    [g] = engine.generate(PROMPT, greedy(max_tokens=10))
+    [b] = engine.generate(PROMPT, greedy(max_tokens=10, beam_width=1))
+    [b1] = engine.generate(PROMPT, SamplingParams(max_tokens=10, temperature=0.0, beam_width=1, n=1,
+                                                  token_healing=False))
+    assert g.token_ids == b.token_ids == b1.token_ids
+
+
+def test_beam_search_candidates(tiny_engine):
+    engine = tiny_engine(max_batch=4)
+    cands = engine.generate(PROMPT, greedy(max_tokens=6, beam_width=3, n=3))
+    assert len(cands) == 3
+    assert len({tuple(c.token_ids) for c in cands}) == 3
+    means = [c.mean_logprob for c in cands]
+    assert means == sorted(means, reverse=True)
+    ids = engine.tokenizer.encode(PROMPT)
+    for c in cands:  # the KV reordering between beams keeps every beam's log-probs exact
+        assert c.token_logprobs == pytest.approx(model_logprobs(engine, ids, c.token_ids), abs=1e-4)
+    [g] = engine.generate(PROMPT, greedy(max_tokens=6))
+    if g.finish_reason == "length" and cands[0].finish_reason == "length":
+        assert sum(cands[0].token_logprobs) >= sum(g.token_logprobs) - 1e-4
+
+
+def test_prompt_over_context_is_a_clear_error(tiny_engine):
+    engine = tiny_engine(max_seq_len=64)
+    with pytest.raises(ValueError, match="prompt is .* tokens but the context holds 64"):
+        engine.add_request("long", "int main(void) { return 0; }\n" * 40, greedy())
+    assert not engine.has_unfinished()
+
+
+def test_bad_params_are_clear_errors(tiny_engine):
+    engine = tiny_engine(max_batch=2)
+    with pytest.raises(ValueError, match="top_p"):
+        engine.add_request("x", PROMPT, SamplingParams(top_p=0.0))
+    with pytest.raises(ValueError, match="slots"):
+        engine.add_request("y", PROMPT, SamplingParams(n=3))
+    with pytest.raises(ValueError, match="empty prompt"):
+        engine.add_request("z", "", SamplingParams())
+
+
+def test_generation_stops_at_the_cache_end(tiny_engine):
+    engine = tiny_engine(max_seq_len=24)
+    ids = engine.tokenizer.encode(PROMPT)
+    [c] = engine.generate(ids, greedy(max_tokens=100))
+    assert len(ids) + len(c.token_ids) <= 24
+
+
+def test_token_healing_backs_off_and_constrains(tiny_engine):
+    engine = tiny_engine()
+    tok = engine.tokenizer
+    ids = tok.encode("int main(void) { return 0; }\nint ma")
+    last = tok.token_bytes(ids[-1])
+    options = engine.tokens_starting_with(last)
+    assert len(options) > 1, "the prompt must end in a token that others extend"
+    healed, removed, allowed = engine._heal(ids)
+    assert healed == ids[:-1] and removed == last
+    assert set(allowed.tolist()) == set(options)
+    # the output continues the prompt text: it never repeats the removed text
+    [c] = engine.generate("int main(void) { return 0; }\nint ma", SamplingParams(max_tokens=5, temperature=0.0))
+    first = tok.token_bytes(c.token_ids[0])
+    assert first.startswith(last)
+    assert c.text.encode().startswith(first[len(last):].decode("utf-8", "ignore").encode())
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_stop_strings_cut_exactly(tiny_engine, data):
+    engine = _stop_engine(tiny_engine)
+    ref = _stop_reference(engine)
+    start = data.draw(st.integers(0, len(ref) - 1))
+    stop = ref[start:start + data.draw(st.integers(1, 4))]
+    extra = data.draw(st.sampled_from(["", "\u00a7never\u00a7"]))
+    engine.add_request("s", PROMPT, greedy(max_tokens=20, stop=[stop] + ([extra] if extra else [])))
+    streamed, final = "", None
+    while engine.has_unfinished():
+        for o in engine.step():
+            streamed += o.delta
+            if o.finished:
+                final = o.candidate
+    assert final is not None
+    assert final.text == ref[:ref.find(stop)]
+    assert final.finish_reason == "stop"
+    assert streamed == final.text  # never streamed text that turned out to be part of a stop string
+
+
+_cache: dict[str, object] = {}
+
+
+def _stop_engine(tiny_engine):
+    if "engine" not in _cache:
+        _cache["engine"] = tiny_engine("starcoder2", max_batch=2)
+    return _cache["engine"]
+
+
+def _stop_reference(engine) -> str:
+    if "ref" not in _cache:
+        _cache["ref"] = engine.generate(PROMPT, greedy(max_tokens=20))[0].text
+    return _cache["ref"]
+
+
+def test_stop_helpers():
+    assert find_stop("abc\n\ndef", ["\n\n", "de"]) == 3
+    assert find_stop("abc", ["x"]) == -1
+    assert stop_holdback("foo\n", ["\n\n"]) == 1
+    assert stop_holdback("foo", ["\n\n"]) == 0
+    assert stop_holdback("a cla", ["class "]) == 3
+
+
+def test_device_choice():
+    from model_backend.engine import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
