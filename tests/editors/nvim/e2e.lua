@@ -1,7 +1,7 @@
 -- Drives a headless Neovim through one scenario with the copilot_ls plugin; run by test_neovim_e2e.py as
 --   nvim --headless --clean -n -c 'luafile tests/editors/nvim/e2e.lua' test_lib.py
 -- Input (environment): COPILOT_LS_PLUGIN (editors/neovim), COPILOT_LS_CMD and COPILOT_LS_SETTINGS (JSON),
--- COPILOT_LS_MODE, COPILOT_LS_SCENARIO (accept | dismiss | dead_backend | health), COPILOT_LS_TIMEOUT_MS,
+-- COPILOT_LS_MODE, COPILOT_LS_SCENARIO (accept | dismiss | move | popup | dead_backend | health), COPILOT_LS_TIMEOUT_MS,
 -- COPILOT_LS_RESULT (where the JSON result goes). Output: that JSON file; exit code 0 unless it crashed.
 local env = vim.env
 local api = vim.api
@@ -9,7 +9,7 @@ local api = vim.api
 vim.g.loaded_python3_provider = 0
 vim.o.showmode = false
 vim.o.swapfile = false
-vim.opt.shortmess:append('I')
+vim.opt.shortmess:append('Ic')
 vim.opt.runtimepath:prepend(env.COPILOT_LS_PLUGIN)
 vim.cmd('runtime! plugin/copilot_ls.lua')
 
@@ -143,6 +143,61 @@ function scenarios.dismiss(plugin)
   feed('<Esc>', 'nt')
   sleep(300)
   status_of_server()
+end
+
+-- Own ghost text only: it goes when the cursor moves and when insert mode ends.
+function scenarios.move(plugin)
+  type_test()
+  result.ghost = wait_until('ghost text', function()
+    return plugin.visible() and plugin.current_text()
+  end)
+  feed('<Left>', 'nt')
+  wait_until('the ghost text to go after <Left>', function()
+    return not plugin.visible()
+  end, 2000)
+  event('moved')
+  sleep(500)
+  result.visible_after_move = plugin.visible() -- a move alone asks for nothing new
+  feed('<End> <BS>', 'nt') -- a change: ask again
+  result.ghost_again = wait_until('ghost text again', function()
+    return plugin.visible() and plugin.current_text()
+  end)
+  event('ghost_again')
+  feed('<Esc>', 'nt')
+  wait_until('normal mode', function()
+    return api.nvim_get_mode().mode == 'n'
+  end, 5000)
+  result.visible_after_esc = plugin.visible()
+  result.after_esc = api.nvim_buf_get_lines(0, result.row, -1, false)
+end
+
+-- Own ghost text only: never beside the popup menu.
+function scenarios.popup(plugin)
+  type_test()
+  result.ghost = wait_until('ghost text', function()
+    return plugin.visible() and plugin.current_text()
+  end)
+  feed('<C-n>', 'nt') -- keyword completion opens the popup menu
+  wait_until('the popup menu', function()
+    return vim.fn.pumvisible() == 1
+  end, 5000)
+  event('popup')
+  result.visible_with_popup = false
+  for _ = 1, 40 do -- 1 s with the menu open: the ghost text must not come back
+    if plugin.visible() and vim.fn.pumvisible() == 1 then
+      result.visible_with_popup = true
+    end
+    sleep(25)
+  end
+  feed('<C-e>', 'nt') -- close the menu, restoring the typed text
+  wait_until('the popup menu to close', function()
+    return vim.fn.pumvisible() == 0
+  end, 5000)
+  result.after_popup = api.nvim_buf_get_lines(0, result.row, -1, false)
+  result.ghost_after_popup = wait_until('ghost text after the menu closed', function()
+    return plugin.visible() and plugin.current_text()
+  end)
+  feed('<Esc>', 'nt')
 end
 
 function scenarios.dead_backend(plugin)

@@ -22,9 +22,22 @@ end
 
 --- Shape the user's settings for the server: initializationOptions carry them as they are; the
 --- workspace/didChangeConfiguration and workspace/configuration payloads nest them under "copilot-ls".
+---
+--- Empty Lua tables would go out as JSON arrays; the server wants objects.
+local function json_object(t)
+  if type(t) ~= 'table' or (vim.islist(t) and #t > 0) then
+    return t
+  end
+  local out = vim.empty_dict()
+  for k, v in pairs(t) do
+    out[k] = json_object(v)
+  end
+  return out
+end
+
 local function with_settings(cfg)
-  cfg.init_options = vim.deepcopy(cfg.settings)
-  cfg.lsp_settings = { ['copilot-ls'] = vim.deepcopy(cfg.settings) }
+  cfg.init_options = json_object(cfg.settings)
+  cfg.lsp_settings = { ['copilot-ls'] = json_object(cfg.settings) }
   return cfg
 end
 
