@@ -2,8 +2,8 @@
 
 A request with a ``suffix`` becomes prefix-suffix-middle (PSM) token ids:
 ``[bos] <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`` — the layout StarCoder, Qwen2.5-Coder,
-DeepSeek-Coder and SantaCoder were trained on. The special tokens are inserted by id, never by text, so a user's
-prompt that happens to contain the literal string "<fim_prefix>" cannot inject one.
+DeepSeek-Coder and SantaCoder were trained on. The three markers are inserted by id, so they are exact whatever
+the tokenizer does with the text around them.
 """
 
 from __future__ import annotations

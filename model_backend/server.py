@@ -1,0 +1,775 @@
+"""`copilot-backend serve`: the OpenAI-compatible HTTP API over the engine (FastAPI + uvicorn).
+
+HTTP only: read and validate a request, hand a ``worker.Job`` to the engine worker thread, turn its events into a
+JSON body or an SSE stream. The engine itself is touched only by the worker (model_backend/worker.py).
+
+Endpoints: POST /v1/completions, GET /v1/models, GET /v1/tokenizer, GET /health, GET /metrics (docs/backend.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Nothing leaves the machine: no OpenTelemetry export, no model hub.
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import uvicorn  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+
+from model_backend import fim as fimlib  # noqa: E402
+from model_backend.metrics import Metrics  # noqa: E402
+from model_backend.worker import Job, NotReady, QueueFull, Worker  # noqa: E402
+
+PROG = "copilot-backend"
+
+
+# --- limits ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1 << 20      # 1 MiB: ~250k tokens of code, far above any context we serve
+    max_n: int = 8
+    max_best_of: int = 16
+    max_beam_width: int = 8
+    max_logprobs: int = 5              # as OpenAI
+    max_stop: int = 4                  # as OpenAI
+    max_stop_chars: int = 256
+    max_seed: int = 2**63 - 1
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI does: {"error": {"message", "type", "param", "code"}}."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+             405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+             429: "rate_limit_error", 499: "client_closed_request", 500: "server_error", 503: "server_unavailable"}
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
+                          "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+# --- request parsing (pure) -----------------------------------------------------------------------------------
+@dataclass
+class CompletionRequest:
+    prompt: str | list[int]
+    suffix: str | None = None
+    model: str | None = None
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    best_of: int | None = None
+    logprobs: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+    beam_width: int = 1
+    token_healing: bool = True
+
+    @property
+    def samples(self) -> int:
+        """Candidates the engine generates: best_of when given, else n (beam search returns n)."""
+        return self.best_of if (self.best_of and self.beam_width == 1) else self.n
+
+
+def _bad(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param, code)
+
+
+def _get_int(body: dict, name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad(f"'{name}' must be an integer, got {json.dumps(v)[:40]}", name, "invalid_type")
+    if v < lo or (hi is not None and v > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise _bad(f"'{name}' must be {bound}, got {v}", name)
+    return v
+
+
+def _get_float(body: dict, name: str, default: float) -> float:
+    v = body.get(name)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise _bad(f"'{name}' must be a number, got {json.dumps(v)[:40]}", name, "invalid_type")
+    return float(v)
+
+
+def _get_bool(body: dict, name: str, default: bool) -> bool:
+    v = body.get(name)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise _bad(f"'{name}' must be true or false, got {json.dumps(v)[:40]}", name, "invalid_type")
+    return v
+
+
+def _get_prompt(body: dict, vocab_size: int) -> str | list[int]:
+    p = body.get("prompt")
+    if p is None:
+        raise _bad("'prompt' is required", "prompt", "missing_required_parameter")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
+        p = p[0]                                       # a batch of one prompt
+    if isinstance(p, str):
+        return p
+    if isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+        if any(t < 0 or t >= vocab_size for t in p):
+            raise _bad(f"prompt token ids must be in [0, {vocab_size})", "prompt")
+        return list(p)
+    if isinstance(p, list) and len(p) > 1 and all(isinstance(x, str | list) for x in p):
+        raise _bad("one prompt per request: send the prompts as separate requests", "prompt", "unsupported")
+    raise _bad("'prompt' must be a string, a list of one string, or a list of token ids", "prompt", "invalid_type")
+
+
+def _get_stop(body: dict, limits: Limits) -> list[str]:
+    v = body.get("stop")
+    if v is None:
+        return []
+    stops = [v] if isinstance(v, str) else v
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise _bad("'stop' must be a string or a list of strings", "stop", "invalid_type")
+    if len(stops) > limits.max_stop:
+        raise _bad(f"'stop' takes at most {limits.max_stop} strings, got {len(stops)}", "stop")
+    for s in stops:
+        if not s:
+            raise _bad("'stop' strings must not be empty", "stop")
+        if len(s) > limits.max_stop_chars:
+            raise _bad(f"'stop' strings are limited to {limits.max_stop_chars} characters", "stop")
+    return stops
+
+
+UNSUPPORTED_TRUE = ("echo",)                     # accepted only when false
+UNSUPPORTED_NONZERO = ("presence_penalty", "frequency_penalty")
+
+
+def parse_completion_request(body: Any, limits: Limits, vocab_size: int) -> CompletionRequest:
+    """Validate a decoded JSON body (types and ranges; no tokenizer needed). Raises ApiError(400)."""
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object", None, "invalid_type")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad("'model' must be a string", "model", "invalid_type")
+    for name in UNSUPPORTED_TRUE:
+        if _get_bool(body, name, False):
+            raise _bad(f"'{name}' is not supported by this server", name, "unsupported")
+    for name in UNSUPPORTED_NONZERO:
+        if _get_float(body, name, 0.0) != 0.0:
+            raise _bad(f"'{name}' is not supported by this server (only 0)", name, "unsupported")
+    if body.get("logit_bias"):
+        raise _bad("'logit_bias' is not supported by this server", "logit_bias", "unsupported")
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise _bad("'suffix' must be a string", "suffix", "invalid_type")
+    prompt = _get_prompt(body, vocab_size)
+    if not prompt and not suffix:
+        raise _bad("'prompt' must not be empty", "prompt")
+
+    temperature = _get_float(body, "temperature", 1.0)
+    if temperature < 0:
+        raise _bad(f"'temperature' must be >= 0, got {temperature}", "temperature")
+    top_p = _get_float(body, "top_p", 1.0)
+    if not 0.0 < top_p <= 1.0:
+        raise _bad(f"'top_p' must be in (0, 1], got {top_p}", "top_p")
+    top_k = _get_int(body, "top_k", 0, -1)
+    n = _get_int(body, "n", 1, 1, limits.max_n)
+    best_of = _get_int(body, "best_of", None, 1, limits.max_best_of)
+    if best_of is not None and best_of < n:
+        raise _bad(f"'best_of' ({best_of}) must be >= 'n' ({n})", "best_of")
+    logprobs = _get_int(body, "logprobs", None, 0, limits.max_logprobs)
+    use_beam = _get_bool(body, "use_beam_search", False)
+    beam_width = _get_int(body, "beam_width", None, 1, limits.max_beam_width)
+    if use_beam or (beam_width or 1) > 1:
+        beam_width = beam_width if beam_width is not None else min(limits.max_beam_width, max(4, n, best_of or 1))
+        if beam_width < 2:
+            raise _bad("'beam_width' must be at least 2 for beam search", "beam_width")
+        if n > beam_width:
+            raise _bad(f"'n' ({n}) must be <= 'beam_width' ({beam_width})", "n")
+    else:
+        beam_width = 1
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise _bad("'stream_options' must be an object", "stream_options", "invalid_type")
+    return CompletionRequest(
+        prompt=prompt,
+        suffix=suffix,
+        model=model,
+        max_tokens=_get_int(body, "max_tokens", 16, 1),
+        temperature=temperature,
+        top_p=top_p,
+        top_k=max(0, top_k),
+        n=n,
+        best_of=best_of,
+        logprobs=logprobs,
+        stop=_get_stop(body, limits),
+        seed=_get_int(body, "seed", None, 0, limits.max_seed),
+        stream=_get_bool(body, "stream", False),
+        include_usage=_get_bool(stream_options or {}, "include_usage", False),
+        beam_width=beam_width,
+        token_healing=_get_bool(body, "token_healing", True),
+    )
+
+
+# --- prompt preparation (needs the tokenizer) -----------------------------------------------------------------
+def prepare_prompt(req: CompletionRequest, tokenizer: Any, fim: fimlib.FimTokens | None,
+                   context_length: int) -> tuple[str | list[int], int]:
+    """(what the engine gets, prompt token count). Formats FIM; checks prompt + max_tokens against the context."""
+    bos = 1 if (tokenizer.add_bos and tokenizer.bos_id is not None) else 0
+    if req.suffix and fim is None:
+        raise _bad("this model has no fill-in-the-middle tokens, so 'suffix' is not supported; send the text "
+                   "before the cursor as 'prompt' only", "suffix", "fim_unsupported")
+    if req.suffix is not None and fim is not None:
+        if not isinstance(req.prompt, str):
+            raise _bad("'suffix' needs a string prompt", "prompt", "invalid_type")
+        engine_prompt: str | list[int] = fimlib.fim_prompt_ids(tokenizer, fim, req.prompt, req.suffix)
+        n_prompt = len(engine_prompt)
+    elif isinstance(req.prompt, list):
+        engine_prompt, n_prompt = req.prompt, len(req.prompt)
+    else:
+        engine_prompt, n_prompt = req.prompt, len(tokenizer.encode(req.prompt)) + bos
+    if n_prompt >= context_length:
+        raise _bad(f"the prompt is {n_prompt} tokens; this model's context is {context_length} tokens",
+                   "prompt", "context_length_exceeded")
+    if n_prompt + req.max_tokens > context_length:
+        raise _bad(f"prompt ({n_prompt} tokens) + max_tokens ({req.max_tokens}) exceeds this model's context of "
+                   f"{context_length} tokens", "max_tokens", "context_length_exceeded")
+    return engine_prompt, n_prompt
+
+
+def sampling_params(req: CompletionRequest, params_cls: type) -> Any:
+    """The engine's SamplingParams. best_of is ranked here, not in the engine: it generates `samples` candidates."""
+    return params_cls(
+        max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+        n=req.samples, best_of=None, beam_width=req.beam_width, stop=list(req.stop), seed=req.seed,
+        token_healing=req.token_healing,
+    )
+
+
+# --- responses (pure) -----------------------------------------------------------------------------------------
+def select_candidates(req: CompletionRequest, candidates: list[Any]) -> list[Any]:
+    """best_of: the n candidates with the highest mean token log-prob (ties: lower index first)."""
+    if req.best_of and req.best_of > req.n and req.beam_width == 1:
+        return sorted(candidates, key=lambda c: (-c.mean_logprob, c.index))[: req.n]
+    return candidates[: req.n]
+
+
+def logprobs_dict(candidate: Any, text_base: int) -> dict[str, Any]:
+    offsets, pos = [], text_base
+    for tok in candidate.tokens:
+        offsets.append(pos)
+        pos += len(tok)
+    return {"tokens": list(candidate.tokens), "token_logprobs": [float(x) for x in candidate.token_logprobs],
+            "text_offset": offsets, "top_logprobs": None}
+
+
+def choice_dict(index: int, candidate: Any, req: CompletionRequest, prompt_chars: int) -> dict[str, Any]:
+    return {
+        "text": candidate.text,
+        "index": index,
+        "logprobs": logprobs_dict(candidate, prompt_chars) if req.logprobs is not None else None,
+        "finish_reason": candidate.finish_reason,
+        "mean_logprob": _finite(candidate.mean_logprob),
+    }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def usage_dict(prompt_tokens: int, candidates: list[Any]) -> dict[str, int]:
+    completion = sum(len(c.token_ids) for c in candidates)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion}
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+# --- the app --------------------------------------------------------------------------------------------------
+ENDPOINTS = ("/v1/completions", "/v1/models", "/v1/tokenizer", "/health", "/metrics")
+
+
+@dataclass
+class ServerState:
+    worker: Worker
+    metrics: Metrics
+    limits: Limits = field(default_factory=Limits)
+    api_key: str | None = None
+    model_id: str = "default"
+    created: int = field(default_factory=lambda: int(time.time()))
+    tokenizer: Any = None
+    fim: fimlib.FimTokens | None = None
+    context_length: int = 0
+    max_sequences: int = 1              # the engine's slots: best_of / n / beam_width may not exceed it
+    params_cls: type | None = None
+
+    def on_ready(self, engine: Any) -> None:
+        from model_backend.engine import SamplingParams
+
+        self.tokenizer = engine.tokenizer
+        self.fim = fimlib.fim_tokens(engine.tokenizer)
+        self.context_length = int(getattr(engine, "max_seq_len", None) or engine.config.context_length)
+        self.max_sequences = int(getattr(engine, "max_batch", 1))
+        self.params_cls = SamplingParams
+        self.created = int(time.time())
+        self.metrics.engine_stats = lambda: engine_stats(engine)
+
+
+def engine_stats(engine: Any) -> dict[str, float]:
+    """Prefix-cache numbers from the engine's EngineStats (prompt tokens, of which reused from the cache)."""
+    stats = getattr(engine, "stats", None)
+    prompt = getattr(stats, "prompt_tokens", None)
+    reused = getattr(stats, "prefix_tokens_reused", None)
+    if not isinstance(prompt, int) or not isinstance(reused, int):
+        return {}
+    out = {"prefix_cache_hit_tokens": float(reused), "prefix_cache_query_tokens": float(prompt)}
+    if prompt:
+        out["prefix_cache_hit_ratio"] = reused / prompt
+    return out
+
+
+def tokenizer_json(tokenizer: Any) -> str | None:
+    """The HF tokenizer.json text of our Tokenizer (it wraps a `tokenizers.Tokenizer` as `.tk`)."""
+    tk = getattr(tokenizer, "tk", None)
+    if tk is not None and hasattr(tk, "to_str"):
+        return tk.to_str()
+    for v in vars(tokenizer).values():
+        if hasattr(v, "to_str") and hasattr(v, "encode"):
+            return v.to_str()
+    return None
+
+
+class StatusCounter:
+    """ASGI middleware: counts responses by endpoint and status for /metrics."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = scope.get("path", "") if scope.get("path") in ENDPOINTS else "other"
+        counted = False
+
+        async def counting_send(message: dict) -> None:
+            nonlocal counted
+            if message["type"] == "http.response.start" and not counted:
+                counted = True
+                self.metrics.count_request(endpoint, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if not counted:                 # the client left before any response started
+                self.metrics.count_request(endpoint, 499)
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(
+        title="copilot-backend", docs_url=None, redoc_url=None, openapi_url=None,
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False,
+                   "operation_spans": False},
+    )
+    app.state.backend = state
+    worker, metrics, limits = state.worker, state.metrics, state.limits
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return ApiError(exc.status_code, str(exc.detail), None, None, dict(exc.headers or {})).response()
+
+    @app.exception_handler(Exception)
+    async def _server_error(_: Request, exc: Exception) -> JSONResponse:
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+
+    def check_auth(request: Request) -> None:
+        if state.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", None,
+                           "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+
+    def check_ready() -> None:
+        if worker.state == "ready":
+            return
+        if worker.state == "loading":
+            raise ApiError(503, "the model is still loading; retry shortly", None, "model_loading",
+                           {"Retry-After": "2"})
+        raise ApiError(503, f"the model is not available ({worker.error or worker.state})", None,
+                       "model_unavailable")
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if worker.state == "ready":
+            return JSONResponse({"status": "ready", "model": state.model_id})
+        body: dict[str, Any] = {"status": "loading" if worker.state == "loading" else worker.state}
+        if worker.error:
+            body["error"] = worker.error
+        return JSONResponse(body, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        check_auth(request)
+        check_ready()
+        entry = {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "copilot-ls",
+                 "context_length": state.context_length,
+                 "fim": dict(state.fim.strings) if state.fim else None}
+        return JSONResponse({"object": "list", "data": [entry]})
+
+    @app.get("/v1/tokenizer")
+    async def tokenizer_endpoint(request: Request) -> Response:
+        check_auth(request)
+        check_ready()
+        text = tokenizer_json(state.tokenizer)
+        if text is None:
+            raise ApiError(501, "this model's tokenizer cannot be exported as tokenizer.json")
+        return Response(text, media_type="application/json")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        check_auth(request)
+        check_ready()
+        body = await read_json(request, limits.max_body_bytes)
+        req = parse_completion_request(body, limits, state.tokenizer.vocab_size)
+        sequences = req.beam_width if req.beam_width > 1 else req.samples
+        if sequences > state.max_sequences:
+            name = "beam_width" if req.beam_width > 1 else ("best_of" if req.best_of else "n")
+            raise _bad(f"'{name}' needs {sequences} sequences but this server decodes at most "
+                       f"{state.max_sequences} at once (--max-batch)", name)
+        engine_prompt, n_prompt = prepare_prompt(req, state.tokenizer, state.fim, state.context_length)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        job = Job(
+            id=f"cmpl-{uuid.uuid4().hex}", prompt=engine_prompt, params=sampling_params(req, state.params_cls),
+            sink=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
+            n_candidates=req.samples, stream=req.stream, prompt_tokens=n_prompt,
+        )
+        try:
+            worker.submit(job)
+        except QueueFull as exc:
+            raise ApiError(429, f"the server is busy ({exc}); retry shortly", None, "queue_full",
+                           {"Retry-After": "1"}) from None
+        except NotReady as exc:
+            raise ApiError(503, f"the model is not available ({exc})", None, "model_unavailable") from None
+        head = {"id": job.id, "object": "text_completion", "created": int(time.time()), "model": state.model_id}
+        prompt_chars = len(req.prompt) if isinstance(req.prompt, str) else 0
+        if req.stream:
+            done = {"flag": False}
+            return StreamingResponse(
+                stream_events(job, queue, req, head, n_prompt, prompt_chars, done),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                background=_cancel_unless_done(worker, job.id, done),
+            )
+        return await collect(request, job, queue, req, head, n_prompt, prompt_chars)
+
+    async def collect(request: Request, job: Job, queue: asyncio.Queue, req: CompletionRequest,
+                      head: dict, n_prompt: int, prompt_chars: int) -> Response:
+        watcher = asyncio.create_task(_watch_disconnect(request, lambda: worker.cancel(job.id, "disconnect")))
+        finished = False
+        try:
+            while True:
+                event = await queue.get()
+                kind = event[0]
+                if kind == "done":
+                    finished = True
+                    chosen = select_candidates(req, event[1])
+                    return JSONResponse({
+                        **head,
+                        "choices": [choice_dict(i, c, req, prompt_chars) for i, c in enumerate(chosen)],
+                        "usage": usage_dict(n_prompt, event[1]),
+                    })
+                if kind == "error":
+                    finished = True
+                    raise ApiError(event[1], event[2])
+                if kind == "cancelled":
+                    finished = True
+                    raise ApiError(499, "the client closed the request", None, "cancelled")
+        finally:
+            watcher.cancel()
+            if not finished:           # this handler was cancelled (client gone, shutdown)
+                worker.cancel(job.id, "disconnect")
+
+    async def stream_events(job: Job, queue: asyncio.Queue, req: CompletionRequest, head: dict, n_prompt: int,
+                            prompt_chars: int, done: dict) -> AsyncIterator[str]:
+        """SSE: text deltas as they come; each choice's last chunk carries finish_reason (and logprobs)."""
+        buffered = req.samples != req.n or req.beam_width > 1   # ranked or beam: known only at the end
+        sent: dict[int, str] = {}
+        closed: set[int] = set()
+
+        def chunk(index: int, text: str, candidate: Any | None = None) -> str:
+            choice: dict[str, Any] = {"text": text, "index": index, "logprobs": None, "finish_reason": None}
+            if candidate is not None:
+                choice["finish_reason"] = candidate.finish_reason
+                choice["mean_logprob"] = _finite(candidate.mean_logprob)
+                if req.logprobs is not None:
+                    choice["logprobs"] = logprobs_dict(candidate, prompt_chars + len(sent.get(index, "")))
+            return sse({**head, "choices": [choice]})
+
+        def final(index: int, candidate: Any) -> str:
+            already = sent.get(index, "")
+            rest = candidate.text[len(already):] if candidate.text.startswith(already) else ""
+            closed.add(index)
+            return chunk(index, rest, candidate)
+
+        try:
+            while True:
+                event = await queue.get()
+                kind = event[0]
+                if kind == "delta":
+                    out = event[1]
+                    if buffered or out.index in closed:
+                        continue
+                    if out.finished and out.candidate is not None:
+                        yield final(out.index, out.candidate)
+                    elif out.delta:
+                        sent[out.index] = sent.get(out.index, "") + out.delta
+                        yield chunk(out.index, out.delta)
+                elif kind == "done":
+                    done["flag"] = True
+                    chosen = select_candidates(req, event[1])
+                    for i, c in enumerate(chosen):
+                        idx = i if buffered else c.index
+                        if idx not in closed:
+                            yield final(idx, c)
+                    if req.include_usage:
+                        yield sse({**head, "choices": [], "usage": usage_dict(n_prompt, event[1])})
+                    yield sse("[DONE]")
+                    return
+                elif kind == "error":
+                    done["flag"] = True
+                    yield sse(ApiError(event[1], event[2]).body())
+                    yield sse("[DONE]")
+                    return
+                else:                           # cancelled
+                    done["flag"] = True
+                    return
+        finally:
+            if not done["flag"]:
+                worker.cancel(job.id, "disconnect")
+
+    return StatusCounter(app, metrics)  # type: ignore[return-value]
+
+
+def _cancel_unless_done(worker: Worker, job_id: str, done: dict) -> Any:
+    from starlette.background import BackgroundTask
+
+    def cancel() -> None:
+        if not done["flag"]:
+            done["flag"] = True
+            worker.cancel(job_id, "disconnect")
+
+    return BackgroundTask(cancel)
+
+
+async def _watch_disconnect(request: Request, on_disconnect: Callable[[], None]) -> None:
+    """Wait on the ASGI receive channel (the body is already read): http.disconnect means the client left."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            on_disconnect()
+            return
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise ApiError(415, f"the body must be JSON (Content-Type: application/json), not '{ctype[:60]}'",
+                       None, "unsupported_media_type")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, f"the body is {length} bytes; the limit is {limit}", None, "body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the body is over the limit of {limit} bytes", None, "body_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise _bad("the body is empty; send a JSON object", None, "invalid_json")
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise _bad(f"the body is not valid JSON: {str(exc)[:200]}", None, "invalid_json") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# --- the command ----------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", help="'default' (bundled SmolLM2-135M) or a GGUF/HF path")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
+    parser.add_argument("--port", type=int, default=8765, help="port (0 = any free port; the line shows it)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--api-key", default=os.environ.get("COPILOT_BACKEND_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on /v1/* (default: $COPILOT_BACKEND_API_KEY)")
+    parser.add_argument("--max-batch", type=_positive, default=8, help="requests decoded together (default 8)")
+    parser.add_argument("--max-queue", type=_non_negative, default=64,
+                        help="requests waiting beyond the batch before 429 (default 64)")
+    parser.add_argument("--shutdown-timeout", type=float, default=10.0,
+                        help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default 10)")
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return v
+
+
+def _non_negative(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return v
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but a SIGTERM/SIGINT ends with exit code 0 (uvicorn re-raises the signal after shutdown)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(sig: int, _frame: Any) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+
+        original = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def log(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def model_id(spec: str) -> str:
+    try:
+        from model_backend.weights import resolve_model
+
+        path = resolve_model(spec)
+        return path.stem if path.is_file() else path.name
+    except Exception:  # noqa: BLE001 - the engine load reports the real error
+        return Path(spec).name or spec
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    metrics = Metrics()
+    exit_code = {"code": 0}
+    holder: dict[str, Any] = {}
+
+    def load() -> Any:
+        from model_backend.engine import Engine
+
+        t0 = time.monotonic()
+        log(f"loading model '{args.model}' on device {args.device} ...")
+        engine = Engine.load(args.model, device=args.device, max_batch=args.max_batch)
+        log(f"model ready in {time.monotonic() - t0:.1f} s: {state.model_id}, context "
+            f"{getattr(engine.config, 'context_length', '?')} tokens, device {getattr(engine, 'device', '?')}")
+        return engine
+
+    def failed(exc: BaseException) -> None:
+        log(f"error: could not load the model: {type(exc).__name__}: {exc}")
+        exit_code["code"] = 1
+        server = holder.get("server")
+        loop = holder.get("loop")
+        if server is not None and loop is not None:
+            loop.call_soon_threadsafe(setattr, server, "should_exit", True)
+
+    worker = Worker(load, max_queue=args.max_queue, max_active=args.max_batch, metrics=metrics, on_failed=failed)
+    state = ServerState(worker=worker, metrics=metrics, api_key=args.api_key or None, model_id=model_id(args.model))
+    worker._on_ready = state.on_ready
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        log(f"error: cannot listen on {args.host}:{args.port}: {exc}")
+        return 1
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=args.shutdown_timeout, server_header=False,
+                            limit_concurrency=max(256, 4 * (args.max_queue + args.max_batch)))
+    server = _Server(config)
+
+    async def main() -> None:
+        holder["server"], holder["loop"] = server, asyncio.get_running_loop()
+        worker.start()
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            print(f"{PROG}: listening on http://{host}:{port}", flush=True)
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        worker.stop(timeout=5.0)
+        sock.close()
+    if exit_code["code"] == 0:
+        log("stopped")
+    return exit_code["code"]
