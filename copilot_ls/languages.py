@@ -278,10 +278,17 @@ def all_languages() -> list[LanguageSpec]:
     return list(_specs().values())
 
 
+# LSP languageIds that say "this is text": no grammar, and no guessing from the file extension either.
+TEXT_IDS = frozenset({"plaintext", "text", "txt"})
+
+
 def language_for(language_id: str | None, path: str | None = None) -> LanguageSpec | None:
     """The language of an LSP ``languageId`` (or, failing that, of the file extension); None = text-only."""
     if language_id:
-        spec = _by_lsp_id().get(language_id.strip().lower())
+        key = language_id.strip().lower()
+        if key in TEXT_IDS:
+            return None
+        spec = _by_lsp_id().get(key)
         if spec is not None:
             return spec
     if path:

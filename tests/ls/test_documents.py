@@ -223,7 +223,8 @@ def test_language_lookup_by_id_alias_and_extension() -> None:
     assert language_for("javascriptreact").id == "javascript"
     assert language_for("C++").id == "cpp"
     assert language_for(None, "/x/y/main.rs").id == "rust"
-    assert language_for("plaintext", "/x/lib.GO").id == "go"
+    assert language_for("golang-unknown-id", "/x/lib.GO").id == "go"
+    assert language_for("plaintext", "/x/lib.go") is None  # the editor said text
     assert language_for("", "a.h").id == "c"
     assert language_for("cobol") is None
     assert language_for(None, None) is None

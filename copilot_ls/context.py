@@ -1,0 +1,377 @@
+"""The context builder (pure): (snapshot, cursor, other documents, budget, FIM template) -> Prompt.
+
+The prompt is, in order: a header comment with the file's path and language, snippets from other files (see
+``context_snippets``), then the window of text before the cursor; with a FIM template also the window after it.
+Everything is measured in tokens of the target model (``count_tokens``; a conservative character estimate when
+it is None) and the whole prompt never exceeds ``budget.max_prompt_tokens``. Same input, same prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from copilot_ls.documents import Snapshot
+from copilot_ls.fim import FAMILIES, FimTemplate, template_for
+from copilot_ls.languages import LanguageSpec
+
+__all__ = [
+    "FimTemplate",
+    "Prompt",
+    "PromptBudget",
+    "SnippetSource",
+    "build_prompt",
+    "estimate_tokens",
+    "is_multiline",
+    "stop_strings",
+]
+
+CountTokens = Callable[[str], int]
+CHARS_PER_TOKEN_ESTIMATE = 3.0  # code BPE averages ~3.5-4 chars/token; 3 errs on the safe (smaller) side
+SUFFIX_LINES_WITHOUT_FIM = 20  # raw suffix kept for post-processing when the prompt is prefix-only
+
+
+@dataclass(frozen=True)
+class PromptBudget:
+    max_prompt_tokens: int = 1536
+    suffix_fraction: float = 0.25
+    max_tokens_out: int = 128
+
+
+@dataclass(frozen=True)
+class SnippetSource:
+    """Where one part of the prompt came from (for ``--explain``)."""
+
+    kind: str  # "header" | "prefix" | "suffix" | "definition" | "under-test" | "similar" | "scope"
+    path: str | None  # file the text came from (None: the current document's URI was not a file)
+    start_line: int  # 0-based, inclusive
+    end_line: int  # 0-based, inclusive
+    tokens: int
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt: str  # sent as `prompt` to /v1/completions (already FIM-formatted when the template has FIM)
+    prefix: str  # raw text window before the cursor
+    suffix: str  # raw text window after the cursor
+    multiline: bool
+    stop: list[str]
+    sources: list[SnippetSource] = field(default_factory=list)
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN_ESTIMATE)
+
+
+# --- windows -----------------------------------------------------------------------------------------------
+def fit_tail(text: str, budget: int, count: CountTokens) -> str:
+    """The longest tail of ``text`` within ``budget`` tokens, cut at a line start when it has to be cut
+    (the cursor's own partial line is cut by characters only if it alone is over budget)."""
+    if budget <= 0 or not text:
+        return ""
+    cand = text[-max(1, budget * 8) :]
+    if len(cand) < len(text):
+        cand = _from_line_start(cand)
+    for _ in range(12):
+        n = count(cand)
+        if n <= budget:
+            return cand
+        keep = int(len(cand) * budget / n * 0.95) - 1
+        if keep <= 0:
+            return ""
+        shorter = _from_line_start(cand[-keep:])
+        cand = shorter if shorter else cand[-keep:]
+    while cand and count(cand) > budget:  # pathological tokenizers: shrink linearly
+        cand = cand[len(cand) // 8 + 1 :]
+    return cand
+
+
+def fit_head(text: str, budget: int, count: CountTokens) -> str:
+    """The longest head of ``text`` within ``budget`` tokens, cut at a line end when it has to be cut."""
+    if budget <= 0 or not text:
+        return ""
+    cand = text[: max(1, budget * 8)]
+    if len(cand) < len(text):
+        cand = _to_line_end(cand)
+    for _ in range(12):
+        n = count(cand)
+        if n <= budget:
+            return cand
+        keep = int(len(cand) * budget / n * 0.95) - 1
+        if keep <= 0:
+            return ""
+        shorter = _to_line_end(cand[:keep])
+        cand = shorter if shorter else cand[:keep]
+    while cand and count(cand) > budget:
+        cand = cand[: len(cand) * 7 // 8]
+    return cand
+
+
+def _from_line_start(s: str) -> str:
+    i = s.find("\n")
+    return s[i + 1 :] if i >= 0 else ""
+
+
+def _to_line_end(s: str) -> str:
+    i = s.rfind("\n")
+    return s[: i + 1] if i >= 0 else ""
+
+
+# --- syntax-derived decisions ------------------------------------------------------------------------------
+def _prev_code(text: str, offset: int) -> int:
+    """Offset of the last non-whitespace character before ``offset`` (-1 if none)."""
+    i = offset - 1
+    while i >= 0 and text[i] in " \t\r\n":
+        i -= 1
+    return i
+
+
+def _line_indent_width(line: str) -> int:
+    ind = line[: len(line) - len(line.lstrip(" \t"))]
+    return sum(4 if c == "\t" else 1 for c in ind)
+
+
+def is_multiline(snap: Snapshot, line: int, col: int) -> bool:
+    """Multi-line when the cursor starts an empty block / body: a blank line (or the end of a line) right after
+    a block opener (``:`` / ``{``) whose block has nothing after the cursor, or a blank line after a body that
+    holds only a docstring / comments. Otherwise single-line."""
+    lines = snap.lines()
+    if not lines:
+        return True
+    line = max(0, min(line, len(lines) - 1))
+    cur = lines[line]
+    col = max(0, min(col, len(cur)))
+    if cur[col:].strip():  # text after the cursor on its line: finish this line only
+        return False
+    text = snap.text
+    off = snap.offset(line, col)
+    before_line_blank = not cur[:col].strip()
+    spec = snap.language
+    p = _prev_code(text, off)
+    if p < 0:
+        return True  # empty document (or only whitespace before the cursor)
+    opener_char = text[p]
+    opens = opener_char == "{" or (opener_char == ":" and (spec is None or spec.indent_scoped))
+    if spec is not None and snap.tree is not None and opens:
+        # Confirm with the tree that this is a real block opener, not a ":" in a dict / slice / type hint.
+        bp = snap.byte_offset(p)
+        node = snap.tree.root_node.descendant_for_byte_range(bp, bp + 1)
+        opens = _opens_block(node, spec)
+    if opens:
+        return _block_empty_after(lines, line, opener_line_indent=_opener_indent(snap, p), spec=spec)
+    if not before_line_blank or spec is None or snap.tree is None:
+        return False
+    body_indent = _docstring_body_indent(snap, off, spec)
+    return body_indent is not None and _block_empty_after(
+        lines, line, opener_line_indent=body_indent - 1, spec=spec
+    )
+
+
+def _opens_block(node, spec: LanguageSpec) -> bool:
+    if node is None:
+        return False
+    parent = node.parent
+    if node.type == "{":
+        return parent is None or parent.type in spec.block_types or parent.type == "ERROR" or parent.is_error
+    # ":" (Python): a compound statement's colon (followed by its block), or, in an ERROR, the colon of a line
+    # that starts with a keyword ("def", "if", ...); not a colon of a dict, slice, lambda or annotation.
+    if parent is None:
+        return True
+    sibling = node.next_sibling
+    if sibling is not None and sibling.type in spec.block_types:
+        return True
+    if parent.type.endswith(
+        ("_statement", "_clause", "_definition")
+    ):  # e.g. an empty body at the end of file
+        return True
+    if parent.type == "ERROR" or parent.is_error:
+        first = parent.children[0] if parent.children else None
+        return first is not None and not first.is_named and first.type.isalpha()
+    return False
+
+
+def _opener_indent(snap: Snapshot, p: int) -> int:
+    line, _ = snap.position(p)
+    return _line_indent_width(snap.lines()[line])
+
+
+def _block_empty_after(
+    lines: list[str], line: int, *, opener_line_indent: int, spec: LanguageSpec | None
+) -> bool:
+    """Nothing of the block follows the cursor: the next non-blank line closes it (a closer for brace
+    languages, a dedent to the opener's level or below for indentation languages) or the file ends."""
+    for nxt in lines[line + 1 :]:
+        s = nxt.strip()
+        if not s:
+            continue
+        if spec is None or not spec.indent_scoped:
+            return s[0] in "})]"
+        return _line_indent_width(nxt) <= opener_line_indent
+    return True
+
+
+def _docstring_body_indent(snap: Snapshot, off: int, spec: LanguageSpec) -> int | None:
+    """When the cursor follows a function/class header whose body so far is only a docstring or comments:
+    the indentation width of that body; else None."""
+    if not spec.indent_scoped:
+        return None
+    p = _prev_code(snap.text, off)
+    bp = snap.byte_offset(p)
+    node = snap.tree.root_node.descendant_for_byte_range(bp, bp + 1)
+    while node is not None and node.type not in spec.block_types:
+        node = node.parent
+    if node is None or node.parent is None:
+        return None
+    if node.parent.type not in spec.function_types | spec.class_types:
+        return None
+    for child in node.named_children:
+        if child.start_byte >= bp + 1:
+            break
+        if child.type in spec.comment_types:
+            continue
+        if child.type == "expression_statement" and child.named_child_count == 1:
+            if child.named_children[0].type in spec.string_types:
+                continue
+        return None
+    body_line, _ = snap.position(snap.char_offset(node.start_byte))
+    return _line_indent_width(snap.lines()[body_line])
+
+
+# --- stop strings -------------------------------------------------------------------------------------------
+# Multi-line completions end where a new top-level statement starts (the Codex paper's stop sequences, per
+# language); single-line completions end at the line break.
+MULTILINE_STOPS: dict[str, tuple[str, ...]] = {
+    "python": ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n@"),
+    "javascript": ("\nfunction ", "\nclass ", "\nexport ", "\nimport ", "\ndescribe(", "\ntest(", "\nit("),
+    "typescript": (
+        "\nfunction ",
+        "\nclass ",
+        "\nexport ",
+        "\nimport ",
+        "\ninterface ",
+        "\ndescribe(",
+        "\ntest(",
+    ),
+    "tsx": ("\nfunction ", "\nclass ", "\nexport ", "\nimport ", "\ninterface "),
+    "go": ("\nfunc ", "\ntype ", "\nvar ", "\nconst ", "\nimport "),
+    "rust": ("\nfn ", "\npub fn ", "\nimpl ", "\nstruct ", "\n#[", "\nmod "),
+    "java": ("\n}\n\n", "\npublic class ", "\nclass ", "\nimport "),
+    "c": ("\n#include", "\n#define", "\nint main("),
+    "cpp": ("\n#include", "\n#define", "\nint main("),
+}
+
+
+def stop_strings(spec: LanguageSpec | None, multiline: bool, fim: FimTemplate | None) -> list[str]:
+    stops = list(MULTILINE_STOPS.get(spec.id, ()) if spec else ()) if multiline else ["\n"]
+    if multiline:
+        stops.append("\n\n\n\n")
+    if fim is not None:
+        stops.extend(fim.stops)
+    return list(dict.fromkeys(stops))
+
+
+# --- the builder --------------------------------------------------------------------------------------------
+def header_for(snap: Snapshot) -> str:
+    """``# Path: pkg/mod.py`` (with the language's comment prefix); nothing for unnamed buffers."""
+    name = snap.path or ""
+    if not name:
+        return ""
+    comment = snap.language.comment if snap.language else "#"
+    parts = [p for p in name.replace(os.sep, "/").split("/") if p]
+    shown = "/".join(parts[-3:])
+    lang = f" ({snap.language.id})" if snap.language else ""
+    return f"{comment} Path: {shown}{lang}\n"
+
+
+def _resolve_fim(fim: FimTemplate | None) -> FimTemplate | None:
+    """A template built from bare token strings gets its family's layout and stops."""
+    if fim is None or fim.family != "psm":
+        return fim
+    known = template_for(
+        {"prefix": fim.prefix, "suffix": fim.suffix, "middle": fim.middle, "file_sep": fim.file_sep}
+    )
+    return known if known is not None and known.family in FAMILIES else fim
+
+
+def build_prompt(
+    snap: Snapshot,
+    line: int,
+    col: int,
+    *,
+    others: Sequence[Snapshot] = (),
+    budget: PromptBudget = PromptBudget(),
+    fim: FimTemplate | None = None,
+    count_tokens: CountTokens | None = None,
+) -> Prompt:
+    """The prompt for a completion at (line, code-point col) of ``snap``. Pure and deterministic."""
+    count = count_tokens or estimate_tokens
+    fim = _resolve_fim(fim)
+    off = snap.offset(line, col)
+    line, col = snap.position(off)
+    text = snap.text
+    before, after = text[:off], text[off:]
+    multiline = is_multiline(snap, line, col)
+    stop = stop_strings(snap.language, multiline, fim)
+    sources: list[SnippetSource] = []
+
+    total = max(0, budget.max_prompt_tokens)
+    overhead = count(fim.format("", "")) if fim is not None else 0
+    header = header_for(snap)
+    header_tokens = count(header) if header else 0
+    if header_tokens + overhead > total // 4:
+        header, header_tokens = "", 0
+    available = max(0, total - overhead - header_tokens)
+
+    suffix = ""
+    if fim is not None:
+        suffix_budget = int(available * max(0.0, min(1.0, budget.suffix_fraction)))
+        suffix = fit_head(after, suffix_budget, count)
+        available -= count(suffix) if suffix else 0
+    prefix = fit_tail(before, available, count)
+
+    def assemble(pre: str, suf: str) -> str:
+        body = header + pre
+        return fim.format(body, suf) if fim is not None else body
+
+    prompt = assemble(prefix, suffix)
+    # Token counts of parts need not add up exactly (BPE merges across the seams): check the whole and trim.
+    for _ in range(20):
+        over = count(prompt) - total
+        if over <= 0:
+            break
+        if header:
+            header, header_tokens = "", 0
+        elif prefix:
+            prefix = fit_tail(prefix, max(0, count(prefix) - over - 1), count)
+        elif suffix:
+            suffix = fit_head(suffix, max(0, count(suffix) - over - 1), count)
+        else:
+            break
+        prompt = assemble(prefix, suffix)
+    else:  # pragma: no cover - defensive
+        prompt = assemble("", "")
+
+    if header:
+        sources.append(SnippetSource("header", snap.path, 0, 0, header_tokens, "file path and language"))
+    if prefix:
+        first = line - prefix.count("\n")
+        sources.append(
+            SnippetSource("prefix", snap.path, first, line, count(prefix), "text before the cursor")
+        )
+    if fim is None:
+        raw_suffix = "\n".join(
+            after.split("\n", SUFFIX_LINES_WITHOUT_FIM + 1)[: SUFFIX_LINES_WITHOUT_FIM + 1]
+        )
+    else:
+        raw_suffix = suffix
+        if suffix:
+            last = line + suffix.count("\n")
+            sources.append(
+                SnippetSource("suffix", snap.path, line, last, count(suffix), "text after the cursor")
+            )
+    return Prompt(
+        prompt=prompt, prefix=prefix, suffix=raw_suffix, multiline=multiline, stop=stop, sources=sources
+    )

@@ -1,0 +1,101 @@
+"""Fill-in-the-middle prompt templates per model family, chosen from the model's FIM token strings.
+
+The backend reports the FIM tokens of the served model in ``/v1/models`` (``fim: {"prefix", "suffix",
+"middle", "file_sep"}`` token strings, or null). ``template_for`` matches them against the families below;
+an unknown set of tokens still gets a plain prefix-suffix-middle template with those strings. A model without
+FIM tokens gets None: prompts are prefix-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FimTemplate:
+    prefix: str  # token strings as the model's vocabulary spells them
+    suffix: str
+    middle: str
+    file_sep: str | None = None  # multi-file prompts (StarCoder2, Qwen2.5-Coder)
+    family: str = "psm"
+    # How a prompt is laid out; {prefix}/{suffix} are the code windows, the rest are the token strings.
+    layout: str = "{p}{prefix}{s}{suffix}{m}"
+    extra_stops: tuple[str, ...] = ()  # end-of-text / end-of-middle markers the model may emit
+
+    def format(self, prefix: str, suffix: str, files: Sequence[tuple[str, str]] = ()) -> str:
+        """The FIM prompt; ``files`` (path, text) are other files put before it (multi-file templates only;
+        callers without ``file_sep`` put snippets into the prefix as comments instead)."""
+        head = ""
+        if files and self.file_sep:
+            head = "".join(f"{self.file_sep}{path}\n{text}\n" for path, text in files)
+        return head + self.layout.format(
+            p=self.prefix, s=self.suffix, m=self.middle, prefix=prefix, suffix=suffix
+        )
+
+    @property
+    def stops(self) -> list[str]:
+        """Strings that end a middle: the template's own tokens and the family's end markers."""
+        out = [self.prefix, self.suffix, self.middle, *self.extra_stops]
+        if self.file_sep:
+            out.append(self.file_sep)
+        return list(dict.fromkeys(t for t in out if t.strip()))
+
+
+# family -> (token strings that identify it, template)
+FAMILIES: dict[str, FimTemplate] = {
+    "starcoder": FimTemplate(
+        "<fim_prefix>",
+        "<fim_suffix>",
+        "<fim_middle>",
+        file_sep="<file_sep>",
+        family="starcoder",
+        extra_stops=("<|endoftext|>", "<fim_pad>"),
+    ),
+    "qwen": FimTemplate(
+        "<|fim_prefix|>",
+        "<|fim_suffix|>",
+        "<|fim_middle|>",
+        file_sep="<|file_sep|>",
+        family="qwen",
+        extra_stops=("<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|im_end|>"),
+    ),
+    "codellama": FimTemplate(
+        "<PRE>",
+        "<SUF>",
+        "<MID>",
+        family="codellama",
+        layout="{p} {prefix} {s}{suffix} {m}",
+        extra_stops=("<EOT>", "</s>"),
+    ),
+    "deepseek": FimTemplate(
+        "<｜fim▁begin｜>",
+        "<｜fim▁hole｜>",
+        "<｜fim▁end｜>",
+        family="deepseek",
+        extra_stops=("<|EOT|>", "<｜end▁of▁sentence｜>"),
+    ),
+}
+
+
+def template_for(fim: Mapping[str, str | None] | None) -> FimTemplate | None:
+    """The template for a model's FIM token strings (the ``fim`` field of ``/v1/models``), or None."""
+    if not fim:
+        return None
+    prefix, suffix, middle = fim.get("prefix"), fim.get("suffix"), fim.get("middle")
+    if not (isinstance(prefix, str) and isinstance(suffix, str) and isinstance(middle, str)):
+        return None
+    for template in FAMILIES.values():
+        if (template.prefix.strip(), template.suffix.strip(), template.middle.strip()) == (
+            prefix.strip(),
+            suffix.strip(),
+            middle.strip(),
+        ):
+            file_sep = fim.get("file_sep")
+            if isinstance(file_sep, str) and file_sep and file_sep != template.file_sep:
+                from dataclasses import replace
+
+                return replace(template, file_sep=file_sep)
+            return template
+    file_sep = fim.get("file_sep")
+    return FimTemplate(prefix, suffix, middle, file_sep=file_sep if isinstance(file_sep, str) else None)

@@ -1,0 +1,468 @@
+"""Post-processing (pure): raw model outputs -> clean, ranked, deduplicated suggestions with exact ranges.
+
+Rules, applied to every candidate in this order (each is a small function, table-tested):
+
+1. ``normalise``      CRLF -> LF; trailing whitespace off; indentation style (tabs/spaces) of the document.
+2. ``first_line``     single-line mode keeps the first line only.
+3. ``fix_indent``     the model repeating the indentation the cursor already has.
+4. ``scope_end``      stop at the end of the enclosing scope: a line dedented below the cursor's block
+                      (indentation languages) or an unbalanced closer (brace languages; kept when the text
+                      after the cursor lacks it).
+5. ``repeats_below``  cut where the completion starts repeating the lines after the cursor (drop it whole when
+                      all of it repeats).
+6. ``repetitive``     drop a short pattern repeating; cut a line repeated over and over.
+7. ``max_lines``      at most ``max_lines`` lines.
+8. ``overlap``        text after the cursor on its line that the completion also wrote ("foo)" with ")"
+                      following): trimmed, or the range is widened over it.
+9. syntax check       the edited document is reparsed (incrementally); candidates that add ERROR / MISSING
+                      nodes rank after those that do not.
+10. rank + dedupe     by (no new errors, mean log-prob); identical edits kept once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from copilot_ls.documents import Snapshot
+from copilot_ls.languages import LanguageSpec, new_parser
+
+
+@dataclass(frozen=True)
+class RawCandidate:
+    text: str
+    mean_logprob: float = 0.0
+    finish_reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    text: str  # insert text; replaces [start, end)
+    start: tuple[int, int]  # (line, code-point col)
+    end: tuple[int, int]
+    mean_logprob: float
+
+
+OPENERS = {"(": ")", "[": "]", "{": "}"}
+CLOSERS = {v: k for k, v in OPENERS.items()}
+_STRING_START = re.compile(r"\"\"\"|'''|[\"'`]")
+_REPEAT_WHOLE = re.compile(r"(.{1,24}?)\1{3,}", re.S)
+_TRAILING_PUNCT = set(")]}\"'`;:,. ")
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """What the rules need to know about the cursor position (computed once per request)."""
+
+    line_text: str  # the cursor's line, without its line ending
+    col: int
+    prefix: str  # line_text[:col]
+    rest: str  # line_text[col:]
+    below: tuple[str, ...]  # following lines of the document (a bounded number)
+    above: tuple[str, ...]  # preceding lines, nearest last (a bounded number)
+    language: LanguageSpec | None
+    indent_unit: str  # "    ", "  " or "\t"
+    crlf: bool
+
+    @property
+    def prefix_is_blank(self) -> bool:
+        return not self.prefix.strip()
+
+
+def _indent_of(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def _width(indent: str, tab: int = 4) -> int:
+    return sum(tab if c == "\t" else 1 for c in indent)
+
+
+def detect_indent_unit(lines: Sequence[str]) -> str:
+    """The document's indentation unit: "\\t" when tabs dominate, else the most common space step."""
+    tabs = spaces = 0
+    steps: dict[int, int] = {}
+    prev = 0
+    for line in lines[:2000]:
+        if not line.strip():
+            continue
+        ind = _indent_of(line)
+        if ind.startswith("\t"):
+            tabs += 1
+        elif ind:
+            spaces += 1
+        w = len(ind) if not ind.startswith("\t") else prev
+        if 0 < w - prev <= 8 and not ind.startswith("\t"):
+            steps[w - prev] = steps.get(w - prev, 0) + 1
+        prev = w
+    if tabs > spaces:
+        return "\t"
+    if not steps:
+        return "    "
+    return " " * max(sorted(steps), key=lambda k: steps[k])
+
+
+def make_cursor(snap: Snapshot, line: int, col: int, *, below_lines: int = 40) -> Cursor:
+    lines = snap.lines()
+    line = max(0, min(line, len(lines) - 1))
+    text = lines[line]
+    col = max(0, min(col, len(text)))
+    return Cursor(
+        line_text=text,
+        col=col,
+        prefix=text[:col],
+        rest=text[col:],
+        below=tuple(lines[line + 1 : line + 1 + below_lines]),
+        above=tuple(lines[max(0, line - below_lines) : line]),
+        language=snap.language,
+        indent_unit=detect_indent_unit(lines),
+        crlf="\r\n" in snap.text,
+    )
+
+
+# --- rules -------------------------------------------------------------------------------------------------
+def normalise(text: str, cur: Cursor) -> str:
+    """LF line endings, no trailing whitespace at the end or on lines, the document's indentation style."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = [ln.rstrip() for ln in text.split("\n")]
+    if len(lines) > 1 and cur.indent_unit == "\t":
+        lines[1:] = [_spaces_to_tabs(ln) for ln in lines[1:]]
+    elif len(lines) > 1 and cur.indent_unit.startswith(" "):
+        lines[1:] = [ln.replace("\t", cur.indent_unit) if ln.startswith("\t") else ln for ln in lines[1:]]
+    # trailing blank lines carry nothing
+    while len(lines) > 1 and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def _spaces_to_tabs(line: str, width: int = 4) -> str:
+    ind = _indent_of(line)
+    if "\t" in ind or not ind:
+        return line
+    n = len(ind) // width
+    return "\t" * n + " " * (len(ind) - n * width) + line[len(ind) :]
+
+
+def first_line(text: str, cur: Cursor) -> str:
+    """Single-line mode: the first line only (a completion that starts with a newline gives nothing)."""
+    return text.split("\n", 1)[0]
+
+
+def fix_indent(text: str, cur: Cursor) -> str:
+    """The cursor already stands at (or past) the indentation the block expects and the model starts its first
+    line with more indentation: drop that extra indentation (the model repeated what is already there)."""
+    if not cur.prefix or not cur.prefix_is_blank or text[:1] not in (" ", "\t"):
+        return text
+    expected = expected_indent(cur)
+    if expected is not None and _width(cur.prefix) >= expected:
+        head, sep, tail = text.partition("\n")
+        return head.lstrip(" \t") + sep + tail
+    return text
+
+
+def expected_indent(cur: Cursor) -> int | None:
+    """The indentation width a new statement on the cursor's line should have: that of the previous non-blank
+    line, one unit more when it opens a block; None when there is no previous line."""
+    prev = next((ln for ln in reversed(cur.above) if ln.strip()), None)
+    if prev is None:
+        return None
+    width = _width(_indent_of(prev))
+    opener = cur.language.block_open if cur.language else ""
+    stripped = prev.rstrip()
+    if (opener and stripped.endswith(opener)) or stripped.endswith(("{", "(", "[")):
+        width += _width(cur.indent_unit)
+    return width
+
+
+def scope_end(text: str, cur: Cursor) -> str:
+    """Cut where the completion leaves the cursor's scope."""
+    lang = cur.language
+    if lang is None or lang.indent_scoped:
+        text = _dedent_end(text, cur)
+    return _closer_end(text, cur)
+
+
+def _dedent_end(text: str, cur: Cursor) -> str:
+    """Indentation scopes: the first code line of the completion sets the block's indentation; a later line
+    indented less ends the block (not more or equal when the first line opens a block, e.g. ``def f():``)."""
+    lines = text.split("\n")
+    if len(lines) < 2:
+        return text
+    first_full = cur.prefix + lines[0]
+    if first_full.strip():
+        base = _width(_indent_of(first_full))
+        # the cursor ends a block header ("def f():") and the completion starts the body on the next line
+        opens = not lines[0].strip() and first_full.rstrip().endswith((":", "{"))
+        start = 1
+    else:  # the completion starts on a later line: its first non-blank line sets the block
+        k = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+        if k is None:
+            return text
+        base, opens, start = _width(_indent_of(lines[k])), False, k + 1
+    for i in range(start, len(lines)):
+        ln = lines[i]
+        if not ln.strip():
+            continue
+        w = _width(_indent_of(ln))
+        if w < base or (opens and w <= base):
+            return "\n".join(lines[:i]).rstrip()
+    return text
+
+
+def _scan_brackets(text: str, comment: str | None) -> list[tuple[int, str]]:
+    """(index, char) of brackets outside strings and line comments (a small lexer, good enough here)."""
+    out: list[tuple[int, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if comment and text.startswith(comment, i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        m = _STRING_START.match(text, i)
+        if m:
+            q = m.group(0)
+            j = i + len(q)
+            while j < n:
+                if text[j] == "\\":
+                    j += 2
+                    continue
+                if text.startswith(q, j):
+                    j += len(q)
+                    break
+                if text[j] == "\n" and len(q) == 1 and q != "`":
+                    break
+                j += 1
+            i = j
+            continue
+        if c in OPENERS or c in CLOSERS:
+            out.append((i, c))
+        i += 1
+    return out
+
+
+def _closer_end(text: str, cur: Cursor) -> str:
+    """Stop at the first closer that the completion did not open itself (it closes the enclosing scope).
+    When the text after the cursor already has that closer, cut before it; otherwise keep it (and the rest
+    of its line) so the scope gets closed once."""
+    comment = cur.language.comment if cur.language else None
+    stack: list[str] = []
+    for i, c in _scan_brackets(text, comment):
+        if c in OPENERS:
+            stack.append(c)
+            continue
+        if stack and stack[-1] == CLOSERS[c]:
+            stack.pop()
+            continue
+        if "\n" not in text[:i]:
+            return text  # a closer on the cursor's line: ``overlap`` decides (the model may rewrite the line)
+        if stack:  # mismatched closer: the model is confused; cut before it
+            return text[:i].rstrip()
+        following = (cur.rest + "\n" + "\n".join(cur.below)).lstrip()
+        if following.startswith(c):
+            return text[:i].rstrip()
+        j = text.find("\n", i)
+        return text if j < 0 else text[:j].rstrip()
+    return text
+
+
+def _nonblank(lines: Sequence[str]) -> list[str]:
+    return [ln.strip() for ln in lines if ln.strip()]
+
+
+def repeats_below(text: str, cur: Cursor) -> str:
+    """Cut the completion where it starts repeating the following lines of the document; "" when all of it
+    does. A line "repeats" when it equals (stripped) the next non-blank line(s) below the cursor."""
+    below = _nonblank(cur.below)
+    if not below:
+        return text
+    lines = text.split("\n")
+    full = [cur.prefix + lines[0], *lines[1:]]
+    for j, ln in enumerate(full):
+        s = ln.strip()
+        if not s:
+            continue
+        if s == below[0]:
+            if j and _depth("\n".join(lines[:j]), cur) > 0:
+                continue  # this line closes something the completion itself opened
+            rest = _nonblank(full[j:])
+            k = min(len(rest), len(below))
+            if rest[:k] == below[:k]:
+                if j == 0:
+                    return "" if cur.prefix_is_blank or not lines[0].strip() else text
+                return "\n".join(lines[:j]).rstrip()
+    return text
+
+
+def _depth(text: str, cur: Cursor) -> int:
+    depth = 0
+    for _, c in _scan_brackets(text, cur.language.comment if cur.language else None):
+        depth += 1 if c in OPENERS else -1
+    return depth
+
+
+def repetitive(text: str, cur: Cursor) -> str:
+    """ "" for a short pattern repeating (whole output); a line repeated 3+ times in a row is kept once."""
+    body = text.strip()
+    if not body:
+        return ""
+    if len(body) >= 8 and _REPEAT_WHOLE.fullmatch(body):
+        return ""
+    lines = text.split("\n")
+    full = [cur.prefix + lines[0], *lines[1:]]
+    for i in range(2, len(full)):
+        if full[i].strip() and full[i] == full[i - 1] == full[i - 2]:
+            # the same line three times in a row: keep the first copy
+            start = i - 2
+            while start > 0 and full[start - 1] == full[i]:
+                start -= 1
+            return "\n".join(lines[: start + 1]).rstrip()
+    # a line that ends in a long run of one short unit ("foo(foo(foo(foo(..."): cut the run
+    m = re.search(r"(.{2,8}?)\1{5,}$", body)
+    if m and m.start() > 0:
+        return text[: text.rfind(m.group(0))].rstrip() if m.group(0) in text else text
+    if m:
+        return ""
+    return text
+
+
+def limit_lines(text: str, max_lines: int) -> str:
+    lines = text.split("\n")
+    if max_lines > 0 and len(lines) > max_lines:
+        return "\n".join(lines[:max_lines]).rstrip()
+    return text
+
+
+def overlap(text: str, cur: Cursor) -> tuple[str, int]:
+    """Handle the text after the cursor on its line. Returns (text, end column).
+
+    - nothing but whitespace after the cursor: the range covers it (no trailing spaces left behind);
+    - the completion's first line ends with a prefix of that text ("foo)" before ")"): trimmed;
+    - only closers / punctuation after the cursor and the completion writes them again in order: the range
+      is widened to the end of the line, so the line reads as the model wrote it.
+    """
+    end = cur.col
+    rest = cur.rest
+    if not rest:
+        return text, end
+    if not rest.strip():
+        return text, len(cur.line_text)
+    head, sep, tail = text.partition("\n")
+    for k in range(len(rest), 0, -1):
+        if head.endswith(rest[:k]) and rest[:k].strip():
+            head = head[: len(head) - k]
+            if not sep and k < len(rest):  # remove overlap but keep the remaining text after the cursor
+                return head, end
+            return head + sep + tail, end
+    core = rest.strip()
+    if core and set(core) <= _TRAILING_PUNCT and _is_subsequence(core.replace(" ", ""), head):
+        return head + sep + tail, len(cur.line_text)
+    return text, end
+
+
+def _is_subsequence(needle: str, hay: str) -> bool:
+    it = iter(hay)
+    return all(ch in it for ch in needle)
+
+
+# --- syntax check -----------------------------------------------------------------------------------------
+def _count_errors(node) -> int:
+    if not node.has_error and not node.is_missing:
+        return 0
+    n = 1 if (node.is_error or node.is_missing) else 0
+    for child in node.children:
+        n += _count_errors(child)
+    return n
+
+
+class _SyntaxChecker:
+    """Counts ERROR / MISSING nodes after inserting a candidate, by an incremental reparse of the snapshot."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self.ok = snap.language is not None and snap.tree is not None
+        if self.ok:
+            self.parser = new_parser(snap.language)
+            self.data = snap.encoded()
+            self.before = _count_errors(snap.tree.root_node)
+
+    def new_errors(self, text: str, start: tuple[int, int], end: tuple[int, int]) -> int:
+        if not self.ok:
+            return 0
+        snap = self.snap
+        a = snap.offset(*start)
+        b = snap.offset(*end)
+        ab, bb = snap.byte_offset(a), snap.byte_offset(b)
+        ins = text.encode("utf-8", "surrogatepass")
+        data = self.data[:ab] + ins + self.data[bb:]
+        tree = snap.tree.copy()
+        sp = _point(self.data, ab)
+        nl = ins.count(b"\n")
+        new_end = (sp[0] + nl, len(ins) - ins.rfind(b"\n") - 1) if nl else (sp[0], sp[1] + len(ins))
+        tree.edit(ab, bb, ab + len(ins), sp, _point(self.data, bb), new_end)
+        after = _count_errors(self.parser.parse(data, tree).root_node)
+        return max(0, after - self.before)
+
+
+def _point(data: bytes, off: int) -> tuple[int, int]:
+    return data.count(b"\n", 0, off), off - (data.rfind(b"\n", 0, off) + 1)
+
+
+# --- the pipeline -------------------------------------------------------------------------------------------
+def clean(raw: str, cur: Cursor, *, multiline: bool, max_lines: int) -> tuple[str, int]:
+    """One candidate through rules 1-8: (insert text, end column on the cursor line); "" = dropped."""
+    text = normalise(raw, cur)
+    if not multiline:
+        text = first_line(text, cur)
+    text = fix_indent(text, cur)
+    text = scope_end(text, cur)
+    text = repeats_below(text, cur)
+    text = repetitive(text, cur)
+    text = limit_lines(text, max_lines if multiline else 1)
+    if not text.strip():
+        return "", cur.col
+    text, end_col = overlap(text, cur)
+    if not text.strip() and end_col == cur.col:
+        return "", cur.col
+    if not text.strip():
+        return "", cur.col
+    return text, end_col
+
+
+def postprocess(
+    candidates: Sequence[RawCandidate],
+    snap: Snapshot,
+    line: int,
+    col: int,
+    *,
+    multiline: bool,
+    max_lines: int = 10,
+) -> list[Suggestion]:
+    """Cleaned, deduplicated suggestions, best first: no new syntax errors before new ones, then by mean
+    log-prob (ties keep the backend's order)."""
+    if not candidates:
+        return []
+    cur = make_cursor(snap, line, col)
+    line = max(0, min(line, len(snap.lines()) - 1))
+    checker = _SyntaxChecker(snap)
+    errors_of: dict[tuple[str, int], int] = {}
+    ranked: list[tuple[int, float, int, Suggestion]] = []
+    for i, cand in enumerate(candidates):
+        text, end_col = clean(cand.text, cur, multiline=multiline, max_lines=max_lines)
+        if not text:
+            continue
+        start, end = (line, cur.col), (line, end_col)
+        key = (text, end_col)
+        if key not in errors_of:
+            errors_of[key] = checker.new_errors(text, start, end)
+        out_text = text.replace("\n", "\r\n") if cur.crlf else text
+        flag = 1 if errors_of[key] else 0
+        ranked.append((flag, -cand.mean_logprob, i, Suggestion(out_text, start, end, cand.mean_logprob)))
+    ranked.sort(key=lambda r: r[:3])
+    seen: set[tuple[str, tuple[int, int]]] = set()
+    out: list[Suggestion] = []
+    for *_, sug in ranked:
+        if (sug.text, sug.end) not in seen:
+            seen.add((sug.text, sug.end))
+            out.append(sug)
+    return out
