@@ -12,7 +12,10 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from copilot_ls.context_snippets import Snippet, collect
+from copilot_ls.context_workspace import Workspace, workspace_for
 from copilot_ls.documents import Snapshot
 from copilot_ls.fim import FAMILIES, FimTemplate, template_for
 from copilot_ls.languages import LanguageSpec
@@ -38,6 +41,7 @@ class PromptBudget:
     max_prompt_tokens: int = 1536
     suffix_fraction: float = 0.25
     max_tokens_out: int = 128
+    snippet_fraction: float = 0.5  # at most this share of what is left after the suffix goes to snippets
 
 
 @dataclass(frozen=True)
@@ -274,16 +278,33 @@ def stop_strings(spec: LanguageSpec | None, multiline: bool, fim: FimTemplate | 
 
 
 # --- the builder --------------------------------------------------------------------------------------------
-def header_for(snap: Snapshot) -> str:
-    """``# Path: pkg/mod.py`` (with the language's comment prefix); nothing for unnamed buffers."""
-    name = snap.path or ""
-    if not name:
+def display_path(path: str | None, root: str | os.PathLike[str] | None = None) -> str:
+    """A path as the prompt shows it: relative to the workspace root when inside it, else its last 3 parts."""
+    if not path:
+        return ""
+    if root is not None:
+        try:
+            return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+        except (ValueError, OSError):
+            pass
+    parts = [p for p in path.replace(os.sep, "/").split("/") if p]
+    return "/".join(parts[-3:])
+
+
+def header_for(snap: Snapshot, root: str | os.PathLike[str] | None = None) -> str:
+    """``# Path: pkg/mod.py (python)`` (with the language's comment prefix); nothing for unnamed buffers."""
+    shown = display_path(snap.path, root)
+    if not shown:
         return ""
     comment = snap.language.comment if snap.language else "#"
-    parts = [p for p in name.replace(os.sep, "/").split("/") if p]
-    shown = "/".join(parts[-3:])
     lang = f" ({snap.language.id})" if snap.language else ""
     return f"{comment} Path: {shown}{lang}\n"
+
+
+def render_snippet(snip: Snippet, comment: str, root, *, short: bool = False) -> str:
+    """A snippet as the prompt shows it: a path comment, then the code (prefix-only / single-file FIM)."""
+    body = snip.summary if short else snip.text
+    return f"{comment} Path: {display_path(snip.path, root)}\n{body.rstrip()}\n\n"
 
 
 def _resolve_fim(fim: FimTemplate | None) -> FimTemplate | None:
@@ -296,6 +317,29 @@ def _resolve_fim(fim: FimTemplate | None) -> FimTemplate | None:
     return known if known is not None and known.family in FAMILIES else fim
 
 
+def scope_headers(snap: Snapshot, line: int, col: int, window_start_line: int) -> list[tuple[int, str]]:
+    """(line, text) of the header lines of the classes / functions around the cursor that start above the prefix
+    window (outermost first): the model then still knows where it is."""
+    spec = snap.language
+    if spec is None or snap.tree is None or window_start_line <= 0:
+        return []
+    off = snap.byte_offset(snap.offset(line, col))
+    node = snap.tree.root_node.descendant_for_byte_range(max(0, off - 1), off)
+    lines = snap.lines()
+    out: list[tuple[int, str]] = []
+    while node is not None:
+        if node.type in spec.function_types or node.type in spec.class_types:
+            first = node.start_point[0]
+            body = node.child_by_field_name("body")
+            last = min(body.start_point[0] if body is not None else first, first + 3)
+            if first < window_start_line:
+                for ln in range(min(last, window_start_line - 1), first - 1, -1):
+                    out.append((ln, lines[ln]))
+        node = node.parent
+    out.sort()
+    return list(dict.fromkeys(out))
+
+
 def build_prompt(
     snap: Snapshot,
     line: int,
@@ -305,21 +349,31 @@ def build_prompt(
     budget: PromptBudget = PromptBudget(),
     fim: FimTemplate | None = None,
     count_tokens: CountTokens | None = None,
+    workspace: Workspace | None | str = "auto",
+    snippets: bool = True,
 ) -> Prompt:
-    """The prompt for a completion at (line, code-point col) of ``snap``. Pure and deterministic."""
+    """The prompt for a completion at (line, code-point col) of ``snap``. Deterministic.
+
+    ``workspace``: "auto" = the shared index of the project around ``snap.path`` (files read on demand,
+    cached); None = open documents only. ``snippets=False`` gives the plain prefix/suffix prompt (the baseline
+    of ``copilot-ls eval context``).
+    """
     count = count_tokens or estimate_tokens
     fim = _resolve_fim(fim)
+    if workspace == "auto":
+        workspace = workspace_for(snap.path) if snippets else None
+    root = workspace.root if isinstance(workspace, Workspace) else None
     off = snap.offset(line, col)
     line, col = snap.position(off)
     text = snap.text
     before, after = text[:off], text[off:]
     multiline = is_multiline(snap, line, col)
     stop = stop_strings(snap.language, multiline, fim)
-    sources: list[SnippetSource] = []
+    comment = snap.language.comment if snap.language else "#"
 
     total = max(0, budget.max_prompt_tokens)
     overhead = count(fim.format("", "")) if fim is not None else 0
-    header = header_for(snap)
+    header = header_for(snap, root)
     header_tokens = count(header) if header else 0
     if header_tokens + overhead > total // 4:
         header, header_tokens = "", 0
@@ -330,32 +384,82 @@ def build_prompt(
         suffix_budget = int(available * max(0.0, min(1.0, budget.suffix_fraction)))
         suffix = fit_head(after, suffix_budget, count)
         available -= count(suffix) if suffix else 0
+
+    # Snippets: chosen greedily by rank within their share; the prefix window gets the rest.
+    chosen: list[tuple[Snippet, str, int]] = []
+    if snippets and available > 0:
+        snippet_budget = int(available * max(0.0, min(1.0, budget.snippet_fraction)))
+        # the window the prefix would get without snippets tells which local definitions are cut off
+        rough_start = line - fit_tail(before, available - snippet_budget, count).count("\n")
+        used = 0
+        for snip in collect(
+            snap,
+            line,
+            col,
+            others=others,
+            workspace=workspace if isinstance(workspace, Workspace) else None,
+            window_start_line=rough_start,
+        ):
+            for short in (False, True):
+                rendered = render_snippet(snip, comment, root, short=short)
+                t = count(rendered)
+                if used + t <= snippet_budget:
+                    chosen.append((snip, rendered, t))
+                    used += t
+                    break
+                if snip.summary == snip.text:
+                    break
+        available -= used
+
     prefix = fit_tail(before, available, count)
+    window_start = line - prefix.count("\n")
+    scope = scope_headers(snap, line, col, window_start)
+    scope_text = "".join(t + "\n" for _, t in scope)
+    if scope_text and count(scope_text) < available // 4:
+        prefix = fit_tail(before, available - count(scope_text), count)
+        window_start = line - prefix.count("\n")
+        scope = [(ln, t) for ln, t in scope if ln < window_start]
+        scope_text = "".join(t + "\n" for _, t in scope)
+    else:
+        scope, scope_text = [], ""
 
-    def assemble(pre: str, suf: str) -> str:
-        body = header + pre
-        return fim.format(body, suf) if fim is not None else body
+    def assemble() -> str:
+        ordered = list(reversed(chosen))  # the best snippet closest to the code
+        if fim is not None and fim.file_sep:
+            files = [(display_path(s.path, root), r.split("\n", 1)[1].rstrip("\n")) for s, r, _ in ordered]
+            return fim.format(header + scope_text + prefix, suffix, files=files)
+        body = "".join(r for _, r, _ in ordered) + header + scope_text + prefix
+        return fim.format(body, suffix) if fim is not None else body
 
-    prompt = assemble(prefix, suffix)
+    prompt = assemble()
     # Token counts of parts need not add up exactly (BPE merges across the seams): check the whole and trim.
-    for _ in range(20):
+    for _ in range(40):
         over = count(prompt) - total
         if over <= 0:
             break
-        if header:
+        if chosen:
+            chosen.pop()
+        elif header:
             header, header_tokens = "", 0
+        elif scope_text:
+            scope, scope_text = [], ""
         elif prefix:
             prefix = fit_tail(prefix, max(0, count(prefix) - over - 1), count)
         elif suffix:
             suffix = fit_head(suffix, max(0, count(suffix) - over - 1), count)
         else:
             break
-        prompt = assemble(prefix, suffix)
-    else:  # pragma: no cover - defensive
-        prompt = assemble("", "")
+        prompt = assemble()
 
+    sources: list[SnippetSource] = []
+    for snip, _, t in chosen:
+        sources.append(SnippetSource(snip.kind, snip.path, snip.start_line, snip.end_line, t, snip.why))
     if header:
         sources.append(SnippetSource("header", snap.path, 0, 0, header_tokens, "file path and language"))
+    for ln, _t in scope:
+        sources.append(
+            SnippetSource("scope", snap.path, ln, ln, count(_t), "enclosing header above the window")
+        )
     if prefix:
         first = line - prefix.count("\n")
         sources.append(

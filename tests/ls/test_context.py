@@ -67,7 +67,7 @@ def test_prefix_only_prompt_without_fim() -> None:
     p = build_prompt(snap, line, col)
     assert p.prompt.endswith("def f(x):\n    ")
     assert "return 2" not in p.prompt  # nothing after the cursor goes into a prefix-only prompt
-    assert p.prompt.startswith("# Path: w/pkg/mod.py (python)\n")
+    assert p.prompt.startswith("# Path: mod.py (python)\n")
     assert p.prefix == "import os\n\n\ndef f(x):\n    "
     assert p.suffix.startswith("\n\ndef g():")  # raw suffix kept for post-processing / --explain
     assert p.multiline and "\ndef " in p.stop and "\n" not in p.stop
@@ -80,7 +80,7 @@ def test_fim_formatting_per_family(family: str) -> None:
     tpl = FAMILIES[family]
     snap, line, col = snap_at("javascript", "function f(a) {\n  return █;\n}\n", path="/w/a.js")
     p = build_prompt(snap, line, col, fim=tpl)
-    body = "// Path: w/a.js (javascript)\nfunction f(a) {\n  return "
+    body = "// Path: a.js (javascript)\nfunction f(a) {\n  return "
     assert p.prompt == tpl.format(body, ";\n}\n")
     assert p.suffix == ";\n}\n"
     assert not p.multiline and p.stop[0] == "\n"

@@ -1,0 +1,554 @@
+"""The workspace side of the context builder: definitions and imports of files, found with tree-sitter queries
+(copilot_ls/queries/<lang>/{definitions,imports}.scm), import resolution to workspace files, and a name index.
+
+Cost model (a 10,000-file workspace must not slow a keystroke):
+- ``file_symbols(path)`` parses one file on demand and caches the result by (path, mtime, size) in a bounded LRU;
+  the request path only ever parses the few files the current document imports (once each).
+- ``Workspace.definitions_named(name)`` answers from a name index that a background thread builds lazily (a
+  cheap regex scan, files and bytes bounded, yielding between files); until it is ready, answers are partial.
+- Open documents (snapshots) always win over the disk: their text is what the user sees.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from copilot_ls.documents import Snapshot
+from copilot_ls.languages import LanguageSpec, language_for, new_parser
+
+ROOT_MARKERS = (".git", "pyproject.toml", "setup.py", "setup.cfg", "package.json", "go.mod", "Cargo.toml")
+SKIP_DIRS = frozenset(
+    {
+        ".git",
+        ".hg",
+        ".svn",
+        "node_modules",
+        ".venv",
+        "venv",
+        "__pycache__",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".tox",
+        "build",
+        "dist",
+        ".cache",
+        "site-packages",
+        ".idea",
+        ".vscode",
+        "target",
+    }
+)
+MAX_FILE_BYTES = 1_000_000
+JS_EXTENSIONS = (".js", ".ts", ".tsx", ".jsx", ".mjs", ".cjs", ".mts", ".cts")
+# Top-level definitions a regex can spot cheaply (for the background name index).
+_NAME_PATTERNS: dict[str, re.Pattern[str]] = {
+    "python": re.compile(r"^(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)", re.M),
+    "js": re.compile(
+        r"^(?:export\s+(?:default\s+)?)?(?:async\s+)?(?:function\*?|class|const|let|var|interface|type|enum)\s+"
+        r"([A-Za-z_$][\w$]*)",
+        re.M,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    kind: str  # "function" | "class" | "method" | "variable" | "type"
+    path: str
+    start_line: int  # 0-based, inclusive
+    end_line: int
+    text: str  # the whole definition's source
+    container: str | None = None  # class name for methods
+    summary: str = ""  # header + docstring (+ method headers for classes): what a long definition shows
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # "pkg.mod", ".mod" (relative, Python), "./lib.js" (JS)
+    names: tuple[
+        tuple[str, str], ...
+    ]  # (imported name, local name); ("*", "*") = star; () = the module itself
+    local: str | None = None  # local name of the module itself (``import x as y`` / ``import * as ns``)
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class FileSymbols:
+    path: str
+    language: str
+    definitions: tuple[Definition, ...]
+    imports: tuple[Import, ...]
+
+    def named(self, name: str) -> list[Definition]:
+        return [d for d in self.definitions if d.name == name and d.kind != "method"]
+
+
+# --- extraction ---------------------------------------------------------------------------------------------
+def _lines_of(node) -> tuple[int, int]:
+    return node.start_point[0], node.end_point[0]
+
+
+def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> FileSymbols:
+    """Definitions and imports of one file (``tree`` reused when given, else parsed)."""
+    data = text.encode("utf-8", "surrogatepass")
+    if tree is None:
+        tree = new_parser(spec).parse(data)
+    defs: list[Definition] = []
+    query = spec.query("definitions")
+    if query is not None:
+        from tree_sitter import QueryCursor
+
+        for _, caps in QueryCursor(query).matches(tree.root_node):
+            name_nodes = caps.get("name")
+            if not name_nodes:
+                continue
+            for key, nodes in caps.items():
+                if not key.startswith("definition."):
+                    continue
+                node = nodes[0]
+                kind = key.split(".", 1)[1]
+                if spec.id != "python" and kind != "method" and not _top_level_js(node):
+                    continue
+                container = None
+                if kind == "method":
+                    container = _container_name(node)
+                s, e = _lines_of(node)
+                summary = summarize(node, data, spec)
+                defs.append(
+                    Definition(
+                        name=name_nodes[0].text.decode("utf-8", "replace"),
+                        kind=kind,
+                        path=path,
+                        start_line=s,
+                        end_line=e,
+                        text=data[node.start_byte : node.end_byte].decode("utf-8", "replace"),
+                        container=container,
+                        summary=summary,
+                    )
+                )
+    defs.sort(key=lambda d: (d.start_line, d.name))
+    imports = _python_imports(tree, spec) if spec.id == "python" else _js_imports(tree, spec)
+    return FileSymbols(path=path, language=spec.id, definitions=tuple(defs), imports=tuple(imports))
+
+
+_BODY_FIELDS = ("body", "value")
+
+
+def _definition_node(node):
+    """The function/class node of a definition capture (through decorators / variable declarations)."""
+    if node.type == "decorated_definition":
+        inner = node.child_by_field_name("definition")
+        return inner if inner is not None else node
+    if node.type in ("lexical_declaration", "variable_declaration"):
+        for decl in node.children:
+            if decl.type == "variable_declarator":
+                value = decl.child_by_field_name("value")
+                return value if value is not None else node
+    return node
+
+
+def summarize(node, data: bytes, spec: LanguageSpec) -> str:
+    """Header (decorators, signature) + docstring, and for classes the headers of their methods."""
+    inner = _definition_node(node)
+    body = inner.child_by_field_name("body")
+    if body is None:
+        return data[node.start_byte : node.end_byte].decode("utf-8", "replace")
+    header = data[node.start_byte : body.start_byte].decode("utf-8", "replace").rstrip()
+    col = body.start_point[1]
+    if spec.indent_scoped:
+        indent = " " * col if body.start_point[0] > inner.start_point[0] else "    "
+        parts = [header]
+        first = body.named_children[0] if body.named_child_count else None
+        if first is not None and first.type == "expression_statement" and first.named_child_count == 1:
+            if first.named_children[0].type in spec.string_types:
+                parts.append(indent + data[first.start_byte : first.end_byte].decode("utf-8", "replace"))
+        if inner.type in spec.class_types:
+            for child in body.named_children:
+                fn = _definition_node(child)
+                if fn.type in spec.function_types:
+                    fb = fn.child_by_field_name("body")
+                    if fb is not None:
+                        sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").rstrip()
+                        parts.append(indent + sig + " ...")
+        parts.append(indent + "...")
+        return "\n".join(parts)
+    parts = [header + " {"]
+    if inner.type in spec.class_types:
+        for child in body.named_children:
+            if child.type == "method_definition":
+                fb = child.child_by_field_name("body")
+                if fb is not None:
+                    sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").strip()
+                    parts.append("  " + sig + " { ... }")
+    else:
+        parts.append("  // ...")
+    parts.append("}")
+    return "\n".join(parts)
+
+
+def _top_level_js(node) -> bool:
+    parent = node.parent
+    while parent is not None and parent.type in ("export_statement",):
+        parent = parent.parent
+    return parent is None or parent.type == "program"
+
+
+def _container_name(node) -> str | None:
+    p = node.parent
+    while p is not None:
+        if p.type in ("class_definition", "class_declaration", "class", "abstract_class_declaration"):
+            n = p.child_by_field_name("name")
+            return n.text.decode("utf-8", "replace") if n is not None else None
+        p = p.parent
+    return None
+
+
+def _txt(node) -> str:
+    return node.text.decode("utf-8", "replace") if node is not None else ""
+
+
+def _python_imports(tree, spec: LanguageSpec) -> list[Import]:
+    out: list[Import] = []
+    query = spec.query("imports")
+    if query is None:
+        return out
+    from tree_sitter import QueryCursor
+
+    nodes = sorted(
+        (n for ns in QueryCursor(query).captures(tree.root_node).values() for n in ns),
+        key=lambda n: n.start_byte,
+    )
+    for node in nodes:
+        line = node.start_point[0]
+        if node.type == "import_statement":
+            for child in node.children_by_field_name("name"):
+                if child.type == "aliased_import":
+                    mod = _txt(child.child_by_field_name("name"))
+                    out.append(Import(mod, (), local=_txt(child.child_by_field_name("alias")), line=line))
+                else:
+                    mod = _txt(child)
+                    out.append(Import(mod, (), local=mod, line=line))
+        else:  # import_from_statement
+            mod = _txt(node.child_by_field_name("module_name"))
+            names: list[tuple[str, str]] = []
+            if any(c.type == "wildcard_import" for c in node.children):
+                names.append(("*", "*"))
+            for child in node.children_by_field_name("name"):
+                if child.type == "aliased_import":
+                    names.append(
+                        (_txt(child.child_by_field_name("name")), _txt(child.child_by_field_name("alias")))
+                    )
+                else:
+                    names.append((_txt(child), _txt(child)))
+            out.append(Import(mod, tuple(names), line=line))
+    return out
+
+
+def _js_imports(tree, spec: LanguageSpec) -> list[Import]:
+    out: list[Import] = []
+    query = spec.query("imports")
+    if query is None:
+        return out
+    from tree_sitter import QueryCursor
+
+    for _, caps in QueryCursor(query).matches(tree.root_node):
+        source = _txt(caps["source"][0]) if caps.get("source") else ""
+        if "import" in caps:
+            node = caps["import"][0]
+            names: list[tuple[str, str]] = []
+            local = None
+            clause = next((c for c in node.children if c.type == "import_clause"), None)
+            for c in clause.children if clause is not None else ():
+                if c.type == "identifier":  # default import
+                    names.append(("default", _txt(c)))
+                elif c.type == "namespace_import":
+                    ids = [x for x in c.children if x.type == "identifier"]
+                    local = _txt(ids[0]) if ids else None
+                elif c.type == "named_imports":
+                    for spec_node in c.children:
+                        if spec_node.type != "import_specifier":
+                            continue
+                        name = _txt(spec_node.child_by_field_name("name"))
+                        alias = spec_node.child_by_field_name("alias")
+                        names.append((name, _txt(alias) if alias is not None else name))
+            out.append(Import(source, tuple(names), local=local, line=node.start_point[0]))
+        elif "require" in caps:
+            node = caps["require"][0]
+            for decl in node.children:
+                if decl.type != "variable_declarator":
+                    continue
+                target = decl.child_by_field_name("name")
+                if target is None:
+                    continue
+                if target.type == "identifier":
+                    out.append(Import(source, (), local=_txt(target), line=node.start_point[0]))
+                elif target.type == "object_pattern":
+                    names = []
+                    for c in target.children:
+                        if c.type == "shorthand_property_identifier_pattern":
+                            names.append((_txt(c), _txt(c)))
+                        elif c.type == "pair_pattern":
+                            k, v = c.child_by_field_name("key"), c.child_by_field_name("value")
+                            names.append((_txt(k), _txt(v)))
+                    out.append(Import(source, tuple(names), line=node.start_point[0]))
+    out.sort(key=lambda i: i.line)
+    return out
+
+
+# --- files and import resolution ------------------------------------------------------------------------------
+def find_root(path: str | os.PathLike[str]) -> tuple[Path, bool]:
+    """(root, marked): the nearest ancestor directory holding a project marker (.git, pyproject.toml,
+    package.json, ...) and True; else the folder above the outermost Python package around the file (or the
+    file's own folder) and False (no name index is built for unmarked roots)."""
+    p = Path(path).resolve().parent
+    for d in (p, *p.parents):
+        if any((d / m).exists() for m in ROOT_MARKERS):
+            return d, True
+    top = p
+    while (top / "__init__.py").exists() and top.parent != top:
+        top = top.parent
+    return top, False
+
+
+class _LRU(OrderedDict):
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def get_item(self, key):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return None
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+class Workspace:
+    """One workspace root: parsed files on demand (bounded LRU) and a lazily built name index."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        max_files: int = 20_000,
+        cache_files: int = 256,
+        index: bool = True,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.index_enabled = index
+        self.max_files = max_files
+        self._files: _LRU = _LRU(cache_files)
+        self._lock = threading.Lock()
+        self._index: dict[str, list[str]] | None = None
+        self._index_thread: threading.Thread | None = None
+        self._index_done = threading.Event()
+        self.files_indexed = 0
+
+    # files
+    def file_symbols(
+        self, path: str | os.PathLike[str], overlay: Snapshot | None = None
+    ) -> FileSymbols | None:
+        """Definitions and imports of ``path`` (from ``overlay`` when the file is open), or None when the file
+        is not a known language, too big, unreadable or missing."""
+        if (
+            overlay is not None
+            and overlay.language is not None
+            and overlay.language.id in ("python",) + _JS_IDS
+        ):
+            key = ("open", overlay.uri, overlay.version, len(overlay.text))
+            with self._lock:
+                hit = self._files.get_item(key)
+            if hit is None:
+                hit = extract_symbols(
+                    overlay.text, overlay.language, overlay.path or overlay.uri, overlay.tree
+                )
+                with self._lock:
+                    self._files.put(key, hit)
+            return hit
+        p = str(path)
+        spec = language_for(None, p)
+        if spec is None or spec.id not in ("python",) + _JS_IDS:
+            return None
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None
+        if st.st_size > MAX_FILE_BYTES or not os.path.isfile(p):
+            return None
+        key = (p, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._files.get_item(key)
+        if hit is not None:
+            return hit
+        try:
+            text = Path(p).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        symbols = extract_symbols(text, spec, p)
+        with self._lock:
+            self._files.put(key, symbols)
+        return symbols
+
+    def resolve(self, from_path: str, imp: Import, language: str) -> list[str]:
+        """Workspace files an import may refer to (existing files only, nearest first)."""
+        if language == "python":
+            return self._resolve_python(from_path, imp)
+        return self._resolve_js(from_path, imp.module)
+
+    def _resolve_python(self, from_path: str, imp: Import) -> list[str]:
+        module = imp.module
+        level = len(module) - len(module.lstrip("."))
+        parts = [p for p in module.lstrip(".").split(".") if p]
+        here = Path(from_path).parent
+        bases: list[Path] = []
+        if level:
+            base = here
+            for _ in range(level - 1):
+                base = base.parent
+            bases.append(base)
+        else:
+            bases.extend([here, self.root, self.root / "src"])
+            # the package that contains this file: walk up while __init__.py exists
+            top = here
+            while (top / "__init__.py").exists() and top.parent != top:
+                top = top.parent
+            bases.append(top)
+        out: list[str] = []
+        for base in bases:
+            target = base.joinpath(*parts) if parts else base
+            candidates = [target.with_suffix(".py") if parts else None, target / "__init__.py"]
+            # ``from pkg import mod``: each name may be a submodule
+            if imp.names:
+                for name, _ in imp.names:
+                    if name != "*":
+                        candidates.append(target / f"{name}.py")
+            for c in candidates:
+                if c is not None and c.is_file() and _inside(c, self.root):
+                    s = str(c)
+                    if s not in out:
+                        out.append(s)
+        return out
+
+    def _resolve_js(self, from_path: str, source: str) -> list[str]:
+        if not source.startswith("."):
+            return []  # a package from node_modules: not part of the workspace
+        target = (Path(from_path).parent / source).resolve()
+        candidates = [target] if target.suffix in JS_EXTENSIONS else []
+        stem = target.with_suffix("") if target.suffix in (".js", ".mjs", ".cjs", ".jsx") else target
+        candidates += [Path(str(stem) + ext) for ext in JS_EXTENSIONS]
+        candidates += [target / f"index{ext}" for ext in JS_EXTENSIONS]
+        return [str(c) for c in candidates if c.is_file() and _inside(c, self.root)][:1]
+
+    # name index
+    def start_indexing(self) -> None:
+        with self._lock:
+            if self._index_thread is not None:
+                return
+            self._index_thread = threading.Thread(
+                target=self._build_index, name="copilot-ls-index", daemon=True
+            )
+            self._index_thread.start()
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        self.start_indexing()
+        return self._index_done.wait(timeout)
+
+    def _build_index(self) -> None:
+        index: dict[str, list[str]] = {}
+        count = 0
+        try:
+            for path in iter_source_files(self.root, self.max_files):
+                try:
+                    if os.path.getsize(path) > MAX_FILE_BYTES:
+                        continue
+                    text = Path(path).read_text(encoding="utf-8", errors="replace")
+                except OSError:
+                    continue
+                pattern = _NAME_PATTERNS["python" if path.endswith((".py", ".pyi")) else "js"]
+                for m in pattern.finditer(text):
+                    paths = index.setdefault(m.group(1), [])
+                    if len(paths) < 16 and path not in paths:
+                        paths.append(path)
+                count += 1
+                self.files_indexed = count
+                if count % 50 == 0:
+                    time.sleep(0.001)  # yield the GIL to the request path
+        finally:
+            self._index = index
+            self._index_done.set()
+
+    def paths_defining(self, name: str) -> list[str]:
+        """Files whose top level defines ``name`` (from the name index; [] while it is being built)."""
+        index = self._index
+        if index is None:
+            if self.index_enabled:
+                self.start_indexing()
+            return []
+        return list(index.get(name, ()))
+
+
+_JS_IDS = ("javascript", "typescript", "tsx")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def iter_source_files(root: Path, max_files: int) -> Iterable[str]:
+    """Python / JS / TS files under ``root`` in a stable order, skipping vendored and build folders."""
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            if name.endswith((".py", ".pyi", *JS_EXTENSIONS)):
+                yield os.path.join(dirpath, name)
+                n += 1
+                if n >= max_files:
+                    return
+
+
+_WORKSPACES: _LRU = _LRU(4)
+_WS_LOCK = threading.Lock()
+
+
+def workspace_for(path: str | None) -> Workspace | None:
+    """The shared Workspace of the project that contains ``path`` (None for unnamed buffers)."""
+    if not path:
+        return None
+    root, marked = find_root(path)
+    with _WS_LOCK:
+        ws = _WORKSPACES.get_item(root)
+        if ws is None:
+            ws = Workspace(root, index=marked)
+            _WORKSPACES.put(root, ws)
+    return ws
+
+
+def open_overlays(others: Sequence[Snapshot]) -> dict[str, Snapshot]:
+    """Open documents by resolved file path (they override the disk)."""
+    out: dict[str, Snapshot] = {}
+    for s in others:
+        if s.path:
+            try:
+                out[str(Path(s.path).resolve())] = s
+            except OSError:
+                continue
+    return out
