@@ -56,23 +56,36 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.out_bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, cache: tuple[Tensor, Tensor],
+    def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor],
                 rows: Tensor, pos: Tensor, read: slice | Tensor, kv_len: int) -> Tensor:
         b, t, _ = x.shape
-        hd = self.head_dim
-        q, k, v = self.wqkv(x).split([self.n_heads * hd, self.n_kv * hd, self.n_kv * hd], dim=-1)
-        q = apply_rope(q.view(b, t, self.n_heads, hd), cos, sin)
-        k = apply_rope(k.view(b, t, self.n_kv, hd), cos, sin)
-        v = v.view(b, t, self.n_kv, hd)
+        hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
+        qkv = self.wqkv(x)
+        # RoPE on q and k at once: their weights are stored with each head's dims interleaved in pairs,
+        # so a rotation is one complex multiply (q.k is unchanged by the same permutation of both)
+        qk = qkv[..., : (nh + nkv) * hd].float().reshape(b, t, nh + nkv, hd // 2, 2)
+        qk = torch.view_as_real(torch.view_as_complex(qk) * rope).reshape(b, t, nh + nkv, hd).to(x.dtype)
+        q, k = qk[:, :, :nh], qk[:, :, nh:]
+        v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
         k_cache, v_cache = cache
         # write: advanced indices on dims 0 and 2 -> the value is laid out [b, t, heads, hd]
         k_cache[rows, :, pos] = k.to(k_cache.dtype)
         v_cache[rows, :, pos] = v.to(v_cache.dtype)
         keys = k_cache[read, :, :kv_len]
         values = v_cache[read, :, :kv_len]
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
-                                             enable_gqa=self.n_heads != self.n_kv)
-        return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * hd))
+        if t > 1:
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
+                                                 enable_gqa=nh != nkv)
+            return self.wo(out.transpose(1, 2).reshape(b, t, nh * hd))
+        # decode: the query heads of one KV head form a [g, hd] matrix -> two small matmuls, no repeat
+        g = nh // nkv
+        qg = q.reshape(b, nkv, g, hd)
+        scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * (hd ** -0.5)  # [b, nkv, g, kv_len]
+        if mask is not None:
+            scores = scores + mask
+        probs = torch.softmax(scores, dim=-1).to(values.dtype)
+        out = torch.matmul(probs, values)  # [b, nkv, g, hd]
+        return self.wo(out.reshape(b, 1, nh * hd))
 
 
 class MLP(nn.Module):
@@ -105,22 +118,20 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: [b, t, heads, hd]; cos/sin: [b, t, 1, hd] (HF's rotate-half convention)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
-
-
-def rope_tables(head_dim: int, max_seq: int, theta: float, scaling: float,
-                device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos/sin [max_seq, head_dim] in fp32; linear scaling divides positions by `scaling`."""
+def rope_table(head_dim: int, max_seq: int, theta: float, scaling: float, device: torch.device) -> Tensor:
+    """complex64 [max_seq, head_dim // 2]: e^(i * pos / scaling * theta^(-2j / head_dim))."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim))
     t = torch.arange(max_seq, dtype=torch.float64, device=device) / scaling
     freqs = torch.outer(t, inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().float(), emb.sin().float()
+    return torch.polar(torch.ones_like(freqs), freqs).to(torch.complex64)
+
+
+def interleave_rows(w: Tensor, n_heads: int, head_dim: int) -> Tensor:
+    """Reorder each head's rows from Hugging Face's rotate-half layout (i, i + hd/2) to adjacent pairs."""
+    half = head_dim // 2
+    perm = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).flatten()
+    shape = w.shape
+    return w.reshape(n_heads, head_dim, -1)[:, perm].reshape(shape)
 
 
 class Transformer(nn.Module):
@@ -133,8 +144,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.k_cache: Tensor | None = None
         self.v_cache: Tensor | None = None
-        self.cos: Tensor | None = None
-        self.sin: Tensor | None = None
+        self.rope: Tensor | None = None
         self.n_slots = 0
         self.max_seq = 0
         self._zeroed: list[int] = []  # per slot: positions [0, zeroed) hold finite values
@@ -151,7 +161,7 @@ class Transformer(nn.Module):
         self.v_cache = torch.empty(shape, dtype=dtype, device=device)
         theta = rope_theta if rope_theta is not None else cfg.rope_theta
         scaling = rope_scaling if rope_scaling is not None else cfg.rope_scaling
-        self.cos, self.sin = rope_tables(cfg.head_dim, max_seq, theta, scaling, device)
+        self.rope = rope_table(cfg.head_dim, max_seq, theta, scaling, device)
         self.n_slots, self.max_seq = n_slots, max_seq
         self._zeroed = [0] * n_slots
 
@@ -193,8 +203,7 @@ class Transformer(nn.Module):
 
         Returns fp32 logits [b, t, vocab] (all_logits) or [b, vocab] for each row's last token.
         """
-        assert self.k_cache is not None and self.v_cache is not None and self.cos is not None
-        assert self.sin is not None
+        assert self.k_cache is not None and self.v_cache is not None and self.rope is not None
         b, t = tokens.shape
         device = tokens.device
         kv_len = max(start_pos) + t
@@ -207,14 +216,16 @@ class Transformer(nn.Module):
         read: slice | Tensor = (slice(s0, s0 + b) if list(slots) == list(range(s0, s0 + b))
                                 else rows.squeeze(1))
         # row i, query j may attend to key positions <= pos[i, j]
-        mask = (torch.arange(kv_len, device=device).view(1, 1, kv_len) <= pos.unsqueeze(-1)).unsqueeze(1)
-        cos = self.cos[pos].unsqueeze(2)
-        sin = self.sin[pos].unsqueeze(2)
+        mask: Tensor | None = None
+        if t > 1:
+            mask = (torch.arange(kv_len, device=device).view(1, 1, kv_len) <= pos.unsqueeze(-1)).unsqueeze(1)
+        elif min(start_pos) + 1 < kv_len:  # decode rows of different lengths: additive mask [b, 1, 1, kv]
+            valid = torch.arange(kv_len, device=device).view(1, kv_len) <= pos
+            mask = torch.zeros(b, kv_len, device=device).masked_fill_(~valid, float("-inf")).view(b, 1, 1, kv_len)
+        rope = self.rope[pos].unsqueeze(2)  # [b, t, 1, hd/2]
         x = self.embed(tokens)
-        dtype = x.dtype
-        cos, sin = cos.to(dtype), sin.to(dtype)
         for i, layer in enumerate(self.layers):
-            x = x + layer.attn(layer.attn_norm(x), cos, sin, mask, (self.k_cache[i], self.v_cache[i]),
+            x = x + layer.attn(layer.attn_norm(x), rope, mask, (self.k_cache[i], self.v_cache[i]),
                                rows, pos, read, kv_len)
             x = x + layer.mlp(layer.ffn_norm(x))
         if not all_logits:
@@ -236,9 +247,9 @@ def fused_state_dict(cfg: ModelConfig, tensors: dict[str, Tensor]) -> dict[str, 
     for i in range(cfg.n_layers):
         p, o = f"model.layers.{i}.", f"layers.{i}."
         att = p + "self_attn."
-        sd[o + "attn.wqkv.weight"] = torch.cat([get(att + f"{n}_proj.weight") for n in "qkv"])
+        sd[o + "attn.wqkv.weight"] = _fused_qkv(cfg, get, att, "weight")
         if cfg.qkv_bias:
-            sd[o + "attn.wqkv.bias"] = torch.cat([get(att + f"{n}_proj.bias") for n in "qkv"])
+            sd[o + "attn.wqkv.bias"] = _fused_qkv(cfg, get, att, "bias")
         sd[o + "attn.wo.weight"] = get(att + "o_proj.weight")
         if cfg.out_bias:
             sd[o + "attn.wo.bias"] = get(att + "o_proj.bias")
@@ -266,6 +277,12 @@ def fused_state_dict(cfg: ModelConfig, tensors: dict[str, Tensor]) -> dict[str, 
     else:
         sd["lm_head.weight"] = sd["embed.weight"]
     return sd
+
+
+def _fused_qkv(cfg: ModelConfig, get: Any, prefix: str, kind: str) -> Tensor:
+    q, k, v = (get(f"{prefix}{n}_proj.{kind}") for n in "qkv")
+    return torch.cat([interleave_rows(q, cfg.n_heads, cfg.head_dim),
+                      interleave_rows(k, cfg.n_kv_heads, cfg.head_dim), v])
 
 
 def build_model(cfg: ModelConfig, tensors: dict[str, Tensor], *, device: torch.device | str = "cpu",
