@@ -1,0 +1,89 @@
+// Pure: the extension's settings, and what the language server is told about them.
+// No `vscode` import here so that the unit tests run under plain node.
+
+export const SECTION = "copilot-ls";
+export const API_KEY_SECRET = "copilot-ls.apiKey";
+// The server's default (copilot_ls/settings.py); there it starts a local `copilot-backend` when none answers.
+export const DEFAULT_BACKEND_URL = "http://127.0.0.1:8765";
+
+export interface ExtensionSettings {
+  enable: boolean;
+  languages: Record<string, boolean>; // language id -> enabled; "*" is the default
+  backendUrl: string; // "" = DEFAULT_BACKEND_URL
+  model: string; // "" = whatever the backend serves
+  debounceMs: number;
+  maxLines: number;
+  serverCommand: string;
+  pythonPath: string;
+  serverArgs: string[];
+}
+
+export const DEFAULTS: ExtensionSettings = {
+  enable: true,
+  languages: { "*": true, plaintext: false, markdown: false, scminput: false },
+  backendUrl: DEFAULT_BACKEND_URL,
+  model: "",
+  debounceMs: 100,
+  maxLines: 10,
+  serverCommand: "",
+  pythonPath: "",
+  serverArgs: [],
+};
+
+// Settings whose change needs a new server process (everything else goes through didChangeConfiguration).
+export const RESTART_KEYS = ["server.command", "server.pythonPath", "server.args"];
+
+/** Reads settings through `get(key, default)` (vscode's WorkspaceConfiguration.get has that shape). */
+export function readSettings(get: <T>(key: string, fallback: T) => T): ExtensionSettings {
+  const num = (key: "debounceMs" | "maxLines"): number => {
+    const v = get<unknown>(key, DEFAULTS[key]);
+    return typeof v === "number" && Number.isFinite(v) ? v : DEFAULTS[key];
+  };
+  const str = (key: string): string => {
+    const v = get<unknown>(key, "");
+    return typeof v === "string" ? v.trim() : "";
+  };
+  const langs = get<unknown>("languages", DEFAULTS.languages);
+  const args = get<unknown>("server.args", []);
+  return {
+    enable: get<unknown>("enable", true) !== false,
+    languages: isBoolRecord(langs) ? langs : { ...DEFAULTS.languages },
+    backendUrl: str("backendUrl"),
+    model: str("model"),
+    debounceMs: num("debounceMs"),
+    maxLines: num("maxLines"),
+    serverCommand: str("server.command"),
+    pythonPath: str("server.pythonPath"),
+    serverArgs: Array.isArray(args) ? args.filter((a): a is string => typeof a === "string") : [],
+  };
+}
+
+function isBoolRecord(v: unknown): v is Record<string, boolean> {
+  return typeof v === "object" && v !== null && Object.values(v).every((x) => typeof x === "boolean");
+}
+
+/** Is completion on for this language? An explicit entry wins over "*"; "*" defaults to true. */
+export function languageEnabled(settings: ExtensionSettings, languageId: string): boolean {
+  if (!settings.enable) return false;
+  const own = settings.languages[languageId];
+  if (typeof own === "boolean") return own;
+  const star = settings.languages["*"];
+  return typeof star === "boolean" ? star : true;
+}
+
+/**
+ * The settings object the language server reads (initializationOptions and
+ * workspace/didChangeConfiguration), with the names of copilot_ls/settings.py. The server merges what it gets
+ * into what it has, so every key is always sent: a setting cleared here is reset there.
+ */
+export function serverSettings(settings: ExtensionSettings, apiKey: string | undefined): Record<string, unknown> {
+  return {
+    enabled: settings.enable,
+    languages: { ...settings.languages },
+    backendUrl: settings.backendUrl || DEFAULT_BACKEND_URL,
+    model: settings.model || null,
+    apiKey: apiKey || null,
+    debounceMs: Math.max(0, Math.round(settings.debounceMs)),
+    maxLines: Math.max(1, Math.round(settings.maxLines)),
+  };
+}

@@ -1,0 +1,293 @@
+// Drives a real VS Code (code-server 4.100.3 in Debian's Chromium, through playwright-core) with the copilot-ls
+// extension installed from its .vsix. Started by tests/editors/test_vscode_e2e.py, which owns the backend and
+// makes the assertions; this script only acts and records what it saw in OUT/report.json (+ screenshots).
+//
+//   node tests/editors/vscode_e2e.mjs CONFIG.json
+//
+// CONFIG: { tools, vsix, workspace, out, settings: {...user settings...}, deadBackendUrl, timeoutMs }
+import { execFileSync, spawn } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { createRequire } from "node:module";
+
+const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+const require = createRequire(path.join(cfg.tools, "package.json"));
+const { chromium } = require("playwright-core");
+
+const OUT = cfg.out;
+const UD = path.join(OUT, "user-data");
+const EXT = path.join(OUT, "extensions");
+const SETTINGS = path.join(UD, "User", "settings.json");
+const CODE_SERVER = path.join(cfg.tools, "node_modules", "code-server", "out", "node", "entry.js");
+const TYPED_DEF = "def test_common_prefix():";
+const TYPED_ASSERT = "    assert common_prefix(";
+const STATUS = ".statusbar-item:has-text('copilot-ls:')";
+const started = Date.now();
+const report = { steps: [], screenshots: [] };
+
+const env = {
+  ...process.env,
+  XDG_CONFIG_HOME: path.join(OUT, "xdg-config"),
+  XDG_DATA_HOME: path.join(OUT, "xdg-data"),
+  XDG_CACHE_HOME: path.join(OUT, "xdg-cache"),
+};
+
+function step(what) {
+  const line = `[vscode-e2e +${((Date.now() - started) / 1000).toFixed(1)}s] ${what}`;
+  report.steps.push(line);
+  console.error(line);
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function until(what, fn, timeoutMs, everyMs = 250) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs / 1000}s waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+function writeSettings(settings) {
+  fs.mkdirSync(path.dirname(SETTINGS), { recursive: true });
+  fs.writeFileSync(SETTINGS, JSON.stringify(settings, null, 2));
+}
+
+function findLogs(dir, suffix, found = []) {
+  if (!fs.existsSync(dir)) return found;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) findLogs(p, suffix, found);
+    else if (e.name.endsWith(suffix)) found.push(p);
+  }
+  return found;
+}
+
+async function shot(page, name) {
+  if (!page) return;
+  const file = path.join(OUT, `${name}.png`);
+  try {
+    await page.screenshot({ path: file });
+    report.screenshots.push(file);
+  } catch (err) {
+    step(`screenshot ${name} failed: ${err.message}`);
+  }
+}
+
+async function statusText(page) {
+  const item = page.locator(STATUS).first();
+  return (await item.count()) ? (await item.innerText()).replace(/\s+/g, " ").trim() : "";
+}
+
+async function waitStatus(page, word, timeoutMs, nudge) {
+  let last = "";
+  try {
+    return await until(
+      `status bar "${word}"`,
+      async () => {
+        last = await statusText(page);
+        if (last.includes(word)) return last;
+        if (nudge) await nudge();
+        return null;
+      },
+      timeoutMs,
+      1000,
+    );
+  } catch (err) {
+    throw new Error(`${err.message} (status bar shows "${last}")`);
+  }
+}
+
+// The ghost text VS Code shows: token spans on the cursor line, plus a view zone for further lines.
+async function ghostText(page) {
+  return page.evaluate(() => {
+    const editor = document.querySelector(".editor-instance .monaco-editor") ?? document;
+    const inline = [...editor.querySelectorAll(".view-lines .ghost-text-decoration")].map((el) => el.textContent ?? "").join("");
+    const lines = [...editor.querySelectorAll(".view-zones .ghost-text .view-line")].map((el) => el.textContent ?? "");
+    return [inline, ...lines].join("\n").replace(/\u00a0/g, " ");
+  });
+}
+
+async function main() {
+  fs.mkdirSync(OUT, { recursive: true });
+  const testFile = path.join(cfg.workspace, "test_lib.py");
+  const original = fs.readFileSync(testFile, "utf8");
+
+  step(`installing ${cfg.vsix}`);
+  execFileSync(process.execPath, [CODE_SERVER, "--user-data-dir", UD, "--extensions-dir", EXT, "--install-extension", cfg.vsix], {
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  writeSettings(cfg.settings);
+
+  const port = await freePort();
+  step(`starting code-server on 127.0.0.1:${port}`);
+  const serverLog = fs.openSync(path.join(OUT, "code-server.log"), "w");
+  const server = spawn(
+    process.execPath,
+    [
+      CODE_SERVER,
+      "--auth", "none",
+      "--bind-addr", `127.0.0.1:${port}`,
+      "--disable-telemetry",
+      "--disable-update-check",
+      "--disable-workspace-trust",
+      "--disable-getting-started-override",
+      "--user-data-dir", UD,
+      "--extensions-dir", EXT,
+      cfg.workspace,
+    ],
+    { env, stdio: ["ignore", serverLog, serverLog], detached: true },
+  );
+  let browser;
+  let page;
+  try {
+    await until("code-server /healthz", async () => {
+      try {
+        return (await fetch(`http://127.0.0.1:${port}/healthz`)).ok;
+      } catch {
+        return false;
+      }
+    }, 60000);
+
+    browser = await chromium.launch({
+      executablePath: cfg.chromium ?? "/usr/bin/chromium",
+      headless: true,
+      args: [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+      ],
+    });
+    page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    page.on("pageerror", (err) => step(`page error: ${err.message}`));
+    await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(cfg.workspace)}`);
+    await page.waitForSelector(".monaco-workbench", { timeout: 60000 });
+    step("workbench visible");
+    report.statusAtStart = await waitStatus(page, "copilot-ls:", 60000);
+    step(`extension active: "${report.statusAtStart}"`);
+
+    // Open test_lib.py from the explorer and put the cursor at its end.
+    const row = page.locator(".explorer-folders-view .monaco-list-row", { hasText: "test_lib.py" }).first();
+    await row.waitFor({ timeout: 30000 });
+    await row.click();
+    const editor = page.locator(".editor-instance .monaco-editor .view-lines").first();
+    await page.locator(".editor-instance .monaco-editor .view-lines", { hasText: "from lib import" }).first().waitFor({ timeout: 30000 });
+    await editor.click();
+    await page.keyboard.press("Control+End");
+
+    // 1. Type the test's first lines; the server + model answer with ghost text; Tab accepts it.
+    step("typing the test");
+    await page.keyboard.type(TYPED_DEF, { delay: 25 });
+    await page.keyboard.press("Enter");
+    await page.keyboard.type(TYPED_ASSERT, { delay: 25 });
+    const typedAt = Date.now();
+    let triggers = 0;
+    const ghost = await until(
+      "ghost text",
+      async () => {
+        const text = await ghostText(page);
+        if (text.trim()) return text;
+        // Inline suggestions come by themselves after typing; ask explicitly (Alt+\) if they are slow to come.
+        if (Date.now() - typedAt > (triggers + 1) * 15000) {
+          triggers++;
+          await page.keyboard.press("Alt+Backslash");
+        }
+        return null;
+      },
+      cfg.timeoutMs ?? 180000,
+      500,
+    );
+    report.ghostText = ghost;
+    report.ghostHtml = await page.evaluate(() =>
+      [...document.querySelectorAll(".monaco-editor [class*=ghost]")].map((el) => el.outerHTML).join("\n").slice(0, 6000),
+    );
+    report.explicitTriggers = triggers;
+    step(`ghost text: ${JSON.stringify(ghost)}`);
+    await shot(page, "ghost-text");
+    await page.keyboard.press("Tab");
+    await until("ghost text to go after Tab", async () => !(await ghostText(page)).trim(), 10000);
+    await page.keyboard.press("Control+S");
+    report.savedAfterAccept = await until(
+      "the accepted text on disk",
+      async () => {
+        const now = fs.readFileSync(testFile, "utf8");
+        return now !== original && now.includes(TYPED_ASSERT) && !now.trimEnd().endsWith(TYPED_ASSERT.trim()) ? now : null;
+      },
+      15000,
+    );
+    step("saved; file on disk holds more than the typed text");
+    report.statusReady = await waitStatus(page, "ready", 30000);
+    step(`status: "${report.statusReady}"`);
+    await shot(page, "accepted-ready");
+
+    // 2. Backend URL to a dead port: the status says so, and editing keeps working.
+    step(`backend URL -> ${cfg.deadBackendUrl}`);
+    // Workspace settings: VS Code watches the workspace folder (edits of the user settings file made behind its
+    // back are not picked up by code-server).
+    fs.mkdirSync(path.join(cfg.workspace, ".vscode"), { recursive: true });
+    fs.writeFileSync(path.join(cfg.workspace, ".vscode", "settings.json"), JSON.stringify({ "copilot-ls.backendUrl": cfg.deadBackendUrl }));
+    await page.keyboard.press("Escape");
+    await page.keyboard.press("Control+End");
+    await page.keyboard.press("Enter");
+    await page.keyboard.press("Enter");
+    await page.keyboard.type(cfg.typedWhileDown, { delay: 25 });
+    report.statusDown = await waitStatus(page, "backend down", 60000, async () => {
+      await page.keyboard.press("Alt+Backslash");
+    });
+    step(`status: "${report.statusDown}"`);
+    await page.keyboard.press("Escape");
+    await page.keyboard.press("Control+S");
+    report.savedWhileDown = await until(
+      "the text typed while the backend is down on disk",
+      async () => {
+        const now = fs.readFileSync(testFile, "utf8");
+        return now.includes(cfg.typedWhileDown) ? now : null;
+      },
+      15000,
+    );
+    await shot(page, "backend-down");
+    step("done");
+    report.ok = true;
+  } catch (err) {
+    report.ok = false;
+    report.error = err.stack ?? String(err);
+    step(`FAILED: ${err.message}`);
+    if (page) report.statusAtFailure = await statusText(page).catch(() => "");
+    await shot(page, "failure");
+  } finally {
+    report.extensionLog = findLogs(UD, "copilot-ls.log").map((f) => ({ file: f, text: fs.readFileSync(f, "utf8") }));
+    await browser?.close().catch(() => {});
+    try {
+      process.kill(-server.pid, "SIGTERM");
+    } catch {
+      /* already gone */
+    }
+    fs.writeFileSync(path.join(OUT, "report.json"), JSON.stringify(report, null, 2));
+  }
+  return report.ok ? 0 : 1;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    console.error(err);
+    fs.writeFileSync(path.join(OUT, "report.json"), JSON.stringify({ ...report, ok: false, error: String(err) }, null, 2));
+    process.exit(1);
+  },
+);
