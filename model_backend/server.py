@@ -50,7 +50,7 @@ class Limits:
     max_best_of: int = 16
     max_beam_width: int = 8
     max_logprobs: int = 5              # as OpenAI
-    max_stop: int = 4                  # as OpenAI
+    max_stop: int = 16                 # OpenAI allows 4; editors' per-language stop lists need more
     max_stop_chars: int = 256
     max_seed: int = 2**63 - 1
 
