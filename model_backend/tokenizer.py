@@ -147,13 +147,24 @@ class Tokenizer:
             pieces[i] = token
         self._pieces = pieces
         self._bytes: list[bytes | None] = [None] * self.vocab_size
+        self._byte_ok: frozenset[int] | None = None
 
     # --- the contract ---------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        """Token ids of `text` (no BOS). Special-token text such as "<|im_end|>" becomes its single id. A byte
+        the vocabulary has no token for (SmolLM2 lacks a few control bytes and 0xF1/0xF2) is dropped, as
+        transformers does; `representable(text)` tells whether that can happen."""
         return self.tk.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tk.decode(list(ids), skip_special_tokens=False)
+
+    def representable(self, text: str) -> bool:
+        """True when every byte of `text` has a token, so decode(encode(text)) == text."""
+        if self._byte_ok is None:
+            vocab = self.tk.get_vocab(with_added_tokens=False)
+            self._byte_ok = frozenset(b for ch, b in byte_decoder().items() if ch in vocab)
+        return set(text.encode("utf-8")) <= self._byte_ok
 
     def token_bytes(self, id: int) -> bytes:
         b = self._bytes[id]
@@ -271,10 +282,10 @@ class Tokenizer:
         """Load a Hugging Face `tokenizer.json`; BOS/EOS come from a sibling tokenizer_config.json when present,
         else from the ids given (e.g. config.json's `bos_token_id` / `eos_token_id`)."""
         path = Path(path)
+        if not path.is_file():
+            raise TokenizerError(f"missing tokenizer file {path}")
         try:
             tk = tokenizers.Tokenizer.from_file(str(path))
-        except FileNotFoundError as e:
-            raise TokenizerError(f"missing tokenizer file {path}") from e
         except Exception as e:  # tokenizers raises plain Exception on bad JSON
             raise TokenizerError(f"unreadable tokenizer file {path}: {e}") from e
         cfg: dict[str, Any] = {}
