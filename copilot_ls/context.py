@@ -331,7 +331,8 @@ def scope_headers(snap: Snapshot, line: int, col: int, window_start_line: int) -
         if node.type in spec.function_types or node.type in spec.class_types:
             first = node.start_point[0]
             body = node.child_by_field_name("body")
-            last = min(body.start_point[0] if body is not None else first, first + 3)
+            body_line = body.start_point[0] if body is not None else first
+            last = min(body_line - 1 if body_line > first else first, first + 3)
             if first < window_start_line:
                 for ln in range(min(last, window_start_line - 1), first - 1, -1):
                     out.append((ln, lines[ln]))

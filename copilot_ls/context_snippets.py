@@ -89,17 +89,42 @@ def names_near(snap: Snapshot, line: int) -> list[tuple[str, str | None]]:
     return sorted(seen, key=lambda k: (seen[k], k[0], k[1] or ""))
 
 
+def node_at_cursor(snap: Snapshot, line: int, col: int):
+    """(node, min_col): the innermost node around the cursor. On a blank (or whitespace-only) line of an
+    indentation language the cursor belongs to the code above it, but only to definitions that start left of
+    the cursor's column (``min_col``; None when it does not apply)."""
+    off = snap.offset(line, col)
+    spec = snap.language
+    lines = snap.lines()
+    line_text = lines[min(line, len(lines) - 1)] if lines else ""
+    p = off - 1
+    while p >= 0 and snap.text[p] in " \t\r\n":
+        p -= 1
+    if p < 0:
+        return snap.tree.root_node, None
+    blank = not line_text[:col].strip()
+    if spec is not None and not spec.indent_scoped and snap.text[p] == "}":
+        bo = snap.byte_offset(off)  # after a closed block: the node at the cursor itself
+        return snap.tree.root_node.descendant_for_byte_range(max(0, bo - 1), bo), None
+    bp = snap.byte_offset(p)
+    node = snap.tree.root_node.descendant_for_byte_range(bp, bp + 1)
+    return node, (col if blank and spec is not None and spec.indent_scoped else None)
+
+
 # --- test detection -----------------------------------------------------------------------------------------
-def test_subjects(snap: Snapshot, line: int, col: int) -> list[str]:
+def subjects_under_test(snap: Snapshot, line: int, col: int) -> list[str]:
     """Names the test around the cursor probably tests, best first; [] when the cursor is not in a test."""
     spec = snap.language
     if spec is None or snap.tree is None:
         return []
-    off = snap.byte_offset(snap.offset(line, col))
-    node = snap.tree.root_node.descendant_for_byte_range(max(0, off - 1), off)
+    node, min_col = node_at_cursor(snap, line, col)
     out: list[str] = []
     in_test_file = bool(spec.test_file.search((snap.path or snap.uri).replace("\\", "/")))
     while node is not None:
+        scoped = node.type in spec.function_types or node.type in spec.class_types
+        if min_col is not None and scoped and node.start_point[1] >= min_col:
+            node = node.parent  # the cursor is dedented out of this definition
+            continue
         if node.type in spec.function_types:
             name_node = node.child_by_field_name("name")
             name = name_node.text.decode("utf-8", "replace") if name_node is not None else ""
@@ -347,7 +372,7 @@ def collect(
     if spec is not None and spec.id in SUPPORTED and snap.tree is not None:
         res = _Resolver(snap, others, workspace)
         # 1. the function under test
-        for rank, subject in enumerate(test_subjects(snap, line, col)[:4]):
+        for rank, subject in enumerate(subjects_under_test(snap, line, col)[:4]):
             for defn in res.anywhere(subject)[:1]:
                 out.append(
                     _snippet_from(

@@ -116,7 +116,7 @@ def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> File
                     continue
                 node = nodes[0]
                 kind = key.split(".", 1)[1]
-                if spec.id != "python" and kind != "method" and not _top_level_js(node):
+                if kind != "method" and not _top_level(node):
                     continue
                 container = None
                 if kind == "method":
@@ -195,11 +195,19 @@ def summarize(node, data: bytes, spec: LanguageSpec) -> str:
     return "\n".join(parts)
 
 
-def _top_level_js(node) -> bool:
+def _top_level(node) -> bool:
+    """Directly under the module / program (through ``export``), or under an ERROR at the top of a file that
+    does not parse."""
     parent = node.parent
-    while parent is not None and parent.type in ("export_statement",):
+    while parent is not None and parent.type == "export_statement":
         parent = parent.parent
-    return parent is None or parent.type == "program"
+    if (
+        parent is not None
+        and parent.type == "ERROR"
+        and (parent.parent is None or parent.parent.parent is None)
+    ):
+        return True
+    return parent is None or parent.type in ("module", "program")
 
 
 def _container_name(node) -> str | None:

@@ -1,0 +1,347 @@
+"""The full context builder across files: the function under test, definitions through imports, similar
+windows, scope headers, budgets counted with the real tokenizer, determinism, unicode, broken files, cycles."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from copilot_ls.context import PromptBudget, build_prompt
+from copilot_ls.context_snippets import subject_files, subjects_under_test
+from copilot_ls.context_workspace import Workspace, extract_symbols, find_root
+from copilot_ls.documents import Document
+from copilot_ls.fim import FAMILIES
+from copilot_ls.languages import language_for
+
+CURSOR = "█"
+
+LIB_PY = textwrap.dedent(
+    '''\
+    """String helpers."""
+
+
+    def common_prefix(a: str, b: str) -> str:
+        """The longest common prefix of a and b."""
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return a[:n]
+
+
+    def reverse(s):
+        return s[::-1]
+    '''
+)
+
+LIB_JS = textwrap.dedent(
+    """\
+    export function commonPrefix(a, b) {
+      let n = 0;
+      while (n < Math.min(a.length, b.length) && a[n] === b[n]) n++;
+      return a.slice(0, n);
+    }
+
+    export function shout(s) {
+      return s.toUpperCase() + '!';
+    }
+    """
+)
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text, encoding="utf-8")
+
+
+def open_at(path: Path, source: str, lang: str | None = None):
+    before, after = source.split(CURSOR)
+    line = before.count("\n")
+    col = len(before) - (before.rfind("\n") + 1)
+    path.write_text(before + after, encoding="utf-8")
+    spec = language_for(lang, str(path))
+    doc = Document(path.as_uri(), lang or (spec.id if spec else "plaintext"), 1, before + after)
+    return doc.snapshot(), line, col
+
+
+def kinds(prompt) -> list[tuple[str, str]]:
+    return [(s.kind, Path(s.path).name if s.path else "") for s in prompt.sources]
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    return tmp_path
+
+
+# --- the common_prefix case -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "test_source",
+    [
+        "from lib import common_prefix\n\n\ndef test_common_prefix():\n    assert common_prefix(█",
+        "import lib\n\n\ndef test_common_prefix():\n    assert lib.common_prefix(█",
+        "from lib import *\n\n\ndef test_common_prefix():\n    assert common_prefix(█",
+        # no import yet: found by the test's name and the file naming convention (test_lib.py -> lib.py)
+        "def test_common_prefix():\n    █",
+    ],
+    ids=["from-import", "module-import", "star-import", "no-import"],
+)
+def test_common_prefix_is_selected_from_lib(ws: Path, test_source: str) -> None:
+    write(ws, {"lib.py": LIB_PY})
+    snap, line, col = open_at(ws / "test_lib.py", test_source)
+    p = build_prompt(snap, line, col)
+    assert ("under-test", "lib.py") in kinds(p)
+    assert "def common_prefix(a: str, b: str) -> str:" in p.prompt
+    assert "return a[:n]" in p.prompt  # short: the whole body
+    assert "def reverse" not in p.prompt  # only what is needed
+    # the snippet comes first, the current file's text last, ending at the cursor
+    assert p.prompt.index("def common_prefix") < p.prompt.index("# Path: test_lib.py")
+    assert p.prompt.endswith(test_source.split(CURSOR)[0])
+    under = next(s for s in p.sources if s.kind == "under-test")
+    assert (under.start_line, under.end_line) == (3, 8) and "common_prefix" in under.why
+
+
+def test_common_prefix_in_a_package_with_relative_import(ws: Path) -> None:
+    write(ws, {"pkg/__init__.py": "", "pkg/strings.py": LIB_PY, "tests/__init__.py": ""})
+    src = "from pkg.strings import common_prefix\n\n\ndef test_common_prefix_empty():\n    assert common_prefix('', 'x') == █"
+    snap, line, col = open_at(ws / "tests" / "test_strings.py", src)
+    assert ("under-test", "strings.py") in kinds(build_prompt(snap, line, col))
+    rel = "from ..pkg.strings import common_prefix\n\n\ndef test_x():\n    common_prefix(█"
+    write(ws, {"__init__.py": ""})
+    snap, line, col = open_at(ws / "tests" / "test_rel.py", rel)
+    assert ("definition", "strings.py") in kinds(build_prompt(snap, line, col))
+
+
+def test_javascript_test_block_selects_the_implementation(ws: Path) -> None:
+    write(ws, {"src/lib.js": LIB_JS})
+    src = (
+        "import { commonPrefix } from './lib.js';\n\n"
+        "describe('commonPrefix', () => {\n  it('finds the prefix', () => {\n    expect(commonPrefix(█\n  });\n});\n"
+    )
+    snap, line, col = open_at(ws / "src" / "lib.test.js", src)
+    p = build_prompt(snap, line, col)
+    assert ("under-test", "lib.js") in kinds(p)
+    assert "export function commonPrefix" in p.prompt or "function commonPrefix(a, b) {" in p.prompt
+    assert "shout" not in p.prompt
+    assert p.prompt.startswith("// Path: src/lib.js\n")
+
+
+def test_typescript_definition_through_import(ws: Path) -> None:
+    write(
+        ws,
+        {
+            "util.ts": "export interface Point { x: number; y: number }\n\nexport function norm(p: Point): number {\n  return Math.hypot(p.x, p.y);\n}\n"
+        },
+    )
+    src = "import { norm, Point } from './util';\n\nconst p: Point = { x: 3, y: 4 };\nconst n = norm(█"
+    snap, line, col = open_at(ws / "main.ts", src)
+    p = build_prompt(snap, line, col)
+    assert ("definition", "util.ts") in kinds(p)
+    assert "function norm(p: Point): number" in p.prompt and "interface Point" in p.prompt
+
+
+def test_test_subjects_and_conventions(ws: Path) -> None:
+    snap, line, col = open_at(
+        ws / "test_x.py", "class TestCommonPrefix:\n    def test_empty_strings(self):\n        █"
+    )
+    assert subjects_under_test(snap, line, col)[:3] == ["empty_strings", "empty", "CommonPrefix"]
+    assert "common_prefix" in subjects_under_test(snap, line, col)
+    snap, line, col = open_at(ws / "x.py", "def helper():\n    █")
+    assert subjects_under_test(snap, line, col) == []
+    assert str(ws / "lib.py") in subject_files(str(ws / "test_lib.py"))
+    assert str(ws / "lib.js") in subject_files(str(ws / "lib.test.js"))
+    assert subject_files(str(ws / "lib.py")) == []
+
+
+# --- other sources --------------------------------------------------------------------------------------------
+def test_open_document_overrides_the_disk(ws: Path) -> None:
+    write(ws, {"lib.py": LIB_PY})
+    edited = LIB_PY.replace('"""The longest common prefix of a and b."""', '"""EDITED IN THE EDITOR."""')
+    other = Document((ws / "lib.py").as_uri(), "python", 7, edited).snapshot()
+    snap, line, col = open_at(
+        ws / "test_lib.py", "from lib import common_prefix\n\ndef test_common_prefix():\n    █"
+    )
+    p = build_prompt(snap, line, col, others=[other])
+    assert "EDITED IN THE EDITOR" in p.prompt
+
+
+def test_similar_window_of_another_open_document(ws: Path) -> None:
+    similar = "\n".join(
+        [
+            "import numpy as np",
+            "",
+            "def load_matrix(path):",
+            "    data = np.loadtxt(path, delimiter=',')",
+            "    return data.reshape(-1, 3)",
+        ]
+    )
+    unrelated = "\n".join(["SELECT name FROM users;", "-- nothing alike here", "UPDATE accounts SET x = 1;"])
+    docs = [
+        Document((ws / "other.py").as_uri(), "python", 1, similar).snapshot(),
+        Document((ws / "q.sql").as_uri(), "sql", 1, unrelated).snapshot(),
+    ]
+    src = "import numpy as np\n\ndef load_vectors(path):\n    data = np.loadtxt(path, delimiter=',')\n    █"
+    snap, line, col = open_at(ws / "main.py", src)
+    p = build_prompt(snap, line, col, others=docs)
+    assert ("similar", "other.py") in kinds(p)
+    assert "load_matrix" in p.prompt and "UPDATE accounts" not in p.prompt
+    assert "Jaccard" in next(s.why for s in p.sources if s.kind == "similar")
+
+
+def test_local_definition_above_the_window_and_scope_headers(ws: Path) -> None:
+    helper = "def scale(v, k):\n    return [x * k for x in v]\n\n\n"
+    filler = "".join(f"        total += {i}\n" for i in range(300))
+    src = (
+        helper
+        + "class Stats:\n    def summarize(self, v):\n        total = 0\n"
+        + filler
+        + "        out = scale(█"
+    )
+    snap, line, col = open_at(ws / "stats.py", src)
+    p = build_prompt(snap, line, col, budget=PromptBudget(max_prompt_tokens=400))
+    assert ("definition", "stats.py") in kinds(p)
+    assert "return [x * k for x in v]" in p.prompt
+    assert [s.start_line for s in p.sources if s.kind == "scope"] == [4, 5]
+    assert "class Stats:\n    def summarize(self, v):\n        total += " in p.prompt
+
+
+# --- budgets, determinism, robustness -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_count():
+    """Token counts of the default model (SmolLM2's tokenizer from its GGUF), as the backend counts them."""
+    gguf = pytest.importorskip("gguf")
+    from model_backend.tokenizer import Tokenizer
+    from model_backend.weights import default_model_path
+
+    tok = Tokenizer.from_gguf(gguf.GGUFReader(default_model_path()))
+    return lambda s: len(tok.encode(s))
+
+
+@pytest.mark.parametrize("max_tokens", [24, 64, 200, 700, 2048])
+@pytest.mark.parametrize("fim", [None, "starcoder", "qwen"])
+def test_budget_never_exceeded_with_the_real_tokenizer(ws: Path, real_count, max_tokens: int, fim) -> None:
+    big_lib = LIB_PY + "".join(
+        f"\n\ndef helper_{i}(x):\n    '''名前 😀 {i}'''\n    return x + {i}\n" for i in range(200)
+    )
+    write(ws, {"lib.py": big_lib})
+    other = Document(
+        (ws / "notes.py").as_uri(), "python", 1, "def similar(a, b):\n    return common_prefix(a, b)\n" * 40
+    )
+    src = "from lib import common_prefix, helper_3\n\n" + "x = helper_3(1)  # ünïcödé ✓\n" * 300
+    src += "def test_common_prefix():\n    assert common_prefix(█)\n" + "y = 2\n" * 200
+    snap, line, col = open_at(ws / "test_lib.py", src)
+    template = FAMILIES[fim] if fim else None
+    p = build_prompt(
+        snap,
+        line,
+        col,
+        others=[other.snapshot()],
+        fim=template,
+        count_tokens=real_count,
+        budget=PromptBudget(max_prompt_tokens=max_tokens),
+    )
+    assert real_count(p.prompt) <= max_tokens
+    if max_tokens >= 700:
+        assert ("under-test", "lib.py") in kinds(p)
+    for s in p.sources:
+        assert s.tokens >= 0
+
+
+def test_deterministic_output(ws: Path) -> None:
+    write(ws, {"lib.py": LIB_PY, "other.py": "def other():\n    return common_prefix('a', 'b')\n"})
+    src = "from lib import common_prefix, reverse\n\ndef test_common_prefix():\n    reverse('x')\n    █"
+    snap, line, col = open_at(ws / "test_lib.py", src)
+    others = [Document((ws / "other.py").as_uri(), "python", 1, (ws / "other.py").read_text()).snapshot()]
+    prompts = {build_prompt(snap, line, col, others=others).prompt for _ in range(3)}
+    prompts.add(build_prompt(snap, line, col, others=others, workspace=Workspace(ws)).prompt)
+    assert len(prompts) == 1
+
+
+def test_unicode_paths_and_contents(tmp_path: Path) -> None:
+    root = tmp_path / "проект 名前"
+    root.mkdir()
+    (root / "pyproject.toml").write_text("")
+    write(root, {"модуль.py": 'def größe(x):\n    """Größe in 😀."""\n    return len(x)\n'})
+    src = "from модуль import größe\n\n\ndef test_größe():\n    assert größe('ß😀') == █"
+    snap, line, col = open_at(root / "test_модуль.py", src)
+    p = build_prompt(snap, line, col)
+    assert ("under-test", "модуль.py") in kinds(p)
+    assert "# Path: модуль.py\n" in p.prompt and '"""Größe in 😀."""' in p.prompt
+
+
+def test_files_that_do_not_parse(ws: Path) -> None:
+    broken_lib = LIB_PY + "\ndef broken(:\n    return ((\n"
+    write(ws, {"lib.py": broken_lib})
+    src = "from lib import common_prefix\nclass (((:\n\ndef test_common_prefix():\n    assert common_prefix(█"
+    snap, line, col = open_at(ws / "test_lib.py", src)
+    assert snap.tree.root_node.has_error
+    p = build_prompt(snap, line, col)
+    assert "def common_prefix" in p.prompt
+    fs = extract_symbols(broken_lib, language_for("python"), str(ws / "lib.py"))
+    assert "common_prefix" in [d.name for d in fs.definitions]
+
+
+def test_circular_imports(ws: Path) -> None:
+    write(
+        ws,
+        {
+            "a.py": "from b import bee\n\n\ndef ay(x):\n    return bee(x) + 1\n",
+            "b.py": "from a import ay\n\n\ndef bee(x):\n    return ay(x) - 1\n",
+        },
+    )
+    src = "from a import ay\nfrom b import bee\n\n\ndef test_ay():\n    assert ay(1) == bee(█"
+    snap, line, col = open_at(ws / "test_ab.py", src)
+    p = build_prompt(snap, line, col)
+    assert ("under-test", "a.py") in kinds(p) and ("definition", "b.py") in kinds(p)
+    # a file importing itself
+    write(ws, {"self_ref.py": "import self_ref\n\ndef f():\n    return self_ref.f()\n"})
+    snap, line, col = open_at(ws / "self_ref.py", "import self_ref\n\ndef f():\n    return self_ref.f(█)\n")
+    build_prompt(snap, line, col)  # terminates, no snippet of itself
+    assert all(s.kind != "definition" for s in build_prompt(snap, line, col).sources)
+
+
+def test_snippets_off_is_the_plain_prompt(ws: Path) -> None:
+    write(ws, {"lib.py": LIB_PY})
+    snap, line, col = open_at(
+        ws / "test_lib.py", "from lib import common_prefix\n\ndef test_common_prefix():\n    █"
+    )
+    p = build_prompt(snap, line, col, snippets=False)
+    assert "def common_prefix(a" not in p.prompt and [s.kind for s in p.sources] == ["header", "prefix"]
+
+
+def test_find_root(tmp_path: Path) -> None:
+    (tmp_path / "proj" / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "proj" / "pyproject.toml").write_text("")
+    assert find_root(tmp_path / "proj" / "pkg" / "sub" / "x.py") == ((tmp_path / "proj").resolve(), True)
+    (tmp_path / "lib" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "lib" / "a" / "__init__.py").write_text("")
+    (tmp_path / "lib" / "a" / "b" / "__init__.py").write_text("")
+    assert find_root(tmp_path / "lib" / "a" / "b" / "x.py") == ((tmp_path / "lib").resolve(), False)
+
+
+def test_big_workspace_does_not_slow_a_keystroke(ws: Path) -> None:
+    """10,000 files: the name index builds in the background; a request never waits for it."""
+    for d in range(100):
+        sub = ws / f"mod{d}"
+        sub.mkdir()
+        for i in range(100):
+            (sub / f"f{i}.py").write_text(f"def func_{d}_{i}(x):\n    return x + {i}\n")
+    write(ws, {"lib.py": LIB_PY})
+    workspace = Workspace(ws)
+    src = "from lib import common_prefix\n\ndef test_common_prefix():\n    x = func_42_7(1)\n    █"
+    snap, line, col = open_at(ws / "test_lib.py", src)
+    t0 = time.perf_counter()
+    build_prompt(snap, line, col, workspace=workspace)  # first request: starts indexing, does not wait
+    first = time.perf_counter() - t0
+    assert first < 1.0
+    assert workspace.wait_indexed(timeout=120)
+    assert workspace.files_indexed >= 10_000
+    t0 = time.perf_counter()
+    p = build_prompt(snap, line, col, workspace=workspace)
+    assert time.perf_counter() - t0 < 1.0
+    assert ("under-test", "lib.py") in kinds(p)
+    assert workspace.paths_defining("func_42_7") == [str(ws / "mod42" / "f7.py")]
