@@ -171,22 +171,31 @@ def resolve_model(spec: str | Path) -> Path:
 # --- Hugging Face folders -----------------------------------------------------------------------------------
 
 
-def _rope_from_hf(d: dict[str, Any], path: Path) -> tuple[float, float]:
-    """(rope_theta, linear scaling factor) from transformers 4 (`rope_theta`, `rope_scaling`) or 5
-    (`rope_parameters`) style configs."""
+def _rope_from_hf(d: dict[str, Any], path: Path) -> tuple[float, float, int]:
+    """(rope_theta, linear scaling factor, context length) from transformers 4 (`rope_theta`, `rope_scaling`)
+    or 5 (`rope_parameters`) style configs."""
     params = d.get("rope_parameters") or {}
     scaling = d.get("rope_scaling") or {}
     theta = params.get("rope_theta", d.get("rope_theta", 10000.0))
     kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     factor = params.get("factor", scaling.get("factor", 1.0))
-    return float(theta), _linear_factor(kind, factor, path)
+    original = params.get("original_max_position_embeddings", scaling.get("original_max_position_embeddings"))
+    factor, ctx = _rope_scaling(kind, factor, original, int(d.get("max_position_embeddings", 2048)), path)
+    return float(theta), factor, ctx
 
 
-def _linear_factor(kind: str | None, factor: float | None, path: Path) -> float:
+def _rope_scaling(kind: str | None, factor: Any, original_ctx: Any, ctx: int, path: Path) -> tuple[float, int]:
+    """(linear factor, usable context) for a RoPE scaling type. Linear position interpolation is implemented.
+    YaRN (Qwen2.5's long-context option) is not: the model then runs unscaled, as Qwen's own default config
+    does, within its original context."""
     if kind in (None, "", "default", "none"):
-        return 1.0
+        return 1.0, ctx
     if kind == "linear":
-        return float(factor or 1.0)
+        return float(factor or 1.0), ctx
+    if kind == "yarn":
+        usable = int(original_ctx) if original_ctx else ctx
+        log.warning("%s: YaRN RoPE scaling is not implemented; running unscaled within %d tokens", path, usable)
+        return 1.0, min(ctx, usable)
     raise ModelLoadError(f"{path}: unsupported RoPE scaling type {kind!r} (only linear scaling is implemented)")
 
 
@@ -198,7 +207,7 @@ def config_from_hf(d: dict[str, Any], path: Path) -> ModelConfig:
     try:
         hidden = int(d["hidden_size"])
         n_heads = int(d["num_attention_heads"])
-        theta, scaling = _rope_from_hf(d, path)
+        theta, scaling, context = _rope_from_hf(d, path)
         traits = dict(ARCH_TRAITS[arch])
         if arch == "llama":
             traits["qkv_bias"] = traits["out_bias"] = bool(d.get("attention_bias", False))
@@ -215,7 +224,7 @@ def config_from_hf(d: dict[str, Any], path: Path) -> ModelConfig:
             n_heads=n_heads,
             n_kv_heads=int(d.get("num_key_value_heads") or n_heads),
             head_dim=int(d.get("head_dim") or hidden // n_heads),
-            context_length=int(d.get("max_position_embeddings", 2048)),
+            context_length=context,
             rope_theta=theta,
             rope_scaling=scaling,
             norm_eps=float(eps),
@@ -363,6 +372,9 @@ def config_from_gguf(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], p
     factor = meta.get(f"{arch}.rope.scaling.factor")
     if kind is None and meta.get(f"{arch}.rope.scale_linear") is not None:  # older files
         kind, factor = "linear", meta[f"{arch}.rope.scale_linear"]
+    scaling, context = _rope_scaling(
+        kind, factor, meta.get(f"{arch}.rope.scaling.original_context_length"), int(need("context_length")), path
+    )
     traits = dict(ARCH_TRAITS[arch])
     # biases: what the file holds (llama-family fine-tunes sometimes carry them)
     traits["qkv_bias"] = "model.layers.0.self_attn.q_proj.bias" in shapes
@@ -381,9 +393,9 @@ def config_from_gguf(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], p
         n_heads=n_heads,
         n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or n_heads),
         head_dim=head_dim,
-        context_length=int(need("context_length")),
+        context_length=context,
         rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-        rope_scaling=_linear_factor(kind, factor, path),
+        rope_scaling=scaling,
         norm_eps=float(f"{float(meta.get(f'{arch}.{eps_key}', 1e-5)):.7g}"),  # float32 in the file: 1e-5, not 9.99e-6
         tie_word_embeddings="lm_head.weight" not in shapes,
         **traits,

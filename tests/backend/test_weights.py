@@ -370,14 +370,16 @@ def test_corrupt_gguf_header_is_a_clear_error_or_loads(small_gguf, tmp_path_fact
 
 
 def _rewrite(src: Path, dst: Path, *, arch: str | None = None, drop: set[str] = frozenset(),
-             add: dict[str, np.ndarray] | None = None, drop_keys: tuple[str, ...] = ()) -> Path:
-    """Copy a GGUF, changing its architecture name, leaving out tensors / metadata keys, or adding tensors."""
+             add: dict[str, np.ndarray] | None = None, drop_keys: tuple[str, ...] = (),
+             set_keys: dict[str, tuple[object, gguf.GGUFValueType]] | None = None) -> Path:
+    """Copy a GGUF, changing its architecture name, leaving out tensors / metadata keys, adding tensors or
+    setting metadata keys."""
     r = gguf.GGUFReader(src)
     old_arch = r.fields["general.architecture"].contents()
     new_arch = arch or old_arch
     w = gguf.GGUFWriter(dst, new_arch)
     for key, f in r.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or key in drop_keys:
+        if key.startswith("GGUF.") or key == "general.architecture" or key in drop_keys or key in (set_keys or {}):
             continue
         new_key = key.replace(f"{old_arch}.", f"{new_arch}.", 1) if key.startswith(f"{old_arch}.") else key
         vtype = f.types[0]
@@ -390,6 +392,8 @@ def _rewrite(src: Path, dst: Path, *, arch: str | None = None, drop: set[str] = 
             continue
         native = t.tensor_type in (Q.F32, Q.F16)  # numpy dtypes; the others are raw bytes per row
         w.add_tensor(t.name, np.asarray(t.data), raw_dtype=None if native else t.tensor_type)
+    for key, (value, vtype) in (set_keys or {}).items():
+        w.add_key_value(key, value, vtype)
     for name, arr in (add or {}).items():
         w.add_tensor(name, arr)
     w.write_header_to_file()
@@ -429,6 +433,36 @@ def test_gguf_missing_metadata_and_tokenizer(small_gguf, tmp_path):
     bad = _rewrite(small_gguf, tmp_path / "c.gguf", drop_keys=("tokenizer.ggml.pre",))
     # no pre-tokenizer name: llama.cpp's "default" regexes, and the model still loads
     assert load_checkpoint(bad, cache_dir=tmp_path / "cache", progress=False).tokenizer.encode("x = 1")
+
+
+def test_gguf_yarn_runs_unscaled_within_the_original_context(small_gguf, tmp_path):
+    S, F, U = gguf.GGUFValueType.STRING, gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.UINT32
+    yarn = _rewrite(small_gguf, tmp_path / "yarn.gguf", set_keys={
+        "llama.rope.scaling.type": ("yarn", S), "llama.rope.scaling.factor": (4.0, F),
+        "llama.rope.scaling.original_context_length": (256, U)})
+    cfg = load_checkpoint(yarn, cache_dir=tmp_path / "cache", progress=False).config
+    assert (cfg.rope_scaling, cfg.context_length) == (1.0, 256)
+    bad = _rewrite(small_gguf, tmp_path / "longrope.gguf", set_keys={"llama.rope.scaling.type": ("longrope", S)})
+    _load_fails(bad, tmp_path / "cache2", "unsupported RoPE scaling type 'longrope'")
+
+
+def test_hf_rope_scaling_types(tiny_dirs, tmp_path):
+    d = _copy(tiny_dirs["qwen2"], tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6,
+                              "original_max_position_embeddings": 128}
+    (d / "config.json").write_text(json.dumps(cfg))
+    c = load_checkpoint(d).config
+    assert (c.rope_theta, c.rope_scaling, c.context_length) == (1e6, 1.0, 128)
+    cfg.pop("rope_parameters")
+    cfg["rope_theta"], cfg["rope_scaling"] = 5e5, {"type": "dynamic", "factor": 2.0}  # transformers 4 style
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="unsupported RoPE scaling type 'dynamic'"):
+        load_checkpoint(d)
+    cfg["rope_scaling"] = {"type": "linear", "factor": 2.0}
+    (d / "config.json").write_text(json.dumps(cfg))
+    c = load_checkpoint(d).config
+    assert (c.rope_theta, c.rope_scaling, c.context_length) == (5e5, 2.0, 512)
 
 
 def test_gguf_unsupported_quant_type(tmp_path):
