@@ -28,8 +28,10 @@ from typing import Any
 from copilot_ls.evaluation import sandbox
 from copilot_ls.evaluation.passk import pass_at_k, top_logprob_pass
 
-# The Codex paper's stop sequences: a new top-level statement ends the function body.
-STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
+# The Codex paper's stop sequences: a new top-level statement ends the function body. OpenAI-compatible
+# servers take at most 4 stop strings; the fifth is applied here (cut_at_stop), which gives the same text.
+STOP = ["\ndef", "\nclass", "\nif", "\n#", "\nprint"]
+SERVER_STOP = STOP[:4]
 SAMPLES_FILE, RESULTS_FILE, RUN_FILE, PLOT_FILE = "samples.jsonl", "results.json", "run.json", "pass_at_k.png"
 # Settings that must be identical to resume a run in the same --out directory.
 RUN_KEYS = ("through", "n", "temperature", "top_p", "max_tokens", "greedy")
@@ -119,7 +121,7 @@ async def generate_raw(client: Any, problem: dict[str, Any], count: int, *, temp
                        cfg: EvalConfig) -> list[Generated]:
     """`count` completions of the bare prompt in one request (the backend batches them)."""
     cands = await client.complete(problem["prompt"], max_tokens=cfg.max_tokens, temperature=temperature,
-                                  top_p=cfg.top_p, n=count, stop=STOP)
+                                  top_p=cfg.top_p, n=count, stop=SERVER_STOP)
     return [Generated(cut_at_stop(c.text), c.mean_logprob, c.finish_reason) for c in cands]
 
 
