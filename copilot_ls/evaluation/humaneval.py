@@ -32,6 +32,7 @@ from copilot_ls.evaluation.passk import pass_at_k, top_logprob_pass
 # servers take at most 4 stop strings; the fifth is applied here (cut_at_stop), which gives the same text.
 STOP = ["\ndef", "\nclass", "\nif", "\n#", "\nprint"]
 SERVER_STOP = STOP[:4]
+RAW_CHUNK = 4
 SAMPLES_FILE, RESULTS_FILE, RUN_FILE, PLOT_FILE = "samples.jsonl", "results.json", "run.json", "pass_at_k.png"
 # Settings that must be identical to resume a run in the same --out directory.
 RUN_KEYS = ("through", "n", "temperature", "top_p", "max_tokens", "greedy")
@@ -119,10 +120,13 @@ def cut_at_stop(text: str, stop: Iterable[str] = STOP) -> str:
 
 async def generate_raw(client: Any, problem: dict[str, Any], count: int, *, temperature: float,
                        cfg: EvalConfig) -> list[Generated]:
-    """`count` completions of the bare prompt in one request (the backend batches them)."""
-    cands = await client.complete(problem["prompt"], max_tokens=cfg.max_tokens, temperature=temperature,
-                                  top_p=cfg.top_p, n=count, stop=SERVER_STOP)
-    return [Generated(cut_at_stop(c.text), c.mean_logprob, c.finish_reason) for c in cands]
+    """`count` completions of the bare prompt, in requests of at most RAW_CHUNK (servers cap `n` at their
+    batch size; ours at --max-batch, 8 by default), sent together so the backend batches them."""
+    sizes = [min(RAW_CHUNK, count - i) for i in range(0, count, RAW_CHUNK)]
+    chunks = await asyncio.gather(*(client.complete(problem["prompt"], max_tokens=cfg.max_tokens,
+                                                    temperature=temperature, top_p=cfg.top_p, n=size,
+                                                    stop=SERVER_STOP) for size in sizes))
+    return [Generated(cut_at_stop(c.text), c.mean_logprob, c.finish_reason) for cands in chunks for c in cands]
 
 
 def cursor_at_end(text: str) -> tuple[int, int]:

@@ -121,3 +121,10 @@ def test_store_rejects_garbage(tmp_path):
     path.write_text("not json\n")
     with pytest.raises(EvalError, match="not a sample record"):
         SampleStore.open(path)
+
+
+async def test_raw_requests_are_split_to_fit_the_servers_batch():
+    client = FakeClient()
+    gens = await humaneval.generate_raw(client, PROBLEMS[0], 6, temperature=0.8, cfg=EvalConfig(n=6))
+    assert len(gens) == 6
+    assert sorted(n for _, n, _ in client.requested) == [2, humaneval.RAW_CHUNK]
