@@ -1,0 +1,208 @@
+"""Client of an OpenAI-compatible `/v1/completions` server (ours, vLLM, TGI, llama.cpp, Ollama) over httpx.
+
+Every failure -- nothing listening, a timeout, an HTTP error, a body that is not a completion -- becomes one
+`BackendError` whose message says what went wrong in words a user can act on. Cancelling the awaiting task
+aborts the HTTP request (the connection is closed, so our backend stops generating).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from copilot_ls.postprocess import RawCandidate
+
+
+class BackendError(Exception):
+    """The backend could not give a completion. `kind`: unreachable | timeout | http | auth | loading | garbage."""
+
+    def __init__(self, message: str, *, kind: str = "http", status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What the LS needs to know about the served model (from /v1/models and /v1/tokenizer)."""
+    id: str | None
+    context_length: int | None
+    fim: dict[str, str | None] | None           # /v1/models `fim`: {"prefix", "suffix", "middle", ...} or None
+    count_tokens: Callable[[str], int] | None   # exact, from the server's tokenizer.json; None if unavailable
+
+
+def _mean(values: Sequence[Any]) -> float:
+    nums = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+    return sum(nums) / len(nums) if nums else 0.0
+
+
+def parse_completion(body: Any) -> list[RawCandidate]:
+    """OpenAI completion JSON -> candidates in `index` order; BackendError(kind="garbage") if it is not one."""
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise BackendError(f"backend answered something that is not a completion: {str(body)[:120]!r}",
+                           kind="garbage")
+    out: list[tuple[int, RawCandidate]] = []
+    for i, choice in enumerate(body["choices"]):
+        if not isinstance(choice, dict) or not isinstance(choice.get("text"), str):
+            raise BackendError(f"backend answered a completion choice without text: {str(choice)[:120]!r}",
+                               kind="garbage")
+        index = choice.get("index", i)
+        index = index if isinstance(index, int) else i
+        logprobs = choice.get("logprobs")
+        token_logprobs = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+        mean = _mean(token_logprobs) if isinstance(token_logprobs, list) else 0.0
+        finish = choice.get("finish_reason")
+        out.append((index, RawCandidate(choice["text"], mean, finish if isinstance(finish, str) else "stop")))
+    out.sort(key=lambda t: t[0])
+    return [c for _, c in out]
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(body, dict) and body.get("detail"):
+            return str(body["detail"])
+    except (ValueError, AttributeError):
+        pass
+    return response.text[:200] or response.reason_phrase
+
+
+class BackendClient:
+    """OpenAI-compatible /v1/completions over httpx; works against any such server."""
+
+    def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.model = model
+        self.timeout = timeout
+        self.requests = 0            # /v1/completions calls made (the LS's own counter)
+        self._meta: ModelMeta | None = None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, trust_env=False,
+                                       timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+
+    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kw)
+        except httpx.TimeoutException as exc:
+            raise BackendError(f"backend at {self.base_url} did not answer within {self.timeout:g} s",
+                               kind="timeout") from exc
+        except httpx.TransportError as exc:
+            raise BackendError(f"cannot reach the backend at {self.base_url} ({type(exc).__name__}: {exc})",
+                               kind="unreachable") from exc
+        if response.status_code in (401, 403):
+            raise BackendError(f"backend at {self.base_url} refused the API key (HTTP {response.status_code}): "
+                               f"{_error_message(response)}", kind="auth", status=response.status_code)
+        if response.status_code == 503:
+            raise BackendError(f"backend at {self.base_url} is not ready (loading the model?)",
+                               kind="loading", status=503)
+        if response.status_code >= 400:
+            raise BackendError(f"backend at {self.base_url} answered HTTP {response.status_code}: "
+                               f"{_error_message(response)}", status=response.status_code)
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise BackendError(f"backend answered non-JSON: {response.text[:120]!r}", kind="garbage") from exc
+
+    async def complete(self, prompt: str, *, suffix: str | None = None, max_tokens: int = 128,
+                       temperature: float = 0.0, top_p: float = 1.0, n: int = 1, stop: Sequence[str] = (),
+                       seed: int | None = None) -> list[RawCandidate]:
+        """One /v1/completions call (logprobs requested; mean log-prob ranks candidates)."""
+        payload: dict[str, Any] = {
+            "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "n": n,
+            "logprobs": 1, "stream": False,
+        }
+        if stop:
+            payload["stop"] = list(stop)
+        if suffix is not None:
+            payload["suffix"] = suffix
+        if seed is not None:
+            payload["seed"] = seed
+        if self.model:
+            payload["model"] = self.model
+        self.requests += 1
+        response = await self._request("POST", "/v1/completions", json=payload)
+        return parse_completion(self._json(response))
+
+    async def health(self) -> str:
+        """"ready", "loading" or raises BackendError (unreachable, ...). Servers without /health count as ready."""
+        try:
+            await self._request("GET", "/health")
+        except BackendError as exc:
+            if exc.kind == "loading":
+                return "loading"
+            if exc.status == 404:
+                return "ready"
+            raise
+        return "ready"
+
+    async def model_info(self) -> dict:
+        """The served model's entry of GET /v1/models (ours adds `context_length` and `fim`)."""
+        body = self._json(await self._request("GET", "/v1/models"))
+        models = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(models, list) or not models or not all(isinstance(m, dict) for m in models):
+            raise BackendError(f"backend answered an unexpected /v1/models: {str(body)[:120]!r}", kind="garbage")
+        for m in models:
+            if self.model and m.get("id") == self.model:
+                return m
+        return models[0]
+
+    async def tokenizer_json(self) -> str | None:
+        """tokenizer.json text from GET /v1/tokenizer, or None when the server has no such route."""
+        try:
+            response = await self._request("GET", "/v1/tokenizer")
+        except BackendError as exc:
+            if exc.status in (404, 405, 501):
+                return None
+            raise
+        return response.text
+
+    async def meta(self) -> ModelMeta:
+        """Model facts, fetched once per client (a model change means a new client)."""
+        if self._meta is None:
+            try:
+                info = await self.model_info()
+            except BackendError as exc:
+                if exc.status not in (404, 405):
+                    raise
+                info = {}
+            fim = info.get("fim") if isinstance(info.get("fim"), dict) else None
+            ctx = info.get("context_length")
+            self._meta = ModelMeta(
+                id=info.get("id") if isinstance(info.get("id"), str) else None,
+                context_length=ctx if isinstance(ctx, int) and ctx > 0 else None,
+                fim=fim, count_tokens=_token_counter(await self.tokenizer_json()))
+        return self._meta
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _token_counter(tokenizer_json: str | None) -> Callable[[str], int] | None:
+    if not tokenizer_json:
+        return None
+    try:
+        json.loads(tokenizer_json)
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(tokenizer_json)
+    except Exception:  # a server's odd tokenizer must not break completions; fall back to estimates
+        return None
+
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False).ids)
+
+    return count

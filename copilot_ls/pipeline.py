@@ -1,0 +1,79 @@
+"""The ONE completion pipeline, called by the language server, `copilot-ls complete` and the evaluation:
+
+    snapshot -> context.build_prompt (pure) -> BackendClient.complete (HTTP) -> postprocess (pure)
+
+An optional LRU cache keyed on the exact request (prompt, stop strings, sampling settings, backend) skips the
+HTTP call when the same context is asked again; post-processing always runs against the current snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from copilot_ls.backend import BackendClient, ModelMeta
+from copilot_ls.context import Prompt, PromptBudget, build_prompt
+from copilot_ls.documents import Snapshot
+from copilot_ls.fim import FimTemplate, template_for
+from copilot_ls.postprocess import RawCandidate, Suggestion, postprocess
+from copilot_ls.scheduler import LRUCache
+from copilot_ls.settings import Settings
+
+CacheKey = tuple
+RawCache = LRUCache[CacheKey, list[RawCandidate]]
+
+
+@dataclass
+class CompletionResult:
+    suggestions: list[Suggestion]
+    prompt: Prompt
+    raw: list[RawCandidate]
+    cached: bool = False      # the raw candidates came from the cache (no backend call)
+
+
+def fim_template(meta: ModelMeta) -> FimTemplate | None:
+    """The FIM template for the served model's FIM tokens, or None (prefix-only prompts)."""
+    return template_for(meta.fim)
+
+
+def budget_for(settings: Settings, meta: ModelMeta) -> PromptBudget:
+    max_prompt = settings.max_prompt_tokens
+    if meta.context_length:
+        max_prompt = max(16, min(max_prompt, meta.context_length - settings.max_tokens - 8))
+    return PromptBudget(max_prompt_tokens=max_prompt, suffix_fraction=settings.suffix_fraction,
+                        max_tokens_out=settings.max_tokens)
+
+
+async def ask_backend(client: BackendClient, prompt: Prompt, settings: Settings) -> list[RawCandidate]:
+    """n candidates for `prompt`. With temperature 0 and n > 1: the greedy one plus n-1 samples (the greedy
+    candidate repeated n times would offer the editor nothing to cycle through)."""
+    kw = dict(max_tokens=settings.max_tokens, top_p=settings.top_p, stop=prompt.stop)
+    if settings.n > 1 and settings.temperature == 0:
+        greedy, sampled = await asyncio.gather(
+            client.complete(prompt.prompt, n=1, temperature=0.0, **kw),
+            client.complete(prompt.prompt, n=settings.n - 1, temperature=settings.sample_temperature, **kw))
+        return greedy + sampled
+    return await client.complete(prompt.prompt, n=settings.n, temperature=settings.temperature, **kw)
+
+
+def cache_key(client: BackendClient, prompt: Prompt, settings: Settings) -> CacheKey:
+    return (client.base_url, client.model, prompt.prompt, tuple(prompt.stop), settings.n, settings.temperature,
+            settings.sample_temperature, settings.top_p, settings.max_tokens)
+
+
+async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient, settings: Settings,
+                   others: Sequence[Snapshot] = (), cache: RawCache | None = None) -> CompletionResult:
+    """Suggestions at (line, code-point col) of `snap`, best first (at most settings.n)."""
+    meta = await client.meta()
+    prompt = build_prompt(snap, line, col, others=others, budget=budget_for(settings, meta),
+                          fim=fim_template(meta), count_tokens=meta.count_tokens)
+    key = cache_key(client, prompt, settings)
+    raw = cache.get(key) if cache is not None else None
+    cached = raw is not None
+    if raw is None:
+        raw = await ask_backend(client, prompt, settings)
+        if cache is not None:
+            cache.put(key, raw)
+    suggestions = postprocess(raw, snap, line, col, multiline=prompt.multiline, max_lines=settings.max_lines)
+    return CompletionResult(suggestions[: settings.n], prompt, raw, cached)

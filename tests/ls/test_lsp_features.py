@@ -1,0 +1,196 @@
+"""LSP features over stdio against the small fake backend of lsp_testing.py (deterministic answers and
+timing): capabilities, typed-ahead reuse, the LRU cache, supersession, $/cancelRequest, bookkeeping commands,
+configuration, an unknown language, several candidates. The same behaviour with the real model is covered in
+test_lsp_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import pytest_lsp
+from lsp_testing import (
+    LS_COMMAND,
+    FakeBackend,
+    apply_item,
+    capabilities,
+    change,
+    inline,
+    inline_params,
+    open_doc,
+    status,
+)
+from lsprotocol import types
+from pygls.exceptions import JsonRpcRequestCancelled
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
+def fake():
+    fb = FakeBackend(reply='"flower", "flow")')
+    yield fb
+    fb.close()
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module")
+async def client(lsp_client: LanguageClient, fake):
+    result = await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=capabilities(),
+        initialization_options={"copilot-ls": {"backendUrl": fake.url, "debounceMs": 30}}))
+    lsp_client.server_caps = result.capabilities
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest.fixture(autouse=True)
+def reset_fake(fake):
+    fake.mode, fake.reply, fake.delay = "echo", '"flower", "flow")', 0.0
+
+
+async def test_capabilities(client):
+    caps = client.server_caps
+    assert caps.inline_completion_provider is not None
+    assert caps.text_document_sync.change == types.TextDocumentSyncKind.Incremental
+    assert set(caps.execute_command_provider.commands) >= {
+        "copilot-ls.accepted", "copilot-ls.partiallyAccepted", "copilot-ls.rejected", "copilot-ls.status"}
+
+
+async def test_typed_ahead_and_cache_make_no_backend_call(client, fake):
+    uri = "file:///tmp/typed.py"
+    text = "def f():\n    return common_prefix(\n"
+    open_doc(client, uri, text)
+    n0 = len(fake.requests)
+    first = await inline(client, uri, 1, 25)
+    assert first.items[0].insert_text == '"flower", "flow")'
+    assert len(fake.requests) == n0 + 1
+    # the user types the first three characters of the suggestion, one by one
+    line = '    return common_prefix('
+    for i, ch in enumerate('"fl', start=1):
+        change(client, uri, 1 + i, (1, 25 + i - 1), (1, 25 + i - 1), ch)
+        res = await inline(client, uri, 1, 25 + i, invoked=False)
+        assert res.items[0].insert_text == '"flower", "flow")'[i:]
+        assert res.items[0].range.start == types.Position(1, 25 + i)
+        doc = text.replace(line, line + '"flower", "flow")'[:i])
+        assert apply_item(doc, res.items[0], "utf-16") == text.replace(line, line + '"flower", "flow")')
+    assert len(fake.requests) == n0 + 1              # no backend call while typing into the suggestion
+    st = await status(client)
+    assert st["counters"]["typed_ahead"] >= 3
+    # typing something else -> a real request again; asking again for the same context -> the LRU cache
+    change(client, uri, 5, (1, 28), (1, 28), "x")
+    await inline(client, uri, 1, 29)
+    assert len(fake.requests) == n0 + 2
+    change(client, uri, 6, (1, 28), (1, 29), "")
+    change(client, uri, 7, (1, 28), (1, 28), "x")
+    await inline(client, uri, 1, 29)
+    assert len(fake.requests) == n0 + 2
+    assert (await status(client))["counters"]["cache_hits"] >= 1
+
+
+async def test_newer_request_supersedes_older_and_aborts_its_http_call(client, fake):
+    fake.mode, fake.delay = "slow", 5.0
+    uri = "file:///tmp/supersede.py"
+    open_doc(client, uri, "x = f(\n")
+    d0 = fake.disconnects
+    older = asyncio.ensure_future(inline(client, uri, 0, 6))
+    await asyncio.sleep(0.5)                         # the older one is now waiting on the backend
+    fake.mode = "echo"
+    change(client, uri, 2, (0, 6), (0, 6), "1")
+    newer = await inline(client, uri, 0, 7)
+    t0 = time.monotonic()
+    old_result = await older
+    assert time.monotonic() - t0 < 2                 # answered at once, not after the slow backend
+    assert old_result is None or old_result.items == []
+    assert newer.items[0].insert_text == '"flower", "flow")'
+    for _ in range(50):                              # the fake notices the closed connection
+        if fake.disconnects > d0:
+            break
+        await asyncio.sleep(0.05)
+    assert fake.disconnects == d0 + 1
+    assert (await status(client))["counters"]["superseded"] >= 1
+
+
+async def test_cancel_request_aborts_the_backend_call(client, fake):
+    fake.mode, fake.delay = "slow", 5.0
+    uri = "file:///tmp/cancel.py"
+    open_doc(client, uri, "y = g(\n")
+    d0 = fake.disconnects
+    msg_id = 424242
+    fut = asyncio.ensure_future(client.protocol.send_request_async(
+        types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(uri, 0, 6), msg_id=msg_id))
+    await asyncio.sleep(0.5)
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(fut, 3)
+    for _ in range(50):
+        if fake.disconnects > d0:
+            break
+        await asyncio.sleep(0.05)
+    assert fake.disconnects == d0 + 1
+    fake.mode = "echo"
+    assert (await inline(client, uri, 0, 6)).items      # the server is fine afterwards
+
+
+async def test_bookkeeping_commands_and_status(client, fake):
+    uri = "file:///tmp/stats.py"
+    open_doc(client, uri, "z = h(\n")
+    items = []
+    for text in ("z = h(\n", "z = h(1\n", "z = h(12\n"):
+        change(client, uri, len(items) + 2, (0, 0), (1, 0), text)
+        items.append((await inline(client, uri, 0, len(text) - 1)).items[0])
+    before = (await status(client))["stats"]
+
+    async def cmd(name, *args):
+        return await client.workspace_execute_command_async(
+            types.ExecuteCommandParams(command=name, arguments=list(args)))
+
+    accepted = items[0].command
+    assert accepted.command == "copilot-ls.accepted"
+    assert await cmd(accepted.command, *accepted.arguments) == {"ok": True}
+    assert (await cmd("copilot-ls.partiallyAccepted", items[1].command.arguments[0], 3)) == {"ok": True}
+    assert (await cmd("copilot-ls.rejected", items[2].command.arguments[0])) == {"ok": True}
+    assert (await cmd("copilot-ls.rejected", items[2].command.arguments[0]))["ok"] is False   # twice
+    after = (await status(client))["stats"]
+    assert after["accepted"] == before["accepted"] + 1
+    assert after["partially_accepted"] == before["partially_accepted"] + 1
+    assert after["rejected"] == before["rejected"] + 1
+    assert after["by_language"]["python"]["accepted"] >= 1
+    with pytest.raises(Exception, match="accepted length"):
+        await cmd("copilot-ls.partiallyAccepted", items[1].command.arguments[0], "three")
+
+
+async def test_configuration_disables_a_language_and_n_candidates(client, fake):
+    uri = "file:///tmp/config.py"
+    open_doc(client, uri, "w = k(\n")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"copilot-ls": {"languages": {"python": False}}}))
+    n0 = len(fake.requests)
+    assert await inline(client, uri, 0, 6) is None
+    assert len(fake.requests) == n0
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"copilot-ls": {"languages": {"python": True}, "n": 3, "temperature": 0.5}}))
+    fake.reply = "1, 2)"
+    res = await inline(client, uri, 0, 6)
+    assert fake.requests[-1]["n"] == 3 and fake.requests[-1]["logprobs"]
+    assert res.items and len(res.items) <= 3      # equal replies are de-duplicated by post-processing
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"copilot-ls": {"n": 1, "temperature": 0, "debounceMs": "soon"}}))   # invalid: ignored
+    await asyncio.sleep(0.2)
+    assert any("debounce" in m.message for m in client.messages)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"copilot-ls": {"n": 1, "temperature": 0}}))
+
+
+async def test_unknown_language_gets_text_only_completions(client, fake):
+    uri = "file:///tmp/notes.weird"
+    open_doc(client, uri, "Dear diary, today I wrote common_prefix(", language_id="weirdlang")
+    fake.reply = "x, y)"
+    res = await inline(client, uri, 0, 40)
+    assert res.items and res.items[0].insert_text == "x, y)"
+    assert fake.requests[-1]["prompt"].endswith("common_prefix(")
+
+
+async def test_request_for_unopened_document(client):
+    assert await inline(client, "file:///tmp/never-opened.py", 0, 0) is None

@@ -1,0 +1,99 @@
+"""Position encodings over real LSP (stdio): positions after emoji, CJK and combining marks, in utf-16 and utf-8.
+
+The backend here is the small fake of conftest.py, which records the prompt it was sent: the prompt must end
+exactly at the cursor, and the item's range must put the reply exactly there. (The same with the real model:
+test_lsp_e2e.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_lsp
+from lsp_testing import LS_COMMAND, FakeBackend, apply_item, capabilities, change, inline, open_doc
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")   # the tests share the module's LS (and its loop)
+
+OFFERS = {"utf-16": None, "utf-8": ["utf-16", "utf-8"], "utf-32": ["utf-32"]}
+
+
+@pytest.fixture(scope="module")
+def fake():
+    fb = FakeBackend(reply="XYZ")
+    yield fb
+    fb.close()
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module",
+                    params=list(OFFERS))
+async def client(lsp_client: LanguageClient, fake, request):
+    result = await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=capabilities(OFFERS[request.param]),
+        initialization_options={"backendUrl": fake.url, "debounceMs": 0}))
+    lsp_client.encoding = request.param
+    lsp_client.negotiated = result.capabilities.position_encoding
+    yield
+    await lsp_client.shutdown_session()
+
+
+def units(s: str, encoding: str) -> int:
+    if encoding == "utf-8":
+        return len(s.encode("utf-8"))
+    if encoding == "utf-16":
+        return len(s.encode("utf-16-le")) // 2
+    return len(s)
+
+
+async def test_encoding_negotiated(client):
+    # utf-8 whenever offered (even when not first), else utf-16
+    assert client.negotiated == client.encoding
+
+
+@pytest.mark.parametrize("line", [
+    's = "😀😀" + f(',            # astral plane: 2 utf-16 units, 4 utf-8 bytes
+    'name = "中文字" + g(',        # CJK: 1 utf-16 unit, 3 utf-8 bytes
+    'e = "é" + h(',              # e + combining acute: two code points
+    '👩‍👩‍👧 = k(',                 # ZWJ sequence
+])
+async def test_request_position_after_wide_characters(client, fake, line):
+    uri = f"file:///tmp/pos_{abs(hash(line))}_{client.encoding}.py"
+    text = f"import os\n{line}\nprint(1)\n"
+    open_doc(client, uri, text)
+    n0 = len(fake.requests)
+    result = await inline(client, uri, 1, units(line, client.encoding))
+    assert len(fake.requests) == n0 + 1
+    assert fake.requests[-1]["prompt"].endswith(line)   # the cursor is exactly at the end of the line
+    assert result is not None and result.items
+    after = apply_item(text, result.items[0], client.encoding)
+    assert after == f"import os\n{line}XYZ\nprint(1)\n"
+
+    # a cursor in the middle of the line, right after the first wide character
+    head = line[: next(i for i, ch in enumerate(line) if not ch.isascii()) + 1]
+    result = await inline(client, uri, 1, units(head, client.encoding))
+    assert fake.requests[-1]["prompt"].endswith(head)
+    assert apply_item(text, result.items[0], client.encoding) == text.replace(line, head + "XYZ" + line[len(head):])
+
+
+async def test_incremental_change_after_emoji(client, fake):
+    uri = f"file:///tmp/edit_{client.encoding}.py"
+    text = 'a = "😀中"\nb = 1\n'
+    open_doc(client, uri, text)
+    # insert " + x(" after the closing quote of line 0, in client units
+    col = units('a = "😀中"', client.encoding)
+    change(client, uri, 2, (0, col), (0, col), " + x(")
+    # replace the "1" on line 1
+    change(client, uri, 3, (1, 4), (1, 5), "2")
+    result = await inline(client, uri, 0, col + 5)
+    assert fake.requests[-1]["prompt"].endswith('a = "😀中" + x(')
+    assert apply_item('a = "😀中" + x(\nb = 2\n', result.items[0], client.encoding) == 'a = "😀中" + x(XYZ\nb = 2\n'
+    await inline(client, uri, 1, 5)
+    assert fake.requests[-1]["prompt"].endswith('a = "😀中" + x(\nb = 2')
+
+
+async def test_position_past_the_end_is_clamped(client, fake):
+    uri = f"file:///tmp/clamp_{client.encoding}.py"
+    open_doc(client, uri, "x = y(\n")
+    result = await inline(client, uri, 0, 999)
+    assert fake.requests[-1]["prompt"].endswith("x = y(")
+    assert result.items[0].range.start == types.Position(0, 6)
