@@ -275,13 +275,13 @@ async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any
             async with sem:
                 have = {r["index"] for r in store.of(task, "sample")}
                 missing = [i for i in range(cfg.n) if i not in have]
-                jobs = []
-                if missing:
-                    gens = await generate(client, problem, len(missing), temperature=cfg.temperature, cfg=cfg)
-                    jobs += [execute(problem, "sample", i, g) for i, g in zip(missing, gens, strict=False)]
-                if cfg.greedy and not store.of(task, "greedy"):
-                    (g,) = await generate(client, problem, 1, temperature=0.0, cfg=cfg)
-                    jobs.append(execute(problem, "greedy", 0, g))
+                want_greedy = cfg.greedy and not store.of(task, "greedy")
+                sampled, greedy = await asyncio.gather(  # sent together: the backend batches them
+                    generate(client, problem, len(missing), temperature=cfg.temperature, cfg=cfg)
+                    if missing else _nothing(),
+                    generate(client, problem, 1, temperature=0.0, cfg=cfg) if want_greedy else _nothing())
+            jobs = [execute(problem, "sample", i, g) for i, g in zip(missing, sampled, strict=False)]
+            jobs += [execute(problem, "greedy", 0, g) for g in greedy[:1]]
             await asyncio.gather(*jobs)  # execution overlaps the next problem's generation
 
         try:
@@ -301,6 +301,10 @@ async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any
     except ImportError as exc:
         print(f"copilot-ls eval: no plot ({exc}); pip install 'copilot-ls[eval]'", file=sys.stderr)
     return results
+
+
+async def _nothing() -> list[Generated]:
+    return []
 
 
 def score(problems: list[dict[str, Any]], store: SampleStore, cfg: EvalConfig) -> dict[str, Any]:

@@ -335,8 +335,10 @@ def launch(cfg: dict) -> int:
         finally:
             os._exit(125)
     # On SIGTERM from the harness: kill pid 1; the kernel then kills every process of the namespace, and
-    # our waitpid returns only once they are all gone.
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(reaper, signal.SIGKILL))
+    # our waitpid returns only once they are all gone. The alarm does the same if the harness itself died.
+    for sig in (signal.SIGTERM, signal.SIGALRM):
+        signal.signal(sig, lambda *_: os.kill(reaper, signal.SIGKILL))
+    signal.alarm(int(cfg["limits"]["timeout_s"]) + 5)
     return _wait_status(reaper)
 
 

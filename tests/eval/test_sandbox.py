@@ -139,3 +139,24 @@ def test_runs_as_a_dedicated_unprivileged_uid():
     res = run_python("import os\nprint(os.getuid(), os.geteuid(), os.getgroups())\n")
     uid, euid = map(int, res.output.split()[:2])
     assert uid == euid and sandbox.UID_BASE <= uid < sandbox.UID_BASE + sandbox.UID_SLOTS
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="finds the program by its dedicated uid")
+def test_program_dies_at_its_deadline_even_when_the_harness_is_killed():
+    import subprocess
+    import sys
+
+    code = ("from copilot_ls.evaluation.sandbox import Limits, run_python\n"
+            "run_python('import time\\ntime.sleep(600)\\n', limits=Limits(timeout_s=1, cpu_s=1), "
+            f"interpreter={sandbox.default_interpreter()!r})\n")
+    harness = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 30
+    while not sandbox_processes():                     # the sleeper started
+        assert time.monotonic() < deadline and harness.poll() is None
+        time.sleep(0.05)
+    harness.kill()
+    harness.wait()
+    deadline = time.monotonic() + 20                   # launcher's alarm: timeout + 5 s
+    while sandbox_processes():
+        assert time.monotonic() < deadline, "sandboxed program outlived its deadline"
+        time.sleep(0.2)
