@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizer, built with the `tokenizers` library from GGUF metadata or a tokenizer.json.
+"""Byte-level BPE tokenizer, built with the `tokenizers` library from GGUF metadata or a tokenizer.json
+(SentencePiece-style vocabularies with byte fallback, as CodeLlama's, are handled too).
 
 Special tokens (end-of-sequence / end-of-turn, FIM, file separators) are discovered from the vocabulary by
 name through the tables below; no token id is hard-coded. `encode` never adds BOS (callers add `bos_id` when
@@ -9,13 +10,14 @@ healing need (a token may hold half of a UTF-8 character).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 
 # --- tables -------------------------------------------------------------------------------------------------
 
@@ -93,6 +95,31 @@ def _token_to_bytes(token: str, special: bool) -> bytes:
         return token.encode("utf-8")
 
 
+_SPM_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _spm_piece_bytes(piece: str, literal: bool) -> bytes:
+    if literal:
+        return piece.encode("utf-8")
+    m = _SPM_BYTE.fullmatch(piece)
+    if m:
+        return bytes([int(m.group(1), 16)])
+    return piece.replace("▁", " ").encode("utf-8")
+
+
+def spm_merges(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece vocabulary: every split of a piece into two pieces, best score
+    first (as transformers' `generate_merges` recovers them for GGUF files, which store no merges)."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    found = []
+    for piece, score in zip(tokens, scores, strict=False):
+        local = [(piece[:k], piece[k:], score) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        local.sort(key=lambda x: (vocab[x[0]], vocab[x[1]]))
+        found.extend(local)
+    found.sort(key=lambda x: (x[2], len(x[0]), len(x[1])), reverse=True)
+    return [(a, b) for a, b, _ in found]
+
+
 def byte_level_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
     regexes = PRE_TOKENIZER_REGEXES.get(pre)
     if regexes is None:
@@ -128,8 +155,13 @@ class Tokenizer:
         bos_id: int | None,
         add_bos: bool,
         eos_id: int | None,
+        space_prefix: bool = False,
     ) -> None:
         self.tk = tk
+        self.space_prefix = space_prefix  # SentencePiece's dummy prefix: one space before the whole text
+        # "byte_level": GPT-2 byte alphabet (SmolLM2, StarCoder2, Qwen2.5, DeepSeek-Coder);
+        # "sentencepiece": "▁" for spaces plus <0xHH> byte-fallback tokens (CodeLlama / Llama 2)
+        self.kind = "sentencepiece" if getattr(tk.model, "byte_fallback", False) else "byte_level"
         vocab = tk.get_vocab(with_added_tokens=True)
         self.vocab_size: int = max(vocab.values()) + 1 if vocab else 0
         self.bos_id = bos_id
@@ -154,6 +186,10 @@ class Tokenizer:
         """Token ids of `text` (no BOS). Special-token text such as "<|im_end|>" becomes its single id. A byte
         the vocabulary has no token for (SmolLM2 lacks a few control bytes and 0xF1/0xF2) is dropped, as
         transformers does; `representable(text)` tells whether that can happen."""
+        if self.space_prefix:
+            if not text:
+                return []
+            text = " " + text
         return self.tk.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -163,13 +199,20 @@ class Tokenizer:
         """True when every byte of `text` has a token, so decode(encode(text)) == text."""
         if self._byte_ok is None:
             vocab = self.tk.get_vocab(with_added_tokens=False)
-            self._byte_ok = frozenset(b for ch, b in byte_decoder().items() if ch in vocab)
+            if self.kind == "sentencepiece":
+                self._byte_ok = frozenset(b for b in range(256) if f"<0x{b:02X}>" in vocab)
+            else:
+                self._byte_ok = frozenset(b for ch, b in byte_decoder().items() if ch in vocab)
         return set(text.encode("utf-8")) <= self._byte_ok
 
     def token_bytes(self, id: int) -> bytes:
         b = self._bytes[id]
         if b is None:
-            b = _token_to_bytes(self._pieces[id], id in self.literal_ids)
+            piece = self._pieces[id]
+            if self.kind == "sentencepiece":
+                b = _spm_piece_bytes(piece, id in self.literal_ids)
+            else:
+                b = _token_to_bytes(piece, id in self.literal_ids)
             self._bytes[id] = b
         return b
 
@@ -188,6 +231,7 @@ class Tokenizer:
                 "bos_id": self.bos_id,
                 "add_bos": self.add_bos,
                 "eos_id": self.eos_id,
+                "space_prefix": self.space_prefix,
             }
         )
 
@@ -195,12 +239,14 @@ class Tokenizer:
     def from_json(cls, text: str) -> Tokenizer:
         d = json.loads(text)
         tk = tokenizers.Tokenizer.from_str(json.dumps(d["tokenizer"]))
-        return cls(tk, bos_id=d["bos_id"], add_bos=d["add_bos"], eos_id=d["eos_id"])
+        return cls(tk, bos_id=d["bos_id"], add_bos=d["add_bos"], eos_id=d["eos_id"],
+                   space_prefix=d.get("space_prefix", False))
 
     # --- constructors ---------------------------------------------------------------------------------------
     @classmethod
     def from_gguf(cls, reader: Any) -> Tokenizer:
-        """Build from a `gguf.GGUFReader`'s `tokenizer.ggml.*` metadata (gpt2-style byte-level BPE)."""
+        """Build from a `gguf.GGUFReader`'s `tokenizer.ggml.*` metadata: gpt2-style byte-level BPE, or a
+        SentencePiece vocabulary ("llama")."""
         fields = reader.fields
 
         def get(key: str, default: Any = None) -> Any:
@@ -210,8 +256,23 @@ class Tokenizer:
         model = get("tokenizer.ggml.model")
         if model is None:
             raise TokenizerError("no tokenizer in the GGUF metadata (tokenizer.ggml.model missing)")
+        if model == "llama":
+            tokens_ = get("tokenizer.ggml.tokens") or []
+            if not tokens_:
+                raise TokenizerError("GGUF tokenizer has no tokens")
+            return cls.from_sentencepiece(
+                tokens_,
+                get("tokenizer.ggml.scores") or [0.0] * len(tokens_),
+                get("tokenizer.ggml.token_type") or [1] * len(tokens_),
+                bos_id=get("tokenizer.ggml.bos_token_id"),
+                eos_id=get("tokenizer.ggml.eos_token_id"),
+                add_bos=bool(get("tokenizer.ggml.add_bos_token", True)),  # llama.cpp's default for SPM
+                add_space_prefix=bool(get("tokenizer.ggml.add_space_prefix", True)),
+            )
         if model != "gpt2":
-            raise TokenizerError(f"unsupported tokenizer model {model!r} (only byte-level BPE 'gpt2' is supported)")
+            raise TokenizerError(
+                f"unsupported tokenizer model {model!r} (supported: 'gpt2' byte-level BPE, 'llama' SentencePiece)"
+            )
         tokens: list[str] = get("tokenizer.ggml.tokens") or []
         merges: list[str] = get("tokenizer.ggml.merges") or []
         if not tokens or not merges:
@@ -274,6 +335,51 @@ class Tokenizer:
         if eos_id is not None and not 0 <= eos_id < len(tokens):
             eos_id = None
         return cls(tk, bos_id=bos_id, add_bos=add_bos, eos_id=eos_id)
+
+    @classmethod
+    def from_sentencepiece(
+        cls,
+        tokens: Sequence[str],
+        scores: Sequence[float],
+        token_types: Sequence[int],
+        *,
+        bos_id: int | None,
+        eos_id: int | None,
+        add_bos: bool,
+        add_space_prefix: bool = True,
+    ) -> Tokenizer:
+        """A SentencePiece-BPE vocabulary (GGUF `tokenizer.ggml.model == "llama"`: CodeLlama, Llama 2): BPE with
+        byte fallback, "▁" for spaces and merges recovered from the scores. Plain text encodes as the
+        `sentencepiece` library does (tested)."""
+        vocab = {t: i for i, t in enumerate(tokens)}
+        if len(vocab) != len(tokens):
+            raise TokenizerError("duplicate tokens in the vocabulary")
+        try:
+            bpe = models.BPE(vocab=vocab, merges=spm_merges(tokens, scores), fuse_unk=True, byte_fallback=True)
+        except Exception as e:
+            raise TokenizerError(f"inconsistent SentencePiece vocabulary: {e}") from e
+        tk = tokenizers.Tokenizer(bpe)
+        # SentencePiece adds one dummy-prefix space before the whole text, also when it starts with a space or
+        # a special token; `encode` does that (a Metaspace pre-tokenizer or a Prepend normalizer would skip it
+        # or repeat it after every special token)
+        tk.normalizer = normalizers.Replace(" ", "▁")
+        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        if add_space_prefix:
+            steps.append(decoders.Strip(content=" ", left=1, right=0))
+        tk.decoder = decoders.Sequence(steps)
+        control = [AddedToken(t, special=True, normalized=False)
+                   for t, ty in zip(tokens, token_types, strict=False) if ty == _CONTROL]
+        user = [AddedToken(t, special=False, normalized=False)
+                for t, ty in zip(tokens, token_types, strict=False) if ty == _USER_DEFINED]
+        if control:
+            tk.add_special_tokens(control)
+        if user:
+            tk.add_tokens(user)
+        if bos_id is not None and not 0 <= bos_id < len(tokens):
+            bos_id = None
+        if eos_id is not None and not 0 <= eos_id < len(tokens):
+            eos_id = None
+        return cls(tk, bos_id=bos_id, add_bos=add_bos, eos_id=eos_id, space_prefix=add_space_prefix)
 
     @classmethod
     def from_tokenizer_json(

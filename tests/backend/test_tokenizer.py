@@ -264,3 +264,53 @@ def test_missing_or_broken_tokenizer_json(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="unreadable tokenizer file"):
         Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
+
+
+# --- SentencePiece vocabularies (CodeLlama-style GGUF: tokenizer.ggml.model == "llama") ---------------------
+
+
+@pytest.fixture(scope="module")
+def spm_pair(tmp_path_factory):
+    """(our tokenizer from a tiny SentencePiece GGUF, the `sentencepiece` processor it was exported from)."""
+    spm = pytest.importorskip("sentencepiece")
+    from tiny_models import spm_model_proto
+
+    path, _ = make_tiny_gguf("llama", tmp_path_factory.mktemp("spm") / "spm.gguf", tokenizer="spm")
+    tok = load_checkpoint(path, cache_dir=tmp_path_factory.mktemp("cache"), progress=False).tokenizer
+    return tok, spm.SentencePieceProcessor(model_proto=spm_model_proto())
+
+
+def _plain(texts: list[str]) -> list[str]:
+    """Texts without the strings of control tokens or a literal '▁' (both are ambiguous in SentencePiece)."""
+    return [t for t in texts if "▁" not in t and not any(s in t for s in ("<s>", "</s>", "<unk>"))]
+
+
+def test_sentencepiece_gguf_matches_the_sentencepiece_library(spm_pair):
+    from tiny_models import TRAINING_TEXT
+
+    tok, sp = spm_pair
+    assert tok.kind == "sentencepiece" and tok.space_prefix
+    texts = _plain(SAMPLES + [TRAINING_TEXT, "<PRE> def f(): <SUF>\n    return 1<MID>", "a<EOT>  b"] + _repo_code())
+    assert len(texts) > 15
+    for text in texts:
+        ids = tok.encode(text)
+        assert ids == sp.encode(text), text[:60]
+        assert tok.decode(ids) == text
+        # the dummy prefix is the one byte that is not the text's own
+        assert b"".join(tok.token_bytes(t) for t in ids) == (b" " + text.encode() if text else b"")
+
+
+def test_sentencepiece_specials_bytes_and_bos(spm_pair):
+    tok, sp = spm_pair
+    assert (tok.bos_id, tok.eos_id, tok.add_bos) == (sp.bos_id(), sp.eos_id(), True)
+    v = tok.tk.get_vocab()
+    assert tok.special == {"fim_prefix": v["<PRE>"], "fim_suffix": v["<SUF>"], "fim_middle": v["<MID>"]}
+    assert tok.eos_ids == {v["</s>"], v["<EOT>"]}
+    assert tok.token_bytes(v["<0x0A>"]) == b"\n" and tok.token_bytes(v["▁▁▁▁"]) == b"    "
+    assert tok.token_bytes(v["<PRE>"]) == b"<PRE>"
+    ids = tok.encode("世界🐍")  # not in the tiny vocabulary: byte fallback
+    assert b"".join(tok.token_bytes(t) for t in ids) == " 世界🐍".encode()
+    assert tok.representable("世界🐍\x04")
+    back = Tokenizer.from_json(tok.to_json())
+    assert back.kind == "sentencepiece" and back.space_prefix
+    assert back.encode("    x = 1\n") == tok.encode("    x = 1\n") == sp.encode("    x = 1\n")

@@ -118,12 +118,15 @@ def build_tiny_model(
     tie: bool | None = None,
     hidden: int = HIDDEN,
     intermediate: int = INTERMEDIATE,
+    vocab_size: int | None = None,
 ) -> Any:
-    """A tiny random transformers `*ForCausalLM` (eval mode, fp32) whose vocab matches `tokenizer_json(arch)`."""
+    """A tiny random transformers `*ForCausalLM` (eval mode, fp32) whose vocab matches `tokenizer_json(arch)`
+    (or has `vocab_size` rows)."""
     import transformers
     from tokenizers import Tokenizer
 
-    vocab_size = Tokenizer.from_str(tokenizer_json(arch)).get_vocab_size(with_added_tokens=True)
+    if vocab_size is None:
+        vocab_size = Tokenizer.from_str(tokenizer_json(arch)).get_vocab_size(with_added_tokens=True)
     cfg = _hf_config(
         arch, vocab_size, rope_theta=rope_theta, rope_scaling=rope_scaling, tie=tie, hidden=hidden,
         intermediate=intermediate,
@@ -215,6 +218,56 @@ def _encode(w: np.ndarray, qtype: Any, rng: np.random.Generator) -> np.ndarray:
     return blocks.reshape(w.shape[0], -1)
 
 
+SPM_VOCAB = 400
+SPM_USER_SYMBOLS = ("<PRE>", "<SUF>", "<MID>", "<EOT>")  # CodeLlama's infilling tokens
+
+
+@cache
+def spm_model_proto() -> bytes:
+    """A tiny SentencePiece BPE model with byte fallback (the shape of CodeLlama's), trained with the
+    `sentencepiece` library on TRAINING_TEXT; its processor is the reference for SPM vocabularies."""
+    import io
+
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TRAINING_TEXT.splitlines() * 3), model_writer=out, vocab_size=SPM_VOCAB,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, add_dummy_prefix=True,
+        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity", minloglevel=2, num_threads=1,
+        user_defined_symbols=list(SPM_USER_SYMBOLS),
+    )
+    return out.getvalue()
+
+
+def _add_spm_tokenizer(w: Any) -> None:
+    """tokenizer.ggml.* for the SentencePiece model, typed the way llama.cpp's converter types them."""
+    import gguf
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=spm_model_proto())
+    tokens, scores, types = [], [], []
+    for i in range(sp.get_piece_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        types.append(
+            gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
+            else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.UNUSED if sp.is_unused(i)
+            else gguf.TokenType.USER_DEFINED if sp.id_to_piece(i) in SPM_USER_SYMBOLS else gguf.TokenType.NORMAL
+        )
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(True)
+
+
 def make_tiny_gguf(
     arch: str,
     out_path: Path,
@@ -222,6 +275,7 @@ def make_tiny_gguf(
     seed: int = 0,
     qtype: str = "F32",
     embed_qtype: str | None = None,
+    tokenizer: str = "bpe",
     **model_kwargs: Any,
 ) -> tuple[Path, dict[str, torch.Tensor]]:
     """Write the tiny `arch` model as a GGUF with its matrices stored as `qtype` (F32, F16, BF16, Q8_0, Q4_0,
@@ -231,10 +285,13 @@ def make_tiny_gguf(
     Returns (path, expected): `expected` is what load_checkpoint must give, under HF names: the reference
     dequantisation (gguf.quants.dequantize) of the stored bytes with llama's Q/K permutation undone the way
     transformers does it. For F32 that is exactly the transformers model's weights.
+    tokenizer: "bpe" (the byte-level tokenizer of `tokenizer_json(arch)`) or "spm" (`spm_model_proto()`).
     """
     import gguf
 
     out_path = Path(out_path)
+    if tokenizer == "spm":
+        model_kwargs.setdefault("vocab_size", SPM_VOCAB)
     model = build_tiny_model(arch, seed=seed, **model_kwargs)
     hf_cfg = model.config
     tensors = reference_tensors(model)
@@ -262,18 +319,21 @@ def make_tiny_gguf(
     w.add_rope_dimension_count(hf_cfg.hidden_size // n_head)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
 
-    tok = json.loads(tokenizer_json(arch))
-    vocab = tok["model"]["vocab"]
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    specials = {a["content"] for a in tok["added_tokens"] if a["special"]}
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(TOKENIZER_FLAVOUR[arch][0])
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
-    w.add_bos_token_id(0)
-    w.add_eos_token_id(0)
-    w.add_add_bos_token(False)
+    if tokenizer == "spm":
+        _add_spm_tokenizer(w)
+    else:
+        tok = json.loads(tokenizer_json(arch))
+        vocab = tok["model"]["vocab"]
+        tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+        specials = {a["content"] for a in tok["added_tokens"] if a["special"]}
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(TOKENIZER_FLAVOUR[arch][0])
+        w.add_token_list(tokens)
+        w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+        w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+        w.add_bos_token_id(0)
+        w.add_eos_token_id(0)
+        w.add_add_bos_token(False)
     w.add_chat_template("{{ messages }}")
 
     expected: dict[str, torch.Tensor] = {}
