@@ -27,9 +27,14 @@ def plot_pass_at_k(results: dict[str, Any], path: Path) -> Path:
                            linewidth=1, label=f"{label}: {100 * results[key]:.1f}%")
         if len(ks) > 1:
             ax.set_xscale("log")
+        ticks = [k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000) if k <= max(ks)] + [max(ks)]
+        ax.set_xticks(sorted(set(ticks)), [str(k) for k in sorted(set(ticks))])
+        ax.minorticks_off()
         ax.set_xlabel("k (samples)")
         ax.set_ylabel("pass@k (%)")
-        ax.set_ylim(bottom=0)
+        values = [100 * v for v in curve.values()] + [100 * (results.get(key) or 0)
+                                                      for key in ("pass_at_1_greedy", "pass_at_1_top_logprob")]
+        ax.set_ylim(0, max(10.0, 1.15 * max(values)))
         ax.set_title(f"HumanEval ({results['problems']} problems, n={results['samples_per_problem']}, "
                      f"through {cfg['through']})", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
