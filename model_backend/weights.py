@@ -265,6 +265,10 @@ def _read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def load_hf_folder(path: Path) -> Checkpoint:
+    ggufs = sorted(path.glob("*.gguf"))
+    if ggufs and not (path / "config.json").is_file():
+        names = ", ".join(str(g) for g in ggufs[:3])
+        raise ModelLoadError(f"{path} is a folder without config.json; give the GGUF file itself: {names}")
     config_json = _read_json(path / "config.json")
     cfg = config_from_hf(config_json, path / "config.json")
     files = sorted(path.glob("*.safetensors"))

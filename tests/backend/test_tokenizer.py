@@ -11,7 +11,7 @@ import gguf
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from tiny_models import ARCHS, TOKENIZER_FLAVOUR, make_tiny_gguf, make_tiny_model
+from tiny_models import ARCHS, TOKENIZER_FLAVOUR, make_tiny_gguf, make_tiny_model, rewrite_gguf
 
 from model_backend.tokenizer import PRE_TOKENIZER_REGEXES, Tokenizer, TokenizerError
 from model_backend.weights import ModelLoadError, load_checkpoint
@@ -230,8 +230,6 @@ def test_pre_tokenizer_table_covers_the_tiny_flavours():
 
 
 def test_unknown_pre_tokenizer_is_a_clear_error(tmp_path):
-    from test_weights import _rewrite
-
     path, _ = make_tiny_gguf("llama", tmp_path / "m.gguf")
     r = gguf.GGUFReader(path)
     tokens = r.fields["tokenizer.ggml.tokens"].contents()
@@ -242,7 +240,7 @@ def test_unknown_pre_tokenizer_is_a_clear_error(tmp_path):
     with pytest.raises(TokenizerError, match="inconsistent BPE"):
         Tokenizer.from_vocab(tokens, ["zzz qqq"], [1] * len(tokens), pre="gpt2", bos_id=None, eos_id=None,
                              add_bos=False)
-    bad = _rewrite(path, tmp_path / "sp.gguf", drop_keys=("tokenizer.ggml.model",))
+    bad = rewrite_gguf(path, tmp_path / "sp.gguf", drop_keys=("tokenizer.ggml.model",))
     with pytest.raises(ModelLoadError, match="no tokenizer"):
         load_checkpoint(bad, cache_dir=tmp_path / "cache", progress=False)
 

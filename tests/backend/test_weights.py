@@ -16,7 +16,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_models import ARCHS, build_tiny_model, make_tiny_gguf, make_tiny_model, reference_tensors
+from tiny_models import (
+    ARCHS,
+    build_tiny_model,
+    make_tiny_gguf,
+    make_tiny_model,
+    reference_tensors,
+    rewrite_gguf,
+)
 
 from model_backend import quants
 from model_backend.weights import (
@@ -112,6 +119,13 @@ def test_hf_folder_missing_file(tiny_dirs, tmp_path, missing, message):
     with pytest.raises(ModelLoadError, match=message) as e:
         load_checkpoint(d)
     assert str(d) in str(e.value)
+
+
+def test_folder_holding_a_gguf_points_at_the_file(small_gguf, tmp_path):
+    d = tmp_path / "models"
+    d.mkdir()
+    shutil.copy(small_gguf, d / "small.gguf")
+    _load_fails(d, tmp_path / "cache", r"give the GGUF file itself: .*small\.gguf")
 
 
 def test_hf_folder_unknown_arch(tiny_dirs, tmp_path):
@@ -369,80 +383,46 @@ def test_corrupt_gguf_header_is_a_clear_error_or_loads(small_gguf, tmp_path_fact
         assert set(ckpt.tensors) == set(expected_tensor_names(ckpt.config))
 
 
-def _rewrite(src: Path, dst: Path, *, arch: str | None = None, drop: set[str] = frozenset(),
-             add: dict[str, np.ndarray] | None = None, drop_keys: tuple[str, ...] = (),
-             set_keys: dict[str, tuple[object, gguf.GGUFValueType]] | None = None) -> Path:
-    """Copy a GGUF, changing its architecture name, leaving out tensors / metadata keys, adding tensors or
-    setting metadata keys."""
-    r = gguf.GGUFReader(src)
-    old_arch = r.fields["general.architecture"].contents()
-    new_arch = arch or old_arch
-    w = gguf.GGUFWriter(dst, new_arch)
-    for key, f in r.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or key in drop_keys or key in (set_keys or {}):
-            continue
-        new_key = key.replace(f"{old_arch}.", f"{new_arch}.", 1) if key.startswith(f"{old_arch}.") else key
-        vtype = f.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(new_key, f.contents(), vtype, sub_type=f.types[-1])
-        else:
-            w.add_key_value(new_key, f.contents(), vtype)
-    for t in r.tensors:
-        if t.name in drop:
-            continue
-        native = t.tensor_type in (Q.F32, Q.F16)  # numpy dtypes; the others are raw bytes per row
-        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=None if native else t.tensor_type)
-    for key, (value, vtype) in (set_keys or {}).items():
-        w.add_key_value(key, value, vtype)
-    for name, arr in (add or {}).items():
-        w.add_tensor(name, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return dst
-
-
 def test_rewrite_helper_is_faithful(small_gguf, tmp_path):
     a = load_checkpoint(small_gguf, cache_dir=tmp_path / "c1", progress=False)
-    b = load_checkpoint(_rewrite(small_gguf, tmp_path / "same.gguf"), cache_dir=tmp_path / "c2", progress=False)
+    b = load_checkpoint(rewrite_gguf(small_gguf, tmp_path / "same.gguf"), cache_dir=tmp_path / "c2", progress=False)
     assert a.config == b.config
     assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 
 
 def test_gguf_unknown_architecture(small_gguf, tmp_path):
-    bad = _rewrite(small_gguf, tmp_path / "mamba.gguf", arch="mamba")
+    bad = rewrite_gguf(small_gguf, tmp_path / "mamba.gguf", arch="mamba")
     _load_fails(bad, tmp_path / "cache", "unknown architecture 'mamba'")
 
 
 def test_gguf_missing_tensor(small_gguf, tmp_path):
-    bad = _rewrite(small_gguf, tmp_path / "m.gguf", drop={"blk.1.ffn_down.weight"})
+    bad = rewrite_gguf(small_gguf, tmp_path / "m.gguf", drop={"blk.1.ffn_down.weight"})
     _load_fails(bad, tmp_path / "cache", r"missing tensor 'model\.layers\.1\.mlp\.down_proj\.weight'")
 
 
 def test_gguf_unexpected_tensor(small_gguf, tmp_path):
-    bad = _rewrite(small_gguf, tmp_path / "m.gguf", add={"rope_freqs.weight": np.ones(8, np.float32)})
+    bad = rewrite_gguf(small_gguf, tmp_path / "m.gguf", add={"rope_freqs.weight": np.ones(8, np.float32)})
     _load_fails(bad, tmp_path / "cache", "unexpected tensor 'rope_freqs.weight'")
 
 
 def test_gguf_missing_metadata_and_tokenizer(small_gguf, tmp_path):
-    bad = _rewrite(small_gguf, tmp_path / "a.gguf", drop_keys=("llama.block_count",))
+    bad = rewrite_gguf(small_gguf, tmp_path / "a.gguf", drop_keys=("llama.block_count",))
     _load_fails(bad, tmp_path / "cache", "missing metadata llama.block_count")
-    bad = _rewrite(small_gguf, tmp_path / "b.gguf", drop_keys=("tokenizer.ggml.model",))
+    bad = rewrite_gguf(small_gguf, tmp_path / "b.gguf", drop_keys=("tokenizer.ggml.model",))
     _load_fails(bad, tmp_path / "cache", "no tokenizer")
-    bad = _rewrite(small_gguf, tmp_path / "c.gguf", drop_keys=("tokenizer.ggml.pre",))
+    bad = rewrite_gguf(small_gguf, tmp_path / "c.gguf", drop_keys=("tokenizer.ggml.pre",))
     # no pre-tokenizer name: llama.cpp's "default" regexes, and the model still loads
     assert load_checkpoint(bad, cache_dir=tmp_path / "cache", progress=False).tokenizer.encode("x = 1")
 
 
 def test_gguf_yarn_runs_unscaled_within_the_original_context(small_gguf, tmp_path):
     S, F, U = gguf.GGUFValueType.STRING, gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.UINT32
-    yarn = _rewrite(small_gguf, tmp_path / "yarn.gguf", set_keys={
+    yarn = rewrite_gguf(small_gguf, tmp_path / "yarn.gguf", set_keys={
         "llama.rope.scaling.type": ("yarn", S), "llama.rope.scaling.factor": (4.0, F),
         "llama.rope.scaling.original_context_length": (256, U)})
     cfg = load_checkpoint(yarn, cache_dir=tmp_path / "cache", progress=False).config
     assert (cfg.rope_scaling, cfg.context_length) == (1.0, 256)
-    bad = _rewrite(small_gguf, tmp_path / "longrope.gguf", set_keys={"llama.rope.scaling.type": ("longrope", S)})
+    bad = rewrite_gguf(small_gguf, tmp_path / "longrope.gguf", set_keys={"llama.rope.scaling.type": ("longrope", S)})
     _load_fails(bad, tmp_path / "cache2", "unsupported RoPE scaling type 'longrope'")
 
 

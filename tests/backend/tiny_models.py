@@ -359,3 +359,39 @@ def make_tiny_gguf(
     w.write_tensors_to_file()
     w.close()
     return out_path, expected
+
+
+def rewrite_gguf(src: Path, dst: Path, *, arch: str | None = None, drop: frozenset[str] | set[str] = frozenset(),
+             add: dict[str, np.ndarray] | None = None, drop_keys: tuple[str, ...] = (),
+             set_keys: dict[str, tuple[Any, Any]] | None = None) -> Path:
+    """Copy a GGUF, changing its architecture name, leaving out tensors / metadata keys, adding tensors or
+    setting metadata keys."""
+    import gguf
+
+    r = gguf.GGUFReader(src)
+    old_arch = r.fields["general.architecture"].contents()
+    new_arch = arch or old_arch
+    w = gguf.GGUFWriter(dst, new_arch)
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture" or key in drop_keys or key in (set_keys or {}):
+            continue
+        new_key = key.replace(f"{old_arch}.", f"{new_arch}.", 1) if key.startswith(f"{old_arch}.") else key
+        vtype = f.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(new_key, f.contents(), vtype, sub_type=f.types[-1])
+        else:
+            w.add_key_value(new_key, f.contents(), vtype)
+    for t in r.tensors:
+        if t.name in drop:
+            continue
+        native = t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)  # numpy dtypes; the others are raw bytes per row
+        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=None if native else t.tensor_type)
+    for key, (value, vtype) in (set_keys or {}).items():
+        w.add_key_value(key, value, vtype)
+    for name, arr in (add or {}).items():
+        w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
