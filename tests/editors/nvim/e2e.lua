@@ -106,13 +106,18 @@ local function type_test()
   event('typed')
 end
 
+-- Wait for ghost text from the model (no retyping: one change must be enough).
+local function wait_ghost(plugin)
+  return wait_until('ghost text', function()
+    return plugin.visible() and plugin.current_text()
+  end)
+end
+
 local scenarios = {}
 
 function scenarios.accept(plugin)
   type_test()
-  result.ghost = wait_until('ghost text', function()
-    return plugin.visible() and plugin.current_text()
-  end)
+  result.ghost = wait_ghost(plugin)
   event('ghost', { text = result.ghost })
   feed('<Tab>', 'mt')
   wait_until('the suggestion in the buffer', function()
@@ -130,9 +135,7 @@ end
 
 function scenarios.dismiss(plugin)
   type_test()
-  result.ghost = wait_until('ghost text', function()
-    return plugin.visible() and plugin.current_text()
-  end)
+  result.ghost = wait_ghost(plugin)
   event('ghost', { text = result.ghost })
   feed('<C-]>', 'mt')
   wait_until('the ghost text to go', function()
@@ -148,9 +151,7 @@ end
 -- Own ghost text only: it goes when the cursor moves and when insert mode ends.
 function scenarios.move(plugin)
   type_test()
-  result.ghost = wait_until('ghost text', function()
-    return plugin.visible() and plugin.current_text()
-  end)
+  result.ghost = wait_ghost(plugin)
   feed('<Left>', 'nt')
   wait_until('the ghost text to go after <Left>', function()
     return not plugin.visible()
@@ -174,9 +175,7 @@ end
 -- Own ghost text only: never beside the popup menu.
 function scenarios.popup(plugin)
   type_test()
-  result.ghost = wait_until('ghost text', function()
-    return plugin.visible() and plugin.current_text()
-  end)
+  result.ghost = wait_ghost(plugin)
   feed('<C-n>', 'nt') -- keyword completion opens the popup menu
   wait_until('the popup menu', function()
     return vim.fn.pumvisible() == 1

@@ -1,0 +1,204 @@
+"""Real Neovim, end to end: the copilot_ls plugin in a headless nvim, the real `copilot-ls` over stdio and the
+session's real backend with the default model.
+
+Two Neovims from PyPI wheels (scripts/setup-neovim-e2e.sh): 0.12-dev, where the plugin drives Neovim's own
+vim.lsp.inline_completion, and 0.11.4, where it draws its own ghost text. Each run types a test for
+common_prefix() into test_lib.py, waits for ghost text, then accepts or dismisses it (tests/editors/nvim/e2e.lua
+does the typing and writes what it saw to a JSON file that these tests check).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGIN = REPO / "editors" / "neovim"
+DRIVER = Path(__file__).resolve().parent / "nvim" / "e2e.lua"
+UNIT = Path(__file__).resolve().parent / "nvim" / "unit.lua"
+SETUP = REPO / "scripts" / "setup-neovim-e2e.sh"
+
+# name -> (venv folder, the path the plugin takes there by default)
+NVIMS = {"nvim0.12": (".e2e/nvim012", "native"), "nvim0.11": (".e2e/nvim011", "ghost")}
+
+LIB = '''def common_prefix(a, b):
+    """Return the longest common prefix of the strings a and b."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+'''
+TEST_LIB = "from lib import common_prefix\n\n\n"
+TYPED = ["def test_common_prefix():", "    assert common_prefix("]
+
+GHOST_WAIT_MS = 180_000  # the default model on a busy 2-core CPU
+
+
+@pytest.fixture(scope="session")
+def nvims() -> dict[str, Path]:
+    """The two nvim binaries, installed on first use (idempotent, seconds when already there)."""
+    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"{SETUP.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {name: REPO / folder / "bin" / "nvim" for name, (folder, _) in NVIMS.items()}
+
+
+@pytest.fixture(scope="session")
+def warm_backend(backend_url: str) -> str:
+    """The session backend after one small completion, so no editor test pays the first request's cost."""
+    reply = httpx.post(f"{backend_url}/v1/completions", json={"prompt": "def f(", "max_tokens": 2}, timeout=300)
+    reply.raise_for_status()
+    return backend_url
+
+
+def settings_for(backend_url: str) -> dict:
+    # The real default model through the real server; short suggestions and a patient timeout because CI's
+    # CPU is shared with the rest of the suite.
+    return {"backendUrl": backend_url, "timeout": 150, "maxTokens": 32}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_nvim(nvim: Path, tmp_path: Path, scenario: str, settings: dict, mode: str = "auto",
+             extra_env: dict[str, str] | None = None) -> dict:
+    """Run one scenario of e2e.lua in a fresh workspace and return its JSON result."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "lib.py").write_text(LIB)
+    (ws / "test_lib.py").write_text(TEST_LIB)
+    xdg = tmp_path / "xdg"
+    env = dict(os.environ)
+    for name in ("STATE", "CACHE", "DATA", "CONFIG"):
+        (xdg / name.lower()).mkdir(parents=True)
+        env[f"XDG_{name}_HOME"] = str(xdg / name.lower())
+    result_file = tmp_path / "result.json"
+    env.update({
+        "COPILOT_LS_PLUGIN": str(PLUGIN),
+        "COPILOT_LS_CMD": json.dumps([sys.executable, "-m", "copilot_ls.cli"]),
+        "COPILOT_LS_SETTINGS": json.dumps(settings),
+        "COPILOT_LS_MODE": mode,
+        "COPILOT_LS_SCENARIO": scenario,
+        "COPILOT_LS_FILE": "test_lib.py",
+        "COPILOT_LS_RESULT": str(result_file),
+        "COPILOT_LS_TIMEOUT_MS": str(GHOST_WAIT_MS),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
+        **(extra_env or {}),
+    })
+    cmd = ["timeout", "-k", "5", str(GHOST_WAIT_MS // 1000 + 60),
+           str(nvim), "--headless", "--clean", "-n", "-c", f"luafile {DRIVER}"]
+    proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True)
+    lsp_log = xdg / "state" / "nvim" / "lsp.log"
+    log_tail = lsp_log.read_text(errors="replace")[-4000:] if lsp_log.exists() else "(no lsp.log)"
+    where = f"nvim exit {proc.returncode}\nstderr:\n{proc.stderr[-2000:]}\nlsp.log:\n{log_tail}"
+    if not result_file.exists():
+        pytest.fail(f"nvim wrote no result\n{where}")
+    result = json.loads(result_file.read_text())
+    assert not result.get("error"), f"{result['error']}\nresult: {result}\n{where}"
+    return result
+
+
+@pytest.mark.parametrize("name", list(NVIMS))
+def test_plugin_pure_parts(nvims, tmp_path, name):
+    """Positions in every encoding, option validation, health helpers (tests/editors/nvim/unit.lua)."""
+    env = {**os.environ, **{f"XDG_{d}_HOME": str(tmp_path / d) for d in ("STATE", "CACHE", "DATA", "CONFIG")}}
+    proc = subprocess.run(["timeout", "60", str(nvims[name]), "--clean", "-l", str(UNIT), str(PLUGIN)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok "), proc.stdout
+
+
+CASES = [("nvim0.12", "auto"), ("nvim0.11", "auto"), ("nvim0.12", "ghost")]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("name", "mode"), CASES, ids=[f"{n}-{m}" for n, m in CASES])
+def test_ghost_text_from_the_model_is_accepted_with_tab(nvims, warm_backend, tmp_path, name, mode):
+    result = run_nvim(nvims[name], tmp_path, "accept", settings_for(warm_backend), mode)
+    assert result["path"] == (NVIMS[name][1] if mode == "auto" else mode)
+    ghost = result["ghost"]
+    assert ghost.strip(), f"empty ghost text: {result}"
+    # The buffer now holds exactly what was typed followed by the suggestion that was shown.
+    assert "\n".join(result["after_accept"]) == TYPED[0] + "\n" + TYPED[1] + ghost
+    stats = result["status"]["stats"]
+    assert stats["accepted"] == 1, result["status"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", list(NVIMS))
+def test_dismiss_leaves_the_buffer_unchanged(nvims, warm_backend, tmp_path, name):
+    result = run_nvim(nvims[name], tmp_path, "dismiss", settings_for(warm_backend))
+    assert result["ghost"].strip()
+    assert result["after_dismiss"] == TYPED
+    assert result["status"]["stats"]["rejected"] == 1, result["status"]
+    assert result["status"]["stats"]["accepted"] == 0
+
+
+@pytest.mark.e2e
+def test_own_ghost_text_goes_on_cursor_move_and_mode_change(nvims, warm_backend, tmp_path):
+    result = run_nvim(nvims["nvim0.11"], tmp_path, "move", settings_for(warm_backend))
+    assert result["path"] == "ghost"
+    assert result["ghost"].strip()
+    assert result["visible_after_move"] is False  # <Left> hid it, and a move alone asks for nothing new
+    assert result["ghost_again"].strip()  # a change asks again
+    assert result["visible_after_esc"] is False
+    assert result["after_esc"] == TYPED
+
+
+@pytest.mark.e2e
+def test_own_ghost_text_never_shows_beside_the_popup_menu(nvims, warm_backend, tmp_path):
+    result = run_nvim(nvims["nvim0.11"], tmp_path, "popup", settings_for(warm_backend))
+    assert result["ghost"].strip()
+    assert result["visible_with_popup"] is False
+    assert result["after_popup"] == TYPED
+    assert result["ghost_after_popup"].strip()  # back once the menu closed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", list(NVIMS))
+def test_dead_backend_leaves_editing_unharmed(nvims, tmp_path, name):
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = run_nvim(nvims[name], tmp_path, "dead_backend", {"backendUrl": dead, "autostart": False})
+    assert result.get("ghost") is None
+    # Typing goes on; with nothing shown, Tab does what Tab does (indent), not an accept.
+    last = result["after_typing"][1]
+    assert re.fullmatch(r'    assert common_prefix\("ab", "ac"\)(\t| +)== "a"', last), result["after_typing"]
+    assert result["after_typing"][0] == TYPED[0]
+    assert result["client_alive"], "the language server died"
+    assert 'common_prefix("ab"' not in "\n".join(result["after_undo"])
+    assert any("127.0.0.1" in m or "backend" in m for m in result["messages"]), result["messages"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", list(NVIMS))
+def test_checkhealth_reports_server_backend_and_path(nvims, warm_backend, tmp_path, name):
+    result = run_nvim(nvims[name], tmp_path, "health", settings_for(warm_backend))
+    text = "\n".join(result["health"])
+    assert "ERROR" not in text, text
+    assert "starts and answers initialize" in text and "offers inline completion" in text, text
+    assert f"the backend answers at {warm_backend}" in text, text
+    if NVIMS[name][1] == "native":
+        assert "using Neovim's own inline completion" in text, text
+    else:
+        assert "using copilot-ls ghost text" in text, text
+
+
+@pytest.mark.e2e
+def test_checkhealth_names_a_dead_backend_and_a_missing_server(nvims, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = run_nvim(nvims["nvim0.11"], tmp_path, "health", {"backendUrl": dead},
+                      extra_env={"COPILOT_LS_CMD": json.dumps(["/nonexistent/copilot-ls"])})
+    text = "\n".join(result["health"])
+    assert "server command not found: /nonexistent/copilot-ls" in text, text
+    assert f"the backend does not answer at {dead}" in text, text
