@@ -26,7 +26,6 @@ This file imports only the standard library: the launcher runs it as a script wi
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import json
 import os
@@ -158,13 +157,18 @@ def _run(source: str, *, uid: int, limits: Limits, interpreter: str) -> ExecResu
         os.chown(workdir, uid, uid if os.geteuid() == 0 else os.getgid())
         config = {"workdir": workdir, "uid": uid, "interpreter": interpreter, "program": str(program),
                   "limits": asdict(limits), "env": sandbox_env(workdir)}
+        status_r, status_w = os.pipe()  # the launcher's own errors: a channel the program cannot write to
+        config["status_fd"] = status_w
         argv = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "--launch", json.dumps(config)]
         out_path = Path(workdir + ".out")  # outside the writable dir: it is our fd, capped by RLIMIT_FSIZE
         with open(out_path, "wb") as out:
             start = time.monotonic()
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=sandbox_env(workdir), cwd=workdir, start_new_session=True,
-                                    close_fds=True)
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        env=sandbox_env(workdir), cwd=workdir, start_new_session=True,
+                                        close_fds=True, pass_fds=(status_w,))
+            finally:
+                os.close(status_w)
             timed_out = False
             try:
                 rc: int | None = proc.wait(timeout=limits.timeout_s)
@@ -179,16 +183,27 @@ def _run(source: str, *, uid: int, limits: Limits, interpreter: str) -> ExecResu
                 _kill_group(proc.pid)  # also after a normal exit: strays that kept the group alive
                 proc.wait()
             elapsed = time.monotonic() - start
+        launcher_error = _read_all(status_r)
         output = _tail(out_path)
         out_path.unlink(missing_ok=True)
         if rc is not None and rc < 0:
             rc = 128 - rc
-        if rc == 125 and "copilot-ls sandbox:" in output:
-            raise SandboxError(output.strip().splitlines()[-1])
+        if launcher_error:
+            raise SandboxError(f"copilot-ls sandbox: {launcher_error}")
         status = "timeout" if timed_out else ("passed" if rc == 0 else "failed")
         return ExecResult(status=status, returncode=rc, output=output, elapsed_s=round(elapsed, 3))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _read_all(fd: int) -> str:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 65536).decode("utf-8", "replace").strip()
+    except BlockingIOError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _kill_group(pgid: int) -> None:
@@ -313,11 +328,16 @@ def _wait_status(pid: int) -> int:
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
+def _report(cfg: dict, message: str) -> None:
+    os.write(cfg["status_fd"], message.encode() + b"\n")
+
+
 def launch(cfg: dict) -> int:
+    os.set_inheritable(cfg["status_fd"], False)  # closed when the program is exec'd
     try:
         _isolate(cfg)
     except OSError as exc:
-        print(f"copilot-ls sandbox: cannot isolate the program: {exc}", file=sys.stderr, flush=True)
+        _report(cfg, f"cannot isolate the program: {exc}")
         return 125
     reaper = os.fork()
     if reaper == 0:  # pid 1 of the new pid namespace
@@ -328,9 +348,8 @@ def launch(cfg: dict) -> int:
                 try:
                     _exec_program(cfg)
                 except OSError as exc:
-                    code = 125 if exc.errno != errno.EAGAIN else 126
-                    print(f"copilot-ls sandbox: cannot start the program: {exc}", file=sys.stderr, flush=True)
-                    os._exit(code)
+                    _report(cfg, f"cannot start the program: {exc}")
+                    os._exit(125)
             os._exit(_wait_status(child))
         finally:
             os._exit(125)

@@ -160,3 +160,10 @@ def test_program_dies_at_its_deadline_even_when_the_harness_is_killed():
     while sandbox_processes():
         assert time.monotonic() < deadline, "sandboxed program outlived its deadline"
         time.sleep(0.2)
+
+
+def test_sandbox_failures_are_errors_and_cannot_be_spoofed_by_the_program():
+    spoof = run_python("import sys\nprint('copilot-ls sandbox: cannot start the program')\nsys.exit(125)\n")
+    assert spoof.status == "failed" and spoof.returncode == 125     # a verdict on the program, not an error
+    with pytest.raises(sandbox.SandboxError, match="cannot start the program.*No such file"):
+        run_python("print(1)\n", interpreter="/nonexistent/python3")
