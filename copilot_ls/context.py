@@ -59,7 +59,7 @@ class SnippetSource:
 @dataclass(frozen=True)
 class Prompt:
     prompt: str  # sent as `prompt` to /v1/completions (already FIM-formatted when the template has FIM)
-    prefix: str  # raw text window before the cursor
+    prefix: str  # raw text window before the cursor (the prompt leaves out the indentation right before it)
     suffix: str  # raw text window after the cursor
     multiline: bool
     stop: list[str]
@@ -424,12 +424,19 @@ def build_prompt(
     else:
         scope, scope_text = [], ""
 
+    # Indentation before the cursor stays out of the prompt (BPE models see "    return" as spaces + " return";
+    # a prompt ending in spaces is unnatural): the model writes the whole line, postprocess.fix_indent drops
+    # what the line already has.
+    line_head = snap.lines()[line][:col] if snap.lines() else ""
+    cut = len(line_head) if line_head and not line_head.strip() else 0
+
     def assemble() -> str:
         ordered = list(reversed(chosen))  # the best snippet closest to the code
+        pre = prefix[: len(prefix) - cut] if cut and len(prefix) >= cut else prefix
         if fim is not None and fim.file_sep:
             files = [(display_path(s.path, root), r.split("\n", 1)[1].rstrip("\n")) for s, r, _ in ordered]
-            return fim.format(header + scope_text + prefix, suffix, files=files)
-        body = "".join(r for _, r, _ in ordered) + header + scope_text + prefix
+            return fim.format(header + scope_text + pre, suffix, files=files)
+        body = "".join(r for _, r, _ in ordered) + header + scope_text + pre
         return fim.format(body, suffix) if fim is not None else body
 
     prompt = assemble()

@@ -123,6 +123,14 @@ def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> File
                     container = _container_name(node)
                 s, e = _lines_of(node)
                 summary = summarize(node, data, spec)
+                full = data[node.start_byte : node.end_byte].decode("utf-8", "replace")
+                doc = _docstring_node(node, spec)
+                if doc is not None:  # long docstrings (examples, parameters) crowd out code: first paragraph
+                    a, b = doc.start_byte - node.start_byte, doc.end_byte - node.start_byte
+                    raw = data[node.start_byte : node.end_byte]
+                    full = (
+                        raw[:a] + trim_docstring(raw[a:b].decode("utf-8", "replace")).encode() + raw[b:]
+                    ).decode("utf-8", "replace")
                 defs.append(
                     Definition(
                         name=name_nodes[0].text.decode("utf-8", "replace"),
@@ -130,7 +138,7 @@ def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> File
                         path=path,
                         start_line=s,
                         end_line=e,
-                        text=data[node.start_byte : node.end_byte].decode("utf-8", "replace"),
+                        text=full,
                         container=container,
                         summary=summary,
                     )
@@ -156,6 +164,37 @@ def _definition_node(node):
     return node
 
 
+DOCSTRING_LINES = 6
+
+
+def trim_docstring(doc: str, max_lines: int = DOCSTRING_LINES) -> str:
+    """A docstring literal cut to its first paragraph (at most ``max_lines`` lines), quotes kept."""
+    m = re.match(r"^([rRbBuUfF]*)(\"\"\"|'''|\"|')", doc)
+    if not m or len(m.group(2)) != 3:
+        return doc
+    quote = m.group(2)
+    lines = doc.split("\n")
+    cut = next((i for i, ln in enumerate(lines) if i > 0 and not ln.strip()), len(lines))
+    cut = min(cut, max_lines)
+    if cut >= len(lines):
+        return doc
+    indent = lines[-1][: len(lines[-1]) - len(lines[-1].lstrip())]
+    return "\n".join(lines[:cut]).rstrip() + "\n" + indent + quote
+
+
+def _docstring_node(node, spec: LanguageSpec):
+    """The docstring literal of a Python function / class definition, or None."""
+    if not spec.indent_scoped:
+        return None
+    body = _definition_node(node).child_by_field_name("body")
+    first = body.named_children[0] if body is not None and body.named_child_count else None
+    if first is not None and first.type == "expression_statement" and first.named_child_count == 1:
+        lit = first.named_children[0]
+        if lit.type in spec.string_types:
+            return lit
+    return None
+
+
 def summarize(node, data: bytes, spec: LanguageSpec) -> str:
     """Header (decorators, signature) + docstring, and for classes the headers of their methods."""
     inner = _definition_node(node)
@@ -167,10 +206,11 @@ def summarize(node, data: bytes, spec: LanguageSpec) -> str:
     if spec.indent_scoped:
         indent = " " * col if body.start_point[0] > inner.start_point[0] else "    "
         parts = [header]
-        first = body.named_children[0] if body.named_child_count else None
-        if first is not None and first.type == "expression_statement" and first.named_child_count == 1:
-            if first.named_children[0].type in spec.string_types:
-                parts.append(indent + data[first.start_byte : first.end_byte].decode("utf-8", "replace"))
+        doc = _docstring_node(node, spec)
+        if doc is not None:
+            parts.append(
+                indent + trim_docstring(data[doc.start_byte : doc.end_byte].decode("utf-8", "replace"))
+            )
         if inner.type in spec.class_types:
             for child in body.named_children:
                 fn = _definition_node(child)

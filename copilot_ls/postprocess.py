@@ -4,7 +4,7 @@ Rules, applied to every candidate in this order (each is a small function, table
 
 1. ``normalise``      CRLF -> LF; trailing whitespace off; indentation style (tabs/spaces) of the document.
 2. ``first_line``     single-line mode keeps the first line only.
-3. ``fix_indent``     the model repeating the indentation the cursor already has.
+3. ``fix_indent``     the indentation the cursor's line already has is not inserted again.
 4. ``scope_end``      stop at the end of the enclosing scope: a line dedented below the cursor's block
                       (indentation languages) or an unbalanced closer (brace languages; kept when the text
                       after the cursor lacks it).
@@ -149,15 +149,19 @@ def first_line(text: str, cur: Cursor) -> str:
 
 
 def fix_indent(text: str, cur: Cursor) -> str:
-    """The cursor already stands at (or past) the indentation the block expects and the model starts its first
-    line with more indentation: drop that extra indentation (the model repeated what is already there)."""
+    """The cursor stands after indentation only: the context builder ends the prompt at the line start (a prompt
+    ending in spaces is unnatural for BPE models), so the model writes the line with its full indentation.
+    Drop the part the line already has; a shorter or different indentation is dropped whole (an insertion
+    cannot dedent)."""
     if not cur.prefix or not cur.prefix_is_blank or text[:1] not in (" ", "\t"):
         return text
-    expected = expected_indent(cur)
-    if expected is not None and _width(cur.prefix) >= expected:
-        head, sep, tail = text.partition("\n")
-        return head.lstrip(" \t") + sep + tail
-    return text
+    head, sep, tail = text.partition("\n")
+    lead = head[: len(head) - len(head.lstrip(" \t"))]
+    if lead.startswith(cur.prefix):
+        head = head[len(cur.prefix) :]
+    else:
+        head = head[len(lead) :]
+    return head + sep + tail
 
 
 def expected_indent(cur: Cursor) -> int | None:

@@ -65,7 +65,8 @@ def test_prefix_only_prompt_without_fim() -> None:
     src = "import os\n\n\ndef f(x):\n    █\n\ndef g():\n    return 2\n"
     snap, line, col = snap_at("python", src)
     p = build_prompt(snap, line, col)
-    assert p.prompt.endswith("def f(x):\n    ")
+    # the indentation before the cursor stays out of the prompt; the model writes the whole line
+    assert p.prompt.endswith("def f(x):\n")
     assert "return 2" not in p.prompt  # nothing after the cursor goes into a prefix-only prompt
     assert p.prompt.startswith("# Path: mod.py (python)\n")
     assert p.prefix == "import os\n\n\ndef f(x):\n    "

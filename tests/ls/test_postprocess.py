@@ -151,7 +151,22 @@ CASES = [
     ),
     # --- indentation
     ("indent-duplicate-removed", "python", "def f():\n    █\n", "    return 1", True, "return 1"),
-    ("indent-needed-kept", "python", "def f():\n    if x:\n    █\n", "    return 1", True, "    return 1"),
+    (
+        "indent-deeper-kept",
+        "python",
+        "def f():\n    if x:\n    █\n",
+        "        return 1",
+        True,
+        "    return 1",
+    ),
+    (
+        "indent-shorter-dropped",
+        "python",
+        "def f():\n    if x:\n        █\n",
+        "    return 1",
+        True,
+        "return 1",
+    ),
     (
         "go-tabs",
         "go",

@@ -1,0 +1,373 @@
+"""`copilot-ls eval context`: repo-level next-line accuracy, prefix-only prompts versus the context builder.
+
+The case set is built from real code on this machine: the test suites of pure-Python packages installed next to
+copilot-ls (sympy, networkx, mpmath by default). A case is a line inside a test function that calls a function
+imported from another file of the same package (resolved by the builder's own import resolution, and the
+definition must exist there). The file is cut at the start of that line (after its indentation) and the model is
+asked for the next line. Both arms use the same model, greedy decoding, the same token budget, the same
+post-processing; they differ only in the prompt:
+
+    prefix-only   header + the text before the cursor            (build_prompt(..., snippets=False))
+    builder       + the function under test, definitions of names near the cursor, scope headers
+
+Reports exact match (stripped line equality) and edit similarity with 95% confidence intervals (Wilson for the
+proportions, paired bootstrap for the difference) and writes cases.jsonl, results.jsonl (resumable),
+summary.json and summary.md (the table for docs/quality.md) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import random
+import sys
+import sysconfig
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from copilot_ls.context import PromptBudget, build_prompt
+from copilot_ls.context_snippets import _Resolver
+from copilot_ls.context_workspace import Workspace, find_root
+from copilot_ls.documents import Document
+from copilot_ls.postprocess import postprocess
+
+DEFAULT_BACKEND = "http://127.0.0.1:8765"
+DEFAULT_PACKAGES = ("networkx", "sympy", "mpmath")
+ARMS = ("prefix-only", "builder")
+MAX_PER_FILE = 2
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    path: str  # the test file
+    line: int  # 0-based line of the target
+    col: int  # cursor column (the target's indentation)
+    expected: str  # the target line without its indentation
+    subject: str  # the imported function the line calls
+    subject_path: str  # where it is defined
+
+
+# --- the case set ---------------------------------------------------------------------------------------------
+def package_dirs(packages: Sequence[str]) -> list[Path]:
+    site = Path(sysconfig.get_paths()["purelib"])
+    return [site / p for p in packages if (site / p).is_dir()]
+
+
+def _stable_hash(*parts: object) -> int:
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+def cases_in_file(path: Path, workspace: Workspace) -> list[Case]:
+    """Candidate lines of one test file (see the module doc)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    doc = Document(path.as_uri(), "python", 0, text)
+    snap = doc.snapshot()
+    if snap.tree is None:
+        return []
+    res = _Resolver(snap, (), workspace)
+    lines = snap.lines()
+    resolved: dict[str, str | None] = {}
+
+    def subject_path(name: str) -> str | None:
+        if name not in resolved:
+            defs = [d for d in res.definition_of(name, None) if d.kind == "function"]
+            resolved[name] = defs[0].path if defs and defs[0].path != str(path) else None
+        return resolved[name]
+
+    out: list[Case] = []
+    for node in snap.tree.root_node.children:
+        fn = node.child_by_field_name("definition") if node.type == "decorated_definition" else node
+        if fn is None or fn.type != "function_definition":
+            continue
+        name = fn.child_by_field_name("name")
+        body = fn.child_by_field_name("body")
+        if name is None or body is None or not name.text.decode().startswith("test"):
+            continue
+        for stmt in body.named_children:
+            ln = stmt.start_point[0]
+            if stmt.end_point[0] != ln or ln <= fn.start_point[0]:
+                continue  # one-line statements only (the target is "the next line")
+            line_text = lines[ln]
+            target = line_text.strip()
+            if len(target) < 6 or len(target) > 120:
+                continue
+            calls = [
+                n.text.decode()
+                for n in _walk(stmt)
+                if n.type == "call"
+                and n.child_by_field_name("function") is not None
+                and n.child_by_field_name("function").type == "identifier"
+                for n in [n.child_by_field_name("function")]
+            ]
+            for callee in calls:
+                sp = subject_path(callee) if callee in res.imported else None
+                if sp:
+                    col = len(line_text) - len(line_text.lstrip())
+                    cid = f"{path.name}:{ln + 1}"
+                    out.append(Case(cid, str(path), ln, col, target, callee, sp))
+                    break
+    return out
+
+
+def _walk(node):
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(n.children)
+
+
+def build_cases(packages: Sequence[str], limit: int, seed: int = 0) -> list[Case]:
+    """Up to ``limit`` cases, at most MAX_PER_FILE per test file, chosen deterministically by ``seed``."""
+    files: list[Path] = []
+    for pkg in package_dirs(packages):
+        files.extend(sorted(p for p in pkg.rglob("test_*.py") if "tests" in p.parts))
+    files.sort(key=lambda p: _stable_hash(seed, p.relative_to(p.parents[len(p.parents) - 1])))
+    cases: list[Case] = []
+    workspaces: dict[Path, Workspace] = {}
+    for f in files:
+        root, _ = find_root(f)
+        ws = workspaces.setdefault(root, Workspace(root, index=False))
+        found = cases_in_file(f, ws)
+        found.sort(key=lambda c: _stable_hash(seed, c.id))
+        cases.extend(found[:MAX_PER_FILE])
+        if len(cases) >= limit:
+            break
+    return cases[:limit]
+
+
+def case_document(case: Case) -> tuple[Document, int, int]:
+    """The test file cut at the case's cursor (everything after it removed)."""
+    text = Path(case.path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    prefix = "\n".join(lines[: case.line]) + "\n" + lines[case.line][: case.col]
+    return Document(Path(case.path).as_uri(), "python", 0, prefix), case.line, case.col
+
+
+# --- metrics --------------------------------------------------------------------------------------------------
+def edit_similarity(a: str, b: str) -> float:
+    """1 - Levenshtein(a, b) / max(len(a), len(b)) (1.0 for two empty strings)."""
+    if a == b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return 1.0 - prev[-1] / max(len(a), len(b))
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 0.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_ci(values: Sequence[float], *, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean."""
+    if not values:
+        return (0.0, 0.0)
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(rounds))
+    return (means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1])
+
+
+def summarize(results: list[dict]) -> dict:
+    by_case: dict[str, dict[str, dict]] = {}
+    for r in results:
+        by_case.setdefault(r["case"], {})[r["arm"]] = r
+    paired = [v for v in by_case.values() if all(a in v for a in ARMS)]
+    out: dict = {"cases": len(paired), "arms": {}}
+    for arm in ARMS:
+        em = [1.0 if v[arm]["exact"] else 0.0 for v in paired]
+        es = [v[arm]["edit_similarity"] for v in paired]
+        n = len(paired)
+        out["arms"][arm] = {
+            "exact_match": sum(em) / n if n else 0.0,
+            "exact_match_ci95": wilson(int(sum(em)), n),
+            "edit_similarity": sum(es) / n if n else 0.0,
+            "edit_similarity_ci95": bootstrap_ci(es),
+            "mean_prompt_tokens": sum(v[arm]["prompt_tokens"] for v in paired) / n if n else 0.0,
+        }
+    diff = [
+        (1.0 if v["builder"]["exact"] else 0.0) - (1.0 if v["prefix-only"]["exact"] else 0.0) for v in paired
+    ]
+    out["exact_match_lift"] = sum(diff) / len(diff) if diff else 0.0
+    out["exact_match_lift_ci95"] = bootstrap_ci(diff)
+    es_diff = [v["builder"]["edit_similarity"] - v["prefix-only"]["edit_similarity"] for v in paired]
+    out["edit_similarity_lift"] = sum(es_diff) / len(es_diff) if es_diff else 0.0
+    out["edit_similarity_lift_ci95"] = bootstrap_ci(es_diff)
+    return out
+
+
+def markdown_table(summary: dict, meta: dict) -> str:
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    rows = [
+        "| prompt | exact match % (95% CI) | edit similarity % (95% CI) | mean prompt tokens |",
+        "|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        a = summary["arms"][arm]
+        lo, hi = a["exact_match_ci95"]
+        elo, ehi = a["edit_similarity_ci95"]
+        rows.append(
+            f"| {arm} | {pct(a['exact_match'])} ({pct(lo)}–{pct(hi)}) | {pct(a['edit_similarity'])} "
+            f"({pct(elo)}–{pct(ehi)}) | {a['mean_prompt_tokens']:.0f} |"
+        )
+    lo, hi = summary["exact_match_lift_ci95"]
+    elo, ehi = summary["edit_similarity_lift_ci95"]
+    rows.append(
+        f"| **builder − prefix-only** | **{pct(summary['exact_match_lift'])} points** ({pct(lo)}–{pct(hi)}, "
+        f"paired bootstrap) | {pct(summary['edit_similarity_lift'])} points ({pct(elo)}–{pct(ehi)}) | |"
+    )
+    head = (
+        f"{summary['cases']} cases from the test suites of {', '.join(meta['packages'])}; model "
+        f"{meta['model']}; greedy; max prompt {meta['max_prompt_tokens']} tokens; {meta['max_tokens']} new tokens."
+    )
+    return head + "\n\n" + "\n".join(rows) + "\n"
+
+
+# --- running --------------------------------------------------------------------------------------------------
+async def run_case(case: Case, arm: str, client, meta, budget: PromptBudget, max_tokens: int) -> dict:
+    doc, line, col = case_document(case)
+    snap = doc.snapshot()
+    prompt = build_prompt(
+        snap,
+        line,
+        col,
+        budget=budget,
+        count_tokens=meta.count_tokens,
+        snippets=(arm == "builder"),
+        workspace=Workspace(find_root(case.path)[0], index=False) if arm == "builder" else None,
+    )
+    t0 = time.monotonic()
+    raw = await client.complete(prompt.prompt, max_tokens=max_tokens, temperature=0.0, n=1, stop=["\n"])
+    elapsed = time.monotonic() - t0
+    sugg = postprocess(raw, snap, line, col, multiline=False, max_lines=1)
+    got = sugg[0].text.split("\n")[0].strip() if sugg else ""
+    count = meta.count_tokens or (lambda s: math.ceil(len(s) / 3))
+    return {
+        "case": case.id,
+        "arm": arm,
+        "expected": case.expected,
+        "got": got,
+        "raw": raw[0].text if raw else "",
+        "exact": got == case.expected,
+        "edit_similarity": edit_similarity(got, case.expected),
+        "prompt_tokens": count(prompt.prompt),
+        "sources": [s.kind for s in prompt.sources],
+        "seconds": round(elapsed, 2),
+    }
+
+
+async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> list[dict]:
+    from copilot_ls.backend import BackendClient
+
+    results_path = out / "results.jsonl"
+    done: dict[tuple[str, str], dict] = {}
+    if results_path.exists():
+        for line in results_path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+                done[(r["case"], r["arm"])] = r
+            except (json.JSONDecodeError, KeyError):
+                continue
+    client = BackendClient(args.backend, timeout=600.0)
+    try:
+        meta = await client.meta()
+        budget = PromptBudget(max_prompt_tokens=args.max_prompt_tokens, max_tokens_out=args.max_tokens)
+        sem = asyncio.Semaphore(args.concurrency)
+        todo = [(c, a) for c in cases for a in ARMS if (c.id, a) not in done]
+        progress = {"n": 0}
+
+        async def one(case: Case, arm: str) -> None:
+            async with sem:
+                r = await run_case(case, arm, client, meta, budget, args.max_tokens)
+            done[(case.id, arm)] = r
+            with results_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            progress["n"] += 1
+            print(
+                f"[{progress['n']}/{len(todo)}] {case.id} {arm}: {'OK ' if r['exact'] else '   '} {r['got'][:60]!r}",
+                file=sys.stderr,
+            )
+
+        await asyncio.gather(*(one(c, a) for c, a in todo))
+        args._model = meta.id or "?"
+    finally:
+        await client.aclose()
+    return [done[(c.id, a)] for c in cases for a in ARMS if (c.id, a) in done]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", default=DEFAULT_BACKEND, help=f"OpenAI-compatible server (default {DEFAULT_BACKEND})"
+    )
+    parser.add_argument("--cases", type=int, default=100, help="number of cases (default 100)")
+    parser.add_argument(
+        "--packages", default=",".join(DEFAULT_PACKAGES), help="installed packages whose tests to use"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="case selection seed (default 0)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompt budget (default 1024)")
+    parser.add_argument("--max-tokens", type=int, default=40, help="new tokens per completion (default 40)")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    parser.add_argument("--out", type=Path, default=Path("out/context-eval"), help="output directory")
+    parser.add_argument("--list", action="store_true", help="only build and print the cases")
+
+
+def run(args: argparse.Namespace) -> int:
+    packages = [p.strip() for p in args.packages.split(",") if p.strip()]
+    if not package_dirs(packages):
+        print(f"copilot-ls eval context: none of {packages} is installed", file=sys.stderr)
+        return 2
+    if args.cases < 1 or args.concurrency < 1 or args.max_prompt_tokens < 64:
+        print(
+            "copilot-ls eval context: --cases and --concurrency must be >= 1, --max-prompt-tokens >= 64",
+            file=sys.stderr,
+        )
+        return 2
+    cases = build_cases(packages, args.cases, args.seed)
+    if args.list:
+        for c in cases:
+            print(json.dumps(asdict(c), ensure_ascii=False))
+        return 0
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cases.jsonl").write_text("".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in cases))
+    from copilot_ls.backend import BackendError
+
+    try:
+        results = asyncio.run(run_all(args, cases, out))
+    except BackendError as exc:
+        print(f"copilot-ls eval context: backend {args.backend}: {exc}", file=sys.stderr)
+        return 1
+    summary = summarize(results)
+    meta = {
+        "packages": packages,
+        "model": getattr(args, "_model", "?"),
+        "max_prompt_tokens": args.max_prompt_tokens,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+    }
+    (out / "summary.json").write_text(json.dumps({**summary, "meta": meta}, indent=2))
+    table = markdown_table(summary, meta)
+    (out / "summary.md").write_text(table)
+    print(table)
+    return 0
