@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from model_backend import sampling
-from model_backend.model import Transformer, build_model, quantize_int8
+from model_backend.model import CPU_WEIGHT_FORMATS, Transformer, build_model, quantize_linears
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,7 @@ class Engine:
         self.max_batch = max_batch
         self.max_seq_len = min(max_seq_len or DEFAULT_MAX_SEQ, config.context_length)
         self.stats = EngineStats()
+        self.weight_format = "float32"
         model.setup_caches(max_batch, self.max_seq_len)
         self.eos_ids = frozenset(getattr(tokenizer, "eos_ids", ()) or ())
         specials = getattr(tokenizer, "special", {}) or {}
@@ -222,14 +223,15 @@ class Engine:
              progress: bool = True) -> Engine:
         """Load a checkpoint (see weights.resolve_model) onto `device`.
 
-        quantize: "auto" (int8 on CPU, none on CUDA), "int8" or "none". dtype: None picks fp32 on CPU,
+        quantize: "auto" (fp16 weights on CPU, none on CUDA), "fp16", "int8" (faster, lossy: see
+        model.quantize_linears) or "none" (plain fp32 / the CUDA dtype). dtype: None picks fp32 on CPU,
         bf16 (fp16 without bf16 support) on CUDA. rope_theta / rope_scaling override the checkpoint's.
         """
         from model_backend.weights import load_checkpoint
 
         dev = resolve_device(device)
-        if quantize not in ("auto", "int8", "none"):
-            raise ValueError(f"quantize must be auto, int8 or none, got {quantize!r}")
+        if quantize not in ("auto", "none", *CPU_WEIGHT_FORMATS):
+            raise ValueError(f"quantize must be auto, none, fp16 or int8, got {quantize!r}")
         ckpt = load_checkpoint(model, cache_dir=cache_dir, progress=progress)
         return cls.from_checkpoint(ckpt, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
                                    quantize=quantize, rope_theta=rope_theta, rope_scaling=rope_scaling,
@@ -257,11 +259,15 @@ class Engine:
             tdtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                       "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
         model = build_model(cfg, ckpt.tensors, device=dev, dtype=tdtype)
-        if quantize == "int8" or (quantize == "auto" and dev.type == "cpu" and tdtype == torch.float32):
+        fmt = "fp16" if quantize == "auto" and dev.type == "cpu" and tdtype == torch.float32 else quantize
+        if fmt in CPU_WEIGHT_FORMATS:
             if dev.type != "cpu":
-                raise ValueError("int8 quantisation is a CPU path; use quantize='none' on CUDA")
-            model = quantize_int8(model)
-        return cls(model, ckpt.tokenizer, cfg, device=dev, max_batch=max_batch, max_seq_len=max_seq_len)
+                raise ValueError(f"{fmt} weight packing is a CPU path; on CUDA use quantize='none' (and dtype)")
+            model = quantize_linears(model, fmt)
+        self_fmt = fmt if fmt in CPU_WEIGHT_FORMATS else str(tdtype).removeprefix("torch.")
+        engine = cls(model, ckpt.tokenizer, cfg, device=dev, max_batch=max_batch, max_seq_len=max_seq_len)
+        engine.weight_format = self_fmt
+        return engine
 
     # -- the API ---------------------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:

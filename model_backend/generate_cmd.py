@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"],
-                        help="CPU weight format: auto = int8 on CPU")
+    parser.add_argument("--quantize", default="auto", choices=["auto", "fp16", "int8", "none"],
+                        help="CPU weight format: auto = fp16 weights on CPU (exact); int8 is faster but lossy")
     parser.add_argument("--no-token-healing", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print a JSON list of candidates")

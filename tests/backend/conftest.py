@@ -57,5 +57,5 @@ def default_engine():
     """One Engine on the bundled default model for the whole session (CPU, fast path)."""
     from model_backend.engine import Engine
 
-    torch.set_num_threads(int(os.environ.get("COPILOT_TEST_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("COPILOT_TEST_THREADS", "1")))
     return Engine.load("default", device="cpu", max_batch=8, max_seq_len=2048, progress=False)

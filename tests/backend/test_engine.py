@@ -52,6 +52,17 @@ def test_logprobs_are_the_model_s(tiny_engine):
         assert cand.mean_logprob == pytest.approx(sum(want) / len(want), abs=1e-4)
 
 
+def test_eos_ends_with_stop_and_counts_in_the_mean(tiny_engine):
+    engine = tiny_engine()
+    [free] = engine.generate(PROMPT, greedy(max_tokens=6))
+    first = free.token_ids[0]
+    engine.eos_ids = frozenset({first})  # make the model's own greedy choice the end of sequence
+    [c] = engine.generate(PROMPT, greedy(max_tokens=6))
+    assert c.finish_reason == "stop"
+    assert c.text == "" and c.token_ids == [] and c.token_logprobs == []
+    assert c.mean_logprob == pytest.approx(free.token_logprobs[0])
+
+
 def test_max_tokens_and_finish_reason(tiny_engine):
     engine = tiny_engine()
     [cand] = engine.generate(PROMPT, greedy(max_tokens=5))
@@ -251,3 +262,44 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             resolve_device("cuda")
+
+
+# -- the default model (SmolLM2-135M GGUF), one Engine per session ---------------------------------------------
+
+FIB = "def fibonacci(n):\n"
+
+
+def test_default_greedy_is_deterministic_and_sensible(default_engine):
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    [a] = default_engine.generate(FIB, params)
+    [b] = default_engine.generate(FIB, params)
+    assert a.token_ids == b.token_ids and a.text == b.text
+    assert a.text.startswith("    ")  # the body is indented
+    assert "return" in a.text or "if" in a.text
+    assert a.mean_logprob < 0
+    assert a.tokens and "".join(a.tokens).endswith(a.text[-3:])
+
+
+def test_default_token_healing_keeps_the_block_open(default_engine):
+    # the issue's case: a prompt ending in a bare newline before the body
+    prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+    [healed] = default_engine.generate(prompt, SamplingParams(max_tokens=12, temperature=0.0))
+    assert healed.text.startswith("    "), healed.text
+    ids = default_engine.tokenizer.encode(prompt)
+    _, removed, allowed = default_engine._heal(ids)
+    assert removed == b"\n" and allowed is not None and len(allowed) > 1
+
+
+def test_default_samples_and_prefix_reuse(default_engine):
+    e = default_engine
+    params = SamplingParams(max_tokens=8, temperature=0.8, top_p=0.95, n=4, seed=11)
+    first = e.generate(FIB, params)
+    assert len(first) == 4
+    assert [c.text for c in e.generate(FIB, params)] == [c.text for c in first]  # seeded
+    before, reused = e.stats.prefill_tokens, e.stats.prefix_tokens_reused
+    prompt = "import math\n\n\ndef area(r):\n    return math.pi * r"
+    e.generate(prompt, SamplingParams(max_tokens=4, temperature=0.0))
+    cold = e.stats.prefill_tokens - before
+    [warm] = e.generate(prompt + " * r", SamplingParams(max_tokens=4, temperature=0.0))
+    assert e.stats.prefix_tokens_reused > reused
+    assert e.stats.prefill_tokens - before - cold <= 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_backend.model import build_model, quantize_int8
+from model_backend.model import build_model, quantize_linears
 
 ARCHS = ("llama", "qwen2", "starcoder2")
 TOL = 1e-4
@@ -118,12 +118,19 @@ def test_uninitialised_cache_never_leaks_nan(ours):
     assert torch.isfinite(out).all()
 
 
-def test_int8_path_stays_close_to_fp32(ours):
-    _, model = ours("llama")
+@pytest.mark.parametrize("fmt,tol", [("fp16", 2e-3), ("int8", 0.1)])
+def test_cpu_weight_formats_stay_close_to_fp32(ours, fmt, tol):
+    _, model = ours("starcoder2")  # tied head: the packed head must get its own copy
     tokens = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(7))
     ref = model(tokens, [0], [0], all_logits=True)
-    q = quantize_int8(model)
+    q = quantize_linears(model, fmt)
+    assert type(q.layers[0].attn.wqkv).__name__ == "Linear" and type(q.lm_head) is not torch.nn.Linear
     got = q(tokens, [0], [0], all_logits=True)
     assert torch.isfinite(got).all()
-    rel = (got - ref).norm() / ref.norm()
-    assert rel < 0.05
+    assert ((got - ref).norm() / ref.norm()).item() < tol
+
+
+def test_unknown_weight_format_is_a_clear_error(ours):
+    _, model = ours("llama")
+    with pytest.raises(ValueError, match="unknown CPU weight format 'int3'"):
+        quantize_linears(model, "int3")
