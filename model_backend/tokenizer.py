@@ -167,8 +167,13 @@ class Tokenizer:
         self.bos_id = bos_id
         self.add_bos = add_bos
         self.eos_id = eos_id
-        self.eos_ids: frozenset[int] = discover_eos(vocab, eos_id)
-        self.special: dict[str, int] = discover_special(vocab)
+        # Special roles are looked up among the added (control / user-defined) tokens of a byte-level vocabulary,
+        # where an ordinary merge may well spell "</s>" or "<PRE>"; SentencePiece files (CodeLlama) keep their
+        # FIM pieces in the main vocabulary.
+        added = {t.content: i for i, t in tk.get_added_tokens_decoder().items()}
+        pool = vocab if self.kind == "sentencepiece" else added
+        self.eos_ids: frozenset[int] = discover_eos(pool, eos_id)
+        self.special: dict[str, int] = discover_special(pool)
         # added tokens whose text is literal rather than spelled in the byte alphabet
         alphabet = set(byte_decoder())
         self.literal_ids: frozenset[int] = frozenset(
@@ -180,17 +185,26 @@ class Tokenizer:
         self._pieces = pieces
         self._bytes: list[bytes | None] = [None] * self.vocab_size
         self._byte_ok: frozenset[int] | None = None
+        self._plain: tokenizers.Tokenizer | None = None
 
     # --- the contract ---------------------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text` (no BOS). Special-token text such as "<|im_end|>" becomes its single id. A byte
-        the vocabulary has no token for (SmolLM2 lacks a few control bytes and 0xF1/0xF2) is dropped, as
-        transformers does; `representable(text)` tells whether that can happen."""
+    def encode(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of `text` (no BOS). Special-token text such as "<|im_end|>" becomes its single id, like
+        transformers and llama.cpp do; with special=False it is encoded as the plain text it is (for a user's
+        file that happens to contain such strings). A byte the vocabulary has no token for (SmolLM2 lacks a few
+        control bytes and 0xF1/0xF2) is dropped, as transformers does; `representable(text)` tells."""
         if self.space_prefix:
             if not text:
                 return []
             text = " " + text
-        return self.tk.encode(text, add_special_tokens=False).ids
+        tk = self.tk if special else self._plain_tokenizer()
+        return tk.encode(text, add_special_tokens=False).ids
+
+    def _plain_tokenizer(self) -> tokenizers.Tokenizer:
+        if self._plain is None:
+            self._plain = tokenizers.Tokenizer.from_str(self.tk.to_str())
+            self._plain.encode_special_tokens = True
+        return self._plain
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tk.decode(list(ids), skip_special_tokens=False)

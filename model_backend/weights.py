@@ -14,7 +14,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import math
 import mmap
 import os
 import shutil
@@ -420,6 +419,16 @@ def check_config(cfg: ModelConfig, path: Path) -> None:
         )
 
 
+def _open_gguf_header_check(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from e
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
+
+
 def _open_gguf(path: Path) -> Any:
     import gguf
 
@@ -558,6 +567,9 @@ def _write_cache(ckpt: Checkpoint, entry: Path, key: str) -> None:
         (tmp / "tokenizer.json").write_text(ckpt.tokenizer.to_json(), encoding="utf-8")
         info = {"format": CACHE_FORMAT, "key": key, "config": asdict(ckpt.config), "metadata": ckpt.metadata}
         (tmp / "checkpoint.json").write_text(json.dumps(info), encoding="utf-8")
+        for f in tmp.iterdir():  # on disk before the entry becomes visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
         try:
             os.rename(tmp, entry)
         except OSError:
@@ -602,16 +614,6 @@ def load_gguf(path: Path, *, cache_dir: str | Path | None = None, progress: bool
     return ckpt
 
 
-def _open_gguf_header_check(path: Path) -> None:
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise ModelLoadError(f"cannot read {path}: {e}") from e
-    if magic != GGUF_MAGIC:
-        raise ModelLoadError(f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
-
-
 # --- entry point --------------------------------------------------------------------------------------------
 
 
@@ -621,15 +623,3 @@ def load_checkpoint(spec_or_path: str | Path, *, cache_dir: str | Path | None = 
     if path.is_dir():
         return load_hf_folder(path)
     return load_gguf(path, cache_dir=cache_dir, progress=progress)
-
-
-def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
-    return asdict(cfg)
-
-
-def config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    return ModelConfig(**d)
-
-
-def n_params(cfg: ModelConfig) -> int:
-    return sum(math.prod(s) for s in expected_shapes(cfg).values())

@@ -312,3 +312,27 @@ def test_sentencepiece_specials_bytes_and_bos(spm_pair):
     back = Tokenizer.from_json(tok.to_json())
     assert back.kind == "sentencepiece" and back.space_prefix
     assert back.encode("    x = 1\n") == tok.encode("    x = 1\n") == sp.encode("    x = 1\n")
+
+
+def test_special_false_encodes_special_strings_as_text(default_tok):
+    tok = default_tok
+    text = 'END = "<|im_end|>"  # a file that mentions <|endoftext|>\n'
+    plain = tok.encode(text, special=False)
+    assert not set(plain) & (tok.eos_ids | {tok.bos_id})
+    assert tok.decode(plain) == text
+    assert b"".join(tok.token_bytes(t) for t in plain) == text.encode()
+    assert tok.eos_id in tok.encode(text)  # the default matches them, like transformers / llama.cpp
+    assert tok.encode("def f(): pass", special=False) == tok.encode("def f(): pass")
+
+
+def test_byte_level_specials_come_only_from_added_tokens(tmp_path):
+    path, _ = make_tiny_gguf("llama", tmp_path / "m.gguf")
+    r = gguf.GGUFReader(path)
+    tokens = list(r.fields["tokenizer.ggml.tokens"].contents()) + ["</s>", "<PRE>"]
+    merges = r.fields["tokenizer.ggml.merges"].contents()
+    types = list(r.fields["tokenizer.ggml.token_type"].contents()) + [1, 1]  # ordinary tokens
+    tok = Tokenizer.from_vocab(tokens, merges, types, pre="smollm", bos_id=None, eos_id=0, add_bos=False)
+    assert len(tokens) - 2 not in tok.eos_ids and "fim_prefix" not in tok.special
+    types[-2:] = [3, 3]  # control tokens: now they count
+    tok = Tokenizer.from_vocab(tokens, merges, types, pre="smollm", bos_id=None, eos_id=0, add_bos=False)
+    assert len(tokens) - 2 in tok.eos_ids and tok.special["fim_prefix"] == len(tokens) - 1
