@@ -24,6 +24,7 @@ from copilot_ls.context_workspace import (
     FileSymbols,
     Import,
     Workspace,
+    current_file,
     extract_symbols,
     open_overlays,
 )
@@ -201,11 +202,11 @@ class _Resolver:
         self.overlays = open_overlays(others)
         spec = snap.language
         self.lang = spec.id if spec is not None else ""
-        self.symbols = extract_symbols(snap.text, spec, snap.path or snap.uri, snap.tree)
+        self.current = current_file(snap)
         self.imported: dict[str, tuple[Import, str]] = {}  # local name -> (import, imported name)
         self.modules: dict[str, Import] = {}  # local module name -> import
         self.stars: list[Import] = []
-        for imp in self.symbols.imports:
+        for imp in self.current.imports:
             if imp.local:
                 self.modules[imp.local] = imp
             for name, local in imp.names:
@@ -382,14 +383,13 @@ def collect(
             if out:
                 break
         # 2. definitions of names used near the cursor
-        local_defs = {d.name: d for d in res.symbols.definitions if d.kind != "method"}
         for rank, (name, qual) in enumerate(names_near(snap, line)[:60]):
             for defn in res.definition_of(name, qual)[:1]:
                 out.append(
                     _snippet_from(defn, "definition", 50 - rank * 0.5, f"definition of `{name}`, used nearby")
                 )
-            if qual is None and name in local_defs:
-                d = local_defs[name]
+            d = res.current.definition(name) if qual is None else None
+            if d is not None:
                 if d.end_line < window_start_line and not (d.start_line <= line <= d.end_line):
                     out.append(
                         _snippet_from(

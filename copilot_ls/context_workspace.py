@@ -118,34 +118,106 @@ def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> File
                 kind = key.split(".", 1)[1]
                 if kind != "method" and not _top_level(node):
                     continue
-                container = None
-                if kind == "method":
-                    container = _container_name(node)
-                s, e = _lines_of(node)
-                summary = summarize(node, data, spec)
-                full = data[node.start_byte : node.end_byte].decode("utf-8", "replace")
-                doc = _docstring_node(node, spec)
-                if doc is not None:  # long docstrings (examples, parameters) crowd out code: first paragraph
-                    a, b = doc.start_byte - node.start_byte, doc.end_byte - node.start_byte
-                    raw = data[node.start_byte : node.end_byte]
-                    full = (
-                        raw[:a] + trim_docstring(raw[a:b].decode("utf-8", "replace")).encode() + raw[b:]
-                    ).decode("utf-8", "replace")
-                defs.append(
-                    Definition(
-                        name=name_nodes[0].text.decode("utf-8", "replace"),
-                        kind=kind,
-                        path=path,
-                        start_line=s,
-                        end_line=e,
-                        text=full,
-                        container=container,
-                        summary=summary,
-                    )
-                )
+                defs.append(make_definition(node, name_nodes[0], kind, spec, data, path))
     defs.sort(key=lambda d: (d.start_line, d.name))
     imports = _python_imports(tree, spec) if spec.id == "python" else _js_imports(tree, spec)
     return FileSymbols(path=path, language=spec.id, definitions=tuple(defs), imports=tuple(imports))
+
+
+_IMPORT_TYPES = frozenset(
+    {
+        "import_statement",
+        "import_from_statement",
+        "future_import_statement",
+        "lexical_declaration",
+        "variable_declaration",
+    }
+)
+
+
+def make_definition(node, name_node, kind: str, spec: LanguageSpec, data: bytes, path: str) -> Definition:
+    """A Definition from its node: full text (docstring cut to its first paragraph) and summary."""
+    container = _container_name(node) if kind == "method" else None
+    s, e = _lines_of(node)
+    full = data[node.start_byte : node.end_byte].decode("utf-8", "replace")
+    doc = _docstring_node(node, spec)
+    if doc is not None:  # long docstrings (examples, parameters) crowd out code: keep the first paragraph
+        a, b = doc.start_byte - node.start_byte, doc.end_byte - node.start_byte
+        raw = data[node.start_byte : node.end_byte]
+        trimmed = trim_docstring(raw[a:b].decode("utf-8", "replace")).encode("utf-8", "surrogatepass")
+        full = (raw[:a] + trimmed + raw[b:]).decode("utf-8", "replace")
+    return Definition(
+        name=name_node.text.decode("utf-8", "replace"),
+        kind=kind,
+        path=path,
+        start_line=s,
+        end_line=e,
+        text=full,
+        container=container,
+        summary=summarize(node, data, spec),
+    )
+
+
+@dataclass
+class CurrentFile:
+    """What the request path needs of the document being edited, without a whole-file query: its imports
+    (top-level statements) and its top-level definitions by name (Definitions built on demand)."""
+
+    imports: tuple[Import, ...]
+    _nodes: dict[str, tuple[object, object, str]]
+    _spec: LanguageSpec
+    _data: bytes
+    _path: str
+
+    def definition(self, name: str) -> Definition | None:
+        hit = self._nodes.get(name)
+        if hit is None:
+            return None
+        node, name_node, kind = hit
+        return make_definition(node, name_node, kind, self._spec, self._data, self._path)
+
+
+def current_file(snap: Snapshot) -> CurrentFile:
+    """Imports and top-level definitions of the edited document, by queries limited to the top level (the
+    children of the root, or of a top-level ERROR when the file does not parse): no walk over the whole tree."""
+    spec = snap.language
+    assert spec is not None and snap.tree is not None
+    cached = snap._cache.get("current_file")
+    if cached is not None:
+        return cached
+    data = snap.encoded()
+    root = snap.tree.root_node
+    if root.child_count == 1 and root.children[0].type == "ERROR":
+        root = root.children[0]
+    tops = []
+    cursor = root.walk()
+    if cursor.goto_first_child():
+        while True:
+            tops.append(cursor.node)
+            if not cursor.goto_next_sibling():
+                break
+    import_roots = [n for n in tops if n.type in _IMPORT_TYPES]
+    if spec.id == "python":
+        imports = _python_imports(snap.tree, spec, import_roots)
+    else:
+        imports = _js_imports(snap.tree, spec, import_roots)
+    nodes_by_name: dict[str, tuple[object, object, str]] = {}
+    wanted = spec.function_types | spec.class_types
+    for n in tops:
+        inner = n
+        if inner.type in ("export_statement", "decorated_definition"):
+            inner = (
+                inner.child_by_field_name("declaration") or inner.child_by_field_name("definition") or inner
+            )
+        if inner.type not in wanted:
+            continue
+        name_node = inner.child_by_field_name("name")
+        if name_node is not None:
+            kind = "function" if inner.type in spec.function_types else "class"
+            nodes_by_name.setdefault(name_node.text.decode("utf-8", "replace"), (n, name_node, kind))
+    out = CurrentFile(tuple(imports), nodes_by_name, spec, data, snap.path or snap.uri)
+    snap._cache["current_file"] = out
+    return out
 
 
 _BODY_FIELDS = ("body", "value")
@@ -264,7 +336,7 @@ def _txt(node) -> str:
     return node.text.decode("utf-8", "replace") if node is not None else ""
 
 
-def _python_imports(tree, spec: LanguageSpec) -> list[Import]:
+def _python_imports(tree, spec: LanguageSpec, roots=None) -> list[Import]:
     out: list[Import] = []
     query = spec.query("imports")
     if query is None:
@@ -272,7 +344,12 @@ def _python_imports(tree, spec: LanguageSpec) -> list[Import]:
     from tree_sitter import QueryCursor
 
     nodes = sorted(
-        (n for ns in QueryCursor(query).captures(tree.root_node).values() for n in ns),
+        (
+            n
+            for root in (roots if roots is not None else [tree.root_node])
+            for ns in QueryCursor(query).captures(root).values()
+            for n in ns
+        ),
         key=lambda n: n.start_byte,
     )
     for node in nodes:
@@ -301,14 +378,19 @@ def _python_imports(tree, spec: LanguageSpec) -> list[Import]:
     return out
 
 
-def _js_imports(tree, spec: LanguageSpec) -> list[Import]:
+def _js_imports(tree, spec: LanguageSpec, roots=None) -> list[Import]:
     out: list[Import] = []
     query = spec.query("imports")
     if query is None:
         return out
     from tree_sitter import QueryCursor
 
-    for _, caps in QueryCursor(query).matches(tree.root_node):
+    matches = [
+        m
+        for root in (roots if roots is not None else [tree.root_node])
+        for m in QueryCursor(query).matches(root)
+    ]
+    for _, caps in matches:
         source = _txt(caps["source"][0]) if caps.get("source") else ""
         if "import" in caps:
             node = caps["import"][0]

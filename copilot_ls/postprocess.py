@@ -115,7 +115,7 @@ def make_cursor(snap: Snapshot, line: int, col: int, *, below_lines: int = 40) -
         below=tuple(lines[line + 1 : line + 1 + below_lines]),
         above=tuple(lines[max(0, line - below_lines) : line]),
         language=snap.language,
-        indent_unit=detect_indent_unit(lines),
+        indent_unit=detect_indent_unit(lines[max(0, line - 200) : line + 50]),
         crlf="\r\n" in snap.text,
     )
 
