@@ -120,6 +120,36 @@ async function ghostText(page) {
   });
 }
 
+// Waits for ghost text. Suggestions come by themselves after typing. Alt+\\ asks explicitly: right away when
+// `firstTriggerMs` is 0, when the status bar says the backend is down, and after every `everyMs` without any
+// (rarely: a new request supersedes the running one, which on a busy CPU may be close to done).
+async function waitGhost(page, timeoutMs, firstTriggerMs = 120000, everyMs = 120000) {
+  const since = Date.now();
+  let next = firstTriggerMs;
+  let lastDownTrigger = 0;
+  const trigger = async () => {
+    report.explicitTriggers = (report.explicitTriggers ?? 0) + 1;
+    await page.keyboard.press("Alt+Backslash");
+  };
+  return until(
+    "ghost text",
+    async () => {
+      const text = await ghostText(page);
+      if (text.trim()) return text;
+      if (Date.now() - since >= next) {
+        next += everyMs;
+        await trigger();
+      } else if ((await statusText(page)).includes("backend down") && Date.now() - lastDownTrigger > 5000) {
+        lastDownTrigger = Date.now();
+        await trigger();
+      }
+      return null;
+    },
+    timeoutMs,
+    500,
+  );
+}
+
 async function main() {
   fs.mkdirSync(OUT, { recursive: true });
   const testFile = path.join(cfg.workspace, "test_lib.py");
@@ -174,7 +204,7 @@ async function main() {
         "--no-first-run",
       ],
     });
-    page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    page = await browser.newPage({ viewport: { width: 1024, height: 600 } });
     page.on("pageerror", (err) => step(`page error: ${err.message}`));
     await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(cfg.workspace)}`);
     await page.waitForSelector(".monaco-workbench", { timeout: 60000 });
@@ -191,37 +221,35 @@ async function main() {
     await editor.click();
     await page.keyboard.press("Control+End");
 
-    // 1. Type the test's first lines; the server + model answer with ghost text; Tab accepts it.
+    // 1. Type the test's first lines; the server + model answer with ghost text.
     step("typing the test");
     await page.keyboard.type(TYPED_DEF, { delay: 25 });
     await page.keyboard.press("Enter");
     await page.keyboard.type(TYPED_ASSERT, { delay: 25 });
-    const typedAt = Date.now();
-    let triggers = 0;
-    const ghost = await until(
-      "ghost text",
-      async () => {
-        const text = await ghostText(page);
-        if (text.trim()) return text;
-        // Inline suggestions come by themselves after typing; ask explicitly (Alt+\) if they are slow to come.
-        if (Date.now() - typedAt > (triggers + 1) * 15000) {
-          triggers++;
-          await page.keyboard.press("Alt+Backslash");
-        }
-        return null;
-      },
-      cfg.timeoutMs ?? 180000,
-      500,
-    );
-    report.ghostText = ghost;
+    report.ghostFirst = await waitGhost(page, cfg.timeoutMs ?? 180000);
     report.ghostHtml = await page.evaluate(() =>
       [...document.querySelectorAll(".monaco-editor [class*=ghost]")].map((el) => el.outerHTML).join("\n").slice(0, 6000),
     );
-    report.explicitTriggers = triggers;
-    step(`ghost text: ${JSON.stringify(ghost)}`);
+    step(`ghost text: ${JSON.stringify(report.ghostFirst)}`);
     await shot(page, "ghost-text");
-    await page.keyboard.press("Tab");
-    await until("ghost text to go after Tab", async () => !(await ghostText(page)).trim(), 10000);
+
+    // 2. Escape dismisses it (reported as rejected); Alt+\ asks again (the server answers from its cache).
+    await page.keyboard.press("Escape");
+    await until("ghost text to go after Escape", async () => !(await ghostText(page)).trim(), 10000);
+    step("dismissed with Escape");
+    report.ghostText = await waitGhost(page, 60000, 0);
+    step(`asked again with Alt+\\: ${JSON.stringify(report.ghostText)}`);
+
+    // 3. Ctrl+Right takes its first word, Tab the rest; the file saved to disk holds the suggestion.
+    await page.keyboard.press("Control+ArrowRight");
+    await new Promise((r) => setTimeout(r, 1000));
+    report.ghostAfterWord = await ghostText(page);
+    step(`accepted one word; ghost text left: ${JSON.stringify(report.ghostAfterWord)}`);
+    report.pressedTab = Boolean(report.ghostAfterWord.trim());
+    if (report.pressedTab) {
+      await page.keyboard.press("Tab");
+      await until("ghost text to go after Tab", async () => !(await ghostText(page)).trim(), 10000);
+    }
     await page.keyboard.press("Control+S");
     report.savedAfterAccept = await until(
       "the accepted text on disk",
@@ -231,10 +259,33 @@ async function main() {
       },
       15000,
     );
-    step("saved; file on disk holds more than the typed text");
+    step("saved; the file on disk holds more than the typed text");
     report.statusReady = await waitStatus(page, "ready", 30000);
     step(`status: "${report.statusReady}"`);
     await shot(page, "accepted-ready");
+
+    // 4. Clicking the status bar item toggles suggestions off and on again.
+    await page.locator(STATUS).first().click();
+    report.statusToggledOff = await waitStatus(page, "disabled", 15000);
+    await page.locator(STATUS).first().click();
+    report.statusToggledOn = await waitStatus(page, "ready", 15000);
+    step(`status bar click: "${report.statusToggledOff}", then "${report.statusToggledOn}"`);
+
+    // 5. The command palette's "copilot-ls: Show Server Log" opens the output channel with the server's log.
+    await page.keyboard.press("F1");
+    await page.keyboard.type("copilot-ls: Show Server Log", { delay: 10 });
+    await page.keyboard.press("Enter");
+    report.serverLogShown = await until(
+      "the server log in the output panel",
+      async () => {
+        const text = await page.locator(".panel .monaco-editor .view-lines").first().innerText().catch(() => "");
+        return text.includes("[extension]") ? text.slice(0, 2000) : null;
+      },
+      15000,
+    );
+    step("server log shown");
+    await shot(page, "server-log");
+    await page.locator(".editor-instance .monaco-editor .view-lines").first().click();
 
     // 2. Backend URL to a dead port: the status says so, and editing keeps working.
     step(`backend URL -> ${cfg.deadBackendUrl}`);

@@ -13,6 +13,7 @@ export interface ExtensionSettings {
   model: string; // "" = whatever the backend serves
   debounceMs: number;
   maxLines: number;
+  timeoutSeconds: number; // one backend request
   serverCommand: string;
   pythonPath: string;
   serverArgs: string[];
@@ -25,6 +26,7 @@ export const DEFAULTS: ExtensionSettings = {
   model: "",
   debounceMs: 100,
   maxLines: 10,
+  timeoutSeconds: 30,
   serverCommand: "",
   pythonPath: "",
   serverArgs: [],
@@ -35,7 +37,7 @@ export const RESTART_KEYS = ["server.command", "server.pythonPath", "server.args
 
 /** Reads settings through `get(key, default)` (vscode's WorkspaceConfiguration.get has that shape). */
 export function readSettings(get: <T>(key: string, fallback: T) => T): ExtensionSettings {
-  const num = (key: "debounceMs" | "maxLines"): number => {
+  const num = (key: "debounceMs" | "maxLines" | "timeoutSeconds"): number => {
     const v = get<unknown>(key, DEFAULTS[key]);
     return typeof v === "number" && Number.isFinite(v) ? v : DEFAULTS[key];
   };
@@ -48,10 +50,11 @@ export function readSettings(get: <T>(key: string, fallback: T) => T): Extension
   return {
     enable: get<unknown>("enable", true) !== false,
     languages: isBoolRecord(langs) ? langs : { ...DEFAULTS.languages },
-    backendUrl: str("backendUrl"),
+    backendUrl: str("backendUrl") || DEFAULT_BACKEND_URL,
     model: str("model"),
     debounceMs: num("debounceMs"),
     maxLines: num("maxLines"),
+    timeoutSeconds: num("timeoutSeconds"),
     serverCommand: str("server.command"),
     pythonPath: str("server.pythonPath"),
     serverArgs: Array.isArray(args) ? args.filter((a): a is string => typeof a === "string") : [],
@@ -85,5 +88,6 @@ export function serverSettings(settings: ExtensionSettings, apiKey: string | und
     apiKey: apiKey || null,
     debounceMs: Math.max(0, Math.round(settings.debounceMs)),
     maxLines: Math.max(1, Math.round(settings.maxLines)),
+    timeout: Math.min(3600, Math.max(0.1, settings.timeoutSeconds)),
   };
 }

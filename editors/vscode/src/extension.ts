@@ -2,6 +2,8 @@
 // Logic that needs no `vscode` lives in config.ts, serverCommand.ts, status.ts, bookkeeping.ts, protocol.ts.
 import * as fs from "fs";
 import * as os from "os";
+import * as readline from "readline";
+import { Readable } from "stream";
 import * as vscode from "vscode";
 import {
   ClientCapabilities,
@@ -22,7 +24,7 @@ import { Shown, insertedText, itemId, matchItem } from "./bookkeeping";
 import { API_KEY_SECRET, ExtensionSettings, RESTART_KEYS, SECTION, languageEnabled, readSettings, serverSettings } from "./config";
 import { SERVER_COMMANDS, parseStatus } from "./protocol";
 import { resolveServerCommand } from "./serverCommand";
-import { INITIAL, Status, present } from "./status";
+import { INITIAL, Status, logLevel, present } from "./status";
 
 const ACCEPTED_COMMAND = "copilot-ls._accepted"; // attached to every item; VS Code runs it when one is accepted
 const SHOWN_CONTEXT = "copilot-ls.suggestionShown";
@@ -118,6 +120,8 @@ class Extension {
       },
     };
     const clientOptions: LanguageClientOptions = {
+      // The server logs to stderr with Python's levels; keep them (the client's default marks every line an error).
+      stdioOptions: { stdout: pipeLog, stderr: pipeLog },
       documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
       outputChannel: this.output,
       traceOutputChannel: this.trace,
@@ -181,7 +185,7 @@ class Extension {
     const client = this.client;
     if (!client || !client.isRunning()) return;
     const settings = await this.payload();
-    this.log(`settings -> server: ${JSON.stringify({ ...settings, api_key: settings.api_key ? "***" : undefined })}`);
+    this.log(`settings -> server: ${JSON.stringify({ ...settings, apiKey: settings.apiKey ? "***" : null })}`);
     await client.sendNotification(DidChangeConfigurationNotification.type, { settings });
     this.lastStatusQuery = 0;
     void this.queryStatus();
@@ -237,8 +241,7 @@ class Extension {
       t: vscode.CancellationToken,
     ) => vscode.ProviderResult<vscode.InlineCompletionItem[] | vscode.InlineCompletionList>,
   ): Promise<vscode.InlineCompletionItem[] | vscode.InlineCompletionList | null | undefined> {
-    const explicit = context.triggerKind === vscode.InlineCompletionTriggerKind.Invoke;
-    if (!this.settings.enable || (!explicit && !languageEnabled(this.settings, document.languageId))) return null;
+    if (!languageEnabled(this.settings, document.languageId)) return null; // no request at all
     const result = await next(document, position, context, token);
     const items = Array.isArray(result) ? result : (result?.items ?? []);
     if (items.length > 0) {
@@ -267,31 +270,33 @@ class Extension {
   private async accepted(shown: Shown, index: number, original?: vscode.Command): Promise<void> {
     if (this.shown === shown) this.shown = undefined;
     void vscode.commands.executeCommand("setContext", SHOWN_CONTEXT, false);
-    this.log(`accepted ${shown.ids[index] ?? "item"}: ${JSON.stringify(shown.texts[index])}`);
+    let reply: unknown = "not reported";
     if (original?.command) {
+      // The server's copilot-ls.accepted, registered as a VS Code command by the language client.
       try {
-        await vscode.commands.executeCommand(original.command, ...(original.arguments ?? []));
+        reply = await vscode.commands.executeCommand(original.command, ...(original.arguments ?? []));
       } catch (err) {
-        this.log(`${original.command}: ${errorText(err)}`);
+        reply = errorText(err);
       }
     }
+    this.log(`accepted ${shown.ids[index] ?? "item"}: ${JSON.stringify(shown.texts[index])} -> ${JSON.stringify(reply)}`);
   }
 
   private async acceptPartly(kind: "word" | "line"): Promise<void> {
     const editor = vscode.window.activeTextEditor;
     const before = editor?.document.getText();
+    const shown = this.shown; // before the command: accepting part of an item can bring new items
     await vscode.commands.executeCommand(
       kind === "word" ? "editor.action.inlineSuggest.acceptNextWord" : "editor.action.inlineSuggest.acceptNextLine",
     );
-    const shown = this.shown;
     if (!editor || before === undefined || !shown || editor.document.uri.toString() !== shown.uri) return;
     const inserted = insertedText(before, editor.document.getText());
     if (!inserted) return;
     const index = matchItem(shown, inserted);
     shown.taken[index] += inserted.length;
     const id = shown.ids[index];
-    this.log(`partially accepted (${kind}) ${id ?? "item"}: ${JSON.stringify(inserted)}`);
-    if (id) await this.report(SERVER_COMMANDS.partiallyAccepted, [id, shown.taken[index]]);
+    const reply = id ? await this.report(SERVER_COMMANDS.partiallyAccepted, [id, shown.taken[index]]) : "not reported";
+    this.log(`partially accepted (${kind}) ${id ?? "item"}: ${JSON.stringify(inserted)} -> ${JSON.stringify(reply)}`);
   }
 
   private async dismiss(): Promise<void> {
@@ -301,18 +306,19 @@ class Extension {
     void vscode.commands.executeCommand("setContext", SHOWN_CONTEXT, false);
     const id = shown?.ids[0];
     if (id) {
-      this.log(`dismissed ${id}`);
-      await this.report(SERVER_COMMANDS.rejected, [id]);
+      const reply = await this.report(SERVER_COMMANDS.rejected, [id]);
+      this.log(`dismissed ${id} -> ${JSON.stringify(reply)}`);
     }
   }
 
-  private async report(command: string, args: unknown[]): Promise<void> {
+  /** workspace/executeCommand; the server's answer, or the error's text. */
+  private async report(command: string, args: unknown[]): Promise<unknown> {
     const client = this.client;
-    if (!client || !client.isRunning()) return;
+    if (!client || !client.isRunning()) return "server not running";
     try {
-      await client.sendRequest(ExecuteCommandRequest.type, { command, arguments: args });
+      return await client.sendRequest(ExecuteCommandRequest.type, { command, arguments: args });
     } catch (err) {
-      this.log(`${command}: ${errorText(err)}`);
+      return errorText(err);
     }
   }
 
@@ -403,6 +409,16 @@ class ProgressToStatus implements StaticFeature {
     return { kind: "static" };
   }
   clear(): void {}
+}
+
+function pipeLog(input: Readable, channel: vscode.LogOutputChannel): void {
+  readline.createInterface({ input, crlfDelay: Infinity, terminal: false }).on("line", (line) => {
+    const level = logLevel(line);
+    if (level === "error") channel.error(line);
+    else if (level === "warning") channel.warn(line);
+    else if (level === "debug") channel.debug(line);
+    else channel.info(line);
+  });
 }
 
 function isExecutable(p: string): boolean {

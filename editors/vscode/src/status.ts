@@ -87,3 +87,10 @@ export function present(s: Status): Presentation {
     warning: false,
   };
 }
+
+/** The level of one stderr line of the server ("2026-01-01 12:00:00,000 copilot_ls WARNING: ..."). */
+export function logLevel(line: string): "error" | "warning" | "info" | "debug" {
+  const m = /\b(DEBUG|INFO|WARNING|ERROR|CRITICAL):/.exec(line);
+  if (!m) return /^(Traceback|\s+File |\w+Error\b)/.test(line) ? "error" : "info";
+  return m[1] === "CRITICAL" || m[1] === "ERROR" ? "error" : m[1] === "WARNING" ? "warning" : m[1] === "DEBUG" ? "debug" : "info";
+}
