@@ -1,0 +1,233 @@
+"""End to end: the language server over stdio (pytest-lsp) against the REAL backend with the default model
+(the session fixture `backend_url` of tests/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import httpx
+import pytest
+import pytest_lsp
+from lsp_testing import (
+    COMMON_PREFIX_BUFFER,
+    LS_COMMAND,
+    apply_item,
+    capabilities,
+    change,
+    end_position,
+    inline,
+    inline_params,
+    open_doc,
+    status,
+)
+from lsprotocol import types
+from pygls.exceptions import JsonRpcRequestCancelled
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+# Small outputs keep the model time low on a shared CPU; a long timeout because that CPU may be very busy.
+OPTIONS = {"maxTokens": 24, "timeout": 600, "debounceMs": 0}
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=30).text
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        m = re.match(r"^(\w+)(?:\{(.*)\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def completions_served(url: str) -> float:
+    return metric(url, "copilot_backend_requests_total", endpoint="/v1/completions")
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module")
+async def client(lsp_client: LanguageClient, backend_url):
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=capabilities(), initialization_options={"backendUrl": backend_url, **OPTIONS}))
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_common_prefix_buffer_gets_an_inline_item(client):
+    uri = "file:///tmp/e2e/common_prefix.py"
+    open_doc(client, uri, COMMON_PREFIX_BUFFER)
+    line, col = end_position(COMMON_PREFIX_BUFFER)
+    result = await inline(client, uri, line, col)
+    assert result is not None and result.items, "no inline item for the common_prefix buffer"
+    item = result.items[0]
+    assert item.insert_text.strip()
+    assert item.range.start == types.Position(line, col)
+    after = apply_item(COMMON_PREFIX_BUFFER, item, "utf-16")
+    assert after.startswith(COMMON_PREFIX_BUFFER) and "\n" not in after[len(COMMON_PREFIX_BUFFER):].rstrip("\n")
+    assert item.command.command == "copilot-ls.accepted"
+
+
+async def test_typed_ahead_reuse_makes_no_backend_call(client, backend_url):
+    uri = "file:///tmp/e2e/typed_ahead.py"
+    text = COMMON_PREFIX_BUFFER
+    open_doc(client, uri, text)
+    line, col = end_position(text)
+    first = await inline(client, uri, line, col)
+    assert first.items
+    suggestion = first.items[0].insert_text
+    assert len(suggestion) >= 3
+    served = completions_served(backend_url)
+    calls = (await status(client))["counters"]["backend_calls"]
+    for i in range(1, 3):                          # the user types the first two characters of it
+        change(client, uri, 1 + i, (line, col + i - 1), (line, col + i - 1), suggestion[i - 1])
+        res = await inline(client, uri, line, col + i, invoked=False)
+        assert res.items[0].insert_text == suggestion[i:]
+        assert res.items[0].range.start == types.Position(line, col + i)
+    assert completions_served(backend_url) == served           # the backend's own count
+    st = await status(client)
+    assert st["counters"]["backend_calls"] == calls            # and the LS's
+    assert st["counters"]["typed_ahead"] >= 2
+
+
+async def test_supersession_and_cancel_abort_the_backend_request(client, backend_url):
+    uri = "file:///tmp/e2e/supersede.py"
+    text = "def fibonacci(n):\n    "
+    open_doc(client, uri, text)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"maxTokens": 96}))              # long enough to still be running when superseded
+    cancelled0 = metric(backend_url, "copilot_backend_cancellations_total")
+    older = asyncio.ensure_future(inline(client, uri, 1, 4))
+    await asyncio.sleep(1.0)
+    change(client, uri, 2, (1, 4), (1, 4), "#")
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"maxTokens": 4}))
+    newer = asyncio.ensure_future(inline(client, uri, 1, 5))
+    old_result = await asyncio.wait_for(older, 60)
+    assert old_result is None                      # superseded: answered at once, with nothing
+    await asyncio.wait_for(newer, 600)
+    # $/cancelRequest on the next one
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"maxTokens": 96}))
+    fut = asyncio.ensure_future(client.protocol.send_request_async(
+        types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(uri, 0, 17), msg_id=777001))
+    await asyncio.sleep(1.0)
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=777001))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(fut, 60)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=OPTIONS))
+    deadline = time.monotonic() + 120               # the backend notices the closed connections
+    while metric(backend_url, "copilot_backend_cancellations_total") < cancelled0 + 2:
+        assert time.monotonic() < deadline, "the backend never saw the aborted requests"
+        await asyncio.sleep(0.5)
+
+
+async def test_emoji_and_cjk_positions_with_the_real_model(client):
+    uri = "file:///tmp/e2e/emoji.py"
+    text = 'greeting = "😀 你好"\nprint(greeting + "😀" + '
+    open_doc(client, uri, text)
+    last = text.split("\n")[-1]
+    col16 = len(last.encode("utf-16-le")) // 2
+    result = await inline(client, uri, 1, col16)
+    assert result is not None
+    for item in result.items:
+        assert item.range.start == types.Position(1, col16)
+        after = apply_item(text, item, "utf-16")
+        assert after.startswith(text)
+
+
+async def test_50000_line_file(client):
+    uri = "file:///tmp/e2e/big.py"
+    body = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(16_667))
+    text = body + "def add(a, b):\n    return "
+    n_lines = text.count("\n") + 1
+    assert n_lines >= 50_000, n_lines
+    t0 = time.monotonic()
+    open_doc(client, uri, text)
+    line, col = end_position(text)
+    change(client, uri, 2, (line, col), (line, col), "a")
+    change(client, uri, 3, (line, col + 1), (line, col + 1), " ")
+    result = await inline(client, uri, line, col + 2)
+    assert result is not None and result.items
+    assert result.items[0].range.start == types.Position(line, col + 2)
+    # the document state survived: an edit at the top is reflected, and the server still answers fast
+    change(client, uri, 4, (0, 4), (0, 6), "g0")
+    t1 = time.monotonic()
+    st = await status(client)
+    assert time.monotonic() - t1 < 5
+    assert st["documents"] >= 1
+    assert time.monotonic() - t0 < 600
+
+
+async def test_100_changes_per_second_with_requests_in_between(client):
+    uri = "file:///tmp/e2e/storm.py"
+    text = "def total(xs):\n    s = 0\n    for x in xs:\n        s += x\n    return "
+    open_doc(client, uri, text)
+    line, col = end_position(text)
+    pending = []
+    version = 1
+    t0 = time.monotonic()
+    for k in range(100):                             # 100 didChange in ~1 s, a request after every 10th
+        if k < 50:                                   # type 50 characters, then delete them one by one
+            change(client, uri, version + 1, (line, col), (line, col), "abcdefghij"[k % 10])
+            col += 1
+        else:
+            change(client, uri, version + 1, (line, col - 1), (line, col), "")
+            col -= 1
+        version += 1
+        if k % 10 == 9:
+            pending.append(asyncio.ensure_future(inline(client, uri, line, col, invoked=False)))
+        await asyncio.sleep(0.01)
+    assert time.monotonic() - t0 < 5
+    results = await asyncio.wait_for(asyncio.gather(*pending), 600)
+    assert all(r is None or isinstance(r, types.InlineCompletionList) for r in results[:-1])
+    # after the storm the document is the original again: a completion lands at the cursor and fits
+    assert col == end_position(text)[1]
+    final = await inline(client, uri, line, col)
+    assert final is not None and final.items
+    assert final.items[0].range.start == types.Position(line, col)
+    assert apply_item(text, final.items[0], "utf-16").startswith(text)
+
+
+async def test_unknown_language_gets_text_only_context(client):
+    uri = "file:///tmp/e2e/notes.txt"
+    text = "Shopping list:\n- apples\n- bananas\n- "
+    open_doc(client, uri, text, language_id="plaintext")
+    line, col = end_position(text)
+    result = await inline(client, uri, line, col)
+    assert isinstance(result, types.InlineCompletionList)
+    assert result.items and result.items[0].insert_text.strip()
+
+
+# -- utf-8 negotiated: one more LS, the same real backend ----------------------------------------------------
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module")
+async def client8(lsp_client: LanguageClient, backend_url):
+    result = await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=capabilities(["utf-16", "utf-8"]),
+        initialization_options={"backendUrl": backend_url, **OPTIONS}))
+    assert result.capabilities.position_encoding == types.PositionEncodingKind.Utf8
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_utf8_positions_with_the_real_model(client8):
+    uri = "file:///tmp/e2e/emoji8.py"
+    text = 'names = ["中文", "😀"]\nfor name in names:\n    print('
+    open_doc(client8, uri, text)
+    line, col = end_position(text)
+    result = await inline(client8, uri, line, len(b"    print("))
+    assert result is not None and result.items
+    for item in result.items:
+        assert item.range.start == types.Position(line, col)     # ASCII line: utf-8 == code points
+        assert apply_item(text, item, "utf-8").startswith(text)
+    # a cursor after multi-byte characters: line 0 after "中文", in bytes
+    head = 'names = ["中文'
+    result = await inline(client8, uri, 0, len(head.encode()))
+    assert result is not None
+    for item in result.items:
+        assert item.range.start == types.Position(0, len(head.encode()))
+        after = apply_item(text, item, "utf-8")
+        assert after.startswith(head) and after.endswith(text[len(head):].split("\n", 1)[1])
