@@ -19,14 +19,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from copilot_ls.evaluation import sandbox
 from copilot_ls.evaluation.passk import pass_at_k, top_logprob_pass
+
+T = TypeVar("T")
 
 # The Codex paper's stop sequences: a new top-level statement ends the function body. OpenAI-compatible
 # servers take at most 4 stop strings; the fifth is applied here (cut_at_stop), which gives the same text.
@@ -123,9 +125,9 @@ async def generate_raw(client: Any, problem: dict[str, Any], count: int, *, temp
     """`count` completions of the bare prompt, in requests of at most RAW_CHUNK (servers cap `n` at their
     batch size; ours at --max-batch, 8 by default), sent together so the backend batches them."""
     sizes = [min(RAW_CHUNK, count - i) for i in range(0, count, RAW_CHUNK)]
-    chunks = await asyncio.gather(*(client.complete(problem["prompt"], max_tokens=cfg.max_tokens,
-                                                    temperature=temperature, top_p=cfg.top_p, n=size,
-                                                    stop=SERVER_STOP) for size in sizes))
+    chunks = await gather_all(*(retrying(client.complete, problem["prompt"], max_tokens=cfg.max_tokens,
+                                         temperature=temperature, top_p=cfg.top_p, n=size, stop=SERVER_STOP)
+                                for size in sizes))
     return [Generated(cut_at_stop(c.text), c.mean_logprob, c.finish_reason) for cands in chunks for c in cands]
 
 
@@ -149,8 +151,8 @@ async def generate_ls(client: Any, problem: dict[str, Any], count: int, *, tempe
     line, col = cursor_at_end(prompt)
     settings = replace(Settings(), backend_url=cfg.backend, n=1, temperature=temperature, top_p=cfg.top_p,
                        max_tokens=cfg.max_tokens)
-    results = await asyncio.gather(*(pipeline.complete(snap, line, col, client=client, settings=settings)
-                                     for _ in range(count)))
+    results = await gather_all(*(retrying(pipeline.complete, snap, line, col, client=client, settings=settings)
+                                 for _ in range(count)))
     out = []
     for res in results:
         if not res.suggestions:  # the editor would show nothing: an empty body, which fails its tests
@@ -164,6 +166,37 @@ async def generate_ls(client: Any, problem: dict[str, Any], count: int, *, tempe
         finish = res.raw[0].finish_reason if res.raw else "stop"
         out.append(Generated(sug.text, sug.mean_logprob, finish, edit))
     return out
+
+
+RETRY_DELAYS = (2.0, 5.0, 15.0)
+
+
+async def retrying(fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
+    """Call the backend again after a dropped connection or a timeout (a long run on a busy machine meets
+    a few); other errors, and the last failure, propagate."""
+    from copilot_ls.backend import BackendError
+
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return await fn(*args, **kw)
+        except BackendError as exc:
+            if delay is None or exc.kind not in ("unreachable", "timeout", "loading"):
+                raise
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def gather_all(*aws: Awaitable[Any]) -> list[Any]:
+    """asyncio.gather that, when one fails, cancels the rest and waits for them before raising (no orphaned
+    requests, no 'exception was never retrieved')."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -276,16 +309,16 @@ async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any
                 have = {r["index"] for r in store.of(task, "sample")}
                 missing = [i for i in range(cfg.n) if i not in have]
                 want_greedy = cfg.greedy and not store.of(task, "greedy")
-                sampled, greedy = await asyncio.gather(  # sent together: the backend batches them
+                sampled, greedy = await gather_all(  # sent together: the backend batches them
                     generate(client, problem, len(missing), temperature=cfg.temperature, cfg=cfg)
                     if missing else _nothing(),
                     generate(client, problem, 1, temperature=0.0, cfg=cfg) if want_greedy else _nothing())
             jobs = [execute(problem, "sample", i, g) for i, g in zip(missing, sampled, strict=False)]
             jobs += [execute(problem, "greedy", 0, g) for g in greedy[:1]]
-            await asyncio.gather(*jobs)  # execution overlaps the next problem's generation
+            await gather_all(*jobs)  # execution overlaps the next problem's generation
 
         try:
-            await asyncio.gather(*(one_problem(p) for p in problems))
+            await gather_all(*(one_problem(p) for p in problems))
         finally:
             bar.close()
 

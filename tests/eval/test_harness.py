@@ -128,3 +128,42 @@ async def test_raw_requests_are_split_to_fit_the_servers_batch():
     gens = await humaneval.generate_raw(client, PROBLEMS[0], 6, temperature=0.8, cfg=EvalConfig(n=6))
     assert len(gens) == 6
     assert sorted(n for _, n, _ in client.requested) == [2, humaneval.RAW_CHUNK]
+
+
+async def test_dropped_connections_are_retried_other_errors_are_not(monkeypatch):
+    from copilot_ls.backend import BackendError
+
+    monkeypatch.setattr(humaneval, "RETRY_DELAYS", (0.0, 0.0))
+    calls = []
+
+    async def flaky(kind):
+        calls.append(kind)
+        if len(calls) == 1:
+            raise BackendError("dropped", kind=kind)
+        return "ok"
+
+    assert await humaneval.retrying(flaky, "unreachable") == "ok" and len(calls) == 2
+    calls.clear()
+    with pytest.raises(BackendError, match="dropped"):
+        await humaneval.retrying(flaky, "http")
+    assert len(calls) == 1
+
+
+async def test_gather_all_cancels_the_rest_when_one_fails():
+    import asyncio
+
+    cancelled = []
+
+    async def slow():
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def boom():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await humaneval.gather_all(slow(), boom(), slow())
+    assert cancelled == [True, True]
