@@ -64,6 +64,10 @@ class Prompt:
     multiline: bool
     stop: list[str]
     sources: list[SnippetSource] = field(default_factory=list)
+    # The FIM prompt's prefix part before FIM formatting (snippets + header + prefix window), for servers that
+    # take `suffix` separately and insert the FIM tokens themselves (ours: they are never parsed from text);
+    # "" for prefix-only prompts (then `prompt` is the whole text).
+    fim_body: str = ""
 
 
 def estimate_tokens(text: str) -> int:
@@ -430,14 +434,18 @@ def build_prompt(
     line_head = snap.lines()[line][:col] if snap.lines() else ""
     cut = len(line_head) if line_head and not line_head.strip() else 0
 
-    def assemble() -> str:
+    def body() -> str:
         ordered = list(reversed(chosen))  # the best snippet closest to the code
         pre = prefix[: len(prefix) - cut] if cut and len(prefix) >= cut else prefix
-        if fim is not None and fim.file_sep:
+        return "".join(r for _, r, _ in ordered) + header + scope_text + pre
+
+    def assemble() -> str:
+        if fim is not None and fim.file_sep and chosen:
+            ordered = list(reversed(chosen))
+            pre = prefix[: len(prefix) - cut] if cut and len(prefix) >= cut else prefix
             files = [(display_path(s.path, root), r.split("\n", 1)[1].rstrip("\n")) for s, r, _ in ordered]
             return fim.format(header + scope_text + pre, suffix, files=files)
-        body = "".join(r for _, r, _ in ordered) + header + scope_text + pre
-        return fim.format(body, suffix) if fim is not None else body
+        return fim.format(body(), suffix) if fim is not None else body()
 
     prompt = assemble()
     # Token counts of parts need not add up exactly (BPE merges across the seams): check the whole and trim.
@@ -485,5 +493,11 @@ def build_prompt(
                 SnippetSource("suffix", snap.path, line, last, count(suffix), "text after the cursor")
             )
     return Prompt(
-        prompt=prompt, prefix=prefix, suffix=raw_suffix, multiline=multiline, stop=stop, sources=sources
+        prompt=prompt,
+        prefix=prefix,
+        suffix=raw_suffix,
+        multiline=multiline,
+        stop=stop,
+        sources=sources,
+        fim_body=body() if fim is not None else "",
     )

@@ -180,3 +180,15 @@ def test_stop_strings() -> None:
     assert "\ndef " in multi and "\nclass " in multi and "<fim_prefix>" in multi and "<|endoftext|>" in multi
     assert "\nfunction " in stop_strings(language_for("javascript"), True, None)
     assert stop_strings(None, True, None) == ["\n\n\n\n"]
+
+
+def test_fim_prompt_at_a_blank_indented_line() -> None:
+    """The indentation before the cursor stays out of the FIM prefix too; the suffix starts at the cursor;
+    fim_body is the unformatted prefix part for servers that take `suffix` separately."""
+    tpl = FAMILIES["starcoder"]
+    snap, line, col = snap_at("python", "def f(x):\n    █\n\ndef g():\n    return 2\n", path="/w/m.py")
+    p = build_prompt(snap, line, col, fim=tpl)
+    assert p.prompt == tpl.format("# Path: m.py (python)\ndef f(x):\n", "\n\ndef g():\n    return 2\n")
+    assert p.fim_body == "# Path: m.py (python)\ndef f(x):\n"
+    assert p.prefix.endswith("def f(x):\n    ") and p.multiline
+    assert build_prompt(snap, line, col).fim_body == ""
