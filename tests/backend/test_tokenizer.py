@@ -336,3 +336,19 @@ def test_byte_level_specials_come_only_from_added_tokens(tmp_path):
     types[-2:] = [3, 3]  # control tokens: now they count
     tok = Tokenizer.from_vocab(tokens, merges, types, pre="smollm", bos_id=None, eos_id=0, add_bos=False)
     assert len(tokens) - 2 in tok.eos_ids and tok.special["fim_prefix"] == len(tokens) - 1
+
+
+def test_tiny_models_are_deterministic(tmp_path):
+    import hashlib
+    import subprocess
+    import sys
+
+    from tiny_models import tokenizer_json
+
+    code = "import hashlib, tiny_models; print(hashlib.sha256(tiny_models.tokenizer_json('qwen2').encode()).hexdigest())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent, timeout=120)
+    assert out.stdout.strip() == hashlib.sha256(tokenizer_json("qwen2").encode()).hexdigest()
+    a = make_tiny_model("starcoder2", tmp_path / "a", seed=5)
+    b = make_tiny_model("starcoder2", tmp_path / "b", seed=5)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()

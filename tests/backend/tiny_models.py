@@ -7,6 +7,12 @@ Each model has 2 layers, hidden 64, 4 query / 2 KV heads (GQA), intermediate 128
 tokenizer trained on a few lines of code (vocab ~380, with the family's special tokens: ChatML for llama,
 Qwen-style FIM for qwen2, StarCoder-style FIM for starcoder2). Biases and norm weights are randomised, since
 transformers initialises them to 0 / 1 and that would hide loading mistakes. Deterministic for a given seed.
+
+The same models as GGUF files, written the way llama.cpp's converter writes them:
+
+    path, expected = make_tiny_gguf("llama", tmp_path / "m.gguf", qtype="Q4_1")  # expected: HF-named tensors
+    path, _ = make_tiny_gguf("llama", tmp_path / "spm.gguf", tokenizer="spm")     # CodeLlama-style vocabulary
+    rewrite_gguf(path, tmp_path / "bad.gguf", drop={"blk.1.ffn_down.weight"})     # damaged copies for tests
 """
 
 from __future__ import annotations
