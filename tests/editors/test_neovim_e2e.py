@@ -75,7 +75,7 @@ def run_nvim(nvim: Path, tmp_path: Path, scenario: str, settings: dict, mode: st
              extra_env: dict[str, str] | None = None) -> dict:
     """Run one scenario of e2e.lua in a fresh workspace and return its JSON result."""
     ws = tmp_path / "ws"
-    ws.mkdir()
+    ws.mkdir(parents=True)
     (ws / "lib.py").write_text(LIB)
     (ws / "test_lib.py").write_text(TEST_LIB)
     xdg = tmp_path / "xdg"
@@ -163,6 +163,35 @@ def test_own_ghost_text_never_shows_beside_the_popup_menu(nvims, warm_backend, t
     assert result["visible_with_popup"] is False
     assert result["after_popup"] == TYPED
     assert result["ghost_after_popup"].strip()  # back once the menu closed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", list(NVIMS))
+def test_cycle_through_candidates_and_accept_the_one_shown(nvims, warm_backend, tmp_path, name):
+    settings = {**settings_for(warm_backend), "n": 3, "temperature": 0.8}
+    for attempt in range(3):
+        result = run_nvim(nvims[name], tmp_path / str(attempt), "cycle", settings)
+        # Sampled candidates can all come out the same (the server then offers one item): that is the model's
+        # luck, not the editor's, so sample again.
+        if (result.get("count_after_next") or 0) >= 2:
+            break
+    first, second = result["ghost"], result["ghost_next"]
+    assert first.strip() and second.strip(), result
+    assert result["count_after_next"] >= 2, result  # (2/3) on Neovim's own, our count on ours
+    assert second != first, f"<M-]> showed the same suggestion: {result}"
+    assert result["ghost_back"] == first  # <M-[> goes back
+    assert "\n".join(result["after_accept"]) == TYPED[0] + "\n" + TYPED[1] + first
+    assert result["status"]["stats"]["accepted"] == 1, result["status"]
+
+
+@pytest.mark.e2e
+def test_settings_change_reaches_the_running_server(nvims, warm_backend, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    result = run_nvim(nvims["nvim0.11"], tmp_path, "settings", {**settings_for(dead), "autostart": False},
+                      extra_env={"COPILOT_LS_LIVE_URL": warm_backend})
+    assert result.get("ghost_dead") is None
+    assert result["ghost"].strip(), result
+    assert result["status"]["backend"]["url"] == warm_backend, result["status"]
 
 
 @pytest.mark.e2e

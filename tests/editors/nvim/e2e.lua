@@ -1,7 +1,8 @@
 -- Drives a headless Neovim through one scenario with the copilot_ls plugin; run by test_neovim_e2e.py as
 --   nvim --headless --clean -n -c 'luafile tests/editors/nvim/e2e.lua' test_lib.py
 -- Input (environment): COPILOT_LS_PLUGIN (editors/neovim), COPILOT_LS_CMD and COPILOT_LS_SETTINGS (JSON),
--- COPILOT_LS_MODE, COPILOT_LS_SCENARIO (accept | dismiss | move | popup | dead_backend | health), COPILOT_LS_TIMEOUT_MS,
+-- COPILOT_LS_MODE, COPILOT_LS_SCENARIO (accept | dismiss | move | popup | cycle | settings |
+-- dead_backend | health), COPILOT_LS_TIMEOUT_MS,
 -- COPILOT_LS_RESULT (where the JSON result goes). Output: that JSON file; exit code 0 unless it crashed.
 local env = vim.env
 local api = vim.api
@@ -197,6 +198,43 @@ function scenarios.popup(plugin)
     return plugin.visible() and plugin.current_text()
   end)
   feed('<Esc>', 'nt')
+end
+
+-- Several candidates (settings.n > 1): <M-]> shows the next, <M-[> goes back, Tab takes the one shown.
+function scenarios.cycle(plugin)
+  type_test()
+  result.ghost = wait_ghost(plugin)
+  result.count = plugin.count()
+  feed('<M-]>', 'mt')
+  sleep(200)
+  result.ghost_next = plugin.current_text()
+  result.count_after_next = plugin.count()
+  feed('<M-[>', 'mt')
+  sleep(200)
+  result.ghost_back = plugin.current_text()
+  feed('<Tab>', 'mt')
+  wait_until('the suggestion in the buffer', function()
+    return line(result.row + 1) ~= result.typed[2]
+  end, 10000)
+  result.after_accept = api.nvim_buf_get_lines(0, result.row, -1, false)
+  feed('<Esc>', 'nt')
+  sleep(300)
+  status_of_server()
+end
+
+-- Settings change at run time (workspace/didChangeConfiguration): from a dead backend to the live one.
+function scenarios.settings(plugin)
+  type_test()
+  wait_until('the server to give up on the dead backend', function()
+    return #result.messages > 0
+  end, 30000)
+  result.ghost_dead = plugin.current_text()
+  plugin.set_settings({ backendUrl = env.COPILOT_LS_LIVE_URL })
+  feed('<BS>(', 'nt') -- the next change asks again, now of the live backend
+  result.ghost = wait_ghost(plugin)
+  feed('<Esc>', 'nt')
+  sleep(100)
+  status_of_server()
 end
 
 function scenarios.dead_backend(plugin)

@@ -87,6 +87,12 @@ function M.visible(bufnr)
   return s ~= nil and s.items ~= nil and #s.items > 0
 end
 
+--- How many suggestions are shown (0 when none).
+function M.count(bufnr)
+  local s = states[bufnr]
+  return s and s.items and #s.items or 0
+end
+
 --- The text of the current suggestion still to be inserted (nil when none), for tests and statuslines.
 function M.current_text(bufnr)
   local s = states[bufnr]

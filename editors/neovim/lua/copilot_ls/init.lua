@@ -159,6 +159,12 @@ function M.visible(bufnr)
   return M.path ~= nil and impl().visible(bufnr or api.nvim_get_current_buf())
 end
 
+--- How many suggestions can be cycled through (nil when unknown: Neovim's own inline completion keeps that
+--- to itself until you cycle).
+function M.count(bufnr)
+  return M.path ~= nil and impl().count(bufnr or api.nvim_get_current_buf()) or nil
+end
+
 function M.current_text(bufnr)
   return M.path ~= nil and impl().current_text(bufnr or api.nvim_get_current_buf()) or nil
 end

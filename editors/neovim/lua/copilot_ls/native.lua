@@ -91,6 +91,27 @@ function M.cycle(bufnr, delta)
   vim.lsp.inline_completion.select({ bufnr = bufnr, count = delta })
 end
 
+--- The number of suggestions when Neovim shows it (after cycling: " (2/3)"), else nil.
+function M.count(bufnr)
+  local ns = api.nvim_get_namespaces()[M.ns_name]
+  if not ns or not M.visible(bufnr) then
+    return ns and 0 or nil
+  end
+  for _, mark in ipairs(api.nvim_buf_get_extmarks(bufnr, ns, 0, -1, { details = true })) do
+    local chunks = vim.deepcopy(mark[4].virt_text or {})
+    for _, vl in ipairs(mark[4].virt_lines or {}) do
+      vim.list_extend(chunks, vl)
+    end
+    for _, chunk in ipairs(chunks) do
+      local n = chunk[2] == 'ComplHintMore' and chunk[1]:match('%(%d+/(%d+)%)')
+      if n then
+        return tonumber(n)
+      end
+    end
+  end
+  return nil
+end
+
 --- The text still to be inserted by the shown suggestion, read from Neovim's extmarks (tests, statuslines).
 function M.current_text(bufnr)
   local ns = api.nvim_get_namespaces()[M.ns_name]
