@@ -323,6 +323,24 @@ def test_interrupted_cache_write_leaves_no_entry(tmp_path, monkeypatch):
     assert len(_entries(cache)) == 1
 
 
+def test_stale_temporary_folders_are_swept_and_unwritable_cache_still_loads(tmp_path, caplog):
+    path, expected = make_tiny_gguf("qwen2", tmp_path / "m.gguf", qtype="Q4_0")
+    cache = tmp_path / "cache"
+    key = gguf_cache_key(path)
+    stale, fresh = cache / "weights" / f".{key}.tmp-dead", cache / "weights" / f".{key}.tmp-busy"
+    for d in (stale, fresh):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"partial")
+    os.utime(stale, (0, 0))  # killed long ago
+    load_checkpoint(path, cache_dir=cache, progress=False)
+    assert not stale.exists() and fresh.exists()  # a conversion that may still be running is left alone
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("x")
+    ckpt = load_checkpoint(path, cache_dir=blocked, progress=False)  # cannot cache: loads anyway, warns
+    torch.testing.assert_close(ckpt.tensors["lm_head.weight"], expected["lm_head.weight"], rtol=0, atol=0)
+    assert "could not write the weights cache" in caplog.text
+
+
 # --- bad GGUF input -----------------------------------------------------------------------------------------
 
 
