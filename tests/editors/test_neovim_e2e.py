@@ -157,6 +157,17 @@ def test_own_ghost_text_goes_on_cursor_move_and_mode_change(nvims, warm_backend,
 
 
 @pytest.mark.e2e
+def test_own_ghost_text_stays_while_its_first_character_is_typed(nvims, warm_backend, tmp_path):
+    result = run_nvim(nvims["nvim0.11"], tmp_path, "typeahead", settings_for(warm_backend))
+    ghost = result["ghost"]
+    assert result["polls"] > 0 and result["hidden_polls"] == 0, result  # never blank while the server answers
+    assert result["rest"] == ghost[1:]
+    # the server's typed-ahead answer is the same suggestion, so Tab completes it exactly
+    assert "\n".join(result["after_accept"]) == TYPED[0] + "\n" + TYPED[1] + ghost
+    assert result["status"]["stats"]["accepted"] == 1, result["status"]
+
+
+@pytest.mark.e2e
 def test_own_ghost_text_never_shows_beside_the_popup_menu(nvims, warm_backend, tmp_path):
     result = run_nvim(nvims["nvim0.11"], tmp_path, "popup", settings_for(warm_backend))
     assert result["ghost"].strip()

@@ -1,7 +1,7 @@
 -- Drives a headless Neovim through one scenario with the copilot_ls plugin; run by test_neovim_e2e.py as
 --   nvim --headless --clean -n -c 'luafile tests/editors/nvim/e2e.lua' test_lib.py
 -- Input (environment): COPILOT_LS_PLUGIN (editors/neovim), COPILOT_LS_CMD and COPILOT_LS_SETTINGS (JSON),
--- COPILOT_LS_MODE, COPILOT_LS_SCENARIO (accept | dismiss | move | popup | cycle | settings |
+-- COPILOT_LS_MODE, COPILOT_LS_SCENARIO (accept | dismiss | move | typeahead | popup | cycle | settings |
 -- dead_backend | health), COPILOT_LS_TIMEOUT_MS,
 -- COPILOT_LS_RESULT (where the JSON result goes). Output: that JSON file; exit code 0 unless it crashed.
 local env = vim.env
@@ -171,6 +171,35 @@ function scenarios.move(plugin)
   end, 5000)
   result.visible_after_esc = plugin.visible()
   result.after_esc = api.nvim_buf_get_lines(0, result.row, -1, false)
+end
+
+-- Own ghost text only: typing the suggestion's first character keeps the rest on screen (no flicker while the
+-- server answers again), and Tab then inserts the rest.
+function scenarios.typeahead(plugin)
+  type_test()
+  result.ghost = wait_ghost(plugin)
+  local first = result.ghost:sub(1, 1)
+  feed(first == '<' and '<lt>' or first, 'nt')
+  result.hidden_polls, result.polls = 0, 0
+  local deadline = vim.uv.now() + 600
+  while vim.uv.now() < deadline do
+    if line(result.row + 1) == result.typed[2] .. first then
+      result.polls = result.polls + 1
+      if not plugin.visible() then
+        result.hidden_polls = result.hidden_polls + 1
+      end
+      result.rest = result.rest or plugin.current_text()
+    end
+    sleep(5)
+  end
+  feed('<Tab>', 'mt')
+  wait_until('the suggestion in the buffer', function()
+    return line(result.row + 1) ~= result.typed[2] .. first
+  end, 10000)
+  result.after_accept = api.nvim_buf_get_lines(0, result.row, -1, false)
+  feed('<Esc>', 'nt')
+  sleep(300)
+  status_of_server()
 end
 
 -- Own ghost text only: never beside the popup menu.

@@ -64,7 +64,9 @@ local function cancel_request(s)
   s.request = nil
   if req then
     local client = vim.lsp.get_client_by_id(req.client_id)
-    if client then
+    -- Only a request still pending (not one a stopping client has already dropped).
+    local pending = client and client.requests and client.requests[req.id]
+    if pending and pending.type == 'pending' then
       client_mod.cancel_request(client, req.id)
     end
   end
@@ -277,6 +279,36 @@ function M.cycle(bufnr, delta)
   render(bufnr, s)
 end
 
+--- After a change on the suggestion's line: keep the items whose text still starts with what the line now
+--- holds (the user typed the suggestion's first characters, or deleted some), re-anchored at the cursor.
+--- Returns whether any is left. This keeps the ghost text steady while the server's answer comes.
+local function narrow(bufnr, s)
+  local cur = cursor()
+  if not s.anchor or cur[1] ~= s.anchor[1] then
+    return false
+  end
+  local line = api.nvim_buf_get_lines(bufnr, cur[1], cur[1] + 1, false)[1] or ''
+  local delta = cur[2] - s.anchor[2]
+  local kept = {}
+  for i, shown in ipairs(s.items) do
+    local typed = line:sub(shown.start[2] + 1, cur[2])
+    local stop = { shown.stop[1], shown.stop[2] + delta }
+    if cur[2] >= shown.start[2] and stop[2] >= cur[2] and #shown.text > #typed
+      and shown.text:sub(1, #typed) == typed then
+      kept[#kept + 1] = vim.tbl_extend('force', shown, { typed = typed, stop = stop })
+      if i == s.index then
+        s.index = #kept
+      end
+    end
+  end
+  if #kept == 0 then
+    return false
+  end
+  s.items, s.anchor, s.tick = kept, cur, api.nvim_buf_get_changedtick(bufnr)
+  s.index = math.min(s.index, #kept)
+  return true
+end
+
 --- Watch `bufnr` (called when our client attaches to it).
 function M.attach(bufnr)
   local group = api.nvim_create_augroup('copilot_ls.ghost.' .. bufnr, { clear = true })
@@ -284,7 +316,12 @@ function M.attach(bufnr)
     api.nvim_create_autocmd(events, { group = group, buffer = bufnr, callback = fn })
   end
   on('TextChangedI', function()
-    M.clear(bufnr)
+    local s = states[bufnr]
+    if s and s.items and vim.fn.pumvisible() == 0 and narrow(bufnr, s) then
+      render(bufnr, s)
+    else
+      M.clear(bufnr)
+    end
     if vim.fn.pumvisible() == 0 then
       schedule(bufnr)
     end
@@ -299,8 +336,10 @@ function M.attach(bufnr)
     end
   end)
   on('CursorMovedI', function()
+    -- A move without a change hides the ghost text; after a change TextChangedI (which comes next) decides.
     local s = states[bufnr]
-    if s and s.anchor and not vim.deep_equal(cursor(), s.anchor) then
+    if s and s.anchor and not vim.deep_equal(cursor(), s.anchor)
+      and api.nvim_buf_get_changedtick(bufnr) == s.tick then
       M.clear(bufnr)
     end
   end)
