@@ -249,17 +249,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    """All tensors of the files as float32, memory-mapped where they are float32 already."""
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         try:
-            part = load_file(str(f))
-        except (SafetensorError, OSError, ValueError) as e:
+            part = mmap_safetensors(f, to_float32=True)
+        except (OSError, ValueError, KeyError, struct.error) as e:
             raise ModelLoadError(f"corrupt or unreadable safetensors file {f}: {e}") from e
-        for name, t in part.items():
-            tensors[name] = t if t.dtype == torch.float32 else t.float()
+        tensors.update(part)
     return tensors
 
 
@@ -533,24 +530,34 @@ def gguf_cache_key(path: Path) -> str:
     return h.hexdigest()[:32]
 
 
-def mmap_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """float32 tensors of a safetensors file, memory-mapped copy-on-write (no read, no copy)."""
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def mmap_safetensors(path: Path, *, to_float32: bool = False) -> dict[str, torch.Tensor]:
+    """The float tensors of a safetensors file, memory-mapped copy-on-write (float32 ones are neither read
+    nor copied). F16/BF16 ones are converted when `to_float32`, else refused; other dtypes are refused."""
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    if len(mm) < 8:
+        raise ValueError("file too short for a safetensors header")
     (n,) = struct.unpack("<Q", mm[:8])
+    if 8 + n > len(mm):
+        raise ValueError("header runs past the end of the file")
     header = json.loads(mm[8 : 8 + n])
     base = 8 + n
     tensors: dict[str, torch.Tensor] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] != "F32":
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None or (dtype != torch.float32 and not to_float32):
             raise ValueError(f"tensor {name} is {info['dtype']}, expected F32")
         start, end = info["data_offsets"]
-        if base + end > len(mm):
+        if base + end > len(mm) or start > end:
             raise ValueError(f"tensor {name} runs past the end of the file")
-        t = torch.frombuffer(mm, dtype=torch.float32, count=(end - start) // 4, offset=base + start)
-        tensors[name] = t.view(info["shape"])
+        size = dtype.itemsize
+        t = torch.frombuffer(mm, dtype=dtype, count=(end - start) // size, offset=base + start).view(info["shape"])
+        tensors[name] = t if dtype == torch.float32 else t.float()
     return tensors
 
 

@@ -73,6 +73,17 @@ def test_hf_folder_loads_exact_tensors_and_config(tiny_dirs, arch):
     assert (cfg.norm_type, cfg.mlp_type, cfg.qkv_bias, cfg.out_bias, cfg.mlp_bias, cfg.tie_word_embeddings) == traits
 
 
+def test_hf_folder_in_bf16_loads_as_float32(tmp_path):
+    model = build_tiny_model("qwen2").to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "m")
+    make_tiny_model("qwen2", tmp_path / "ref")
+    shutil.copy(tmp_path / "ref" / "tokenizer.json", tmp_path / "m" / "tokenizer.json")
+    ckpt = load_checkpoint(tmp_path / "m")
+    for name, t in model.state_dict().items():
+        assert ckpt.tensors[name].dtype == torch.float32
+        torch.testing.assert_close(ckpt.tensors[name], t.float(), rtol=0, atol=0)
+
+
 def test_hf_folder_rope_settings_are_read(tmp_path):
     d = make_tiny_model("llama", tmp_path / "m", rope_theta=123456.0, rope_scaling=4.0, tie=True)
     cfg = load_checkpoint(d).config
