@@ -1,0 +1,207 @@
+"""Real VS Code, end to end: the copilot-ls extension installed from its .vsix into code-server 4.100.3
+(VS Code 1.100.3), driven in Debian's Chromium through playwright-core; the extension starts the real
+`copilot-ls` over stdio, which asks the session's real backend with the default model.
+
+scripts/setup-vscode-e2e.sh installs what is missing (idempotent) and builds the .vsix;
+tests/editors/vscode_e2e.mjs does the clicking and typing and writes what it saw to report.json; this file owns
+the backend (the session `backend_url` fixture) and makes the assertions. Screenshots and logs of the last run:
+.e2e/vscode/last-run/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SETUP = REPO / "scripts" / "setup-vscode-e2e.sh"
+DRIVER = Path(__file__).resolve().parent / "vscode_e2e.mjs"
+TOOLS = REPO / ".e2e" / "vscode" / "tools"
+OUT = REPO / ".e2e" / "vscode" / "last-run"
+
+LIB = '''def common_prefix(a, b):
+    """Return the longest common prefix of the strings a and b."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+'''
+TEST_LIB = "from lib import common_prefix\n\n\n"
+TYPED = "def test_common_prefix():\n    assert common_prefix("
+TYPED_WHILE_DOWN = "VALUE = 'typed while the backend is down'"
+GHOST_WAIT_MS = 240_000  # the default model on a busy 2-core CPU, plus the LS's first tokenizer fetch
+
+# What the editor does on its own is switched off so that the file holds exactly what was typed + accepted.
+EDITOR_SETTINGS = {
+    "workbench.startupEditor": "none",
+    "workbench.tips.enabled": False,
+    "security.workspace.trust.enabled": False,
+    "telemetry.telemetryLevel": "off",
+    "update.mode": "none",
+    "extensions.ignoreRecommendations": True,
+    "extensions.autoCheckUpdates": False,
+    "extensions.autoUpdate": False,
+    "editor.inlineSuggest.enabled": True,
+    "editor.quickSuggestions": {"other": False, "comments": False, "strings": False},
+    "editor.suggestOnTriggerCharacters": False,
+    "editor.wordBasedSuggestions": "off",
+    "editor.parameterHints.enabled": False,
+    "editor.autoClosingBrackets": "never",
+    "editor.autoClosingQuotes": "never",
+    "editor.autoIndent": "none",
+    "files.autoSave": "off",
+}
+
+
+@pytest.fixture(scope="session")
+def vsix() -> Path:
+    """Tools installed and the extension packaged (seconds when already done)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.fail("the VS Code end-to-end test needs Node.js 20 and npm on PATH")
+    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=1500)
+    if proc.returncode != 0:
+        pytest.fail(f"{SETUP.name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path.is_file(), f"{SETUP.name} did not build {path}"
+    return path
+
+
+def dead_url() -> str:
+    """A loopback URL nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def server_settings() -> dict:
+    """Start the copilot-ls of the Python that runs the tests (the project's .venv, or CI's)."""
+    exe = Path(sys.executable).with_name("copilot-ls")
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return {"copilot-ls.server.command": str(exe)}
+    return {"copilot-ls.server.pythonPath": sys.executable}
+
+
+def logged(report: dict, what: str) -> list[tuple[str, str, object]]:
+    """(item id, text, the server's reply) of each `what` line ("accepted", "dismissed", "partially accepted
+    (word)") the extension wrote to its output channel (code-server keeps it in its log folder)."""
+    pattern = re.compile(rf"\[extension\] {re.escape(what)} (\S+)(?:: (.*))? -> (.*)$", re.M)
+    found = []
+    for log in report.get("extensionLog", []):
+        for m in pattern.finditer(log["text"]):
+            found.append((m.group(1), json.loads(m.group(2)) if m.group(2) else "", json.loads(m.group(3))))
+    return found
+
+
+def describe(report: dict) -> str:
+    logs = "\n".join(f"--- {log['file']}\n{log['text'][-3000:]}" for log in report.get("extensionLog", []))
+    return "\n".join([*report.get("steps", []), report.get("error") or "", logs,
+                      f"screenshots: {report.get('screenshots')}"])
+
+
+def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url: str, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "lib.py").write_text(LIB)
+    (ws / "test_lib.py").write_text(TEST_LIB)
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    config = {
+        "tools": str(TOOLS),
+        "vsix": str(vsix),
+        "workspace": str(ws),
+        "out": str(OUT),
+        "chromium": shutil.which("chromium") or "/usr/bin/chromium",
+        "timeoutMs": GHOST_WAIT_MS,
+        "deadBackendUrl": dead_url(),
+        "typedWhileDown": TYPED_WHILE_DOWN,
+        "settings": {
+            **EDITOR_SETTINGS,
+            **server_settings(),
+            "copilot-ls.server.args": ["--log-level", "INFO"],
+            "copilot-ls.backendUrl": backend_url,  # the session's backend, not one of its own
+            "copilot-ls.timeoutSeconds": 180,  # the model shares 2 cores with the rest of the test suite
+        },
+    }
+    config_file = OUT / "config.json"
+    config_file.write_text(json.dumps(config, indent=2))
+    proc = subprocess.run(["node", str(DRIVER), str(config_file)], capture_output=True, text=True,
+                          timeout=GHOST_WAIT_MS / 1000 + 240)
+    report_file = OUT / "report.json"
+    assert report_file.is_file(), f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    report = json.loads(report_file.read_text())
+    assert report.get("ok"), f"VS Code run failed:\n{describe(report)}"
+
+    # 1. Ghost text came from the real server + model; Escape dismissed it; asked again, one word was taken
+    #    with Ctrl+Right and the rest with Tab: the file on disk holds exactly the suggestion.
+    ghost = report["ghostText"]
+    assert report["ghostFirst"].strip() and ghost.strip(), describe(report)
+    saved = report["savedAfterAccept"]
+    prefix = TEST_LIB + TYPED
+    assert saved.startswith(prefix), f"typed text not on disk:\n{saved!r}"
+    inserted = saved[len(prefix):]
+    assert inserted.strip(), f"nothing was accepted:\n{saved!r}"
+    first_line = ghost.split("\n")[0].rstrip()
+    assert inserted.startswith(first_line), f"on disk {inserted!r}, but the ghost text showed {ghost!r}"
+
+    # ... and each outcome reached the server's bookkeeping command, which knew the item.
+    dismissed = logged(report, "dismissed")
+    assert dismissed and dismissed[0][2] == {"ok": True}, describe(report)
+    partial = logged(report, "partially accepted (word)")
+    assert partial and partial[0][2] == {"ok": True} and inserted.startswith(partial[0][1]), describe(report)
+    if report["pressedTab"]:
+        accepted = logged(report, "accepted")
+        assert accepted and accepted[-1][2] == {"ok": True}, describe(report)
+        # The accepted item may replace from before the cursor (its text then repeats what was taken): it ends
+        # the file.
+        body, item = saved.rstrip("\n"), accepted[-1][1].rstrip("\n")
+        assert body.endswith(item) and len(item) >= len(inserted.rstrip("\n")) - len(partial[0][1]), (
+            f"on disk after the cursor: {inserted!r}; the accepted item: {accepted[-1][1]!r}")
+
+    # 2. Status bar: ready while the backend answers; a click toggles; backend down at a dead port, and editing
+    #    keeps working. The server log is one command away.
+    assert "ready" in report["statusReady"], report["statusReady"]
+    assert "disabled" in report["statusToggledOff"] and "ready" in report["statusToggledOn"], describe(report)
+    assert "[extension]" in report["serverLogShown"], report["serverLogShown"]
+    assert "backend down" in report["statusDown"], report["statusDown"]
+    after = report["savedWhileDown"]
+    assert TYPED_WHILE_DOWN in after and after.startswith(saved.rstrip("\n")), after
+    assert any(Path(p).name == "ghost-text.png" for p in report["screenshots"]), report["screenshots"]
+
+
+def test_extension_unit_tests_and_settings_contract(vsix: Path) -> None:
+    """The extension's own unit tests (pure modules under node), and the settings it sends are the ones
+    copilot_ls.settings reads: a set value arrives, a cleared one resets the server's."""
+    from copilot_ls.settings import DEFAULT_BACKEND_URL, from_dict
+
+    ext = REPO / "editors" / "vscode"
+    proc = subprocess.run(["npm", "test", "--silent"], cwd=ext, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    script = """
+        const c = require('./out/test/src/config.js');
+        const set = c.serverSettings({...c.DEFAULTS, backendUrl: 'http://127.0.0.1:9', model: 'm', debounceMs: 30,
+                                      maxLines: 3, timeoutSeconds: 90, languages: {'*': true, go: false}}, 'sk-1');
+        const cleared = c.serverSettings({...c.DEFAULTS, backendUrl: ''}, undefined);
+        console.log(JSON.stringify([set, cleared]));
+    """
+    out = subprocess.run(["node", "-e", script], cwd=ext, capture_output=True, text=True, timeout=60, check=True)
+    set_payload, cleared_payload = json.loads(out.stdout)
+    s = from_dict(set_payload)
+    assert (s.backend_url, s.model, s.api_key, s.debounce_ms, s.max_lines, s.timeout) == (
+        "http://127.0.0.1:9", "m", "sk-1", 30, 3, 90)
+    assert s.enabled_for("python") and not s.enabled_for("go")
+    back = from_dict(cleared_payload, base=s)
+    assert (back.backend_url, back.model, back.api_key, back.debounce_ms, back.max_lines, back.timeout) == (
+        DEFAULT_BACKEND_URL, None, None, 100, 10, 30)
+    assert back.enabled_for("go") and not back.enabled_for("markdown")
