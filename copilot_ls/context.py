@@ -272,8 +272,16 @@ MULTILINE_STOPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def stop_strings(spec: LanguageSpec | None, multiline: bool, fim: FimTemplate | None) -> list[str]:
-    stops = list(MULTILINE_STOPS.get(spec.id, ()) if spec else ()) if multiline else ["\n"]
+def stop_strings(
+    spec: LanguageSpec | None, multiline: bool, fim: FimTemplate | None, *, blank_line: bool = False
+) -> list[str]:
+    """Multi-line: the language's new-top-level-statement markers. Single-line: the line break, except on a
+    blank line, where a model often starts with a newline (the line it is "on" is empty): there a blank line
+    stops it and post-processing keeps the first non-blank line."""
+    if multiline:
+        stops = list(MULTILINE_STOPS.get(spec.id, ()) if spec else ())
+    else:
+        stops = ["\n\n"] if blank_line else ["\n"]
     if multiline:
         stops.append("\n\n\n\n")
     if fim is not None:
@@ -373,7 +381,8 @@ def build_prompt(
     text = snap.text
     before, after = text[:off], text[off:]
     multiline = is_multiline(snap, line, col)
-    stop = stop_strings(snap.language, multiline, fim)
+    cursor_line = snap.lines()[line] if snap.lines() else ""
+    stop = stop_strings(snap.language, multiline, fim, blank_line=not cursor_line.strip())
     comment = snap.language.comment if snap.language else "#"
 
     total = max(0, budget.max_prompt_tokens)

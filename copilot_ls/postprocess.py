@@ -144,7 +144,13 @@ def _spaces_to_tabs(line: str, width: int = 4) -> str:
 
 
 def first_line(text: str, cur: Cursor) -> str:
-    """Single-line mode: the first line only (a completion that starts with a newline gives nothing)."""
+    """Single-line mode: the first line only. On a blank line the first non-blank line (the model may start
+    with the newline that ends the empty line it is on); elsewhere a leading newline gives nothing."""
+    if not cur.line_text.strip():
+        for ln in text.split("\n"):
+            if ln.strip():
+                return ln
+        return ""
     return text.split("\n", 1)[0]
 
 

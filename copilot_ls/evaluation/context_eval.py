@@ -258,7 +258,7 @@ async def run_case(case: Case, arm: str, client, meta, budget: PromptBudget, max
         workspace=Workspace(find_root(case.path)[0], index=False) if arm == "builder" else None,
     )
     t0 = time.monotonic()
-    raw = await client.complete(prompt.prompt, max_tokens=max_tokens, temperature=0.0, n=1, stop=["\n"])
+    raw = await client.complete(prompt.prompt, max_tokens=max_tokens, temperature=0.0, n=1, stop=prompt.stop)
     elapsed = time.monotonic() - t0
     sugg = postprocess(raw, snap, line, col, multiline=False, max_lines=1)
     got = sugg[0].text.split("\n")[0].strip() if sugg else ""
@@ -278,7 +278,7 @@ async def run_case(case: Case, arm: str, client, meta, budget: PromptBudget, max
 
 
 async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> list[dict]:
-    from copilot_ls.backend import BackendClient
+    from copilot_ls.backend import BackendClient, BackendError
 
     results_path = out / "results.jsonl"
     done: dict[tuple[str, str], dict] = {}
@@ -289,7 +289,7 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
                 done[(r["case"], r["arm"])] = r
             except (json.JSONDecodeError, KeyError):
                 continue
-    client = BackendClient(args.backend, timeout=600.0)
+    client = BackendClient(args.backend, timeout=args.timeout)
     try:
         meta = await client.meta()
         budget = PromptBudget(max_prompt_tokens=args.max_prompt_tokens, max_tokens_out=args.max_tokens)
@@ -299,7 +299,11 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
 
         async def one(case: Case, arm: str) -> None:
             async with sem:
-                r = await run_case(case, arm, client, meta, budget, args.max_tokens)
+                try:
+                    r = await run_case(case, arm, client, meta, budget, args.max_tokens)
+                except BackendError as exc:  # left out of results.jsonl: a rerun retries it
+                    print(f"{case.id} {arm}: backend error, skipped: {exc}", file=sys.stderr)
+                    return
             done[(case.id, arm)] = r
             with results_path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -328,6 +332,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompt budget (default 1024)")
     parser.add_argument("--max-tokens", type=int, default=40, help="new tokens per completion (default 40)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per request (default 1800)")
     parser.add_argument("--out", type=Path, default=Path("out/context-eval"), help="output directory")
     parser.add_argument("--list", action="store_true", help="only build and print the cases")
 

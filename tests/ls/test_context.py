@@ -176,6 +176,7 @@ def test_unknown_language_and_untitled_buffer() -> None:
 def test_stop_strings() -> None:
     py = language_for("python")
     assert stop_strings(py, False, None) == ["\n"]
+    assert stop_strings(py, False, None, blank_line=True) == ["\n\n"]
     multi = stop_strings(py, True, FAMILIES["starcoder"])
     assert "\ndef " in multi and "\nclass " in multi and "<fim_prefix>" in multi and "<|endoftext|>" in multi
     assert "\nfunction " in stop_strings(language_for("javascript"), True, None)

@@ -51,6 +51,14 @@ CASES = [
     # --- single-line vs multi-line
     ("single-line-first-line", "python", "x = █\n", "1\ny = 2\n", False, "1"),
     ("single-line-newline-first", "python", "x = 1█\n", "\ny = 2", False, None),
+    (
+        "single-line-blank-line-skips-newline",
+        "python",
+        "def f():\n    x = 1\n█\n",
+        "\n    return x\n",
+        False,
+        "    return x",
+    ),
     ("trailing-ws-stripped", "python", "x = █\n", "1   \n\n", False, "1"),
     # --- scope end: dedent (Python)
     (
