@@ -83,8 +83,9 @@ def bench_reparse(lines: int, repeat: int) -> dict[str, float]:
     return {**stats_ms(times), "full_parse_ms": round(full * 1000, 1)}
 
 
-def bench_request(repeat: int) -> dict[str, dict[str, float]]:
-    """Snapshot + build_prompt + postprocess (3 candidates) at a cursor in a 5,000-line file."""
+def bench_request(repeat: int, n_others: int = 0) -> dict[str, dict[str, float]]:
+    """Snapshot + build_prompt + postprocess (3 candidates) at a cursor in a 5,000-line file (with ``n_others``
+    other open 3,000-line documents for the similar-window search)."""
     src = python_source(5000)
     lines = src.split("\n")
     line = 2500
@@ -97,6 +98,10 @@ def bench_request(repeat: int) -> dict[str, dict[str, float]]:
         RawCandidate("        return sum(self.items)", -0.5),
         RawCandidate("        acc = 0.0\n", -0.9),
     ]
+    others = [
+        Document(f"file:///bench/other{i}.py", "python", 0, python_source(3000)).snapshot()
+        for i in range(n_others)
+    ]
     snap_t, prompt_t, post_t = [], [], []
     for k in range(repeat):
         doc.apply_change(" ", (line + 1, 8), (line + 1, 8), version=k + 1)
@@ -104,7 +109,7 @@ def bench_request(repeat: int) -> dict[str, dict[str, float]]:
         t0 = time.perf_counter()
         snap = doc.snapshot()
         t1 = time.perf_counter()
-        prompt = build_prompt(snap, line + 1, 8, workspace=None)
+        prompt = build_prompt(snap, line + 1, 8, workspace=None, others=others)
         t2 = time.perf_counter()
         postprocess(cands, snap, line + 1, 8, multiline=prompt.multiline)
         t3 = time.perf_counter()
@@ -129,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "reparse_5000_lines": bench_reparse(5000, args.repeat),
         "reparse_50000_lines": bench_reparse(50_000, max(20, args.repeat // 4)),
         "request_5000_lines": bench_request(max(20, args.repeat // 2)),
+        "request_5000_lines_10_open_docs": bench_request(max(20, args.repeat // 2), n_others=10),
     }
     for name, r in results.items():
         print(f"{name}: {json.dumps(r)}")

@@ -15,6 +15,8 @@ Kinds, best first:
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +38,10 @@ NEAR_LINES_BEFORE = 30  # names used in these lines around the cursor are looked
 NEAR_LINES_AFTER = 5
 SHORT_DEFINITION_LINES = 30  # whole bodies up to this size; longer definitions show their summary
 WINDOW_LINES = 60
-WINDOW_STEP = 30
+WINDOW_STEP = 40
 MIN_JACCARD = 0.15
-MAX_SIMILAR_DOCS = 20
-MAX_DOC_LINES = 5000
+MAX_SIMILAR_DOCS = 10
+MAX_DOC_LINES = 2000
 _IDENT = re.compile(r"[A-Za-z_$][\w$]*")
 _IDENT_TYPES = frozenset(
     {"identifier", "property_identifier", "type_identifier", "shorthand_property_identifier"}
@@ -313,6 +315,32 @@ def _idents(text: str) -> set[str]:
     return set(_IDENT.findall(text))
 
 
+_WINDOW_CACHE: OrderedDict[tuple[str, int, int], list[tuple[int, frozenset[str]]]] = OrderedDict()
+_WINDOW_CACHE_SIZE = 64
+_WINDOW_LOCK = threading.Lock()
+
+
+def _windows(doc: Snapshot) -> list[tuple[int, frozenset[str]]]:
+    """(start line, identifier set) of each window of an open document, cached per (uri, version)."""
+    key = (doc.uri, doc.version, len(doc.text))
+    with _WINDOW_LOCK:
+        hit = _WINDOW_CACHE.get(key)
+        if hit is not None:
+            _WINDOW_CACHE.move_to_end(key)
+            return hit
+    lines = doc.lines()[:MAX_DOC_LINES]
+    out = []
+    for start in range(0, max(1, len(lines) - WINDOW_STEP), WINDOW_STEP):
+        window = frozenset(_IDENT.findall("\n".join(lines[start : start + WINDOW_LINES])))
+        if window:
+            out.append((start, window))
+    with _WINDOW_LOCK:
+        _WINDOW_CACHE[key] = out
+        while len(_WINDOW_CACHE) > _WINDOW_CACHE_SIZE:
+            _WINDOW_CACHE.popitem(last=False)
+    return out
+
+
 def similar_windows(
     snap: Snapshot, line: int, others: Sequence[Snapshot], *, limit: int = 3
 ) -> list[Snippet]:
@@ -328,11 +356,10 @@ def similar_windows(
             continue
         olines = other.lines()[:MAX_DOC_LINES]
         best: tuple[float, int] | None = None
-        for start in range(0, max(1, len(olines) - WINDOW_STEP), WINDOW_STEP):
-            window = _idents("\n".join(olines[start : start + WINDOW_LINES]))
-            if not window:
-                continue
-            score = len(query & window) / len(query | window)
+        nq = len(query)
+        for start, window in _windows(other):
+            inter = len(query.intersection(window))
+            score = inter / (nq + len(window) - inter)
             if best is None or score > best[0]:
                 best = (score, start)
         if best is not None and best[0] >= MIN_JACCARD:
