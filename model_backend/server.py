@@ -480,7 +480,11 @@ def create_app(state: ServerState) -> FastAPI:
             name = "beam_width" if req.beam_width > 1 else ("best_of" if req.best_of else "n")
             raise _bad(f"'{name}' needs {sequences} sequences but this server decodes at most "
                        f"{state.max_sequences} at once (--max-batch)", name)
-        engine_prompt, n_prompt = prepare_prompt(req, state.tokenizer, state.fim, state.context_length)
+        prepare = (req, state.tokenizer, state.fim, state.context_length)
+        if isinstance(req.prompt, str) and len(req.prompt) + len(req.suffix or "") > 32_000:
+            engine_prompt, n_prompt = await asyncio.to_thread(prepare_prompt, *prepare)  # keep the loop free
+        else:
+            engine_prompt, n_prompt = prepare_prompt(*prepare)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         job = Job(
@@ -729,7 +733,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"loading model '{args.model}' on device {args.device} ...")
         engine = Engine.load(args.model, device=args.device, max_batch=args.max_batch)
         log(f"model ready in {time.monotonic() - t0:.1f} s: {state.model_id}, context "
-            f"{getattr(engine.config, 'context_length', '?')} tokens, device {getattr(engine, 'device', '?')}")
+            f"{getattr(engine, 'max_seq_len', '?')} tokens, device {getattr(engine, 'device', '?')}")
         return engine
 
     def failed(exc: BaseException) -> None:

@@ -2,6 +2,7 @@
 
     def test_x(backend_url):             # "http://127.0.0.1:PORT", /health already 200
     def test_y(start_backend):           # start_backend("--api-key", "k") -> BackendServer (stopped at the end)
+    start_backend_module                 # the same, for a server shared by one module's tests
 
 The server binds port 0; its one stdout line ("copilot-backend: listening on http://127.0.0.1:PORT") gives the
 real port. Its stderr (loading progress, errors) goes to a log file whose tail is shown when something fails.
@@ -58,9 +59,9 @@ class BackendServer:
         deadline = time.monotonic() + timeout
         while not found:
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_tail()
                 self.stop()
-                raise RuntimeError(f"backend did not print its address (exit {self.proc.returncode}):\n"
-                                   f"{self.log_tail()}")
+                raise RuntimeError(f"backend did not print its address (exit {self.proc.returncode}):\n{tail}")
             time.sleep(0.02)
         return found[0]
 
@@ -100,6 +101,7 @@ class BackendServer:
             except subprocess.TimeoutExpired:
                 pass
         self._log_file.close()
+        self.log.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
@@ -118,9 +120,7 @@ def backend_url(backend_server: BackendServer) -> str:
     return backend_server.url
 
 
-@pytest.fixture
-def start_backend() -> Iterator[Callable[..., BackendServer]]:
-    """Start extra servers with other flags: start_backend("--api-key", "k", model="default"). Not yet ready."""
+def _starter() -> Iterator[Callable[..., BackendServer]]:
     started: list[BackendServer] = []
 
     def start(*args: str, model: str = "default", env: dict[str, str] | None = None) -> BackendServer:
@@ -131,3 +131,16 @@ def start_backend() -> Iterator[Callable[..., BackendServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def start_backend() -> Iterator[Callable[..., BackendServer]]:
+    """Start extra servers with other flags: start_backend("--api-key", "k", model="default"). Not yet ready;
+    call .wait_ready(). Stopped at the end of the test."""
+    yield from _starter()
+
+
+@pytest.fixture(scope="module")
+def start_backend_module() -> Iterator[Callable[..., BackendServer]]:
+    """Like start_backend, for servers shared by the tests of one module (stopped at its end)."""
+    yield from _starter()
