@@ -33,7 +33,8 @@ from model_backend.model import CPU_WEIGHT_FORMATS, Transformer, build_model, qu
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512  # prompt tokens per forward during prefill (bounds the attention scratch memory)
-DEFAULT_MAX_SEQ = 4096  # KV cache length per slot unless asked (and never above the model's context)
+DEFAULT_MAX_SEQ = 4096
+MAX_HEAL_TOKENS = 3  # token healing backs off at most this many prompt tokens  # KV cache length per slot unless asked (and never above the model's context)
 
 
 # -- the public data types (docs/architecture.md) -----------------------------------------------------------
@@ -213,6 +214,8 @@ class Engine:
         self._waiting: deque[_Request] = deque()
         self._running: dict[str, _Request] = {}
         self._vocab_index: tuple[list[bytes], list[int]] | None = None
+        self._exact: dict[bytes, int] | None = None
+        self._heal_cache: dict[bytes, torch.Tensor] = {}
         self._token_text: dict[int, str] = {}
 
     # -- construction ------------------------------------------------------------------------------------------
@@ -357,16 +360,45 @@ class Engine:
         return ids[lo:hi]
 
     def _heal(self, ids: list[int]) -> tuple[list[int], bytes, torch.Tensor | None]:
-        """Back off the last prompt token when some other token extends it; see the module docstring."""
+        """Token healing: back off the prompt's last token(s) when the tokenizer could have merged them with
+        what follows (a bare "\n" before an indent, half an identifier).
+
+        The last token is backed off when some longer token starts with its bytes; the one before it too
+        (up to MAX_HEAL_TOKENS) when a single token can still cover both. The first generated token must
+        then start with all the removed bytes (`allowed`), or, for sampling, be a piece of them
+        (`healing_options`), and the removed bytes are cut from the output.
+        """
         if len(ids) < 2 or ids[-1] in self._no_heal:
             return ids, b"", None
         removed = self.tokenizer.token_bytes(ids[-1])
-        if not removed:
+        if not removed or len(self.tokens_starting_with(removed)) <= 1:
             return ids, b"", None
-        options = self.tokens_starting_with(removed)
-        if len(options) <= 1:
-            return ids, b"", None
-        return ids[:-1], removed, torch.tensor(options, device=self.device)
+        k = 1
+        while k < MAX_HEAL_TOKENS and len(ids) > k + 1 and ids[-k - 1] not in self._no_heal:
+            wider = self.tokenizer.token_bytes(ids[-k - 1]) + removed
+            if not self.tokens_starting_with(wider):
+                break
+            removed, k = wider, k + 1
+        return ids[:-k], removed, torch.tensor(self.tokens_starting_with(removed), device=self.device)
+
+    def healing_options(self, pending: bytes) -> torch.Tensor:
+        """Tokens that may come next while `pending` healed bytes are not yet regenerated: those starting with
+        all of them, or exactly a leading piece of them."""
+        opts = self._heal_cache.get(pending)
+        if opts is None:
+            exact = self._exact_tokens()
+            pieces = [exact[pending[:i]] for i in range(1, len(pending)) if pending[:i] in exact]
+            opts = torch.tensor(sorted(set(self.tokens_starting_with(pending)) | set(pieces)), device=self.device)
+            self._heal_cache[pending] = opts
+        return opts
+
+    def _exact_tokens(self) -> dict[bytes, int]:
+        if self._exact is None:
+            keys, ids = self._vocab()
+            self._exact = {}
+            for b, i in zip(keys, ids, strict=True):
+                self._exact.setdefault(b, i)
+        return self._exact
 
     # -- slots ---------------------------------------------------------------------------------------------------
     def _free(self, req: _Request) -> None:
@@ -409,6 +441,9 @@ class Engine:
         self.stats.prompt_tokens += len(ids)
         self.stats.prefill_tokens += len(ids) - reuse
         main = slots[0]
+        self._slot_tokens[main] = list(ids[:reuse])  # what the slot holds if a forward below fails
+        for s in slots[1:]:
+            self._slot_tokens[s] = []
         logits = None
         for a in range(reuse, len(ids), PREFILL_CHUNK):
             chunk = ids[a:a + PREFILL_CHUNK]
@@ -438,7 +473,7 @@ class Engine:
 
     def _sample(self, req: _Request, seq: _Seq, logits: torch.Tensor, lp: torch.Tensor) -> tuple[int, float]:
         p = req.params
-        allowed = req.allowed if not seq.ids else None  # token healing constrains the first token
+        allowed = self.healing_options(seq.strip) if seq.strip else None  # healed bytes still to regenerate
         if allowed is not None:
             constrained = sampling.apply_allowed(logits, allowed)
         else:
@@ -509,6 +544,7 @@ class Engine:
         self.stats.generated_tokens += 1
         if token in self.eos_ids:
             seq.ended_by_eos = True
+            seq.text += seq.decoder.decode(b"", final=True)
             self._end(seq, "stop")
         else:
             self._push_text(seq, token)

@@ -290,6 +290,15 @@ def test_default_token_healing_keeps_the_block_open(default_engine):
     assert removed == b"\n" and allowed is not None and len(allowed) > 1
 
 
+def test_default_token_healing_of_half_an_identifier(default_engine):
+    prompt = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonac"
+    ids = default_engine.tokenizer.encode(prompt)
+    healed, removed, _ = default_engine._heal(ids)
+    assert len(healed) < len(ids) - 1 and removed.endswith(b"ac")  # two tokens backed off ("on" + "ac")
+    [c] = default_engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0))
+    assert c.text.startswith("ci(")  # the identifier is completed, not restarted
+
+
 def test_default_samples_and_prefix_reuse(default_engine):
     e = default_engine
     params = SamplingParams(max_tokens=8, temperature=0.8, top_p=0.95, n=4, seed=11)
