@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +40,7 @@ LIB = '''def common_prefix(a, b):
 TEST_LIB = "from lib import common_prefix\n\n\n"
 TYPED = "def test_common_prefix():\n    assert common_prefix("
 TYPED_WHILE_DOWN = "VALUE = 'typed while the backend is down'"
+API_KEY = "sk-e2e-not-a-real-key"
 GHOST_WAIT_MS = 240_000  # the default model on a busy 2-core CPU, plus the LS's first tokenizer fetch
 
 # What the editor does on its own is switched off so that the file holds exactly what was typed + accepted.
@@ -84,6 +86,14 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+def stop_process_group(pid_file: Path) -> None:
+    """code-server runs in its own process group; the driver stops it, unless the driver itself was killed."""
+    try:
+        os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
 def server_settings() -> dict:
     """Start the copilot-ls of the Python that runs the tests (the project's .venv, or CI's)."""
     exe = Path(sys.executable).with_name("copilot-ls")
@@ -126,6 +136,7 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
         "timeoutMs": GHOST_WAIT_MS,
         "deadBackendUrl": dead_url(),
         "typedWhileDown": TYPED_WHILE_DOWN,
+        "apiKey": API_KEY,
         "settings": {
             **EDITOR_SETTINGS,
             **server_settings(),
@@ -136,8 +147,11 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
     }
     config_file = OUT / "config.json"
     config_file.write_text(json.dumps(config, indent=2))
-    proc = subprocess.run(["node", str(DRIVER), str(config_file)], capture_output=True, text=True,
-                          timeout=GHOST_WAIT_MS / 1000 + 240)
+    try:
+        proc = subprocess.run(["node", str(DRIVER), str(config_file)], capture_output=True, text=True,
+                              timeout=2 * GHOST_WAIT_MS / 1000 + 240)
+    finally:
+        stop_process_group(OUT / "code-server.pid")
     report_file = OUT / "report.json"
     assert report_file.is_file(), f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     report = json.loads(report_file.read_text())
@@ -174,6 +188,9 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
     assert "ready" in report["statusReady"], report["statusReady"]
     assert "disabled" in report["statusToggledOff"] and "ready" in report["statusToggledOn"], describe(report)
     assert "[extension]" in report["serverLogShown"], report["serverLogShown"]
+    # The API key went from the input box to secret storage to the server, and into no log.
+    assert report["apiKeySent"], describe(report)
+    assert not any(API_KEY in log["text"] for log in report["extensionLog"]), "the API key is in the log"
     assert "backend down" in report["statusDown"], report["statusDown"]
     after = report["savedWhileDown"]
     assert TYPED_WHILE_DOWN in after and after.startswith(saved.rstrip("\n")), after

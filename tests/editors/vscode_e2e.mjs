@@ -181,6 +181,7 @@ async function main() {
     ],
     { env, stdio: ["ignore", serverLog, serverLog], detached: true },
   );
+  fs.writeFileSync(path.join(OUT, "code-server.pid"), String(server.pid)); // its process group, for the test's cleanup
   let browser;
   let page;
   try {
@@ -237,7 +238,7 @@ async function main() {
     await page.keyboard.press("Escape");
     await until("ghost text to go after Escape", async () => !(await ghostText(page)).trim(), 10000);
     step("dismissed with Escape");
-    report.ghostText = await waitGhost(page, 60000, 0);
+    report.ghostText = await waitGhost(page, cfg.timeoutMs ?? 180000, 0);
     step(`asked again with Alt+\\: ${JSON.stringify(report.ghostText)}`);
 
     // 3. Ctrl+Right takes its first word, Tab the rest; the file saved to disk holds the suggestion.
@@ -287,7 +288,22 @@ async function main() {
     await shot(page, "server-log");
     await page.locator(".editor-instance .monaco-editor .view-lines").first().click();
 
-    // 2. Backend URL to a dead port: the status says so, and editing keeps working.
+    // 6. "copilot-ls: Set Backend API Key" keeps the key in secret storage and sends it to the server at once.
+    await page.keyboard.press("F1");
+    await page.keyboard.type("copilot-ls: Set Backend API Key", { delay: 10 });
+    await page.keyboard.press("Enter");
+    await page.locator(".quick-input-widget input[type=password]").first().waitFor({ timeout: 15000 });
+    await page.keyboard.type(cfg.apiKey, { delay: 10 });
+    await page.keyboard.press("Enter");
+    report.apiKeySent = await until(
+      "the API key to reach the server",
+      () => findLogs(UD, "copilot-ls.log").some((f) => fs.readFileSync(f, "utf8").includes('"apiKey":"***"')),
+      20000,
+    );
+    step("API key stored and sent");
+    await page.locator(".editor-instance .monaco-editor .view-lines").first().click();
+
+    // 7. Backend URL to a dead port: the status says so, and editing keeps working.
     step(`backend URL -> ${cfg.deadBackendUrl}`);
     // Workspace settings: VS Code watches the workspace folder (edits of the user settings file made behind its
     // back are not picked up by code-server).
