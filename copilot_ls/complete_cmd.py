@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -29,6 +30,9 @@ class BadInput(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # "-:LINE:COL" (stdin) starts with "-": let argparse read it as a value, like a negative number
+    # (`copilot-ls complete -- -:LINE:COL` works too).
+    parser._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-:")
     parser.add_argument("position", metavar="PATH:LINE:COL",
                         help="file and 1-based line and column (column in characters); PATH '-' reads stdin")
     parser.add_argument("--n", type=int, default=1, help="number of candidates (default 1)")
@@ -42,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="most tokens to generate (default 128)")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0)")
     parser.add_argument("--max-lines", type=int, default=None, help="longest multi-line suggestion (default 10)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the backend (default 300)")
 
 
 def parse_position(spec: str) -> tuple[str, int, int]:
@@ -91,7 +96,7 @@ def check_position(text: str, line: int, col: int) -> tuple[int, int]:
 def _settings(args: argparse.Namespace) -> Settings:
     data = {"backend_url": args.backend or DEFAULT_BACKEND_URL, "n": args.n, "api_key": args.api_key,
             "model": args.model, "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "max_lines": args.max_lines}
+            "max_lines": args.max_lines, "timeout": args.timeout}
     return from_dict({k: v for k, v in data.items() if v is not None})
 
 
