@@ -203,6 +203,7 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
     # The API key went from the input box to secret storage to the server, and into no log.
     assert report["apiKeySent"], describe(report)
     assert not any(API_KEY in log["text"] for log in report["extensionLog"]), "the API key is in the log"
+    assert "disabled for python" in report["statusLanguageOff"], report["statusLanguageOff"]
     assert "backend down" in report["statusDown"], report["statusDown"]
     after = report["savedWhileDown"]
     assert TYPED_WHILE_DOWN in after and after.startswith(saved.rstrip("\n")), after

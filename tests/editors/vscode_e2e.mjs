@@ -303,11 +303,17 @@ async function main() {
     step("API key stored and sent");
     await page.locator(".editor-instance .monaco-editor .view-lines").first().click();
 
-    // 7. Backend URL to a dead port: the status says so, and editing keeps working.
-    step(`backend URL -> ${cfg.deadBackendUrl}`);
-    // Workspace settings: VS Code watches the workspace folder (edits of the user settings file made behind its
-    // back are not picked up by code-server).
+    // Workspace settings from here on: VS Code watches the workspace folder (edits of the user settings file made
+    // behind its back are not picked up by code-server).
     fs.mkdirSync(path.join(cfg.workspace, ".vscode"), { recursive: true });
+
+    // 7. Per-language enable: Python off.
+    fs.writeFileSync(path.join(cfg.workspace, ".vscode", "settings.json"), JSON.stringify({ "copilot-ls.languages": { "*": true, python: false } }));
+    report.statusLanguageOff = await waitStatus(page, "disabled for python", 20000);
+    step(`status: "${report.statusLanguageOff}"`);
+
+    // 8. Backend URL to a dead port (and Python on again): the status says so, and editing keeps working.
+    step(`backend URL -> ${cfg.deadBackendUrl}`);
     fs.writeFileSync(path.join(cfg.workspace, ".vscode", "settings.json"), JSON.stringify({ "copilot-ls.backendUrl": cfg.deadBackendUrl }));
     await page.keyboard.press("Escape");
     await page.keyboard.press("Control+End");
