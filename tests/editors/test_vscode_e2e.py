@@ -130,6 +130,7 @@ def describe(report: dict) -> str:
                       f"screenshots: {report.get('screenshots')}"])
 
 
+@pytest.mark.timeout(1800)  # includes a first-time install of Chromium and code-server (setup fixture)
 def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url: str, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -210,6 +211,7 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
     assert any(Path(p).name == "ghost-text.png" for p in report["screenshots"]), report["screenshots"]
 
 
+@pytest.mark.timeout(1800)  # the setup fixture may run first here
 def test_extension_unit_tests_and_settings_contract(vsix: Path) -> None:
     """The extension's own unit tests (pure modules under node), and the settings it sends are the ones
     copilot_ls.settings reads: a set value arrives, a cleared one resets the server's."""
