@@ -202,9 +202,12 @@ async def bench_stdio(text: str, iterations: int) -> dict:
         ed.type("xy"[i % 2])
         ms, res = await ed.ask()
         times.append(ms)
+    st = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="copilot-ls.status"))
     await stop_ls(client)
     fake.server.shutdown()
-    return {"ls_round_trip_instant_backend": summary(times)}
+    over = st["overhead_ms"]
+    return {"ls_round_trip_instant_backend": summary(times),
+            "ls_overhead_server_side": {"n": over["n"], "p50_ms": over["p50"], "p99_ms": over["p99"]}}
 
 
 # -- 3: keystroke to items with the default model -----------------------------------------------------------------

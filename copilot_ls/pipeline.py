@@ -9,8 +9,9 @@ HTTP call when the same context is asked again; post-processing always runs agai
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from copilot_ls.backend import BackendClient, ModelMeta
 from copilot_ls.context import Prompt, PromptBudget, build_prompt
@@ -30,6 +31,7 @@ class CompletionResult:
     prompt: Prompt
     raw: list[RawCandidate]
     cached: bool = False      # the raw candidates came from the cache (no backend call)
+    timings: dict[str, float] = field(default_factory=dict)   # context_ms, backend_ms, postprocess_ms
 
 
 def fim_template(meta: ModelMeta) -> FimTemplate | None:
@@ -65,15 +67,22 @@ def cache_key(client: BackendClient, prompt: Prompt, settings: Settings) -> Cach
 async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient, settings: Settings,
                    others: Sequence[Snapshot] = (), cache: RawCache | None = None) -> CompletionResult:
     """Suggestions at (line, code-point col) of `snap`, best first (at most settings.n)."""
+    t0 = time.perf_counter()
     meta = await client.meta()
+    t1 = time.perf_counter()
     prompt = build_prompt(snap, line, col, others=others, budget=budget_for(settings, meta),
                           fim=fim_template(meta), count_tokens=meta.count_tokens)
     key = cache_key(client, prompt, settings)
     raw = cache.get(key) if cache is not None else None
     cached = raw is not None
+    t2 = time.perf_counter()
     if raw is None:
         raw = await ask_backend(client, prompt, settings)
         if cache is not None:
             cache.put(key, raw)
+    t3 = time.perf_counter()
     suggestions = postprocess(raw, snap, line, col, multiline=prompt.multiline, max_lines=settings.max_lines)
-    return CompletionResult(suggestions[: settings.n], prompt, raw, cached)
+    t4 = time.perf_counter()
+    timings = {"context_ms": (t2 - t1) * 1000, "backend_ms": (t3 - t2 + t1 - t0) * 1000,
+               "postprocess_ms": (t4 - t3) * 1000}
+    return CompletionResult(suggestions[: settings.n], prompt, raw, cached, timings)

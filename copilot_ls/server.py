@@ -11,7 +11,10 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 import traceback
+from collections import deque
+from contextvars import ContextVar
 from typing import Any
 
 from lsprotocol import types
@@ -27,6 +30,15 @@ from copilot_ls.settings import Settings, SettingsError, from_dict
 from copilot_ls.stats import Stats, UnknownItem
 
 log = logging.getLogger("copilot_ls")
+# Milliseconds the current request spent waiting (debounce, backend startup, backend), shared with the task that
+# computes it (tasks copy the context; the list is the same object).
+_WAITED: ContextVar[list[float]] = ContextVar("waited")
+
+
+def _wait_add(ms: float) -> None:
+    acc = _WAITED.get(None)
+    if acc is not None:
+        acc[0] += ms
 
 CMD_ACCEPTED = "copilot-ls.accepted"
 CMD_PARTIAL = "copilot-ls.partiallyAccepted"
@@ -86,6 +98,7 @@ class CopilotServer(LanguageServer):
         self.child: autostart.BackendProcess | None = None
         self._startup: asyncio.Task | None = None
         self._progress_ok = False
+        self.overhead_ms: deque[float] = deque(maxlen=1000)   # per request: handler time minus waiting
 
     # -- messages ------------------------------------------------------------------------------------------
     def say(self, level: int, message: str, *, show: bool = False) -> None:
@@ -205,7 +218,9 @@ class CopilotServer(LanguageServer):
         uri = snap.uri
         delay = 0.0 if explicit else self.debouncer.delay_ms(uri)
         if delay > 0:
+            t = time.perf_counter()
             await asyncio.sleep(delay / 1000)
+            _wait_add((time.perf_counter() - t) * 1000)
             doc = self.store.get(uri)
             if doc is None or doc.version != snap.version:
                 self.counters["stale"] += 1
@@ -213,13 +228,17 @@ class CopilotServer(LanguageServer):
         if not self.backoff.ready():
             return None
         try:
+            t = time.perf_counter()
             client = await self.ready_client()
+            _wait_add((time.perf_counter() - t) * 1000)
             calls = client.requests
             result = await pipeline.complete(snap, line, col, client=client, settings=self.settings,
                                              others=self.store.snapshots(exclude=uri), cache=self.cache)
         except BackendError as exc:
+            _wait_add(float("inf"))     # time lost to a failure is not overhead: not recorded
             self.backend_failed(exc)
             return None
+        _wait_add(result.timings.get("backend_ms", 0.0))
         self.counters["backend_calls"] += client.requests - calls
         self.counters["cache_hits"] += result.cached
         if self.backoff.succeeded():
@@ -228,6 +247,17 @@ class CopilotServer(LanguageServer):
 
     async def inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
         self.counters["requests"] += 1
+        t0 = time.perf_counter()
+        waited = [0.0]
+        _WAITED.set(waited)
+        try:
+            result = await self._inline_completion(params)
+        finally:   # overhead = our own time: handler total minus debounce, backend startup and backend time
+            if waited[0] != float("inf"):
+                self.overhead_ms.append(max(0.0, (time.perf_counter() - t0) * 1000 - waited[0]))
+        return result
+
+    async def _inline_completion(self, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
         uri = params.text_document.uri
         doc = self.store.get(uri)
         if doc is None or not self.settings.enabled_for(doc.language_id):
@@ -249,9 +279,11 @@ class CopilotServer(LanguageServer):
         try:
             result = await self.supersession.run(uri, lambda: self.compute(snap, line, col, explicit))
         except Superseded:
+            _wait_add(float("inf"))
             self.counters["superseded"] += 1
             return None
         except asyncio.CancelledError:
+            _wait_add(float("inf"))
             self.counters["cancelled"] += 1
             raise
         except Exception as exc:  # a bug must cost one completion, never the server
@@ -272,16 +304,19 @@ class CopilotServer(LanguageServer):
     def status(self) -> dict:
         s = self.settings
         child = self.child
+        meta = self.client._meta if self.client is not None else None
+        starting = self._startup is not None and not self._startup.done()
         return {
             "version": self.version,
-            "backend": {"url": s.backend_url, "model": s.model,
-                        "state": "failing" if self.backoff.failures else "ok",
+            "backend": {"url": s.backend_url, "model": s.model or (meta.id if meta is not None else None),
+                        "state": "failing" if self.backoff.failures else "starting" if starting else "ok",
                         "last_error": self.backoff.last_error,
                         "retry_in_s": round(self.backoff.retry_in(), 2),
                         "autostarted_pid": child.popen.pid if child is not None and child.alive() else None},
             "position_encoding": self.encoding(),
             "documents": len(self.store),
             "counters": dict(self.counters, cache_entries=len(self.cache)),
+            "overhead_ms": _percentiles(self.overhead_ms),
             "stats": self.stats.summary(),
         }
 
@@ -289,6 +324,14 @@ class CopilotServer(LanguageServer):
         if self.child is not None:
             self.child.stop()
             self.child = None
+
+
+def _percentiles(values) -> dict:
+    s = sorted(values)
+    if not s:
+        return {"n": 0}
+    pick = lambda q: round(s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))], 3)  # noqa: E731
+    return {"n": len(s), "p50": pick(0.5), "p99": pick(0.99), "max": round(s[-1], 3)}
 
 
 server = CopilotServer()
