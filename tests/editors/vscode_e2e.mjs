@@ -4,7 +4,8 @@
 //
 //   node tests/editors/vscode_e2e.mjs CONFIG.json
 //
-// CONFIG: { tools, vsix, workspace, out, settings: {...user settings...}, deadBackendUrl, timeoutMs }
+// CONFIG: { tools, vsix, workspace, out, chromium, settings: {...user settings...}, timeoutMs (ghost text wait),
+//           deadBackendUrl, typedWhileDown, apiKey }
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
@@ -208,9 +209,9 @@ async function main() {
     page = await browser.newPage({ viewport: { width: 1024, height: 600 } });
     page.on("pageerror", (err) => step(`page error: ${err.message}`));
     await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(cfg.workspace)}`);
-    await page.waitForSelector(".monaco-workbench", { timeout: 60000 });
+    await page.waitForSelector(".monaco-workbench", { timeout: 120000 });
     step("workbench visible");
-    report.statusAtStart = await waitStatus(page, "copilot-ls:", 60000);
+    report.statusAtStart = await waitStatus(page, "copilot-ls:", 120000);
     step(`extension active: "${report.statusAtStart}"`);
 
     // Open test_lib.py from the explorer and put the cursor at its end.
