@@ -195,13 +195,15 @@ def test_cycle_through_candidates_and_accept_the_one_shown(nvims, warm_backend, 
 
 
 @pytest.mark.e2e
-def test_settings_change_reaches_the_running_server(nvims, warm_backend, tmp_path):
+@pytest.mark.parametrize("name", list(NVIMS))
+def test_settings_change_reaches_the_running_server(nvims, warm_backend, tmp_path, name):
     dead = f"http://127.0.0.1:{free_port()}"
-    result = run_nvim(nvims["nvim0.11"], tmp_path, "settings", {**settings_for(dead), "autostart": False},
+    result = run_nvim(nvims[name], tmp_path, "settings", {**settings_for(dead), "autostart": False},
                       extra_env={"COPILOT_LS_LIVE_URL": warm_backend})
     assert result.get("ghost_dead") is None
     assert result["ghost"].strip(), result
     assert result["status"]["backend"]["url"] == warm_backend, result["status"]
+    assert result["visible_when_off"] is False  # after :CopilotLs toggle
 
 
 @pytest.mark.e2e

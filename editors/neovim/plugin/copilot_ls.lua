@@ -20,6 +20,16 @@ local subcommands = {
   prev = function()
     require('copilot_ls').cycle(-1)
   end,
+  toggle = function()
+    local plugin = require('copilot_ls')
+    if not plugin.config then
+      vim.notify('copilot-ls: call require("copilot_ls").setup() first', vim.log.levels.WARN)
+      return
+    end
+    local on = plugin.config.settings.enable ~= false
+    plugin.set_settings({ enable = not on })
+    vim.notify('copilot-ls: suggestions ' .. (on and 'off' or 'on'))
+  end,
   stop = function()
     require('copilot_ls').stop()
   end,
@@ -37,5 +47,5 @@ end, {
   complete = function()
     return vim.tbl_keys(subcommands)
   end,
-  desc = 'copilot-ls: status (default), accept, dismiss, next, prev, stop',
+  desc = 'copilot-ls: status (default), toggle, accept, dismiss, next, prev, stop',
 })

@@ -261,6 +261,16 @@ function scenarios.settings(plugin)
   plugin.set_settings({ backendUrl = env.COPILOT_LS_LIVE_URL })
   feed('<BS>(', 'nt') -- the next change asks again, now of the live backend
   result.ghost = wait_ghost(plugin)
+  -- :CopilotLs toggle turns suggestions off (enable = false reaches the server); the same text again, which
+  -- an enabled server would answer at once from its cache, now shows nothing.
+  vim.cmd('CopilotLs toggle')
+  feed('<BS>(', 'nt')
+  local deadline = vim.uv.now() + 1500
+  result.visible_when_off = false
+  while vim.uv.now() < deadline do
+    result.visible_when_off = result.visible_when_off or plugin.visible()
+    sleep(25)
+  end
   feed('<Esc>', 'nt')
   sleep(100)
   status_of_server()

@@ -27,6 +27,7 @@ local TRIGGER_INVOKED, TRIGGER_AUTOMATIC = 1, 2
 ---@field index integer
 ---@field anchor? integer[]  -- { row (0-based), col (byte) } of the cursor when shown
 ---@field tick? integer      -- b:changedtick when shown
+---@field disabled? boolean  -- setting enable = false
 
 ---@type table<integer, copilot_ls.GhostState>
 local states = {}
@@ -160,7 +161,7 @@ local function render(bufnr, s)
 end
 
 local function on_result(bufnr, s, client, tick, cur, err, result)
-  if err or not result then
+  if err then -- cancelled (a newer request is on its way) or failed: leave the screen as it is
     return
   end
   -- Drop answers to an older state of the buffer: the user kept typing or moved.
@@ -171,13 +172,14 @@ local function on_result(bufnr, s, client, tick, cur, err, result)
     return
   end
   local items = {}
-  for _, item in ipairs(result.items or result) do
+  for _, item in ipairs(result and (result.items or result) or {}) do
     local shown = prepare(bufnr, item, client, cur)
     if shown then
       items[#items + 1] = shown
     end
   end
-  if #items == 0 then
+  if #items == 0 then -- the server has nothing for exactly this text: drop what we kept on screen
+    M.clear(bufnr)
     return
   end
   s.items, s.index, s.anchor, s.tick = items, 1, cur, tick
@@ -188,6 +190,9 @@ end
 function M.request(bufnr, trigger)
   local s = state(bufnr)
   cancel_request(s)
+  if s.disabled then
+    return
+  end
   local client = client_mod.get(bufnr)
   if not client or not in_insert() or api.nvim_get_current_buf() ~= bufnr then
     return
@@ -208,6 +213,9 @@ end
 
 local function schedule(bufnr)
   local s = state(bufnr)
+  if s.disabled then
+    return
+  end
   stop_timer(s)
   s.timer = vim.uv.new_timer()
   s.timer:start(M.debounce_ms, 0, function()
@@ -350,6 +358,14 @@ function M.attach(bufnr)
     M.reset(bufnr)
     states[bufnr] = nil
   end)
+end
+
+--- Turn suggestions in `bufnr` on or off (setting `enable`).
+function M.enable(bufnr, on)
+  if not on then
+    M.reset(bufnr)
+  end
+  state(bufnr).disabled = not on
 end
 
 function M.detach(bufnr)

@@ -76,7 +76,18 @@ local function on_attach(bufnr)
   end
   attached[bufnr] = true
   impl().attach(bufnr)
+  if M.config.settings.enable == false then
+    impl().enable(bufnr, false)
+  end
   map_keys(bufnr)
+end
+
+--- Follow the `enable` setting in every attached buffer.
+local function apply_enable()
+  local on = M.config.settings.enable ~= false
+  for bufnr in pairs(attached) do
+    impl().enable(bufnr, on)
+  end
 end
 
 local function on_detach(bufnr)
@@ -101,6 +112,7 @@ function M.setup(opts)
   if M.config then
     M.config = cfg
     client_mod.update_settings(cfg)
+    apply_enable()
     return
   end
   M.config, M.path = cfg, path
@@ -136,6 +148,7 @@ function M.set_settings(settings)
   M.config.settings = vim.tbl_deep_extend('force', M.config.settings, settings or {})
   with_settings(M.config)
   client_mod.update_settings(M.config)
+  apply_enable()
 end
 
 --- Accept / dismiss / cycle the suggestion of the current buffer (what the keys do). accept and dismiss

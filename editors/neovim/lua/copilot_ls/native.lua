@@ -17,6 +17,11 @@ function M.detach(bufnr)
   end
 end
 
+--- Turn suggestions in `bufnr` on or off (setting `enable`): Neovim's inline completion follows.
+function M.enable(bufnr, on)
+  vim.lsp.inline_completion.enable(on, { bufnr = bufnr })
+end
+
 --- Whether Neovim shows a suggestion in `bufnr`.
 function M.visible(bufnr)
   local ns = api.nvim_get_namespaces()[M.ns_name]
