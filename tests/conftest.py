@@ -11,6 +11,10 @@ real port. Its stderr (loading progress, errors) goes to a log file whose tail i
 from __future__ import annotations
 
 import os
+
+# Before anything imports torch (here and in every child process): OpenMP threads that spin-wait make torch
+# 10-30x slower when the test machine's cores are shared with other busy processes.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import re
 import signal
 import subprocess

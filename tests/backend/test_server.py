@@ -342,9 +342,9 @@ async def test_api_key_loading_and_queue_full(limited_server: Any) -> None:
     async with httpx.AsyncClient(base_url=srv.url, timeout=600, headers=KEY) as client:
         async with client.stream("POST", "/v1/completions", json={**long, "stream": True}) as running:
             assert running.status_code == 200
-            async for line in running.aiter_lines():
-                if line.startswith("data: "):
-                    break                          # the one slot is busy now
+            lines = running.aiter_lines()          # kept alive: dropping it would close the connection
+            while not (await lines.__anext__()).startswith("data: "):
+                pass                               # the one slot is busy now
             queued = asyncio.create_task(client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}))
             deadline = time.monotonic() + 120
             while metrics(srv.url)["copilot_backend_queue_depth"] < 1:
