@@ -57,7 +57,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.out_bias)
 
     def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor],
-                rows: Tensor, pos: Tensor, read: slice | Tensor, kv_len: int) -> Tensor:
+                rows: Tensor, pos: Tensor, read: slice | Tensor, kv_len: int,
+                single: tuple[int, int] | None) -> Tensor:
         b, t, _ = x.shape
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
         qkv = self.wqkv(x)
@@ -68,9 +69,13 @@ class Attention(nn.Module):
         q, k = qk[:, :, :nh], qk[:, :, nh:]
         v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
         k_cache, v_cache = cache
-        # write: advanced indices on dims 0 and 2 -> the value is laid out [b, t, heads, hd]
-        k_cache[rows, :, pos] = k.to(k_cache.dtype)
-        v_cache[rows, :, pos] = v.to(v_cache.dtype)
+        if single is not None:  # one row: a plain slice copy (cheaper than index_put)
+            slot, p0 = single
+            k_cache[slot, :, p0:p0 + t] = k[0].transpose(0, 1)
+            v_cache[slot, :, p0:p0 + t] = v[0].transpose(0, 1)
+        else:  # advanced indices on dims 0 and 2 -> the value is laid out [b, t, heads, hd]
+            k_cache[rows, :, pos] = k.to(k_cache.dtype)
+            v_cache[rows, :, pos] = v.to(v_cache.dtype)
         keys = k_cache[read, :, :kv_len]
         values = v_cache[read, :, :kv_len]
         if t > 1:
@@ -79,9 +84,12 @@ class Attention(nn.Module):
             return self.wo(out.transpose(1, 2).reshape(b, t, nh * hd))
         # decode: the query heads of one KV head form a [g, hd] matrix -> two small matmuls, no repeat
         g = nh // nkv
-        qg = q.reshape(b, nkv, g, hd)
-        scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * (hd ** -0.5)  # [b, nkv, g, kv_len]
-        if mask is not None:
+        if b == 1:  # 3-D bmm on views: no broadcast/expand
+            scores = torch.bmm(q.reshape(nkv, g, hd), keys[0].transpose(1, 2)).float() * (hd ** -0.5)
+            probs = torch.softmax(scores, dim=-1).to(values.dtype)
+            return self.wo(torch.bmm(probs, values[0]).reshape(1, 1, nh * hd))
+        scores = torch.matmul(q.reshape(b, nkv, g, hd), keys.transpose(-1, -2)).float() * (hd ** -0.5)
+        if mask is not None:  # [b, nkv, g, kv_len] + [b, 1, 1, kv_len]
             scores = scores + mask
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         out = torch.matmul(probs, values)  # [b, nkv, g, hd]
@@ -223,10 +231,11 @@ class Transformer(nn.Module):
             valid = torch.arange(kv_len, device=device).view(1, kv_len) <= pos
             mask = torch.zeros(b, kv_len, device=device).masked_fill_(~valid, float("-inf")).view(b, 1, 1, kv_len)
         rope = self.rope[pos].unsqueeze(2)  # [b, t, 1, hd/2]
+        single = (slots[0], start_pos[0]) if b == 1 else None
         x = self.embed(tokens)
         for i, layer in enumerate(self.layers):
             x = x + layer.attn(layer.attn_norm(x), rope, mask, (self.k_cache[i], self.v_cache[i]),
-                               rows, pos, read, kv_len)
+                               rows, pos, read, kv_len, single)
             x = x + layer.mlp(layer.ffn_norm(x))
         if not all_logits:
             x = x[:, -1]
