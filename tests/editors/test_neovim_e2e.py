@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -65,6 +66,12 @@ def settings_for(backend_url: str) -> dict:
     return {"backendUrl": backend_url, "timeout": 150, "maxTokens": 32}
 
 
+def server_command() -> list[str]:
+    """The installed `copilot-ls` entry point, as users start it (python -m before `pip install -e .`)."""
+    script = shutil.which("copilot-ls", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "copilot_ls.cli"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,7 +93,7 @@ def run_nvim(nvim: Path, tmp_path: Path, scenario: str, settings: dict, mode: st
     result_file = tmp_path / "result.json"
     env.update({
         "COPILOT_LS_PLUGIN": str(PLUGIN),
-        "COPILOT_LS_CMD": json.dumps([sys.executable, "-m", "copilot_ls.cli"]),
+        "COPILOT_LS_CMD": json.dumps(server_command()),
         "COPILOT_LS_SETTINGS": json.dumps(settings),
         "COPILOT_LS_MODE": mode,
         "COPILOT_LS_SCENARIO": scenario,

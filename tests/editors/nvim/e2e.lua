@@ -1,9 +1,11 @@
--- Drives a headless Neovim through one scenario with the copilot_ls plugin; run by test_neovim_e2e.py as
---   nvim --headless --clean -n -c 'luafile tests/editors/nvim/e2e.lua' test_lib.py
+-- Drives a headless Neovim through one scenario with the copilot_ls plugin; test_neovim_e2e.py runs it as
+--   timeout ... nvim --headless --clean -n -c 'luafile tests/editors/nvim/e2e.lua'   (cwd: the workspace)
 -- Input (environment): COPILOT_LS_PLUGIN (editors/neovim), COPILOT_LS_CMD and COPILOT_LS_SETTINGS (JSON),
--- COPILOT_LS_MODE, COPILOT_LS_SCENARIO (accept | dismiss | move | typeahead | popup | cycle | settings |
--- dead_backend | health), COPILOT_LS_TIMEOUT_MS,
--- COPILOT_LS_RESULT (where the JSON result goes). Output: that JSON file; exit code 0 unless it crashed.
+-- COPILOT_LS_MODE (auto | ghost), COPILOT_LS_FILE (the file to edit), COPILOT_LS_TIMEOUT_MS,
+-- COPILOT_LS_SCENARIO (accept | dismiss | move | typeahead | popup | cycle | settings | dead_backend | health),
+-- COPILOT_LS_LIVE_URL (settings), COPILOT_LS_DEAD_WAIT_MS (dead_backend), COPILOT_LS_RESULT (where the JSON
+-- result goes). Keys are fed as typed keys; the script waits by polling from a coroutine on timers, never
+-- blocking the event loop. Exit code 0 unless it crashed; a failed wait is written as result.error.
 local env = vim.env
 local api = vim.api
 
