@@ -62,6 +62,22 @@ eq(health.models_url('http://h:1/v1/'), 'http://h:1/v1/models', 'models url of a
 local status, why = health.http_status('https://example.invalid', 100)
 eq({ status, why and why:match('only http://') ~= nil }, { nil, true }, 'https is not probed')
 
+-- setup(): settings go out as JSON objects; a second call or set_settings() changes settings only
+local plugin = require('copilot_ls')
+plugin.setup({ cmd = { 'copilot-ls-test' }, settings = {} })
+eq(vim.json.encode(plugin.config.init_options), '{}', 'empty settings are a JSON object')
+eq(plugin.path, vim.lsp.inline_completion and 'native' or 'ghost', 'path chosen at setup')
+plugin.setup({ cmd = { 'other' }, settings = { backendUrl = 'http://127.0.0.1:9', languages = {} } })
+eq(plugin.config.cmd, { 'copilot-ls-test' }, 'a second setup keeps the first cmd')
+eq(plugin.config.init_options.backendUrl, 'http://127.0.0.1:9', 'a second setup replaces the settings')
+eq(vim.json.encode(plugin.config.lsp_settings['copilot-ls'].languages), '{}', 'nested empty table is an object')
+plugin.set_settings({ maxLines = 3 })
+eq({ plugin.config.init_options.backendUrl, plugin.config.init_options.maxLines }, { 'http://127.0.0.1:9', 3 },
+  'set_settings merges')
+eq(plugin.visible(), false, 'nothing shown without a server')
+eq(plugin.accept(), false, 'accept with nothing shown')
+eq(plugin.dismiss(), false, 'dismiss with nothing shown')
+
 if #failures > 0 then
   io.stdout:write(table.concat(failures, '\n') .. '\n')
   os.exit(1)

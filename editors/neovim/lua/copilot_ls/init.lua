@@ -20,9 +20,6 @@ local function impl()
   return require('copilot_ls.' .. M.path)
 end
 
---- Shape the user's settings for the server: initializationOptions carry them as they are; the
---- workspace/didChangeConfiguration and workspace/configuration payloads nest them under "copilot-ls".
----
 --- Empty Lua tables would go out as JSON arrays; the server wants objects.
 local function json_object(t)
   if type(t) ~= 'table' or (vim.islist(t) and #t > 0) then
@@ -35,6 +32,8 @@ local function json_object(t)
   return out
 end
 
+--- Shape the user's settings for the server: initializationOptions carry them as they are; the
+--- workspace/didChangeConfiguration and workspace/configuration payloads nest them under "copilot-ls".
 local function with_settings(cfg)
   cfg.init_options = json_object(cfg.settings)
   cfg.lsp_settings = { ['copilot-ls'] = json_object(cfg.settings) }
@@ -105,13 +104,15 @@ local function on_detach(bufnr)
 end
 
 --- Configure and start. Options: see config.lua (cmd, filetypes, root_markers, settings, mode, debounce_ms,
---- keys). Calling it again replaces the options (the server gets the new settings).
+--- keys). Calling it again sends the new settings to the running server; the other options keep the values
+--- of the first call until Neovim restarts.
 function M.setup(opts)
   local cfg = with_settings(config.resolve(opts))
   local path = config.path(cfg.mode)
   if M.config then
-    M.config = cfg
-    client_mod.update_settings(cfg)
+    M.config.settings = cfg.settings
+    with_settings(M.config)
+    client_mod.update_settings(M.config)
     apply_enable()
     return
   end
