@@ -76,10 +76,14 @@ class BackendProcess:
         self.url = url
         self.log = log_path()
         self.command = backend_command(url)
-        with open(self.log, "wb") as log:
-            self.popen = subprocess.Popen(
-                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        try:
+            with open(self.log, "wb") as log:
+                self.popen = subprocess.Popen(
+                    self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        except OSError as exc:
+            raise BackendError(f"cannot start `copilot-backend serve` ({' '.join(self.command)}): {exc}",
+                               kind="unreachable") from exc
         atexit.register(self.stop)
 
     def alive(self) -> bool:

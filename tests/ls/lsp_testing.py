@@ -46,7 +46,9 @@ class FakeBackend:
     def __init__(self, mode: str = "echo", reply: str = "a, b)", delay: float = 0.0) -> None:
         self.mode, self.reply, self.delay = mode, reply, delay
         self.requests: list[dict] = []          # bodies of /v1/completions
+        self.headers: list[dict] = []           # and their headers
         self.disconnects = 0                    # slow requests whose client went away before the answer
+        self.answer: tuple[int, bytes] | None = None   # set: POST answers this (status, JSON body) instead
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -72,6 +74,10 @@ class FakeBackend:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 fake.requests.append(body)
+                fake.headers.append(dict(self.headers))
+                if fake.answer is not None:
+                    self._send(*fake.answer)
+                    return
                 if fake.mode == "garbage":
                     self._send(200, b"<html>\x00\xff this is not JSON", "text/html")
                     return
