@@ -29,14 +29,22 @@ if TYPE_CHECKING:  # the real class lives in weights.py; the model only reads at
     from model_backend.weights import ModelConfig
 
 
+class Linear(nn.Linear):
+    """nn.Linear without the random init: every weight is assigned from a checkpoint (random init of meta
+    tensors goes through torch._refs and imports torch._dynamo, ~3 s of cold start)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
 class Norm(nn.Module):
     """RMSNorm or LayerNorm (with bias), computed in fp32 whatever the activation dtype."""
 
-    def __init__(self, dim: int, eps: float, kind: str) -> None:
+    def __init__(self, dim: int, eps: float, kind: str, device: Any = None) -> None:
         super().__init__()
         self.kind, self.eps = kind, eps
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if kind == "layernorm" else None
+        self.weight = nn.Parameter(torch.ones(dim, device=device))
+        self.bias = nn.Parameter(torch.zeros(dim, device=device)) if kind == "layernorm" else None
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
@@ -49,12 +57,12 @@ class Norm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, device: Any = None) -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
-        self.wqkv = nn.Linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.out_bias)
+        self.wqkv = Linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias, device=device)
+        self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.out_bias, device=device)
 
     def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor],
                 rows: Tensor, pos: Tensor, read: slice | Tensor, kv_len: int,
@@ -97,15 +105,15 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, device: Any = None) -> None:
         super().__init__()
         self.kind = cfg.mlp_type
         inter = cfg.intermediate_size
         if self.kind == "swiglu":
-            self.w_in = nn.Linear(cfg.hidden_size, 2 * inter, bias=cfg.mlp_bias)  # gate | up
+            self.w_in = Linear(cfg.hidden_size, 2 * inter, bias=cfg.mlp_bias, device=device)  # gate | up
         else:
-            self.w_in = nn.Linear(cfg.hidden_size, inter, bias=cfg.mlp_bias)  # c_fc
-        self.w_out = nn.Linear(inter, cfg.hidden_size, bias=cfg.mlp_bias)  # down / c_proj
+            self.w_in = Linear(cfg.hidden_size, inter, bias=cfg.mlp_bias, device=device)  # c_fc
+        self.w_out = Linear(inter, cfg.hidden_size, bias=cfg.mlp_bias, device=device)  # down / c_proj
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.w_in(x)
@@ -118,12 +126,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, device: Any = None) -> None:
         super().__init__()
-        self.attn_norm = Norm(cfg.hidden_size, cfg.norm_eps, cfg.norm_type)
-        self.attn = Attention(cfg)
-        self.ffn_norm = Norm(cfg.hidden_size, cfg.norm_eps, cfg.norm_type)
-        self.mlp = MLP(cfg)
+        self.attn_norm = Norm(cfg.hidden_size, cfg.norm_eps, cfg.norm_type, device)
+        self.attn = Attention(cfg, device)
+        self.ffn_norm = Norm(cfg.hidden_size, cfg.norm_eps, cfg.norm_type, device)
+        self.mlp = MLP(cfg, device)
 
 
 def rope_table(head_dim: int, max_seq: int, theta: float, scaling: float, device: torch.device) -> Tensor:
@@ -143,13 +151,15 @@ def interleave_rows(w: Tensor, n_heads: int, head_dim: int) -> Tensor:
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, device: Any = None) -> None:
+        """device="meta" builds the structure without allocating (build_model then assigns the weights)."""
         super().__init__()
         self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = Norm(cfg.hidden_size, cfg.norm_eps, cfg.norm_type)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                  _weight=torch.empty(cfg.vocab_size, cfg.hidden_size, device=device))
+        self.layers = nn.ModuleList(Block(cfg, device) for _ in range(cfg.n_layers))
+        self.norm = Norm(cfg.hidden_size, cfg.norm_eps, cfg.norm_type, device)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False, device=device)
         self.k_cache: Tensor | None = None
         self.v_cache: Tensor | None = None
         self.rope: Tensor | None = None
@@ -298,8 +308,7 @@ def build_model(cfg: ModelConfig, tensors: dict[str, Tensor], *, device: torch.d
                 dtype: torch.dtype = torch.float32) -> Transformer:
     """A Transformer holding the checkpoint's weights in `dtype` (norm weights stay fp32)."""
     device = torch.device(device)
-    with torch.device("meta"):
-        model = Transformer(cfg)
+    model = Transformer(cfg, device="meta")
     sd = fused_state_dict(cfg, tensors)
     ready: dict[str, Tensor] = {}
     for name, tensor in sd.items():
