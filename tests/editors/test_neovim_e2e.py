@@ -213,6 +213,21 @@ def test_settings_change_reaches_the_running_server(nvims, warm_backend, tmp_pat
     assert result["visible_when_off"] is False  # after :CopilotLs toggle
 
 
+UNICODE = [("nvim0.12", "utf-16"), ("nvim0.11", "utf-16"), ("nvim0.11", "utf-8")]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("name", "encoding"), UNICODE, ids=[f"{n}-{e}" for n, e in UNICODE])
+def test_accept_after_non_ascii_text_in_each_position_encoding(nvims, warm_backend, tmp_path, name, encoding):
+    result = run_nvim(nvims[name], tmp_path, "unicode", settings_for(warm_backend),
+                      extra_env={"COPILOT_LS_ENCODING": encoding})
+    assert result["encoding"] == encoding
+    typed = result["typed"]
+    assert "\n".join(result["after_accept"]) == typed[0] + "\n" + typed[1] + result["ghost"]
+    assert result["status"]["position_encoding"] == encoding
+    assert result["status"]["stats"]["accepted"] == 1, result["status"]
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", list(NVIMS))
 def test_dead_backend_leaves_editing_unharmed(nvims, tmp_path, name):

@@ -2,7 +2,8 @@
 --   timeout ... nvim --headless --clean -n -c 'luafile tests/editors/nvim/e2e.lua'   (cwd: the workspace)
 -- Input (environment): COPILOT_LS_PLUGIN (editors/neovim), COPILOT_LS_CMD and COPILOT_LS_SETTINGS (JSON),
 -- COPILOT_LS_MODE (auto | ghost), COPILOT_LS_FILE (the file to edit), COPILOT_LS_TIMEOUT_MS,
--- COPILOT_LS_SCENARIO (accept | dismiss | move | typeahead | popup | cycle | settings | dead_backend | health),
+-- COPILOT_LS_SCENARIO (accept | dismiss | move | typeahead | popup | cycle | settings | unicode | dead_backend |
+-- health), COPILOT_LS_ENCODING (offer only this position encoding),
 -- COPILOT_LS_LIVE_URL (settings), COPILOT_LS_DEAD_WAIT_MS (dead_backend), COPILOT_LS_RESULT (where the JSON
 -- result goes). Keys are fed as typed keys; the script waits by polling from a coroutine on timers, never
 -- blocking the event loop. Exit code 0 unless it crashed; a failed wait is written as result.error.
@@ -95,13 +96,13 @@ local function status_of_server()
   end
 end
 
-local function type_test()
+local function type_test(typed)
   -- What the user types, at the end of test_lib.py: a test function, then an assert to complete.
   vim.bo.autoindent, vim.bo.indentexpr, vim.bo.smartindent = false, '', false
   local last = api.nvim_buf_line_count(0)
   api.nvim_win_set_cursor(0, { last, 0 })
   result.row = last - 1 -- 0-based row of the def line
-  result.typed = { 'def test_common_prefix():', '    assert common_prefix(' }
+  result.typed = typed or { 'def test_common_prefix():', '    assert common_prefix(' }
   feed('i' .. result.typed[1] .. '<CR>' .. result.typed[2], 'nt')
   wait_until('the typed text', function()
     return line(result.row + 1) == result.typed[2] and api.nvim_get_mode().mode == 'i'
@@ -173,6 +174,22 @@ function scenarios.move(plugin)
   end, 5000)
   result.visible_after_esc = plugin.visible()
   result.after_esc = api.nvim_buf_get_lines(0, result.row, -1, false)
+end
+
+-- Characters outside ASCII before the cursor (2-byte é, 3-byte CJK, a 4-byte emoji that is 2 UTF-16 units):
+-- positions must be converted right in whatever encoding was negotiated.
+function scenarios.unicode(plugin)
+  type_test({ 'def test_common_prefix_unicode():', '    assert common_prefix("é日😀x", "é日😀y") == "é日😀" and common_prefix(' })
+  result.encoding = require('copilot_ls.client').get(0).offset_encoding
+  result.ghost = wait_ghost(plugin)
+  feed('<Tab>', 'mt')
+  wait_until('the suggestion in the buffer', function()
+    return line(result.row + 1) ~= result.typed[2]
+  end, 10000)
+  result.after_accept = api.nvim_buf_get_lines(0, result.row, -1, false)
+  feed('<Esc>', 'nt')
+  sleep(300)
+  status_of_server()
 end
 
 -- Own ghost text only: typing the suggestion's first character keeps the rest on screen (no flicker while the
@@ -304,6 +321,17 @@ function scenarios.health()
   vim.cmd('checkhealth copilot_ls')
   result.health = api.nvim_buf_get_lines(0, 0, -1, false)
   vim.cmd('bwipeout!')
+end
+
+-- A client that offers only one position encoding (Neovim offers utf-8, utf-16 and utf-32 by default).
+if env.COPILOT_LS_ENCODING then
+  local make = vim.lsp.protocol.make_client_capabilities
+  vim.lsp.protocol.make_client_capabilities = function()
+    local caps = make()
+    caps.general = caps.general or {}
+    caps.general.positionEncodings = { env.COPILOT_LS_ENCODING }
+    return caps
+  end
 end
 
 co = coroutine.create(function()
