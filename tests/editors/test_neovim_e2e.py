@@ -141,6 +141,19 @@ def test_ghost_text_from_the_model_is_accepted_with_tab(nvims, warm_backend, tmp
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("name", list(NVIMS))
+def test_accept_the_next_word_then_the_rest(nvims, warm_backend, tmp_path, name):
+    result = run_nvim(nvims[name], tmp_path, "partial", settings_for(warm_backend))
+    ghost, after_word = result["ghost"], result["after_word"]
+    word = after_word[len(TYPED[1]):]
+    assert after_word.startswith(TYPED[1]) and word and ghost.startswith(word) and word != ghost, result
+    assert result["rest"] == ghost[len(word):]  # the rest is still offered
+    assert "\n".join(result["after_accept"]) == TYPED[0] + "\n" + TYPED[1] + ghost
+    stats = result["status"]["stats"]
+    assert (stats["partially_accepted"], stats["accepted"]) == (1, 1), result["status"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", list(NVIMS))
 def test_dismiss_leaves_the_buffer_unchanged(nvims, warm_backend, tmp_path, name):
     result = run_nvim(nvims[name], tmp_path, "dismiss", settings_for(warm_backend))
     assert result["ghost"].strip()

@@ -2,7 +2,8 @@
 --   timeout ... nvim --headless --clean -n -c 'luafile tests/editors/nvim/e2e.lua'   (cwd: the workspace)
 -- Input (environment): COPILOT_LS_PLUGIN (editors/neovim), COPILOT_LS_CMD and COPILOT_LS_SETTINGS (JSON),
 -- COPILOT_LS_MODE (auto | ghost), COPILOT_LS_FILE (the file to edit), COPILOT_LS_TIMEOUT_MS,
--- COPILOT_LS_SCENARIO (accept | dismiss | move | typeahead | popup | cycle | settings | unicode | dead_backend |
+-- COPILOT_LS_SCENARIO (accept | partial | dismiss | move | typeahead | popup | cycle | settings | unicode |
+-- dead_backend |
 -- health), COPILOT_LS_ENCODING (offer only this position encoding),
 -- COPILOT_LS_LIVE_URL (settings), COPILOT_LS_DEAD_WAIT_MS (dead_backend), COPILOT_LS_RESULT (where the JSON
 -- result goes). Keys are fed as typed keys; the script waits by polling from a coroutine on timers, never
@@ -246,6 +247,26 @@ function scenarios.popup(plugin)
     return plugin.visible() and plugin.current_text()
   end)
   feed('<Esc>', 'nt')
+end
+
+-- Partial accept: <M-Right> takes the next word of the suggestion and the rest stays offered; Tab takes it.
+function scenarios.partial(plugin)
+  type_test()
+  result.ghost = wait_ghost(plugin)
+  feed('<M-Right>', 'mt')
+  wait_until('the first word in the buffer', function()
+    return line(result.row + 1) ~= result.typed[2]
+  end, 10000)
+  result.after_word = line(result.row + 1)
+  result.rest = wait_ghost(plugin)
+  feed('<Tab>', 'mt')
+  wait_until('the rest in the buffer', function()
+    return line(result.row + 1) ~= result.after_word
+  end, 10000)
+  result.after_accept = api.nvim_buf_get_lines(0, result.row, -1, false)
+  feed('<Esc>', 'nt')
+  sleep(300)
+  status_of_server()
 end
 
 -- Several candidates (settings.n > 1): <M-]> shows the next, <M-[> goes back, Tab takes the one shown.

@@ -38,6 +38,17 @@ eq(position.to_byte('', 3, 'utf-32'), 0, 'empty line')
 -- CJK: 3 bytes, one unit in utf-16 and utf-32
 eq(position.to_byte('\228\184\173x', 1, 'utf-16'), 3, 'CJK utf-16')
 
+-- partial accepts
+local part = require('copilot_ls.part')
+eq(part.word('"abcd", "x")'), '"', 'word: punctuation run')
+eq(part.word('abcd", "x")'), 'abcd', 'word: a word')
+eq(part.word(', "x")'), ',', 'word: a comma')
+eq(part.word(' == 1'), ' ==', 'word: blanks then punctuation')
+eq(part.word('\n    return x'), '\n    return', 'word: across the line break')
+eq(part.line('a = 1\nb = 2'), 'a = 1', 'line: to the end of the line')
+eq(part.line('\nb = 2\nc'), '\nb = 2', 'line: at a break, the next line')
+eq(part.line('x'), 'x', 'line: the last line')
+
 -- options
 local cfg = config.resolve({ settings = { backendUrl = 'http://127.0.0.1:1' }, keys = { dismiss = false } })
 eq(cfg.cmd, { 'copilot-ls' }, 'default cmd')

@@ -18,7 +18,14 @@ M.defaults = {
   -- Own ghost text (Neovim 0.10/0.11): milliseconds after the last change before asking the server.
   debounce_ms = 30,
   -- Insert-mode keys; set one to false to leave that key alone.
-  keys = { accept = '<Tab>', next = '<M-]>', prev = '<M-[>', dismiss = '<C-]>' },
+  keys = {
+    accept = '<Tab>',
+    accept_word = '<M-Right>',
+    accept_line = '<M-Down>',
+    next = '<M-]>',
+    prev = '<M-[>',
+    dismiss = '<C-]>',
+  },
 }
 
 local KNOWN = {}

@@ -259,6 +259,36 @@ function M.accept(bufnr)
   return true
 end
 
+--- Insert text at the cursor of the current window and put the cursor after it.
+local function insert_at_cursor(bufnr, text)
+  local cur = cursor()
+  local lines = vim.split(text, '\n', { plain = true })
+  api.nvim_buf_set_text(bufnr, cur[1], cur[2], cur[1], cur[2], lines)
+  api.nvim_win_set_cursor(0, { cur[1] + #lines, (#lines == 1 and cur[2] or 0) + #lines[#lines] })
+end
+
+--- Accept the next word (`kind` = 'word') or line ('line') of the shown suggestion; the rest stays shown.
+--- Returns false when nothing is shown.
+function M.accept_part(bufnr, kind)
+  bufnr = bufnr or api.nvim_get_current_buf()
+  if not M.visible(bufnr) then
+    return false
+  end
+  local s = states[bufnr]
+  local shown = s.items[s.index]
+  local rest = shown.text:sub(#shown.typed + 1)
+  local take = require('copilot_ls.part')[kind](rest)
+  if take == rest then
+    return M.accept(bufnr)
+  end
+  insert_at_cursor(bufnr, take) -- TextChangedI then keeps the rest on screen (narrow) and asks again
+  local client = vim.lsp.get_client_by_id(shown.client_id)
+  if client then
+    report.partially_accepted(client, bufnr, shown.item, take)
+  end
+  return true
+end
+
 --- Dismiss the shown suggestion. Returns false when nothing is shown.
 function M.dismiss(bufnr)
   bufnr = bufnr or api.nvim_get_current_buf()

@@ -56,6 +56,16 @@ local function map_keys(bufnr)
       feed(keys.accept)
     end
   end, 'copilot-ls: accept the suggestion')
+  map('accept_word', function()
+    if not impl().accept_part(bufnr, 'word') then
+      feed(keys.accept_word)
+    end
+  end, 'copilot-ls: accept the next word of the suggestion')
+  map('accept_line', function()
+    if not impl().accept_part(bufnr, 'line') then
+      feed(keys.accept_line)
+    end
+  end, 'copilot-ls: accept the next line of the suggestion')
   map('dismiss', function()
     if not impl().dismiss(bufnr) then
       feed(keys.dismiss)
@@ -95,8 +105,7 @@ local function on_detach(bufnr)
   end
   attached[bufnr] = nil
   impl().detach(bufnr)
-  for _, name in ipairs({ 'accept', 'dismiss', 'next', 'prev' }) do
-    local key = M.config.keys[name]
+  for _, key in pairs(M.config.keys) do
     if key then
       pcall(vim.keymap.del, 'i', key, { buffer = bufnr })
     end
@@ -156,6 +165,11 @@ end
 --- return false when nothing is shown.
 function M.accept()
   return M.path ~= nil and impl().accept(api.nvim_get_current_buf())
+end
+
+--- Accept the next word ('word') or line ('line') of the suggestion; false when nothing is shown.
+function M.accept_part(kind)
+  return M.path ~= nil and impl().accept_part(api.nvim_get_current_buf(), kind)
 end
 
 function M.dismiss()

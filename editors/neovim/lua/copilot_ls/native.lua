@@ -78,6 +78,49 @@ function M.accept(bufnr)
   })
 end
 
+--- Accept the next word (`kind` = 'word') or line ('line') of the shown suggestion; false when none is
+--- shown. Neovim then asks again and the server answers the rest from its typed-ahead cache.
+function M.accept_part(bufnr, kind)
+  return vim.lsp.inline_completion.get({
+    bufnr = bufnr,
+    on_accept = function(item)
+      local text = item.insert_text
+      if type(text) ~= 'string' then
+        apply(bufnr, item)
+        return
+      end
+      local win = vim.fn.bufwinid(bufnr)
+      local row, col = unpack(api.nvim_win_get_cursor(win))
+      local typed = ''
+      if item.range then
+        local sr, sc = bounds(item.range)
+        if sr == row - 1 and sc and sc <= col then
+          typed = api.nvim_buf_get_lines(bufnr, sr, sr + 1, true)[1]:sub(sc + 1, col)
+        end
+      end
+      if text:sub(1, #typed) ~= typed then
+        typed = ''
+      end
+      local rest = text:sub(#typed + 1)
+      local take = require('copilot_ls.part')[kind](rest)
+      local client = vim.lsp.get_client_by_id(item.client_id)
+      if take == rest then
+        apply(bufnr, item)
+        if client then
+          report.accepted(client, bufnr, lsp_item(item))
+        end
+        return
+      end
+      local lines = vim.split(take, '\n', { plain = true })
+      api.nvim_buf_set_text(bufnr, row - 1, col, row - 1, col, lines)
+      api.nvim_win_set_cursor(win, { row + #lines - 1, (#lines == 1 and col or 0) + #lines[#lines] })
+      if client then
+        report.partially_accepted(client, bufnr, lsp_item(item), take)
+      end
+    end,
+  })
+end
+
 --- Dismiss the shown suggestion; false when none is shown. (get() with an on_accept that inserts nothing
 --- hides it and hands us the item to report.)
 function M.dismiss(bufnr)

@@ -4,7 +4,14 @@ local client_mod = require('copilot_ls.client')
 
 local M = {}
 
-M.commands = { accepted = 'copilot-ls.accepted', rejected = 'copilot-ls.rejected' }
+M.commands = {
+  accepted = 'copilot-ls.accepted',
+  partial = 'copilot-ls.partiallyAccepted',
+  rejected = 'copilot-ls.rejected',
+}
+
+-- item id -> characters of it taken so far by partial accepts (the server wants the running total)
+local taken = {}
 
 local function supports(client, name)
   local provider = client.server_capabilities and client.server_capabilities.executeCommandProvider
@@ -32,6 +39,16 @@ function M.accepted(client, bufnr, item)
   if type(cmd) == 'table' and type(cmd.command) == 'string' then
     execute(client, bufnr, cmd.command, cmd.arguments)
   end
+end
+
+--- The user took the first `text` of what `item` still offered (a word, a line).
+function M.partially_accepted(client, bufnr, item, text)
+  local id = item_id(item)
+  if id == nil or not supports(client, M.commands.partial) then
+    return
+  end
+  taken[id] = (taken[id] or 0) + vim.fn.strchars(text)
+  execute(client, bufnr, M.commands.partial, { id, taken[id] })
 end
 
 --- The user dismissed `item`: report it with our rejected command.
