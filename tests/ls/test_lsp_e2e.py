@@ -73,6 +73,21 @@ async def test_common_prefix_buffer_gets_an_inline_item(client):
     assert item.command.command == "copilot-ls.accepted"
 
 
+async def test_several_candidates_are_several_items(client, backend_url):
+    uri = "file:///tmp/e2e/candidates.py"
+    open_doc(client, uri, COMMON_PREFIX_BUFFER)
+    line, col = end_position(COMMON_PREFIX_BUFFER)
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"n": 3}))
+    try:
+        result = await inline(client, uri, line, col)
+    finally:
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"n": 1}))
+    assert result is not None and 1 <= len(result.items) <= 3
+    texts = [item.insert_text for item in result.items]
+    assert len(set(texts)) == len(texts)                     # de-duplicated
+    assert len({item.command.arguments[0] for item in result.items}) == len(texts)   # one id each
+
+
 async def test_typed_ahead_reuse_makes_no_backend_call(client, backend_url):
     uri = "file:///tmp/e2e/typed_ahead.py"
     text = COMMON_PREFIX_BUFFER
