@@ -76,10 +76,13 @@ class BackendProcess:
         self.url = url
         self.log = log_path()
         self.command = backend_command(url)
+        # the child imports model_backend from where copilot_ls comes from (also when not pip-installed)
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         try:
             with open(self.log, "wb") as log:
                 self.popen = subprocess.Popen(
-                    self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         except OSError as exc:
             raise BackendError(f"cannot start `copilot-backend serve` ({' '.join(self.command)}): {exc}",

@@ -129,7 +129,8 @@ class CopilotServer(LanguageServer):
             self._startup = None
             self.backoff.succeeded()
             self.cache.clear()
-            asyncio.ensure_future(stale.aclose())
+            # requests in flight still use the old client: close it once they are surely done
+            asyncio.get_running_loop().call_later(old.timeout + 5, lambda: asyncio.ensure_future(stale.aclose()))
 
     # -- backend -------------------------------------------------------------------------------------------
     def backend(self) -> BackendClient:
