@@ -97,3 +97,34 @@ async def test_position_past_the_end_is_clamped(client, fake):
     result = await inline(client, uri, 0, 999)
     assert fake.requests[-1]["prompt"].endswith("x = y(")
     assert result.items[0].range.start == types.Position(0, 6)
+
+
+# -- real editors' capability sets (as recorded by pytest-lsp) -------------------------------------------------
+EDITORS = {"visual-studio-code": "utf-16", "neovim@v0.11.0": "utf-8", "emacs": "utf-16"}
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module", params=list(EDITORS))
+async def editor(lsp_client: LanguageClient, fake, request):
+    result = await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=pytest_lsp.client_capabilities(request.param),
+        initialization_options={"backendUrl": fake.url, "debounceMs": 0}))
+    lsp_client.spec = request.param
+    lsp_client.result = result
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_editor_capability_sets(editor, fake):
+    caps = editor.result.capabilities
+    offered = editor.capabilities.general.position_encodings if editor.capabilities.general else None
+    expected = "utf-8" if offered and "utf-8" in offered else EDITORS[editor.spec] if offered else "utf-16"
+    assert caps.position_encoding == expected
+    assert caps.inline_completion_provider is not None
+    uri = f"file:///tmp/editor_{editor.spec.replace('@', '_')}.py"
+    line = 'x = "中😀" + f('
+    open_doc(editor, uri, f"{line}\n")
+    result = await inline(editor, uri, 0, units(line, str(caps.position_encoding.value
+                                                              if hasattr(caps.position_encoding, "value")
+                                                              else caps.position_encoding)))
+    assert fake.requests[-1]["prompt"].endswith(line)
+    assert result.items[0].insert_text == "XYZ"
