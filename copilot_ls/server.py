@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 import traceback
@@ -98,6 +99,7 @@ class CopilotServer(LanguageServer):
         self.child: autostart.BackendProcess | None = None
         self._startup: asyncio.Task | None = None
         self._progress_ok = False
+        self.tcp = False
         self.overhead_ms: deque[float] = deque(maxlen=1000)   # per request: handler time minus waiting
 
     # -- messages ------------------------------------------------------------------------------------------
@@ -359,6 +361,15 @@ def on_shutdown(ls: CopilotServer, *args) -> None:
     ls.stop_child()
 
 
+@server.feature(types.EXIT)
+def on_exit(ls: CopilotServer, *args) -> None:
+    ls.stop_child()
+    if ls.tcp:   # pygls's sys.exit inside a TCP connection callback only produces a traceback: leave directly
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0 if ls.protocol._shutdown else 1)
+
+
 @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
 async def on_configuration(ls: CopilotServer, params: types.DidChangeConfigurationParams) -> None:
     data = params.settings
@@ -478,6 +489,7 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         if args.tcp:
+            server.tcp = True
             server.start_tcp(args.host, args.port)
         else:
             server.start_io()

@@ -194,3 +194,40 @@ async def test_unknown_language_gets_text_only_completions(client, fake):
 
 async def test_request_for_unopened_document(client):
     assert await inline(client, "file:///tmp/never-opened.py", 0, 0) is None
+
+
+async def test_tcp_mode_for_debugging(fake):
+    import subprocess
+    import sys
+
+    from lsp_testing import REPO, free_port
+    from pygls.lsp.client import LanguageClient as PlainClient
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "copilot_ls.cli", "--tcp", "--port", str(port)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        lsp = PlainClient("tcp-test", "0")
+        for _ in range(150):                   # one client per server: connect with the real client directly
+            try:
+                await lsp.start_tcp("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.2)
+        result = await lsp.initialize_async(types.InitializeParams(
+            capabilities=capabilities(), initialization_options={"backendUrl": fake.url, "debounceMs": 0}))
+        assert result.capabilities.inline_completion_provider is not None
+        lsp.initialized(types.InitializedParams())
+        open_doc(lsp, "file:///tmp/tcp.py", "x = f(\n")
+        res = await lsp.text_document_inline_completion_async(inline_params("file:///tmp/tcp.py", 0, 6))
+        assert res.items[0].insert_text == '"flower", "flow")'
+        await lsp.shutdown_async(None)
+        lsp.exit(None)
+        await lsp.stop()
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()
+        assert out == b"" and b"Traceback" not in err   # nothing on stdout, a clean exit
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
