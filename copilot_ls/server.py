@@ -481,6 +481,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level (default WARNING)")
 
 
+def protocol_stdout():
+    """The real stdout, for the protocol only; fd 1 and sys.stdout then point at stderr, so a stray print (ours,
+    a library's, or a C extension's) can never corrupt the LSP stream."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level, logging.WARNING),
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -492,7 +502,7 @@ def run(args: argparse.Namespace) -> int:
             server.tcp = True
             server.start_tcp(args.host, args.port)
         else:
-            server.start_io()
+            server.start_io(sys.stdin.buffer, protocol_stdout())
     finally:
         server.stop_child()
     return 0

@@ -231,3 +231,17 @@ async def test_tcp_mode_for_debugging(fake):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_stray_output_cannot_reach_the_protocol_stream():
+    import subprocess
+    import sys
+
+    from lsp_testing import REPO
+
+    code = ("import os, sys\nfrom copilot_ls.server import protocol_stdout\nout = protocol_stdout()\n"
+            "print('a stray print')\nos.write(1, b'a C-level write')\nout.write(b'PROTOCOL'); out.flush()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"PROTOCOL"
+    assert b"a stray print" in r.stderr and b"a C-level write" in r.stderr
