@@ -233,7 +233,7 @@ async def test_tcp_mode_for_debugging(fake):
             proc.wait()
 
 
-def test_stray_output_cannot_reach_the_protocol_stream():
+async def test_stray_output_cannot_reach_the_protocol_stream():
     import subprocess
     import sys
 
