@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 	@echo "[setup] done: $(VENV)"
 
+# The main job end to end: the same pipeline the editors use (context -> backend -> post-processing) on a
+# two-file example, with the default model started as a child backend and stopped afterwards.
 demo: setup
-	$(VENV)/bin/copilot-backend generate "def fibonacci(n):" --max-tokens 48
+	@echo "--- examples/demo/test_lib.py, cursor after 'assert common_prefix(' (line 5, column 26) ---"
+	@cat -n examples/demo/test_lib.py
+	@echo "--- copilot-ls complete examples/demo/test_lib.py:5:26 ---"
+	$(VENV)/bin/copilot-ls complete examples/demo/test_lib.py:5:26
 
 test: setup
 	$(PY) -m pytest -ra

@@ -1,0 +1,5 @@
+from lib import common_prefix
+
+
+def test_common_prefix():
+    assert common_prefix(
