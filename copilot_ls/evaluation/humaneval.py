@@ -85,6 +85,7 @@ class Generated:
     mean_logprob: float
     finish_reason: str
     edit: tuple[int, int] | None = None   # (start, end) code-point offsets in the prompt when the LS replaced text
+    raw_text: str | None = None           # --through ls: the model's text before post-processing
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -155,16 +156,16 @@ async def generate_ls(client: Any, problem: dict[str, Any], count: int, *, tempe
                                  for _ in range(count)))
     out = []
     for res in results:
+        raw = res.raw[0] if res.raw else None
+        raw_text = raw.text if raw else None
         if not res.suggestions:  # the editor would show nothing: an empty body, which fails its tests
-            raw = res.raw[0] if res.raw else None
-            out.append(Generated("", raw.mean_logprob if raw else float("-inf"),
-                                 "no-suggestion"))
+            out.append(Generated("", raw.mean_logprob if raw else float("-inf"), "no-suggestion",
+                                 raw_text=raw_text))
             continue
         sug = res.suggestions[0]
         start, end = snap.offset(*sug.start), snap.offset(*sug.end)
         edit = None if start == end == len(prompt) else (start, end)
-        finish = res.raw[0].finish_reason if res.raw else "stop"
-        out.append(Generated(sug.text, sug.mean_logprob, finish, edit))
+        out.append(Generated(sug.text, sug.mean_logprob, raw.finish_reason if raw else "stop", edit, raw_text))
     return out
 
 
@@ -297,6 +298,8 @@ async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any
                                    "finish_reason": gen.finish_reason}
             if gen.edit is not None:
                 rec["edit"] = list(gen.edit)
+            if gen.raw_text is not None:
+                rec["raw_text"] = gen.raw_text
             res = await loop.run_in_executor(pool, lambda: sandbox.run_python(program_text(problem, rec),
                                                                               limits=limits))
             rec.update(passed=res.passed, result=res.summary(), exec_s=res.elapsed_s)
