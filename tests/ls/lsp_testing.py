@@ -124,6 +124,14 @@ def capabilities(encodings: list[str] | None = None, progress: bool = True) -> t
 def open_doc(client, uri: str, text: str, language_id: str = "python", version: int = 1) -> None:
     client.text_document_did_open(types.DidOpenTextDocumentParams(
         text_document=types.TextDocumentItem(uri=uri, language_id=language_id, version=version, text=text)))
+    client.__dict__.setdefault("opened", []).append(uri)
+
+
+def close_all(client) -> None:
+    """didClose every document `open_doc` opened (other open documents feed the context of the next test)."""
+    for uri in client.__dict__.pop("opened", []):
+        client.text_document_did_close(types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=uri)))
 
 
 def change(client, uri: str, version: int, start: tuple[int, int], end: tuple[int, int], text: str) -> None:
