@@ -91,6 +91,20 @@ async def test_incremental_change_after_emoji(client, fake):
     assert fake.requests[-1]["prompt"].endswith('a = "😀中" + x(\nb = 2')
 
 
+async def test_crlf_documents(client, fake):
+    uri = f"file:///tmp/crlf_{client.encoding}.py"
+    text = 'a = "😀"\r\nb = f(\r\nc = 3\r\n'
+    open_doc(client, uri, text)
+    change(client, uri, 2, (2, 4), (2, 5), "4")              # c = 4, across a CRLF line
+    result = await inline(client, uri, 1, 6)
+    assert fake.requests[-1]["prompt"].endswith('a = "😀"\r\nb = f(') or fake.requests[-1]["prompt"].endswith(
+        'a = "😀"\nb = f(')
+    item = result.items[0]
+    assert item.range.start == types.Position(1, 6) and item.range.end == types.Position(1, 6)
+    await inline(client, uri, 2, 5)
+    assert fake.requests[-1]["prompt"].rstrip("\r\n").endswith("c = 4")
+
+
 async def test_position_past_the_end_is_clamped(client, fake):
     uri = f"file:///tmp/clamp_{client.encoding}.py"
     open_doc(client, uri, "x = y(\n")
