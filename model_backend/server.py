@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import math
 import os
@@ -714,6 +715,13 @@ def model_id(spec: str) -> str:
         return Path(spec).name or spec
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -757,6 +765,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
+    if not _is_loopback(args.host) and not args.api_key:
+        log(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use it")
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=args.shutdown_timeout, server_header=False,
                             limit_concurrency=max(256, 4 * (args.max_queue + args.max_batch)))

@@ -346,15 +346,32 @@ async def test_api_key_loading_and_queue_full(limited_server: Any) -> None:
             while not (await lines.__anext__()).startswith("data: "):
                 pass                               # the one slot is busy now
             queued = asyncio.create_task(client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}))
-            deadline = time.monotonic() + 120
-            while metrics(srv.url)["copilot_backend_queue_depth"] < 1:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await _until(lambda m: m["copilot_backend_queue_depth"] == 1, srv.url)
             full = await client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
             assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
             assert full.headers["retry-after"]
-        # leaving the stream cancels it; the queued request then runs
-        assert (await queued).status_code == 200
+            # the queued request's client goes away: it leaves the queue and never starts
+            before = metrics(srv.url)
+            queued.cancel()
+            after = await _until(lambda m: m["copilot_backend_queue_depth"] == 0, srv.url)
+            assert after["copilot_backend_active_requests"] == 1                  # the stream still runs
+            assert cancellations(srv.url) == sum(
+                v for k, v in before.items() if k.startswith("copilot_backend_cancellations_total")) + 1
+            assert after["copilot_backend_prompt_tokens_total"] == before["copilot_backend_prompt_tokens_total"]
+        # leaving the stream cancels it and frees the slot
+        await _until(lambda m: m["copilot_backend_active_requests"] == 0, srv.url)
+        r = await client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
+        assert r.status_code == 200
+
+
+async def _until(pred: Any, url: str, timeout: float = 120) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metrics(url)
+        if pred(m):
+            return m
+        assert time.monotonic() < deadline, f"condition not reached: {m}"
+        await asyncio.sleep(0.05)
 
 
 def test_sigterm_finishes_in_flight_and_exits_cleanly(limited_server: Any) -> None:
