@@ -408,3 +408,11 @@ def test_fim_suffix_with_a_fim_model(start_backend: Any, tmp_path: Path) -> None
     assert body["usage"]["prompt_tokens"] in (n + 3, n + 4)      # 3 FIM markers (+ BOS when the model wants one)
     plain = ok(srv.url, prompt=prefix, max_tokens=4, temperature=0)
     assert plain["usage"]["prompt_tokens"] < body["usage"]["prompt_tokens"]
+
+
+def test_a_model_that_cannot_load_is_reported_and_exits_1(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.gguf"
+    proc = subprocess.run([sys.executable, "-m", "model_backend.cli", "serve", "--model", str(missing),
+                           "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "could not load the model" in proc.stderr and "missing.gguf" in proc.stderr
