@@ -102,7 +102,8 @@ def cold_start(fmt: str, threads: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="prefill threads")
+    ap.add_argument("--decode-threads", type=int, default=None, help="decode threads (default: --threads)")
     ap.add_argument("--formats", default="none,fp16,int8", help="weight formats to compare")
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--reuse-len", type=int, default=2000)
@@ -111,12 +112,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     formats = args.formats.split(",")
     results: dict[str, dict[str, float]] = {}
-    print(f"torch {torch.__version__}, {args.threads} threads, load average at start {os.getloadavg()[0]:.1f}")
+    print(f"torch {torch.__version__}, {args.threads} prefill / {args.decode_threads or args.threads} decode threads,"
+          f" load average at start {os.getloadavg()[0]:.1f}")
     Engine.load("default", device="cpu", quantize="none", progress=True)  # converts + caches on first run
     for fmt in formats:
         cs = cold_start(fmt, args.threads)
         engine = Engine.load("default", device="cpu", quantize=fmt, max_batch=8,
-                             max_seq_len=max(args.reuse_len, 600) + 64, progress=False)
+                             max_seq_len=max(args.reuse_len, 600) + 64, progress=False,
+                             prefill_threads=args.threads, decode_threads=args.decode_threads or args.threads)
         r = measure(engine, args.decode_tokens, args.reuse_len)
         r["cold_start_s"] = cs
         r["load_average"] = os.getloadavg()[0]

@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", default="auto", choices=["auto", "fp16", "int8", "none"],
                         help="CPU weight format: auto = fp16 weights on CPU (exact); int8 is faster but lossy")
     parser.add_argument("--no-token-healing", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for prefill")
+    parser.add_argument("--decode-threads", type=int, default=1,
+                        help="torch CPU threads for decode steps (1: robust when other processes are busy)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of candidates")
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"loading {args.model} ...", file=sys.stderr)
     try:
         engine = Engine.load(args.model, device=args.device, quantize=args.quantize, max_batch=max(
-            8, params.n_sequences))
+            8, params.n_sequences), decode_threads=args.decode_threads)
     except Exception as e:  # ModelLoadError, ValueError (device): one clear line, no traceback
         print(f"copilot-backend generate: cannot load model: {e}", file=sys.stderr)
         return 1

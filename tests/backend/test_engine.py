@@ -312,3 +312,16 @@ def test_default_samples_and_prefix_reuse(default_engine):
     [warm] = e.generate(prompt + " * r", SamplingParams(max_tokens=4, temperature=0.0))
     assert e.stats.prefix_tokens_reused > reused
     assert e.stats.prefill_tokens - before - cold <= 3
+
+
+def test_prefill_and_decode_thread_counts(tiny_engine):
+    before = torch.get_num_threads()
+    try:
+        engine = tiny_engine(prefill_threads=2, decode_threads=1)
+        engine.add_request("t", PROMPT, greedy(max_tokens=4))
+        engine.step()  # admission: the prefill
+        assert torch.get_num_threads() == 2
+        engine.step()  # a decode step
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
