@@ -98,6 +98,7 @@ class CopilotServer(LanguageServer):
         self.client: BackendClient | None = None
         self.child: autostart.BackendProcess | None = None
         self._startup: asyncio.Task | None = None
+        self._starts = 0
         self._progress_ok = False
         self.tcp = False
         self.overhead_ms: deque[float] = deque(maxlen=1000)   # per request: handler time minus waiting
@@ -142,7 +143,8 @@ class CopilotServer(LanguageServer):
         return self.client
 
     async def _start_backend(self, client: BackendClient) -> None:
-        token = "copilot-ls/backend"
+        self._starts += 1
+        token = f"copilot-ls/backend/{self._starts}"
         begun = False
 
         def progress(message: str) -> None:
@@ -163,7 +165,11 @@ class CopilotServer(LanguageServer):
             except Exception:
                 self._progress_ok = False
         try:
-            child = await autostart.ensure_backend(client, self.settings, progress=progress)
+            if self.child is not None and self.child.alive() and self.child.url == client.base_url:
+                await autostart.wait_ready(client, self.child, progress=progress)   # ours, still there
+                child = None
+            else:
+                child = await autostart.ensure_backend(client, self.settings, progress=progress)
         finally:
             if begun:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="backend ready"))

@@ -191,7 +191,8 @@ async def test_autostart_reports_progress_and_stops_the_child(client_auto):
     line, col = end_position(COMMON_PREFIX_BUFFER)
     res = await asyncio.wait_for(inline(client_auto, uri, line, col), 900)   # waits for the model to load
     assert res is not None and res.items
-    reports = client_auto.progress_reports.get("copilot-ls/backend", [])
+    reports = [r for token, rs in client_auto.progress_reports.items() if str(token).startswith("copilot-ls/backend")
+               for r in rs]
     kinds = [type(r).__name__ for r in reports]
     assert kinds[0] == "WorkDoneProgressBegin" and kinds[-1] == "WorkDoneProgressEnd", kinds
     pid = (await status(client_auto))["backend"]["autostarted_pid"]
