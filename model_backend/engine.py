@@ -128,6 +128,7 @@ class _Seq:
     text: str = ""
     emitted: int = 0  # characters of `text` already streamed
     strip: bytes = b""  # healed bytes still to drop from the output
+    healed: bytes = b""  # all the bytes token healing removed from the prompt
     decoder: Any = None
     finish_reason: str | None = None
     ended_by_eos: bool = False
@@ -485,7 +486,7 @@ class Engine:
         return out + self._finish_if_done(req)
 
     def _new_seq(self, req: _Request, index: int, slot: int) -> _Seq:
-        return _Seq(index=index, slot=slot, strip=req.heal,
+        return _Seq(index=index, slot=slot, strip=req.heal, healed=req.heal,
                     decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
     def _sample(self, req: _Request, seq: _Seq, logits: torch.Tensor, lp: torch.Tensor) -> tuple[int, float]:
@@ -591,13 +592,25 @@ class Engine:
         seq.finish_reason = reason
         seq.pending = None
 
+    def _token_texts(self, ids: list[int], healed: bytes) -> list[str]:
+        """The text of each token; the first token(s) lose the healed bytes, which the prompt already has."""
+        if not healed:
+            return [self.token_text(t) for t in ids]
+        out = []
+        for t in ids:
+            data = self.tokenizer.token_bytes(t)
+            n = min(len(healed), len(data))
+            data, healed = data[n:], healed[n:]
+            out.append(data.decode("utf-8", errors="replace"))
+        return out
+
     def _candidate(self, seq: _Seq, index: int) -> Candidate:
         ids, lps = list(seq.ids), list(seq.logprobs)
         mean = sum(lps) / len(lps) if lps else 0.0
         if seq.ended_by_eos:
             ids, lps = ids[:-1], lps[:-1]
         return Candidate(index=index, text=seq.text, token_ids=ids, token_logprobs=lps,
-                         tokens=[self.token_text(t) for t in ids], mean_logprob=mean,
+                         tokens=self._token_texts(ids, seq.healed), mean_logprob=mean,
                          finish_reason=seq.finish_reason or "length")
 
     def _finish_if_done(self, req: _Request) -> list[StepOutput]:

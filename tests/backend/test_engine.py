@@ -297,6 +297,7 @@ def test_default_token_healing_of_half_an_identifier(default_engine):
     assert len(healed) < len(ids) - 1 and removed.endswith(b"ac")  # two tokens backed off ("on" + "ac")
     [c] = default_engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0))
     assert c.text.startswith("ci(")  # the identifier is completed, not restarted
+    assert "".join(c.tokens) == c.text  # token texts leave out the healed bytes too
 
 
 def test_default_samples_and_prefix_reuse(default_engine):
