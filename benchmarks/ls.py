@@ -217,6 +217,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def backend_calls(client: LanguageClient) -> int:
+    st = await client.workspace_execute_command_async(types.ExecuteCommandParams(command="copilot-ls.status"))
+    return st["counters"]["backend_calls"]
+
+
 async def bench_model(text: str, backend: str | None, keystrokes: int) -> dict:
     child = None
     if backend is None:
@@ -228,15 +233,23 @@ async def bench_model(text: str, backend: str | None, keystrokes: int) -> dict:
         await bc.aclose()
     client = await start_ls(backend, debounce_ms=0)
     try:
-        line, col = cursor_in(text)
-        ed = Editor(client, "file:///bench/model/_pydecimal.py", text, (line, col))
+        # a new statement at the start of a method body; then the user types an expression into it
+        lines = text.split("\n")
+        at = next(i for i in range(len(lines) // 2, len(lines)) if lines[i].startswith("    def ")
+                  and lines[i].rstrip().endswith(":") and lines[i + 1].startswith("        "))
+        lines.insert(at + 1, "        result = ")
+        line, col = at + 1, len(lines[at + 1])
+        ed = Editor(client, "file:///bench/model/_pydecimal.py", "\n".join(lines), (line, col))
         cold, res = await ed.ask()
         warm, items = [], 0
+        typing = "zeta_9 + omega_4 * phi_7 - psi_2"   # unlikely to match the suggestion: real backend requests
+        calls0 = await backend_calls(client)
         for i in range(keystrokes):
-            ed.type(" " if i % 2 == 0 else "#")   # a change that is not the suggestion: a real request
+            ed.type(typing[i % len(typing)])        # each keystroke a new prompt: a real backend request
             ms, res = await ed.ask(invoked=False)
             warm.append(ms)
             items += bool(res and res.items)
+        calls = await backend_calls(client) - calls0
         typed = []
         for _ in range(3):     # type the first character of the suggestion shown: answered from memory
             if res and res.items and len(res.items[0].insert_text) > 1:
@@ -248,6 +261,7 @@ async def bench_model(text: str, backend: str | None, keystrokes: int) -> dict:
             _, res = await ed.ask(invoked=False)
         return {"keystroke_to_items_cold_ms": round(cold, 1), "keystroke_to_items_warm": summary(warm),
                 "warm_requests_with_items": f"{items}/{keystrokes}",
+                "warm_backend_calls": f"{calls}/{keystrokes} (the rest: typed-ahead or cache)",
                 "typed_ahead_hit_ms": round(typed[0], 2) if typed else None}
     finally:
         await stop_ls(client)
