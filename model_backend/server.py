@@ -148,7 +148,7 @@ def _get_prompt(body: dict, vocab_size: int) -> str | list[int]:
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
         p = p[0]                                       # a batch of one prompt
     if isinstance(p, str):
-        return p
+        return _check_text(p, "prompt")
     if isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
         if any(t < 0 or t >= vocab_size for t in p):
             raise _bad(f"prompt token ids must be in [0, {vocab_size})", "prompt")
@@ -156,6 +156,15 @@ def _get_prompt(body: dict, vocab_size: int) -> str | list[int]:
     if isinstance(p, list) and len(p) > 1 and all(isinstance(x, str | list) for x in p):
         raise _bad("one prompt per request: send the prompts as separate requests", "prompt", "unsupported")
     raise _bad("'prompt' must be a string, a list of one string, or a list of token ids", "prompt", "invalid_type")
+
+
+def _check_text(text: str, name: str) -> str:
+    """Text must be encodable as UTF-8 (JSON allows lone surrogates like "\\ud800"; tokenizers does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(f"'{name}' contains invalid Unicode (a lone surrogate escape)", name) from None
+    return text
 
 
 def _get_stop(body: dict, limits: Limits) -> list[str]:
@@ -172,6 +181,7 @@ def _get_stop(body: dict, limits: Limits) -> list[str]:
             raise _bad("'stop' strings must not be empty", "stop")
         if len(s) > limits.max_stop_chars:
             raise _bad(f"'stop' strings are limited to {limits.max_stop_chars} characters", "stop")
+        _check_text(s, "stop")
     return stops
 
 
@@ -197,6 +207,8 @@ def parse_completion_request(body: Any, limits: Limits, vocab_size: int) -> Comp
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise _bad("'suffix' must be a string", "suffix", "invalid_type")
+    if suffix is not None:
+        _check_text(suffix, "suffix")
     prompt = _get_prompt(body, vocab_size)
     if not prompt and not suffix:
         raise _bad("'prompt' must not be empty", "prompt")

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import tokenizers
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from model_backend.metrics import parse as parse_metrics
 
@@ -29,7 +31,9 @@ LONG_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"     # keeps counting: a generatio
 
 
 def complete(url: str, timeout: float = 300, headers: dict | None = None, **body: Any) -> httpx.Response:
-    return httpx.post(url + "/v1/completions", json=body, timeout=timeout, headers=headers)
+    # json.dumps escapes non-ASCII, so lone surrogates ("\ud800") travel as JSON allows (httpx's json= cannot)
+    return httpx.post(url + "/v1/completions", content=json.dumps(body).encode(), timeout=timeout,
+                      headers={"content-type": "application/json", **(headers or {})})
 
 
 def ok(url: str, **body: Any) -> dict:
@@ -201,6 +205,7 @@ BAD_BODIES: list[tuple[str, Any, int, str | None]] = [
     ("suffix without FIM tokens", {"prompt": "def f(", "suffix": "\n    return x\n"}, 400, "suffix"),
     ("model wrong type", {"prompt": "x", "model": 3}, 400, "model"),
     ("echo unsupported", {"prompt": "x", "echo": True}, 400, "echo"),
+    ("lone surrogate", {"prompt": "a\ud800"}, 400, "prompt"),
 ]
 
 
@@ -234,6 +239,30 @@ def test_every_bad_input_gets_its_status(backend_url: str) -> None:
     assert m.get('copilot_backend_requests_total{endpoint="/v1/completions",status="400"}', 0) >= len(cases)
     assert not any('status="500"' in k for k in m), "a bad input produced a 500"
     assert ok(backend_url, prompt=PROMPT, max_tokens=2)["choices"]      # still serving
+
+
+VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 4), st.floats(-2, 3, allow_nan=False),
+    st.text(max_size=8), st.sampled_from(["", "\ud800", "x" * 300, "def f(", "\n"]),
+    st.lists(st.integers(-1, 5), max_size=3), st.lists(st.text(max_size=3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+FIELDS = ("prompt", "suffix", "max_tokens", "temperature", "top_p", "top_k", "n", "best_of", "logprobs", "stop",
+          "seed", "stream", "use_beam_search", "beam_width", "echo", "model", "stream_options", "token_healing",
+          "presence_penalty", "logit_bias")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.dictionaries(st.sampled_from(FIELDS), VALUES, max_size=8))
+def test_random_bodies_never_get_a_server_error(backend_url: str, body: dict) -> None:
+    r = complete(backend_url, timeout=300, **body)
+    assert r.status_code in (200, 400), f"{body!r}: {r.status_code} {r.text[:300]}"
+    if r.status_code == 400:
+        assert r.json()["error"]["message"]
+    elif body.get("stream") is True:
+        assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
+    else:
+        assert len(r.json()["choices"]) >= 1
 
 
 # --- serving -------------------------------------------------------------------------------------------------------
