@@ -17,6 +17,7 @@ Linear layers holding fp16 weights (half the bytes per token, exact to fp16 roun
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -371,7 +372,7 @@ def quantize_linears(model: Transformer, fmt: str) -> Transformer:
     targets = [(parent, name, child) for parent in model.modules()
                for name, child in parent.named_children() if isinstance(child, nn.Linear)]
     # packing converts every weight; torch releases the GIL, so pack on all cores (cold start)
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
         packed = list(pool.map(lambda t: PackedLinear(t[2], fmt), targets))
     for (parent, name, _), new in zip(targets, packed, strict=True):
         setattr(parent, name, new)
