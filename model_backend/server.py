@@ -769,7 +769,7 @@ def run(args: argparse.Namespace) -> int:
 
     worker = Worker(load, max_queue=args.max_queue, max_active=args.max_batch, metrics=metrics, on_failed=failed)
     state = ServerState(worker=worker, metrics=metrics, api_key=args.api_key or None, model_id=model_id(args.model))
-    worker._on_ready = state.on_ready
+    worker.on_ready = state.on_ready
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:

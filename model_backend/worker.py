@@ -73,8 +73,8 @@ class Worker:
         self.max_active = max_active
         self.metrics = metrics or Metrics()
         self.batch_window_s = batch_window_s
-        self._on_ready = on_ready
-        self._on_failed = on_failed
+        self.on_ready = on_ready        # called in the worker thread with the engine, before requests flow
+        self.on_failed = on_failed
         self.engine: Any = None
         self.state = "loading"          # loading -> ready -> stopped, or loading -> failed
         self.error: str | None = None
@@ -135,17 +135,17 @@ class Worker:
     def _main(self) -> None:
         try:
             self.engine = self._load()
+            if self.on_ready:
+                self.on_ready(self.engine)  # before "ready": the server reads the tokenizer, context, ...
         except BaseException as exc:  # noqa: BLE001 - reported to the server, which exits non-zero
             self.error = f"{type(exc).__name__}: {exc}"
             self.state = "failed"
-            if self._on_failed:
-                self._on_failed(exc)
+            if self.on_failed:
+                self.on_failed(exc)
             return
         with self._cond:
             if not self._stopping:
                 self.state = "ready"
-        if self._on_ready and self.state == "ready":
-            self._on_ready(self.engine)
         try:
             self._loop()
         finally:

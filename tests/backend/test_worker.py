@@ -281,3 +281,14 @@ def test_metrics_track_queue_tokens_and_latencies() -> None:
     assert 'copilot_backend_cancellations_total{reason="disconnect"} 0' in text
     assert "copilot_backend_prefill_seconds_bucket" in text
     w.stop()
+
+
+def test_on_ready_runs_before_requests_are_accepted() -> None:
+    seen: list[str] = []
+    eng = FakeEngine()
+    w = Worker(lambda: eng, metrics=Metrics())
+    w.on_ready = lambda engine: seen.append(w.state)
+    w.start()
+    wait_until(lambda: w.ready)
+    assert seen == ["loading"]          # the server's state (tokenizer, context) is set before "ready"
+    w.stop()
