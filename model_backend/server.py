@@ -548,6 +548,8 @@ def create_app(state: ServerState) -> FastAPI:
                     raise ApiError(event[1], event[2])
                 if kind == "cancelled":
                     finished = True
+                    if event[1] == "shutdown":
+                        raise ApiError(503, "the server is shutting down", None, "shutting_down")
                     raise ApiError(499, "the client closed the request", None, "cancelled")
         finally:
             watcher.cancel()
@@ -567,7 +569,7 @@ def create_app(state: ServerState) -> FastAPI:
                 choice["finish_reason"] = candidate.finish_reason
                 choice["mean_logprob"] = _finite(candidate.mean_logprob)
                 if req.logprobs is not None:
-                    choice["logprobs"] = logprobs_dict(candidate, prompt_chars + len(sent.get(index, "")))
+                    choice["logprobs"] = logprobs_dict(candidate, prompt_chars)   # the whole choice's
             return sse({**head, "choices": [choice]})
 
         def final(index: int, candidate: Any) -> str:
@@ -605,8 +607,11 @@ def create_app(state: ServerState) -> FastAPI:
                     yield sse(ApiError(event[1], event[2]).body())
                     yield sse("[DONE]")
                     return
-                else:                           # cancelled
+                else:                           # cancelled: by the client (nobody reads) or by a shutdown
                     done["flag"] = True
+                    if event[1] == "shutdown":
+                        yield sse(ApiError(503, "the server is shutting down", None, "shutting_down").body())
+                        yield sse("[DONE]")
                     return
         finally:
             if not done["flag"]:

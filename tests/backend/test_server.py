@@ -128,11 +128,15 @@ def test_greedy_answer_equals_generate_command(backend_url: str) -> None:
 
 
 def test_stream_and_non_stream_give_the_same_text(backend_url: str) -> None:
-    for params in ({"temperature": 0}, {"temperature": 0.9, "top_p": 0.95, "seed": 1234}):
+    for params in ({"temperature": 0, "logprobs": 0}, {"temperature": 0.9, "top_p": 0.95, "seed": 1234}):
         body = ok(backend_url, prompt=PROMPT, max_tokens=12, **params)
         texts, finals, events = stream(backend_url, prompt=PROMPT, max_tokens=12, **params)
         assert texts[0] == body["choices"][0]["text"]
         assert finals[0]["finish_reason"] == body["choices"][0]["finish_reason"]
+        if "logprobs" in params:                  # the last chunk carries the whole choice's logprobs
+            streamed, plain = finals[0]["logprobs"], body["choices"][0]["logprobs"]
+            assert streamed["tokens"] == plain["tokens"] and streamed["text_offset"] == plain["text_offset"]
+            assert streamed["token_logprobs"] == pytest.approx(plain["token_logprobs"], abs=1e-3)
         assert len(events) > 3                    # text arrived in pieces, not in one final chunk
         assert all(e["object"] == "text_completion" and e["id"] == events[0]["id"] for e in events[:-1])
 
