@@ -313,10 +313,18 @@ def header_for(snap: Snapshot, root: str | os.PathLike[str] | None = None) -> st
     return f"{comment} Path: {shown}{lang}\n"
 
 
-def render_snippet(snip: Snippet, comment: str, root, *, short: bool = False) -> str:
-    """A snippet as the prompt shows it: a path comment, then the code (prefix-only / single-file FIM)."""
-    body = snip.summary if short else snip.text
-    return f"{comment} Path: {display_path(snip.path, root)}\n{body.rstrip()}\n\n"
+SNIPPET_STYLES = ("code", "comment")
+
+
+def render_snippet(snip: Snippet, comment: str, root, *, short: bool = False, style: str = "code") -> str:
+    """A snippet as the prompt shows it (prefix-only / single-file FIM). ``code``: a path comment, then the
+    code; ``comment``: every line commented out, Copilot style ("Compare this snippet from ...")."""
+    body = (snip.summary if short else snip.text).rstrip()
+    where = display_path(snip.path, root)
+    if style == "comment":
+        lines = "\n".join(f"{comment} {ln}".rstrip() for ln in body.split("\n"))
+        return f"{comment} Compare this snippet from {where}:\n{lines}\n\n"
+    return f"{comment} Path: {where}\n{body}\n\n"
 
 
 def _resolve_fim(fim: FimTemplate | None) -> FimTemplate | None:
@@ -364,6 +372,7 @@ def build_prompt(
     count_tokens: CountTokens | None = None,
     workspace: Workspace | None | str = "auto",
     snippets: bool = True,
+    snippet_style: str = "code",
 ) -> Prompt:
     """The prompt for a completion at (line, code-point col) of ``snap``. Deterministic.
 
@@ -371,6 +380,10 @@ def build_prompt(
     cached); None = open documents only. ``snippets=False`` gives the plain prefix/suffix prompt (the baseline
     of ``copilot-ls eval context``).
     """
+    if snippet_style not in SNIPPET_STYLES:
+        raise ValueError(
+            f"unknown snippet style {snippet_style!r}; expected one of {', '.join(SNIPPET_STYLES)}"
+        )
     count = count_tokens or estimate_tokens
     fim = _resolve_fim(fim)
     if workspace == "auto":
@@ -415,7 +428,7 @@ def build_prompt(
             window_start_line=rough_start,
         ):
             for short in (False, True):
-                rendered = render_snippet(snip, comment, root, short=short)
+                rendered = render_snippet(snip, comment, root, short=short, style=snippet_style)
                 t = count(rendered)
                 if used + t <= snippet_budget:
                     chosen.append((snip, rendered, t))

@@ -245,7 +245,9 @@ def markdown_table(summary: dict, meta: dict) -> str:
 
 
 # --- running --------------------------------------------------------------------------------------------------
-async def run_case(case: Case, arm: str, client, meta, budget: PromptBudget, max_tokens: int) -> dict:
+async def run_case(
+    case: Case, arm: str, client, meta, budget: PromptBudget, max_tokens: int, style: str = "code"
+) -> dict:
     doc, line, col = case_document(case)
     snap = doc.snapshot()
     prompt = build_prompt(
@@ -292,7 +294,11 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
     client = BackendClient(args.backend, timeout=args.timeout)
     try:
         meta = await client.meta()
-        budget = PromptBudget(max_prompt_tokens=args.max_prompt_tokens, max_tokens_out=args.max_tokens)
+        budget = PromptBudget(
+            max_prompt_tokens=args.max_prompt_tokens,
+            max_tokens_out=args.max_tokens,
+            snippet_fraction=args.snippet_fraction,
+        )
         sem = asyncio.Semaphore(args.concurrency)
         todo = [(c, a) for c in cases for a in ARMS if (c.id, a) not in done]
         progress = {"n": 0}
@@ -300,7 +306,7 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
         async def one(case: Case, arm: str) -> None:
             async with sem:
                 try:
-                    r = await run_case(case, arm, client, meta, budget, args.max_tokens)
+                    r = await run_case(case, arm, client, meta, budget, args.max_tokens, args.snippet_style)
                 except BackendError as exc:  # left out of results.jsonl: a rerun retries it
                     print(f"{case.id} {arm}: backend error, skipped: {exc}", file=sys.stderr)
                     return
@@ -333,6 +339,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=40, help="new tokens per completion (default 40)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per request (default 1800)")
+    parser.add_argument(
+        "--snippet-style",
+        choices=("code", "comment"),
+        default="code",
+        help="how snippets appear (default code)",
+    )
+    parser.add_argument(
+        "--snippet-fraction",
+        type=float,
+        default=PromptBudget().snippet_fraction,
+        help=f"share of the budget snippets may take (default {PromptBudget().snippet_fraction})",
+    )
     parser.add_argument("--out", type=Path, default=Path("out/context-eval"), help="output directory")
     parser.add_argument("--list", action="store_true", help="only build and print the cases")
 
@@ -369,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
         "model": getattr(args, "_model", "?"),
         "max_prompt_tokens": args.max_prompt_tokens,
         "max_tokens": args.max_tokens,
+        "snippet_fraction": args.snippet_fraction,
+        "snippet_style": args.snippet_style,
         "seed": args.seed,
     }
     (out / "summary.json").write_text(json.dumps({**summary, "meta": meta}, indent=2))

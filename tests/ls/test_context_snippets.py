@@ -347,3 +347,17 @@ def test_big_workspace_does_not_slow_a_keystroke(ws: Path) -> None:
     assert time.perf_counter() - t0 < 1.0
     assert ("under-test", "lib.py") in kinds(p)
     assert workspace.paths_defining("func_42_7") == [str(ws / "mod42" / "f7.py")]
+
+
+def test_comment_snippet_style(ws: Path) -> None:
+    write(ws, {"lib.py": LIB_PY})
+    snap, line, col = open_at(
+        ws / "test_lib.py", "from lib import common_prefix\n\ndef test_common_prefix():\n    █"
+    )
+    p = build_prompt(snap, line, col, snippet_style="comment")
+    assert p.prompt.startswith(
+        "# Compare this snippet from lib.py:\n# def common_prefix(a: str, b: str) -> str:\n"
+    )
+    assert "\ndef common_prefix" not in p.prompt  # only commented out
+    with pytest.raises(ValueError, match="unknown snippet style 'fancy'"):
+        build_prompt(snap, line, col, snippet_style="fancy")
