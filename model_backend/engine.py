@@ -19,6 +19,7 @@ import codecs
 import itertools
 import logging
 import math
+import os
 import random
 import time
 from collections import deque
@@ -28,7 +29,14 @@ from typing import Any
 import torch
 
 from model_backend import sampling
-from model_backend.model import CPU_WEIGHT_FORMATS, Transformer, build_model, quantize_linears
+from model_backend.model import (
+    CPU_WEIGHT_FORMATS,
+    PackedLinear,
+    Transformer,
+    build_model,
+    pack_targets,
+    quantize_linears,
+)
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +218,7 @@ class Engine:
         self.max_seq_len = min(max_seq_len or DEFAULT_MAX_SEQ, config.context_length)
         self.stats = EngineStats()
         self.weight_format = "float32"
+        self._packing: list[tuple[Any, str, Any]] = []
         model.setup_caches(max_batch, self.max_seq_len)
         self.eos_ids = frozenset(getattr(tokenizer, "eos_ids", ()) or ())
         specials = getattr(tokenizer, "special", {}) or {}
@@ -231,13 +240,16 @@ class Engine:
     def load(cls, model: str = "default", *, device: str = "auto", max_batch: int = 8,
              max_seq_len: int | None = None, quantize: str = "auto", rope_theta: float | None = None,
              rope_scaling: float | None = None, dtype: str | None = None, cache_dir: Any = None,
-             progress: bool = True, **engine_kw: Any) -> Engine:
+             progress: bool = True, pack_in_background: bool = False, **engine_kw: Any) -> Engine:
         """Load a checkpoint (see weights.resolve_model) onto `device`.
 
         quantize: "auto" (fp16 weights on CPU, none on CUDA), "fp16", "int8" (faster, lossy: see
         model.quantize_linears) or "none" (plain fp32 / the CUDA dtype). dtype: None picks fp32 on CPU,
         bf16 (fp16 without bf16 support) on CUDA. rope_theta / rope_scaling override the checkpoint's.
-        engine_kw: prefill_threads, decode_threads (see __init__).
+        pack_in_background (CPU fp16/int8, opt-in): return before the weights are packed; layers switch
+        to their packed form between steps as they become ready. Faster cold start, but requests served
+        while packing run partly in fp32, so their greedy output may differ (near-ties) from later ones. engine_kw: prefill_threads,
+        decode_threads (see __init__).
         """
         from model_backend.weights import load_checkpoint
 
@@ -247,13 +259,14 @@ class Engine:
         ckpt = load_checkpoint(model, cache_dir=cache_dir, progress=progress)
         return cls.from_checkpoint(ckpt, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
                                    quantize=quantize, rope_theta=rope_theta, rope_scaling=rope_scaling,
-                                   dtype=dtype, **engine_kw)
+                                   dtype=dtype, pack_in_background=pack_in_background, **engine_kw)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Any, *, device: torch.device | str = "cpu", max_batch: int = 8,
                         max_seq_len: int | None = None, quantize: str = "auto",
                         rope_theta: float | None = None, rope_scaling: float | None = None,
-                        dtype: str | None = None, **engine_kw: Any) -> Engine:
+                        dtype: str | None = None, pack_in_background: bool = False,
+                        **engine_kw: Any) -> Engine:
         dev = resolve_device(device) if isinstance(device, str) else device
         cfg = ckpt.config
         if rope_theta is not None or rope_scaling is not None:
@@ -278,12 +291,45 @@ class Engine:
         if fmt in CPU_WEIGHT_FORMATS:
             if dev.type != "cpu":
                 raise ValueError(f"{fmt} weight packing is a CPU path; on CUDA use quantize='none' (and dtype)")
-            model = quantize_linears(model, fmt)
+            if not pack_in_background:
+                model = quantize_linears(model, fmt)
         self_fmt = fmt if fmt in CPU_WEIGHT_FORMATS else str(tdtype).removeprefix("torch.")
         engine = cls(model, ckpt.tokenizer, cfg, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
                      **engine_kw)
         engine.weight_format = self_fmt
+        if fmt in CPU_WEIGHT_FORMATS and pack_in_background:
+            engine._start_packing(fmt)
         return engine
+
+    # -- background weight packing (cold start) ------------------------------------------------------------------
+    def _start_packing(self, fmt: str) -> None:
+        """Pack the Linear layers on worker threads; step() swaps each packed layer in when it is ready.
+        Until then a layer runs as plain fp32 (same results up to fp16 rounding), so the engine serves at once."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="pack")
+        self._packing = [(parent, name, pool.submit(PackedLinear, child, fmt))
+                         for parent, name, child in pack_targets(self.model, fmt)]
+        pool.shutdown(wait=False)
+
+    def _install_packed(self, wait: bool = False) -> None:
+        if not self._packing:
+            return
+        waiting = []
+        for parent, name, fut in self._packing:
+            if wait or fut.done():
+                setattr(parent, name, fut.result())
+            else:
+                waiting.append((parent, name, fut))
+        self._packing = waiting
+
+    def wait_packed(self) -> None:
+        """Block until every layer is packed and installed (benchmarks and tests want the steady state)."""
+        self._install_packed(wait=True)
+
+    @property
+    def packing_done(self) -> bool:
+        return not self._packing
 
     # -- the API ---------------------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
@@ -313,6 +359,7 @@ class Engine:
             self._free(req)
 
     def step(self) -> list[StepOutput]:
+        self._install_packed()
         out: list[StepOutput] = []
         for req in self._running.values():
             req.fresh = False

@@ -353,6 +353,17 @@ class PackedLinear(nn.Module):
         return f"{self.in_features} -> {self.out_features}, {self.fmt}"
 
 
+def pack_targets(model: Transformer, fmt: str) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """The (parent, attribute, Linear) triples `quantize_linears` replaces. A tied lm_head gets its own packed
+    copy; the embedding keeps the fp32 table for lookups."""
+    if fmt not in CPU_WEIGHT_FORMATS:
+        raise ValueError(f"unknown CPU weight format {fmt!r}; expected one of {CPU_WEIGHT_FORMATS}")
+    if "fbgemm" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "fbgemm"
+    return [(parent, name, child) for parent in model.modules()
+            for name, child in parent.named_children() if isinstance(child, nn.Linear)]
+
+
 def quantize_linears(model: Transformer, fmt: str) -> Transformer:
     """CPU: swap every Linear (incl. lm_head) for a PackedLinear that reads fewer weight bytes per token.
 
@@ -363,14 +374,9 @@ def quantize_linears(model: Transformer, fmt: str) -> Transformer:
     the MLP down projection whose input has outlier channels). Opt-in only.
     Decoding is bound by weight traffic, so fewer bytes is speed. The embedding table stays fp32.
     """
-    if fmt not in CPU_WEIGHT_FORMATS:
-        raise ValueError(f"unknown CPU weight format {fmt!r}; expected one of {CPU_WEIGHT_FORMATS}")
-    if "fbgemm" in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = "fbgemm"
     from concurrent.futures import ThreadPoolExecutor
 
-    targets = [(parent, name, child) for parent in model.modules()
-               for name, child in parent.named_children() if isinstance(child, nn.Linear)]
+    targets = pack_targets(model, fmt)
     # packing converts every weight; torch releases the GIL, so pack on all cores (cold start)
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
         packed = list(pool.map(lambda t: PackedLinear(t[2], fmt), targets))

@@ -326,3 +326,16 @@ def test_prefill_and_decode_thread_counts(tiny_engine):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_background_packing_serves_at_once_and_converges(tiny_dir):
+    ref = Engine.load(str(tiny_dir("llama")), device="cpu", quantize="fp16", progress=False)
+    eng = Engine.load(str(tiny_dir("llama")), device="cpu", quantize="fp16", progress=False,
+                      pack_in_background=True)
+    eng.generate(PROMPT, greedy(max_tokens=3))  # serves while (or after) packing
+    eng.wait_packed()
+    assert eng.packing_done
+    assert not any(isinstance(m, torch.nn.Linear) for m in eng.model.modules())
+    [a] = eng.generate(PROMPT, greedy(max_tokens=8))
+    [b] = ref.generate(PROMPT, greedy(max_tokens=8))
+    assert a.token_ids == b.token_ids
