@@ -339,3 +339,15 @@ def test_background_packing_serves_at_once_and_converges(tiny_dir):
     [a] = eng.generate(PROMPT, greedy(max_tokens=8))
     [b] = ref.generate(PROMPT, greedy(max_tokens=8))
     assert a.token_ids == b.token_ids
+
+
+def test_beam_search_respects_stop_strings(tiny_engine):
+    engine = tiny_engine(max_batch=4)
+    [free] = engine.generate(PROMPT, greedy(max_tokens=8, beam_width=2))
+    assert len(free.text) >= 3
+    stop = free.text[1:3]
+    cands = engine.generate(PROMPT, greedy(max_tokens=8, beam_width=2, n=2, stop=[stop]))
+    assert cands
+    for c in cands:
+        assert stop not in c.text
+        assert c.finish_reason in ("stop", "length")
