@@ -58,7 +58,8 @@ class Stats:
     def accepted(self, item_id: str) -> None:
         item = self._pop(item_id)
         self._bump(item.language_id, "accepted")
-        self.accepted_chars += len(item.text)
+        # the rest after a partial accept (word by word, then Tab): its first part is already counted
+        self.accepted_chars += len(item.text) - self._partial.pop(item_id, 0)
 
     def partially_accepted(self, item_id: str, accepted_length: int) -> None:
         """`accepted_length`: characters of the item's text the user took (e.g. word by word)."""
@@ -67,8 +68,6 @@ class Stats:
             raise UnknownItem(item_id)
         before = self._partial.get(item_id, 0)
         if accepted_length >= len(item.text):
-            self._partial.pop(item_id, None)
-            self.accepted_chars -= before
             self.accepted(item_id)
             return
         if before == 0:   # editors report the cumulative length after each word; count the item once

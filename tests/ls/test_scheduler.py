@@ -177,3 +177,15 @@ def test_stats_accept_partial_reject():
     assert (summary["shown"], summary["accepted"], summary["partially_accepted"], summary["rejected"]) == (3, 1, 1, 1)
     assert summary["accepted_chars"] == 6 + 2
     assert summary["by_language"]["go"] == {"shown": 1, "rejected": 1}
+
+
+def test_stats_partial_then_accept_counts_each_character_once():
+    st = Stats()
+    a, b = st.shown("python", "abcdef"), st.shown("python", "xyz")
+    st.partially_accepted(a, 2)                 # the next word
+    st.accepted(a)                              # then Tab takes the rest
+    st.partially_accepted(b, 1)
+    st.partially_accepted(b, 3)                 # word by word up to the whole item
+    summary = st.summary()
+    assert summary["accepted"] == 2 and summary["partially_accepted"] == 2
+    assert summary["accepted_chars"] == 6 + 3
