@@ -132,12 +132,22 @@ class _uid_slot:
                 os.close(fd)
                 continue
             self._fd = fd
+            _remove_leftovers(uid)
             return uid
         raise SandboxError(f"all {UID_SLOTS} sandbox uids from {UID_BASE} are busy")
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
             os.close(self._fd)  # releases the flock
+
+
+def _remove_leftovers(uid: int) -> None:
+    """Work dirs of this uid that a killed harness left behind: stale, since we now hold the uid's lock."""
+    for path in LOCK_DIR.glob(f"copilot-ls-sbx-{uid}-*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _uid_is_named(uid: int) -> bool:
@@ -149,7 +159,7 @@ def _uid_is_named(uid: int) -> bool:
 
 
 def _run(source: str, *, uid: int, limits: Limits, interpreter: str) -> ExecResult:
-    workdir = tempfile.mkdtemp(prefix="copilot-ls-sbx-")
+    workdir = tempfile.mkdtemp(prefix=f"copilot-ls-sbx-{uid}-", dir=LOCK_DIR)
     try:
         os.chmod(workdir, 0o700)
         program = Path(workdir, "program.py")

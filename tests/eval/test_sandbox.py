@@ -167,3 +167,20 @@ def test_sandbox_failures_are_errors_and_cannot_be_spoofed_by_the_program():
     assert spoof.status == "failed" and spoof.returncode == 125     # a verdict on the program, not an error
     with pytest.raises(sandbox.SandboxError, match="cannot start the program.*No such file"):
         run_python("print(1)\n", interpreter="/nonexistent/python3")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="leftovers are found through the uid lock")
+def test_work_dirs_left_by_a_killed_harness_are_removed_by_the_next_run_of_that_uid():
+    uids = range(sandbox.UID_BASE, sandbox.UID_BASE + sandbox.UID_SLOTS)
+    stale = {uid: Path(tempfile.gettempdir(), f"copilot-ls-sbx-{uid}-stale-test") for uid in uids}
+    try:
+        for path in stale.values():
+            path.mkdir()
+            Path(f"{path}.out").write_text("old output")
+        res = run_python("import os\nprint(os.getuid())\n")
+        uid = int(res.output)
+        assert not stale[uid].exists() and not Path(f"{stale[uid]}.out").exists()
+    finally:
+        for path in stale.values():
+            shutil.rmtree(path, ignore_errors=True)
+            Path(f"{path}.out").unlink(missing_ok=True)
