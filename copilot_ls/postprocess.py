@@ -11,7 +11,8 @@ Rules, applied to every candidate in this order (each is a small function, table
 5. ``repeats_below``  cut where the completion starts repeating the lines after the cursor (drop it whole when
                       all of it repeats).
 6. ``repetitive``     drop a short pattern repeating; cut a line repeated over and over.
-7. ``max_lines``      at most ``max_lines`` lines.
+7. ``max_lines``      at most ``max_lines`` lines; a last line cut by the token limit, and trailing lines that
+                      open a block (``while x:``) or continue (``a +``), are dropped (multi-line).
 8. ``overlap``        text after the cursor on its line that the completion also wrote ("foo)" with ")"
                       following): trimmed, or the range is widened over it.
 9. syntax check       the edited document is reparsed (incrementally); candidates that add ERROR / MISSING
@@ -419,16 +420,38 @@ def _point(data: bytes, off: int) -> tuple[int, int]:
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------
-def clean(raw: str, cur: Cursor, *, multiline: bool, max_lines: int) -> tuple[str, int]:
-    """One candidate through rules 1-8: (insert text, end column on the cursor line); "" = dropped."""
+_DANGLING = (":", "{", "(", "[", ",", "\\", "=", " +", " -", " *", " /", " and", " or", " &&", " ||")
+
+
+def complete_lines(text: str, cur: Cursor, *, truncated: bool) -> str:
+    """A multi-line answer cut by the token limit loses its last (partial) line; then, and after ``max_lines``,
+    trailing lines that open a block or continue onto the next line are dropped (``while x:`` with no body
+    would be an IndentationError, ``{`` an unclosed block)."""
+    lines = text.split("\n")
+    if truncated and len(lines) > 1:
+        lines.pop()
+    while len(lines) > 1 and (not lines[-1].strip() or lines[-1].rstrip().endswith(_DANGLING)):
+        lines.pop()
+    return "\n".join(lines)
+
+
+def clean(
+    raw: str, cur: Cursor, *, multiline: bool, max_lines: int, truncated: bool = False
+) -> tuple[str, int]:
+    """One candidate through rules 1-8: (insert text, end column on the cursor line); "" = dropped.
+    ``truncated``: the backend stopped at the token limit (finish_reason "length") mid-line."""
     text = normalise(raw, cur)
     if not multiline:
         text = first_line(text, cur)
+    else:
+        text = complete_lines(text, cur, truncated=truncated)
     text = fix_indent(text, cur)
     text = scope_end(text, cur)
     text = repeats_below(text, cur)
     text = repetitive(text, cur)
     text = limit_lines(text, max_lines if multiline else 1)
+    if multiline:
+        text = complete_lines(text, cur, truncated=False)
     if not text.strip():
         return "", cur.col
     text, end_col = overlap(text, cur)
@@ -458,7 +481,8 @@ def postprocess(
     errors_of: dict[tuple[str, int], int] = {}
     ranked: list[tuple[int, float, int, Suggestion]] = []
     for i, cand in enumerate(candidates):
-        text, end_col = clean(cand.text, cur, multiline=multiline, max_lines=max_lines)
+        truncated = cand.finish_reason == "length" and not cand.text.rstrip(" \t").endswith("\n")
+        text, end_col = clean(cand.text, cur, multiline=multiline, max_lines=max_lines, truncated=truncated)
         if not text:
             continue
         start, end = (line, cur.col), (line, end_col)

@@ -210,6 +210,34 @@ def test_whitespace_after_cursor_is_covered() -> None:
     assert applied(snap, s) == "def f():\n    return 1\n"
 
 
+def test_truncated_and_dangling_lines_are_dropped() -> None:
+    src = 'def f(xs):\n    """Doc."""\n█'
+    body = "    total = 0\n    for x in xs:\n        total += x\n    while total > 10:\n        total -= 1\n    retu"
+    snap, line, col = doc_at("python", src)
+    out = postprocess([RawCandidate(body, -0.1, "length")], snap, line, col, multiline=True)
+    assert (
+        out[0].text
+        == "    total = 0\n    for x in xs:\n        total += x\n    while total > 10:\n        total -= 1"
+    )
+    # max_lines cuts right after a block header: the header goes too
+    out = postprocess([RawCandidate(body, -0.1, "stop")], snap, line, col, multiline=True, max_lines=4)
+    assert out[0].text == "    total = 0\n    for x in xs:\n        total += x"
+    # JS: an opening brace left at the end
+    snap, line, col = doc_at("javascript", "function f(a) {\n  █")
+    out = postprocess([RawCandidate("let s = 0;\n  if (a) {", -0.1, "stop")], snap, line, col, multiline=True)
+    assert out[0].text == "let s = 0;"
+    # ordinary endings are not "dangling"
+    snap, line, col = doc_at("python", 'def f(command):\n    """Doc."""\n█')
+    out = postprocess(
+        [RawCandidate("    x = 1\n    run(command\n    return brand", -0.1)], snap, line, col, multiline=True
+    )
+    assert out[0].text.endswith("return brand")
+    # single-line answers cut by the limit are kept (a partial line is still a useful start)
+    snap, line, col = doc_at("python", "x = █\n")
+    out = postprocess([RawCandidate("compute(1, 2, ", -0.1, "length")], snap, line, col, multiline=False)
+    assert out[0].text == "compute(1, 2,"
+
+
 def test_max_lines() -> None:
     body = "\n".join(f"    x{i} = {i}" for i in range(30))
     out, _ = run("python", 'def f():\n    """Doc."""\n█', body, max_lines=5)
