@@ -133,6 +133,8 @@ async def run_level(url: str, model: str, tk: tokenizers.Tokenizer, clients: int
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "model_backend.cli", "serve", "--model", args.model, "--device", args.device,
            "--port", "0", "--max-batch", str(args.max_batch), "--max-queue", "256"]
+    if args.cache_slots is not None:
+        cmd += ["--cache-slots", str(args.cache_slots)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="default")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--cache-slots", type=int, default=None,
+                   help="the started server's --cache-slots (default: its own; = --max-batch for the old behaviour)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--requests", type=int, default=4, help="requests per client (keystrokes)")
     p.add_argument("--prompt-tokens", type=int, default=2000)

@@ -1,11 +1,15 @@
 """The step-based engine: requests -> slots -> batched decode steps -> streamed text.
 
 One thread calls it (the server's worker, or `generate`). Each `step()`:
-  1. admits waiting requests while enough cache slots are free: one prefill per request, reusing the
-     longest cached token prefix of any free slot (LRU), then copying the prompt's KV into the slots of
+  1. admits waiting requests (FIFO) while fewer than max_batch sequences run: one prefill per request,
+     reusing the longest cached token prefix of any idle cache slot, then copying the prompt's KV into the slots of
      its sibling samples / beams (n samples share one prefill), and samples their first tokens;
   2. runs ONE batched forward over every other running sequence (rows at different positions) and
      samples the next token of each.
+The KV cache has `cache_slots` slots (default CACHE_SLOTS_PER_BATCH x max_batch, bounded by memory), more
+than can decode at once: a finished request's slot stays idle with its tokens cached, so the prefix cache
+holds more sequences (open files) than max_batch, and a new request that needs a slot evicts the least
+recently used idle one.
 Text is decoded from token bytes (an incremental UTF-8 decoder holds back half characters), stop
 strings are matched on that text across token boundaries (text that could begin a stop string is held
 back), and token healing backs off a prompt's last token when the tokenizer could have merged it
@@ -42,7 +46,9 @@ log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512  # prompt tokens per forward during prefill (bounds the attention scratch memory)
 DEFAULT_MAX_SEQ = 4096
-MAX_HEAL_TOKENS = 3  # token healing backs off at most this many prompt tokens  # KV cache length per slot unless asked (and never above the model's context)
+MAX_HEAL_TOKENS = 3  # token healing backs off at most this many prompt tokens
+CACHE_SLOTS_PER_BATCH = 4  # default KV-cache slots = this x max_batch (prefix cache across requests)
+CACHE_MEMORY_FRACTION = 0.5  # the default never lets a full KV cache exceed this share of device memory
 
 
 # -- the public data types (docs/architecture.md) -----------------------------------------------------------
@@ -175,6 +181,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def default_cache_slots(max_batch: int, bytes_per_slot: int, device: torch.device) -> int:
+    """CACHE_SLOTS_PER_BATCH x max_batch, fewer (never below max_batch) when the full cache would take more
+    than CACHE_MEMORY_FRACTION of the device's memory (CUDA: free memory now; CPU: physical RAM)."""
+    want = CACHE_SLOTS_PER_BATCH * max_batch
+    try:
+        if device.type == "cuda":
+            budget = torch.cuda.mem_get_info(device)[0]
+        else:
+            budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return want
+    fit = int(budget * CACHE_MEMORY_FRACTION) // max(1, bytes_per_slot)
+    return max(max_batch, min(want, fit))
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -203,11 +224,17 @@ def find_stop(text: str, stops: list[str]) -> int:
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Any, config: Any, *, device: torch.device,
                  max_batch: int = 8, max_seq_len: int | None = None, prefill_threads: int | None = None,
-                 decode_threads: int | None = 1) -> None:
+                 decode_threads: int | None = 1, cache_slots: int | None = None) -> None:
         """prefill_threads / decode_threads (CPU): torch intra-op threads for each phase; None = torch's setting
         when the engine is made. Decode defaults to ONE thread: its ops are small, and with 2 threads on 2 cores any other busy
         process makes OpenMP's threads wait for each other (measured here at load average 8: 0.5-0.8 tok/s
-        with 2 threads against 14-16 tok/s with 1)."""
+        with 2 threads against 14-16 tok/s with 1).
+
+        cache_slots: KV-cache slots (>= max_batch). Only max_batch sequences decode at once; the other slots
+        keep idle sequences' KV as a prefix cache (LRU). Each slot costs `kv_bytes_per_slot` bytes once
+        filled to max_seq_len (the cache is allocated uninitialised and zeroed lazily per slot, so on the CPU
+        unused slots and positions take no memory). None: CACHE_SLOTS_PER_BATCH x max_batch, lowered (not
+        below max_batch) so the whole cache fits CACHE_MEMORY_FRACTION of the device's memory."""
         self.model = model
         self.prefill_threads = prefill_threads or torch.get_num_threads()
         self.decode_threads = decode_threads or self.prefill_threads
@@ -216,17 +243,24 @@ class Engine:
         self.device = device
         self.max_batch = max_batch
         self.max_seq_len = min(max_seq_len or DEFAULT_MAX_SEQ, config.context_length)
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if cache_slots is None:
+            cache_slots = default_cache_slots(max_batch, self.kv_bytes_per_slot(model), device)
+        elif cache_slots < max_batch:
+            raise ValueError(f"cache_slots ({cache_slots}) must be >= max_batch ({max_batch})")
+        self.cache_slots = cache_slots
         self.stats = EngineStats()
         self.weight_format = "float32"
         self._packing: list[tuple[Any, str, Any]] = []
-        model.setup_caches(max_batch, self.max_seq_len)
+        model.setup_caches(cache_slots, self.max_seq_len)
         self.eos_ids = frozenset(getattr(tokenizer, "eos_ids", ()) or ())
         specials = getattr(tokenizer, "special", {}) or {}
         bos = getattr(tokenizer, "bos_id", None)
         self._no_heal = set(self.eos_ids) | set(specials.values()) | ({bos} if bos is not None else set())
-        self._slot_tokens: list[list[int]] = [[] for _ in range(max_batch)]
-        self._slot_owner: list[str | None] = [None] * max_batch
-        self._slot_used: list[int] = [0] * max_batch
+        self._slot_tokens: list[list[int]] = [[] for _ in range(cache_slots)]
+        self._slot_owner: list[str | None] = [None] * cache_slots
+        self._slot_used: list[int] = [0] * cache_slots
         self._clock = itertools.count(1)
         self._waiting: deque[_Request] = deque()
         self._running: dict[str, _Request] = {}
@@ -234,6 +268,13 @@ class Engine:
         self._exact: dict[bytes, int] | None = None
         self._heal_cache: dict[bytes, torch.Tensor] = {}
         self._token_text: dict[int, str] = {}
+
+    def kv_bytes_per_slot(self, model: Transformer | None = None) -> int:
+        """Bytes of K and V one cache slot holds when filled to max_seq_len."""
+        cfg = self.config
+        dtype = (model or self.model).embed.weight.dtype
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * cfg.n_layers * cfg.n_kv_heads * self.max_seq_len * cfg.head_dim * elem
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -249,7 +290,7 @@ class Engine:
         pack_in_background (CPU fp16/int8, opt-in): return before the weights are packed; layers switch
         to their packed form between steps as they become ready. Faster cold start, but requests served
         while packing run partly in fp32, so their greedy output may differ (near-ties) from later ones. engine_kw: prefill_threads,
-        decode_threads (see __init__).
+        decode_threads, cache_slots (see __init__).
         """
         from model_backend.weights import load_checkpoint
 
@@ -363,7 +404,10 @@ class Engine:
         out: list[StepOutput] = []
         for req in self._running.values():
             req.fresh = False
-        while self._waiting and self._waiting[0].params.n_sequences <= self._slot_owner.count(None):
+        # FIFO admission: a request starts when its sequences fit the decode batch (max_batch); there is
+        # always an idle cache slot for each, since cache_slots >= max_batch
+        while self._waiting and (self.cache_slots - self._slot_owner.count(None)
+                                 + self._waiting[0].params.n_sequences <= self.max_batch):
             req = self._waiting.popleft()
             self._running[req.id] = req
             out.extend(self._admit(req))
@@ -469,8 +513,9 @@ class Engine:
         req.slots = []
 
     def _pick_slots(self, req: _Request) -> tuple[list[int], int]:
-        """Slots for a request (first = the prefill slot, the free slot with the longest shared prefix)."""
-        free = [s for s in range(self.max_batch) if self._slot_owner[s] is None]
+        """Slots for a request: first the prefill slot (the idle slot with the longest shared prefix, else the
+        least recently used), then the least recently used idle slots for its sibling samples / beams."""
+        free = [s for s in range(self.cache_slots) if self._slot_owner[s] is None]
         best, best_len = None, 0
         for s in free:
             c = common_prefix(self._slot_tokens[s], req.prompt)

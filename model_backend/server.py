@@ -676,6 +676,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("COPILOT_BACKEND_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1/* (default: $COPILOT_BACKEND_API_KEY)")
     parser.add_argument("--max-batch", type=_positive, default=8, help="requests decoded together (default 8)")
+    parser.add_argument("--cache-slots", type=_positive, default=None,
+                        help="KV-cache slots, >= --max-batch: idle ones keep finished requests' prefixes for the "
+                             "next keystroke (default 4 x --max-batch, fewer if memory is short)")
     parser.add_argument("--max-queue", type=_non_negative, default=64,
                         help="requests waiting beyond the batch before 429 (default 64)")
     parser.add_argument("--shutdown-timeout", type=float, default=10.0,
@@ -750,6 +753,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "cache_slots", None) is not None and args.cache_slots < args.max_batch:
+        log(f"error: --cache-slots ({args.cache_slots}) must be >= --max-batch ({args.max_batch})")
+        return 2
     metrics = Metrics()
     exit_code = {"code": 0}
     holder: dict[str, Any] = {}
@@ -759,9 +765,11 @@ def run(args: argparse.Namespace) -> int:
 
         t0 = time.monotonic()
         log(f"loading model '{args.model}' on device {args.device} ...")
-        engine = Engine.load(args.model, device=args.device, max_batch=args.max_batch)
+        engine = Engine.load(args.model, device=args.device, max_batch=args.max_batch,
+                             cache_slots=getattr(args, "cache_slots", None))
         log(f"model ready in {time.monotonic() - t0:.1f} s: {state.model_id}, context "
-            f"{getattr(engine, 'max_seq_len', '?')} tokens, device {getattr(engine, 'device', '?')}")
+            f"{getattr(engine, 'max_seq_len', '?')} tokens, device {getattr(engine, 'device', '?')}, "
+            f"{getattr(engine, 'cache_slots', '?')} KV-cache slots")
         return engine
 
     def failed(exc: BaseException) -> None:

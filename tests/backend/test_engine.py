@@ -115,6 +115,41 @@ def test_prefix_reuse_prefills_only_new_tokens_and_gives_identical_output(tiny_e
     assert warm.token_logprobs == pytest.approx(cold.token_logprobs, abs=1e-4)
 
 
+def test_prefix_cache_holds_more_prompts_than_max_batch(tiny_engine):
+    engine = tiny_engine(max_batch=2, cache_slots=8)
+    assert engine.cache_slots == 8 and engine.model.n_slots == 8
+    texts = ["SELECT name FROM users", "The quick brown fox jumps over", "int main(void) {",
+             "def fibonacci(n):\n    return", "import numpy as np\nx =", "fn main() {\n    let"]
+    prompts = [engine.tokenizer.encode(t) for t in texts]  # 6 distinct prompts > max_batch, <= cache_slots
+    for i, p in enumerate(prompts):  # all at once: they queue and are admitted max_batch at a time
+        engine.add_request(f"a{i}", p, greedy(max_tokens=5))
+    while engine.has_unfinished():
+        engine.step()
+    extra = engine.tokenizer.encode(" x")[-1]
+    longer = [p + [extra] for p in prompts]  # each editor types one more token
+    before, hits = engine.stats.prefill_tokens, engine.stats.prefix_cache_hits
+    warm = [engine.generate(p, greedy(max_tokens=6))[0] for p in longer]
+    assert engine.stats.prefix_cache_hits == hits + len(prompts)
+    assert engine.stats.prefill_tokens - before == len(prompts)  # only the one new token of each
+    assert len({p[0] for p in longer}) == len(longer)  # no two share a prefix: a fresh engine runs them cold
+    cold_engine = tiny_engine(max_batch=2)
+    for p, w in zip(longer, warm, strict=True):
+        [cold] = cold_engine.generate(p, greedy(max_tokens=6))
+        assert w.token_ids == cold.token_ids
+        assert w.token_logprobs == pytest.approx(cold.token_logprobs, abs=1e-4)
+    assert cold_engine.stats.prefix_cache_hits == 0
+
+
+def test_cache_slots_default_and_bounds(tiny_engine):
+    from model_backend.engine import CACHE_SLOTS_PER_BATCH
+
+    engine = tiny_engine(max_batch=3)
+    assert engine.cache_slots == CACHE_SLOTS_PER_BATCH * 3  # the tiny model's slots fit easily
+    assert engine.kv_bytes_per_slot() > 0
+    with pytest.raises(ValueError, match="cache_slots"):
+        tiny_engine(max_batch=4, cache_slots=2)
+
+
 def test_concurrent_requests_batch_like_each_alone(tiny_engine):
     engine = tiny_engine(max_batch=4)
     prompts = ["SELECT name", "The quick brown fox jumps over", "int main(void) {"]
