@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from copilot_ls.context_snippets import Snippet, collect
-from copilot_ls.context_workspace import Workspace, workspace_for
+from copilot_ls.context_workspace import Workspace, _fs_cached, resolved, workspace_for
 from copilot_ls.documents import Snapshot
 from copilot_ls.fim import FAMILIES, FimTemplate, template_for
 from copilot_ls.languages import LanguageSpec
@@ -290,13 +290,17 @@ def stop_strings(
 
 
 # --- the builder --------------------------------------------------------------------------------------------
+_DISPLAY: dict = {}  # (path, root) -> shown path, for a short while (like the resolved paths it is made of)
+
+
 def display_path(path: str | None, root: str | os.PathLike[str] | None = None) -> str:
     """A path as the prompt shows it: relative to the workspace root when inside it, else its last 3 parts."""
     if not path:
         return ""
     if root is not None:
         try:
-            return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+            return _fs_cached(_DISPLAY, (path, os.fspath(root)),
+                              lambda: Path(resolved(path)).relative_to(resolved(root)).as_posix())
         except (ValueError, OSError):
             pass
     parts = [p for p in path.replace(os.sep, "/").split("/") if p]

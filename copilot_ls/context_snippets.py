@@ -14,12 +14,16 @@ Kinds, best first:
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import tree_sitter
+from tree_sitter import QueryCursor
 
 from copilot_ls.context_workspace import (
     Definition,
@@ -29,6 +33,7 @@ from copilot_ls.context_workspace import (
     current_file,
     extract_symbols,
     open_overlays,
+    resolved,
 )
 from copilot_ls.documents import Snapshot
 from copilot_ls.languages import LanguageSpec
@@ -69,7 +74,19 @@ def names_near(snap: Snapshot, line: int) -> list[tuple[str, str | None]]:
     lo = max(0, line - NEAR_LINES_BEFORE)
     hi = line + NEAR_LINES_AFTER
     seen: dict[tuple[str, str | None], int] = {}
-    stack = [snap.tree.root_node]
+    root = snap.tree.root_node
+    query = None if _errors_in_rows(root, lo - 1, hi + 1) else _ident_query(snap.tree.language)
+    if query is not None:
+        # no ERROR / MISSING nodes near: the identifiers in the rows, found by a query in C (not a walk in Python)
+        qc = QueryCursor(query)
+        qc.set_point_range((max(lo - 1, 0), 0), (hi + 2, 0))
+        found = qc.captures(root).get("id", [])
+        if all(n.child_count == 0 for n in found):  # identifiers are leaves (else: the walk below)
+            stack = [n for n in found if n.end_point[0] >= lo and n.start_point[0] <= hi]
+        else:
+            stack = [root]
+    else:
+        stack = [root]
     while stack:
         node = stack.pop()
         if node.end_point[0] < lo or node.start_point[0] > hi:
@@ -88,8 +105,65 @@ def names_near(snap: Snapshot, line: int) -> list[tuple[str, str | None]]:
             if key not in seen or dist < seen[key]:
                 seen[key] = dist
             continue
-        stack.extend(node.children)
+        count = node.child_count
+        if count > 16:  # a long body (module, class): jump to the rows wanted
+            stack.extend(_children_in_rows(node, lo, hi))
+        elif count:
+            stack.extend(node.children)
     return sorted(seen, key=lambda k: (seen[k], k[0], k[1] or ""))
+
+
+def _errors_in_rows(root, lo: int, hi: int) -> bool:
+    """Whether an ERROR or MISSING node touches rows [lo, hi] (only subtrees holding errors are entered)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if not node.has_error or node.end_point[0] < lo or node.start_point[0] > hi:
+            continue
+        if node.is_error or node.is_missing:
+            return True
+        count = node.child_count
+        if count > 16:
+            stack.extend(_children_in_rows(node, lo, hi))
+        elif count:
+            stack.extend(node.children)
+    return False
+
+
+@functools.lru_cache(maxsize=32)
+def _ident_query(language: tree_sitter.Language) -> tree_sitter.Query | None:
+    kinds = sorted(k for k in _IDENT_TYPES if language.id_for_node_kind(k, True))
+    if not kinds:
+        return None
+    return tree_sitter.Query(language, "[" + " ".join(f"({k})" for k in kinds) + "] @id")
+
+
+def _children_in_rows(node, lo: int, hi: int) -> list:
+    """The children of ``node`` that end at or after row ``lo`` and start at or before row ``hi`` (a cursor
+    jumps to the first of them in C, instead of a Python object per child of a long class or module body)."""
+    cursor = node.walk()
+    index = cursor.goto_first_child_for_point((lo, 0))
+    if index is None:
+        # no child ends after (lo, 0); one ending exactly there (zero width) may still count
+        if not cursor.goto_last_child():
+            return []
+        if cursor.node.end_point[0] < lo:
+            return []
+    elif index > 0:
+        while cursor.goto_previous_sibling():
+            if cursor.node.end_point[0] < lo:
+                cursor.goto_next_sibling()
+                break
+    out = []
+    while True:
+        child = cursor.node
+        if child.start_point[0] > hi:
+            break
+        if child.end_point[0] >= lo:
+            out.append(child)
+        if not cursor.goto_next_sibling():
+            break
+    return out
 
 
 def node_at_cursor(snap: Snapshot, line: int, col: int):
@@ -218,7 +292,7 @@ class _Resolver:
                     self.imported[local] = (imp, name)
 
     def file(self, path: str) -> FileSymbols | None:
-        overlay = self.overlays.get(str(Path(path).resolve()))
+        overlay = self.overlays.get(resolved(path))
         if self.ws is not None:
             return self.ws.file_symbols(path, overlay)
         if overlay is not None and overlay.language is not None and overlay.language.id in SUPPORTED:
@@ -292,7 +366,7 @@ def _same_file(a: str | None, b: str | None) -> bool:
     if not a or not b:
         return False
     try:
-        return Path(a).resolve() == Path(b).resolve()
+        return a == b or resolved(a) == resolved(b)
     except OSError:
         return a == b
 

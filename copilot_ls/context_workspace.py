@@ -435,11 +435,42 @@ def _js_imports(tree, spec: LanguageSpec, roots=None) -> list[Import]:
 
 
 # --- files and import resolution ------------------------------------------------------------------------------
+# Path resolution (realpath: a stat per component) and the root search (stats up the tree) ran several times per
+# request; their answers are kept for a short while (a new symlink or project marker shows within that time).
+_FS_TTL_S = 2.0
+_RESOLVED: dict[str, tuple[float, str]] = {}
+_ROOTS: dict[str, tuple[float, tuple[Path, bool]]] = {}
+_FS_CACHE_MAX = 4096
+
+
+def _fs_cached(cache: dict, key: str, compute):
+    now = time.monotonic()
+    hit = cache.get(key)
+    if hit is not None and now - hit[0] < _FS_TTL_S:
+        return hit[1]
+    value = compute()  # errors (OSError) propagate and are not cached
+    if len(cache) >= _FS_CACHE_MAX:
+        cache.clear()
+    cache[key] = (now, value)
+    return value
+
+
+def resolved(path: str | os.PathLike[str]) -> str:
+    """``str(Path(path).resolve())``, cached for a short while (see ``_FS_TTL_S``)."""
+    key = os.fspath(path)
+    return _fs_cached(_RESOLVED, key, lambda: str(Path(key).resolve()))
+
+
 def find_root(path: str | os.PathLike[str]) -> tuple[Path, bool]:
     """(root, marked): the nearest ancestor directory holding a project marker (.git, pyproject.toml,
     package.json, ...) and True; else the folder above the outermost Python package around the file (or the
-    file's own folder) and False (no name index is built for unmarked roots)."""
-    p = Path(path).resolve().parent
+    file's own folder) and False (no name index is built for unmarked roots). Cached for a short while."""
+    key = os.fspath(path)
+    return _fs_cached(_ROOTS, key, lambda: _find_root(key))
+
+
+def _find_root(path: str) -> tuple[Path, bool]:
+    p = Path(resolved(path)).parent
     for d in (p, *p.parents):
         if any((d / m).exists() for m in ROOT_MARKERS):
             return d, True
@@ -678,7 +709,7 @@ def open_overlays(others: Sequence[Snapshot]) -> dict[str, Snapshot]:
     for s in others:
         if s.path:
             try:
-                out[str(Path(s.path).resolve())] = s
+                out[resolved(s.path)] = s
             except OSError:
                 continue
     return out

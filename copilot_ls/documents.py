@@ -130,13 +130,23 @@ class Snapshot:
     tree: tree_sitter.Tree | None
     _starts: list[int] | None = field(default=None, repr=False)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _lines: list[str] | None = field(default=None, repr=False)
+    _crlf: bool | None = field(default=None, repr=False)
 
     def lines(self) -> list[str]:
         """The lines without line endings (cached; do not mutate the list)."""
+        if self._lines is not None:
+            return self._lines
         lines = self._cache.get("lines")
         if lines is None:
             lines = self._cache["lines"] = split_lines(self.text)
         return lines
+
+    def has_crlf(self) -> bool:
+        """Whether the text holds a "\\r\\n" (kept by the Document: no scan of the text per request)."""
+        if self._crlf is None:
+            return "\r\n" in self.text
+        return self._crlf
 
     def line_starts(self) -> list[int]:
         starts = self._starts
@@ -204,6 +214,8 @@ class Document:
         self._text = text
         self._bytes = text.encode("utf-8", "surrogatepass")
         self._starts = line_starts(text)
+        self._lines = split_lines(text)
+        self._crlf_count = text.count("\r\n")
         self._tree = self._parser.parse(self._bytes) if self._parser is not None else None
 
     @property
@@ -225,6 +237,9 @@ class Document:
                 text=self._text,
                 tree=self._tree,
                 _starts=self._starts,
+                _lines=self._lines,
+                _crlf=self._crlf_count > 0,
+                _cache={"bytes": self._bytes},
             )
 
     # -- edits ---------------------------------------------------------------------------------------------
@@ -265,6 +280,10 @@ class Document:
         new_b = new.encode("utf-8", "surrogatepass")
         data = old_bytes[:ab] + new_b + old_bytes[bb:]
         self._starts = self._update_starts(starts, text, a, b, len(new))
+        self._lines = self._update_lines(self._lines, starts, self._starts, text, a, b)
+        # "\r\n" pairs touching the edit lie in [a - 1, b + 1) before and [a - 1, a + len(new) + 1) after it
+        lo = max(a - 1, 0)
+        self._crlf_count += text.count("\r\n", lo, a + len(new) + 1) - old_text.count("\r\n", lo, b + 1)
         self._text, self._bytes = text, data
         if self._parser is not None and self._tree is not None:
             start_point = _ts_point(old_bytes, ab)
@@ -285,6 +304,26 @@ class Document:
                 new_end_point=new_end_point,
             )
             self._tree = self._parser.parse(data, tree)
+
+    @staticmethod
+    def _update_lines(lines: list[str], old_starts: list[int], starts: list[int], text: str, a: int,
+                      b: int) -> list[str]:
+        """The lines after the edit (the same rescanned span as ``_update_starts``; the rest reused): no split of
+        the whole text per keystroke."""
+        sl = bisect.bisect_right(old_starts, a) - 1
+        el = bisect.bisect_right(old_starts, b) - 1
+        keep = max(sl - 1, 0)
+        same_tail = len(old_starts) - (el + 2) if el + 2 < len(old_starts) else 0  # lines after the span
+        k = len(starts) - same_tail  # index of the first unchanged line in the new text
+        if same_tail:
+            seg = split_lines(text[starts[keep] : starts[k]])
+            seg.pop()  # the span ends with a line break: "" after it
+            out = lines[:keep] + seg + lines[len(lines) - same_tail :]
+        else:
+            out = lines[:keep] + split_lines(text[starts[keep] :])
+        if len(out) != len(starts):  # cannot happen; never serve wrong lines
+            return split_lines(text)
+        return out
 
     @staticmethod
     def _update_starts(starts: list[int], text: str, a: int, b: int, new_len: int) -> list[int]:

@@ -85,17 +85,18 @@ def detect_indent_unit(lines: Sequence[str]) -> str:
     steps: dict[int, int] = {}
     prev = 0
     for line in lines[:2000]:
-        if not line.strip():
+        body = line.lstrip(" \t")
+        if not body or body.isspace():  # == not line.strip()
             continue
-        ind = _indent_of(line)
-        if ind.startswith("\t"):
+        n = len(line) - len(body)  # the indent: line[:n]
+        if n and line[0] == "\t":
             tabs += 1
-        elif ind:
+            continue  # w == prev: no step, prev unchanged
+        if n:
             spaces += 1
-        w = len(ind) if not ind.startswith("\t") else prev
-        if 0 < w - prev <= 8 and not ind.startswith("\t"):
-            steps[w - prev] = steps.get(w - prev, 0) + 1
-        prev = w
+        if 0 < n - prev <= 8:
+            steps[n - prev] = steps.get(n - prev, 0) + 1
+        prev = n
     if tabs > spaces:
         return "\t"
     if not steps:
@@ -117,7 +118,7 @@ def make_cursor(snap: Snapshot, line: int, col: int, *, below_lines: int = 40) -
         above=tuple(lines[max(0, line - below_lines) : line]),
         language=snap.language,
         indent_unit=detect_indent_unit(lines[max(0, line - 200) : line + 50]),
-        crlf="\r\n" in snap.text,
+        crlf=snap.has_crlf(),
     )
 
 
@@ -395,7 +396,10 @@ class _SyntaxChecker:
         if self.ok:
             self.parser = new_parser(snap.language)
             self.data = snap.encoded()
-            self.before = _count_errors(snap.tree.root_node)
+            before = snap._cache.get("error_count")
+            if before is None:  # once per snapshot, not per request / candidate
+                before = snap._cache["error_count"] = _count_errors(snap.tree.root_node)
+            self.before = before
 
     def new_errors(self, text: str, start: tuple[int, int], end: tuple[int, int]) -> int:
         if not self.ok:
@@ -477,20 +481,26 @@ def postprocess(
         return []
     cur = make_cursor(snap, line, col)
     line = max(0, min(line, len(snap.lines()) - 1))
-    checker = _SyntaxChecker(snap)
-    errors_of: dict[tuple[str, int], int] = {}
-    ranked: list[tuple[int, float, int, Suggestion]] = []
+    cleaned: list[tuple[int, RawCandidate, str, int]] = []
     for i, cand in enumerate(candidates):
         truncated = cand.finish_reason == "length" and not cand.text.rstrip(" \t").endswith("\n")
         text, end_col = clean(cand.text, cur, multiline=multiline, max_lines=max_lines, truncated=truncated)
-        if not text:
-            continue
+        if text:
+            cleaned.append((i, cand, text, end_col))
+    # The syntax check only orders distinct suggestions (candidates with the same text and end share a flag):
+    # with fewer than two distinct ones its result cannot change the output, so the reparse is skipped.
+    errors_of: dict[tuple[str, int], int] = {}
+    if len({(text, end_col) for _, _, text, end_col in cleaned}) > 1:
+        checker = _SyntaxChecker(snap)
+        for _, _, text, end_col in cleaned:
+            key = (text, end_col)
+            if key not in errors_of:
+                errors_of[key] = checker.new_errors(text, (line, cur.col), (line, end_col))
+    ranked: list[tuple[int, float, int, Suggestion]] = []
+    for i, cand, text, end_col in cleaned:
         start, end = (line, cur.col), (line, end_col)
-        key = (text, end_col)
-        if key not in errors_of:
-            errors_of[key] = checker.new_errors(text, start, end)
         out_text = text.replace("\n", "\r\n") if cur.crlf else text
-        flag = 1 if errors_of[key] else 0
+        flag = 1 if errors_of.get((text, end_col)) else 0
         ranked.append((flag, -cand.mean_logprob, i, Suggestion(out_text, start, end, cand.mean_logprob)))
     ranked.sort(key=lambda r: r[:3])
     seen: set[tuple[str, tuple[int, int]]] = set()

@@ -361,3 +361,46 @@ def test_comment_snippet_style(ws: Path) -> None:
     assert "\ndef common_prefix" not in p.prompt  # only commented out
     with pytest.raises(ValueError, match="unknown snippet style 'fancy'"):
         build_prompt(snap, line, col, snippet_style="fancy")
+
+
+def _names_near_by_walk(snap, line: int) -> list:
+    """The reference: a walk over every node in the rows (what names_near did before its query fast path)."""
+    from copilot_ls import context_snippets as cs
+
+    lo, hi = max(0, line - cs.NEAR_LINES_BEFORE), line + cs.NEAR_LINES_AFTER
+    seen: dict = {}
+    stack = [snap.tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.end_point[0] < lo or node.start_point[0] > hi:
+            continue
+        if node.type in cs._IDENT_TYPES:
+            qual, parent = None, node.parent
+            if parent is not None and parent.type in ("attribute", "member_expression"):
+                obj = parent.child_by_field_name("object")
+                attr = parent.child_by_field_name("attribute") or parent.child_by_field_name("property")
+                if attr is not None and attr.id == node.id and obj is not None and obj.type == "identifier":
+                    qual = obj.text.decode()
+            key, dist = (node.text.decode(), qual), abs(node.start_point[0] - line)
+            seen[key] = min(dist, seen.get(key, dist))
+            continue
+        stack.extend(node.children)
+    return sorted(seen, key=lambda k: (seen[k], k[0], k[1] or ""))
+
+
+@pytest.mark.parametrize(
+    "lang, unit",
+    [
+        ("python", "class W{i}:\n    def total(self):\n        return sum(x.v for x in self.items) + os.sep\n\n"),
+        ("python", "def f{i}(a):\n    return g(a.b, [1,\n\n"),  # broken: ERROR / MISSING nodes
+        ("javascript", "import {{a}} from './b';\nfunction f{i}(a) {{ return a.b + c.d(e, {{x, y: z.w}}); }}\n"),
+        ("typescript", "type T{i} = {{a: number}};\nfunction f(a: T): T {{ return {{a: a.a + g.h}}; }}\n"),
+    ],
+)
+def test_names_near_equals_a_walk_of_the_rows(lang: str, unit: str) -> None:
+    from copilot_ls.context_snippets import names_near
+
+    text = "".join(unit.format(i=i) for i in range(150))
+    snap = Document(f"file:///x.{lang[:2]}", lang, 1, text).snapshot()
+    for line in [0, 1, 7, *range(20, len(snap.lines()) + 3, 23)]:
+        assert names_near(snap, line) == _names_near_by_walk(snap, line), line

@@ -297,3 +297,25 @@ def test_fifty_thousand_line_file() -> None:
     # A keystroke (edit + incremental reparse) must cost far less than parsing the file from scratch.
     assert times[len(times) // 2] < t_open / 3
     assert t_open < 30.0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.text(alphabet="ab\r\n é😀", max_size=30),
+    st.lists(
+        st.tuples(st.integers(0, 6), st.integers(0, 4), st.integers(0, 6), st.integers(0, 4),
+                  st.text(alphabet="ab\r\n é😀", max_size=4)),
+        max_size=8,
+    ),
+)
+def test_lines_crlf_and_bytes_kept_per_edit_equal_a_full_recompute(text: str, edits) -> None:
+    """The per-version caches a snapshot gets from its document (lines, "\\r\\n" present, UTF-8 bytes) equal
+    what a scan of the whole text gives."""
+    doc = Document("file:///x.py", "python", 1, text)
+    for l1, c1, dl, c2, new in edits:
+        doc.apply_change(new, (l1, c1), (l1 + dl, c2))
+        snap = doc.snapshot()
+        assert snap.lines() == split_lines(doc.text)
+        assert snap.line_starts() == line_starts(doc.text)
+        assert snap.has_crlf() == ("\r\n" in doc.text)
+        assert snap.encoded() == doc.text.encode("utf-8", "surrogatepass")

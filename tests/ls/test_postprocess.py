@@ -302,3 +302,23 @@ def test_detect_indent_unit() -> None:
     assert detect_indent_unit(["def f():", "  if x:", "    y"]) == "  "
     assert detect_indent_unit(["func f() {", "\tif x {", "\t\ty()"]) == "\t"
     assert detect_indent_unit(["x = 1"]) == "    "
+
+
+def test_no_reparse_without_two_distinct_suggestions(monkeypatch) -> None:
+    """The syntax check only orders distinct suggestions: one candidate (or copies of one) skips the reparse."""
+    from copilot_ls import postprocess as pp
+
+    made: list[int] = []
+    real = pp._SyntaxChecker
+
+    def counting(snap):
+        made.append(1)
+        return real(snap)
+
+    monkeypatch.setattr(pp, "_SyntaxChecker", counting)
+    out, _ = run("python", "def f(x):\n    █\n", ["return (x +"])
+    assert [s.text for s in out] == ["return (x +"] and not made
+    out, _ = run("python", "def f(x):\n    █\n", ["return (x +", "return (x +"])
+    assert [s.text for s in out] == ["return (x +"] and not made
+    out, _ = run("python", "def f(x):\n    █\n", ["return (x +", "return x + 1"])
+    assert [s.text for s in out] == ["return x + 1", "return (x +"] and made
