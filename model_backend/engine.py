@@ -512,9 +512,15 @@ class Engine:
                 self._slot_used[s] = next(self._clock)
         req.slots = []
 
-    def _pick_slots(self, req: _Request) -> tuple[list[int], int]:
-        """Slots for a request: first the prefill slot (the idle slot with the longest shared prefix, else the
-        least recently used), then the least recently used idle slots for its sibling samples / beams."""
+    def _pick_slots(self, req: _Request) -> tuple[list[int], int, int | None]:
+        """Slots for a request and how to reuse the cache: (slots, shared prefix length, slot to copy it from).
+
+        The prefix comes from the idle slot sharing the longest prefix with the prompt. The request prefills
+        in that slot when the prompt continues most of what it holds (the next keystroke: the slot holds the
+        previous prompt + its completion); when the shared part is shorter than what would be overwritten (two
+        files that only begin alike), it prefills in the least recently used idle slot after copying the
+        shared prefix there, so the other sequence stays cached. Sibling samples / beams take the next least
+        recently used idle slots."""
         free = [s for s in range(self.cache_slots) if self._slot_owner[s] is None]
         best, best_len = None, 0
         for s in free:
@@ -522,10 +528,13 @@ class Engine:
             if c > best_len:
                 best, best_len = s, c
         lru = sorted(free, key=lambda s: self._slot_used[s])
+        copy_from = None
         if best is None:
             best = lru[0]
-        rest = [s for s in lru if s != best][: req.params.n_sequences - 1]
-        return [best] + rest, best_len
+        elif 2 * best_len < len(self._slot_tokens[best]) and lru[0] != best:
+            best, copy_from = lru[0], best
+        rest = [s for s in lru if s != best and s != copy_from][: req.params.n_sequences - 1]
+        return [best] + rest, best_len, copy_from
 
     def _threads(self, n: int) -> None:
         if self.device.type == "cpu" and torch.get_num_threads() != n:
@@ -539,12 +548,15 @@ class Engine:
     # -- admission: prefill + first tokens ---------------------------------------------------------------------------
     def _admit(self, req: _Request) -> list[StepOutput]:
         t0 = time.perf_counter()
-        slots, reuse = self._pick_slots(req)
+        slots, reuse, copy_from = self._pick_slots(req)
         for s in slots:
             self._slot_owner[s] = req.id
         req.slots = slots
         ids = req.prompt
         reuse = min(reuse, len(ids) - 1)  # always compute >= 1 token: its logits start the generation
+        if copy_from is not None and reuse > 0:  # the shared prefix moves to this request's slot
+            self.model.copy_slot(copy_from, slots[0], reuse)
+            self._slot_used[copy_from] = next(self._clock)
         if reuse > 0:
             self.stats.prefix_cache_hits += 1
             self.stats.prefix_tokens_reused += reuse

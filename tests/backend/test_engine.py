@@ -140,6 +140,23 @@ def test_prefix_cache_holds_more_prompts_than_max_batch(tiny_engine):
     assert cold_engine.stats.prefix_cache_hits == 0
 
 
+def test_prompts_that_only_begin_alike_both_stay_cached(tiny_engine):
+    engine = tiny_engine(max_batch=1, cache_slots=3)
+    enc = engine.tokenizer.encode
+    a = enc("import os\nimport sys\n\ndef main():\n    print(sys.argv)")
+    b = a[:2] + enc(" SELECT name FROM users WHERE id = 1")  # shares a's first 2 tokens only
+    for p in (a, b):
+        engine.generate(p, greedy(max_tokens=4))
+    extra = enc(" x")[-1]
+    before = engine.stats.prefill_tokens
+    warm = [engine.generate(p + [extra], greedy(max_tokens=5))[0] for p in (a, b)]
+    assert engine.stats.prefill_tokens - before == 2  # b's prefill copied the shared 2 tokens, a kept its slot
+    for p, w in zip((a, b), warm, strict=True):
+        [cold] = tiny_engine(max_batch=1).generate(p + [extra], greedy(max_tokens=5))
+        assert w.token_ids == cold.token_ids
+        assert w.token_logprobs == pytest.approx(cold.token_logprobs, abs=1e-4)
+
+
 def test_cache_slots_default_and_bounds(tiny_engine):
     from model_backend.engine import CACHE_SLOTS_PER_BATCH
 
