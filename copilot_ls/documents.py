@@ -216,6 +216,7 @@ class Document:
         self._starts = line_starts(text)
         self._lines = split_lines(text)
         self._crlf_count = text.count("\r\n")
+        self._state_cache: dict = {"bytes": self._bytes}  # shared by the snapshots of this state (see snapshot)
         self._tree = self._parser.parse(self._bytes) if self._parser is not None else None
 
     @property
@@ -239,7 +240,9 @@ class Document:
                 _starts=self._starts,
                 _lines=self._lines,
                 _crlf=self._crlf_count > 0,
-                _cache={"bytes": self._bytes},
+                # one cache per document state: snapshots of the same state (repeated requests at one version)
+                # share the per-file analysis (current_file, error count, ...); every change starts a new one
+                _cache=self._state_cache,
             )
 
     # -- edits ---------------------------------------------------------------------------------------------
@@ -285,6 +288,7 @@ class Document:
         lo = max(a - 1, 0)
         self._crlf_count += text.count("\r\n", lo, a + len(new) + 1) - old_text.count("\r\n", lo, b + 1)
         self._text, self._bytes = text, data
+        self._state_cache = {"bytes": data}
         if self._parser is not None and self._tree is not None:
             start_point = _ts_point(old_bytes, ab)
             old_end_point = _ts_point(old_bytes, bb)

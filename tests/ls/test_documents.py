@@ -319,3 +319,15 @@ def test_lines_crlf_and_bytes_kept_per_edit_equal_a_full_recompute(text: str, ed
         assert snap.line_starts() == line_starts(doc.text)
         assert snap.has_crlf() == ("\r\n" in doc.text)
         assert snap.encoded() == doc.text.encode("utf-8", "surrogatepass")
+
+
+def test_snapshots_of_one_state_share_the_per_file_analysis() -> None:
+    from copilot_ls.context_workspace import current_file
+
+    doc = Document("file:///x.py", "python", 1, "import os\n\ndef f(x):\n    return x\n")
+    first = current_file(doc.snapshot())
+    assert current_file(doc.snapshot()) is first  # same state (a repeated request): computed once
+    doc.apply_change("y", (3, 12), (3, 12), version=2)
+    after = current_file(doc.snapshot())
+    assert after is not first and "return xy" in after.definition("f").text
+    assert "return x\n" in first.definition("f").text + "\n"  # the old snapshot's analysis is untouched
