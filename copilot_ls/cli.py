@@ -24,12 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_arguments(parser)  # --stdio (default), --tcp, --port, --log-level ...
     sub = parser.add_subparsers(dest="command")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # a subcommand whose module is not built yet
-            if exc.name != module_name:
-                raise
-            continue
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_module=module)
