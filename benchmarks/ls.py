@@ -123,6 +123,12 @@ class InstantHTTP:
             def log_message(self, *a):
                 pass
 
+            def setup(self):
+                super().setup()
+                # headers and body go out as two writes: without TCP_NODELAY the body waits for the client's
+                # delayed ACK (~40 ms per request, which is this stand-in's, not the LS's; uvicorn sets it)
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def _send(self, body: dict, status: int = 200) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
