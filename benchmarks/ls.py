@@ -126,7 +126,7 @@ class InstantHTTP:
             def setup(self):
                 super().setup()
                 # headers and body go out as two writes: without TCP_NODELAY the body waits for the client's
-                # delayed ACK (~40 ms per request, which is this stand-in's, not the LS's; uvicorn sets it)
+                # delayed ACK (~40 ms per request, which is this stand-in's, not the LS's; asyncio transports, hence uvicorn, set it)
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _send(self, body: dict, status: int = 200) -> None:
