@@ -67,6 +67,25 @@ PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
 _CONTROL, _USER_DEFINED = 3, 4
 
 
+def _add_gguf_added_tokens(tk: tokenizers.Tokenizer, tokens: Sequence[str], token_types: Sequence[int],
+                           bos_id: int | None, eos_id: int | None) -> tuple[int | None, int | None]:
+    """Register a GGUF vocabulary's control tokens as special and its user-defined tokens as added ones (both
+    kept whole, never split or normalised); returns bos/eos ids, None where they lie outside the vocabulary."""
+    control = [AddedToken(t, special=True, normalized=False)
+               for t, ty in zip(tokens, token_types, strict=False) if ty == _CONTROL]
+    user = [AddedToken(t, special=False, normalized=False)
+            for t, ty in zip(tokens, token_types, strict=False) if ty == _USER_DEFINED]
+    if control:
+        tk.add_special_tokens(control)
+    if user:
+        tk.add_tokens(user)
+
+    def in_vocab(i: int | None) -> int | None:
+        return i if i is not None and 0 <= i < len(tokens) else None
+
+    return in_vocab(bos_id), in_vocab(eos_id)
+
+
 class TokenizerError(ValueError):
     """The tokenizer data is unusable; `weights.load_checkpoint` turns this into a ModelLoadError."""
 
@@ -330,24 +349,7 @@ class Tokenizer:
             raise TokenizerError(f"inconsistent BPE vocabulary/merges: {e}") from e
         tk.pre_tokenizer = byte_level_pre_tokenizer(pre)
         tk.decoder = decoders.ByteLevel()
-        control = [
-            AddedToken(t, special=True, normalized=False)
-            for t, ty in zip(tokens, token_types, strict=False)
-            if ty == _CONTROL
-        ]
-        user = [
-            AddedToken(t, special=False, normalized=False)
-            for t, ty in zip(tokens, token_types, strict=False)
-            if ty == _USER_DEFINED
-        ]
-        if control:
-            tk.add_special_tokens(control)
-        if user:
-            tk.add_tokens(user)
-        if bos_id is not None and not 0 <= bos_id < len(tokens):
-            bos_id = None
-        if eos_id is not None and not 0 <= eos_id < len(tokens):
-            eos_id = None
+        bos_id, eos_id = _add_gguf_added_tokens(tk, tokens, token_types, bos_id, eos_id)
         return cls(tk, bos_id=bos_id, add_bos=add_bos, eos_id=eos_id)
 
     @classmethod
@@ -381,18 +383,7 @@ class Tokenizer:
         if add_space_prefix:
             steps.append(decoders.Strip(content=" ", left=1, right=0))
         tk.decoder = decoders.Sequence(steps)
-        control = [AddedToken(t, special=True, normalized=False)
-                   for t, ty in zip(tokens, token_types, strict=False) if ty == _CONTROL]
-        user = [AddedToken(t, special=False, normalized=False)
-                for t, ty in zip(tokens, token_types, strict=False) if ty == _USER_DEFINED]
-        if control:
-            tk.add_special_tokens(control)
-        if user:
-            tk.add_tokens(user)
-        if bos_id is not None and not 0 <= bos_id < len(tokens):
-            bos_id = None
-        if eos_id is not None and not 0 <= eos_id < len(tokens):
-            eos_id = None
+        bos_id, eos_id = _add_gguf_added_tokens(tk, tokens, token_types, bos_id, eos_id)
         return cls(tk, bos_id=bos_id, add_bos=add_bos, eos_id=eos_id, space_prefix=add_space_prefix)
 
     @classmethod
