@@ -238,70 +238,72 @@ function M.reset(bufnr)
   M.clear(bufnr)
 end
 
+--- The suggestion shown in `bufnr`, or nil when nothing is shown.
+local function shown_item(bufnr)
+  if not M.visible(bufnr) then
+    return nil
+  end
+  local s = states[bufnr]
+  return s.items[s.index]
+end
+
+--- Send one bookkeeping event (`report[event]`) for `shown` to the client that produced it.
+local function tell(event, bufnr, shown, ...)
+  local client = vim.lsp.get_client_by_id(shown.client_id)
+  if client then
+    report[event](client, bufnr, shown.item, ...)
+  end
+end
+
+--- Replace [start, stop) (0-based rows, byte columns) with `text`; the cursor goes after the inserted text.
+local function put_text(bufnr, start, stop, text)
+  local lines = vim.split(text, '\n', { plain = true })
+  api.nvim_buf_set_text(bufnr, start[1], start[2], stop[1], stop[2], lines)
+  -- 1-based row of the last inserted line; its column after the text
+  api.nvim_win_set_cursor(0, { start[1] + #lines, (#lines == 1 and start[2] or 0) + #lines[#lines] })
+end
+
 --- Accept the shown suggestion. Returns false when nothing is shown (so the key can do its usual job).
 function M.accept(bufnr)
   bufnr = bufnr or api.nvim_get_current_buf()
-  if not M.visible(bufnr) then
+  local shown = shown_item(bufnr)
+  if not shown then
     return false
   end
-  local s = states[bufnr]
-  local shown = s.items[s.index]
   M.reset(bufnr)
-  local lines = vim.split(shown.text, '\n', { plain = true })
-  api.nvim_buf_set_text(bufnr, shown.start[1], shown.start[2], shown.stop[1], shown.stop[2], lines)
-  local row = shown.start[1] + #lines -- 1-based row of the last inserted line
-  local col = (#lines == 1 and shown.start[2] or 0) + #lines[#lines]
-  api.nvim_win_set_cursor(0, { row, col })
-  local client = vim.lsp.get_client_by_id(shown.client_id)
-  if client then
-    report.accepted(client, bufnr, shown.item)
-  end
+  put_text(bufnr, shown.start, shown.stop, shown.text)
+  tell('accepted', bufnr, shown)
   return true
-end
-
---- Insert text at the cursor of the current window and put the cursor after it.
-local function insert_at_cursor(bufnr, text)
-  local cur = cursor()
-  local lines = vim.split(text, '\n', { plain = true })
-  api.nvim_buf_set_text(bufnr, cur[1], cur[2], cur[1], cur[2], lines)
-  api.nvim_win_set_cursor(0, { cur[1] + #lines, (#lines == 1 and cur[2] or 0) + #lines[#lines] })
 end
 
 --- Accept the next word (`kind` = 'word') or line ('line') of the shown suggestion; the rest stays shown.
 --- Returns false when nothing is shown.
 function M.accept_part(bufnr, kind)
   bufnr = bufnr or api.nvim_get_current_buf()
-  if not M.visible(bufnr) then
+  local shown = shown_item(bufnr)
+  if not shown then
     return false
   end
-  local s = states[bufnr]
-  local shown = s.items[s.index]
   local rest = shown.text:sub(#shown.typed + 1)
   local take = require('copilot_ls.part')[kind](rest)
   if take == rest then
     return M.accept(bufnr)
   end
-  insert_at_cursor(bufnr, take) -- TextChangedI then keeps the rest on screen (narrow) and asks again
-  local client = vim.lsp.get_client_by_id(shown.client_id)
-  if client then
-    report.partially_accepted(client, bufnr, shown.item, take)
-  end
+  local cur = cursor()
+  put_text(bufnr, cur, cur, take) -- TextChangedI then keeps the rest on screen (narrow) and asks again
+  tell('partially_accepted', bufnr, shown, take)
   return true
 end
 
 --- Dismiss the shown suggestion. Returns false when nothing is shown.
 function M.dismiss(bufnr)
   bufnr = bufnr or api.nvim_get_current_buf()
-  if not M.visible(bufnr) then
+  local shown = shown_item(bufnr)
+  if not shown then
     return false
   end
-  local s = states[bufnr]
-  local shown = s.items[s.index]
   M.reset(bufnr)
-  local client = vim.lsp.get_client_by_id(shown.client_id)
-  if client then
-    report.rejected(client, bufnr, shown.item)
-  end
+  tell('rejected', bufnr, shown)
   return true
 end
 

@@ -129,24 +129,17 @@ function M.setup(opts)
   require('copilot_ls.ghost').debounce_ms = cfg.debounce_ms
 
   local group = api.nvim_create_augroup('copilot_ls', { clear = true })
-  api.nvim_create_autocmd('LspAttach', {
-    group = group,
-    callback = function(args)
-      local client = vim.lsp.get_client_by_id(args.data.client_id)
-      if client and client.name == client_mod.name then
-        on_attach(args.buf)
-      end
-    end,
-  })
-  api.nvim_create_autocmd('LspDetach', {
-    group = group,
-    callback = function(args)
-      local client = vim.lsp.get_client_by_id(args.data.client_id)
-      if client and client.name == client_mod.name then
-        on_detach(args.buf)
-      end
-    end,
-  })
+  for event, handler in pairs({ LspAttach = on_attach, LspDetach = on_detach }) do
+    api.nvim_create_autocmd(event, {
+      group = group,
+      callback = function(args)
+        local client = vim.lsp.get_client_by_id(args.data.client_id)
+        if client and client.name == client_mod.name then
+          handler(args.buf)
+        end
+      end,
+    })
+  end
   client_mod.start(cfg)
 end
 
