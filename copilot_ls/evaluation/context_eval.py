@@ -55,8 +55,10 @@ class Case:
 
 # --- the case set ---------------------------------------------------------------------------------------------
 def package_dirs(packages: Sequence[str]) -> list[Path]:
+    """Installed packages by name, or package directories by path (a path holds a ``/``)."""
     site = Path(sysconfig.get_paths()["purelib"])
-    return [site / p for p in packages if (site / p).is_dir()]
+    dirs = [Path(p).resolve() if "/" in p else site / p for p in packages]
+    return [d for d in dirs if d.is_dir()]
 
 
 def _stable_hash(*parts: object) -> int:
@@ -128,10 +130,14 @@ def _walk(node):
 
 def build_cases(packages: Sequence[str], limit: int, seed: int = 0) -> list[Case]:
     """Up to ``limit`` cases, at most MAX_PER_FILE per test file, chosen deterministically by ``seed``."""
-    files: list[Path] = []
+    keyed: list[tuple[int, str, Path]] = []
     for pkg in package_dirs(packages):
-        files.extend(sorted(p for p in pkg.rglob("test_*.py") if "tests" in p.parts))
-    files.sort(key=lambda p: _stable_hash(seed, p.relative_to(p.parents[len(p.parents) - 1])))
+        for p in pkg.rglob("test_*.py"):
+            if "tests" in p.relative_to(pkg).parts:
+                # keyed by the path inside the package, so the choice does not depend on where it is installed
+                rel = p.relative_to(pkg.parent).as_posix()
+                keyed.append((_stable_hash(seed, rel), rel, p))
+    files = [p for _, _, p in sorted(keyed)]
     cases: list[Case] = []
     workspaces: dict[Path, Workspace] = {}
     for f in files:
@@ -332,7 +338,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cases", type=int, default=100, help="number of cases (default 100)")
     parser.add_argument(
-        "--packages", default=",".join(DEFAULT_PACKAGES), help="installed packages whose tests to use"
+        "--packages",
+        default=",".join(DEFAULT_PACKAGES),
+        help="installed packages (or package directories, by path) whose tests to use",
     )
     parser.add_argument("--seed", type=int, default=0, help="case selection seed (default 0)")
     parser.add_argument("--max-prompt-tokens", type=int, default=1024, help="prompt budget (default 1024)")

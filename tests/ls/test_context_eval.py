@@ -72,6 +72,15 @@ def test_cases_in_file(tmp_path: Path) -> None:
     assert (line, col) == (9, 4)
 
 
+def test_case_choice_does_not_depend_on_where_the_package_lives(tmp_path: Path) -> None:
+    make_package(tmp_path / "a")
+    make_package(tmp_path / "elsewhere" / "b")
+    here = ce.build_cases([str(tmp_path / "a" / "strlib")], 5, seed=3)
+    there = ce.build_cases([str(tmp_path / "elsewhere" / "b" / "strlib")], 5, seed=3)
+    assert [(c.id, c.expected) for c in here] == [(c.id, c.expected) for c in there]
+    assert len(here) == 2
+
+
 def test_edit_similarity_and_intervals() -> None:
     assert ce.edit_similarity("abc", "abc") == 1.0
     assert ce.edit_similarity("", "") == 1.0
@@ -114,15 +123,16 @@ def test_bad_arguments_are_clear_errors(capsys) -> None:
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_one_case_end_to_end(backend_url: str, tmp_path: Path) -> None:
-    """The real pipeline pieces against the real backend: one networkx case, both arms, files written."""
+    """The real pipeline pieces against the real backend: one case of a package given by path, both arms."""
     import argparse
 
+    make_package(tmp_path / "src")
     parser = argparse.ArgumentParser()
     ce.add_arguments(parser)
     out = tmp_path / "ev"
     args = parser.parse_args(
-        ["--backend", backend_url, "--packages", "networkx", "--cases", "1", "--max-prompt-tokens", "160",
-         "--max-tokens", "8", "--out", str(out)]
+        ["--backend", backend_url, "--packages", str(tmp_path / "src" / "strlib"), "--cases", "1",
+         "--max-prompt-tokens", "160", "--max-tokens", "8", "--out", str(out)]
     )
     assert ce.run(args) == 0
     results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
