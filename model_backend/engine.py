@@ -35,9 +35,9 @@ import torch
 from model_backend import sampling
 from model_backend.model import (
     CPU_WEIGHT_FORMATS,
-    PackedLinear,
     Transformer,
     build_model,
+    pack_linear,
     pack_targets,
     quantize_linears,
 )
@@ -253,6 +253,7 @@ class Engine:
         self.stats = EngineStats()
         self.weight_format = "float32"
         self._packing: list[tuple[Any, str, Any]] = []
+        self._blocks: dict[str, Any] | None = None  # the "blocks" format's GGUF blocks, until packed
         model.setup_caches(cache_slots, self.max_seq_len)
         self.eos_ids = frozenset(getattr(tokenizer, "eos_ids", ()) or ())
         specials = getattr(tokenizer, "special", {}) or {}
@@ -284,8 +285,9 @@ class Engine:
              progress: bool = True, pack_in_background: bool = False, **engine_kw: Any) -> Engine:
         """Load a checkpoint (see weights.resolve_model) onto `device`.
 
-        quantize: "auto" (fp16 weights on CPU, none on CUDA), "fp16", "int8" (faster, lossy: see
-        model.quantize_linears) or "none" (plain fp32 / the CUDA dtype). dtype: None picks fp32 on CPU,
+        quantize: "auto" (on CPU "blocks" where the kernel builds, else "fp16"; none on CUDA), "blocks" (decode
+        on the GGUF's own Q4_1/Q8_0 blocks, prompts on fp16 packs: model_backend/blockq.py), "fp16", "int8"
+        (faster, lossy: see model.quantize_linears) or "none" (plain fp32 / the CUDA dtype). dtype: None picks fp32 on CPU,
         bf16 (fp16 without bf16 support) on CUDA. rope_theta / rope_scaling override the checkpoint's.
         pack_in_background (CPU fp16/int8, opt-in): return before the weights are packed; layers switch
         to their packed form between steps as they become ready. Faster cold start, but requests served
@@ -296,7 +298,7 @@ class Engine:
 
         dev = resolve_device(device)
         if quantize not in ("auto", "none", *CPU_WEIGHT_FORMATS):
-            raise ValueError(f"quantize must be auto, none, fp16 or int8, got {quantize!r}")
+            raise ValueError(f"quantize must be auto, none, fp16, int8 or blocks, got {quantize!r}")
         ckpt = load_checkpoint(model, cache_dir=cache_dir, progress=progress)
         return cls.from_checkpoint(ckpt, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
                                    quantize=quantize, rope_theta=rope_theta, rope_scaling=rope_scaling,
@@ -328,16 +330,32 @@ class Engine:
                 raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(dtypes)}")
             tdtype = dtypes[dtype]
         model = build_model(cfg, ckpt.tensors, device=dev, dtype=tdtype)
-        fmt = "fp16" if quantize == "auto" and dev.type == "cpu" and tdtype == torch.float32 else quantize
+        model.use_cpu_kernels()
+        fmt = quantize
+        if quantize == "auto":
+            fmt = "none"
+            if dev.type == "cpu" and tdtype == torch.float32:
+                from model_backend import blockq
+
+                fmt = "blocks" if blockq.library() is not None else "fp16"
+        blocks = None
         if fmt in CPU_WEIGHT_FORMATS:
             if dev.type != "cpu":
                 raise ValueError(f"{fmt} weight packing is a CPU path; on CUDA use quantize='none' (and dtype)")
+            if fmt == "blocks":
+                from model_backend import blockq
+
+                if blockq.library() is None:
+                    raise ValueError("the blocks weight format needs a C compiler and an AVX2/FMA/F16C CPU "
+                                     "(see model_backend/blockq.py); use quantize='fp16'")
+                blocks = blockq.load_blocks(ckpt)
             if not pack_in_background:
-                model = quantize_linears(model, fmt)
+                model = quantize_linears(model, fmt, blocks)
         self_fmt = fmt if fmt in CPU_WEIGHT_FORMATS else str(tdtype).removeprefix("torch.")
         engine = cls(model, ckpt.tokenizer, cfg, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
                      **engine_kw)
         engine.weight_format = self_fmt
+        engine._blocks = blocks if pack_in_background else None
         if fmt in CPU_WEIGHT_FORMATS and pack_in_background:
             engine._start_packing(fmt)
         return engine
@@ -349,8 +367,9 @@ class Engine:
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="pack")
-        self._packing = [(parent, name, pool.submit(PackedLinear, child, fmt))
-                         for parent, name, child in pack_targets(self.model, fmt)]
+        blocks = self._blocks or {}
+        self._packing = [(parent, name, pool.submit(pack_linear, child, fmt, blocks.get(qual)))
+                         for parent, name, child, qual in pack_targets(self.model, fmt)]
         pool.shutdown(wait=False)
 
     def _install_packed(self, wait: bool = False) -> None:

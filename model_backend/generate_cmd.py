@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--quantize", default="auto", choices=["auto", "fp16", "int8", "none"],
-                        help="CPU weight format: auto = fp16 weights on CPU (exact); int8 is faster but lossy")
+    parser.add_argument("--quantize", default="auto", choices=["auto", "blocks", "fp16", "int8", "none"],
+                        help="CPU weight format: auto = blocks where the kernel builds, else fp16 (both use the "
+                             "weights as stored / exact to fp16 rounding); int8 is faster but lossy")
     parser.add_argument("--no-token-healing", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for prefill")
     parser.add_argument("--decode-threads", type=int, default=1,

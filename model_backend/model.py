@@ -11,7 +11,8 @@ to the highest position any forward may read: stale-but-finite values are masked
 
 Weights are stored fused (q|k|v in one Linear, gate|up in one Linear) so a decode step runs few ops.
 On CUDA weights are bf16/fp16 with norms and softmax in fp32; on CPU fp32, or (`quantize_linears`) fbgemm
-Linear layers holding fp16 weights (half the bytes per token, exact to fp16 rounding) or int8 (lossy).
+Linear layers holding fp16 weights (half the bytes per token, exact to fp16 rounding) or int8 (lossy), or the
+GGUF's own Q4_1/Q8_0 blocks for decode steps (model_backend/blockq.py).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Attention(nn.Module):
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         self.wqkv = Linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias, device=device)
         self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.out_bias, device=device)
+        self.decode_kernel: Any = None  # blockq.attention_kernel(): one C call for a single-row decode step
 
     def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor],
                 rows: Tensor, pos: Tensor, read: slice | Tensor, kv_len: int,
@@ -93,6 +95,13 @@ class Attention(nn.Module):
             return self.wo(out.transpose(1, 2).reshape(b, t, nh * hd))
         # decode: the query heads of one KV head form a [g, hd] matrix -> two small matmuls, no repeat
         g = nh // nkv
+        if single is not None and self.decode_kernel is not None and q.dtype == torch.float32:
+            out = torch.empty(1, 1, nh * hd)
+            kc, vc = k_cache[single[0]], v_cache[single[0]]  # [nkv, max_seq, hd], contiguous
+            rc = self.decode_kernel(q.contiguous().data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
+                                    nh, nkv, hd, kv_len, kc.stride(0), hd ** -0.5)
+            if rc == 0:
+                return self.wo(out)
         if b == 1:  # 3-D bmm on views: no broadcast/expand
             scores = torch.bmm(q.reshape(nkv, g, hd), keys[0].transpose(1, 2)).float() * (hd ** -0.5)
             probs = torch.softmax(scores, dim=-1).to(values.dtype)
@@ -169,6 +178,18 @@ class Transformer(nn.Module):
         self._zeroed: list[int] = []  # per slot: positions [0, zeroed) hold finite values
 
     # -- setup ---------------------------------------------------------------------------------------
+    def use_cpu_kernels(self) -> bool:
+        """Single-row decode attention in one C call (model_backend/blockq.py) when it builds here and the
+        model runs fp32 on the CPU. Returns whether it is on."""
+        from model_backend import blockq
+
+        fn = blockq.attention_kernel() if self.embed.weight.device.type == "cpu" else None
+        if self.embed.weight.dtype != torch.float32:
+            fn = None
+        for layer in self.layers:
+            layer.attn.decode_kernel = fn
+        return fn is not None
+
     def setup_caches(self, n_slots: int, max_seq: int, *, rope_theta: float | None = None,
                      rope_scaling: float | None = None, dtype: torch.dtype | None = None) -> None:
         cfg = self.config
@@ -321,7 +342,7 @@ def build_model(cfg: ModelConfig, tensors: dict[str, Tensor], *, device: torch.d
     return model.eval().requires_grad_(False)
 
 
-CPU_WEIGHT_FORMATS = ("fp16", "int8")
+CPU_WEIGHT_FORMATS = ("fp16", "int8", "blocks")
 
 
 class PackedLinear(nn.Module):
@@ -353,34 +374,52 @@ class PackedLinear(nn.Module):
         return f"{self.in_features} -> {self.out_features}, {self.fmt}"
 
 
-def pack_targets(model: Transformer, fmt: str) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """The (parent, attribute, Linear) triples `quantize_linears` replaces. A tied lm_head gets its own packed
-    copy; the embedding keeps the fp32 table for lookups."""
+def pack_targets(model: Transformer, fmt: str) -> list[tuple[nn.Module, str, nn.Linear, str]]:
+    """The (parent, attribute, Linear, qualified name) of each layer `quantize_linears` replaces. A tied lm_head
+    gets its own packed copy; the embedding keeps the fp32 table for lookups."""
     if fmt not in CPU_WEIGHT_FORMATS:
         raise ValueError(f"unknown CPU weight format {fmt!r}; expected one of {CPU_WEIGHT_FORMATS}")
     if "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"
-    return [(parent, name, child) for parent in model.modules()
+    return [(parent, name, child, f"{pname}.{name}" if pname else name)
+            for pname, parent in model.named_modules()
             for name, child in parent.named_children() if isinstance(child, nn.Linear)]
 
 
-def quantize_linears(model: Transformer, fmt: str) -> Transformer:
-    """CPU: swap every Linear (incl. lm_head) for a PackedLinear that reads fewer weight bytes per token.
+def pack_linear(linear: nn.Linear, fmt: str, block: tuple[str, Tensor] | None = None) -> nn.Module:
+    """One layer in CPU weight format `fmt`. "blocks": the GGUF's own Q4_1/Q8_0 blocks (`block`, from
+    blockq.load_blocks) for decode steps over an fp16 pack for prompts; fp16 alone when the layer has none."""
+    if fmt != "blocks":
+        return PackedLinear(linear, fmt)
+    fp16 = PackedLinear(linear, "fp16")
+    if block is None:
+        return fp16
+    from model_backend.blockq import BlockLinear
+
+    return BlockLinear(block[1], block[0], linear.in_features, linear.bias, fp16)
+
+
+def quantize_linears(model: Transformer, fmt: str,
+                     blocks: dict[str, tuple[str, Tensor]] | None = None) -> Transformer:
+    """CPU: swap every Linear (incl. lm_head) for one that reads fewer weight bytes per token.
 
     fmt "fp16": fp16 weights, fp32 activations and accumulation (half the bytes of fp32, logits equal to
     fp32 within fp16 rounding; measured on the default model: same greedy tokens, KL ~1e-6).
     fmt "int8": int8 per-channel weights AND dynamically quantised uint8 activations (a quarter of the
     bytes, but the activation quantisation costs quality: KL 1.2 nats on the default model, mostly from
     the MLP down projection whose input has outlier channels). Opt-in only.
+    fmt "blocks": decode steps multiply the GGUF's own Q4_1/Q8_0 blocks (`blocks`, see model_backend.blockq:
+    the weights exactly as stored, 5 or 8.5 bits each); prompts use fp16 packs.
     Decoding is bound by weight traffic, so fewer bytes is speed. The embedding table stays fp32.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     targets = pack_targets(model, fmt)
+    blocks = blocks or {}
     # packing converts every weight; torch releases the GIL, so pack on all cores (cold start)
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-        packed = list(pool.map(lambda t: PackedLinear(t[2], fmt), targets))
-    for (parent, name, _), new in zip(targets, packed, strict=True):
+        packed = list(pool.map(lambda t: pack_linear(t[2], fmt, blocks.get(t[3])), targets))
+    for (parent, name, _, _), new in zip(targets, packed, strict=True):
         setattr(parent, name, new)
     return model
 

@@ -676,6 +676,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("COPILOT_BACKEND_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1/* (default: $COPILOT_BACKEND_API_KEY)")
     parser.add_argument("--max-batch", type=_positive, default=8, help="requests decoded together (default 8)")
+    parser.add_argument("--quantize", default="auto", choices=["auto", "blocks", "fp16", "int8", "none"],
+                        help="CPU weight format (default auto: the GGUF's own blocks for decode where the "
+                             "kernel builds, else fp16; see docs/performance.md)")
     parser.add_argument("--cache-slots", type=_positive, default=None,
                         help="KV-cache slots, >= --max-batch: idle ones keep finished requests' prefixes for the "
                              "next keystroke (default 4 x --max-batch, fewer if memory is short)")
@@ -766,10 +769,11 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         log(f"loading model '{args.model}' on device {args.device} ...")
         engine = Engine.load(args.model, device=args.device, max_batch=args.max_batch,
-                             cache_slots=getattr(args, "cache_slots", None))
+                             cache_slots=getattr(args, "cache_slots", None),
+                             quantize=getattr(args, "quantize", "auto"))
         log(f"model ready in {time.monotonic() - t0:.1f} s: {state.model_id}, context "
             f"{getattr(engine, 'max_seq_len', '?')} tokens, device {getattr(engine, 'device', '?')}, "
-            f"{getattr(engine, 'cache_slots', '?')} KV-cache slots")
+            f"{getattr(engine, 'cache_slots', '?')} KV-cache slots, weights {getattr(engine, 'weight_format', '?')}")
         return engine
 
     def failed(exc: BaseException) -> None:

@@ -1,0 +1,132 @@
+"""The CPU decode kernels (model_backend/blockq.py, kernels/blockq.c) against plain torch on the same weights."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model_backend import blockq
+
+pytestmark = pytest.mark.skipif(blockq.library() is None, reason="no C compiler / AVX2 here")
+
+
+@pytest.fixture(scope="module")
+def default_parts():
+    from model_backend.model import build_model
+    from model_backend.weights import load_checkpoint
+
+    ckpt = load_checkpoint("default", progress=False)
+    return ckpt, build_model(ckpt.config, ckpt.tensors), blockq.load_blocks(ckpt)
+
+
+def test_every_layer_of_the_default_gguf_matches_its_fp32_weights(default_parts) -> None:
+    """Row order (GGUF Q/K permutation undone, RoPE interleave, q|k|v and gate|up fused) and block decoding:
+    each BlockLinear gives what the dequantised fp32 layer gives, up to the int16 rounding of activations."""
+    _, model, blocks = default_parts
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(blocks) == set(linears)  # every layer of this GGUF is Q4_1 or Q8_0
+    assert {kind for kind, _ in blocks.values()} == {"Q4_1", "Q8_0"} and blocks["lm_head"][0] == "Q8_0"
+    gen = torch.Generator().manual_seed(0)
+    for name, lin in linears.items():
+        kind, raw = blocks[name]
+        layer = blockq.BlockLinear(raw, kind, lin.in_features, lin.bias, lin)
+        for rows in (1, 3, 4):
+            x = torch.randn(rows, 1, lin.in_features, generator=gen)
+            ref = lin(x)
+            got = layer(x)
+            assert got.shape == ref.shape
+            rel = ((got - ref).abs().max() / ref.abs().max()).item()
+            assert rel < 2e-4, (name, rows, rel)
+
+
+def test_more_rows_go_to_the_fallback_and_bad_blocks_are_refused(default_parts) -> None:
+    _, model, blocks = default_parts
+    lin = model.layers[0].mlp.w_out
+    kind, raw = blocks["layers.0.mlp.w_out"]
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape)
+            return lin(x)
+
+    layer = blockq.BlockLinear(raw, kind, lin.in_features, None, Spy())
+    layer(torch.randn(1, blockq.MAX_ROWS, lin.in_features))
+    assert calls == []
+    layer(torch.randn(1, blockq.MAX_ROWS + 1, lin.in_features))
+    assert calls == [torch.Size([1, blockq.MAX_ROWS + 1, lin.in_features])]
+    with pytest.raises(ValueError, match="do not fit"):
+        blockq.BlockLinear(raw[:, :-1], kind, lin.in_features, None, lin)
+    with pytest.raises(ValueError, match="unsupported block type"):
+        blockq.BlockLinear(raw, "Q4_K", lin.in_features, None, lin)
+
+
+def test_blocks_are_cached_with_the_converted_weights(default_parts, tmp_path) -> None:
+    ckpt, _, blocks = default_parts
+    again = blockq.load_blocks(ckpt)  # from the cache file next to the converted weights
+    assert ckpt.metadata.get("cache")
+    assert set(again) == set(blocks)
+    assert all(torch.equal(again[k][1], blocks[k][1]) and again[k][0] == blocks[k][0] for k in blocks)
+
+
+@pytest.mark.parametrize("nh,nkv,hd", [(9, 3, 64), (4, 4, 16), (8, 2, 128), (6, 1, 32)])
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 100, 1031])
+def test_attention_kernel_equals_sdpa(nh: int, nkv: int, hd: int, length: int) -> None:
+    fn = blockq.attention_kernel()
+    gen = torch.Generator().manual_seed(length)
+    max_seq = 1100
+    k = torch.randn(nkv, max_seq, hd, generator=gen)
+    v = torch.randn(nkv, max_seq, hd, generator=gen)
+    q = torch.randn(nh, hd, generator=gen) * 4  # peaky softmax
+    out = torch.empty(nh, hd)
+    assert fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), nh, nkv, hd, length, k.stride(0),
+              hd ** -0.5) == 0
+    ref = F.scaled_dot_product_attention(q.view(1, nh, 1, hd), k[None, :, :length], v[None, :, :length],
+                                         enable_gqa=True).view(nh, hd)
+    assert torch.allclose(out, ref, atol=2e-5, rtol=1e-4), (out - ref).abs().max()
+
+
+def test_attention_kernel_refuses_shapes_it_does_not_handle() -> None:
+    fn = blockq.attention_kernel()
+    t = torch.zeros(64)
+    assert fn(t.data_ptr(), t.data_ptr(), t.data_ptr(), t.data_ptr(), 4, 3, 8, 1, 8, 1.0) == -2  # 4 % 3
+    assert fn(t.data_ptr(), t.data_ptr(), t.data_ptr(), t.data_ptr(), 2, 2, 12, 1, 12, 1.0) == -2  # hd % 8
+
+
+def test_default_engine_decodes_on_blocks_with_the_greedy_tokens_of_fp32() -> None:
+    """The default format on this CPU is `blocks`; its greedy output equals the fp32 reference's and its decode
+    logits stay within fp16-packing distance (measured KL ~4e-7 nats, see docs/performance.md)."""
+    from model_backend.engine import Engine, SamplingParams
+
+    ref = Engine.load("default", quantize="none", max_seq_len=1024, progress=False)
+    eng = Engine.load("default", max_seq_len=1024, progress=False)
+    assert eng.weight_format == "blocks"
+    prompt = "def fibonacci(n):\n    "
+    params = SamplingParams(max_tokens=24, temperature=0)
+    assert eng.generate(prompt, params)[0].text == ref.generate(prompt, params)[0].text
+    ids = ref.tokenizer.encode("import os\nimport sys\n\n\ndef main(argv):\n    for arg in argv:\n")
+    logits = []
+    for e in (ref, eng):
+        with torch.inference_mode():
+            e.model(torch.tensor([ids[:-6]]), [0], [0])
+            logits.append(torch.stack([e.model(torch.tensor([[ids[i]]]), [i], [0])[0]
+                                       for i in range(len(ids) - 6, len(ids))]))
+    lp_ref, lp = (torch.log_softmax(x.double(), -1) for x in logits)
+    kl = (lp_ref.exp() * (lp_ref - lp)).sum(-1).mean().item()
+    assert kl < 1e-4 and torch.equal(lp.argmax(-1), lp_ref.argmax(-1))
+    assert not math.isnan(kl)
+
+
+def test_without_the_kernel_auto_falls_back_to_fp16() -> None:
+    code = ("from model_backend.engine import Engine; e = Engine.load('default', max_seq_len=256, progress=False);"
+            "print(e.weight_format, e.model.layers[0].attn.decode_kernel)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COPILOT_LS_KERNELS": "0"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["fp16", "None"]
