@@ -14,13 +14,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from copilot_ls.context_snippets import Snippet, collect
-from copilot_ls.context_workspace import Workspace, _fs_cached, resolved, workspace_for
+from copilot_ls.context_snippets import Snippet, collect, node_at_cursor
+from copilot_ls.context_workspace import Workspace, _fs_cached, find_root, resolved, workspace_for
 from copilot_ls.documents import Snapshot
 from copilot_ls.fim import FAMILIES, FimTemplate, template_for
 from copilot_ls.languages import LanguageSpec
 
 __all__ = [
+    "DEFAULT_SNIPPET_STYLE",
+    "KEEP_IN_PREFIX",
+    "SNIPPET_STYLES",
     "FimTemplate",
     "Prompt",
     "PromptBudget",
@@ -42,6 +45,12 @@ class PromptBudget:
     suffix_fraction: float = 0.25
     max_tokens_out: int = 128
     snippet_fraction: float = 0.5  # at most this share of what is left after the suffix goes to snippets
+    # What snippets may never push out of the prefix window: "none"; "function" = the lines of the function
+    # around the cursor, from its header on; "file" = anything (snippets only fill what the prefix leaves).
+    keep_in_prefix: str = "none"
+
+
+KEEP_IN_PREFIX = ("none", "function", "file")
 
 
 @dataclass(frozen=True)
@@ -317,13 +326,18 @@ def header_for(snap: Snapshot, root: str | os.PathLike[str] | None = None) -> st
     return f"{comment} Path: {shown}{lang}\n"
 
 
-SNIPPET_STYLES = ("code", "comment")
+SNIPPET_STYLES = ("code", "comment", "signature")
+DEFAULT_SNIPPET_STYLE = "code"
 
 
 def render_snippet(snip: Snippet, comment: str, root, *, short: bool = False, style: str = "code") -> str:
     """A snippet as the prompt shows it (prefix-only / single-file FIM). ``code``: a path comment, then the
-    code; ``comment``: every line commented out, Copilot style ("Compare this snippet from ...")."""
-    body = (snip.summary if short else snip.text).rstrip()
+    code; ``comment``: every line commented out, Copilot style ("Compare this snippet from ..."); ``signature``:
+    like ``code`` but definitions only as header + the docstring's first line (never whole bodies)."""
+    if style == "signature" and snip.kind != "similar":
+        body = (snip.signature or snip.summary).rstrip()
+    else:
+        body = (snip.summary if short else snip.text).rstrip()
     where = display_path(snip.path, root)
     if style == "comment":
         lines = "\n".join(f"{comment} {ln}".rstrip() for ln in body.split("\n"))
@@ -365,6 +379,22 @@ def scope_headers(snap: Snapshot, line: int, col: int, window_start_line: int) -
     return list(dict.fromkeys(out))
 
 
+def _kept_prefix(snap: Snapshot, line: int, col: int, keep: str) -> int | None:
+    """Offset from which the text before the cursor must stay in the prefix window (``keep_in_prefix``), or
+    None when snippets may take any of it."""
+    if keep == "file":
+        return 0
+    if keep != "function" or snap.language is None or snap.tree is None:
+        return None
+    node, min_col = node_at_cursor(snap, line, col)
+    spec = snap.language
+    while node is not None:
+        if node.type in spec.function_types and (min_col is None or node.start_point[1] < min_col):
+            return snap.offset(node.start_point[0], 0)
+        node = node.parent
+    return None
+
+
 def build_prompt(
     snap: Snapshot,
     line: int,
@@ -376,7 +406,7 @@ def build_prompt(
     count_tokens: CountTokens | None = None,
     workspace: Workspace | None | str = "auto",
     snippets: bool = True,
-    snippet_style: str = "code",
+    snippet_style: str = DEFAULT_SNIPPET_STYLE,
 ) -> Prompt:
     """The prompt for a completion at (line, code-point col) of ``snap``. Deterministic.
 
@@ -384,15 +414,22 @@ def build_prompt(
     cached); None = open documents only. ``snippets=False`` gives the plain prefix/suffix prompt (the baseline
     of ``copilot-ls eval context``).
     """
+    if budget.keep_in_prefix not in KEEP_IN_PREFIX:
+        raise ValueError(f"unknown keep_in_prefix {budget.keep_in_prefix!r}; expected one of "
+                         f"{', '.join(KEEP_IN_PREFIX)}")
     if snippet_style not in SNIPPET_STYLES:
         raise ValueError(
             f"unknown snippet style {snippet_style!r}; expected one of {', '.join(SNIPPET_STYLES)}"
         )
     count = count_tokens or estimate_tokens
     fim = _resolve_fim(fim)
+    root = None
     if workspace == "auto":
         workspace = workspace_for(snap.path) if snippets else None
-    root = workspace.root if isinstance(workspace, Workspace) else None
+        if not snippets and snap.path:  # the same path header as with snippets
+            root = find_root(snap.path)[0]
+    if isinstance(workspace, Workspace):
+        root = workspace.root
     off = snap.offset(line, col)
     line, col = snap.position(off)
     text = snap.text
@@ -418,8 +455,15 @@ def build_prompt(
 
     # Snippets: chosen greedily by rank within their share; the prefix window gets the rest.
     chosen: list[tuple[Snippet, str, int]] = []
+    kept = None  # the kept text's offset in `before` when it fits (keep_in_prefix)
     if snippets and available > 0:
         snippet_budget = int(available * max(0.0, min(1.0, budget.snippet_fraction)))
+        kept = _kept_prefix(snap, line, col, budget.keep_in_prefix)
+        if kept is not None:
+            need = count(before[kept:])
+            snippet_budget = min(snippet_budget, max(0, available - need - 1))
+            if need > available:
+                kept = None
         # the window the prefix would get without snippets tells which local definitions are cut off
         rough_start = line - fit_tail(before, available - snippet_budget, count).count("\n")
         used = 0
@@ -443,6 +487,8 @@ def build_prompt(
         available -= used
 
     prefix = fit_tail(before, available, count)
+    if kept is not None and len(prefix) < len(before) - kept:
+        prefix = before[kept:]  # fit_tail errs on the short side; the kept text is known to fit
     window_start = line - prefix.count("\n")
     scope = scope_headers(snap, line, col, window_start)
     scope_text = "".join(t + "\n" for _, t in scope)

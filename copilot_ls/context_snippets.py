@@ -63,6 +63,7 @@ class Snippet:
     summary: str  # shorter form (signature + docstring) for tight budgets; == text when there is none
     score: float
     why: str
+    signature: str = ""  # the most compact form (header + the docstring's first line); "" = summary
 
 
 # --- names near the cursor -----------------------------------------------------------------------------------
@@ -381,7 +382,17 @@ def _module_matches(path: str, module: str) -> bool:
 def _snippet_from(defn: Definition, kind: str, score: float, why: str) -> Snippet:
     short = defn.end_line - defn.start_line + 1 <= SHORT_DEFINITION_LINES
     text = defn.text if short else (defn.summary or defn.text)
-    return Snippet(kind, defn.path, defn.start_line, defn.end_line, text, defn.summary or text, score, why)
+    return Snippet(kind, defn.path, defn.start_line, defn.end_line, text, defn.summary or text, score, why,
+                   defn.signature)
+
+
+_BARE_VARIABLE = re.compile(r"^[A-Za-z_]\w*\s*(?::[^=\n]*)?(?:=\s*[A-Za-z_][\w.]*)?\s*;?$")
+
+
+def informative(defn: Definition) -> bool:
+    """Whether a definition tells the model more than its name: not a bare alias (``Matrix = MutableMatrix``)
+    or a bare annotation (``slow: Callable[[Any], Any]``)."""
+    return defn.kind != "variable" or not _BARE_VARIABLE.match(defn.text.strip())
 
 
 # --- similar windows ----------------------------------------------------------------------------------------
@@ -485,7 +496,7 @@ def collect(
                 break
         # 2. definitions of names used near the cursor
         for rank, (name, qual) in enumerate(names_near(snap, line)[:60]):
-            for defn in res.definition_of(name, qual)[:1]:
+            for defn in [d for d in res.definition_of(name, qual)[:1] if informative(d)]:
                 out.append(
                     _snippet_from(defn, "definition", 50 - rank * 0.5, f"definition of `{name}`, used nearby")
                 )

@@ -69,6 +69,7 @@ class Definition:
     text: str  # the whole definition's source
     container: str | None = None  # class name for methods
     summary: str = ""  # header + docstring (+ method headers for classes): what a long definition shows
+    signature: str = ""  # header + the docstring's first line (+ the constructor's header for classes)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,18 @@ class FileSymbols:
     imports: tuple[Import, ...]
 
     def named(self, name: str) -> list[Definition]:
-        return [d for d in self.definitions if d.name == name and d.kind != "method"]
+        """Top-level definitions of ``name``; ``@overload`` stubs after the implementation they describe."""
+        found = [d for d in self.definitions if d.name == name and d.kind != "method"]
+        return sorted(found, key=_is_overload_stub) if len(found) > 1 else found
+
+
+_OVERLOAD = re.compile(r"^@(?:typing\.|t\.)?overload\b", re.M)
+
+
+def _is_overload_stub(d: Definition) -> bool:
+    """A typing ``@overload`` signature (a stub, not the code the model should see)."""
+    head = d.text.split("def ", 1)[0]
+    return bool(_OVERLOAD.search(head))
 
 
 # --- extraction ---------------------------------------------------------------------------------------------
@@ -155,6 +167,7 @@ def make_definition(node, name_node, kind: str, spec: LanguageSpec, data: bytes,
         text=full,
         container=container,
         summary=summarize(node, data, spec),
+        signature=summarize(node, data, spec, compact=True),
     )
 
 
@@ -254,6 +267,21 @@ def trim_docstring(doc: str, max_lines: int = DOCSTRING_LINES) -> str:
     return "\n".join(lines[:cut]).rstrip() + "\n" + indent + quote
 
 
+def first_docstring_line(doc: str) -> str:
+    """A docstring literal cut to its first line of text, on one line: ``\"\"\"Returns the square root.\"\"\"``."""
+    m = re.match(r"^([rRbBuUfF]*)(\"\"\"|'''|\"|')", doc)
+    if not m:
+        return doc
+    quote = m.group(2)
+    inner = doc[m.end() :]
+    if inner.endswith(quote):
+        inner = inner[: -len(quote)]
+    text = next((ln.strip() for ln in inner.split("\n") if ln.strip()), "")
+    if quote in text or text.endswith("\\"):
+        text = ""
+    return f"{m.group(1)}{quote}{text}{quote}" if text else ""
+
+
 def _docstring_node(node, spec: LanguageSpec):
     """The docstring literal of a Python function / class definition, or None."""
     if not spec.indent_scoped:
@@ -267,8 +295,9 @@ def _docstring_node(node, spec: LanguageSpec):
     return None
 
 
-def summarize(node, data: bytes, spec: LanguageSpec) -> str:
-    """Header (decorators, signature) + docstring, and for classes the headers of their methods."""
+def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False) -> str:
+    """Header (decorators, signature) + docstring, and for classes the headers of their methods.
+    ``compact``: only the docstring's first line of text, and of a class's methods only the constructor."""
     inner = _definition_node(node)
     body = inner.child_by_field_name("body")
     if body is None:
@@ -280,12 +309,16 @@ def summarize(node, data: bytes, spec: LanguageSpec) -> str:
         parts = [header]
         doc = _docstring_node(node, spec)
         if doc is not None:
-            parts.append(
-                indent + trim_docstring(data[doc.start_byte : doc.end_byte].decode("utf-8", "replace"))
-            )
+            literal = data[doc.start_byte : doc.end_byte].decode("utf-8", "replace")
+            shown = first_docstring_line(literal) if compact else trim_docstring(literal)
+            if shown:
+                parts.append(indent + shown)
         if inner.type in spec.class_types:
             for child in body.named_children:
                 fn = _definition_node(child)
+                if compact and (fn.child_by_field_name("name") is None
+                                or fn.child_by_field_name("name").text not in (b"__init__", b"__new__")):
+                    continue
                 if fn.type in spec.function_types:
                     fb = fn.child_by_field_name("body")
                     if fb is not None:
@@ -461,10 +494,15 @@ def resolved(path: str | os.PathLike[str]) -> str:
     return _fs_cached(_RESOLVED, key, lambda: str(Path(key).resolve()))
 
 
+LIBRARY_DIRS = frozenset({"site-packages", "dist-packages"})
+
+
 def find_root(path: str | os.PathLike[str]) -> tuple[Path, bool]:
     """(root, marked): the nearest ancestor directory holding a project marker (.git, pyproject.toml,
-    package.json, ...) and True; else the folder above the outermost Python package around the file (or the
-    file's own folder) and False (no name index is built for unmarked roots). Cached for a short while."""
+    package.json, ...) and True; an installed package's ``site-packages`` (a library file belongs to its
+    packages, not to the project whose virtual environment holds it) and False; else the folder above the
+    outermost Python package around the file (or the file's own folder) and False (no name index is built for
+    unmarked roots). Cached for a short while."""
     key = os.fspath(path)
     return _fs_cached(_ROOTS, key, lambda: _find_root(key))
 
@@ -474,6 +512,8 @@ def _find_root(path: str) -> tuple[Path, bool]:
     for d in (p, *p.parents):
         if any((d / m).exists() for m in ROOT_MARKERS):
             return d, True
+        if d.name in LIBRARY_DIRS:
+            return d, False
     top = p
     while (top / "__init__.py").exists() and top.parent != top:
         top = top.parent

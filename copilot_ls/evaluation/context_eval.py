@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import sys
 import sysconfig
 import time
@@ -30,7 +31,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from copilot_ls.context import PromptBudget, build_prompt
+from copilot_ls.context import (
+    DEFAULT_SNIPPET_STYLE,
+    KEEP_IN_PREFIX,
+    SNIPPET_STYLES,
+    PromptBudget,
+    build_prompt,
+)
 from copilot_ls.context_snippets import _Resolver
 from copilot_ls.context_workspace import Workspace, find_root
 from copilot_ls.documents import Document
@@ -51,6 +58,7 @@ class Case:
     expected: str  # the target line without its indentation
     subject: str  # the imported function the line calls
     subject_path: str  # where it is defined
+    subject_before: bool = False  # the test already called the subject above the line (a repeated pattern)
 
 
 # --- the case set ---------------------------------------------------------------------------------------------
@@ -115,9 +123,14 @@ def cases_in_file(path: Path, workspace: Workspace) -> list[Case]:
                 if sp:
                     col = len(line_text) - len(line_text.lstrip())
                     cid = f"{path.name}:{ln + 1}"
-                    out.append(Case(cid, str(path), ln, col, target, callee, sp))
+                    before = any(_calls(lines[k], callee) for k in range(fn.start_point[0] + 1, ln))
+                    out.append(Case(cid, str(path), ln, col, target, callee, sp, before))
                     break
     return out
+
+
+def _calls(line: str, name: str) -> bool:
+    return re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", line) is not None
 
 
 def _walk(node):
@@ -220,7 +233,31 @@ def summarize(results: list[dict]) -> dict:
     es_diff = [v["builder"]["edit_similarity"] - v["prefix-only"]["edit_similarity"] for v in paired]
     out["edit_similarity_lift"] = sum(es_diff) / len(es_diff) if es_diff else 0.0
     out["edit_similarity_lift_ci95"] = bootstrap_ci(es_diff)
+    out["strata"] = {}
+    for name, want in STRATA:
+        sub = [v for v in paired if bool(v["builder"].get("subject_before")) == want]
+        if sub:
+            out["strata"][name] = _stratum(sub)
     return out
+
+
+# Cases split by whether the test already called the subject above the line (the model can copy the pattern)
+STRATA = (("subject called earlier in the test", True), ("first call of the subject in the test", False))
+
+
+def _stratum(paired: list[dict]) -> dict:
+    n = len(paired)
+    row: dict = {"cases": n}
+    for arm in ARMS:
+        row[arm] = {
+            "exact_match": sum(bool(v[arm]["exact"]) for v in paired) / n,
+            "edit_similarity": sum(v[arm]["edit_similarity"] for v in paired) / n,
+        }
+    em = [float(v["builder"]["exact"]) - float(v["prefix-only"]["exact"]) for v in paired]
+    es = [v["builder"]["edit_similarity"] - v["prefix-only"]["edit_similarity"] for v in paired]
+    row["exact_match_lift"], row["exact_match_lift_ci95"] = sum(em) / n, bootstrap_ci(em)
+    row["edit_similarity_lift"], row["edit_similarity_lift_ci95"] = sum(es) / n, bootstrap_ci(es)
+    return row
 
 
 def markdown_table(summary: dict, meta: dict) -> str:
@@ -243,6 +280,22 @@ def markdown_table(summary: dict, meta: dict) -> str:
         f"| **builder − prefix-only** | **{pct(summary['exact_match_lift'])} points** ({pct(lo)}–{pct(hi)}, "
         f"paired bootstrap) | {pct(summary['edit_similarity_lift'])} points ({pct(elo)}–{pct(ehi)}) | |"
     )
+    if summary.get("strata"):
+        rows += [
+            "",
+            "| cases | n | exact match %, prefix-only → builder | lift (95% CI) | edit similarity %, prefix-only → "
+            "builder | lift (95% CI) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, st in summary["strata"].items():
+            lo, hi = st["exact_match_lift_ci95"]
+            elo, ehi = st["edit_similarity_lift_ci95"]
+            rows.append(
+                f"| {name} | {st['cases']} | {pct(st['prefix-only']['exact_match'])} → "
+                f"{pct(st['builder']['exact_match'])} | {pct(st['exact_match_lift'])} ({pct(lo)}–{pct(hi)}) | "
+                f"{pct(st['prefix-only']['edit_similarity'])} → {pct(st['builder']['edit_similarity'])} | "
+                f"{pct(st['edit_similarity_lift'])} ({pct(elo)}–{pct(ehi)}) |"
+            )
     head = (
         f"{summary['cases']} cases from the test suites of {', '.join(meta['packages'])}; model "
         f"{meta['model']}; greedy; max prompt {meta['max_prompt_tokens']} tokens; {meta['max_tokens']} new tokens."
@@ -263,7 +316,9 @@ async def run_case(
         budget=budget,
         count_tokens=meta.count_tokens,
         snippets=(arm == "builder"),
-        workspace=Workspace(find_root(case.path)[0], index=False) if arm == "builder" else None,
+        # both arms: the same root, so the same path header (prefix-only never looks anything up)
+        workspace=Workspace(find_root(case.path)[0], index=False),
+        snippet_style=style,
     )
     t0 = time.monotonic()
     raw = await client.complete(prompt.prompt, max_tokens=max_tokens, temperature=0.0, n=1, stop=prompt.stop)
@@ -282,6 +337,7 @@ async def run_case(
         "prompt_tokens": count(prompt.prompt),
         "sources": [s.kind for s in prompt.sources],
         "seconds": round(elapsed, 2),
+        "subject_before": case.subject_before,
     }
 
 
@@ -304,6 +360,7 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
             max_prompt_tokens=args.max_prompt_tokens,
             max_tokens_out=args.max_tokens,
             snippet_fraction=args.snippet_fraction,
+            keep_in_prefix=args.keep_in_prefix,
         )
         sem = asyncio.Semaphore(args.concurrency)
         todo = [(c, a) for c in cases for a in ARMS if (c.id, a) not in done]
@@ -349,9 +406,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per request (default 1800)")
     parser.add_argument(
         "--snippet-style",
-        choices=("code", "comment"),
-        default="code",
-        help="how snippets appear (default code)",
+        choices=SNIPPET_STYLES,
+        default=DEFAULT_SNIPPET_STYLE,
+        help=f"how snippets appear (default {DEFAULT_SNIPPET_STYLE})",
+    )
+    parser.add_argument(
+        "--keep-in-prefix",
+        choices=KEEP_IN_PREFIX,
+        default=PromptBudget().keep_in_prefix,
+        help="what snippets may never push out of the prefix window (default "
+        f"{PromptBudget().keep_in_prefix})",
     )
     parser.add_argument(
         "--snippet-fraction",
@@ -397,6 +461,7 @@ def run(args: argparse.Namespace) -> int:
         "max_tokens": args.max_tokens,
         "snippet_fraction": args.snippet_fraction,
         "snippet_style": args.snippet_style,
+        "keep_in_prefix": args.keep_in_prefix,
         "seed": args.seed,
     }
     (out / "summary.json").write_text(json.dumps({**summary, "meta": meta}, indent=2))

@@ -72,6 +72,19 @@ def test_cases_in_file(tmp_path: Path) -> None:
     assert (line, col) == (9, 4)
 
 
+def test_cases_know_whether_the_test_called_the_subject_before(tmp_path: Path) -> None:
+    test = make_package(tmp_path)
+    test.write_text(
+        "from strlib.core import common_prefix\n\n\ndef test_twice():\n"
+        "    assert common_prefix('ab', 'a') == 'a'\n    assert common_prefix('', 'x') == ''\n"
+    )
+    cases = ce.cases_in_file(test, Workspace(tmp_path, index=False))
+    assert [(c.line, c.subject_before) for c in cases] == [(4, False), (5, True)]
+    assert ce._calls("x = common_prefix (a)", "common_prefix")
+    assert not ce._calls("x = self.common_prefix(a)", "common_prefix")
+    assert not ce._calls("x = my_common_prefix(a)", "common_prefix")
+
+
 def test_case_choice_does_not_depend_on_where_the_package_lives(tmp_path: Path) -> None:
     make_package(tmp_path / "a")
     make_package(tmp_path / "elsewhere" / "b")
@@ -98,8 +111,9 @@ def test_edit_similarity_and_intervals() -> None:
 def test_summary_and_table() -> None:
     results = []
     for i in range(10):
-        results.append({"case": f"c{i}", "arm": "prefix-only", "exact": i < 2, "edit_similarity": 0.5, "prompt_tokens": 100})
-        results.append({"case": f"c{i}", "arm": "builder", "exact": i < 5, "edit_similarity": 0.7, "prompt_tokens": 200})
+        before = i % 2 == 0
+        results.append({"case": f"c{i}", "arm": "prefix-only", "exact": i < 2, "edit_similarity": 0.5, "prompt_tokens": 100, "subject_before": before})
+        results.append({"case": f"c{i}", "arm": "builder", "exact": i < 5, "edit_similarity": 0.7, "prompt_tokens": 200, "subject_before": before})
     results.append({"case": "lonely", "arm": "builder", "exact": True, "edit_similarity": 1.0, "prompt_tokens": 1})
     s = ce.summarize(results)
     assert s["cases"] == 10  # only paired cases count
@@ -108,6 +122,9 @@ def test_summary_and_table() -> None:
     assert s["edit_similarity_lift"] == pytest.approx(0.2)
     table = ce.markdown_table(s, {"packages": ["x"], "model": "m", "max_prompt_tokens": 512, "max_tokens": 24})
     assert "| builder | 50.0 (" in table and "**30.0 points**" in table and table.startswith("10 cases")
+    first = s["strata"]["subject called earlier in the test"]  # cases 0, 2, 4, 6, 8: exact 1/5 -> 3/5
+    assert first["cases"] == 5 and first["exact_match_lift"] == pytest.approx(0.4)
+    assert "| subject called earlier in the test | 5 | 20.0 → 60.0 | 40.0 (" in table
 
 
 def test_bad_arguments_are_clear_errors(capsys) -> None:

@@ -323,6 +323,11 @@ def test_find_root(tmp_path: Path) -> None:
     (tmp_path / "lib" / "a" / "__init__.py").write_text("")
     (tmp_path / "lib" / "a" / "b" / "__init__.py").write_text("")
     assert find_root(tmp_path / "lib" / "a" / "b" / "x.py") == ((tmp_path / "lib").resolve(), False)
+    # an installed library inside a project's virtual environment belongs to site-packages, not the project
+    site = tmp_path / "proj" / ".venv" / "lib" / "python3.11" / "site-packages"
+    (site / "sympy" / "tests").mkdir(parents=True)
+    (site / "sympy" / "__init__.py").write_text("")
+    assert find_root(site / "sympy" / "tests" / "test_x.py") == (site.resolve(), False)
 
 
 def test_big_workspace_does_not_slow_a_keystroke(ws: Path) -> None:
@@ -404,3 +409,69 @@ def test_names_near_equals_a_walk_of_the_rows(lang: str, unit: str) -> None:
     snap = Document(f"file:///x.{lang[:2]}", lang, 1, text).snapshot()
     for line in [0, 1, 7, *range(20, len(snap.lines()) + 3, 23)]:
         assert names_near(snap, line) == _names_near_by_walk(snap, line), line
+
+
+def test_signature_snippet_style(ws: Path) -> None:
+    """``signature``: header + the docstring's first line, never the body."""
+    write(ws, {"lib.py": LIB_PY})
+    snap, line, col = open_at(
+        ws / "test_lib.py", "from lib import common_prefix\n\ndef test_common_prefix():\n    █"
+    )
+    p = build_prompt(snap, line, col, snippet_style="signature")
+    assert p.prompt.startswith(
+        '# Path: lib.py\ndef common_prefix(a: str, b: str) -> str:\n    """The longest common prefix of a and b."""\n'
+        "    ...\n\n# Path: test_lib.py (python)\n"
+    )
+    assert "while n <" not in p.prompt
+
+
+def test_overload_stubs_and_bare_aliases_are_not_shown(ws: Path) -> None:
+    write(
+        ws,
+        {
+            "alg.py": textwrap.dedent(
+                '''\
+                from typing import overload
+
+                @overload
+                def simplify(expr: int) -> int: ...
+                @overload
+                def simplify(expr: str) -> str: ...
+                def simplify(expr, ratio=1.7):
+                    """Simplifies the given expression."""
+                    return expr
+
+                Matrix = MutableMatrix
+                LIMIT = 3 * 4
+                '''
+            )
+        },
+    )
+    snap, line, col = open_at(
+        ws / "use.py", "from alg import simplify, Matrix, LIMIT\n\nx = simplify(Matrix(LIMIT))\n█"
+    )
+    p = build_prompt(snap, line, col)
+    assert "def simplify(expr, ratio=1.7):" in p.prompt and "@overload" not in p.prompt
+    assert "Matrix = MutableMatrix" not in p.prompt  # an alias tells nothing the name does not
+    assert "LIMIT = 3 * 4" in p.prompt
+    fs = extract_symbols((ws / "alg.py").read_text(), language_for("python", "alg.py"), str(ws / "alg.py"))
+    assert [d.text.startswith("@overload") for d in fs.named("simplify")] == [False, True, True]
+
+
+@pytest.mark.parametrize("keep", ["function", "file"])
+def test_keep_in_prefix(ws: Path, keep: str) -> None:
+    """Snippets never push the current function's lines (or, with "file", any line) out of the prefix window."""
+    write(ws, {"lib.py": LIB_PY})
+    body = "".join(f"    assert common_prefix('ab{i}', 'ab') == 'ab'\n" for i in range(12))
+    older = "".join(f"def test_old_{i}():\n    assert reverse('a{i}') == '{i}a'\n\n" for i in range(10))
+    source = f"from lib import common_prefix, reverse\n\n{older}\ndef test_common_prefix():\n{body}    █"
+    snap, line, col = open_at(ws / "test_lib.py", source)
+    budget = PromptBudget(max_prompt_tokens=220, keep_in_prefix=keep)
+    p = build_prompt(snap, line, col, budget=budget)
+    plain = build_prompt(snap, line, col, budget=PromptBudget(max_prompt_tokens=220), snippets=False)
+    if keep == "file":
+        assert p.prefix == plain.prefix  # the window is what it would be without snippets
+    else:
+        assert p.prefix.startswith("def test_common_prefix():\n") and "Path: lib.py" in p.prompt
+    with pytest.raises(ValueError, match="unknown keep_in_prefix"):
+        build_prompt(snap, line, col, budget=PromptBudget(keep_in_prefix="all"))
