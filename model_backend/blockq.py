@@ -37,8 +37,9 @@ SOURCE = Path(__file__).with_name("kernels") / "blockq.c"
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-std=c11")
 BLOCK = 32
 BLOCK_BYTES = {"Q4_1": 20, "Q8_0": 34}  # ggml block sizes
-# rows of activations up to which the kernel beats the fp16 pack (decode steps; measured in benchmarks/engine.py)
-MAX_ROWS = 4
+# rows of activations up to which the kernel beats the fp16 pack (it reads the weights once per row; measured
+# on the default model: 1 row 5.9 ms vs 12.5 ms per token for all layers, 2 rows 11 ms, 4 rows 21 ms vs ~17)
+MAX_ROWS = 2
 
 
 def cpu_supported() -> bool:
@@ -99,22 +100,42 @@ def library() -> Any | None:
     except OSError as e:
         log.warning("blocks weight format: could not load %s (%s); using fp16 packing", out, e)
         return None
-    for fn in (lib.bq_gemm_q4_1, lib.bq_gemm_q8_0):
+    for fn in (lib.bq_gemm_x8_q4_1, lib.bq_gemm_x8_q8_0):
         fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 5
         fn.restype = ctypes.c_int
     lib.bq_attention.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_float]
     lib.bq_attention.restype = ctypes.c_int
+    lib.bq_attention_step.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_float]
+    lib.bq_attention_step.restype = ctypes.c_int
     return lib
 
 
 def attention_kernel() -> Any | None:
-    """bq_attention(q, k, v, out, n_heads, n_kv_heads, head_dim, kv_len, head_stride, scale) -> 0, or None.
+    """bq_attention_step(qkv, rope, k, v, out, n_heads, n_kv_heads, head_dim, pos, head_stride, scale) -> 0,
+    or None when the library is not available.
 
-    Single-query attention over one sequence's fp32 KV cache slice ([n_kv, max_seq, head_dim]): scores, exact
-    softmax, probabilities @ V in one call (a decode step otherwise runs ~8 torch ops per layer, and torch's
-    batched matmul on the transposed cache view is slow at 1-2k positions)."""
+    One layer's attention for a single-row decode step after the q|k|v projection: RoPE on q and k, k and v
+    written to the sequence's fp32 KV cache slice ([n_kv, max_seq, head_dim]) at `pos`, then scores, exact
+    softmax and probabilities @ V over positions 0..pos (torch runs ~20 ops per layer for this, and its batched
+    matmul on the transposed cache view is slow at 1-2k positions)."""
     lib = library()
-    return None if lib is None else lib.bq_attention
+    return None if lib is None else lib.bq_attention_step
+
+
+def interleave8(blocks: Tensor, kind: str) -> Tensor:
+    """[N, K/32 blocks] in the file's layout -> the kernel's "x8" layout (kernels/blockq.c): rows in groups of 8
+    (zero rows pad N), and per group and block column the 8 scales (and 8 mins), then the 8 rows' quants."""
+    n, row_bytes = blocks.shape
+    size = BLOCK_BYTES[kind]
+    nb = row_bytes // size
+    padded = (n + 7) // 8 * 8
+    b = torch.zeros(padded, nb, size, dtype=torch.uint8)
+    b[:n] = blocks.reshape(n, nb, size)
+    g = b.view(padded // 8, 8, nb, size).permute(0, 2, 1, 3)  # [groups, block column, row in group, bytes]
+    heads = 4 if kind == "Q4_1" else 2  # fp16 d (and m) before the quants
+    parts = [g[..., i:i + 2].reshape(padded // 8, nb, 16) for i in range(0, heads, 2)]
+    parts.append(g[..., heads:].reshape(padded // 8, nb, 8 * (size - heads)))
+    return torch.cat(parts, dim=-1).reshape(padded // 8, -1).contiguous()
 
 
 class BlockLinear(nn.Module):
@@ -133,10 +154,10 @@ class BlockLinear(nn.Module):
                 blocks.shape[1] != in_features // BLOCK * BLOCK_BYTES[kind]:
             raise ValueError(f"{kind} blocks of shape {tuple(blocks.shape)} do not fit {in_features} inputs")
         self.kind, self.in_features, self.out_features = kind, in_features, blocks.shape[0]
-        self.blocks = blocks.contiguous()
+        self.blocks = interleave8(blocks, kind)
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.fallback = fallback
-        self._fn = lib.bq_gemm_q4_1 if kind == "Q4_1" else lib.bq_gemm_q8_0
+        self._fn = lib.bq_gemm_x8_q4_1 if kind == "Q4_1" else lib.bq_gemm_x8_q8_0
 
     def forward(self, x: Tensor) -> Tensor:
         k, n = self.in_features, self.out_features
@@ -147,7 +168,7 @@ class BlockLinear(nn.Module):
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         y = torch.empty(*x.shape[:-1], n)
-        rc = self._fn(self.blocks.data_ptr(), x2.data_ptr(), y.data_ptr(), rows, n, k, 0, n)
+        rc = self._fn(self.blocks.data_ptr(), x2.data_ptr(), y.data_ptr(), rows, n, k, 0, (n + 7) // 8)
         if rc != 0:
             raise RuntimeError(f"blocks kernel failed (code {rc})")
         if self.bias is not None:

@@ -65,7 +65,7 @@ class Attention(nn.Module):
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         self.wqkv = Linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias, device=device)
         self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.out_bias, device=device)
-        self.decode_kernel: Any = None  # blockq.attention_kernel(): one C call for a single-row decode step
+        self.decode_kernel: Any = None  # blockq.attention_kernel(): a single-row decode step in one C call
 
     def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor],
                 rows: Tensor, pos: Tensor, read: slice | Tensor, kv_len: int,
@@ -73,13 +73,24 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
         qkv = self.wqkv(x)
+        k_cache, v_cache = cache
+        if (single is not None and t == 1 and self.decode_kernel is not None and qkv.dtype == torch.float32
+                and k_cache.dtype == torch.float32):
+            # one C call: RoPE, cache write, attention (model_backend/blockq.py); qkv is ours to rotate in place
+            slot, p0 = single
+            kc, vc = k_cache[slot], v_cache[slot]  # [nkv, max_seq, hd], contiguous
+            out = torch.empty(1, 1, nh * hd)
+            rc = self.decode_kernel(qkv.data_ptr(), torch.view_as_real(rope).data_ptr(), kc.data_ptr(),
+                                    vc.data_ptr(), out.data_ptr(), nh, nkv, hd, p0, kc.stride(0), hd ** -0.5)
+            if rc == 0:
+                return self.wo(out)
+            raise RuntimeError(f"decode attention kernel failed (code {rc})")
         # RoPE on q and k at once: their weights are stored with each head's dims interleaved in pairs,
         # so a rotation is one complex multiply (q.k is unchanged by the same permutation of both)
         qk = qkv[..., : (nh + nkv) * hd].float().reshape(b, t, nh + nkv, hd // 2, 2)
         qk = torch.view_as_real(torch.view_as_complex(qk) * rope).reshape(b, t, nh + nkv, hd).to(x.dtype)
         q, k = qk[:, :, :nh], qk[:, :, nh:]
         v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
-        k_cache, v_cache = cache
         if single is not None:  # one row: a plain slice copy (cheaper than index_put)
             slot, p0 = single
             k_cache[slot, :, p0:p0 + t] = k[0].transpose(0, 1)
@@ -95,13 +106,6 @@ class Attention(nn.Module):
             return self.wo(out.transpose(1, 2).reshape(b, t, nh * hd))
         # decode: the query heads of one KV head form a [g, hd] matrix -> two small matmuls, no repeat
         g = nh // nkv
-        if single is not None and self.decode_kernel is not None and q.dtype == torch.float32:
-            out = torch.empty(1, 1, nh * hd)
-            kc, vc = k_cache[single[0]], v_cache[single[0]]  # [nkv, max_seq, hd], contiguous
-            rc = self.decode_kernel(q.contiguous().data_ptr(), kc.data_ptr(), vc.data_ptr(), out.data_ptr(),
-                                    nh, nkv, hd, kv_len, kc.stride(0), hd ** -0.5)
-            if rc == 0:
-                return self.wo(out)
         if b == 1:  # 3-D bmm on views: no broadcast/expand
             scores = torch.bmm(q.reshape(nkv, g, hd), keys[0].transpose(1, 2)).float() * (hd ** -0.5)
             probs = torch.softmax(scores, dim=-1).to(values.dtype)
@@ -183,8 +187,11 @@ class Transformer(nn.Module):
         model runs fp32 on the CPU. Returns whether it is on."""
         from model_backend import blockq
 
+        cfg = self.config
         fn = blockq.attention_kernel() if self.embed.weight.device.type == "cpu" else None
-        if self.embed.weight.dtype != torch.float32:
+        # what the kernel handles (it checks again and fails loudly): fp32, head_dim % 8, <= 16 query heads per KV head
+        if (self.embed.weight.dtype != torch.float32 or cfg.head_dim % 8 or cfg.head_dim > 256
+                or cfg.n_heads % cfg.n_kv_heads or cfg.n_heads // cfg.n_kv_heads > 16):
             fn = None
         for layer in self.layers:
             layer.attn.decode_kernel = fn

@@ -9,10 +9,11 @@
  * float sum of each block of x.
  *
  * Block layouts (ggml): Q4_1 = {fp16 d, fp16 m, uint8 qs[16]}, w[j] = d * q[j] + m with q[j] = qs[j] & 15 and
- * q[j + 16] = qs[j] >> 4.  Q8_0 = {fp16 d, int8 qs[32]}, w[j] = d * qs[j].
+ * q[j + 16] = qs[j] >> 4.  Q8_0 = {fp16 d, int8 qs[32]}, w[j] = d * qs[j]. The kernels take them with their
+ * bytes reordered so that 8 rows are computed together (layout "x8" below; blockq.py reorders at load).
  *
- * Rows n0 <= n < n1 only, so callers may split N across threads; the function keeps no state but a scratch
- * buffer per thread.
+ * Groups of 8 rows g0 <= g < g1 only, so callers may split N across threads; no state but a scratch buffer per
+ * thread. Also here: single-query attention for a decode step (bq_attention).
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -23,7 +24,6 @@
 #define QK 32
 #define Q4_1_BYTES 20
 #define Q8_0_BYTES 34
-#define MT 4 /* activation rows per pass over a weight row */
 
 static inline float half_to_float(const uint8_t *p) {
     uint16_t h;
@@ -91,77 +91,99 @@ static int prepare(const float *x, int64_t M, int64_t K) {
     return 0;
 }
 
-/* one weight block's 32 values widened to int16: lo = values 0..15, hi = 16..31 */
-static inline void unpack_q4_1(const uint8_t *blk, __m256i *lo, __m256i *hi) {
-    __m128i q = _mm_loadu_si128((const __m128i *)(blk + 4));
+/* ---- the products, on rows interleaved by 8 ---------------------------------------------------------------------
+ *
+ * Layout "x8": rows are taken 8 at a time (N padded with zero rows to a multiple of 8). For each group of 8
+ * rows and each block column b, one record holds the 8 rows' scales, then their quants:
+ *   Q4_1: fp16 d[8], fp16 m[8], uint8 qs[8][16]   (160 bytes)
+ *   Q8_0: fp16 d[8], int8 qs[8][32]               (272 bytes)
+ * The bytes are those of the file, reordered. One pass gives 8 outputs in one vector: the 8 rows' integer
+ * block sums are reduced together (horizontal adds) and scaled by the 8 d's at once, instead of one scalar
+ * conversion and broadcast per row and block.
+ */
+#define X8_Q4_1 160
+#define X8_Q8_0 272
+
+static inline __m256i reduce8_epi32(__m256i p0, __m256i p1, __m256i p2, __m256i p3, __m256i p4, __m256i p5,
+                                    __m256i p6, __m256i p7) {
+    __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+    __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p4, p5), _mm256_hadd_epi32(p6, p7));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+static inline __m256i dot_q4(const uint8_t *qs, __m256i x0, __m256i x1) {
     const __m128i m4 = _mm_set1_epi8(0x0F);
-    *lo = _mm256_cvtepu8_epi16(_mm_and_si128(q, m4));
-    *hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(q, 4), m4));
+    __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    __m256i lo = _mm256_cvtepu8_epi16(_mm_and_si128(q, m4));
+    __m256i hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(q, 4), m4));
+    return _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
 }
 
-static inline void unpack_q8_0(const uint8_t *blk, __m256i *lo, __m256i *hi) {
-    __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 2));
-    *lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
-    *hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+static inline __m256i dot_q8(const uint8_t *qs, __m256i x0, __m256i x1) {
+    __m256i q = _mm256_loadu_si256((const __m256i *)qs);
+    __m256i lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+    __m256i hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+    return _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
 }
 
-/* rows [n0, n1) of W against activation rows [m0, m0 + mt), mt <= MT; kind 0 = Q4_1, 1 = Q8_0 */
-static inline __attribute__((always_inline)) void tile(int kind, int mt, const uint8_t *W, float *y, int64_t m0,
-                                                       int64_t N, int64_t K, int64_t n0, int64_t n1) {
+static inline __attribute__((always_inline)) void x8_rows(int kind, const uint8_t *W, float *y, int64_t m,
+                                                          int64_t N, int64_t K, int64_t g0, int64_t g1) {
     const int64_t nb = K / QK;
-    const int64_t bytes = kind == 0 ? Q4_1_BYTES : Q8_0_BYTES;
-    const int16_t *xq = tls.q + m0 * K;
-    const float *xs = tls.scale + m0 * nb;
-    const float *xsum = tls.sum + m0 * nb;
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *row = W + n * nb * bytes;
-        __m256 acc[MT];
-        float off[MT];
-        for (int t = 0; t < mt; t++) { acc[t] = _mm256_setzero_ps(); off[t] = 0.0f; }
+    const int64_t rec = kind == 0 ? X8_Q4_1 : X8_Q8_0;
+    const int16_t *xq = tls.q + m * K;
+    const float *xs = tls.scale + m * nb;
+    const float *xsum = tls.sum + m * nb;
+    for (int64_t g = g0; g < g1; g++) {
+        const uint8_t *grp = W + g * nb * rec;
+        __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = row + b * bytes;
-            __m256i lo, hi;
-            float d = half_to_float(blk);
-            if (kind == 0) unpack_q4_1(blk, &lo, &hi); else unpack_q8_0(blk, &lo, &hi);
-            float mn = kind == 0 ? half_to_float(blk + 2) : 0.0f;
-            for (int t = 0; t < mt; t++) {
-                const int16_t *xb = xq + t * K + b * QK;
-                __m256i p = _mm256_add_epi32(
-                    _mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)xb)),
-                    _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(xb + 16))));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xs[t * nb + b]), acc[t]);
-                if (kind == 0) off[t] += mn * xsum[t * nb + b];
+            const uint8_t *r = grp + b * rec;
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + b * QK + 16));
+            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)r));
+            __m256i s;
+            if (kind == 0) {
+                const uint8_t *qs = r + 32;
+                s = reduce8_epi32(dot_q4(qs, x0, x1), dot_q4(qs + 16, x0, x1), dot_q4(qs + 32, x0, x1),
+                                  dot_q4(qs + 48, x0, x1), dot_q4(qs + 64, x0, x1), dot_q4(qs + 80, x0, x1),
+                                  dot_q4(qs + 96, x0, x1), dot_q4(qs + 112, x0, x1));
+                __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 16)));
+                accm = _mm256_fmadd_ps(mn, _mm256_set1_ps(xsum[b]), accm);
+            } else {
+                const uint8_t *qs = r + 16;
+                s = reduce8_epi32(dot_q8(qs, x0, x1), dot_q8(qs + 32, x0, x1), dot_q8(qs + 64, x0, x1),
+                                  dot_q8(qs + 96, x0, x1), dot_q8(qs + 128, x0, x1), dot_q8(qs + 160, x0, x1),
+                                  dot_q8(qs + 192, x0, x1), dot_q8(qs + 224, x0, x1));
             }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(xs[b])), acc);
         }
-        for (int t = 0; t < mt; t++) y[(m0 + t) * N + n] = hsum(acc[t]) + off[t];
+        float out[8];
+        _mm256_storeu_ps(out, _mm256_add_ps(acc, accm));
+        int64_t n0 = g * 8;
+        for (int i = 0; i < 8 && n0 + i < N; i++) y[m * N + n0 + i] = out[i];
     }
 }
 
-static int gemm(int kind, const uint8_t *W, const float *x, float *y, int64_t M, int64_t N, int64_t K,
-                int64_t n0, int64_t n1) {
-    if (K % QK != 0 || n0 < 0 || n1 > N || n0 > n1) return -2;
+/* groups [g0, g1) of 8 rows each; N real rows (the last group may be padding) */
+static int gemm_x8(int kind, const uint8_t *W, const float *x, float *y, int64_t M, int64_t N, int64_t K,
+                   int64_t g0, int64_t g1) {
+    if (K % QK != 0 || g0 < 0 || g1 > (N + 7) / 8 || g0 > g1) return -2;
     if (prepare(x, M, K) != 0) return -1;
-    int64_t m = 0;
-    for (; m + MT <= M; m += MT) {
-        if (kind == 0) tile(0, MT, W, y, m, N, K, n0, n1); else tile(1, MT, W, y, m, N, K, n0, n1);
-    }
-    for (; m < M; m++) {
-        if (kind == 0) tile(0, 1, W, y, m, N, K, n0, n1); else tile(1, 1, W, y, m, N, K, n0, n1);
+    for (int64_t m = 0; m < M; m++) {
+        if (kind == 0) x8_rows(0, W, y, m, N, K, g0, g1); else x8_rows(1, W, y, m, N, K, g0, g1);
     }
     return 0;
 }
 
-int bq_gemm_q4_1(const uint8_t *W, const float *x, float *y, int64_t M, int64_t N, int64_t K, int64_t n0,
-                 int64_t n1) {
-    return gemm(0, W, x, y, M, N, K, n0, n1);
+int bq_gemm_x8_q4_1(const uint8_t *W, const float *x, float *y, int64_t M, int64_t N, int64_t K, int64_t g0,
+                    int64_t g1) {
+    return gemm_x8(0, W, x, y, M, N, K, g0, g1);
 }
 
-int bq_gemm_q8_0(const uint8_t *W, const float *x, float *y, int64_t M, int64_t N, int64_t K, int64_t n0,
-                 int64_t n1) {
-    return gemm(1, W, x, y, M, N, K, n0, n1);
+int bq_gemm_x8_q8_0(const uint8_t *W, const float *x, float *y, int64_t M, int64_t N, int64_t K, int64_t g0,
+                    int64_t g1) {
+    return gemm_x8(1, W, x, y, M, N, K, g0, g1);
 }
-
-int bq_version(void) { return 1; }
 
 /* ---- single-query attention (a decode step of one sequence) ------------------------------------------------
  *
@@ -269,4 +291,26 @@ int bq_attention(const float *q, const float *k, const float *v, float *out, int
         memcpy(O, acc, sizeof(float) * g * hd);
     }
     return 0;
+}
+
+/* A whole single-row decode step of one layer's attention after the q|k|v projection:
+ * RoPE on q and k (each head's dims interleaved in pairs, rope = cos/sin pairs of this position, hd/2 of them),
+ * k and v written to the cache at position pos, then bq_attention over positions 0..pos.
+ * qkv: [nh + 2 nkv, hd] fp32, rotated in place (the caller owns it). */
+int bq_attention_step(float *qkv, const float *rope, float *k, float *v, float *out, int64_t nh, int64_t nkv,
+                      int64_t hd, int64_t pos, int64_t stride_h, float scale) {
+    if (nkv <= 0 || hd % 8 || pos < 0) return -2;
+    for (int64_t h = 0; h < nh + nkv; h++) {
+        float *r = qkv + h * hd;
+        for (int64_t i = 0; i < hd; i += 2) {
+            float a = r[i], b = r[i + 1], c = rope[i], s = rope[i + 1];
+            r[i] = a * c - b * s;
+            r[i + 1] = a * s + b * c;
+        }
+    }
+    for (int64_t h = 0; h < nkv; h++) {
+        memcpy(k + h * stride_h + pos * hd, qkv + (nh + h) * hd, sizeof(float) * hd);
+        memcpy(v + h * stride_h + pos * hd, qkv + (nh + nkv + h) * hd, sizeof(float) * hd);
+    }
+    return bq_attention(qkv, k, v, out, nh, nkv, hd, pos + 1, stride_h, scale);
 }
