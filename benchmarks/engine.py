@@ -1,6 +1,6 @@
 """Engine benchmark on the default GGUF (not a test): prefill, decode, 8 samples, prefix reuse, cold start.
 
-    .venv/bin/python benchmarks/engine.py [--threads 2] [--decode-threads 1] [--formats none,fp16,int8]
+    .venv/bin/python benchmarks/engine.py [--threads 2] [--decode-threads 1] [--formats none,fp16,int8,blocks]
         [--decode-tokens 64] [--reuse-len 2000] [--no-llama-cpp] [--gguf PATH] [--json out.json]
 
 Each weight format ("none" = plain fp32 torch, "fp16" = the default CPU fast path, "int8" = lossy opt-in)
@@ -28,9 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
+# before torch loads OpenMP, as model_backend/__init__.py does for the server (see there why)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
 
 from model_backend.engine import Engine, SamplingParams  # noqa: E402
 
@@ -226,7 +228,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="prefill threads")
     ap.add_argument("--decode-threads", type=int, default=None, help="decode threads (default: --threads)")
-    ap.add_argument("--formats", default="none,fp16,int8", help="weight formats to compare")
+    ap.add_argument("--formats", default="none,fp16,int8,blocks", help="weight formats to compare")
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--reuse-len", type=int, default=2000)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
