@@ -324,7 +324,9 @@ def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False) -
                     if fb is not None:
                         sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").rstrip()
                         parts.append(indent + sig + " ...")
-        parts.append(indent + "...")
+        if not compact or len(parts) == 1:
+            # compact: a docstring is a body already (a `...` line is what a small model copies after a header)
+            parts.append(indent + "...")
         return "\n".join(parts)
     parts = [header + " {"]
     if inner.type in spec.class_types:

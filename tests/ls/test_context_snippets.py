@@ -420,7 +420,7 @@ def test_signature_snippet_style(ws: Path) -> None:
     p = build_prompt(snap, line, col, snippet_style="signature")
     assert p.prompt.startswith(
         '# Path: lib.py\ndef common_prefix(a: str, b: str) -> str:\n    """The longest common prefix of a and b."""\n'
-        "    ...\n\n# Path: test_lib.py (python)\n"
+        "\n# Path: test_lib.py (python)\n"
     )
     assert "while n <" not in p.prompt
 
