@@ -154,7 +154,7 @@ async def test_supersession_and_cancel_abort_the_backend_request(client, backend
     open_doc(client, uri, text)
     state = {"version": 1, "line": 1, "col": 4, "msg_id": 777000}
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-        settings={"maxTokens": 128}))             # long enough to still be running when superseded
+        settings={"maxTokens": 1024}))            # long enough to still be running when superseded
     cancelled0 = metric(backend_url, "copilot_backend_cancellations_total")
     # supersession: a newer request for the same document while the older one is being generated
     _, older = await running_request(client, backend_url, uri, state)
@@ -165,7 +165,7 @@ async def test_supersession_and_cancel_abort_the_backend_request(client, backend
     assert time.monotonic() - t0 < 30
     await asyncio.wait_for(newer, 600)
     # $/cancelRequest while the backend generates
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"maxTokens": 128}))
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"maxTokens": 1024}))
     msg_id, fut = await running_request(client, backend_url, uri, state)
     client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
     with pytest.raises(JsonRpcRequestCancelled):
