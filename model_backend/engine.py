@@ -65,6 +65,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     token_healing: bool = True
+    top_logprobs: int = 0  # > 0: each generated token also carries the log-probs of the most likely tokens
 
     def validate(self) -> None:
         if self.max_tokens < 1:
@@ -83,6 +84,8 @@ class SamplingParams:
             raise ValueError(f"beam_width must be >= 1, got {self.beam_width}")
         if self.beam_width > 1 and self.n > self.beam_width:
             raise ValueError(f"n ({self.n}) must be <= beam_width ({self.beam_width})")
+        if not 0 <= self.top_logprobs <= 20:
+            raise ValueError(f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
         if any(not isinstance(s, str) or s == "" for s in self.stop):
             raise ValueError("stop strings must be non-empty strings")
 
@@ -102,6 +105,8 @@ class Candidate:
     tokens: list[str]  # the text of each token
     mean_logprob: float  # over token_logprobs plus the end-of-sequence token when one ended it
     finish_reason: str  # "stop" | "length" | "cancelled"
+    # per token: the top_logprobs most likely (text, log-prob) at that step, most likely first; None when not asked
+    top_logprobs: list[list[tuple[str, float]]] | None = None
 
 
 @dataclass
@@ -139,6 +144,7 @@ class _Seq:
     pending: int | None = None  # sampled, not yet in the KV cache
     ids: list[int] = field(default_factory=list)  # generated (an ending EOS included)
     logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)  # per token, when top_logprobs > 0
     text: str = ""
     emitted: int = 0  # characters of `text` already streamed
     strip: bytes = b""  # healed bytes still to drop from the output
@@ -605,7 +611,7 @@ class Engine:
         out = []
         for seq in req.seqs:
             token, logprob = self._sample(req, seq, logits[0], lp)
-            out.extend(self._accept(req, seq, token, logprob))
+            out.extend(self._accept(req, seq, token, logprob, self._top(req, lp)))
         return out + self._finish_if_done(req)
 
     def _new_seq(self, req: _Request, index: int, slot: int) -> _Seq:
@@ -654,7 +660,7 @@ class Engine:
             for i in idx:
                 seq = rows[i][1]
                 token, logprob = self._sample(req, seq, logits[i], lps[i])
-                out.extend(self._accept(req, seq, token, logprob))
+                out.extend(self._accept(req, seq, token, logprob, self._top(req, lps[i])))
             out.extend(self._finish_if_done(req))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -677,11 +683,23 @@ class Engine:
             data, seq.strip = data[n:], seq.strip[n:]
         seq.text += seq.decoder.decode(data)
 
-    def _accept(self, req: _Request, seq: _Seq, token: int, logprob: float) -> list[StepOutput]:
+    @staticmethod
+    def _top(req: _Request, lp: torch.Tensor) -> list[tuple[int, float]] | None:
+        """The request's top_logprobs most likely tokens of one step's log-probs (unconstrained), or None."""
+        k = req.params.top_logprobs
+        if k <= 0:
+            return None
+        vals, ids = torch.topk(lp, k)
+        return list(zip(ids.tolist(), vals.tolist(), strict=True))
+
+    def _accept(self, req: _Request, seq: _Seq, token: int, logprob: float,
+                top: list[tuple[int, float]] | None = None) -> list[StepOutput]:
         """Record a sampled token for a sampling sequence; return its stream output."""
         p = req.params
         seq.ids.append(token)
         seq.logprobs.append(logprob)
+        if top is not None:
+            seq.top.append(top)
         self.stats.generated_tokens += 1
         if token in self.eos_ids:
             seq.ended_by_eos = True
@@ -732,9 +750,12 @@ class Engine:
         mean = sum(lps) / len(lps) if lps else 0.0
         if seq.ended_by_eos:
             ids, lps = ids[:-1], lps[:-1]
+        top = None
+        if seq.top:
+            top = [[(self.token_text(t), v) for t, v in step] for step in seq.top[: len(ids)]]
         return Candidate(index=index, text=seq.text, token_ids=ids, token_logprobs=lps,
                          tokens=self._token_texts(ids, seq.healed), mean_logprob=mean,
-                         finish_reason=seq.finish_reason or "length")
+                         finish_reason=seq.finish_reason or "length", top_logprobs=top)
 
     def _finish_if_done(self, req: _Request) -> list[StepOutput]:
         if any(s.finish_reason is None for s in req.seqs):
@@ -755,6 +776,7 @@ class Engine:
         first = all(not b.ids for b in beams)
         totals = torch.tensor([b.total() for b in beams], device=lps.device)
         cands = sampling.beam_candidates(lps, totals, width, req.allowed if first else None)
+        tops = [self._top(req, row) for row in lps] if p.top_logprobs else None
         length = len(self._slot_tokens[beams[0].slot])
         alive: list[_Seq] = []
         parents: list[int] = []
@@ -762,6 +784,8 @@ class Engine:
             src = beams[parent]
             hyp = self._new_seq(req, 0, src.slot)
             hyp.ids, hyp.logprobs = src.ids + [token], src.logprobs + [logprob]
+            if tops is not None:
+                hyp.top = src.top + [tops[parent]]  # type: ignore[list-item]
             for t in hyp.ids:
                 if t in self.eos_ids:
                     hyp.ended_by_eos = True

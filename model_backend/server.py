@@ -289,7 +289,7 @@ def sampling_params(req: CompletionRequest, params_cls: type) -> Any:
     return params_cls(
         max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
         n=req.samples, best_of=None, beam_width=req.beam_width, stop=list(req.stop), seed=req.seed,
-        token_healing=req.token_healing,
+        token_healing=req.token_healing, top_logprobs=req.logprobs or 0,
     )
 
 
@@ -306,8 +306,11 @@ def logprobs_dict(candidate: Any, text_base: int) -> dict[str, Any]:
     for tok in candidate.tokens:
         offsets.append(pos)
         pos += len(tok)
+    top = getattr(candidate, "top_logprobs", None)
     return {"tokens": list(candidate.tokens), "token_logprobs": [float(x) for x in candidate.token_logprobs],
-            "text_offset": offsets, "top_logprobs": None}
+            "text_offset": offsets,
+            # OpenAI's shape: per token, {token text: log-prob} of the `logprobs` most likely tokens
+            "top_logprobs": None if not top else [{t: float(v) for t, v in step} for step in top]}
 
 
 def choice_dict(index: int, candidate: Any, req: CompletionRequest, prompt_chars: int) -> dict[str, Any]:

@@ -403,3 +403,21 @@ def test_beam_search_respects_stop_strings(tiny_engine):
     for c in cands:
         assert stop not in c.text
         assert c.finish_reason in ("stop", "length")
+
+
+def test_top_logprobs_per_token(default_engine: Engine) -> None:
+    """top_logprobs=k: each token carries the k most likely (text, log-prob) of its step, most likely first;
+    greedy and beam search both report them, and the chosen token's log-prob is among them."""
+    (c,) = default_engine.generate(PROMPT, greedy(max_tokens=6, top_logprobs=4))
+    assert c.top_logprobs is not None and len(c.top_logprobs) == len(c.token_ids)
+    for chosen, step in zip(c.token_logprobs, c.top_logprobs, strict=True):
+        values = [v for _, v in step]
+        assert len(step) == 4 and values == sorted(values, reverse=True)
+        assert abs(values[0] - chosen) < 1e-6
+    (b,) = default_engine.generate(PROMPT, greedy(max_tokens=4, beam_width=2, top_logprobs=2))
+    assert b.top_logprobs is not None and len(b.top_logprobs) == len(b.token_ids)
+    assert all(any(abs(v - lp) < 1e-6 for _, v in step) for lp, step in zip(b.token_logprobs, b.top_logprobs,
+                                                                            strict=True))
+    assert default_engine.generate(PROMPT, greedy(max_tokens=2))[0].top_logprobs is None
+    with pytest.raises(ValueError, match="top_logprobs"):
+        SamplingParams(top_logprobs=21).validate()

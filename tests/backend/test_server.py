@@ -117,6 +117,22 @@ def test_completion_response_shape_logprobs_and_usage(backend_url: str) -> None:
     assert plain["logprobs"] is None and plain["text"] == choice["text"]
 
 
+def test_top_logprobs_as_openai_shapes_them(backend_url: str) -> None:
+    """logprobs=N: per token, {text: log-prob} of the N most likely tokens; greedy picks the most likely one."""
+    body = ok(backend_url, prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3, token_healing=False)
+    lp = body["choices"][0]["logprobs"]
+    tops = lp["top_logprobs"]
+    assert len(tops) == len(lp["tokens"]) >= 1
+    for tok, chosen, top in zip(lp["tokens"], lp["token_logprobs"], tops, strict=True):
+        assert 1 <= len(top) <= 3 and all(v <= 0 for v in top.values())
+        assert math.isclose(max(top.values()), chosen, abs_tol=1e-5)  # greedy: the chosen token leads
+        assert tok in top
+    assert ok(backend_url, prompt=PROMPT, max_tokens=2, temperature=0, logprobs=0)["choices"][0]["logprobs"][
+        "top_logprobs"] is None
+    bad = httpx.post(f"{backend_url}/v1/completions", json={"prompt": PROMPT, "logprobs": 6}, timeout=30)
+    assert bad.status_code == 400 and "logprobs" in bad.text
+
+
 def test_greedy_answer_equals_generate_command(backend_url: str) -> None:
     server_text = ok(backend_url, prompt=PROMPT, max_tokens=16, temperature=0)["choices"][0]["text"]
     cmd = [sys.executable, "-m", "model_backend.cli", "generate", PROMPT, "--max-tokens", "16",
