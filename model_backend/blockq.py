@@ -84,7 +84,7 @@ def library() -> Any | None:
             out.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
             os.close(fd)
-            proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+            proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
                                   timeout=300)
             if proc.returncode != 0:
                 os.unlink(tmp)
@@ -224,8 +224,8 @@ def gguf_blocks(ckpt: Any) -> dict[str, tuple[str, Tensor]]:
         if len(kinds) != 1 or (kind := kinds.pop()) not in BLOCK_BYTES:
             continue
         for s in srcs:
-            if s not in raw:
-                data = np.asarray(sources[s][1].data)
+            if s not in raw:  # the reader's arrays are read-only memory maps: copy the rows we use
+                data = np.array(sources[s][1].data)
                 raw[s] = torch.from_numpy(data.view(np.uint8).reshape(data.shape[0], -1))
         # rows come in runs from one source each (a concatenation), so gather run by run
         src_col, row_col = idx[:, 0], idx[:, 1]
