@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,13 +26,39 @@ from copilot_ls.settings import Settings
 Progress = Callable[[str], None]
 
 
+LOG_KEEP_S = 24 * 3600  # a dead process's log (kept because its backend failed) is removed after a day
+
+
 def log_path() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "copilot-ls"
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError:
         base = Path(tempfile.gettempdir())
+    prune_logs(base)
     return base / f"backend-{os.getpid()}.log"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, not ours
+        return True
+    return True
+
+
+def prune_logs(base: Path, *, now: float | None = None) -> None:
+    """Remove backend-<pid>.log files of processes that are gone, once older than LOG_KEEP_S."""
+    now = time.time() if now is None else now
+    for f in base.glob("backend-*.log"):
+        pid = f.stem.removeprefix("backend-")
+        try:
+            if pid.isdigit() and not _pid_alive(int(pid)) and now - f.stat().st_mtime > LOG_KEEP_S:
+                f.unlink()
+        except OSError:
+            continue
 
 
 def backend_command(url: str) -> list[str]:
@@ -96,6 +123,9 @@ class BackendProcess:
         return _last_line(_tail(self.log))
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the child. Its log is removed unless the child had failed on its own (then it stays, for the
+        user to read, until prune_logs removes it a day later)."""
+        failed = self.popen.poll() not in (None, 0)
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
@@ -103,6 +133,9 @@ class BackendProcess:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        if not failed:
+            with contextlib.suppress(OSError):
+                self.log.unlink()
         atexit.unregister(self.stop)
 
 

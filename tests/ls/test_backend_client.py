@@ -126,6 +126,32 @@ async def test_autostart_reports_a_child_that_dies(monkeypatch, tmp_path):
         await client.aclose()
 
 
+def test_backend_logs_are_removed_when_stopped_and_pruned_when_stale(monkeypatch, tmp_path):
+    import os
+    import time
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    base = tmp_path / "copilot-ls"
+    base.mkdir()
+    stale, fresh, alive = base / "backend-999999999.log", base / "backend-999999998.log", base / f"backend-{os.getppid()}.log"
+    for f in (stale, fresh, alive):
+        f.write_text("x")
+    old = time.time() - autostart.LOG_KEEP_S - 60
+    os.utime(stale, (old, old))
+    os.utime(alive, (old, old))
+    monkeypatch.setattr(autostart, "backend_command", lambda url: [sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = autostart.BackendProcess("http://127.0.0.1:1")
+    assert not stale.exists() and fresh.exists() and alive.exists()  # a dead process's old log goes
+    assert proc.log.exists() and proc.alive()
+    proc.stop()
+    assert not proc.log.exists()  # stopped by us: nothing to keep
+    monkeypatch.setattr(autostart, "backend_command", lambda url: [sys.executable, "-c", "raise SystemExit(2)"])
+    failed = autostart.BackendProcess("http://127.0.0.1:1")
+    failed.popen.wait(30)
+    failed.stop()
+    assert failed.log.exists()  # failed on its own: kept for the user
+
+
 def test_backend_command_binds_loopback():
     cmd = autostart.backend_command("http://localhost:8765")
     assert cmd[-4:] == ["--host", "127.0.0.1", "--port", "8765"] and "--model" in cmd
