@@ -355,6 +355,9 @@ class Engine:
                     raise ValueError("the blocks weight format needs a C compiler and an AVX2/FMA/F16C CPU "
                                      "(see model_backend/blockq.py); use quantize='fp16'")
                 blocks = blockq.load_blocks(ckpt)
+                if not blocks:  # not a GGUF, or no layer stored as Q4_1/Q8_0: nothing to decode from
+                    log.info("no Q4_1/Q8_0 weight blocks in %s; using fp16 packing", ckpt.path)
+                    fmt, blocks = "fp16", None
             if not pack_in_background:
                 model = quantize_linears(model, fmt, blocks)
         self_fmt = fmt if fmt in CPU_WEIGHT_FORMATS else str(tdtype).removeprefix("torch.")

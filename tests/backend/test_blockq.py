@@ -182,3 +182,12 @@ def test_without_the_kernel_auto_falls_back_to_fp16() -> None:
                          env={**os.environ, "COPILOT_LS_KERNELS": "0"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["fp16", "None"]
+
+
+def test_a_checkpoint_without_blocks_gets_fp16(tiny_dir) -> None:
+    """A Hugging Face folder has no GGUF blocks: `blocks` (and `auto`) fall back to fp16 packs, and say so."""
+    from model_backend.engine import Engine
+
+    for fmt in ("auto", "blocks"):
+        eng = Engine.load(str(tiny_dir("llama")), quantize=fmt, progress=False)
+        assert eng.weight_format == "fp16"
