@@ -111,56 +111,65 @@ static inline __m256i reduce8_epi32(__m256i p0, __m256i p1, __m256i p2, __m256i 
     return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
-static inline __m256i dot_q4(const uint8_t *qs, __m256i x0, __m256i x1) {
+/* one row's 32 quants of a block, widened to int16: lo = values 0..15, hi = 16..31 */
+static inline void unpack_q4(const uint8_t *qs, __m256i *lo, __m256i *hi) {
     const __m128i m4 = _mm_set1_epi8(0x0F);
     __m128i q = _mm_loadu_si128((const __m128i *)qs);
-    __m256i lo = _mm256_cvtepu8_epi16(_mm_and_si128(q, m4));
-    __m256i hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(q, 4), m4));
-    return _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
+    *lo = _mm256_cvtepu8_epi16(_mm_and_si128(q, m4));
+    *hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(q, 4), m4));
 }
 
-static inline __m256i dot_q8(const uint8_t *qs, __m256i x0, __m256i x1) {
+static inline void unpack_q8(const uint8_t *qs, __m256i *lo, __m256i *hi) {
     __m256i q = _mm256_loadu_si256((const __m256i *)qs);
-    __m256i lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
-    __m256i hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+    *lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+    *hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+}
+
+static inline __m256i dot16(__m256i lo, __m256i hi, __m256i x0, __m256i x1) {
     return _mm256_add_epi32(_mm256_madd_epi16(lo, x0), _mm256_madd_epi16(hi, x1));
 }
 
-static inline __attribute__((always_inline)) void x8_rows(int kind, const uint8_t *W, float *y, int64_t m,
+/* activation rows m .. m + mt - 1 (mt = 1 or 2) against groups [g0, g1): each weight record is unpacked once
+ * and multiplied with every activation row, so two rows cost little more than one */
+static inline __attribute__((always_inline)) void x8_rows(int kind, int mt, const uint8_t *W, float *y, int64_t m,
                                                           int64_t N, int64_t K, int64_t g0, int64_t g1) {
     const int64_t nb = K / QK;
     const int64_t rec = kind == 0 ? X8_Q4_1 : X8_Q8_0;
-    const int16_t *xq = tls.q + m * K;
-    const float *xs = tls.scale + m * nb;
-    const float *xsum = tls.sum + m * nb;
+    const int64_t qoff = kind == 0 ? 32 : 16, qstep = kind == 0 ? 16 : 32;
     for (int64_t g = g0; g < g1; g++) {
         const uint8_t *grp = W + g * nb * rec;
-        __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        __m256 accm[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *r = grp + b * rec;
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QK));
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + b * QK + 16));
-            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)r));
-            __m256i s;
-            if (kind == 0) {
-                const uint8_t *qs = r + 32;
-                s = reduce8_epi32(dot_q4(qs, x0, x1), dot_q4(qs + 16, x0, x1), dot_q4(qs + 32, x0, x1),
-                                  dot_q4(qs + 48, x0, x1), dot_q4(qs + 64, x0, x1), dot_q4(qs + 80, x0, x1),
-                                  dot_q4(qs + 96, x0, x1), dot_q4(qs + 112, x0, x1));
-                __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 16)));
-                accm = _mm256_fmadd_ps(mn, _mm256_set1_ps(xsum[b]), accm);
-            } else {
-                const uint8_t *qs = r + 16;
-                s = reduce8_epi32(dot_q8(qs, x0, x1), dot_q8(qs + 32, x0, x1), dot_q8(qs + 64, x0, x1),
-                                  dot_q8(qs + 96, x0, x1), dot_q8(qs + 128, x0, x1), dot_q8(qs + 160, x0, x1),
-                                  dot_q8(qs + 192, x0, x1), dot_q8(qs + 224, x0, x1));
+            const uint8_t *qs = r + qoff;
+            __m256i x0[2], x1[2], p[2][8];
+            for (int t = 0; t < mt; t++) {
+                const int16_t *xb = tls.q + (m + t) * K + b * QK;
+                x0[t] = _mm256_loadu_si256((const __m256i *)xb);
+                x1[t] = _mm256_loadu_si256((const __m256i *)(xb + 16));
             }
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(xs[b])), acc);
+            for (int i = 0; i < 8; i++) {
+                __m256i lo, hi;
+                if (kind == 0) unpack_q4(qs + i * qstep, &lo, &hi); else unpack_q8(qs + i * qstep, &lo, &hi);
+                for (int t = 0; t < mt; t++) p[t][i] = dot16(lo, hi, x0[t], x1[t]);
+            }
+            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)r));
+            __m256 mn = kind == 0 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 16))) : _mm256_setzero_ps();
+            for (int t = 0; t < mt; t++) {
+                __m256i s8 = reduce8_epi32(p[t][0], p[t][1], p[t][2], p[t][3], p[t][4], p[t][5], p[t][6], p[t][7]);
+                const int64_t xi = (m + t) * nb + b;
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s8), _mm256_mul_ps(d, _mm256_set1_ps(tls.scale[xi])),
+                                         acc[t]);
+                if (kind == 0) accm[t] = _mm256_fmadd_ps(mn, _mm256_set1_ps(tls.sum[xi]), accm[t]);
+            }
         }
-        float out[8];
-        _mm256_storeu_ps(out, _mm256_add_ps(acc, accm));
-        int64_t n0 = g * 8;
-        for (int i = 0; i < 8 && n0 + i < N; i++) y[m * N + n0 + i] = out[i];
+        const int64_t n0 = g * 8;
+        for (int t = 0; t < mt; t++) {
+            float out[8];
+            _mm256_storeu_ps(out, _mm256_add_ps(acc[t], accm[t]));
+            for (int i = 0; i < 8 && n0 + i < N; i++) y[(m + t) * N + n0 + i] = out[i];
+        }
     }
 }
 
@@ -169,8 +178,12 @@ static int gemm_x8(int kind, const uint8_t *W, const float *x, float *y, int64_t
                    int64_t g0, int64_t g1) {
     if (K % QK != 0 || g0 < 0 || g1 > (N + 7) / 8 || g0 > g1) return -2;
     if (prepare(x, M, K) != 0) return -1;
-    for (int64_t m = 0; m < M; m++) {
-        if (kind == 0) x8_rows(0, W, y, m, N, K, g0, g1); else x8_rows(1, W, y, m, N, K, g0, g1);
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) {
+        if (kind == 0) x8_rows(0, 2, W, y, m, N, K, g0, g1); else x8_rows(1, 2, W, y, m, N, K, g0, g1);
+    }
+    if (m < M) {
+        if (kind == 0) x8_rows(0, 1, W, y, m, N, K, g0, g1); else x8_rows(1, 1, W, y, m, N, K, g0, g1);
     }
     return 0;
 }

@@ -36,7 +36,7 @@ def test_every_layer_of_the_default_gguf_matches_its_fp32_weights(default_parts)
     for name, lin in linears.items():
         kind, raw = blocks[name]
         layer = blockq.BlockLinear(raw, kind, lin.in_features, lin.bias, lin)
-        for rows in (1, 2):
+        for rows in (1, 2, 3):
             x = torch.randn(rows, 1, lin.in_features, generator=gen)
             ref = lin(x)
             got = layer(x)
@@ -66,10 +66,10 @@ def test_random_blocks_of_any_row_count(kind: str, n: int) -> None:
     w = w.reshape(n, k)
     bias = torch.randn(n, generator=gen)
     layer = blockq.BlockLinear(raw.reshape(n, -1), kind, k, bias, torch.nn.Identity())
-    x = torch.randn(2, k, generator=gen)
+    x = torch.randn(3, k, generator=gen)
     ref = x @ w.T + bias
     # int16 activations: each product is off by at most 2^-16 of its block's largest |x| times |w|
-    bound = (x.abs().reshape(2, nb, 32).amax(-1).repeat_interleave(32, -1) @ w.abs().T) * 2.0**-15
+    bound = (x.abs().reshape(3, nb, 32).amax(-1).repeat_interleave(32, -1) @ w.abs().T) * 2.0**-15
     assert ((layer(x) - ref).abs() <= bound + 1e-5).all()
 
 
