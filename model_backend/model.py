@@ -65,26 +65,29 @@ class Attention(nn.Module):
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         self.wqkv = Linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias, device=device)
         self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.out_bias, device=device)
-        self.decode_kernel: Any = None  # blockq.attention_kernel(): a single-row decode step in one C call
+        self.decode_kernel: Any = None  # blockq.attention_kernel(): one C call per row of a decode step
 
     def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor],
                 rows: Tensor, pos: Tensor, read: slice | Tensor, kv_len: int,
-                single: tuple[int, int] | None) -> Tensor:
+                single: tuple[int, int] | None, decode: Sequence[tuple[int, int]] | None = None) -> Tensor:
+        """decode: for a decode step (one new token per row), each row's (slot, position)."""
         b, t, _ = x.shape
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
         qkv = self.wqkv(x)
         k_cache, v_cache = cache
-        if (single is not None and t == 1 and self.decode_kernel is not None and qkv.dtype == torch.float32
+        if (decode is not None and self.decode_kernel is not None and qkv.dtype == torch.float32
                 and k_cache.dtype == torch.float32):
-            # one C call: RoPE, cache write, attention (model_backend/blockq.py); qkv is ours to rotate in place
-            slot, p0 = single
-            kc, vc = k_cache[slot], v_cache[slot]  # [nkv, max_seq, hd], contiguous
-            out = torch.empty(1, 1, nh * hd)
-            rc = self.decode_kernel(qkv.data_ptr(), torch.view_as_real(rope).data_ptr(), kc.data_ptr(),
-                                    vc.data_ptr(), out.data_ptr(), nh, nkv, hd, p0, kc.stride(0), hd ** -0.5)
-            if rc == 0:
-                return self.wo(out)
-            raise RuntimeError(f"decode attention kernel failed (code {rc})")
+            # per row one C call: RoPE, cache write, attention over its own slot and length (blockq.py);
+            # qkv and out are ours, contiguous [b, 1, ...]; rope is [b, 1, 1, hd/2] complex
+            out = torch.empty(b, 1, nh * hd)
+            rope_f = torch.view_as_real(rope)
+            for i, (slot, p0) in enumerate(decode):
+                kc, vc = k_cache[slot], v_cache[slot]  # [nkv, max_seq, hd], contiguous
+                rc = self.decode_kernel(qkv[i].data_ptr(), rope_f[i].data_ptr(), kc.data_ptr(), vc.data_ptr(),
+                                        out[i].data_ptr(), nh, nkv, hd, p0, kc.stride(0), hd ** -0.5)
+                if rc != 0:
+                    raise RuntimeError(f"decode attention kernel failed (code {rc})")
+            return self.wo(out)
         # RoPE on q and k at once: their weights are stored with each head's dims interleaved in pairs,
         # so a rotation is one complex multiply (q.k is unchanged by the same permutation of both)
         qk = qkv[..., : (nh + nkv) * hd].float().reshape(b, t, nh + nkv, hd // 2, 2)
@@ -271,10 +274,11 @@ class Transformer(nn.Module):
             mask = torch.zeros(b, kv_len, device=device).masked_fill_(~valid, float("-inf")).view(b, 1, 1, kv_len)
         rope = self.rope[pos].unsqueeze(2)  # [b, t, 1, hd/2]
         single = (slots[0], start_pos[0]) if b == 1 else None
+        decode = list(zip(slots, start_pos, strict=True)) if t == 1 else None
         x = self.embed(tokens)
         for i, layer in enumerate(self.layers):
             x = x + layer.attn(layer.attn_norm(x), rope, mask, (self.k_cache[i], self.v_cache[i]),
-                               rows, pos, read, kv_len, single)
+                               rows, pos, read, kv_len, single, decode)
             x = x + layer.mlp(layer.ffn_norm(x))
         if not all_logits:
             x = x[:, -1]
