@@ -46,8 +46,9 @@ class PromptBudget:
     max_tokens_out: int = 128
     snippet_fraction: float = 0.5  # at most this share of what is left after the suffix goes to snippets
     # What snippets may never push out of the prefix window: "none"; "function" = the lines of the function
-    # around the cursor, from its header on; "file" = anything (snippets only fill what the prefix leaves).
-    keep_in_prefix: str = "none"
+    # around the cursor, from its header on (a function longer than the window leaves no room for snippets);
+    # "file" = anything (snippets only fill what the prefix leaves).
+    keep_in_prefix: str = "function"
 
 
 KEEP_IN_PREFIX = ("none", "function", "file")
@@ -327,7 +328,7 @@ def header_for(snap: Snapshot, root: str | os.PathLike[str] | None = None) -> st
 
 
 SNIPPET_STYLES = ("code", "comment", "signature")
-DEFAULT_SNIPPET_STYLE = "code"
+DEFAULT_SNIPPET_STYLE = "signature"
 
 
 def render_snippet(snip: Snippet, comment: str, root, *, short: bool = False, style: str = "code") -> str:

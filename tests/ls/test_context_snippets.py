@@ -95,8 +95,11 @@ def test_common_prefix_is_selected_from_lib(ws: Path, test_source: str) -> None:
     snap, line, col = open_at(ws / "test_lib.py", test_source)
     p = build_prompt(snap, line, col)
     assert ("under-test", "lib.py") in kinds(p)
-    assert "def common_prefix(a: str, b: str) -> str:" in p.prompt
-    assert "return a[:n]" in p.prompt  # short: the whole body
+    # the default style: header + the docstring's first line, no body
+    assert 'def common_prefix(a: str, b: str) -> str:\n    """The longest common prefix of a and b."""\n\n' in p.prompt
+    assert "return a[:n]" not in p.prompt
+    code = build_prompt(snap, line, col, snippet_style="code")
+    assert "return a[:n]" in code.prompt  # short: the whole body
     assert "def reverse" not in p.prompt  # only what is needed
     # the snippet comes first, the current file's text last, ending at the cursor
     assert p.prompt.index("def common_prefix") < p.prompt.index("# Path: test_lib.py")
@@ -204,9 +207,16 @@ def test_local_definition_above_the_window_and_scope_headers(ws: Path) -> None:
         + "        out = scale(█"
     )
     snap, line, col = open_at(ws / "stats.py", src)
-    p = build_prompt(snap, line, col, budget=PromptBudget(max_prompt_tokens=400))
+    budget = PromptBudget(max_prompt_tokens=400, keep_in_prefix="none")
+    p = build_prompt(snap, line, col, budget=budget, snippet_style="code")
     assert ("definition", "stats.py") in kinds(p)
     assert "return [x * k for x in v]" in p.prompt
+    sig = build_prompt(snap, line, col, budget=budget, snippet_style="signature")
+    assert "def scale(v, k):\n    ...\n" in sig.prompt and "return [x * k" not in sig.prompt
+    # the default keeps the function around the cursor in the window: it is longer than the budget, so any
+    # snippet would push some of its lines out, and none is added
+    default = build_prompt(snap, line, col, budget=PromptBudget(max_prompt_tokens=400))
+    assert "def scale" not in default.prompt and "        out = scale(" in default.prompt
     assert [s.start_line for s in p.sources if s.kind == "scope"] == [4, 5]
     assert "class Stats:\n    def summarize(self, v):\n        total += " in p.prompt
 
