@@ -106,21 +106,24 @@ def library() -> Any | None:
         fn.restype = ctypes.c_int
     lib.bq_attention.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_float]
     lib.bq_attention.restype = ctypes.c_int
-    lib.bq_attention_step.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_float]
-    lib.bq_attention_step.restype = ctypes.c_int
+    for fn in (lib.bq_attention_step, lib.bq_attention_step_h):
+        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_float]
+        fn.restype = ctypes.c_int
+    lib.bq_attention_h.argtypes = lib.bq_attention.argtypes
+    lib.bq_attention_h.restype = ctypes.c_int
     return lib
 
 
-def attention_kernel() -> Any | None:
-    """bq_attention_step(qkv, rope, k, v, out, n_heads, n_kv_heads, head_dim, pos, head_stride, scale) -> 0,
-    or None when the library is not available.
+def attention_kernel() -> dict[torch.dtype, Any] | None:
+    """{KV-cache dtype: bq_attention_step[_h](qkv, rope, k, v, out, n_heads, n_kv_heads, head_dim, pos,
+    head_stride, scale) -> 0} for fp32 and fp16 caches, or None when the library is not available.
 
     One layer's attention for a single-row decode step after the q|k|v projection: RoPE on q and k, k and v
-    written to the sequence's fp32 KV cache slice ([n_kv, max_seq, head_dim]) at `pos`, then scores, exact
+    written to the sequence's KV cache slice ([n_kv, max_seq, head_dim], fp32 or fp16) at `pos`, then scores, exact
     softmax and probabilities @ V over positions 0..pos (torch runs ~20 ops per layer for this, and its batched
     matmul on the transposed cache view is slow at 1-2k positions)."""
     lib = library()
-    return None if lib is None else lib.bq_attention_step
+    return None if lib is None else {torch.float32: lib.bq_attention_step, torch.float16: lib.bq_attention_step_h}
 
 
 def interleave8(blocks: Tensor, kind: str) -> Tensor:

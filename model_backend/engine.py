@@ -230,7 +230,8 @@ def find_stop(text: str, stops: list[str]) -> int:
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Any, config: Any, *, device: torch.device,
                  max_batch: int = 8, max_seq_len: int | None = None, prefill_threads: int | None = None,
-                 decode_threads: int | None = 1, cache_slots: int | None = None) -> None:
+                 decode_threads: int | None = 1, cache_slots: int | None = None,
+                 kv_dtype: torch.dtype | None = None) -> None:
         """prefill_threads / decode_threads (CPU): torch intra-op threads for each phase; None = torch's setting
         when the engine is made. Decode defaults to ONE thread: its ops are small, and with 2 threads on 2 cores any other busy
         process makes OpenMP's threads wait for each other (measured here at load average 8: 0.5-0.8 tok/s
@@ -240,8 +241,11 @@ class Engine:
         keep idle sequences' KV as a prefix cache (LRU). Each slot costs `kv_bytes_per_slot` bytes once
         filled to max_seq_len (the cache is allocated uninitialised and zeroed lazily per slot, so on the CPU
         unused slots and positions take no memory). None: CACHE_SLOTS_PER_BATCH x max_batch, lowered (not
-        below max_batch) so the whole cache fits CACHE_MEMORY_FRACTION of the device's memory."""
+        below max_batch) so the whole cache fits CACHE_MEMORY_FRACTION of the device's memory.
+
+        kv_dtype: the KV cache's dtype; None = the model's (from_checkpoint picks fp16 for packed CPU weights)."""
         self.model = model
+        self.kv_dtype = kv_dtype or model.embed.weight.dtype
         self.prefill_threads = prefill_threads or torch.get_num_threads()
         self.decode_threads = decode_threads or self.prefill_threads
         self.tokenizer = tokenizer
@@ -260,7 +264,7 @@ class Engine:
         self.weight_format = "float32"
         self._packing: list[tuple[Any, str, Any]] = []
         self._blocks: dict[str, Any] | None = None  # the "blocks" format's GGUF blocks, until packed
-        model.setup_caches(cache_slots, self.max_seq_len)
+        model.setup_caches(cache_slots, self.max_seq_len, dtype=self.kv_dtype)
         self.eos_ids = frozenset(getattr(tokenizer, "eos_ids", ()) or ())
         specials = getattr(tokenizer, "special", {}) or {}
         bos = getattr(tokenizer, "bos_id", None)
@@ -279,7 +283,7 @@ class Engine:
     def kv_bytes_per_slot(self, model: Transformer | None = None) -> int:
         """Bytes of K and V one cache slot holds when filled to max_seq_len."""
         cfg = self.config
-        dtype = (model or self.model).embed.weight.dtype
+        dtype = self.kv_dtype
         elem = torch.empty((), dtype=dtype).element_size()
         return 2 * cfg.n_layers * cfg.n_kv_heads * self.max_seq_len * cfg.head_dim * elem
 
@@ -361,6 +365,10 @@ class Engine:
             if not pack_in_background:
                 model = quantize_linears(model, fmt, blocks)
         self_fmt = fmt if fmt in CPU_WEIGHT_FORMATS else str(tdtype).removeprefix("torch.")
+        if fmt in CPU_WEIGHT_FORMATS:
+            # packed CPU weights: an fp16 KV cache halves the bytes a decode step reads at long context (the fp32
+            # reference format "none" keeps an fp32 cache); see docs/performance.md
+            engine_kw.setdefault("kv_dtype", torch.float16)
         engine = cls(model, ckpt.tokenizer, cfg, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
                      **engine_kw)
         engine.weight_format = self_fmt

@@ -75,15 +75,15 @@ class Attention(nn.Module):
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
         qkv = self.wqkv(x)
         k_cache, v_cache = cache
-        if (decode is not None and self.decode_kernel is not None and qkv.dtype == torch.float32
-                and k_cache.dtype == torch.float32):
+        fn = None if self.decode_kernel is None else self.decode_kernel.get(k_cache.dtype)
+        if decode is not None and fn is not None and qkv.dtype == torch.float32:
             # per row one C call: RoPE, cache write, attention over its own slot and length (blockq.py);
             # qkv and out are ours, contiguous [b, 1, ...]; rope is [b, 1, 1, hd/2] complex
             out = torch.empty(b, 1, nh * hd)
             rope_f = torch.view_as_real(rope)
             for i, (slot, p0) in enumerate(decode):
                 kc, vc = k_cache[slot], v_cache[slot]  # [nkv, max_seq, hd], contiguous
-                rc = self.decode_kernel(qkv[i].data_ptr(), rope_f[i].data_ptr(), kc.data_ptr(), vc.data_ptr(),
+                rc = fn(qkv[i].data_ptr(), rope_f[i].data_ptr(), kc.data_ptr(), vc.data_ptr(),
                                         out[i].data_ptr(), nh, nkv, hd, p0, kc.stride(0), hd ** -0.5)
                 if rc != 0:
                     raise RuntimeError(f"decode attention kernel failed (code {rc})")
@@ -103,6 +103,8 @@ class Attention(nn.Module):
             v_cache[rows, :, pos] = v.to(v_cache.dtype)
         keys = k_cache[read, :, :kv_len]
         values = v_cache[read, :, :kv_len]
+        if keys.dtype != q.dtype:  # an fp16 cache under fp32 activations (packed CPU weights)
+            keys, values = keys.to(q.dtype), values.to(q.dtype)
         if t > 1:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
                                                  enable_gqa=nh != nkv)

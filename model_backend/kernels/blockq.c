@@ -202,7 +202,7 @@ int bq_gemm_x8_q8_0(const uint8_t *W, const float *x, float *y, int64_t M, int64
  *
  * For each KV head h and each of its g = nh / nkv query heads j:
  *   out[h*g + j] = softmax(scale * q[h*g + j] . K[h, p], p < L) @ V[h, :L]
- * K, V: fp32, [nkv, *, hd] with stride_h floats between heads (a slice of the KV cache), rows of hd floats.
+ * K, V: fp32 or fp16, [nkv, *, hd] with stride_h elements between heads (a slice of the KV cache).
  * Scores are kept in a per-thread buffer; the softmax is exact fp32 up to the exp below (rel. error ~1e-7).
  */
 
@@ -228,8 +228,15 @@ static inline __m256 exp8(__m256 x) {
 static __thread float *att_buf;
 static __thread size_t att_cap;
 
-int bq_attention(const float *q, const float *k, const float *v, float *out, int64_t nh, int64_t nkv,
-                 int64_t hd, int64_t L, int64_t stride_h, float scale) {
+/* 8 cache values as floats: the cache is fp32 (half = 0) or fp16 (half = 1) */
+static inline __attribute__((always_inline)) __m256 load8(int half, const void *base, int64_t i) {
+    if (half) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)));
+    return _mm256_loadu_ps((const float *)base + i);
+}
+
+static inline __attribute__((always_inline)) int attention(int half, const float *q, const void *k, const void *v,
+                                                           float *out, int64_t nh, int64_t nkv, int64_t hd,
+                                                           int64_t L, int64_t stride_h, float scale) {
     if (nkv <= 0 || nh % nkv || nh / nkv > 16 || hd % 8 || hd > 256 || L <= 0) return -2;
     const int64_t g = nh / nkv;
     size_t need = (size_t)g * L;
@@ -240,7 +247,7 @@ int bq_attention(const float *q, const float *k, const float *v, float *out, int
         att_cap = need;
     }
     for (int64_t h = 0; h < nkv; h++) {
-        const float *K = k + h * stride_h, *V = v + h * stride_h;
+        const int64_t kv0 = h * stride_h; /* element offset of this head's rows */
         const float *Q = q + h * g * hd;
         float *O = out + h * g * hd;
         /* scores [g, L]: 8 positions at a time, their 8 dot products reduced together */
@@ -253,7 +260,7 @@ int bq_attention(const float *q, const float *k, const float *v, float *out, int
                 for (int64_t d = 0; d < hd; d += 8) {
                     __m256 qv = _mm256_loadu_ps(qj + d);
                     for (int i = 0; i < 8; i++)
-                        a[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(K + (p0 + i) * hd + d), a[i]);
+                        a[i] = _mm256_fmadd_ps(qv, load8(half, k, kv0 + (p0 + i) * hd + d), a[i]);
                 }
                 __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
                 __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
@@ -262,12 +269,11 @@ int bq_attention(const float *q, const float *k, const float *v, float *out, int
             }
         }
         for (int64_t p = p0; p < L; p++) {
-            const float *kr = K + p * hd;
             for (int64_t j = 0; j < g; j++) {
                 const float *qj = Q + j * hd;
                 __m256 acc = _mm256_setzero_ps();
                 for (int64_t d = 0; d < hd; d += 8)
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qj + d), _mm256_loadu_ps(kr + d), acc);
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(qj + d), load8(half, k, kv0 + p * hd + d), acc);
                 att_buf[j * L + p] = hsum(acc) * scale;
             }
         }
@@ -292,9 +298,8 @@ int bq_attention(const float *q, const float *k, const float *v, float *out, int
         float acc[16 * 256];
         for (int64_t i = 0; i < g * hd; i++) acc[i] = 0.0f;
         for (int64_t p = 0; p < L; p++) {
-            const float *vr = V + p * hd;
             for (int64_t d = 0; d < hd; d += 8) {
-                __m256 vv = _mm256_loadu_ps(vr + d);
+                __m256 vv = load8(half, v, kv0 + p * hd + d);
                 for (int64_t j = 0; j < g; j++) {
                     float *aj = acc + j * hd + d;
                     _mm256_storeu_ps(aj, _mm256_fmadd_ps(_mm256_set1_ps(att_buf[j * L + p]), vv, _mm256_loadu_ps(aj)));
@@ -306,12 +311,23 @@ int bq_attention(const float *q, const float *k, const float *v, float *out, int
     return 0;
 }
 
-/* A whole single-row decode step of one layer's attention after the q|k|v projection:
+int bq_attention(const float *q, const float *k, const float *v, float *out, int64_t nh, int64_t nkv,
+                 int64_t hd, int64_t L, int64_t stride_h, float scale) {
+    return attention(0, q, k, v, out, nh, nkv, hd, L, stride_h, scale);
+}
+
+int bq_attention_h(const float *q, const uint16_t *k, const uint16_t *v, float *out, int64_t nh, int64_t nkv,
+                   int64_t hd, int64_t L, int64_t stride_h, float scale) {
+    return attention(1, q, k, v, out, nh, nkv, hd, L, stride_h, scale);
+}
+
+/* A whole decode step of one row of one layer's attention after the q|k|v projection:
  * RoPE on q and k (each head's dims interleaved in pairs, rope = cos/sin pairs of this position, hd/2 of them),
- * k and v written to the cache at position pos, then bq_attention over positions 0..pos.
- * qkv: [nh + 2 nkv, hd] fp32, rotated in place (the caller owns it). */
-int bq_attention_step(float *qkv, const float *rope, float *k, float *v, float *out, int64_t nh, int64_t nkv,
-                      int64_t hd, int64_t pos, int64_t stride_h, float scale) {
+ * k and v written to the cache at position pos (fp32, or rounded to fp16 when half), then attention over
+ * positions 0..pos. qkv: [nh + 2 nkv, hd] fp32, rotated in place (the caller owns it). */
+static inline __attribute__((always_inline)) int step(int half, float *qkv, const float *rope, void *k, void *v,
+                                                      float *out, int64_t nh, int64_t nkv, int64_t hd, int64_t pos,
+                                                      int64_t stride_h, float scale) {
     if (nkv <= 0 || hd % 8 || pos < 0) return -2;
     for (int64_t h = 0; h < nh + nkv; h++) {
         float *r = qkv + h * hd;
@@ -322,8 +338,29 @@ int bq_attention_step(float *qkv, const float *rope, float *k, float *v, float *
         }
     }
     for (int64_t h = 0; h < nkv; h++) {
-        memcpy(k + h * stride_h + pos * hd, qkv + (nh + h) * hd, sizeof(float) * hd);
-        memcpy(v + h * stride_h + pos * hd, qkv + (nh + nkv + h) * hd, sizeof(float) * hd);
+        const float *kr = qkv + (nh + h) * hd, *vr = qkv + (nh + nkv + h) * hd;
+        const int64_t at = h * stride_h + pos * hd;
+        if (half) {
+            for (int64_t d = 0; d < hd; d += 8) {
+                _mm_storeu_si128((__m128i *)((uint16_t *)k + at + d),
+                                 _mm256_cvtps_ph(_mm256_loadu_ps(kr + d), _MM_FROUND_TO_NEAREST_INT));
+                _mm_storeu_si128((__m128i *)((uint16_t *)v + at + d),
+                                 _mm256_cvtps_ph(_mm256_loadu_ps(vr + d), _MM_FROUND_TO_NEAREST_INT));
+            }
+        } else {
+            memcpy((float *)k + at, kr, sizeof(float) * hd);
+            memcpy((float *)v + at, vr, sizeof(float) * hd);
+        }
     }
-    return bq_attention(qkv, k, v, out, nh, nkv, hd, pos + 1, stride_h, scale);
+    return attention(half, qkv, k, v, out, nh, nkv, hd, pos + 1, stride_h, scale);
+}
+
+int bq_attention_step(float *qkv, const float *rope, float *k, float *v, float *out, int64_t nh, int64_t nkv,
+                      int64_t hd, int64_t pos, int64_t stride_h, float scale) {
+    return step(0, qkv, rope, k, v, out, nh, nkv, hd, pos, stride_h, scale);
+}
+
+int bq_attention_step_h(float *qkv, const float *rope, uint16_t *k, uint16_t *v, float *out, int64_t nh,
+                        int64_t nkv, int64_t hd, int64_t pos, int64_t stride_h, float scale) {
+    return step(1, qkv, rope, k, v, out, nh, nkv, hd, pos, stride_h, scale);
 }
