@@ -135,6 +135,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
            "--port", "0", "--max-batch", str(args.max_batch), "--max-queue", "256"]
     if args.cache_slots is not None:
         cmd += ["--cache-slots", str(args.cache_slots)]
+    if args.prefill_chunk is not None:
+        cmd += ["--prefill-chunk", str(args.prefill_chunk)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--cache-slots", type=int, default=None,
                    help="the started server's --cache-slots (default: its own; = --max-batch for the old behaviour)")
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="the started server's --prefill-chunk (default: its own; 0 = no interleaving)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--requests", type=int, default=4, help="requests per client (keystrokes)")
     p.add_argument("--prompt-tokens", type=int, default=2000)

@@ -45,6 +45,9 @@ from model_backend.model import (
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512  # prompt tokens per forward during prefill (bounds the attention scratch memory)
+# while other sequences are decoding, a prompt is prefilled this many tokens per engine step, between their
+# decode steps, so a long new prompt does not stall everyone else's stream for its whole prefill
+INTERLEAVE_CHUNK = 128
 DEFAULT_MAX_SEQ = 4096
 MAX_HEAL_TOKENS = 3  # token healing backs off at most this many prompt tokens
 CACHE_SLOTS_PER_BATCH = 4  # default KV-cache slots = this x max_batch (prefix cache across requests)
@@ -168,7 +171,8 @@ class _Request:
     seqs: list[_Seq] = field(default_factory=list)
     beams_finished: list[_Seq] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
-    fresh: bool = True  # admitted during the current step
+    fresh: bool = True  # its first tokens were sampled during the current step (no decode step for it yet)
+    prefilled: int = -1  # prompt tokens in its main slot's cache; -1 before admission; len(prompt) when done
 
     @property
     def streaming(self) -> bool:
@@ -231,7 +235,7 @@ class Engine:
     def __init__(self, model: Transformer, tokenizer: Any, config: Any, *, device: torch.device,
                  max_batch: int = 8, max_seq_len: int | None = None, prefill_threads: int | None = None,
                  decode_threads: int | None = 1, cache_slots: int | None = None,
-                 kv_dtype: torch.dtype | None = None) -> None:
+                 kv_dtype: torch.dtype | None = None, prefill_interleave: int = INTERLEAVE_CHUNK) -> None:
         """prefill_threads / decode_threads (CPU): torch intra-op threads for each phase; None = torch's setting
         when the engine is made. Decode defaults to ONE thread: its ops are small, and with 2 threads on 2 cores any other busy
         process makes OpenMP's threads wait for each other (measured here at load average 8: 0.5-0.8 tok/s
@@ -243,9 +247,14 @@ class Engine:
         unused slots and positions take no memory). None: CACHE_SLOTS_PER_BATCH x max_batch, lowered (not
         below max_batch) so the whole cache fits CACHE_MEMORY_FRACTION of the device's memory.
 
-        kv_dtype: the KV cache's dtype; None = the model's (from_checkpoint picks fp16 for packed CPU weights)."""
+        kv_dtype: the KV cache's dtype; None = the model's (from_checkpoint picks fp16 for packed CPU weights).
+        prefill_interleave: while sequences decode, prefill new prompts this many tokens per step between their
+        decode steps (0: a new prompt is prefilled whole before the step's decode, as one forward per chunk)."""
         self.model = model
         self.kv_dtype = kv_dtype or model.embed.weight.dtype
+        if prefill_interleave < 0:
+            raise ValueError(f"prefill_interleave must be >= 0, got {prefill_interleave}")
+        self.prefill_interleave = prefill_interleave
         self.prefill_threads = prefill_threads or torch.get_num_threads()
         self.decode_threads = decode_threads or self.prefill_threads
         self.tokenizer = tokenizer
@@ -446,9 +455,23 @@ class Engine:
                                  + self._waiting[0].params.n_sequences <= self.max_batch):
             req = self._waiting.popleft()
             self._running[req.id] = req
-            out.extend(self._admit(req))
+            self._start(req)
+        # prefill: everything at once when nobody is decoding; else one INTERLEAVE_CHUNK, then their decode step
+        budget = self.prefill_interleave if self.prefill_interleave and self._decoding() else None
+        for req in [r for r in self._running.values() if r.prefilled < len(r.prompt)]:
+            if budget is not None and budget <= 0:
+                break
+            logits, used = self._prefill(req, budget)
+            if budget is not None:
+                budget -= used
+            if logits is not None:
+                out.extend(self._first_tokens(req, logits))
         out.extend(self._decode())
         return out
+
+    def _decoding(self) -> bool:
+        return any(seq.pending is not None and seq.finish_reason is None
+                   for req in self._running.values() for seq in req.seqs)
 
     def generate(self, prompt: str | list[int], params: SamplingParams | None = None) -> list[Candidate]:
         params = params or SamplingParams()
@@ -582,8 +605,9 @@ class Engine:
         return self.model(x, start, slots)
 
     # -- admission: prefill + first tokens ---------------------------------------------------------------------------
-    def _admit(self, req: _Request) -> list[StepOutput]:
-        t0 = time.perf_counter()
+    def _start(self, req: _Request) -> None:
+        """Admission: slots, prefix reuse (copied in when it comes from another slot), stats. Prefill follows in
+        `_prefill`, over one or more steps."""
         slots, reuse, copy_from = self._pick_slots(req)
         for s in slots:
             self._slot_owner[s] = req.id
@@ -598,23 +622,38 @@ class Engine:
             self.stats.prefix_tokens_reused += reuse
         self.stats.prompt_tokens += len(ids)
         self.stats.prefill_tokens += len(ids) - reuse
-        main = slots[0]
-        self._slot_tokens[main] = list(ids[:reuse])  # what the slot holds if a forward below fails
+        self._slot_tokens[slots[0]] = list(ids[:reuse])  # what the main slot holds, kept true chunk by chunk
         for s in slots[1:]:
             self._slot_tokens[s] = []
+        req.prefilled = reuse
+
+    def _prefill(self, req: _Request, budget: int | None) -> tuple[torch.Tensor | None, int]:
+        """Prefill up to `budget` more prompt tokens (None: all) into the request's main slot. Returns the last
+        position's logits once the whole prompt is in (else None) and the tokens computed."""
+        t0 = time.perf_counter()
+        ids, main = req.prompt, req.slots[0]
+        begin = req.prefilled
+        end = len(ids) if budget is None else min(len(ids), begin + budget)
         logits = None
-        for a in range(reuse, len(ids), PREFILL_CHUNK):
-            chunk = ids[a:a + PREFILL_CHUNK]
+        for a in range(req.prefilled, end, PREFILL_CHUNK):
+            chunk = ids[a:min(a + PREFILL_CHUNK, end)]
             logits = self._forward([chunk], [a], [main])
-        assert logits is not None
-        self._slot_tokens[main] = list(ids)
+            req.prefilled = a + len(chunk)
+            self._slot_tokens[main] = list(ids[:req.prefilled])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.stats.prefill_seconds += time.perf_counter() - t0
+        return (logits if req.prefilled == len(ids) else None), end - begin
+
+    def _first_tokens(self, req: _Request, logits: torch.Tensor) -> list[StepOutput]:
+        """The whole prompt is in: share it with sibling samples and sample every sequence's first token."""
+        ids, slots = req.prompt, req.slots
+        main = slots[0]
         for s in slots[1:] if req.params.beam_width == 1 else ():  # n samples share the one prefill
             self.model.copy_slot(main, s, len(ids))
             self._slot_tokens[s] = list(ids)
             self.stats.shared_prefills += 1
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.stats.prefill_seconds += time.perf_counter() - t0
+        req.fresh = True
         req.seqs = [self._new_seq(req, i, s) for i, s in enumerate(slots)]
         lp = sampling.log_probs(logits[0])
         if req.params.beam_width > 1:

@@ -679,6 +679,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=os.environ.get("COPILOT_BACKEND_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1/* (default: $COPILOT_BACKEND_API_KEY)")
     parser.add_argument("--max-batch", type=_positive, default=8, help="requests decoded together (default 8)")
+    parser.add_argument("--prefill-chunk", type=_non_negative, default=128,
+                        help="while others decode, prefill new prompts this many tokens per step between their "
+                             "decode steps (0 = a new prompt is prefilled whole first; default 128)")
     parser.add_argument("--quantize", default="auto", choices=["auto", "blocks", "fp16", "int8", "none"],
                         help="CPU weight format (default auto: the GGUF's own blocks for decode where the "
                              "kernel builds, else fp16; see docs/performance.md)")
@@ -773,7 +776,8 @@ def run(args: argparse.Namespace) -> int:
         log(f"loading model '{args.model}' on device {args.device} ...")
         engine = Engine.load(args.model, device=args.device, max_batch=args.max_batch,
                              cache_slots=getattr(args, "cache_slots", None),
-                             quantize=getattr(args, "quantize", "auto"))
+                             quantize=getattr(args, "quantize", "auto"),
+                             prefill_interleave=getattr(args, "prefill_chunk", 128))
         log(f"model ready in {time.monotonic() - t0:.1f} s: {state.model_id}, context "
             f"{getattr(engine, 'max_seq_len', '?')} tokens, device {getattr(engine, 'device', '?')}, "
             f"{getattr(engine, 'cache_slots', '?')} KV-cache slots, weights {getattr(engine, 'weight_format', '?')}")

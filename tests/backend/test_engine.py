@@ -421,3 +421,32 @@ def test_top_logprobs_per_token(default_engine: Engine) -> None:
     assert default_engine.generate(PROMPT, greedy(max_tokens=2))[0].top_logprobs is None
     with pytest.raises(ValueError, match="top_logprobs"):
         SamplingParams(top_logprobs=21).validate()
+
+
+def test_a_long_prompt_is_prefilled_between_the_decode_steps_of_others(default_engine: Engine) -> None:
+    """While A decodes, B's ~580-token prompt goes in INTERLEAVE_CHUNK tokens per step: A keeps getting a token
+    every step, and B's greedy answer is the same as when it runs alone."""
+    from model_backend import engine as engine_mod
+
+    eng = default_engine
+    long_prompt = " ".join(f"x{i} = {i} * 2" for i in range(60))
+    assert len(eng.tokenizer.encode(long_prompt)) > 3 * engine_mod.INTERLEAVE_CHUNK
+    eng.add_request("a", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", SamplingParams(max_tokens=60, temperature=0.0,
+                                                                            token_healing=False))
+    while not any(o.request_id == "a" for o in eng.step()):
+        pass
+    eng.add_request("b", long_prompt, greedy(max_tokens=6))
+    a_before_b, b_text, b_done, steps = 0, "", False, 0
+    while not b_done:
+        outs = eng.step()
+        steps += 1
+        b_outs = [o for o in outs if o.request_id == "b"]
+        if not b_text and not b_outs:  # B still prefilling: A must still be served
+            a_before_b += sum(1 for o in outs if o.request_id == "a")
+        for o in b_outs:
+            b_text += o.delta
+            b_done = b_done or o.finished
+        assert steps < 200
+    assert a_before_b >= 3  # several of A's tokens came while B's prompt went in, chunk by chunk
+    eng.abort("a")
+    assert b_text == eng.generate(long_prompt, greedy(max_tokens=6))[0].text
