@@ -45,8 +45,8 @@ from model_backend.model import (
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 512  # prompt tokens per forward during prefill (bounds the attention scratch memory)
-# while other sequences are decoding, a prompt is prefilled this many tokens per engine step, between their
-# decode steps, so a long new prompt does not stall everyone else's stream for its whole prefill
+# prompt tokens prefilled per engine step while other sequences decode, so a long new prompt does not stall their
+# streams for its whole prefill (chunk size barely changes prefill speed here: 576-597 tok/s for 128-512 tokens)
 INTERLEAVE_CHUNK = 128
 DEFAULT_MAX_SEQ = 4096
 MAX_HEAL_TOKENS = 3  # token healing backs off at most this many prompt tokens
@@ -248,8 +248,9 @@ class Engine:
         below max_batch) so the whole cache fits CACHE_MEMORY_FRACTION of the device's memory.
 
         kv_dtype: the KV cache's dtype; None = the model's (from_checkpoint picks fp16 for packed CPU weights).
-        prefill_interleave: while sequences decode, prefill new prompts this many tokens per step between their
-        decode steps (0: a new prompt is prefilled whole before the step's decode, as one forward per chunk)."""
+        prefill_interleave: while sequences decode, prefill at most this many prompt tokens per step (shortest
+        remaining prompt first) between their decode steps (0: every admitted prompt is prefilled whole before the
+        step's decode)."""
         self.model = model
         self.kv_dtype = kv_dtype or model.embed.weight.dtype
         if prefill_interleave < 0:
@@ -456,9 +457,17 @@ class Engine:
             req = self._waiting.popleft()
             self._running[req.id] = req
             self._start(req)
-        # prefill: everything at once when nobody is decoding; else one INTERLEAVE_CHUNK, then their decode step
-        budget = self.prefill_interleave if self.prefill_interleave and self._decoding() else None
-        for req in [r for r in self._running.values() if r.prefilled < len(r.prompt)]:
+        # prefill, shortest remaining prompt first; while sequences decode, at most `prefill_interleave` tokens
+        # per step, so they get a token between chunks (measured: a running stream's longest stall behind a
+        # 2,000-token prompt 4.1 s -> 0.33 s) and a warm keystroke (a few new tokens) overtakes a cold prompt.
+        # When nothing decodes, everything at once (capping that too cost 15% throughput with 16 clients).
+        budget = None
+        if self.prefill_interleave and any(q.pending is not None and q.finish_reason is None
+                                           for r in self._running.values() for q in r.seqs):
+            budget = self.prefill_interleave
+        prefilling = sorted((r for r in self._running.values() if r.prefilled < len(r.prompt)),
+                            key=lambda r: len(r.prompt) - r.prefilled)
+        for req in prefilling:
             if budget is not None and budget <= 0:
                 break
             logits, used = self._prefill(req, budget)
@@ -468,10 +477,6 @@ class Engine:
                 out.extend(self._first_tokens(req, logits))
         out.extend(self._decode())
         return out
-
-    def _decoding(self) -> bool:
-        return any(seq.pending is not None and seq.finish_reason is None
-                   for req in self._running.values() for seq in req.seqs)
 
     def generate(self, prompt: str | list[int], params: SamplingParams | None = None) -> list[Candidate]:
         params = params or SamplingParams()

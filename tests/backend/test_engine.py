@@ -450,3 +450,26 @@ def test_a_long_prompt_is_prefilled_between_the_decode_steps_of_others(default_e
     assert a_before_b >= 3  # several of A's tokens came while B's prompt went in, chunk by chunk
     eng.abort("a")
     assert b_text == eng.generate(long_prompt, greedy(max_tokens=6))[0].text
+
+
+def test_a_warm_keystroke_overtakes_a_cold_prompt(default_engine: Engine) -> None:
+    """While a stream decodes, prefill is shortest-remaining-first in INTERLEAVE_CHUNK steps: a prompt that is all
+    in the prefix cache but a few tokens gets its first token while another file's long prompt is still going in."""
+    eng = default_engine
+    warm = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n"
+    eng.generate(warm, greedy(max_tokens=2))  # cached now
+    eng.add_request("stream", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", greedy(max_tokens=100))
+    while not any(o.request_id == "stream" for o in eng.step()):
+        pass
+    cold = " ".join(f"y{i} = {i} + 1" for i in range(60))
+    eng.add_request("cold", cold, greedy(max_tokens=2))
+    eng.step()  # the cold prompt's first chunk
+    eng.add_request("warm", warm + "    return", greedy(max_tokens=2))
+    order: list[str] = []
+    while "cold" not in order:
+        for o in eng.step():
+            if o.request_id in ("warm", "cold") and o.request_id not in order:
+                order.append(o.request_id)
+    assert order == ["warm", "cold"]
+    for rid in ("stream", "cold", "warm"):
+        eng.abort(rid)
