@@ -83,8 +83,8 @@ class Attention(nn.Module):
             rope_f = torch.view_as_real(rope)
             for i, (slot, p0) in enumerate(decode):
                 kc, vc = k_cache[slot], v_cache[slot]  # [nkv, max_seq, hd], contiguous
-                rc = fn(qkv[i].data_ptr(), rope_f[i].data_ptr(), kc.data_ptr(), vc.data_ptr(),
-                                        out[i].data_ptr(), nh, nkv, hd, p0, kc.stride(0), hd ** -0.5)
+                rc = fn(qkv[i].data_ptr(), rope_f[i].data_ptr(), kc.data_ptr(), vc.data_ptr(), out[i].data_ptr(),
+                        nh, nkv, hd, p0, kc.stride(0), hd ** -0.5)
                 if rc != 0:
                     raise RuntimeError(f"decode attention kernel failed (code {rc})")
             return self.wo(out)
@@ -188,8 +188,8 @@ class Transformer(nn.Module):
 
     # -- setup ---------------------------------------------------------------------------------------
     def use_cpu_kernels(self) -> bool:
-        """Single-row decode attention in one C call (model_backend/blockq.py) when it builds here and the
-        model runs fp32 on the CPU. Returns whether it is on."""
+        """Decode-step attention as one C call per row and layer (model_backend/blockq.py; fp32 or fp16 KV cache)
+        when the kernel builds here and the model runs fp32 on the CPU. Returns whether it is on."""
         from model_backend import blockq
 
         cfg = self.config
