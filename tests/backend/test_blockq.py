@@ -194,3 +194,17 @@ def test_a_checkpoint_without_blocks_gets_fp16(tiny_dir) -> None:
     for fmt in ("auto", "blocks"):
         eng = Engine.load(str(tiny_dir("llama")), quantize=fmt, progress=False)
         assert eng.weight_format == "fp16"
+
+
+def test_an_unusable_cache_folder_falls_back_to_fp16_with_a_warning(tmp_path) -> None:
+    """The kernel is built into the cache folder; where that cannot be made (here the cache root is a file, which
+    stops root too), the kernel is off and the reason is logged, instead of a failure."""
+    not_a_dir = tmp_path / "cache"
+    not_a_dir.write_text("a file, not a folder")
+    code = ("import logging; logging.basicConfig(level=logging.WARNING);"
+            "from model_backend import blockq; print(blockq.library() is None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "COPILOT_LS_CACHE": str(not_a_dir)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"]
+    assert "could not build the kernel" in out.stderr and "using fp16 packing" in out.stderr
