@@ -334,8 +334,10 @@ DEFAULT_SNIPPET_STYLE = "signature"
 def render_snippet(snip: Snippet, comment: str, root, *, short: bool = False, style: str = "code") -> str:
     """A snippet as the prompt shows it (prefix-only / single-file FIM). ``code``: a path comment, then the
     code; ``comment``: every line commented out, Copilot style ("Compare this snippet from ..."); ``signature``:
-    like ``code`` but definitions only as header + the docstring's first line (never whole bodies)."""
-    if style == "signature" and snip.kind != "similar":
+    like ``code`` but definitions of names used near the cursor only as header + the docstring's first line
+    (never whole bodies). The function under test keeps its implementation in every style: asserts need what it
+    does, not just its name (a signature-only `common_prefix` made the demo suggest `("a", "b") == "a"`)."""
+    if style == "signature" and snip.kind not in ("similar", "under-test"):
         body = (snip.signature or snip.summary).rstrip()
     else:
         body = (snip.summary if short else snip.text).rstrip()

@@ -95,11 +95,9 @@ def test_common_prefix_is_selected_from_lib(ws: Path, test_source: str) -> None:
     snap, line, col = open_at(ws / "test_lib.py", test_source)
     p = build_prompt(snap, line, col)
     assert ("under-test", "lib.py") in kinds(p)
-    # the default style: header + the docstring's first line, no body
-    assert 'def common_prefix(a: str, b: str) -> str:\n    """The longest common prefix of a and b."""\n\n' in p.prompt
-    assert "return a[:n]" not in p.prompt
-    code = build_prompt(snap, line, col, snippet_style="code")
-    assert "return a[:n]" in code.prompt  # short: the whole body
+    # the function under test keeps its implementation in every style (short: the whole body) ...
+    assert "return a[:n]" in p.prompt
+    assert "return a[:n]" in build_prompt(snap, line, col, snippet_style="code").prompt
     assert "def reverse" not in p.prompt  # only what is needed
     # the snippet comes first, the current file's text last, ending at the cursor
     assert p.prompt.index("def common_prefix") < p.prompt.index("# Path: test_lib.py")
@@ -422,17 +420,22 @@ def test_names_near_equals_a_walk_of_the_rows(lang: str, unit: str) -> None:
 
 
 def test_signature_snippet_style(ws: Path) -> None:
-    """``signature``: header + the docstring's first line, never the body."""
+    """``signature``: definitions of names near the cursor as header + the docstring's first line, never the body;
+    the function under test keeps its implementation."""
     write(ws, {"lib.py": LIB_PY})
+    snap, line, col = open_at(ws / "app.py", "from lib import common_prefix\n\ndef shortest(a, b):\n    return common_prefix(█")
+    p = build_prompt(snap, line, col, snippet_style="signature")
+    assert ("definition", "lib.py") in kinds(p)
+    assert p.prompt.startswith(
+        '# Path: lib.py\ndef common_prefix(a: str, b: str) -> str:\n    """The longest common prefix of a and b."""\n'
+        "\n# Path: app.py (python)\n"
+    )
+    assert "while n <" not in p.prompt
     snap, line, col = open_at(
         ws / "test_lib.py", "from lib import common_prefix\n\ndef test_common_prefix():\n    █"
     )
     p = build_prompt(snap, line, col, snippet_style="signature")
-    assert p.prompt.startswith(
-        '# Path: lib.py\ndef common_prefix(a: str, b: str) -> str:\n    """The longest common prefix of a and b."""\n'
-        "\n# Path: test_lib.py (python)\n"
-    )
-    assert "while n <" not in p.prompt
+    assert ("under-test", "lib.py") in kinds(p) and "while n <" in p.prompt
 
 
 def test_overload_stubs_and_bare_aliases_are_not_shown(ws: Path) -> None:
