@@ -109,8 +109,6 @@ def library() -> Any | None:
     for fn in (lib.bq_attention_step, lib.bq_attention_step_h):
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 5 + [ctypes.c_float]
         fn.restype = ctypes.c_int
-    lib.bq_attention_h.argtypes = lib.bq_attention.argtypes
-    lib.bq_attention_h.restype = ctypes.c_int
     return lib
 
 

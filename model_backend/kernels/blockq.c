@@ -22,14 +22,6 @@
 #include <math.h>
 
 #define QK 32
-#define Q4_1_BYTES 20
-#define Q8_0_BYTES 34
-
-static inline float half_to_float(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
 
 static inline float hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -314,11 +306,6 @@ static inline __attribute__((always_inline)) int attention(int half, const float
 int bq_attention(const float *q, const float *k, const float *v, float *out, int64_t nh, int64_t nkv,
                  int64_t hd, int64_t L, int64_t stride_h, float scale) {
     return attention(0, q, k, v, out, nh, nkv, hd, L, stride_h, scale);
-}
-
-int bq_attention_h(const float *q, const uint16_t *k, const uint16_t *v, float *out, int64_t nh, int64_t nkv,
-                   int64_t hd, int64_t L, int64_t stride_h, float scale) {
-    return attention(1, q, k, v, out, nh, nkv, hd, L, stride_h, scale);
 }
 
 /* A whole decode step of one row of one layer's attention after the q|k|v projection:
