@@ -193,7 +193,7 @@ def gguf_blocks(ckpt: Any) -> dict[str, tuple[str, Tensor]]:
     import numpy as np
 
     from model_backend.model import fused_state_dict
-    from model_backend.weights import PERMUTED_QK, _open_gguf, gguf_to_hf_name, unpermute_qk
+    from model_backend.weights import _open_gguf, gguf_to_hf_name, gguf_to_hf_rows
 
     path = Path(ckpt.path)
     if path.is_dir() or path.suffix.lower() != ".gguf":
@@ -209,11 +209,7 @@ def gguf_blocks(ckpt: Any) -> dict[str, tuple[str, Tensor]]:
         rows = int(t.shape.tolist()[-1]) if len(t.shape) > 1 else int(t.shape.tolist()[0])
         idx = torch.stack([torch.full((rows,), len(sources), dtype=torch.int64),
                            torch.arange(rows, dtype=torch.int64)], dim=1)
-        if cfg.arch in PERMUTED_QK and ".self_attn.q_proj." in hf:
-            idx = unpermute_qk(idx, cfg.n_heads)
-        elif cfg.arch in PERMUTED_QK and ".self_attn.k_proj." in hf:
-            idx = unpermute_qk(idx, cfg.n_kv_heads)
-        ids[hf] = idx
+        ids[hf] = gguf_to_hf_rows(cfg, hf, idx)
         sources.append((t.tensor_type.name, t))
     fused = fused_state_dict(cfg, ids)
     raw: dict[int, Tensor] = {}
@@ -241,9 +237,10 @@ def _layout_key() -> str:
     """Hash of the code that decides the row order, so a cached blocks file never outlives a change to it."""
     import inspect
 
-    from model_backend import model
+    from model_backend import model, weights
 
-    src = "".join(inspect.getsource(f) for f in (model.fused_state_dict, model._fused_qkv, model.interleave_rows))
+    src = "".join(inspect.getsource(f) for f in (model.fused_state_dict, model._fused_qkv, model.interleave_rows,
+                                                  weights.gguf_to_hf_rows, weights.unpermute_qk))
     return hashlib.sha256((src + inspect.getsource(gguf_blocks)).encode()).hexdigest()[:12]
 
 

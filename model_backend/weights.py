@@ -339,6 +339,16 @@ def unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
+def gguf_to_hf_rows(cfg: ModelConfig, hf_name: str, w: torch.Tensor) -> torch.Tensor:
+    """A GGUF tensor's rows in Hugging Face order: Q/K of the architectures llama.cpp stores permuted get
+    `unpermute_qk`; anything else is returned as it is. Works on any tensor whose first dim is the rows."""
+    if cfg.arch in PERMUTED_QK and ".self_attn.q_proj." in hf_name:
+        return unpermute_qk(w, cfg.n_heads)
+    if cfg.arch in PERMUTED_QK and ".self_attn.k_proj." in hf_name:
+        return unpermute_qk(w, cfg.n_kv_heads)
+    return w
+
+
 def _gguf_meta(reader: Any) -> dict[str, Any]:
     """Scalar / short metadata of a GGUFReader (the tokenizer's big arrays are left out)."""
     meta: dict[str, Any] = {}
@@ -480,11 +490,7 @@ def convert_gguf(path: Path, *, progress: bool = True) -> Checkpoint:
             w = dequantize(t.data, t.tensor_type, shapes[hf])
         except (QuantError, ValueError) as e:
             raise ModelLoadError(f"{path}: tensor {t.name!r}: {e}") from e
-        if arch in PERMUTED_QK and ".self_attn.q_proj." in hf:
-            w = unpermute_qk(w, cfg.n_heads)
-        elif arch in PERMUTED_QK and ".self_attn.k_proj." in hf:
-            w = unpermute_qk(w, cfg.n_kv_heads)
-        tensors[hf] = w.contiguous()
+        tensors[hf] = gguf_to_hf_rows(cfg, hf, w).contiguous()
     bar.close()
     validate_tensors(cfg, tensors, path)
     types: dict[str, int] = {}
