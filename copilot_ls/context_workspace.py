@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -676,7 +677,9 @@ class Workspace:
         try:
             for path in iter_source_files(self.root, self.max_files):
                 try:
-                    if os.path.getsize(path) > MAX_FILE_BYTES:
+                    st = os.stat(path)
+                    # not a regular file (a FIFO named x.py would block the read, and the index, forever)
+                    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
                         continue
                     text = Path(path).read_text(encoding="utf-8", errors="replace")
                 except OSError:

@@ -488,3 +488,15 @@ def test_keep_in_prefix(ws: Path, keep: str) -> None:
         assert p.prefix.startswith("def test_common_prefix():\n") and "Path: lib.py" in p.prompt
     with pytest.raises(ValueError, match="unknown keep_in_prefix"):
         build_prompt(snap, line, col, budget=PromptBudget(keep_in_prefix="all"))
+
+
+def test_index_skips_files_that_are_not_regular(ws: Path) -> None:
+    """A FIFO (or other special file) with a source name must not block the background index forever."""
+    import os
+
+    write(ws, {"lib.py": LIB_PY, "zz_after.py": "def after_fifo():\n    pass\n"})
+    os.mkfifo(ws / "a_fifo.py")
+    (ws / "b_loop.py").symlink_to(ws / "b_loop.py")
+    workspace = Workspace(ws)
+    assert workspace.wait_indexed(timeout=30)
+    assert workspace.paths_defining("after_fifo") == [str(ws / "zz_after.py")]
