@@ -127,9 +127,13 @@ def _get_float(body: dict, name: str, default: float) -> float:
     v = body.get(name)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    try:
+        f = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
+    except OverflowError:          # a JSON integer too large for a float (1 followed by 400 zeros)
+        f = math.inf
+    if not math.isfinite(f):
         raise _bad(f"'{name}' must be a number, got {json.dumps(v)[:40]}", name, "invalid_type")
-    return float(v)
+    return f
 
 
 def _get_bool(body: dict, name: str, default: bool) -> bool:

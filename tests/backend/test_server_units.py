@@ -53,6 +53,9 @@ def test_prompt_forms_and_stop_forms() -> None:
     ({"use_beam_search": True, "n": 5, "beam_width": 4}, "n"),
     ({"stream_options": []}, "stream_options"),
     ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"temperature": 10**400}, "temperature"),                  # a JSON integer too large for a float
+    ({"top_p": -(10**400)}, "top_p"),
+    ({"frequency_penalty": 10**400}, "frequency_penalty"),
 ])
 def test_invalid_values_name_their_param(body: dict, param: str) -> None:
     with pytest.raises(ApiError) as err:
