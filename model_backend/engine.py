@@ -712,7 +712,9 @@ class Engine:
             if req.params.beam_width > 1:
                 out.extend(self._beam_step(req, lps[idx], [rows[i][1] for i in idx]))
                 continue
-            for i in idx:
+            # samples draw from the request's one generator in sample order, not in slot order (the slots a
+            # request gets depend on the cache), so the same seed gives the same samples
+            for i in sorted(idx, key=lambda i: rows[i][1].index):
                 seq = rows[i][1]
                 token, logprob = self._sample(req, seq, logits[i], lps[i])
                 out.extend(self._accept(req, seq, token, logprob, self._top(req, lps[i])))

@@ -89,6 +89,22 @@ def test_same_seed_same_samples_and_n_share_one_prefill(tiny_engine):
         assert c.token_logprobs == pytest.approx(model_logprobs(engine, ids, c.token_ids), abs=1e-4)
 
 
+def test_same_seed_same_samples_whichever_slots_the_samples_get(tiny_engine):
+    """The n samples draw from one generator in sample order, not in the order of the cache slots they got (a
+    warm engine gives the main sample a higher slot than its sibling): same seed, same samples."""
+    params = SamplingParams(max_tokens=8, temperature=1.0, n=2, seed=7, token_healing=False)
+    engine = tiny_engine(max_batch=2, cache_slots=3)
+    enc = engine.tokenizer.encode
+    a, b, p = enc("SELECT name FROM users"), enc("The quick brown fox"), enc("x = [1, 2, 3]\nfor i in")
+    for prompt in (a, b, p, a):        # p is cached in slot 2; slot 1 is now the least recently used
+        engine.generate(prompt, greedy(max_tokens=4))
+    warm = engine.generate(p, params)
+    assert engine._slot_tokens[0][:len(a)] == a             # so the main sample ran in slot 2, its sibling in 1
+    assert engine._slot_tokens[1][:len(p)] == engine._slot_tokens[2][:len(p)] == p
+    cold = tiny_engine(max_batch=2, cache_slots=3).generate(p, params)
+    assert [c.token_ids for c in warm] == [c.token_ids for c in cold]
+
+
 def test_best_of_returns_the_top_n_by_mean_logprob(tiny_engine):
     engine = tiny_engine(max_batch=4)
     cands = engine.generate(PROMPT, SamplingParams(max_tokens=6, temperature=1.0, n=2, best_of=4, seed=1))
