@@ -80,6 +80,13 @@ class Prompt:
     fim_body: str = ""
 
 
+def _lf(text: str) -> str:
+    """CRLF line breaks as LF: the prompt is sent with LF only (the stop strings are LF-based: a model shown
+    CRLF writes CRLF, which a blank-line stop ``\n\n`` never matches; post-processing gives the answer the
+    document's CRLF back)."""
+    return text.replace("\r\n", "\n") if "\r" in text else text
+
+
 def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN_ESTIMATE)
 
@@ -341,6 +348,7 @@ def render_snippet(snip: Snippet, comment: str, root, *, short: bool = False, st
         body = (snip.signature or snip.summary).rstrip()
     else:
         body = (snip.summary if short else snip.text).rstrip()
+    body = _lf(body)
     where = display_path(snip.path, root)
     if style == "comment":
         lines = "\n".join(f"{comment} {ln}".rstrip() for ln in body.split("\n"))
@@ -436,7 +444,7 @@ def build_prompt(
     off = snap.offset(line, col)
     line, col = snap.position(off)
     text = snap.text
-    before, after = text[:off], text[off:]
+    before, after = _lf(text[:off]), _lf(text[off:])
     multiline = is_multiline(snap, line, col)
     cursor_line = snap.lines()[line] if snap.lines() else ""
     stop = stop_strings(snap.language, multiline, fim, blank_line=not cursor_line.strip())
@@ -463,6 +471,7 @@ def build_prompt(
         snippet_budget = int(available * max(0.0, min(1.0, budget.snippet_fraction)))
         kept = _kept_prefix(snap, line, col, budget.keep_in_prefix)
         if kept is not None:
+            kept = len(_lf(text[:kept]))  # an offset into `before`
             need = count(before[kept:])
             snippet_budget = min(snippet_budget, max(0, available - need - 1))
             if need > available:

@@ -193,3 +193,22 @@ def test_fim_prompt_at_a_blank_indented_line() -> None:
     assert p.fim_body == "# Path: m.py (python)\ndef f(x):\n"
     assert p.prefix.endswith("def f(x):\n    ") and p.multiline
     assert build_prompt(snap, line, col).fim_body == ""
+
+
+@pytest.mark.parametrize("fim", [None, FAMILIES["starcoder"]])
+@pytest.mark.parametrize("max_tokens", [1536, 40])
+def test_crlf_document_gets_the_prompt_of_its_lf_text(fim, max_tokens: int) -> None:
+    """The prompt is sent with LF line breaks: a model shown CRLF answers in CRLF, which the LF stop strings
+    (a blank line's "\\n\\n") never match, so it ran to max_tokens; post-processing restores CRLF."""
+    source = (
+        "import os\n\n\ndef read(path):\n    with open(path) as f:\n        return f.read()\n\n\n"
+        "def main():\n    data = read('x')\n    █\n    print(data)\n"
+    )
+    budget = PromptBudget(max_prompt_tokens=max_tokens)
+    lf = build_prompt(*snap_at("python", source), budget=budget, fim=fim)
+    crlf = build_prompt(*snap_at("python", source.replace("\n", "\r\n")), budget=budget, fim=fim)
+    assert "\r" not in crlf.prompt
+    assert crlf.prompt == lf.prompt and crlf.stop == lf.stop
+    assert [(s.kind, s.start_line, s.end_line) for s in crlf.sources] == [
+        (s.kind, s.start_line, s.end_line) for s in lf.sources
+    ]
