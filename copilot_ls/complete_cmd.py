@@ -64,19 +64,23 @@ def parse_position(spec: str) -> tuple[str, int, int]:
 
 
 def load_document(path: str, language: str | None) -> Document:
+    # Bytes, decoded here: text-mode reads would turn CRLF into LF (the editor sends the document as it is) and
+    # stdin's surrogateescape would let non-UTF-8 input through to a crash instead of a message.
     if path == "-":
-        text, uri = sys.stdin.read(), "untitled:stdin"
+        data, uri, name = sys.stdin.buffer.read(), "untitled:stdin", "stdin"
     else:
         p = Path(path)
         if not p.is_file():
             raise BadInput(f"no such file: {path}")
         try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise BadInput(f"{path} is not UTF-8 text") from None
+            data = p.read_bytes()
         except OSError as exc:
             raise BadInput(f"cannot read {path}: {exc.strerror}") from None
-        uri = p.resolve().as_uri()
+        uri, name = p.resolve().as_uri(), path
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{name} is not UTF-8 text") from None
     spec = language_for(language, None if path == "-" else path)
     language_id = language or (spec.id if spec is not None else "plaintext")
     return Document(uri, language_id, 0, text)

@@ -76,6 +76,27 @@ def test_column_counts_characters_not_bytes():
     assert r.returncode == 2 and "the end is 14" in r.stderr
 
 
+def test_crlf_file_is_read_as_the_editor_sends_it(tmp_path):
+    """The file's CRLF line breaks reach the pipeline (text-mode reads made them LF): the suggestion gets the
+    document's CRLF, as in the editor."""
+    path = tmp_path / "m.py"
+    path.write_bytes(b"def add(a, b):\r\n    return a + b\r\n\r\ndef mul(a, b):\r\n")
+    fake = FakeBackend(reply="\n    x = a * b\n    return x")
+    try:
+        r = complete(f"{path}:4:15", "--backend", fake.url, "--json", timeout=120)
+    finally:
+        fake.close()
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["items"][0]["text"] == "\r\n    x = a * b\r\n    return x"
+
+
+def test_stdin_that_is_not_utf8_exits_2():
+    r = subprocess.run([sys.executable, "-m", "copilot_ls.cli", "complete", "-:2:5", "--language", "python",
+                        "--backend", "http://127.0.0.1:9"], cwd=REPO, input=b'x = "caf\xe9"\ny = ',
+                       capture_output=True, timeout=120)
+    assert r.returncode == 2 and b"stdin is not UTF-8 text" in r.stderr, r.stderr
+
+
 @pytest.mark.e2e
 def test_common_prefix_completion(buffer, backend_url):
     r = complete(f"{buffer}:{LAST_LINE}:{END_COL}", "--backend", backend_url, "--max-tokens", "24")
