@@ -313,8 +313,12 @@ class _Resolver:
             fs = self.file(path)
             if fs is None or _same_file(path, self.snap.path):
                 continue
-            found = fs.named(wanted)
-            if not found and wanted == "default":  # JS default export: the file's first definition
+            if wanted == "default" and fs.default_export:  # JS `export default`
+                found = fs.named(fs.default_export)
+            else:
+                found = fs.named(wanted)
+            if not found and wanted == "default" and not fs.default_export:
+                # no `export default` (CommonJS `module.exports = f`, ...): the file's first definition
                 found = [d for d in fs.definitions if d.kind != "method"][:1]
             out.extend(found)
             if out:

@@ -89,6 +89,7 @@ class FileSymbols:
     language: str
     definitions: tuple[Definition, ...]
     imports: tuple[Import, ...]
+    default_export: str | None = None  # JS/TS: the name of the `export default` definition ("default": anonymous)
 
     def named(self, name: str) -> list[Definition]:
         """Top-level definitions of ``name``; ``@overload`` stubs after the implementation they describe."""
@@ -132,9 +133,39 @@ def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> File
                 if kind != "method" and not _top_level(node):
                     continue
                 defs.append(make_definition(node, name_nodes[0], kind, spec, data, path))
+    default_export = None
+    if spec.id != "python":
+        default_export, anonymous = _js_default_export(tree, spec, data, path)
+        if anonymous is not None:
+            defs.append(anonymous)
     defs.sort(key=lambda d: (d.start_line, d.name))
     imports = _python_imports(tree, spec) if spec.id == "python" else _js_imports(tree, spec)
-    return FileSymbols(path=path, language=spec.id, definitions=tuple(defs), imports=tuple(imports))
+    return FileSymbols(path=path, language=spec.id, definitions=tuple(defs), imports=tuple(imports),
+                       default_export=default_export)
+
+
+def _js_default_export(tree, spec: LanguageSpec, data: bytes, path: str) -> tuple[str | None, Definition | None]:
+    """(name, definition) of a module's ``export default``: the name of the exported declaration or identifier
+    (no new definition), or ``"default"`` and a definition of the anonymous export; (None, None) without one."""
+    for node in tree.root_node.children:
+        if node.type != "export_statement":
+            continue
+        keyword = next((c for c in node.children if c.type == "default"), None)
+        if keyword is None:
+            continue
+        decl = node.child_by_field_name("declaration")
+        name = decl.child_by_field_name("name") if decl is not None else None
+        if name is not None:
+            return _txt(name), None
+        value = node.child_by_field_name("value")
+        if value is not None and value.type == "identifier":
+            return _txt(value), None
+        if value is None:
+            return None, None
+        kind = ("function" if value.type in spec.function_types else
+                "class" if value.type in spec.class_types else "variable")
+        return "default", make_definition(value, keyword, kind, spec, data, path)
+    return None, None
 
 
 _IMPORT_TYPES = frozenset(

@@ -500,3 +500,26 @@ def test_index_skips_files_that_are_not_regular(ws: Path) -> None:
     workspace = Workspace(ws)
     assert workspace.wait_indexed(timeout=30)
     assert workspace.paths_defining("after_fifo") == [str(ws / "zz_after.py")]
+
+
+@pytest.mark.parametrize("lang, ext", [("javascript", "js"), ("typescript", "ts")])
+def test_default_import_is_the_default_export_not_the_first_definition(ws: Path, lang: str, ext: str) -> None:
+    """`import mainFn from './lib'` showed lib's first function (a helper) as `mainFn` and as the function
+    under test; it is the `export default` declaration (named, by identifier, or anonymous)."""
+    write(ws, {
+        f"lib.{ext}": "function helper(x) {\n  return x * 2;\n}\n\n"
+                      "export default function mainFn(a) {\n  return helper(a) + 1;\n}\n",
+        f"byname.{ext}": "function helper2(x) {\n  return x;\n}\nfunction other(a) {\n  return a;\n}\n"
+                         "export default other;\n",
+        f"anon.{ext}": "function helper3(x) {\n  return x;\n}\nexport default function (a) {\n  return a + 3;\n}\n",
+    })
+    src = ("import mainFn from './lib';\nimport other from './byname';\nimport anon from './anon';\n\n"
+           "describe('mainFn', () => {\n  it('works', () => {\n    expect(other(1) + anon(2)).toBe(1);\n"
+           "    expect(mainFn(2)).toBe(█);\n  });\n});\n")
+    snap, line, col = open_at(ws / f"lib.test.{ext}", src, lang)
+    p = build_prompt(snap, line, col, snippet_style="code")
+    shown = {s.why: (Path(s.path).name, s.start_line) for s in p.sources if s.kind in ("under-test", "definition")}
+    assert shown["implementation of `mainFn`, under test"] == (f"lib.{ext}", 4)
+    assert shown["definition of `other`, used nearby"] == (f"byname.{ext}", 3)
+    assert shown["definition of `anon`, used nearby"] == (f"anon.{ext}", 3)
+    assert "function helper" not in p.prompt
