@@ -47,6 +47,8 @@ WINDOW_STEP = 40
 MIN_JACCARD = 0.15
 MAX_SIMILAR_DOCS = 10
 MAX_DOC_LINES = 2000
+MAX_REEXPORT_DEPTH = 2  # `from pkg import f` -> pkg/__init__.py -> `from .impl import f` -> pkg/impl.py
+MAX_REEXPORT_FILES = 16
 _IDENT = re.compile(r"[A-Za-z_$][\w$]*")
 _IDENT_TYPES = frozenset(
     {"identifier", "property_identifier", "type_identifier", "shorthand_property_identifier"}
@@ -283,6 +285,7 @@ class _Resolver:
         self.imported: dict[str, tuple[Import, str]] = {}  # local name -> (import, imported name)
         self.modules: dict[str, Import] = {}  # local module name -> import
         self.stars: list[Import] = []
+        self.reexport_files = MAX_REEXPORT_FILES  # re-exports followed in this request (each parses files)
         for imp in self.current.imports:
             if imp.local:
                 self.modules[imp.local] = imp
@@ -300,16 +303,17 @@ class _Resolver:
             return extract_symbols(overlay.text, overlay.language, overlay.path or path, overlay.tree)
         return None
 
-    def files_of(self, imp: Import) -> list[str]:
+    def files_of(self, imp: Import, from_path: str | None = None) -> list[str]:
         if self.ws is None or not self.snap.path:
             # without a workspace only open documents can answer
             return [p for p in self.overlays if _module_matches(p, imp.module)]
-        return self.ws.resolve(self.snap.path, imp, "python" if self.lang == "python" else "js")
+        return self.ws.resolve(from_path or self.snap.path, imp, "python" if self.lang == "python" else "js")
 
-    def lookup(self, name: str, imp: Import, imported_name: str | None = None) -> list[Definition]:
+    def lookup(self, name: str, imp: Import, imported_name: str | None = None, *, from_path: str | None = None,
+               depth: int = 0) -> list[Definition]:
         wanted = imported_name or name
         out: list[Definition] = []
-        for path in self.files_of(imp):
+        for path in self.files_of(imp, from_path):
             fs = self.file(path)
             if fs is None or _same_file(path, self.snap.path):
                 continue
@@ -320,10 +324,30 @@ class _Resolver:
             if not found and wanted == "default" and not fs.default_export:
                 # no `export default` (CommonJS `module.exports = f`, ...): the file's first definition
                 found = [d for d in fs.definitions if d.kind != "method"][:1]
+            if not found and depth < MAX_REEXPORT_DEPTH:
+                found = self.reexported(fs, path, wanted, depth)
             out.extend(found)
             if out:
                 break
         return out
+
+    def reexported(self, fs: FileSymbols, path: str, wanted: str, depth: int) -> list[Definition]:
+        """The definition of ``wanted`` that the file at ``path`` re-exports: a package's ``__init__.py`` with
+        ``from .impl import wanted`` / ``from .impl import *``, an ``index.js`` with ``export {wanted} from``
+        / ``export * from``. Followed ``MAX_REEXPORT_DEPTH`` files deep, ``MAX_REEXPORT_FILES`` per request."""
+        if self.ws is None:
+            return []
+        for imp in fs.imports:
+            for name, local in imp.names:
+                if local != wanted and name != "*":
+                    continue
+                if self.reexport_files <= 0:
+                    return []
+                self.reexport_files -= 1
+                found = self.lookup(wanted if name == "*" else name, imp, from_path=path, depth=depth + 1)
+                if found:
+                    return found
+        return []
 
     def definition_of(self, name: str, qual: str | None) -> list[Definition]:
         if qual is not None:

@@ -478,6 +478,17 @@ def _js_imports(tree, spec: LanguageSpec, roots=None) -> list[Import]:
                         alias = spec_node.child_by_field_name("alias")
                         names.append((name, _txt(alias) if alias is not None else name))
             out.append(Import(source, tuple(names), local=local, line=node.start_point[0]))
+        elif "reexport" in caps:  # `export * from './m'`, `export {a, default as b} from './m'`
+            node = caps["reexport"][0]
+            names = [("*", "*")] if any(c.type == "*" for c in node.children) else []
+            clause = next((c for c in node.children if c.type == "export_clause"), None)
+            for c in clause.children if clause is not None else ():
+                if c.type != "export_specifier":
+                    continue
+                name_node, alias = c.child_by_field_name("name"), c.child_by_field_name("alias")
+                name = _txt(name_node) if name_node is not None else "default"
+                names.append((name, _txt(alias) if alias is not None else name))
+            out.append(Import(source, tuple(names), line=node.start_point[0]))
         elif "require" in caps:
             node = caps["require"][0]
             for decl in node.children:

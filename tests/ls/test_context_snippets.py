@@ -523,3 +523,36 @@ def test_default_import_is_the_default_export_not_the_first_definition(ws: Path,
     assert shown["definition of `other`, used nearby"] == (f"byname.{ext}", 3)
     assert shown["definition of `anon`, used nearby"] == (f"anon.{ext}", 3)
     assert "function helper" not in p.prompt
+
+
+def test_definitions_found_through_reexports(ws: Path) -> None:
+    """`from pkg import f` where pkg/__init__.py re-exports f (`from .impl import f`, `from .more import *`),
+    and `import {g} from './index'` where index.js has `export * from` / `export {x as g} from`: the
+    definition in the implementing file (was: nothing). Circular re-exports end."""
+    write(ws, {
+        "pkg/__init__.py": "from .impl import exported\nfrom .more import *\nfrom .loop import *\n",
+        "pkg/impl.py": "from . import more\n\n\ndef exported(a, b):\n    return a + b\n",
+        "pkg/more.py": "def starred(k):\n    return k * 2\n",
+        "pkg/loop.py": "from . import *\nfrom .loop import *\n",
+        "src/lib.js": "export function shout(s) {\n  return s + '!';\n}\nexport default function main() {}\n",
+        "src/index.js": "export * from './lib';\nexport { default as mainFn, shout as yell } from './lib';\n",
+    })
+    snap, line, col = open_at(
+        ws / "test_use.py",
+        "from pkg import exported, starred, missing\n\n\ndef check():\n    x = exported(1, 2) + starred(3) + missing\n"
+        "    █",
+    )
+    p = build_prompt(snap, line, col, snippet_style="code")
+    whys = {s.why: (Path(s.path).name, s.start_line) for s in p.sources}
+    assert whys["definition of `exported`, used nearby"] == ("impl.py", 3)
+    assert whys["definition of `starred`, used nearby"] == ("more.py", 0)
+    snap, line, col = open_at(
+        ws / "src" / "use.js",
+        "import { shout, yell, mainFn } from './index';\n\nconst a = shout('a') + yell('b') + mainFn();\n█",
+    )
+    p = build_prompt(snap, line, col, snippet_style="code")
+    whys = {s.why: (Path(s.path).name, s.start_line) for s in p.sources}
+    assert whys["definition of `shout`, used nearby"] == ("lib.js", 0)
+    assert whys["definition of `mainFn`, used nearby"] == ("lib.js", 3)
+    # `yell` is `shout` under another name: the same definition, shown once
+    assert "definition of `yell`, used nearby" not in whys
