@@ -552,7 +552,7 @@ def create_app(state: ServerState) -> FastAPI:
                     })
                 if kind == "error":
                     finished = True
-                    raise ApiError(event[1], event[2])
+                    raise _job_error(event[1], event[2])
                 if kind == "cancelled":
                     finished = True
                     if event[1] == "shutdown":
@@ -611,7 +611,7 @@ def create_app(state: ServerState) -> FastAPI:
                     return
                 elif kind == "error":
                     done["flag"] = True
-                    yield sse(ApiError(event[1], event[2]).body())
+                    yield sse(_job_error(event[1], event[2]).body())
                     yield sse("[DONE]")
                     return
                 else:                           # cancelled: by the client (nobody reads) or by a shutdown
@@ -625,6 +625,11 @@ def create_app(state: ServerState) -> FastAPI:
                 worker.cancel(job.id, "disconnect")
 
     return StatusCounter(app, metrics)  # type: ignore[return-value]
+
+
+def _job_error(status: int, message: str) -> ApiError:
+    """A worker's ("error", status, message) event; its only 503 is a job the shutdown dropped from the queue."""
+    return ApiError(status, message, None, "shutting_down" if status == 503 else None)
 
 
 def _cancel_unless_done(worker: Worker, job_id: str, done: dict) -> Any:
@@ -712,8 +717,28 @@ def _non_negative(text: str) -> int:
     return v
 
 
+SHUTDOWN_GRACE_S = 5.0   # after --shutdown-timeout: time for the cancelled requests to send their 503 / SSE error
+
+
 class _Server(uvicorn.Server):
-    """uvicorn, but a SIGTERM/SIGINT ends with exit code 0 (uvicorn re-raises the signal after shutdown)."""
+    """uvicorn, but a SIGTERM/SIGINT ends with exit code 0 (uvicorn re-raises the signal after shutdown), and
+    requests still running `deadline_s` after it are cancelled through `on_deadline` (the worker), so they answer
+    503 `shutting_down` (SSE: an error event and [DONE]) before uvicorn's own timeout cuts their connections."""
+
+    def __init__(self, config: uvicorn.Config, deadline_s: float = math.inf,
+                 on_deadline: Callable[[], None] | None = None) -> None:
+        super().__init__(config)
+        self.deadline_s, self.on_deadline = deadline_s, on_deadline
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        timer = None
+        if self.on_deadline is not None and math.isfinite(self.deadline_s):
+            timer = asyncio.get_running_loop().call_later(max(0.0, self.deadline_s), self.on_deadline)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Any:
@@ -808,9 +833,9 @@ def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         log(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use it")
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=args.shutdown_timeout, server_header=False,
+                            timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_GRACE_S, server_header=False,
                             limit_concurrency=max(256, 4 * (args.max_queue + args.max_batch)))
-    server = _Server(config)
+    server = _Server(config, deadline_s=args.shutdown_timeout, on_deadline=lambda: worker.stop(timeout=0))
 
     async def main() -> None:
         holder["server"], holder["loop"] = server, asyncio.get_running_loop()

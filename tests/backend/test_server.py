@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -362,7 +363,7 @@ def limited_server(start_backend_module: Any) -> Any:
     def get() -> Any:
         if not servers or servers[-1].proc.poll() is not None:
             servers.append(start_backend_module("--api-key", "s3cret", "--max-batch", "1", "--max-queue", "1",
-                                                "--shutdown-timeout", "600"))
+                                                "--shutdown-timeout", "10"))
         return servers[-1]
 
     return get
@@ -426,15 +427,30 @@ async def _until(pred: Any, url: str, timeout: float = 120) -> dict[str, float]:
 def test_sigterm_finishes_in_flight_and_exits_cleanly(limited_server: Any) -> None:
     srv = limited_server()
     srv.wait_ready()
+    context = httpx.get(srv.url + "/v1/models", headers=KEY, timeout=30).json()["data"][0]["context_length"]
+    late: dict[str, httpx.Response] = {}
+
+    def queued() -> None:    # waits for the one slot, then generates far longer than --shutdown-timeout (10 s)
+        late["r"] = complete(srv.url, headers=KEY, prompt=LONG_PROMPT, max_tokens=context - 64, temperature=0)
+
     with httpx.stream("POST", srv.url + "/v1/completions", timeout=600, headers=KEY,
                       json={"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True}) as r:
         lines = r.iter_lines()
         first = next(line for line in lines if line.startswith("data: "))
+        admitted = metrics(srv.url)["copilot_backend_prompt_tokens_total"]
+        waiter = threading.Thread(target=queued)
+        waiter.start()
+        asyncio.run(_until(lambda m: m["copilot_backend_queue_depth"] == 1                 # waits for the slot
+                           or m["copilot_backend_prompt_tokens_total"] > admitted, srv.url))  # or already runs
         srv.proc.send_signal(signal.SIGTERM)           # while the request is in flight
         rest = list(lines)
     events = sse_events([first, *rest])
     assert events[-1] == "[DONE]"                      # the in-flight request was finished, not cut off
     assert any(ch["finish_reason"] for e in events[:-1] for ch in e["choices"])
+    waiter.join(300)
+    # the one still running at the deadline is cancelled with a 503 that says why (it was a bare 500, cut by uvicorn)
+    assert late["r"].status_code == 503, late["r"].text
+    assert late["r"].json()["error"]["code"] == "shutting_down"
     assert srv.proc.wait(120) == 0, srv.log_tail()
     with pytest.raises(httpx.ConnectError):
         httpx.get(srv.url + "/health", timeout=5)

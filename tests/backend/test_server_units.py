@@ -131,3 +131,28 @@ def test_fastapi_telemetry_is_off() -> None:
     assert not app._native_telemetry.enabled()
     assert app._telemetry["auto_configure"] is False
     assert app.docs_url is None and app.openapi_url is None
+
+
+class DroppedAtShutdown:
+    """A worker stub that answers every job as the shutdown answers a queued one."""
+    state, error = "ready", None
+
+    def submit(self, job: object) -> None:
+        job.sink(("error", 503, "the server is shutting down"))  # type: ignore[attr-defined]
+
+    def cancel(self, job_id: str, reason: str = "disconnect") -> None:
+        pass
+
+
+async def test_a_job_the_shutdown_drops_answers_503_shutting_down() -> None:
+    import httpx
+
+    state = ServerState(worker=DroppedAtShutdown(), metrics=Metrics(), tokenizer=Tok(),  # type: ignore[arg-type]
+                        context_length=64, max_sequences=1, params_cls=dict)
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.post("/v1/completions", json={"prompt": "ab"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+        r = await client.post("/v1/completions", json={"prompt": "ab", "stream": True})
+        events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and '"code": "shutting_down"' in events[0]
