@@ -108,11 +108,20 @@ def _pos(p: tuple[int, int]) -> dict:
     return {"line": p[0] + 1, "column": p[1] + 1}
 
 
+def _source(s) -> dict:
+    """A prompt source with 1-based lines, like every other position this command prints (SnippetSource's
+    are 0-based)."""
+    d = dataclasses.asdict(s)
+    d["start_line"] += 1
+    d["end_line"] += 1
+    return d
+
+
 def _explain(result: pipeline.CompletionResult) -> dict:
     pr = result.prompt
     return {"prompt": pr.prompt, "prefix": pr.prefix, "suffix": pr.suffix, "multiline": pr.multiline,
             "stop": list(pr.stop),
-            "sources": [dataclasses.asdict(s) if dataclasses.is_dataclass(s) else str(s) for s in pr.sources],
+            "sources": [_source(s) for s in pr.sources],
             "raw": [dataclasses.asdict(c) for c in result.raw], "cached": result.cached}
 
 

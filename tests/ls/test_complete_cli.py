@@ -90,6 +90,23 @@ def test_crlf_file_is_read_as_the_editor_sends_it(tmp_path):
     assert json.loads(r.stdout)["items"][0]["text"] == "\r\n    x = a * b\r\n    return x"
 
 
+def test_explain_sources_have_1_based_lines(tmp_path):
+    """Like LINE:COL and the items' positions, the lines of --explain's sources are 1-based (were 0-based)."""
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "lib.py").write_text("\n\ndef helper(x):\n    return x + 1\n")
+    path = tmp_path / "use.py"
+    path.write_text("from lib import helper\n\nx = 1\ny = helper(")
+    fake = FakeBackend(reply="x)")
+    try:
+        r = complete(f"{path}:4:12", "--backend", fake.url, "--json", "--explain", timeout=120)
+    finally:
+        fake.close()
+    assert r.returncode == 0, r.stderr
+    sources = {s["kind"]: s for s in json.loads(r.stdout)["explain"]["sources"]}
+    assert (sources["prefix"]["start_line"], sources["prefix"]["end_line"]) == (1, 4)
+    assert (sources["definition"]["start_line"], sources["definition"]["end_line"]) == (3, 4)
+
+
 def test_stdin_that_is_not_utf8_exits_2():
     r = subprocess.run([sys.executable, "-m", "copilot_ls.cli", "complete", "-:2:5", "--language", "python",
                         "--backend", "http://127.0.0.1:9"], cwd=REPO, input=b'x = "caf\xe9"\ny = ',
