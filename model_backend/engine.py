@@ -583,7 +583,7 @@ class Engine:
         in that slot when the prompt continues most of what it holds (the next keystroke: the slot holds the
         previous prompt + its completion); when the shared part is shorter than what would be overwritten (two
         files that only begin alike), it prefills in the least recently used idle slot after copying the
-        shared prefix there, so the other sequence stays cached. Sibling samples / beams take the next least
+        shared prefix there, so the other sequence stays cached (if enough idle slots remain for all its samples). Sibling samples / beams take the next least
         recently used idle slots."""
         free = [s for s in range(self.cache_slots) if self._slot_owner[s] is None]
         best, best_len = None, 0
@@ -595,7 +595,8 @@ class Engine:
         copy_from = None
         if best is None:
             best = lru[0]
-        elif 2 * best_len < len(self._slot_tokens[best]) and lru[0] != best:
+        elif (2 * best_len < len(self._slot_tokens[best]) and lru[0] != best
+              and len(free) > req.params.n_sequences):  # copy_from stays idle: the samples still need n slots
             best, copy_from = lru[0], best
         rest = [s for s in lru if s != best and s != copy_from][: req.params.n_sequences - 1]
         return [best] + rest, best_len, copy_from

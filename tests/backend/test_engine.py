@@ -173,6 +173,19 @@ def test_prompts_that_only_begin_alike_both_stay_cached(tiny_engine):
         assert w.token_logprobs == pytest.approx(cold.token_logprobs, abs=1e-4)
 
 
+def test_n_samples_get_their_slots_when_the_cache_is_as_small_as_the_batch(tiny_engine):
+    """A prompt that only begins like a cached one copies the shared prefix to another idle slot, but not when that
+    leaves too few slots for its samples (cache_slots == max_batch): it then gets all n, it does not lose one."""
+    engine = tiny_engine(max_batch=2, cache_slots=2)
+    enc = engine.tokenizer.encode
+    a, b = enc("import os\nimport sys\n\ndef main():\n    print(sys.argv)"), enc("SELECT name FROM users")
+    for prompt in (a, b, a):           # slot 0 holds a (recently used), slot 1 holds b (least recently used)
+        engine.generate(prompt, greedy(max_tokens=4))
+    p = a[:2] + enc(" The quick brown fox jumps")       # shares only a's first 2 tokens
+    params = SamplingParams(max_tokens=4, temperature=1.0, n=2, seed=1, token_healing=False)
+    assert [c.index for c in engine.generate(p, params)] == [0, 1]
+
+
 def test_cache_slots_default_and_bounds(tiny_engine):
     from model_backend.engine import CACHE_SLOTS_PER_BATCH
 
