@@ -439,6 +439,9 @@ class Engine:
     def has_unfinished(self) -> bool:
         return bool(self._waiting or self._running)
 
+    def is_unfinished(self, request_id: str) -> bool:
+        return request_id in self._running or any(r.id == request_id for r in self._waiting)
+
     def abort(self, request_id: str) -> None:
         self._waiting = deque(r for r in self._waiting if r.id != request_id)
         req = self._running.pop(request_id, None)
@@ -484,7 +487,7 @@ class Engine:
         self.add_request(rid, prompt, params)
         done: dict[int, Candidate] = {}
         try:
-            while rid in self._running or any(r.id == rid for r in self._waiting):
+            while self.is_unfinished(rid):
                 for o in self.step():
                     if o.request_id == rid and o.candidate is not None:
                         done[o.index] = o.candidate

@@ -212,6 +212,7 @@ class Worker:
         return admitted
 
     def _route(self, outputs: list[Any], now: float) -> None:
+        short: list[Job] = []
         for out in outputs:
             job = self._active.get(out.request_id)
             if job is None:
@@ -225,6 +226,11 @@ class Worker:
                 job.finished[out.index] = out.candidate
                 if len(job.finished) >= job.n_candidates:
                     self._complete(job, now)
+                else:
+                    short.append(job)
+        for job in short:   # the engine ended it with fewer candidates (beam search with fewer hypotheses than n)
+            if job.id in self._active and not self.engine.is_unfinished(job.id):
+                self._complete(job, now)
 
     def _complete(self, job: Job, now: float) -> None:
         self._active.pop(job.id, None)

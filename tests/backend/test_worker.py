@@ -131,6 +131,30 @@ def test_new_request_joins_running_batch_between_steps() -> None:
     w.stop()
 
 
+class FewerCandidates(FakeEngine):
+    """Ends a request with at most 2 candidates whatever its n (beam search when few hypotheses exist)."""
+
+    def step(self) -> list[Any]:
+        return [o for o in super().step() if not (o.finished and o.index >= 2)]
+
+    def is_unfinished(self, request_id: str) -> bool:
+        return request_id in self.active
+
+
+def test_a_job_the_engine_ends_with_fewer_candidates_is_done_at_once() -> None:
+    eng = FewerCandidates(step_s=0.01)
+    w = start(eng, max_active=8)
+    a, sa = job("a", max_tokens=300)
+    w.submit(a)
+    b, sb = job("b", max_tokens=2, n=4)
+    w.submit(b)
+    kind, candidates = sb.last()
+    assert kind == "done" and len(candidates) == 2
+    assert not sa.ended.is_set()           # b did not wait for the engine to go idle
+    w.cancel("a")
+    w.stop()
+
+
 def test_max_active_limits_the_batch_and_the_rest_waits_in_order() -> None:
     eng = FakeEngine(step_s=0.002)
     w = start(eng, max_active=2)
