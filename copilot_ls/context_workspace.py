@@ -48,6 +48,7 @@ SKIP_DIRS = frozenset(
     }
 )
 MAX_FILE_BYTES = 1_000_000
+MAX_DEPTH = 64  # folders below the root that the name index walks into
 JS_EXTENSIONS = (".js", ".ts", ".tsx", ".jsx", ".mjs", ".cjs", ".mts", ".cts")
 # Top-level definitions a regex can spot cheaply (for the background name index).
 _NAME_PATTERNS: dict[str, re.Pattern[str]] = {
@@ -763,7 +764,10 @@ def _inside(path: Path, root: Path) -> bool:
 def iter_source_files(root: Path, max_files: int) -> Iterable[str]:
     """Python / JS / TS files under ``root`` in a stable order, skipping vendored and build folders."""
     n = 0
+    top = os.fspath(root).rstrip(os.sep).count(os.sep)
     for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath.count(os.sep) - top >= MAX_DEPTH:
+            dirnames[:] = []  # os.walk recurses: a pathologically deep tree raised RecursionError (index lost)
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         for name in sorted(filenames):
             if name.endswith((".py", ".pyi", *JS_EXTENSIONS)):

@@ -556,3 +556,17 @@ def test_definitions_found_through_reexports(ws: Path) -> None:
     assert whys["definition of `mainFn`, used nearby"] == ("lib.js", 3)
     # `yell` is `shout` under another name: the same definition, shown once
     assert "definition of `yell`, used nearby" not in whys
+
+
+def test_index_survives_a_pathologically_deep_tree(ws: Path) -> None:
+    """os.walk recurses: 1,100 nested folders raised RecursionError in the index thread, which lost every file
+    after them (and printed a traceback); the walk stops at MAX_DEPTH folders."""
+    d = ws / "a"
+    for _ in range(1100):
+        d = d / "d"
+        d.mkdir(parents=True)
+    (d / "leaf.py").write_text("def too_deep():\n    pass\n")
+    write(ws, {"b/mod.py": "def after_the_deep_tree():\n    pass\n"})
+    workspace = Workspace(ws)
+    assert workspace.wait_indexed(timeout=60)
+    assert workspace.paths_defining("after_the_deep_tree") == [str(ws / "b" / "mod.py")]
