@@ -11,6 +11,7 @@ Cost model (a 10,000-file workspace must not slow a keystroke):
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -537,7 +538,15 @@ def _fs_cached(cache: dict, key: str, compute):
 def resolved(path: str | os.PathLike[str]) -> str:
     """``str(Path(path).resolve())``, cached for a short while (see ``_FS_TTL_S``)."""
     key = os.fspath(path)
-    return _fs_cached(_RESOLVED, key, lambda: str(Path(key).resolve()))
+    return _fs_cached(_RESOLVED, key, lambda: str(_resolve(Path(key))))
+
+
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``, with a symlink loop as the OSError it is (Python < 3.13 raises RuntimeError)."""
+    try:
+        return path.resolve()
+    except RuntimeError as exc:
+        raise OSError(errno.ELOOP, str(exc), str(path)) from None
 
 
 LIBRARY_DIRS = frozenset({"site-packages", "dist-packages"})
@@ -693,7 +702,10 @@ class Workspace:
     def _resolve_js(self, from_path: str, source: str) -> list[str]:
         if not source.startswith("."):
             return []  # a package from node_modules: not part of the workspace
-        target = (Path(from_path).parent / source).resolve()
+        try:
+            target = _resolve(Path(from_path).parent / source)
+        except OSError:  # e.g. an import of a symlink loop
+            return []
         candidates = [target] if target.suffix in JS_EXTENSIONS else []
         stem = target.with_suffix("") if target.suffix in (".js", ".mjs", ".cjs", ".jsx") else target
         candidates += [Path(str(stem) + ext) for ext in JS_EXTENSIONS]
