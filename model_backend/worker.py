@@ -97,7 +97,8 @@ class Worker:
         with self._cond:
             if self.state != "ready" or self._stopping:
                 raise NotReady(self.error or self.state)
-            if len(self._pending) >= self.max_queue:
+            free = max(0, self.max_active - len(self._active))     # pending jobs up to this start at the next step
+            if len(self._pending) >= self.max_queue + free:
                 raise QueueFull(f"the queue holds {self.max_queue} requests")
             self._pending[job.id] = job
             self._publish_depth()
@@ -193,20 +194,21 @@ class Worker:
                 if not self._pending:
                     break
                 job = self._pending.pop(next(iter(self._pending)))
+                self._active[job.id] = job      # in the same lock: submit() never sees it in neither
                 self._publish_depth()
             try:
                 self.engine.add_request(job.id, job.prompt, job.params)
-            except ValueError as exc:
-                _send(job, ("error", 400, str(exc)))
-                continue
             except Exception as exc:  # noqa: BLE001
-                traceback.print_exc(file=sys.stderr)
-                _send(job, ("error", 500, f"engine rejected the request: {type(exc).__name__}: {exc}"))
+                self._active.pop(job.id, None)
+                if isinstance(exc, ValueError):
+                    _send(job, ("error", 400, str(exc)))
+                else:
+                    traceback.print_exc(file=sys.stderr)
+                    _send(job, ("error", 500, f"engine rejected the request: {type(exc).__name__}: {exc}"))
                 continue
             job.admitted = time.monotonic()
             self.metrics.observe(self.metrics.queue_wait_seconds, job.admitted - job.submitted)
             self.metrics.add_tokens(prompt=job.prompt_tokens)
-            self._active[job.id] = job
             admitted = True
         self._publish_depth()
         return admitted

@@ -215,6 +215,23 @@ def test_queue_full_raises() -> None:
     w.stop()
 
 
+def test_free_slots_take_requests_beyond_the_queue_limit() -> None:
+    """--max-queue counts requests that wait for a slot: with free slots (a burst, or --max-queue 0) it is not full."""
+    eng = FakeEngine(step_s=0.05)
+    w = start(eng, max_active=2, max_queue=0)
+    a, sa = job("a", max_tokens=50)
+    b, _ = job("b", max_tokens=50)
+    w.submit(a)                             # an idle server with --max-queue 0 takes a request per free slot
+    w.submit(b)
+    with pytest.raises(QueueFull):
+        w.submit(job("c")[0])               # both slots are taken now (or about to be): c would have to wait
+    w.cancel("a")
+    assert sa.last()[0] == "cancelled"
+    wait_until(lambda: w.running() == 1)
+    w.submit(job("d", max_tokens=2)[0])     # a slot is free again
+    w.stop()
+
+
 def test_stream_jobs_get_deltas_and_others_do_not() -> None:
     eng = FakeEngine(step_s=0.001)
     w = start(eng)
