@@ -360,7 +360,7 @@ def overlap(text: str, cur: Cursor) -> tuple[str, int]:
     if not rest.strip():
         return text, len(cur.line_text)
     head, sep, tail = text.partition("\n")
-    for k in range(len(rest), 0, -1):
+    for k in range(min(len(rest), len(head)), 0, -1):   # head can only end with a prefix no longer than it
         if head.endswith(rest[:k]) and rest[:k].strip():
             head = head[: len(head) - k]
             if not sep and k < len(rest):  # remove overlap but keep the remaining text after the cursor

@@ -322,3 +322,16 @@ def test_no_reparse_without_two_distinct_suggestions(monkeypatch) -> None:
     assert [s.text for s in out] == ["return (x +"] and not made
     out, _ = run("python", "def f(x):\n    █\n", ["return (x +", "return x + 1"])
     assert [s.text for s in out] == ["return x + 1", "return (x +"] and made
+
+
+def test_overlap_is_not_quadratic_in_the_text_after_the_cursor() -> None:
+    """A long line (minified code, a data literal) with the cursor near its start: the overlap check compared
+    every prefix of the text after the cursor (O(n^2); a 5 MB line blocked the server for many minutes)."""
+    import time
+
+    rest = "1, " * 200_000 + "]"
+    snap = Document("file:///w/x.py", "python", 1, "x = [" + rest + "\n").snapshot()
+    t = time.perf_counter()
+    (s,) = postprocess([RawCandidate("0, 1")], snap, 0, 5, multiline=False)
+    assert time.perf_counter() - t < 0.5
+    assert (s.text, s.start, s.end) == ("0, ", (0, 5), (0, 5))   # the overlap ("1") is still trimmed
