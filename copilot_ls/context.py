@@ -98,7 +98,7 @@ def fit_tail(text: str, budget: int, count: CountTokens) -> str:
     if budget <= 0 or not text:
         return ""
     cand = text[-max(1, budget * 8) :]
-    if len(cand) < len(text):
+    if len(cand) < len(text) and "\n" in cand:  # else the cursor's line alone is longer: cut by characters
         cand = _from_line_start(cand)
     for _ in range(12):
         n = count(cand)
@@ -119,7 +119,7 @@ def fit_head(text: str, budget: int, count: CountTokens) -> str:
     if budget <= 0 or not text:
         return ""
     cand = text[: max(1, budget * 8)]
-    if len(cand) < len(text):
+    if len(cand) < len(text) and "\n" in cand:  # else the cursor's line alone is longer: cut by characters
         cand = _to_line_end(cand)
     for _ in range(12):
         n = count(cand)

@@ -212,3 +212,19 @@ def test_crlf_document_gets_the_prompt_of_its_lf_text(fim, max_tokens: int) -> N
     assert [(s.kind, s.start_line, s.end_line) for s in crlf.sources] == [
         (s.kind, s.start_line, s.end_line) for s in lf.sources
     ]
+
+
+@pytest.mark.parametrize("max_tokens", [64, 256, 1536])
+def test_a_line_longer_than_the_window_is_cut_by_characters(max_tokens: int) -> None:
+    """The cursor's line alone longer than the first guess of the window (budget * 8 characters): the prefix
+    (and the FIM suffix) were empty, so the model saw only the path header; now the line is cut by characters."""
+    head = "x = [" + ", ".join(str(i) for i in range(5000))
+    tail = ", ".join(str(i) for i in range(5000, 10000)) + "]\n"
+    snap, line, col = snap_at("python", "import os\n" + head + "█" + tail)
+    budget = PromptBudget(max_prompt_tokens=max_tokens)
+    p = build_prompt(snap, line, col, budget=budget)
+    assert p.prompt.endswith(", 4998, 4999") and len(p.prefix) > max_tokens
+    assert estimate_tokens(p.prompt) <= max_tokens
+    p = build_prompt(snap, line, col, budget=budget, fim=FAMILIES["starcoder"])
+    assert p.suffix.startswith("5000, 5001") and p.prefix.endswith(", 4998, 4999")
+    assert estimate_tokens(p.prompt) <= max_tokens
