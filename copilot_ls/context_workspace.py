@@ -370,10 +370,16 @@ def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False) -
                 if fb is not None:
                     sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").strip()
                     parts.append("  " + sig + " { ... }")
+            elif child.type in _TS_MEMBER_SIGNATURES:  # an interface's members are its signature
+                parts.append("  " + _txt(child).strip().rstrip(";,") + ";")
     else:
         parts.append("  // ...")
     parts.append("}")
     return "\n".join(parts)
+
+
+_TS_MEMBER_SIGNATURES = frozenset({"method_signature", "property_signature", "abstract_method_signature",
+                                   "index_signature", "call_signature", "construct_signature"})
 
 
 def _top_level(node) -> bool:

@@ -589,3 +589,17 @@ def test_import_of_a_symlink_loop_does_not_fail_the_request(ws: Path) -> None:
     )
     p = build_prompt(snap, line, col)
     assert ("definition", "lib.js") in kinds(p)
+
+
+def test_typescript_interface_signature_keeps_its_members(ws: Path) -> None:
+    """An interface's summary / signature listed only method definitions, which interfaces have none of: the
+    default (signature) style showed `interface Shape {\\n}`, an empty interface; its members are its signature."""
+    write(ws, {"shapes.ts": "export interface Shape {\n  area(): number;\n  readonly name: string,\n}\n\n"
+                            "export abstract class Base {\n  abstract run(x: number): void;\n"
+                            "  go() { return 1; }\n}\n"})
+    snap, line, col = open_at(
+        ws / "use.ts", "import { Shape, Base } from './shapes';\n\nconst s: Shape = f(Base);\n█", "typescript"
+    )
+    p = build_prompt(snap, line, col)
+    assert "interface Shape {\n  area(): number;\n  readonly name: string;\n}" in p.prompt
+    assert "abstract class Base {\n  abstract run(x: number): void;\n  go() { ... }\n}" in p.prompt
