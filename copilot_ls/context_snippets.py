@@ -356,7 +356,9 @@ class _Resolver:
                 return self.lookup(name, imp)
             if qual in self.imported:  # ``from pkg import mod`` then ``mod.name``
                 imp, mod_name = self.imported[qual]
-                sub = Import(f"{imp.module}.{mod_name}" if self.lang == "python" else imp.module, ())
+                # `from . import mod` -> ".mod" (not "..mod", the parent package); `from pkg import mod` -> "pkg.mod"
+                dot = "" if imp.module.endswith(".") else "."
+                sub = Import(f"{imp.module}{dot}{mod_name}" if self.lang == "python" else imp.module, ())
                 return self.lookup(name, sub) if self.lang == "python" else []
             return []
         if name in self.imported:

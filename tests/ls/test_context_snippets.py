@@ -603,3 +603,20 @@ def test_typescript_interface_signature_keeps_its_members(ws: Path) -> None:
     p = build_prompt(snap, line, col)
     assert "interface Shape {\n  area(): number;\n  readonly name: string;\n}" in p.prompt
     assert "abstract class Base {\n  abstract run(x: number): void;\n  go() { ... }\n}" in p.prompt
+
+
+def test_module_imported_with_from_dot_import(ws: Path) -> None:
+    """`from . import more` then `more.starred(...)`: the module was looked up as "..more" (the parent
+    package) and not found; `from .sub import deep` / `deep.f` worked."""
+    write(ws, {
+        "pkg/__init__.py": "",
+        "pkg/more.py": "def starred(k):\n    return k * 2\n",
+        "pkg/sub/__init__.py": "",
+        "pkg/sub/deep.py": "def star_fn(k):\n    return k\n",
+    })
+    snap, line, col = open_at(
+        ws / "pkg" / "user.py",
+        "from . import more\nfrom .sub import deep\n\n\ndef use():\n    return more.starred(1) + deep.star_fn(█",
+    )
+    p = build_prompt(snap, line, col)
+    assert ("definition", "more.py") in kinds(p) and ("definition", "deep.py") in kinds(p)
