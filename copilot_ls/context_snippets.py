@@ -223,10 +223,29 @@ def subjects_under_test(snap: Snapshot, line: int, col: int) -> list[str]:
                 if first is not None and first.type in ("string", "template_string"):
                     desc = first.text.decode("utf-8", "replace").strip("'\"`")
                     out.extend(_IDENT.findall(desc)[:3])
+        elif node.is_error and spec.test_calls:
+            # typing leaves calls unclosed: `describe('x', () => {` is then an identifier, "(" and a string in
+            # an ERROR node, no call_expression
+            out.extend(_test_calls_in_error(node, snap.byte_offset(snap.offset(line, col)), spec))
         node = node.parent
     if not out and in_test_file:
         out.extend(_subjects_from_path(snap.path or snap.uri))
     return list(dict.fromkeys(n for n in out if n and not n.lower().startswith("test")))
+
+
+def _test_calls_in_error(node, before: int, spec: LanguageSpec) -> list[str]:
+    """Subjects of the ``describe('name'`` / ``it(`` / ``test(`` calls that an ERROR node holds as loose
+    tokens before byte ``before``, innermost (last) first."""
+    kids = node.children
+    found: list[list[str]] = []
+    for i, c in enumerate(kids[:-2]):
+        if c.start_byte >= before:
+            break
+        if (c.type == "identifier" and kids[i + 1].type == "(" and kids[i + 2].type in ("string", "template_string")
+                and c.text.decode("utf-8", "replace") in spec.test_calls):
+            desc = kids[i + 2].text.decode("utf-8", "replace").strip("'\"`")
+            found.append(_IDENT.findall(desc)[:3])
+    return [name for names in reversed(found) for name in names]
 
 
 def _snake(name: str) -> str:

@@ -620,3 +620,18 @@ def test_module_imported_with_from_dot_import(ws: Path) -> None:
     )
     p = build_prompt(snap, line, col)
     assert ("definition", "more.py") in kinds(p) and ("definition", "deep.py") in kinds(p)
+
+
+@pytest.mark.parametrize("after", ["", "\n  });\n});\n"])
+def test_js_test_blocks_found_while_the_calls_are_unclosed(ws: Path, after: str) -> None:
+    """Typing `expect(commonPrefix('ab', 'ac')).toBe(` without auto-closed brackets leaves `describe(` / `it(`
+    as loose tokens in an ERROR node: the test was not recognised and the function under test not shown."""
+    write(ws, {"lib.js": LIB_JS})
+    snap, line, col = open_at(
+        ws / "lib.test.js",
+        "import { shout } from './lib';\n\ndescribe('commonPrefix', () => {\n  it('handles empty strings', () => {\n"
+        "    expect(x).toBe(█" + after,
+    )
+    assert snap.tree.root_node.has_error
+    p = build_prompt(snap, line, col)
+    assert ("under-test", "lib.js") in kinds(p) and "function commonPrefix(a, b) {" in p.prompt
