@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -103,12 +104,14 @@ def load_problems(limit: int | None = None) -> list[dict[str, Any]]:
     return problems[:limit] if limit else problems
 
 
-def program_text(problem: dict[str, Any], sample: dict[str, Any]) -> str:
-    """The program the sandbox runs: prompt + completion, the problem's tests, and the call that runs them."""
+def program_text(problem: dict[str, Any], sample: dict[str, Any], done_marker: str | None = None) -> str:
+    """The program the sandbox runs: prompt + completion, the problem's tests, and the call that runs them
+    (then ``print(done_marker)``: proof that the tests ran to the end, not that the code exited early)."""
     prompt = problem["prompt"]
     start, end = sample.get("edit") or (len(prompt), len(prompt))
     code = prompt[:start] + sample["completion"] + prompt[end:]
-    return f"{code}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+    done = f"print({done_marker!r})\n" if done_marker else ""
+    return f"{code}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n{done}"
 
 
 def cut_at_stop(text: str, stop: Iterable[str] = STOP) -> str:
@@ -300,9 +303,14 @@ async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any
                 rec["edit"] = list(gen.edit)
             if gen.raw_text is not None:
                 rec["raw_text"] = gen.raw_text
-            res = await loop.run_in_executor(pool, lambda: sandbox.run_python(program_text(problem, rec),
+            # exit status 0 alone is no pass: `exit(0)` / `os._exit(0)` in the completion ends the program before
+            # (or inside) check() with status 0; the marker, unknown to the code, is printed only after check()
+            marker = f"copilot-ls: tests done {secrets.token_hex(8)}"
+            res = await loop.run_in_executor(pool, lambda: sandbox.run_python(program_text(problem, rec, marker),
                                                                               limits=limits))
-            rec.update(passed=res.passed, result=res.summary(), exec_s=res.elapsed_s)
+            passed = res.passed and marker in res.output
+            result = res.summary() if passed == res.passed else "failed: exited with status 0 before its tests ended"
+            rec.update(passed=passed, result=result, exec_s=res.elapsed_s)
             store.append(rec)
             bar.update(1)
 

@@ -167,3 +167,29 @@ async def test_gather_all_cancels_the_rest_when_one_fails():
     with pytest.raises(ValueError, match="boom"):
         await humaneval.gather_all(slow(), boom(), slow())
     assert cancelled == [True, True]
+
+
+class ExitingClient(FakeClient):
+    """Completions that end the program with status 0 before the tests ran (sample 0: `exit(0)` in the body,
+    1: `os._exit(0)`, 2: a top-level `quit()` after a wrong body, 3: the canonical solution)."""
+
+    async def complete(self, prompt, *, n=1, temperature=0.0, **kw):
+        problem = next(p for p in PROBLEMS if p["prompt"] == prompt)
+        bodies = ["    exit(0)\n", "    import os\n    os._exit(0)\n", "    return None\nquit()\n",
+                  problem["canonical_solution"]]
+        out = []
+        for _ in range(n):
+            i = self.counter.get(problem["task_id"], 0)
+            self.counter[problem["task_id"]] = i + 1
+            out.append(RawCandidate(bodies[i % 4], -0.1, "stop"))
+        return out
+
+
+async def test_exiting_with_status_0_before_the_tests_end_is_no_pass(tmp_path):
+    """Exit status 0 was a pass: `exit(0)` in the completion 'passed' every test."""
+    cfg = EvalConfig(n=4, ks=(1,), temperature=0.8, through="raw", out=tmp_path / "run", greedy=False)
+    res = await evaluate(cfg, ExitingClient(), problems=PROBLEMS[:1], progress=False)
+    assert res["per_problem"][0]["c"] == 1 and res["pass_at_k"]["pass@1"] == pytest.approx(0.25)
+    recs = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert {r["index"]: r["passed"] for r in recs} == {0: False, 1: False, 2: False, 3: True}
+    assert all(r["result"] == "failed: exited with status 0 before its tests ended" for r in recs if r["index"] < 3)
