@@ -115,8 +115,11 @@ async def _humaneval(cfg) -> int:
         print(f"copilot-ls eval humaneval: {exc}", file=sys.stderr)
         return 2
     except (BackendError, SandboxError) as exc:
-        print(f"copilot-ls eval humaneval: {exc} (samples so far are kept in {cfg.out}; rerun to resume)",
-              file=sys.stderr)
+        from copilot_ls.evaluation.humaneval import SAMPLES_FILE
+
+        kept = (cfg.out / SAMPLES_FILE).is_file()  # (a backend that never answered left nothing to resume)
+        print(f"copilot-ls eval humaneval: {exc}" +
+              (f" (samples so far are kept in {cfg.out}; rerun to resume)" if kept else ""), file=sys.stderr)
         return 1
     finally:
         if proc is not None:

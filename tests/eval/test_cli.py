@@ -41,3 +41,18 @@ def test_summary_format():
                                "pass_at_1_top_logprob": 0.5, "pass_at_1_greedy": None, "plot": "o/p.png"})
     assert "2 problems, n=4, through raw, model m" in text
     assert "25.00%" in text and "50.00%" in text and "greedy" not in text
+
+
+def test_unreachable_backend_does_not_promise_a_resume(capsys, tmp_path):
+    """Nothing was generated: the message said 'samples so far are kept in DIR; rerun to resume' for a DIR
+    that was never created."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    assert cli.main(["humaneval", "--n", "1", "--k", "1", "--limit", "1", "--out", str(out),
+                     "--backend", f"http://127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the backend" in err and "resume" not in err
