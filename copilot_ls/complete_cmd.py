@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -166,7 +167,10 @@ async def _complete(args: argparse.Namespace, settings: Settings, snap: Snapshot
             child.stop()
     text = render(args, snap, line, col, result)
     if text:
-        print(text)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # `... --explain | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     if not result.suggestions:
         print("copilot-ls complete: no completion at this position", file=sys.stderr)
         return 1

@@ -107,6 +107,22 @@ def test_explain_sources_have_1_based_lines(tmp_path):
     assert (sources["definition"]["start_line"], sources["definition"]["end_line"]) == (3, 4)
 
 
+def test_closed_stdout_is_no_traceback(buffer):
+    """`copilot-ls complete ... --explain | head -1`: the reader leaves early; that printed a BrokenPipeError
+    traceback."""
+    fake = FakeBackend(reply="x)")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "copilot_ls.cli", "complete", f"{buffer}:{LAST_LINE}:{END_COL}",
+                                 "--backend", fake.url, "--explain"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()  # before anything is written
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        fake.close()
+    assert fake.requests and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_stdin_that_is_not_utf8_exits_2():
     r = subprocess.run([sys.executable, "-m", "copilot_ls.cli", "complete", "-:2:5", "--language", "python",
                         "--backend", "http://127.0.0.1:9"], cwd=REPO, input=b'x = "caf\xe9"\ny = ',
