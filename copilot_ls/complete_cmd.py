@@ -79,7 +79,7 @@ def load_document(path: str, language: str | None) -> Document:
             raise BadInput(f"cannot read {path}: {exc.strerror}") from None
         uri, name = p.resolve().as_uri(), path
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a BOM is no character of the text (editors do not show it)
     except UnicodeDecodeError:
         raise BadInput(f"{name} is not UTF-8 text") from None
     spec = language_for(language, None if path == "-" else path)

@@ -123,6 +123,20 @@ def test_closed_stdout_is_no_traceback(buffer):
     assert fake.requests and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+def test_utf8_bom_is_not_a_character_of_line_1(tmp_path):
+    """A file saved with a UTF-8 BOM: columns of line 1 counted the BOM (editors do not show it) and the prompt
+    carried it."""
+    path = tmp_path / "bom.py"
+    path.write_bytes(b"\xef\xbb\xbfx = f(")
+    fake = FakeBackend(reply="1)")
+    try:
+        r = complete(f"{path}:1:7", "--backend", fake.url, "--json", timeout=120)
+    finally:
+        fake.close()
+    assert r.returncode == 0, r.stderr
+    assert fake.requests[0]["prompt"].endswith("\nx = f(") and "\ufeff" not in fake.requests[0]["prompt"]
+
+
 def test_stdin_that_is_not_utf8_exits_2():
     r = subprocess.run([sys.executable, "-m", "copilot_ls.cli", "complete", "-:2:5", "--language", "python",
                         "--backend", "http://127.0.0.1:9"], cwd=REPO, input=b'x = "caf\xe9"\ny = ',
