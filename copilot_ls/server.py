@@ -272,8 +272,12 @@ class CopilotServer(LanguageServer):
         if doc is None or not self.settings.enabled_for(doc.language_id):
             return None
         snap = doc.snapshot()
-        line = min(params.position.line, len(snap.line_starts()) - 1)
-        col = to_codepoints(line_text(snap, line), params.position.character, self.encoding())
+        last = len(snap.line_starts()) - 1
+        if params.position.line > last:   # past the last line: the end of the document (as didChange reads it)
+            line, col = last, len(line_text(snap, last))
+        else:
+            line = params.position.line
+            col = to_codepoints(line_text(snap, line), params.position.character, self.encoding())
         cursor = snap.offset(line, col)
 
         hits = self.typed.lookup(uri, snap.text, cursor)

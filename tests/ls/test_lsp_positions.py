@@ -113,6 +113,21 @@ async def test_position_past_the_end_is_clamped(client, fake):
     assert result.items[0].range.start == types.Position(0, 6)
 
 
+async def test_position_past_the_last_line_is_the_end_of_the_document(client, fake):
+    """A line past the end means the end of the document (as a didChange range there does), not the same column
+    on the last line: the ghost text went into the middle of the last line."""
+    uri = f"file:///tmp/past_eof_{client.encoding}.py"
+    text = 'a = 1\ns = "😀" + f('
+    open_doc(client, uri, text)
+    for line, character in [(5, 0), (2, 3), (9, 999)]:
+        result = await inline(client, uri, line, character)
+        assert fake.requests[-1]["prompt"].endswith('s = "😀" + f(')
+        (item,) = result.items
+        end = units('s = "😀" + f(', client.encoding)
+        assert item.range.start == item.range.end == types.Position(1, end)
+        assert apply_item(text, item, client.encoding) == text + "XYZ"
+
+
 # -- real editors' capability sets (as recorded by pytest-lsp) -------------------------------------------------
 EDITORS = {"visual-studio-code": "utf-16", "neovim@v0.11.0": "utf-8", "emacs": "utf-16"}
 
