@@ -357,6 +357,7 @@ class ServerState:
     fim: fimlib.FimTokens | None = None
     context_length: int = 0
     max_sequences: int = 1              # the engine's slots: best_of / n / beam_width may not exceed it
+    max_open: int | None = None         # requests open at once beyond which the answer is 429
     params_cls: type | None = None
 
     def on_ready(self, engine: Any) -> None:
@@ -396,10 +397,12 @@ def tokenizer_json(tokenizer: Any) -> str | None:
 
 
 class StatusCounter:
-    """ASGI middleware: counts responses by endpoint and status for /metrics."""
+    """ASGI middleware: counts responses by endpoint and status for /metrics, and answers 429 (OpenAI's JSON, not
+    uvicorn's plain-text 503 of limit_concurrency) while `max_open` requests are already open."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: Any, metrics: Metrics, max_open: int | None = None) -> None:
+        self.app, self.metrics, self.max_open = app, metrics, max_open
+        self.open = 0
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -415,9 +418,16 @@ class StatusCounter:
                 self.metrics.count_request(endpoint, message["status"])
             await send(message)
 
+        if self.max_open is not None and self.open >= self.max_open:
+            busy = ApiError(429, f"the server is busy ({self.open} requests open); retry shortly", None,
+                            "queue_full", {"Retry-After": "1"})
+            await busy.response()(scope, receive, counting_send)
+            return
+        self.open += 1
         try:
             await self.app(scope, receive, counting_send)
         finally:
+            self.open -= 1
             if not counted:                 # the client left before any response started
                 self.metrics.count_request(endpoint, 499)
 
@@ -624,7 +634,7 @@ def create_app(state: ServerState) -> FastAPI:
             if not done["flag"]:
                 worker.cancel(job.id, "disconnect")
 
-    return StatusCounter(app, metrics)  # type: ignore[return-value]
+    return StatusCounter(app, metrics, state.max_open)  # type: ignore[return-value]
 
 
 def _job_error(status: int, message: str) -> ApiError:
@@ -821,7 +831,8 @@ def run(args: argparse.Namespace) -> int:
             loop.call_soon_threadsafe(setattr, server, "should_exit", True)
 
     worker = Worker(load, max_queue=args.max_queue, max_active=args.max_batch, metrics=metrics, on_failed=failed)
-    state = ServerState(worker=worker, metrics=metrics, api_key=args.api_key or None, model_id=model_id(args.model))
+    state = ServerState(worker=worker, metrics=metrics, api_key=args.api_key or None, model_id=model_id(args.model),
+                        max_open=max(256, 4 * (args.max_queue + args.max_batch)))
     worker.on_ready = state.on_ready
     try:
         sock = bind(args.host, args.port)
@@ -833,8 +844,7 @@ def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         log(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use it")
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_GRACE_S, server_header=False,
-                            limit_concurrency=max(256, 4 * (args.max_queue + args.max_batch)))
+                            timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_GRACE_S, server_header=False)
     server = _Server(config, deadline_s=args.shutdown_timeout, on_deadline=lambda: worker.stop(timeout=0))
 
     async def main() -> None:

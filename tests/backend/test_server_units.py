@@ -7,6 +7,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from fastapi.responses import PlainTextResponse
 
 from model_backend import fim
 from model_backend.metrics import Metrics, parse
@@ -15,6 +16,7 @@ from model_backend.server import (
     CompletionRequest,
     Limits,
     ServerState,
+    StatusCounter,
     create_app,
     parse_completion_request,
     prepare_prompt,
@@ -156,3 +158,29 @@ async def test_a_job_the_shutdown_drops_answers_503_shutting_down() -> None:
         r = await client.post("/v1/completions", json={"prompt": "ab", "stream": True})
         events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]" and '"code": "shutting_down"' in events[0]
+
+
+async def test_requests_over_the_open_limit_get_a_json_429() -> None:
+    """Beyond `max_open` requests at once the answer is OpenAI's error JSON with Retry-After (it was uvicorn's
+    plain-text 503 "Service Unavailable", which copilot-ls also took for a model still loading)."""
+    import asyncio
+
+    import httpx
+
+    release = asyncio.Event()
+
+    async def slow_app(scope: dict, receive: object, send: object) -> None:
+        await release.wait()
+        await PlainTextResponse("ok")(scope, receive, send)  # type: ignore[arg-type]
+
+    app = StatusCounter(slow_app, Metrics(), max_open=1)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        first = asyncio.create_task(client.get("/health"))
+        while app.open < 1:
+            await asyncio.sleep(0.001)
+        r = await client.post("/v1/completions", json={"prompt": "x"})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "queue_full" and r.json()["error"]["type"] == "rate_limit_error"
+        release.set()
+        assert (await first).status_code == 200
+        assert app.open == 0
