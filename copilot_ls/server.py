@@ -18,7 +18,10 @@ from collections import deque
 from contextvars import ContextVar
 from typing import Any
 
+from cattrs.errors import ClassValidationError
+from cattrs.v import transform_error
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -50,6 +53,19 @@ CMD_STATUS = "copilot-ls.status"
 class CopilotProtocol(LanguageServerProtocol):
     """pygls's protocol with two changes: utf-8 positions whenever the client offers them, and documents kept
     only in our DocumentStore (pygls's own copy would re-split the whole text on every keystroke)."""
+
+    def structure_message(self, data: dict[str, Any]):
+        """pygls drops a request whose params do not validate (a negative position, a wrong type) without any
+        response, so the client waits for it forever: answer such a request with the JSON-RPC error."""
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if "id" in data and "method" in data and "error" not in data and "result" not in data:
+                cause = exc.__cause__
+                detail = "; ".join(transform_error(cause)) if isinstance(cause, ClassValidationError) else cause
+                message = f"{exc.message} for {data['method']}" + (f": {detail}" if detail else "")
+                self._send_response(data["id"], error=types.ResponseError(code=exc.code, message=message))
+            raise
 
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams):

@@ -196,6 +196,55 @@ async def test_request_for_unopened_document(client):
     assert await inline(client, "file:///tmp/never-opened.py", 0, 0) is None
 
 
+async def test_request_with_invalid_params_is_answered_with_an_error(fake):
+    """A negative position (or a missing field) failed validation and pygls dropped the request without a
+    response: the client waited forever. It is answered with InvalidParams; the server goes on answering. (A raw
+    client: pygls's own client cannot send such params.)"""
+    import json
+    import subprocess
+
+    proc = await asyncio.create_subprocess_exec(*LS_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                stderr=subprocess.DEVNULL)
+
+    def send(msg: dict) -> None:
+        body = json.dumps({"jsonrpc": "2.0", **msg}).encode()
+        proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    async def response(msg_id: int) -> dict:
+        while True:
+            length = 0
+            while (line := await proc.stdout.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            msg = json.loads(await proc.stdout.readexactly(length))
+            if msg.get("id") == msg_id and "method" not in msg:
+                return msg
+
+    uri = "file:///tmp/invalid_params.py"
+    try:
+        send({"id": 1, "method": "initialize", "params": {"capabilities": {}, "initializationOptions": {
+            "backendUrl": fake.url, "debounceMs": 0}}})
+        await asyncio.wait_for(response(1), 60)
+        send({"method": "initialized", "params": {}})
+        send({"method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": uri, "languageId": "python", "version": 1, "text": "x = f(\n"}}})
+        ctx = {"triggerKind": 1}
+        bad = [{"textDocument": {"uri": uri}, "position": {"line": -1, "character": 0}, "context": ctx},
+               {"textDocument": {"uri": uri}, "position": {"line": 0, "character": -5}, "context": ctx},
+               {"textDocument": {"uri": uri}}]
+        for i, params in enumerate(bad, 2):
+            send({"id": i, "method": "textDocument/inlineCompletion", "params": params})
+            msg = await asyncio.wait_for(response(i), 30)
+            assert msg["error"]["code"] == -32602 and "position" in msg["error"]["message"], msg
+        send({"id": 9, "method": "textDocument/inlineCompletion", "params": {
+            "textDocument": {"uri": uri}, "position": {"line": 0, "character": 6}, "context": ctx}})
+        msg = await asyncio.wait_for(response(9), 30)
+        assert msg["result"]["items"][0]["insertText"] == '"flower", "flow")'
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
 async def test_tcp_mode_for_debugging(fake):
     import subprocess
     import sys
