@@ -531,4 +531,5 @@ def run(args: argparse.Namespace) -> int:
             server.start_io(sys.stdin.buffer, protocol_stdout())
     finally:
         server.stop_child()
-    return 0
+    # LSP: exit code 0 only after a shutdown request (pygls swallows its own sys.exit(1) in stdio mode)
+    return 0 if server.protocol._shutdown else 1

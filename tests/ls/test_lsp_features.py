@@ -282,6 +282,33 @@ async def test_tcp_mode_for_debugging(fake):
             proc.wait()
 
 
+@pytest.mark.parametrize(("shutdown", "code"), [(True, 0), (False, 1)])
+async def test_exit_code_says_whether_shutdown_came_first(fake, shutdown, code):
+    """LSP: `exit` after `shutdown` exits with 0, `exit` without it with 1 (it was 0 either way over stdio)."""
+    import json
+    import subprocess
+
+    messages = [{"id": 1, "method": "initialize", "params": {"capabilities": {}, "initializationOptions": {
+        "backendUrl": fake.url}}}, {"method": "initialized", "params": {}}]
+    if shutdown:
+        messages.append({"id": 2, "method": "shutdown"})
+    messages.append({"method": "exit"})
+    data = b""
+    for msg in messages:
+        body = json.dumps({"jsonrpc": "2.0", **msg}).encode()
+        data += b"Content-Length: %d\r\n\r\n" % len(body) + body
+    proc = subprocess.Popen(LS_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdin.write(data)
+    proc.stdin.flush()   # stdin stays open: the server leaves because of `exit`, not at end of input
+    try:
+        assert await asyncio.to_thread(proc.wait, 60) == code
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
 async def test_stray_output_cannot_reach_the_protocol_stream():
     import subprocess
     import sys
