@@ -23,6 +23,10 @@ import tree_sitter
 from copilot_ls.languages import LanguageSpec, language_for, new_parser
 
 ENCODINGS = ("utf-8", "utf-16", "utf-32")
+# Documents larger than this (UTF-8 bytes) get no tree (text-only context, like an unknown language): tree-sitter
+# reparses a multi-MB document in seconds per keystroke (a minified bundle, one huge literal), which would block
+# the server for every document. The same limit as the workspace index's (context_workspace.MAX_FILE_BYTES).
+MAX_TREE_BYTES = 1_000_000
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
@@ -197,7 +201,8 @@ def _ts_point(data: bytes, byte_off: int) -> tuple[int, int]:
 
 
 class Document:
-    """One open document: text, line index, and (for known languages) an incrementally updated tree."""
+    """One open document: text, line index, and (for known languages, up to MAX_TREE_BYTES) an incrementally
+    updated tree."""
 
     def __init__(self, uri: str, language_id: str, version: int, text: str) -> None:
         self.uri = uri
@@ -217,7 +222,8 @@ class Document:
         self._lines = split_lines(text)
         self._crlf_count = text.count("\r\n")
         self._state_cache: dict = {"bytes": self._bytes}  # shared by the snapshots of this state (see snapshot)
-        self._tree = self._parser.parse(self._bytes) if self._parser is not None else None
+        self._tree = (self._parser.parse(self._bytes)
+                      if self._parser is not None and len(self._bytes) <= MAX_TREE_BYTES else None)
 
     @property
     def text(self) -> str:
@@ -289,7 +295,10 @@ class Document:
         self._crlf_count += text.count("\r\n", lo, a + len(new) + 1) - old_text.count("\r\n", lo, b + 1)
         self._text, self._bytes = text, data
         self._state_cache = {"bytes": data}
-        if self._parser is not None and self._tree is not None:
+        if self._parser is not None and (len(data) > MAX_TREE_BYTES or self._tree is None):
+            # over the limit: no tree; back under it: one full parse
+            self._tree = self._parser.parse(data) if len(data) <= MAX_TREE_BYTES else None
+        elif self._parser is not None:
             start_point = _ts_point(old_bytes, ab)
             old_end_point = _ts_point(old_bytes, bb)
             nl = new_b.count(b"\n")

@@ -331,3 +331,29 @@ def test_snapshots_of_one_state_share_the_per_file_analysis() -> None:
     after = current_file(doc.snapshot())
     assert after is not first and "return xy" in after.definition("f").text
     assert "return x\n" in first.definition("f").text + "\n"  # the old snapshot's analysis is untouched
+
+
+def test_documents_over_the_size_limit_are_text_only() -> None:
+    """tree-sitter reparsed a multi-MB document in seconds per keystroke (here one huge unterminated string:
+    ~10 s per edit), blocking the server for every document. Over MAX_TREE_BYTES a document has no tree;
+    back under it, one full parse gives the tree again."""
+    from copilot_ls.documents import MAX_TREE_BYTES
+
+    head = "def f(x):\n    return x\n"
+    big = "s = '" + "😀a中" * (MAX_TREE_BYTES // 8 + 1)   # over the limit in UTF-8 bytes, one line
+    doc = Document("file:///tmp/big.py", "python", 1, head + big)
+    assert doc.tree is None and doc.language is not None
+    t0 = time.perf_counter()
+    doc.apply_change("z", (2, 5), (2, 5))
+    doc.apply_change("", (2, 5), (2, 6))
+    assert time.perf_counter() - t0 < 2.0
+    assert doc.text == head + big and doc.tree is None
+    snap = doc.snapshot()
+    assert snap.tree is None and snap.lines()[2] == big
+    doc.apply_change("'", (2, 5), (2, 10**9))      # shrink below the limit: parsed again
+    assert doc.text == head + "s = ''" and doc.tree is not None
+    assert_consistent(doc)
+    doc.apply_change("x", (2, 5), (2, 5))          # and edited incrementally from there
+    assert_consistent(doc)
+    doc.apply_change("y" * (MAX_TREE_BYTES + 1), (0, 0), (0, 0))   # grows over it by an edit: dropped
+    assert doc.tree is None

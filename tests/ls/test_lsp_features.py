@@ -245,6 +245,26 @@ async def test_request_with_invalid_params_is_answered_with_an_error(fake):
         await proc.wait()
 
 
+async def test_huge_one_line_document_does_not_block_the_others(client, fake):
+    """A 3 MB one-line document (an unterminated string: tree-sitter's worst case) took ~10 s to open and again
+    per keystroke, the server answering nothing else meanwhile; it is now text-only (MAX_TREE_BYTES)."""
+    big, small = "file:///tmp/huge_line.py", "file:///tmp/next_to_huge.py"
+    open_doc(client, small, "x = f(\n")
+    await inline(client, small, 0, 6)
+    t0 = time.monotonic()
+    open_doc(client, big, "s = '" + "😀a中" * 300_000)
+    for k in range(3):
+        change(client, big, 2 + k, (0, 5 + k), (0, 5 + k), "z")
+    res = await inline(client, small, 0, 6)
+    assert res.items[0].insert_text == '"flower", "flow")'
+    res = await inline(client, big, 0, 8)
+    assert res.items and res.items[0].range.start == types.Position(0, 8)
+    assert time.monotonic() - t0 < 8.0
+    for uri in (big, small):
+        client.text_document_did_close(types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=uri)))
+
+
 async def test_tcp_mode_for_debugging(fake):
     import subprocess
     import sys
