@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,15 @@ class ModelMeta:
     context_length: int | None
     fim: dict[str, str | None] | None           # /v1/models `fim`: {"prefix", "suffix", "middle", ...} or None
     count_tokens: Callable[[str], int] | None   # exact, from the server's tokenizer.json; None if unavailable
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with lone surrogates (a document may hold them: JSON can carry "\\ud800") as U+FFFD: servers reject
+    such a prompt (HTTP 400) and the tokenizer cannot encode it."""
+    return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _mean(values: Sequence[Any]) -> float:
@@ -122,13 +132,13 @@ class BackendClient:
                        seed: int | None = None) -> list[RawCandidate]:
         """One /v1/completions call (logprobs requested; mean log-prob ranks candidates)."""
         payload: dict[str, Any] = {
-            "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "n": n,
+            "prompt": valid_unicode(prompt), "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "n": n,
             "logprobs": 1, "stream": False,
         }
         if stop:
-            payload["stop"] = list(stop)
+            payload["stop"] = [valid_unicode(x) for x in stop]
         if suffix is not None:
-            payload["suffix"] = suffix
+            payload["suffix"] = valid_unicode(suffix)
         if seed is not None:
             payload["seed"] = seed
         if self.model:
@@ -203,6 +213,6 @@ def _token_counter(tokenizer_json: str | None) -> Callable[[str], int] | None:
         return None
 
     def count(text: str) -> int:
-        return len(tok.encode(text, add_special_tokens=False).ids)
+        return len(tok.encode(valid_unicode(text), add_special_tokens=False).ids)
 
     return count

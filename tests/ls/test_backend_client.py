@@ -178,6 +178,20 @@ async def test_real_backend(backend_url):
         await client.aclose()
 
 
+@pytest.mark.e2e
+async def test_lone_surrogate_in_the_prompt(backend_url):
+    """A document may hold a lone surrogate (JSON carries "\\ud800"): the tokenizer's count raised TypeError and
+    the server rejects such a prompt with HTTP 400 (an 'outage' for every document). Both get U+FFFD instead."""
+    client = BackendClient(backend_url, timeout=600)
+    try:
+        meta = await client.meta()
+        assert meta.count_tokens("s = '\ud800'") == meta.count_tokens("s = '\ufffd'")
+        (cand,) = await client.complete("s = '\udfff'\ndef add(a, b):\n    return", max_tokens=4, stop=["\ud800"])
+        assert cand.text
+    finally:
+        await client.aclose()
+
+
 def test_parse_completion_rejects_non_objects():
     for body in (None, [], "text", {"choices": "x"}, json.loads('{"choices": [null]}')):
         with pytest.raises(BackendError):

@@ -197,6 +197,20 @@ async def test_emoji_and_cjk_positions_with_the_real_model(client):
         assert after.startswith(text)
 
 
+async def test_document_with_a_lone_surrogate_gets_items(client):
+    """A lone surrogate in the buffer (JSON can carry "\\ud800") made every request there fail (the tokenizer's
+    count raised; the backend answers HTTP 400 to such a prompt); it is sent as U+FFFD."""
+    uri = "file:///tmp/e2e/lone_surrogate.py"
+    text = 's = "\ud800"\n\n\ndef add(a, b):\n    return '
+    open_doc(client, uri, text)
+    line, col = end_position(text)
+    errors = (await status(client))["counters"]["errors"]
+    result = await inline(client, uri, line, col)
+    assert result is not None and result.items
+    st = await status(client)
+    assert st["counters"]["errors"] == errors and st["backend"]["state"] == "ok"
+
+
 async def test_50000_line_file(client):
     uri = "file:///tmp/e2e/big.py"
     body = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(16_667))
