@@ -117,6 +117,7 @@ class CopilotServer(LanguageServer):
         self._starts = 0
         self._progress_ok = False
         self.tcp = False
+        self.exiting = False   # `exit` received: the client is gone, stdout is (being) closed
         self.overhead_ms: deque[float] = deque(maxlen=1000)   # per request: handler time minus waiting
 
     # -- messages ------------------------------------------------------------------------------------------
@@ -131,6 +132,14 @@ class CopilotServer(LanguageServer):
                 self.window_show_message(types.ShowMessageParams(type=kind, message=f"copilot-ls: {message}"))
         except Exception:  # no client connected (e.g. during shutdown)
             pass
+
+    def report_server_error(self, error: Exception, source) -> None:
+        """pygls reports a failed send with window/showMessage; after `exit` that send fails too and it recursed
+        (~200 nested tracebacks, megabytes of stderr, seconds to exit). Nothing reaches the client then: log."""
+        if self.exiting:
+            log.debug("after exit: %s", error)
+            return
+        super().report_server_error(error, source)
 
     # -- settings ------------------------------------------------------------------------------------------
     def apply_settings(self, data: Any) -> None:
@@ -389,6 +398,7 @@ def on_shutdown(ls: CopilotServer, *args) -> None:
 
 @server.feature(types.EXIT)
 def on_exit(ls: CopilotServer, *args) -> None:
+    ls.exiting = True
     ls.stop_child()
     if ls.tcp:   # pygls's sys.exit inside a TCP connection callback only produces a traceback: leave directly
         logging.shutdown()

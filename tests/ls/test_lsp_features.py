@@ -329,6 +329,51 @@ async def test_exit_code_says_whether_shutdown_came_first(fake, shutdown, code):
         proc.stdout.close()
 
 
+async def test_exit_without_shutdown_while_a_request_is_in_flight(fake):
+    """The cancelled request's answer failed on the closed stdout and pygls reported that failure with a
+    window/showMessage through the same closed stdout, recursively: ~200 nested tracebacks (megabytes of stderr)
+    and seconds before the process ended."""
+    import json
+    import subprocess
+
+    fake.mode, fake.delay = "slow", 30.0
+    uri = "file:///tmp/exit_in_flight.py"
+    messages = [{"id": 1, "method": "initialize", "params": {"capabilities": {}, "initializationOptions": {
+                    "backendUrl": fake.url, "debounceMs": 0}}},
+                {"method": "initialized", "params": {}},
+                {"method": "textDocument/didOpen", "params": {"textDocument": {
+                    "uri": uri, "languageId": "python", "version": 1, "text": "x = f(\n"}}},
+                {"id": 2, "method": "textDocument/inlineCompletion", "params": {
+                    "textDocument": {"uri": uri}, "position": {"line": 0, "character": 6},
+                    "context": {"triggerKind": 1}}}]
+
+    def frame(msg: dict) -> bytes:
+        body = json.dumps({"jsonrpc": "2.0", **msg}).encode()
+        return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    sent = len(fake.requests)
+    proc = subprocess.Popen(LS_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"".join(frame(m) for m in messages))
+        proc.stdin.flush()
+        for _ in range(300):                 # until the completion request is at the backend
+            if len(fake.requests) > sent:
+                break
+            await asyncio.sleep(0.05)
+        assert len(fake.requests) > sent
+        t0 = time.monotonic()
+        proc.stdin.write(frame({"method": "exit"}))
+        proc.stdin.flush()
+        err = (await asyncio.to_thread(proc.communicate, timeout=60))[1]
+        assert proc.returncode == 1
+        assert time.monotonic() - t0 < 5.0
+        assert err.count(b"Error sending data") <= 1 and len(err) < 50_000, err[-3000:].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 async def test_stray_output_cannot_reach_the_protocol_stream():
     import subprocess
     import sys
