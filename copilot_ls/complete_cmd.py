@@ -71,6 +71,8 @@ def load_document(path: str, language: str | None) -> Document:
         data, uri, name = sys.stdin.buffer.read(), "untitled:stdin", "stdin"
     else:
         p = Path(path)
+        if p.is_dir():
+            raise BadInput(f"{path} is a directory, not a file")
         if not p.is_file():
             raise BadInput(f"no such file: {path}")
         try:

@@ -41,6 +41,11 @@ def test_bad_input_exits_2_with_a_clear_message(buffer, tmp_path, spec, message)
     assert message in r.stderr and r.stdout == ""
 
 
+def test_directory_exits_2_saying_so(tmp_path):
+    r = complete(f"{tmp_path}:1:1", "--backend", "http://127.0.0.1:9")
+    assert r.returncode == 2 and "is a directory" in r.stderr, r.stderr
+
+
 def test_bad_option_exits_2(buffer):
     r = complete(f"{buffer}:1:1", "--n", "0", "--backend", "http://127.0.0.1:9")
     assert r.returncode == 2 and "'n'" in r.stderr
