@@ -286,7 +286,6 @@ class Engine:
         self._waiting: deque[_Request] = deque()
         self._running: dict[str, _Request] = {}
         self._vocab_index: tuple[list[bytes], list[int]] | None = None
-        self._exact: dict[bytes, int] | None = None
         self._heal_cache: dict[bytes, torch.Tensor] = {}
         self._token_text: dict[int, str] = {}
 
@@ -536,8 +535,8 @@ class Engine:
 
         The last token is backed off when some longer token starts with its bytes; the one before it too
         (up to MAX_HEAL_TOKENS) when a single token can still cover both. The first generated token must
-        then start with all the removed bytes (`allowed`), or, for sampling, be a piece of them
-        (`healing_options`), and the removed bytes are cut from the output.
+        then start with all the removed bytes (`allowed`, `healing_options`), and the removed bytes are cut
+        from the output.
         """
         if len(ids) < 2 or ids[-1] in self._no_heal:
             return ids, b"", None
@@ -554,22 +553,12 @@ class Engine:
 
     def healing_options(self, pending: bytes) -> torch.Tensor:
         """Tokens that may come next while `pending` healed bytes are not yet regenerated: those starting with
-        all of them, or exactly a leading piece of them."""
+        all of them."""
         opts = self._heal_cache.get(pending)
         if opts is None:
-            exact = self._exact_tokens()
-            pieces = [exact[pending[:i]] for i in range(1, len(pending)) if pending[:i] in exact]
-            opts = torch.tensor(sorted(set(self.tokens_starting_with(pending)) | set(pieces)), device=self.device)
+            opts = torch.tensor(self.tokens_starting_with(pending), device=self.device)
             self._heal_cache[pending] = opts
         return opts
-
-    def _exact_tokens(self) -> dict[bytes, int]:
-        if self._exact is None:
-            keys, ids = self._vocab()
-            self._exact = {}
-            for b, i in zip(keys, ids, strict=True):
-                self._exact.setdefault(b, i)
-        return self._exact
 
     # -- slots ---------------------------------------------------------------------------------------------------
     def _free(self, req: _Request) -> None:
@@ -679,7 +668,10 @@ class Engine:
 
     def _sample(self, req: _Request, seq: _Seq, logits: torch.Tensor, lp: torch.Tensor) -> tuple[int, float]:
         p = req.params
-        allowed = self.healing_options(seq.strip) if seq.strip else None  # healed bytes still to regenerate
+        # healed bytes still to regenerate: the token must start with all of them (a piece of them, e.g. ")"
+        # of a healed "):", puts the model off its own tokenization: "def f(n):" went on ":**", for greedy
+        # and for 4 of 8 samples)
+        allowed = self.healing_options(seq.strip) if seq.strip else None
         if allowed is not None:
             constrained = sampling.apply_allowed(logits, allowed)
         else:

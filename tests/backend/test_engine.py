@@ -381,6 +381,17 @@ def test_default_token_healing_of_half_an_identifier(default_engine):
     assert "".join(c.tokens) == c.text  # token texts leave out the healed bytes too
 
 
+def test_default_token_healing_regenerates_the_removed_bytes_whole(default_engine):
+    # "):" is backed off; taking only ")" first (a piece of it) put the model off its own tokenization: greedy
+    # went on ":**" and 4 of 8 samples were garbage. The first token must start with all the removed bytes.
+    prompt = "def fibonacci(n):"
+    [greedy] = default_engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0))
+    samples = default_engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.8, top_p=0.95, n=8,
+                                                             seed=5))
+    for c in [greedy, *samples]:
+        assert c.text.startswith("\n"), c.text
+
+
 def test_default_samples_and_prefix_reuse(default_engine):
     e = default_engine
     params = SamplingParams(max_tokens=8, temperature=0.8, top_p=0.95, n=4, seed=11)
