@@ -202,7 +202,8 @@ class Backoff:
         first = self.failures == 0
         self.failures += 1
         self.last_error = reason
-        self._next_try = self.clock() + min(self.base_s * 2 ** (self.failures - 1), self.cap_s)
+        # the exponent is bounded: 2 ** 1024 does not fit a float (a long outage raised OverflowError)
+        self._next_try = self.clock() + min(self.base_s * 2 ** min(self.failures - 1, 60), self.cap_s)
         return first
 
     def succeeded(self) -> bool:

@@ -144,6 +144,17 @@ def test_backoff_doubles_and_reports_each_outage_once():
     assert b.succeeded() is True and b.ready() and b.succeeded() is False
 
 
+def test_backoff_survives_a_long_outage():
+    """2 ** (failures - 1) as a float overflowed at the 1025th consecutive failure (a backend down for hours while
+    the user types): OverflowError from every failure, which then never pushed the next try back."""
+    clock = Clock()
+    b = Backoff(base_s=1, cap_s=30, clock=clock)
+    for _ in range(5000):
+        b.failed("down")
+        clock.advance(30)
+    assert b.failures == 5000 and b.retry_in() == pytest.approx(30, abs=0.1)
+
+
 def test_settings_from_camel_case_sections_and_errors():
     s = from_dict({"copilot-ls": {"backendUrl": "http://127.0.0.1:9/", "apiKey": "k", "debounceMs": 50,
                                   "maxLines": 3, "languages": {"markdown": False}, "somethingNew": 1}})
