@@ -35,6 +35,7 @@ class ModelMeta:
     context_length: int | None
     fim: dict[str, str | None] | None           # /v1/models `fim`: {"prefix", "suffix", "middle", ...} or None
     count_tokens: Callable[[str], int] | None   # exact, from the server's tokenizer.json; None if unavailable
+    reports_fim: bool = False                   # /v1/models has a `fim` field (copilot-backend; others don't)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -194,7 +195,7 @@ class BackendClient:
             self._meta = ModelMeta(
                 id=info.get("id") if isinstance(info.get("id"), str) else None,
                 context_length=ctx if isinstance(ctx, int) and ctx > 0 else None,
-                fim=fim, count_tokens=_token_counter(await self.tokenizer_json()))
+                fim=fim, count_tokens=_token_counter(await self.tokenizer_json()), reports_fim="fim" in info)
         return self._meta
 
     async def aclose(self) -> None:

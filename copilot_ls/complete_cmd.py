@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0)")
     parser.add_argument("--max-lines", type=int, default=None, help="longest multi-line suggestion (default 10)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the backend (default 300)")
+    parser.add_argument("--fim-template", default=None, metavar="NAME",
+                        help="fill-in-the-middle template: auto (default: the tokens the server reports, else the "
+                             "model id), none, starcoder, qwen, codellama or deepseek")
 
 
 def parse_position(spec: str) -> tuple[str, int, int]:
@@ -103,7 +106,7 @@ def check_position(text: str, line: int, col: int) -> tuple[int, int]:
 def _settings(args: argparse.Namespace) -> Settings:
     data = {"backend_url": args.backend or DEFAULT_BACKEND_URL, "n": args.n, "api_key": args.api_key,
             "model": args.model, "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "max_lines": args.max_lines, "timeout": args.timeout}
+            "max_lines": args.max_lines, "timeout": args.timeout, "fim_template": args.fim_template}
     return from_dict({k: v for k, v in data.items() if v is not None})
 
 

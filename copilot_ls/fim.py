@@ -4,10 +4,15 @@ The backend reports the FIM tokens of the served model in ``/v1/models`` (``fim:
 "middle", "file_sep"}`` token strings, or null). ``template_for`` matches them against the families below;
 an unknown set of tokens still gets a plain prefix-suffix-middle template with those strings. A model without
 FIM tokens gets None: prompts are prefix-only.
+
+Other OpenAI-compatible servers (vLLM, TGI, llama.cpp, Ollama) do not report FIM tokens; for them
+``template_for_model_id`` recognises the family from the served model's id (``Qwen/Qwen2.5-Coder-1.5B``,
+``starcoder2-3b-Q8_0.gguf``, ``codellama:7b-code``), and the ``fimTemplate`` setting can name one outright.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -99,3 +104,40 @@ def template_for(fim: Mapping[str, str | None] | None) -> FimTemplate | None:
             return template
     file_sep = fim.get("file_sep")
     return FimTemplate(prefix, suffix, middle, file_sep=file_sep if isinstance(file_sep, str) else None)
+
+
+# model id patterns (lower case) -> family, for servers that do not report FIM tokens; checked in order
+MODEL_ID_FAMILIES: tuple[tuple[str, str], ...] = (
+    (r"starcoder|stable-?code|refact", "starcoder"),
+    (r"qwen[\d.]*[-_ ]?coder", "qwen"),
+    (r"deepseek[-_ ]?coder", "deepseek"),
+    (r"code-?llama(?!.*\b(34|70)b)", "codellama"),  # the 34B and 70B CodeLlamas were not trained to infill
+)
+
+
+def template_for_model_id(model_id: str | None) -> FimTemplate | None:
+    """The FIM template of a model known by its id alone (the id of another server's /v1/models), or None."""
+    if not model_id:
+        return None
+    name = model_id.lower()
+    for pattern, family in MODEL_ID_FAMILIES:
+        if re.search(pattern, name):
+            return FAMILIES[family]
+    return None
+
+
+FIM_SETTING_VALUES = ("auto", "none", *FAMILIES)
+
+
+def choose_template(setting: str, reported: Mapping[str, str | None] | None, reports_fim: bool,
+                    model_id: str | None) -> FimTemplate | None:
+    """The template to use: the ``fimTemplate`` setting ("none", a family name, or "auto"). "auto" takes the
+    FIM tokens the server reports (copilot-backend always reports them, null for a model without FIM) and
+    otherwise recognises the model's id."""
+    if setting == "none":
+        return None
+    if setting in FAMILIES:
+        return FAMILIES[setting]
+    if reports_fim:
+        return template_for(reported)
+    return template_for_model_id(model_id)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from copilot_ls.backend import BackendClient, ModelMeta
 from copilot_ls.context import Prompt, PromptBudget, build_prompt
 from copilot_ls.documents import Snapshot
-from copilot_ls.fim import FimTemplate, template_for
+from copilot_ls.fim import FimTemplate, choose_template
 from copilot_ls.postprocess import RawCandidate, Suggestion, postprocess
 from copilot_ls.scheduler import LRUCache
 from copilot_ls.settings import Settings
@@ -34,9 +34,10 @@ class CompletionResult:
     timings: dict[str, float] = field(default_factory=dict)   # context_ms, backend_ms, postprocess_ms
 
 
-def fim_template(meta: ModelMeta) -> FimTemplate | None:
-    """The FIM template for the served model's FIM tokens, or None (prefix-only prompts)."""
-    return template_for(meta.fim)
+def fim_template(meta: ModelMeta, setting: str = "auto") -> FimTemplate | None:
+    """The FIM template for the served model (its reported FIM tokens, else its id; the `fimTemplate`
+    setting can force one or none), or None (prefix-only prompts)."""
+    return choose_template(setting, meta.fim, meta.reports_fim, meta.id)
 
 
 def budget_for(settings: Settings, meta: ModelMeta) -> PromptBudget:
@@ -71,7 +72,7 @@ async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient
     meta = await client.meta()
     t1 = time.perf_counter()
     prompt = build_prompt(snap, line, col, others=others, budget=budget_for(settings, meta),
-                          fim=fim_template(meta), count_tokens=meta.count_tokens)
+                          fim=fim_template(meta, settings.fim_template), count_tokens=meta.count_tokens)
     key = cache_key(client, prompt, settings)
     raw = cache.get(key) if cache is not None else None
     cached = raw is not None

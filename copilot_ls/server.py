@@ -27,7 +27,7 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
 from copilot_ls import autostart, pipeline
-from copilot_ls.backend import BackendClient, BackendError
+from copilot_ls.backend import BackendClient, BackendError, ModelMeta
 from copilot_ls.documents import Document, DocumentStore, Snapshot, from_codepoints, to_codepoints
 from copilot_ls.scheduler import Backoff, Debouncer, LRUCache, Shown, Superseded, Supersession, TypedAhead
 from copilot_ls.settings import Settings, SettingsError, from_dict
@@ -350,7 +350,8 @@ class CopilotServer(LanguageServer):
                         "state": "failing" if self.backoff.failures else "starting" if starting else "ok",
                         "last_error": self.backoff.last_error,
                         "retry_in_s": round(self.backoff.retry_in(), 2),
-                        "autostarted_pid": child.popen.pid if child is not None and child.alive() else None},
+                        "autostarted_pid": child.popen.pid if child is not None and child.alive() else None,
+                        "fim_template": _fim_name(meta, s.fim_template)},
             "position_encoding": self.encoding(),
             "documents": len(self.store),
             "counters": dict(self.counters, cache_entries=len(self.cache)),
@@ -362,6 +363,14 @@ class CopilotServer(LanguageServer):
         if self.child is not None:
             self.child.stop()
             self.child = None
+
+
+def _fim_name(meta: ModelMeta | None, setting: str) -> str | None:
+    """The FIM template family prompts use ("none" for prefix-only), or None before the model is known."""
+    if meta is None:
+        return None
+    tpl = pipeline.fim_template(meta, setting)
+    return tpl.family if tpl is not None else "none"
 
 
 def _percentiles(values) -> dict:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from copilot_ls.fim import FIM_SETTING_VALUES
+
 DEFAULT_BACKEND_URL = "http://127.0.0.1:8765"
 SECTION_NAMES = ("copilot-ls", "copilotLs", "copilot_ls")
 
@@ -39,6 +41,7 @@ class Settings:
     max_prompt_tokens: int = 1536
     suffix_fraction: float = 0.25
     cache_size: int = 256               # LRU entries (prompt -> raw candidates)
+    fim_template: str = "auto"          # "auto" (reported tokens, else the model id), "none", or a family name
     enabled: bool = True
     languages: dict[str, bool] = field(default_factory=dict)   # per-language enable, e.g. {"markdown": False}
 
@@ -68,7 +71,7 @@ def is_loopback(url: str) -> bool:
 _ALIASES = {
     "backend": "backend_url", "url": "backend_url", "apikey": "api_key", "debounce": "debounce_ms",
     "maxlines": "max_lines", "enable": "enabled", "maxtokens": "max_tokens", "topp": "top_p",
-    "candidates": "n", "maxprompttokens": "max_prompt_tokens",
+    "candidates": "n", "maxprompttokens": "max_prompt_tokens", "fim": "fim_template",
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _BY_FOLDED = {name.replace("_", ""): name for name in _FIELDS}
@@ -85,7 +88,7 @@ def _coerce(name: str, value: Any) -> Any:
         "autostart": (bool, type(None)), "timeout": (int, float), "debounce_ms": (int, float),
         "max_lines": (int,), "n": (int,), "temperature": (int, float), "sample_temperature": (int, float),
         "top_p": (int, float), "max_tokens": (int,), "max_prompt_tokens": (int,), "suffix_fraction": (int, float),
-        "cache_size": (int,), "enabled": (bool,), "languages": (dict,),
+        "cache_size": (int,), "enabled": (bool,), "languages": (dict,), "fim_template": (str,),
     }[name]
     if isinstance(value, bool) and bool not in spec:
         raise SettingsError(f"setting {name!r}: expected a number, got {value!r}")
@@ -103,6 +106,11 @@ def _coerce(name: str, value: Any) -> Any:
         if bad:
             raise SettingsError(f"setting 'languages': values must be true/false, got {bad!r}")
         return dict(value)
+    if name == "fim_template":
+        if value.lower() not in FIM_SETTING_VALUES:
+            raise SettingsError(f"setting 'fim_template': expected one of {', '.join(FIM_SETTING_VALUES)}, "
+                                f"got {value!r}")
+        return value.lower()
     if name == "debounce_ms":
         value = int(value)
     ranges = {

@@ -41,6 +41,7 @@ from copilot_ls.context import (
 from copilot_ls.context_snippets import _Resolver
 from copilot_ls.context_workspace import Workspace, find_root
 from copilot_ls.documents import Document
+from copilot_ls.pipeline import fim_template
 from copilot_ls.postprocess import postprocess
 
 DEFAULT_BACKEND = "http://127.0.0.1:8765"
@@ -315,6 +316,7 @@ async def run_case(
         col,
         budget=budget,
         count_tokens=meta.count_tokens,
+        fim=fim_template(meta),  # a FIM model gets its template in both arms, as in the editor
         snippets=(arm == "builder"),
         # both arms: the same root, so the same path header (prefix-only never looks anything up)
         workspace=Workspace(find_root(case.path)[0], index=False),
@@ -384,6 +386,8 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
 
         await asyncio.gather(*(one(c, a) for c, a in todo))
         args._model = meta.id or "?"
+        fim = fim_template(meta)
+        args._fim = fim.family if fim is not None else "none (prefix-only)"
     finally:
         await client.aclose()
     return [done[(c.id, a)] for c in cases for a in ARMS if (c.id, a) in done]
@@ -457,6 +461,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "packages": packages,
         "model": getattr(args, "_model", "?"),
+        "fim_template": getattr(args, "_fim", "?"),
         "max_prompt_tokens": args.max_prompt_tokens,
         "max_tokens": args.max_tokens,
         "snippet_fraction": args.snippet_fraction,

@@ -43,8 +43,11 @@ def free_port() -> int:
 class FakeBackend:
     """mode: "echo" (answer `reply`), "garbage" (200 with junk), "slow" (answer after `delay` s)."""
 
-    def __init__(self, mode: str = "echo", reply: str = "a, b)", delay: float = 0.0) -> None:
+    def __init__(self, mode: str = "echo", reply: str = "a, b)", delay: float = 0.0,
+                 models: list[dict] | None = None) -> None:
         self.mode, self.reply, self.delay = mode, reply, delay
+        # /v1/models entries; the default one reports `fim` like copilot-backend, other servers don't
+        self.models = models or [{"id": "fake", "object": "model", "context_length": 2048, "fim": None}]
         self.requests: list[dict] = []          # bodies of /v1/completions
         self.headers: list[dict] = []           # and their headers
         self.disconnects = 0                    # slow requests whose client went away before the answer
@@ -66,8 +69,7 @@ class FakeBackend:
                 if self.path == "/health":
                     self._send(200, b'{"status": "ready"}')
                 elif self.path == "/v1/models":
-                    self._send(200, json.dumps({"object": "list", "data": [
-                        {"id": "fake", "object": "model", "context_length": 2048, "fim": None}]}).encode())
+                    self._send(200, json.dumps({"object": "list", "data": fake.models}).encode())
                 else:
                     self._send(404, b'{"error": {"message": "not found"}}')
 

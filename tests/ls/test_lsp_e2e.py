@@ -123,6 +123,7 @@ async def test_typed_ahead_reuse_makes_no_backend_call(client, backend_url):
     st = await status(client)
     assert st["counters"]["backend_calls"] == calls            # and the LS's
     assert st["counters"]["typed_ahead"] >= 2
+    assert st["backend"]["fim_template"] == "none"             # the default model has no FIM tokens
 
 
 # A buffer whose greedy continuation is long and contains none of Python's stop strings (the list goes on
