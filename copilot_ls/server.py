@@ -110,7 +110,8 @@ class CopilotServer(LanguageServer):
         self.cache: pipeline.RawCache = LRUCache(self.settings.cache_size)
         self.backoff = Backoff()
         self.counters = {"requests": 0, "items": 0, "backend_calls": 0, "cache_hits": 0, "typed_ahead": 0,
-                         "superseded": 0, "cancelled": 0, "stale": 0, "errors": 0}
+                         "superseded": 0, "cancelled": 0, "stale": 0, "errors": 0, "refused": 0}
+        self._refusals_shown: set[int | None] = set()
         self.client: BackendClient | None = None
         self.child: autostart.BackendProcess | None = None
         self._startup: asyncio.Task | None = None
@@ -224,6 +225,14 @@ class CopilotServer(LanguageServer):
         else:
             log.info("backend still failing (retry in %.1f s): %s", self.backoff.retry_in(), exc)
 
+    def request_refused(self, exc: BackendError) -> None:
+        """The backend answered, but refused this one request (a prompt over another server's context, a
+        parameter it does not take): no completion for it, no outage for the others. Shown once per status."""
+        self.counters["refused"] += 1
+        show = exc.status not in self._refusals_shown
+        self._refusals_shown.add(exc.status)
+        self.say(logging.WARNING, f"the backend refused a completion request: {exc}", show=show)
+
     # -- completion ----------------------------------------------------------------------------------------
     def encoding(self) -> str:
         enc = self.workspace.position_encoding
@@ -270,7 +279,10 @@ class CopilotServer(LanguageServer):
                                              others=self.store.snapshots(exclude=uri), cache=self.cache)
         except BackendError as exc:
             _wait_add(float("inf"))     # time lost to a failure is not overhead: not recorded
-            self.backend_failed(exc)
+            if exc.status in REFUSED:   # this request was refused; the backend itself works
+                self.request_refused(exc)
+            else:
+                self.backend_failed(exc)
             return None
         _wait_add(result.timings.get("backend_ms", 0.0))
         self.counters["backend_calls"] += client.requests - calls
@@ -363,6 +375,10 @@ class CopilotServer(LanguageServer):
         if self.child is not None:
             self.child.stop()
             self.child = None
+
+
+# HTTP statuses that refuse one request (400 invalid request, 413 too large, 422 TGI's validation error)
+REFUSED = (400, 413, 422)
 
 
 def _fim_name(meta: ModelMeta | None, setting: str) -> str | None:

@@ -81,6 +81,37 @@ async def test_garbage_then_recovery(client, junk):
     assert (await status(client))["backend"]["state"] == "ok"
 
 
+async def test_a_refused_request_is_not_an_outage(client, junk):
+    # another server refuses one prompt (over its context, a parameter it does not take): that request gets no
+    # items, the next one is served at once (no backoff), and the user is told once per status
+    junk.mode = "echo"
+    ready = "file:///tmp/robust/ready.py"
+    open_doc(client, ready, "value = compute(\n")
+    await wait_for(lambda: _served(client, ready), 40, "the backend to answer")   # after any earlier backoff
+    uri = "file:///tmp/robust/refused.py"                   # another text: not answered from the cache
+    open_doc(client, uri, "total = compute(\n")
+    n0 = len(warnings_of(client))
+    junk.answer = (400, b'{"error": {"message": "This model\'s maximum context length is 2048 tokens", '
+                        b'"type": "invalid_request_error", "code": "context_length_exceeded"}}')
+    try:
+        for _ in range(2):
+            res = await inline(client, uri, 0, 16)
+            assert res is None or res.items == []
+    finally:
+        junk.answer = None
+    assert await _served(client, uri)                       # at once: no backoff
+    st = await status(client)
+    assert st["backend"]["state"] == "ok" and st["counters"]["refused"] >= 2
+    await asyncio.sleep(0.2)
+    new = warnings_of(client)[n0:]
+    assert len(new) == 1 and "maximum context length" in new[0], new
+
+
+async def _served(client, uri: str) -> bool:
+    res = await inline(client, uri, 0, 16)
+    return bool(res is not None and res.items and res.items[0].insert_text == "x, y)")
+
+
 async def test_slow_backend_times_out_without_blocking(client, junk):
     junk.mode, junk.delay = "slow", 5.0
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"timeout": 0.5}))
