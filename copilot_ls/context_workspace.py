@@ -49,6 +49,13 @@ SKIP_DIRS = frozenset(
     }
 )
 MAX_FILE_BYTES = 1_000_000
+
+
+def _too_big(text: str) -> bool:
+    """More than MAX_FILE_BYTES in UTF-8 (encoded only when the length alone cannot tell)."""
+    if len(text) > MAX_FILE_BYTES:
+        return True
+    return len(text) * 4 > MAX_FILE_BYTES and len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES
 MAX_DEPTH = 64  # folders below the root that the name index walks into
 JS_EXTENSIONS = (".js", ".ts", ".tsx", ".jsx", ".mjs", ".cjs", ".mts", ".cts")
 # Top-level definitions a regex can spot cheaply (for the background name index).
@@ -631,6 +638,8 @@ class Workspace:
             and overlay.language is not None
             and overlay.language.id in ("python",) + _JS_IDS
         ):
+            if _too_big(overlay.text):  # as on disk: an open multi-MB document is not parsed (seconds) either
+                return None
             key = ("open", overlay.uri, overlay.version, len(overlay.text))
             with self._lock:
                 hit = self._files.get_item(key)

@@ -362,6 +362,19 @@ def test_big_workspace_does_not_slow_a_keystroke(ws: Path) -> None:
     assert workspace.paths_defining("func_42_7") == [str(ws / "mod42" / "f7.py")]
 
 
+def test_an_open_document_over_the_size_limit_is_not_parsed_for_symbols(ws: Path) -> None:
+    """A multi-MB open document has no tree (documents.MAX_TREE_BYTES); its symbols are not extracted from
+    the text either (a parse of seconds), as for a too-big file on disk."""
+    big = "def common_prefix(a, b):\n    return a\n" + "DATA = [" + "1, " * 400_000 + "]\n"
+    snap, _, _ = open_at(ws / "lib.py", big + "█")
+    assert snap.tree is None
+    t0 = time.perf_counter()
+    assert Workspace(ws).file_symbols(ws / "lib.py", overlay=snap) is None
+    assert time.perf_counter() - t0 < 0.5
+    small, _, _ = open_at(ws / "lib.py", LIB_PY + "█")
+    assert Workspace(ws).file_symbols(ws / "lib.py", overlay=small) is not None
+
+
 def test_comment_snippet_style(ws: Path) -> None:
     write(ws, {"lib.py": LIB_PY})
     snap, line, col = open_at(
