@@ -65,7 +65,7 @@ def backend_command(url: str) -> list[str]:
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     host = "127.0.0.1" if host == "localhost" else host
-    port = parts.port or 8765
+    port = parts.port or 80  # where the client will look (a URL without a port means 80, not 8765)
     return [sys.executable, "-m", "model_backend.cli", "serve", "--model", "default",
             "--host", host, "--port", str(port)]
 

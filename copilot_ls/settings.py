@@ -53,8 +53,8 @@ class Settings:
         return self.languages.get("*", True)
 
     def should_autostart(self) -> bool:
-        if self.autostart is not None:
-            return self.autostart and is_loopback(self.backend_url)
+        if self.autostart is not None:  # copilot-backend serves plain HTTP: an https URL can never be it
+            return self.autostart and is_loopback(self.backend_url) and urlsplit(self.backend_url).scheme == "http"
         return self.backend_url.rstrip("/") in (DEFAULT_BACKEND_URL, "http://localhost:8765")
 
     def merged(self, data: dict[str, Any] | None) -> Settings:

@@ -155,6 +155,8 @@ def test_backend_logs_are_removed_when_stopped_and_pruned_when_stale(monkeypatch
 def test_backend_command_binds_loopback():
     cmd = autostart.backend_command("http://localhost:8765")
     assert cmd[-4:] == ["--host", "127.0.0.1", "--port", "8765"] and "--model" in cmd
+    # the port the client will poll: a URL without one means 80 (starting on 8765 left the client waiting)
+    assert autostart.backend_command("http://127.0.0.1")[-2:] == ["--port", "80"]
 
 
 @pytest.mark.e2e

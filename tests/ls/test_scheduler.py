@@ -172,6 +172,7 @@ def test_settings_from_camel_case_sections_and_errors():
     assert not from_dict({"backendUrl": "http://127.0.0.1:9"}).should_autostart()
     assert from_dict({"backendUrl": "http://127.0.0.1:9", "autostart": True}).should_autostart()
     assert not from_dict({"backendUrl": "http://example.com:9", "autostart": True}).should_autostart()
+    assert not from_dict({"backendUrl": "https://127.0.0.1:9", "autostart": True}).should_autostart()
 
 
 def test_stats_accept_partial_reject():
