@@ -36,6 +36,7 @@ class ModelMeta:
     fim: dict[str, str | None] | None           # /v1/models `fim`: {"prefix", "suffix", "middle", ...} or None
     count_tokens: Callable[[str], int] | None   # exact, from the server's tokenizer.json; None if unavailable
     reports_fim: bool = False                   # /v1/models has a `fim` field (copilot-backend; others don't)
+    special_tokens: tuple[str, ...] = ()        # control-token strings of the tokenizer (guarded in prompts)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -192,14 +193,27 @@ class BackendClient:
                 info = {}
             fim = info.get("fim") if isinstance(info.get("fim"), dict) else None
             ctx = info.get("context_length")
+            tokenizer = await self.tokenizer_json()
             self._meta = ModelMeta(
                 id=info.get("id") if isinstance(info.get("id"), str) else None,
                 context_length=ctx if isinstance(ctx, int) and ctx > 0 else None,
-                fim=fim, count_tokens=_token_counter(await self.tokenizer_json()), reports_fim="fim" in info)
+                fim=fim, count_tokens=_token_counter(tokenizer), reports_fim="fim" in info,
+                special_tokens=_special_tokens(tokenizer))
         return self._meta
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _special_tokens(tokenizer_json: str | None) -> tuple[str, ...]:
+    """The strings of a tokenizer.json's special added tokens (a tokenizer turns them into control tokens
+    wherever they occur in a prompt's text)."""
+    try:
+        added = json.loads(tokenizer_json or "{}").get("added_tokens") or []
+        return tuple(sorted({a["content"] for a in added if a.get("special") and isinstance(a.get("content"), str)
+                             and a["content"].strip()}))
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return ()
 
 
 def _token_counter(tokenizer_json: str | None) -> Callable[[str], int] | None:

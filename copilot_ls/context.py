@@ -78,6 +78,29 @@ class Prompt:
     # take `suffix` separately and insert the FIM tokens themselves (ours: they are never parsed from text);
     # "" for prefix-only prompts (then `prompt` is the whole text).
     fim_body: str = ""
+    # Control-token strings (the model's special tokens, the FIM template's) that occurred in the code and were
+    # guarded there (see `guard`); `unguard` restores them in what the model writes.
+    guarded: tuple[str, ...] = ()
+
+
+GUARD = "\u200b"  # zero-width space, put after the first character of a control-token string found in code
+
+
+def guard(text: str, specials: Sequence[str]) -> str:
+    """``text`` with every occurrence of a control-token string broken by a zero-width space, so that the
+    server's tokenizer reads it as text: a file that mentions ``<|endoftext|>`` or ``<|fim_suffix|>`` (tokenizer
+    code, LLM tooling) must not end the document or reshape the FIM prompt for the model."""
+    for s in specials:
+        if s in text:
+            text = text.replace(s, s[0] + GUARD + s[1:])
+    return text
+
+
+def unguard(text: str, specials: Sequence[str]) -> str:
+    """`guard` undone (the model may copy a guarded string from the prompt)."""
+    for s in specials:
+        text = text.replace(s[0] + GUARD + s[1:], s)
+    return text
 
 
 def _lf(text: str) -> str:
@@ -418,12 +441,14 @@ def build_prompt(
     workspace: Workspace | None | str = "auto",
     snippets: bool = True,
     snippet_style: str = DEFAULT_SNIPPET_STYLE,
+    specials: Sequence[str] = (),
 ) -> Prompt:
     """The prompt for a completion at (line, code-point col) of ``snap``. Deterministic.
 
     ``workspace``: "auto" = the shared index of the project around ``snap.path`` (files read on demand,
     cached); None = open documents only. ``snippets=False`` gives the plain prefix/suffix prompt (the baseline
-    of ``copilot-ls eval context``).
+    of ``copilot-ls eval context``). ``specials``: the model's control-token strings; they and the FIM
+    template's are guarded in the code text (`guard`).
     """
     if budget.keep_in_prefix not in KEEP_IN_PREFIX:
         raise ValueError(f"unknown keep_in_prefix {budget.keep_in_prefix!r}; expected one of "
@@ -434,6 +459,9 @@ def build_prompt(
         )
     count = count_tokens or estimate_tokens
     fim = _resolve_fim(fim)
+    # longest first: a special that contains another is guarded whole
+    controls = sorted({*specials, *(fim.stops if fim is not None else ())}, key=lambda s: (-len(s), s))
+    controls = [s for s in controls if len(s) > 1]
     root = None
     if workspace == "auto":
         workspace = workspace_for(snap.path) if snippets else None
@@ -521,15 +549,16 @@ def build_prompt(
     def body() -> str:
         ordered = list(reversed(chosen))  # the best snippet closest to the code
         pre = prefix[: len(prefix) - cut] if cut and len(prefix) >= cut else prefix
-        return "".join(r for _, r, _ in ordered) + header + scope_text + pre
+        return guard("".join(r for _, r, _ in ordered) + header + scope_text + pre, controls)
 
     def assemble() -> str:
         if fim is not None and fim.file_sep and chosen:
             ordered = list(reversed(chosen))
             pre = prefix[: len(prefix) - cut] if cut and len(prefix) >= cut else prefix
-            files = [(display_path(s.path, root), r.split("\n", 1)[1].rstrip("\n")) for s, r, _ in ordered]
-            return fim.format(header + scope_text + pre, suffix, files=files)
-        return fim.format(body(), suffix) if fim is not None else body()
+            files = [(display_path(s.path, root), guard(r.split("\n", 1)[1].rstrip("\n"), controls))
+                     for s, r, _ in ordered]
+            return fim.format(guard(header + scope_text + pre, controls), guard(suffix, controls), files=files)
+        return fim.format(body(), guard(suffix, controls)) if fim is not None else body()
 
     prompt = assemble()
     # Token counts of parts need not add up exactly (BPE merges across the seams): check the whole and trim.
@@ -584,4 +613,5 @@ def build_prompt(
         stop=stop,
         sources=sources,
         fim_body=body() if fim is not None else "",
+        guarded=tuple(s for s in controls if s[0] + GUARD + s[1:] in prompt),
     )

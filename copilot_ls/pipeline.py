@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from copilot_ls.backend import BackendClient, ModelMeta
-from copilot_ls.context import Prompt, PromptBudget, build_prompt
+from copilot_ls.context import Prompt, PromptBudget, build_prompt, unguard
 from copilot_ls.documents import Snapshot
 from copilot_ls.fim import FimTemplate, choose_template
 from copilot_ls.postprocess import RawCandidate, Suggestion, postprocess
@@ -72,7 +72,8 @@ async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient
     meta = await client.meta()
     t1 = time.perf_counter()
     prompt = build_prompt(snap, line, col, others=others, budget=budget_for(settings, meta),
-                          fim=fim_template(meta, settings.fim_template), count_tokens=meta.count_tokens)
+                          fim=fim_template(meta, settings.fim_template), count_tokens=meta.count_tokens,
+                          specials=meta.special_tokens)
     key = cache_key(client, prompt, settings)
     raw = cache.get(key) if cache is not None else None
     cached = raw is not None
@@ -82,6 +83,8 @@ async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient
         if cache is not None:
             cache.put(key, raw)
     t3 = time.perf_counter()
+    if prompt.guarded:
+        raw = [replace(r, text=unguard(r.text, prompt.guarded)) for r in raw]
     suggestions = postprocess(raw, snap, line, col, multiline=prompt.multiline, max_lines=settings.max_lines)
     t4 = time.perf_counter()
     timings = {"context_ms": (t2 - t1) * 1000, "backend_ms": (t3 - t2 + t1 - t0) * 1000,

@@ -28,7 +28,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from copilot_ls.context import (
@@ -37,6 +37,7 @@ from copilot_ls.context import (
     SNIPPET_STYLES,
     PromptBudget,
     build_prompt,
+    unguard,
 )
 from copilot_ls.context_snippets import _Resolver
 from copilot_ls.context_workspace import Workspace, find_root
@@ -317,6 +318,7 @@ async def run_case(
         budget=budget,
         count_tokens=meta.count_tokens,
         fim=fim_template(meta),  # a FIM model gets its template in both arms, as in the editor
+        specials=meta.special_tokens,
         snippets=(arm == "builder"),
         # both arms: the same root, so the same path header (prefix-only never looks anything up)
         workspace=Workspace(find_root(case.path)[0], index=False),
@@ -325,6 +327,8 @@ async def run_case(
     t0 = time.monotonic()
     raw = await client.complete(prompt.prompt, max_tokens=max_tokens, temperature=0.0, n=1, stop=prompt.stop)
     elapsed = time.monotonic() - t0
+    if prompt.guarded:
+        raw = [replace(r, text=unguard(r.text, prompt.guarded)) for r in raw]
     sugg = postprocess(raw, snap, line, col, multiline=False, max_lines=1)
     got = sugg[0].text.split("\n")[0].strip() if sugg else ""
     count = meta.count_tokens or (lambda s: math.ceil(len(s) / 3))
