@@ -50,6 +50,8 @@ MAX_DOC_LINES = 2000
 MAX_REEXPORT_DEPTH = 2  # `from pkg import f` -> pkg/__init__.py -> `from .impl import f` -> pkg/impl.py
 MAX_REEXPORT_FILES = 16
 _IDENT = re.compile(r"[A-Za-z_$][\w$]*")
+_DOTTED = re.compile(rb"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+MODULE_EXPORTS = "module.exports"  # the imported name of `const x = require('./m')` used as x itself
 _IDENT_TYPES = frozenset(
     {"identifier", "property_identifier", "type_identifier", "shorthand_property_identifier"}
 )
@@ -71,7 +73,7 @@ class Snippet:
 # --- names near the cursor -----------------------------------------------------------------------------------
 def names_near(snap: Snapshot, line: int) -> list[tuple[str, str | None]]:
     """(name, qualifier) pairs used around the cursor, nearest first: ``foo`` -> (foo, None),
-    ``mod.foo`` -> (foo, mod)."""
+    ``mod.foo`` -> (foo, mod), Python ``pkg.mod.foo`` -> (foo, pkg.mod)."""
     if snap.tree is None:
         return []
     lo = max(0, line - NEAR_LINES_BEFORE)
@@ -101,7 +103,9 @@ def names_near(snap: Snapshot, line: int) -> list[tuple[str, str | None]]:
             if parent is not None and parent.type in ("attribute", "member_expression"):
                 obj = parent.child_by_field_name("object")
                 attr = parent.child_by_field_name("attribute") or parent.child_by_field_name("property")
-                if attr is not None and attr.id == node.id and obj is not None and obj.type == "identifier":
+                if attr is not None and attr.id == node.id and obj is not None and (
+                    obj.type == "identifier" or obj.type == "attribute" and _DOTTED.fullmatch(obj.text)
+                ):
                     qual = obj.text.decode("utf-8", "replace")
             dist = abs(node.start_point[0] - line)
             key = (name, qual)
@@ -336,15 +340,15 @@ class _Resolver:
             fs = self.file(path)
             if fs is None or _same_file(path, self.snap.path):
                 continue
-            if wanted == "default" and fs.default_export:  # JS `export default`
+            if wanted in ("default", MODULE_EXPORTS) and fs.default_export:  # `export default`, `module.exports =`
                 found = fs.named(fs.default_export)
             else:
                 found = fs.named(wanted)
             if not found and wanted == "default" and not fs.default_export:
-                # no `export default` (CommonJS `module.exports = f`, ...): the file's first definition
+                # no `export default` nor `module.exports = <definition>`: the file's first definition
                 found = [d for d in fs.definitions if d.kind != "method"][:1]
             if not found and depth < MAX_REEXPORT_DEPTH:
-                found = self.reexported(fs, path, wanted, depth)
+                found = self.reexported(fs, path, fs.local_name(wanted), depth)
             out.extend(found)
             if out:
                 break
@@ -373,6 +377,13 @@ class _Resolver:
             imp = self.modules.get(qual)
             if imp is not None:
                 return self.lookup(name, imp)
+            if "." in qual:  # Python `import pkg.mod` then `pkg.mod.f`; `import pkg` then `pkg.mod.f`
+                parts = qual.split(".")
+                for k in range(len(parts) - 1, 0, -1):
+                    imp = self.modules.get(".".join(parts[:k]))
+                    if imp is not None:
+                        return self.lookup(name, Import(".".join([imp.module, *parts[k:]]), ()))
+                return []
             if qual in self.imported:  # ``from pkg import mod`` then ``mod.name``
                 imp, mod_name = self.imported[qual]
                 # `from . import mod` -> ".mod" (not "..mod", the parent package); `from pkg import mod` -> "pkg.mod"
@@ -383,6 +394,9 @@ class _Resolver:
         if name in self.imported:
             imp, imported_name = self.imported[name]
             return self.lookup(name, imp, imported_name)
+        imp = self.modules.get(name)
+        if imp is not None and imp.commonjs:  # `const f = require('./f')`: f is what f.js assigns to module.exports
+            return self.lookup(name, imp, MODULE_EXPORTS)
         for imp in self.stars:
             found = self.lookup(name, imp)
             if found:

@@ -62,8 +62,8 @@ JS_EXTENSIONS = (".js", ".ts", ".tsx", ".jsx", ".mjs", ".cjs", ".mts", ".cts")
 _NAME_PATTERNS: dict[str, re.Pattern[str]] = {
     "python": re.compile(r"^(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)", re.M),
     "js": re.compile(
-        r"^(?:export\s+(?:default\s+)?)?(?:async\s+)?(?:function\*?|class|const|let|var|interface|type|enum)\s+"
-        r"([A-Za-z_$][\w$]*)",
+        r"^(?:(?:export\s+(?:default\s+)?)?(?:async\s+)?(?:function\*?|class|const|let|var|interface|type|enum)\s+"
+        r"|(?:module\.)?exports\.)([A-Za-z_$][\w$]*)",  # CommonJS: `exports.f = ...`, `module.exports.f = ...`
         re.M,
     ),
 }
@@ -90,6 +90,7 @@ class Import:
     ]  # (imported name, local name); ("*", "*") = star; () = the module itself
     local: str | None = None  # local name of the module itself (``import x as y`` / ``import * as ns``)
     line: int = 0
+    commonjs: bool = False  # ``const x = require('./m')``: ``local`` is also m's ``module.exports`` (its default)
 
 
 @dataclass(frozen=True)
@@ -98,12 +99,23 @@ class FileSymbols:
     language: str
     definitions: tuple[Definition, ...]
     imports: tuple[Import, ...]
-    default_export: str | None = None  # JS/TS: the name of the `export default` definition ("default": anonymous)
+    # JS/TS: the name of the `export default` / CommonJS `module.exports = f` definition ("default": anonymous)
+    default_export: str | None = None
+    aliases: tuple[tuple[str, str], ...] = ()  # CommonJS (exported, local): `module.exports = { g: helper }`
 
     def named(self, name: str) -> list[Definition]:
-        """Top-level definitions of ``name``; ``@overload`` stubs after the implementation they describe."""
+        """Top-level definitions of ``name`` (or of what the file exports as ``name``: ``exports.g = helper``);
+        ``@overload`` stubs after the implementation they describe."""
         found = [d for d in self.definitions if d.name == name and d.kind != "method"]
+        if not found and self.aliases:
+            local = self.local_name(name)
+            if local != name:
+                found = [d for d in self.definitions if d.name == local and d.kind != "method"]
         return sorted(found, key=_is_overload_stub) if len(found) > 1 else found
+
+    def local_name(self, name: str) -> str:
+        """The file's own name for what it exports as ``name`` (CommonJS aliases; else ``name``)."""
+        return next((local for exported, local in self.aliases if exported == name), name)
 
 
 _OVERLOAD = re.compile(r"^@(?:typing\.|t\.)?overload\b", re.M)
@@ -126,6 +138,7 @@ def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> File
     if tree is None:
         tree = new_parser(spec).parse(data)
     defs: list[Definition] = []
+    aliases: list[tuple[str, str]] = []
     query = spec.query("definitions")
     if query is not None:
         from tree_sitter import QueryCursor
@@ -134,12 +147,18 @@ def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> File
             name_nodes = caps.get("name")
             if not name_nodes:
                 continue
+            # CommonJS `module.exports = {...}`: the definitions are inside the statement that must be top level
+            anchor = caps["statement"][0] if caps.get("statement") else None
+            if caps.get("alias"):  # `exports.g = helper`: g is helper
+                if anchor is not None and _top_level(anchor):
+                    aliases.append((_txt(name_nodes[0]), _txt(caps["alias"][0])))
+                continue
             for key, nodes in caps.items():
                 if not key.startswith("definition."):
                     continue
                 node = nodes[0]
                 kind = key.split(".", 1)[1]
-                if kind != "method" and not _top_level(node):
+                if kind != "method" and not _top_level(anchor if anchor is not None else node):
                     continue
                 defs.append(make_definition(node, name_nodes[0], kind, spec, data, path))
     default_export = None
@@ -150,13 +169,20 @@ def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> File
     defs.sort(key=lambda d: (d.start_line, d.name))
     imports = _python_imports(tree, spec) if spec.id == "python" else _js_imports(tree, spec)
     return FileSymbols(path=path, language=spec.id, definitions=tuple(defs), imports=tuple(imports),
-                       default_export=default_export)
+                       default_export=default_export, aliases=tuple(aliases))
 
 
 def _js_default_export(tree, spec: LanguageSpec, data: bytes, path: str) -> tuple[str | None, Definition | None]:
     """(name, definition) of a module's ``export default``: the name of the exported declaration or identifier
-    (no new definition), or ``"default"`` and a definition of the anonymous export; (None, None) without one."""
+    (no new definition), or ``"default"`` and a definition of the anonymous export; (None, None) without one.
+    CommonJS ``module.exports = helper`` / ``= function f() {}`` / ``= (a) => ...`` / ``= class {}`` count as
+    the default export too (the statement is the definition, named ``f`` or ``"default"``)."""
     for node in tree.root_node.children:
+        if node.type == "expression_statement":
+            found = _commonjs_default_export(node, spec, data, path)
+            if found is not None:
+                return found
+            continue
         if node.type != "export_statement":
             continue
         keyword = next((c for c in node.children if c.type == "default"), None)
@@ -177,6 +203,28 @@ def _js_default_export(tree, spec: LanguageSpec, data: bytes, path: str) -> tupl
     return None, None
 
 
+def _commonjs_default_export(node, spec: LanguageSpec, data: bytes, path: str):
+    """(name, definition) for a top-level ``module.exports = <identifier | function | class>``, else None."""
+    expr = node.named_children[0] if node.named_child_count else None
+    if expr is None or expr.type != "assignment_expression":
+        return None
+    left, value = expr.child_by_field_name("left"), expr.child_by_field_name("right")
+    if left is None or value is None or left.type != "member_expression" or _txt(left) != "module.exports":
+        return None
+    if value.type == "identifier":
+        return _txt(value), None
+    if value.type in spec.function_types:
+        kind = "function"
+    elif value.type in spec.class_types:
+        kind = "class"
+    else:  # an object (its members are found by the definitions query), require(...), a call: no definition
+        return None
+    name = value.child_by_field_name("name")
+    if name is not None:
+        return _txt(name), make_definition(node, name, kind, spec, data, path)
+    return "default", make_definition(node, None, kind, spec, data, path, name="default")
+
+
 _IMPORT_TYPES = frozenset(
     {
         "import_statement",
@@ -188,8 +236,10 @@ _IMPORT_TYPES = frozenset(
 )
 
 
-def make_definition(node, name_node, kind: str, spec: LanguageSpec, data: bytes, path: str) -> Definition:
-    """A Definition from its node: full text (docstring cut to its first paragraph) and summary."""
+def make_definition(node, name_node, kind: str, spec: LanguageSpec, data: bytes, path: str, *,
+                    name: str | None = None) -> Definition:
+    """A Definition from its node: full text (docstring cut to its first paragraph) and summary; named by
+    ``name_node`` (or ``name``)."""
     container = _container_name(node) if kind == "method" else None
     s, e = _lines_of(node)
     full = data[node.start_byte : node.end_byte].decode("utf-8", "replace")
@@ -200,7 +250,7 @@ def make_definition(node, name_node, kind: str, spec: LanguageSpec, data: bytes,
         trimmed = trim_docstring(raw[a:b].decode("utf-8", "replace")).encode("utf-8", "surrogatepass")
         full = (raw[:a] + trimmed + raw[b:]).decode("utf-8", "replace")
     return Definition(
-        name=name_node.text.decode("utf-8", "replace"),
+        name=name if name is not None else name_node.text.decode("utf-8", "replace"),
         kind=kind,
         path=path,
         start_line=s,
@@ -287,6 +337,14 @@ def _definition_node(node):
             if decl.type == "variable_declarator":
                 value = decl.child_by_field_name("value")
                 return value if value is not None else node
+    if node.type == "expression_statement" and node.named_child_count:  # CommonJS `exports.f = function ...`
+        expr = node.named_children[0]
+        if expr.type == "assignment_expression":
+            value = expr.child_by_field_name("right")
+            return value if value is not None else node
+    if node.type == "pair":  # `module.exports = { f: function ... }`
+        value = node.child_by_field_name("value")
+        return value if value is not None else node
     return node
 
 
@@ -513,7 +571,7 @@ def _js_imports(tree, spec: LanguageSpec, roots=None) -> list[Import]:
                 if target is None:
                     continue
                 if target.type == "identifier":
-                    out.append(Import(source, (), local=_txt(target), line=node.start_point[0]))
+                    out.append(Import(source, (), local=_txt(target), line=node.start_point[0], commonjs=True))
                 elif target.type == "object_pattern":
                     names = []
                     for c in target.children:

@@ -405,7 +405,9 @@ def _names_near_by_walk(snap, line: int) -> list:
             if parent is not None and parent.type in ("attribute", "member_expression"):
                 obj = parent.child_by_field_name("object")
                 attr = parent.child_by_field_name("attribute") or parent.child_by_field_name("property")
-                if attr is not None and attr.id == node.id and obj is not None and obj.type == "identifier":
+                if attr is not None and attr.id == node.id and obj is not None and (
+                    obj.type == "identifier" or obj.type == "attribute" and cs._DOTTED.fullmatch(obj.text)
+                ):
                     qual = obj.text.decode()
             key, dist = (node.text.decode(), qual), abs(node.start_point[0] - line)
             seen[key] = min(dist, seen.get(key, dist))
@@ -648,3 +650,102 @@ def test_js_test_blocks_found_while_the_calls_are_unclosed(ws: Path, after: str)
     assert snap.tree.root_node.has_error
     p = build_prompt(snap, line, col)
     assert ("under-test", "lib.js") in kinds(p) and "function commonPrefix(a, b) {" in p.prompt
+
+
+def test_commonjs_exports_resolve_to_their_definitions(ws: Path) -> None:
+    """CommonJS modules (`exports.f = function`, `exports.f = () =>`, `module.exports.f = ...`,
+    `module.exports = { f, g: helper, h() {} }`, `module.exports = function f() {}`) had no definitions of
+    their exported names: `const { f } = require('./lib')` / `lib.f(...)` / `describe('f')` got nothing."""
+    write(ws, {
+        "ops.js": "function unrelated(x) {\n  return x;\n}\n\n"
+                  "exports.add = function (a, b) {\n  return a + b;\n};\n"
+                  "exports.sub = (a) => a - 1;\n"
+                  "module.exports.mul = function mul(a, b) {\n  return a * b;\n};\n",
+        "lib.js": "function helper(x) {\n  return x * 2;\n}\n\nfunction declared(a) {\n  return a + 1;\n}\n\n"
+                  "module.exports = {\n  declared,\n  twice: helper,\n  neg: function (z) {\n    return -z;\n  },\n"
+                  "  half(y) {\n    return y / 2;\n  },\n};\n",
+        "greet.js": "const PREFIX = 'hi ';\n\nmodule.exports = function greet(name) {\n  return PREFIX + name;\n};\n",
+        "anon.js": "function first() {}\n\nmodule.exports = (n) => n + 1;\n",
+    })
+    src = ("const { add, sub } = require('./ops');\nconst ops = require('./ops');\nconst lib = require('./lib');\n"
+           "const { twice } = require('./lib');\nconst greet = require('./greet');\nconst anon = require('./anon');\n\n"
+           "describe('add', () => {\n  it('adds', () => {\n"
+           "    expect(sub(3) + ops.mul(2, 3) + lib.declared(1) + lib.neg(2) + lib.half(4)).toBe(1);\n"
+           "    expect(twice(1) + greet('x') + anon(1)).toBe(add(█\n  });\n});\n")
+    snap, line, col = open_at(ws / "ops.test.js", src)
+    p = build_prompt(snap, line, col, snippet_style="code")
+    shown = {s.why: (Path(s.path).name, s.start_line) for s in p.sources if s.kind in ("under-test", "definition")}
+    assert shown == {
+        "implementation of `add`, under test": ("ops.js", 4),
+        "definition of `sub`, used nearby": ("ops.js", 7),
+        "definition of `mul`, used nearby": ("ops.js", 8),
+        "definition of `declared`, used nearby": ("lib.js", 4),
+        "definition of `neg`, used nearby": ("lib.js", 11),
+        "definition of `half`, used nearby": ("lib.js", 14),
+        "definition of `twice`, used nearby": ("lib.js", 0),  # `twice: helper`: helper's definition
+        "definition of `greet`, used nearby": ("greet.js", 2),
+        "definition of `anon`, used nearby": ("anon.js", 2),
+    }
+    assert "unrelated" not in p.prompt and "first" not in p.prompt  # `ops` / `lib` alone are no definition
+    assert build_prompt(snap, line, col, snippet_style="code").prompt == p.prompt  # deterministic
+    # the default (signature) style shows them like ES functions: the header, never the body
+    sig = build_prompt(snap, line, col).prompt
+    assert "exports.sub = (a) =>" in sig and "module.exports.mul = function mul(a, b) {\n  // ...\n}" in sig
+    assert "neg: function (z) {\n  // ...\n}" in sig and "half(y) {\n  // ...\n}" in sig
+    # the function under test keeps its body; found by the test-file convention too (no require)
+    snap, line, col = open_at(ws / "ops.test.js", "describe('mul', () => {\n  test('mul works', () => {\n    █")
+    p = build_prompt(snap, line, col)
+    assert ("under-test", "ops.js") in kinds(p) and "return a * b;" in p.prompt
+
+
+def test_python_dotted_module_import(ws: Path) -> None:
+    """`import pkg.mod` (no alias) then `pkg.mod.f(...)` / `pkg.mod.Thing`: the qualifier `pkg.mod` was not seen
+    (only a bare identifier qualified a name), so f got no definition."""
+    write(ws, {
+        "pkg/__init__.py": "",
+        "pkg/mod.py": "def f(a):\n    return a + 1\n\n\nclass Thing:\n    def __init__(self, n):\n        self.n = n\n",
+        "pkg/sub/__init__.py": "def g():\n    return 2\n",
+        "other.py": "def f(a):\n    return a - 1\n",
+    })
+    snap, line, col = open_at(
+        ws / "use.py",
+        "import pkg.mod\nimport pkg.sub\nfrom other import *\n\n\ndef check(self):\n"
+        "    return pkg.mod.f(1) + pkg.sub.g() + pkg.mod.Thing(█",
+    )
+    from copilot_ls.context_snippets import names_near
+
+    near = names_near(snap, line)
+    assert ("f", "pkg.mod") in near and ("Thing", "pkg.mod") in near and ("g", "pkg.sub") in near
+    assert ("mod", "pkg") in near and ("f", None) not in near
+    p = build_prompt(snap, line, col, snippet_style="code")
+    shown = {s.why: (Path(s.path).as_posix().rsplit("/", 2)[-2:], s.start_line) for s in p.sources
+             if s.kind == "definition"}
+    assert shown["definition of `Thing`, used nearby"] == (["pkg", "mod.py"], 4)
+    assert shown["definition of `g`, used nearby"] == (["sub", "__init__.py"], 0)
+    # `pkg.mod.f` is mod's f, not the bare name's (the star import's f)
+    assert "return a - 1" not in p.prompt and "return a + 1" in p.prompt
+    # `import pkg` then `pkg.sub.g()`: the longest imported prefix of the qualifier, then its submodule
+    snap, line, col = open_at(ws / "use2.py", "import pkg\n\n\ndef check():\n    return pkg.sub.g(█")
+    assert ("definition", "__init__.py") in kinds(build_prompt(snap, line, col))
+
+
+def test_commonjs_classes_aliases_through_imports_and_es_default_import(ws: Path) -> None:
+    """`exports.K = class`, `module.exports = { run: impl }` where impl is required from another file (followed
+    there), and `import make from './factory'` of a `module.exports = function make` file."""
+    write(ws, {
+        "impl.js": "function impl(job) {\n  return job.go();\n}\nmodule.exports = { impl };\n",
+        "api.js": "const { impl } = require('./impl');\n\nexports.K = class K {\n  start() { return 1; }\n};\n"
+                  "module.exports.run = impl;\n",
+        "factory.js": "function unrelated() {}\n\nmodule.exports = function make(kind) {\n  return { kind };\n};\n",
+    })
+    snap, line, col = open_at(
+        ws / "use.js",
+        "import make from './factory';\nconst api = require('./api');\n\nconst k = new api.K(make('a'));\napi.run(█",
+    )
+    p = build_prompt(snap, line, col, snippet_style="code")
+    shown = {s.why: (Path(s.path).name, s.start_line) for s in p.sources if s.kind == "definition"}
+    assert shown == {
+        "definition of `run`, used nearby": ("impl.js", 0),
+        "definition of `K`, used nearby": ("api.js", 2),
+        "definition of `make`, used nearby": ("factory.js", 2),
+    }
