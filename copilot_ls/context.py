@@ -47,8 +47,9 @@ class PromptBudget:
     snippet_fraction: float = 0.5  # at most this share of what is left after the suffix goes to snippets
     # What snippets may never push out of the prefix window: "none"; "function" = the lines of the function
     # around the cursor, from its header on (a function longer than the window leaves no room for snippets);
-    # "file" = anything (snippets only fill what the prefix leaves).
-    keep_in_prefix: str = "function"
+    # "file" = anything (snippets only fill what the prefix leaves; the default: with the default model any
+    # displacement cost edit similarity, docs/quality.md).
+    keep_in_prefix: str = "file"
 
 
 KEEP_IN_PREFIX = ("none", "function", "file")

@@ -45,7 +45,7 @@ def budget_for(settings: Settings, meta: ModelMeta) -> PromptBudget:
     if meta.context_length:
         max_prompt = max(16, min(max_prompt, meta.context_length - settings.max_tokens - 8))
     return PromptBudget(max_prompt_tokens=max_prompt, suffix_fraction=settings.suffix_fraction,
-                        max_tokens_out=settings.max_tokens)
+                        max_tokens_out=settings.max_tokens, keep_in_prefix=settings.keep_in_prefix)
 
 
 async def ask_backend(client: BackendClient, prompt: Prompt, settings: Settings) -> list[RawCandidate]:

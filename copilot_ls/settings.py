@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from copilot_ls.context import KEEP_IN_PREFIX
 from copilot_ls.fim import FIM_SETTING_VALUES
 
 DEFAULT_BACKEND_URL = "http://127.0.0.1:8765"
@@ -42,6 +43,7 @@ class Settings:
     suffix_fraction: float = 0.25
     cache_size: int = 256               # LRU entries (prompt -> raw candidates)
     fim_template: str = "auto"          # "auto" (reported tokens, else the model id), "none", or a family name
+    keep_in_prefix: str = "file"        # what snippets may never push out of the prompt: "file", "function", "none"
     enabled: bool = True
     languages: dict[str, bool] = field(default_factory=dict)   # per-language enable, e.g. {"markdown": False}
 
@@ -89,6 +91,7 @@ def _coerce(name: str, value: Any) -> Any:
         "max_lines": (int,), "n": (int,), "temperature": (int, float), "sample_temperature": (int, float),
         "top_p": (int, float), "max_tokens": (int,), "max_prompt_tokens": (int,), "suffix_fraction": (int, float),
         "cache_size": (int,), "enabled": (bool,), "languages": (dict,), "fim_template": (str,),
+        "keep_in_prefix": (str,),
     }[name]
     if isinstance(value, bool) and bool not in spec:
         raise SettingsError(f"setting {name!r}: expected a number, got {value!r}")
@@ -111,6 +114,10 @@ def _coerce(name: str, value: Any) -> Any:
             raise SettingsError(f"setting 'fim_template': expected one of {', '.join(FIM_SETTING_VALUES)}, "
                                 f"got {value!r}")
         return value.lower()
+    if name == "keep_in_prefix":
+        if value not in KEEP_IN_PREFIX:
+            raise SettingsError(f"setting 'keep_in_prefix': expected one of {', '.join(KEEP_IN_PREFIX)}, "
+                                f"got {value!r}")
     if name == "debounce_ms":
         value = int(value)
     ranges = {

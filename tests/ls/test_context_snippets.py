@@ -252,7 +252,8 @@ def test_budget_never_exceeded_with_the_real_tokenizer(ws: Path, real_count, max
         others=[other.snapshot()],
         fim=template,
         count_tokens=real_count,
-        budget=PromptBudget(max_prompt_tokens=max_tokens),
+        # snippets may displace the far prefix here (the default keeps the file: this long one would get none)
+        budget=PromptBudget(max_prompt_tokens=max_tokens, keep_in_prefix="function"),
     )
     assert real_count(p.prompt) <= max_tokens
     if max_tokens >= 700:
@@ -749,3 +750,28 @@ def test_commonjs_classes_aliases_through_imports_and_es_default_import(ws: Path
         "definition of `K`, used nearby": ("api.js", 2),
         "definition of `make`, used nearby": ("factory.js", 2),
     }
+
+
+def test_default_keeps_the_file_and_a_short_test_still_gets_its_subject(ws: Path) -> None:
+    """The default budget never lets snippets push the file's own text out (with the default model any
+    displacement cost edit similarity, docs/quality.md); a test file that leaves room still gets the function
+    under test, whole (the demo's case)."""
+    assert PromptBudget().keep_in_prefix == "file"
+    write(ws, {"lib.py": LIB_PY})
+    snap, line, col = open_at(
+        ws / "test_lib.py", "from lib import common_prefix\n\n\ndef test_common_prefix():\n    assert common_prefix(█"
+    )
+    p = build_prompt(snap, line, col)
+    assert ("under-test", "lib.py") in kinds(p) and "return a[:n]" in p.prompt
+
+
+def test_keep_in_prefix_setting() -> None:
+    from copilot_ls.backend import ModelMeta
+    from copilot_ls.pipeline import budget_for
+    from copilot_ls.settings import SettingsError, from_dict
+
+    meta = ModelMeta(id="m", context_length=2048, fim=None, count_tokens=None)
+    assert budget_for(from_dict({}), meta).keep_in_prefix == "file"
+    assert budget_for(from_dict({"keepInPrefix": "function"}), meta).keep_in_prefix == "function"
+    with pytest.raises(SettingsError, match="keep_in_prefix.*none, function, file"):
+        from_dict({"keepInPrefix": "all"})
