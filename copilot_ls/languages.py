@@ -307,4 +307,16 @@ def _query(lang_id: str, group: str, name: str) -> tree_sitter.Query | None:
     path = QUERY_DIR / group / f"{name}.scm"
     if not path.is_file():
         return None
-    return tree_sitter.Query(_specs()[lang_id].ts_language, path.read_text(encoding="utf-8"))
+    return tree_sitter.Query(_specs()[lang_id].ts_language, _query_text(path))
+
+
+def _query_text(path: Path) -> str:
+    """A query file's text, with each `; @include RELATIVE_PATH` line replaced by that file's text (patterns
+    shared by grammars with the same node types, e.g. CommonJS exports in JavaScript and TypeScript)."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("; @include "):
+            out.append(_query_text((path.parent / line.removeprefix("; @include ").strip()).resolve()))
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
