@@ -111,6 +111,12 @@ class FakeBackend:
         self.server.shutdown()
         self.server.server_close()
 
+    def __enter__(self) -> FakeBackend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def capabilities(encodings: list[str] | None = None, progress: bool = True) -> types.ClientCapabilities:
     return types.ClientCapabilities(

@@ -57,21 +57,16 @@ def test_unreachable_backend_exits_1(buffer):
 
 
 def test_no_completion_exits_1():
-    fake = FakeBackend(reply="   \n")                # whitespace only: post-processing drops it
-    try:
+    with FakeBackend(reply="   \n") as fake:  # whitespace only: post-processing drops it
         r = complete("-:1:7", "--backend", fake.url, "--language", "python", stdin="x = f(\n")
-    finally:
-        fake.close()
     assert r.returncode == 1 and "no completion" in r.stderr
     assert fake.requests and fake.requests[0]["prompt"].endswith("x = f(")
 
 
 def test_column_counts_characters_not_bytes():
-    fake = FakeBackend(reply="1)")
-    try:   # column 14 is the end of this 13-character line (17 UTF-8 bytes, 14 UTF-16 units)
+    # column 14 is the end of this 13-character line (17 UTF-8 bytes, 14 UTF-16 units)
+    with FakeBackend(reply="1)") as fake:
         r = complete("-:1:14", "--backend", fake.url, "--json", stdin='s = "😀中" + f(\n', timeout=120)
-    finally:
-        fake.close()
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["items"][0]["start"] == {"line": 1, "column": 14}
@@ -86,11 +81,8 @@ def test_crlf_file_is_read_as_the_editor_sends_it(tmp_path):
     document's CRLF, as in the editor."""
     path = tmp_path / "m.py"
     path.write_bytes(b"def add(a, b):\r\n    return a + b\r\n\r\ndef mul(a, b):\r\n")
-    fake = FakeBackend(reply="\n    x = a * b\n    return x")
-    try:
+    with FakeBackend(reply="\n    x = a * b\n    return x") as fake:
         r = complete(f"{path}:4:15", "--backend", fake.url, "--json", timeout=120)
-    finally:
-        fake.close()
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["items"][0]["text"] == "\r\n    x = a * b\r\n    return x"
 
@@ -101,11 +93,8 @@ def test_explain_sources_have_1_based_lines(tmp_path):
     (tmp_path / "lib.py").write_text("\n\ndef helper(x):\n    return x + 1\n")
     path = tmp_path / "use.py"
     path.write_text("from lib import helper\n\nx = 1\ny = helper(")
-    fake = FakeBackend(reply="x)")
-    try:
+    with FakeBackend(reply="x)") as fake:
         r = complete(f"{path}:4:12", "--backend", fake.url, "--json", "--explain", timeout=120)
-    finally:
-        fake.close()
     assert r.returncode == 0, r.stderr
     sources = {s["kind"]: s for s in json.loads(r.stdout)["explain"]["sources"]}
     assert (sources["prefix"]["start_line"], sources["prefix"]["end_line"]) == (1, 4)
@@ -115,16 +104,13 @@ def test_explain_sources_have_1_based_lines(tmp_path):
 def test_closed_stdout_is_no_traceback(buffer):
     """`copilot-ls complete ... --explain | head -1`: the reader leaves early; that printed a BrokenPipeError
     traceback."""
-    fake = FakeBackend(reply="x)")
-    try:
+    with FakeBackend(reply="x)") as fake:
         proc = subprocess.Popen([sys.executable, "-m", "copilot_ls.cli", "complete", f"{buffer}:{LAST_LINE}:{END_COL}",
                                  "--backend", fake.url, "--explain"], cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         proc.stdout.close()  # before anything is written
         err = proc.stderr.read()
         proc.wait(timeout=120)
-    finally:
-        fake.close()
     assert fake.requests and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
@@ -133,11 +119,8 @@ def test_utf8_bom_is_not_a_character_of_line_1(tmp_path):
     carried it."""
     path = tmp_path / "bom.py"
     path.write_bytes(b"\xef\xbb\xbfx = f(")
-    fake = FakeBackend(reply="1)")
-    try:
+    with FakeBackend(reply="1)") as fake:
         r = complete(f"{path}:1:7", "--backend", fake.url, "--json", timeout=120)
-    finally:
-        fake.close()
     assert r.returncode == 0, r.stderr
     assert fake.requests[0]["prompt"].endswith("\nx = f(") and "\ufeff" not in fake.requests[0]["prompt"]
 

@@ -76,11 +76,8 @@ def _complete(tmp_path, url: str, *extra: str) -> subprocess.CompletedProcess:
     (("--fim-template", "deepseek"), "deepseek"),   # forced
 ])
 def test_cli_against_a_server_that_reports_no_fim_tokens(tmp_path, extra, expect) -> None:
-    fake = FakeBackend(reply="a + b", models=[{"id": "Qwen/Qwen2.5-Coder-1.5B", "object": "model"}])
-    try:
+    with FakeBackend(reply="a + b", models=[{"id": "Qwen/Qwen2.5-Coder-1.5B", "object": "model"}]) as fake:
         r = _complete(tmp_path, fake.url, *extra)
-    finally:
-        fake.close()
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["items"][0]["text"] == "a + b"
     [body] = fake.requests
