@@ -2,7 +2,6 @@
 
 - `Debouncer`: how long to wait after the last keystroke before calling the backend (adaptive to typing speed).
 - `Supersession`: a newer request for the same document cancels the older one (and so its HTTP call).
-- `LRUCache`: prompt -> raw candidates, so re-asking the same context costs no backend call.
 - `TypedAhead`: the user typed the first characters of the suggestion shown -> the rest, without the backend.
 - `Backoff`: after a backend failure, stop calling it for 1, 2, 4 ... 30 s; one message per outage.
 """
@@ -11,45 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
+from copilot_ls.lru import LRUCache  # noqa: F401  (re-exported: the LS cache type)
+
 T = TypeVar("T")
 Clock = Callable[[], float]
-
-
-class LRUCache(Generic[K, V]):
-    def __init__(self, capacity: int = 256) -> None:
-        self.capacity = capacity
-        self._data: OrderedDict[K, V] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: K) -> V | None:
-        if key in self._data:
-            self._data.move_to_end(key)
-            self.hits += 1
-            return self._data[key]
-        self.misses += 1
-        return None
-
-    def put(self, key: K, value: V) -> None:
-        if self.capacity <= 0:
-            return
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.capacity:
-            self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def clear(self) -> None:
-        self._data.clear()
 
 
 class Debouncer:
