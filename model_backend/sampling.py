@@ -57,9 +57,12 @@ def candidate_set(logits: Tensor, temperature: float, top_k: int, top_p: float) 
 
 
 def sample_token(logits: Tensor, *, temperature: float, top_k: int, top_p: float,
-                 generator: torch.Generator | None, allowed: Tensor | None = None) -> tuple[int, float]:
-    """One token from one logits row [vocab]: (token id, its log-prob under the model)."""
-    lp = log_probs(logits)
+                 generator: torch.Generator | None, allowed: Tensor | None = None,
+                 lp: Tensor | None = None) -> tuple[int, float]:
+    """One token from one logits row [vocab]: (token id, its log-prob under the model). `allowed` restricts the
+    choice (token healing); `lp` is the row's `log_probs` when the caller has them already (a batch's)."""
+    if lp is None:
+        lp = log_probs(logits)
     constrained = apply_allowed(logits, allowed)
     if temperature <= 0.0:
         token = int(torch.argmax(constrained).item())
@@ -70,13 +73,20 @@ def sample_token(logits: Tensor, *, temperature: float, top_k: int, top_p: float
     return token, float(lp[token].item())
 
 
+def top_tokens(lp: Tensor, k: int) -> list[tuple[int, float]] | None:
+    """The k most likely (token, log-prob) of one log-probs row, most likely first; None when k <= 0."""
+    if k <= 0:
+        return None
+    vals, ids = torch.topk(lp, k)
+    return list(zip(ids.tolist(), vals.tolist(), strict=True))
+
+
 # -- beam search -----------------------------------------------------------------------------------------
 
 @dataclass
 class Hypothesis:
     tokens: list[int]
     logprobs: list[float]
-    finished: bool = False
 
     @property
     def total(self) -> float:

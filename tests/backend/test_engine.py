@@ -7,7 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model_backend.engine import Engine, SamplingParams, find_stop, stop_holdback
+from model_backend.engine import Engine, SamplingParams
+from model_backend.stops import find_stop, stop_holdback
 
 PROMPT = "def fibonacci(n):\n    return"
 
@@ -99,8 +100,8 @@ def test_same_seed_same_samples_whichever_slots_the_samples_get(tiny_engine):
     for prompt in (a, b, p, a):        # p is cached in slot 2; slot 1 is now the least recently used
         engine.generate(prompt, greedy(max_tokens=4))
     warm = engine.generate(p, params)
-    assert engine._slot_tokens[0][:len(a)] == a             # so the main sample ran in slot 2, its sibling in 1
-    assert engine._slot_tokens[1][:len(p)] == engine._slot_tokens[2][:len(p)] == p
+    assert engine.slots.tokens[0][:len(a)] == a             # so the main sample ran in slot 2, its sibling in 1
+    assert engine.slots.tokens[1][:len(p)] == engine.slots.tokens[2][:len(p)] == p
     cold = tiny_engine(max_batch=2, cache_slots=3).generate(p, params)
     assert [c.token_ids for c in warm] == [c.token_ids for c in cold]
 
@@ -187,7 +188,7 @@ def test_n_samples_get_their_slots_when_the_cache_is_as_small_as_the_batch(tiny_
 
 
 def test_cache_slots_default_and_bounds(tiny_engine):
-    from model_backend.engine import CACHE_SLOTS_PER_BATCH
+    from model_backend.slots import CACHE_SLOTS_PER_BATCH
 
     engine = tiny_engine(max_batch=3)
     assert engine.cache_slots == CACHE_SLOTS_PER_BATCH * 3  # the tiny model's slots fit easily
@@ -277,9 +278,9 @@ def test_token_healing_backs_off_and_constrains(tiny_engine):
     tok = engine.tokenizer
     ids = tok.encode("int main(void) { return 0; }\nint ma")
     last = tok.token_bytes(ids[-1])
-    options = engine.tokens_starting_with(last)
+    options = engine.healer.tokens_starting_with(last)
     assert len(options) > 1, "the prompt must end in a token that others extend"
-    healed, removed, allowed = engine._heal(ids)
+    healed, removed, allowed = engine.healer.heal(ids)
     assert healed == ids[:-1] and removed == last
     assert set(allowed.tolist()) == set(options)
     # the output continues the prompt text: it never repeats the removed text
@@ -367,14 +368,14 @@ def test_default_token_healing_keeps_the_block_open(default_engine):
     [healed] = default_engine.generate(prompt, SamplingParams(max_tokens=12, temperature=0.0))
     assert healed.text.startswith("    "), healed.text
     ids = default_engine.tokenizer.encode(prompt)
-    _, removed, allowed = default_engine._heal(ids)
+    _, removed, allowed = default_engine.healer.heal(ids)
     assert removed == b"\n" and allowed is not None and len(allowed) > 1
 
 
 def test_default_token_healing_of_half_an_identifier(default_engine):
     prompt = "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonac"
     ids = default_engine.tokenizer.encode(prompt)
-    healed, removed, _ = default_engine._heal(ids)
+    healed, removed, _ = default_engine.healer.heal(ids)
     assert len(healed) < len(ids) - 1 and removed.endswith(b"ac")  # two tokens backed off ("on" + "ac")
     [c] = default_engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0))
     assert c.text.startswith("ci(")  # the identifier is completed, not restarted
