@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 
 from model_backend import fim as fimlib  # noqa: E402
 from model_backend.metrics import Metrics  # noqa: E402
+from model_backend.ranking import best_n  # noqa: E402
 from model_backend.worker import Job, NotReady, QueueFull, Worker  # noqa: E402
 
 PROG = "copilot-backend"
@@ -197,48 +198,21 @@ def parse_completion_request(body: Any, limits: Limits, vocab_size: int) -> Comp
     """Validate a decoded JSON body (types and ranges; no tokenizer needed). Raises ApiError(400)."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object", None, "invalid_type")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise _bad("'model' must be a string", "model", "invalid_type")
-    for name in UNSUPPORTED_TRUE:
-        if _get_bool(body, name, False):
-            raise _bad(f"'{name}' is not supported by this server", name, "unsupported")
-    for name in UNSUPPORTED_NONZERO:
-        if _get_float(body, name, 0.0) != 0.0:
-            raise _bad(f"'{name}' is not supported by this server (only 0)", name, "unsupported")
-    if body.get("logit_bias"):
-        raise _bad("'logit_bias' is not supported by this server", "logit_bias", "unsupported")
-    suffix = body.get("suffix")
-    if suffix is not None and not isinstance(suffix, str):
-        raise _bad("'suffix' must be a string", "suffix", "invalid_type")
+    model = _get_str(body, "model")
+    _reject_unsupported(body)
+    suffix = _get_str(body, "suffix")
     if suffix is not None:
         _check_text(suffix, "suffix")
     prompt = _get_prompt(body, vocab_size)
     if not prompt and not suffix:
         raise _bad("'prompt' must not be empty", "prompt")
-
-    temperature = _get_float(body, "temperature", 1.0)
-    if temperature < 0:
-        raise _bad(f"'temperature' must be >= 0, got {temperature}", "temperature")
-    top_p = _get_float(body, "top_p", 1.0)
-    if not 0.0 < top_p <= 1.0:
-        raise _bad(f"'top_p' must be in (0, 1], got {top_p}", "top_p")
-    top_k = _get_int(body, "top_k", 0, -1)
+    temperature, top_p, top_k = _get_sampling(body)
     n = _get_int(body, "n", 1, 1, limits.max_n)
     best_of = _get_int(body, "best_of", None, 1, limits.max_best_of)
     if best_of is not None and best_of < n:
         raise _bad(f"'best_of' ({best_of}) must be >= 'n' ({n})", "best_of")
     logprobs = _get_int(body, "logprobs", None, 0, limits.max_logprobs)
-    use_beam = _get_bool(body, "use_beam_search", False)
-    beam_width = _get_int(body, "beam_width", None, 1, limits.max_beam_width)
-    if use_beam or (beam_width or 1) > 1:
-        beam_width = beam_width if beam_width is not None else min(limits.max_beam_width, max(4, n, best_of or 1))
-        if beam_width < 2:
-            raise _bad("'beam_width' must be at least 2 for beam search", "beam_width")
-        if n > beam_width:
-            raise _bad(f"'n' ({n}) must be <= 'beam_width' ({beam_width})", "n")
-    else:
-        beam_width = 1
+    beam_width = _get_beam_width(body, n, best_of, limits)
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
         raise _bad("'stream_options' must be an object", "stream_options", "invalid_type")
@@ -249,7 +223,7 @@ def parse_completion_request(body: Any, limits: Limits, vocab_size: int) -> Comp
         max_tokens=_get_int(body, "max_tokens", 16, 1),
         temperature=temperature,
         top_p=top_p,
-        top_k=max(0, top_k),
+        top_k=top_k,
         n=n,
         best_of=best_of,
         logprobs=logprobs,
@@ -260,6 +234,52 @@ def parse_completion_request(body: Any, limits: Limits, vocab_size: int) -> Comp
         beam_width=beam_width,
         token_healing=_get_bool(body, "token_healing", True),
     )
+
+
+def _get_str(body: dict, name: str) -> str | None:
+    v = body.get(name)
+    if v is not None and not isinstance(v, str):
+        raise _bad(f"'{name}' must be a string", name, "invalid_type")
+    return v
+
+
+def _reject_unsupported(body: dict) -> None:
+    """OpenAI fields this server accepts only at their neutral values."""
+    for name in UNSUPPORTED_TRUE:
+        if _get_bool(body, name, False):
+            raise _bad(f"'{name}' is not supported by this server", name, "unsupported")
+    for name in UNSUPPORTED_NONZERO:
+        if _get_float(body, name, 0.0) != 0.0:
+            raise _bad(f"'{name}' is not supported by this server (only 0)", name, "unsupported")
+    if body.get("logit_bias"):
+        raise _bad("'logit_bias' is not supported by this server", "logit_bias", "unsupported")
+
+
+def _get_sampling(body: dict) -> tuple[float, float, int]:
+    """(temperature, top_p, top_k); top_k -1 is vLLM's "off", read as 0."""
+    temperature = _get_float(body, "temperature", 1.0)
+    if temperature < 0:
+        raise _bad(f"'temperature' must be >= 0, got {temperature}", "temperature")
+    top_p = _get_float(body, "top_p", 1.0)
+    if not 0.0 < top_p <= 1.0:
+        raise _bad(f"'top_p' must be in (0, 1], got {top_p}", "top_p")
+    top_k = _get_int(body, "top_k", 0, -1)
+    return temperature, top_p, max(0, top_k or 0)
+
+
+def _get_beam_width(body: dict, n: int, best_of: int | None, limits: Limits) -> int:
+    """1 without beam search; else the width (default max(4, n, best_of), at most the limit)."""
+    use_beam = _get_bool(body, "use_beam_search", False)
+    beam_width = _get_int(body, "beam_width", None, 1, limits.max_beam_width)
+    if not use_beam and (beam_width or 1) <= 1:
+        return 1
+    if beam_width is None:
+        beam_width = min(limits.max_beam_width, max(4, n, best_of or 1))
+    if beam_width < 2:
+        raise _bad("'beam_width' must be at least 2 for beam search", "beam_width")
+    if n > beam_width:
+        raise _bad(f"'n' ({n}) must be <= 'beam_width' ({beam_width})", "n")
+    return beam_width
 
 
 # --- prompt preparation (needs the tokenizer) -----------------------------------------------------------------
@@ -299,9 +319,9 @@ def sampling_params(req: CompletionRequest, params_cls: type) -> Any:
 
 # --- responses (pure) -----------------------------------------------------------------------------------------
 def select_candidates(req: CompletionRequest, candidates: list[Any]) -> list[Any]:
-    """best_of: the n candidates with the highest mean token log-prob (ties: lower index first)."""
+    """best_of: the n candidates with the highest mean token log-prob (ranking.best_n, as the engine ranks)."""
     if req.best_of and req.best_of > req.n and req.beam_width == 1:
-        return sorted(candidates, key=lambda c: (-c.mean_logprob, c.index))[: req.n]
+        return best_n(candidates, req.n)
     return candidates[: req.n]
 
 
@@ -433,13 +453,21 @@ class StatusCounter:
 
 
 def create_app(state: ServerState) -> FastAPI:
+    """The FastAPI app: error handlers, the info routes and POST /v1/completions, wrapped in StatusCounter."""
     app = FastAPI(
         title="copilot-backend", docs_url=None, redoc_url=None, openapi_url=None,
         telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False,
                    "operation_spans": False},
     )
     app.state.backend = state
-    worker, metrics, limits = state.worker, state.metrics, state.limits
+    _add_error_handlers(app)
+    _add_info_routes(app, state)
+    _add_completion_route(app, state)
+    return StatusCounter(app, state.metrics, state.max_open)  # type: ignore[return-value]
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answers in OpenAI's shape (ApiError.body)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -453,23 +481,30 @@ def create_app(state: ServerState) -> FastAPI:
     async def _server_error(_: Request, exc: Exception) -> JSONResponse:
         return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response()
 
-    def check_auth(request: Request) -> None:
-        if state.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", None,
-                           "invalid_api_key", {"WWW-Authenticate": "Bearer"})
 
-    def check_ready() -> None:
-        if worker.state == "ready":
-            return
-        if worker.state == "loading":
-            raise ApiError(503, "the model is still loading; retry shortly", None, "model_loading",
-                           {"Retry-After": "2"})
-        raise ApiError(503, f"the model is not available ({worker.error or worker.state})", None,
-                       "model_unavailable")
+def check_auth(state: ServerState, request: Request) -> None:
+    """401 unless the request carries the API key (when the server has one)."""
+    if state.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
+        raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", None,
+                       "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+
+
+def check_ready(worker: Worker) -> None:
+    """503 while the model loads or when it failed to."""
+    if worker.state == "ready":
+        return
+    if worker.state == "loading":
+        raise ApiError(503, "the model is still loading; retry shortly", None, "model_loading", {"Retry-After": "2"})
+    raise ApiError(503, f"the model is not available ({worker.error or worker.state})", None, "model_unavailable")
+
+
+def _add_info_routes(app: FastAPI, state: ServerState) -> None:
+    """GET /health, /metrics, /v1/models, /v1/tokenizer."""
+    worker = state.worker
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -482,12 +517,12 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics_endpoint() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        check_auth(request)
-        check_ready()
+        check_auth(state, request)
+        check_ready(worker)
         entry = {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "copilot-ls",
                  "context_length": state.context_length,
                  "fim": dict(state.fim.strings) if state.fim else None}
@@ -495,146 +530,170 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/v1/tokenizer")
     async def tokenizer_endpoint(request: Request) -> Response:
-        check_auth(request)
-        check_ready()
+        check_auth(state, request)
+        check_ready(worker)
         text = tokenizer_json(state.tokenizer)
         if text is None:
             raise ApiError(501, "this model's tokenizer cannot be exported as tokenizer.json")
         return Response(text, media_type="application/json")
 
+
+@dataclass
+class _Call:
+    """One completion request in flight: what the answer needs besides the worker's events."""
+
+    job: Job
+    queue: asyncio.Queue
+    req: CompletionRequest
+    head: dict[str, Any]  # id, object, created, model: the first keys of every response object
+    n_prompt: int
+    prompt_chars: int
+    done: bool = False  # the worker's last event for the job arrived
+
+    def choice(self, index: int, text: str, candidate: Any | None = None) -> dict[str, Any]:
+        """A choice object; finish_reason, mean_logprob (and logprobs when asked) once its candidate is known."""
+        if candidate is None:
+            return {"text": text, "index": index, "logprobs": None, "finish_reason": None}
+        return {**choice_dict(index, candidate, self.req, self.prompt_chars), "text": text}
+
+    def usage(self, candidates: list[Any]) -> dict[str, int]:
+        return usage_dict(self.n_prompt, candidates)
+
+
+def _add_completion_route(app: FastAPI, state: ServerState) -> None:
+    """POST /v1/completions: validate, prepare the prompt, hand a Job to the worker, answer or stream."""
+    worker = state.worker
+
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        check_auth(request)
-        check_ready()
-        body = await read_json(request, limits.max_body_bytes)
-        req = parse_completion_request(body, limits, state.tokenizer.vocab_size)
-        sequences = req.beam_width if req.beam_width > 1 else req.samples
-        if sequences > state.max_sequences:
-            name = "beam_width" if req.beam_width > 1 else ("best_of" if req.best_of else "n")
-            raise _bad(f"'{name}' needs {sequences} sequences but this server decodes at most "
-                       f"{state.max_sequences} at once (--max-batch)", name)
-        prepare = (req, state.tokenizer, state.fim, state.context_length)
-        if isinstance(req.prompt, str) and len(req.prompt) + len(req.suffix or "") > 32_000:
-            engine_prompt, n_prompt = await asyncio.to_thread(prepare_prompt, *prepare)  # keep the loop free
-        else:
-            engine_prompt, n_prompt = prepare_prompt(*prepare)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        job = Job(
-            id=f"cmpl-{uuid.uuid4().hex}", prompt=engine_prompt, params=sampling_params(req, state.params_cls),
-            sink=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
-            n_candidates=req.samples, stream=req.stream, prompt_tokens=n_prompt,
-        )
-        try:
-            worker.submit(job)
-        except QueueFull as exc:
-            raise ApiError(429, f"the server is busy ({exc}); retry shortly", None, "queue_full",
-                           {"Retry-After": "1"}) from None
-        except NotReady as exc:
-            raise ApiError(503, f"the model is not available ({exc})", None, "model_unavailable") from None
-        head = {"id": job.id, "object": "text_completion", "created": int(time.time()), "model": state.model_id}
-        prompt_chars = len(req.prompt) if isinstance(req.prompt, str) else 0
+        check_auth(state, request)
+        check_ready(worker)
+        req = parse_completion_request(await read_json(request, state.limits.max_body_bytes), state.limits,
+                                       state.tokenizer.vocab_size)
+        check_sequences(req, state.max_sequences)
+        call = await _submit(state, req)
         if req.stream:
-            done = {"flag": False}
             return StreamingResponse(
-                stream_events(job, queue, req, head, n_prompt, prompt_chars, done),
-                media_type="text/event-stream",
+                stream_events(worker, call), media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                background=_cancel_unless_done(worker, job.id, done),
+                background=_cancel_unless_done(worker, call),
             )
-        return await collect(request, job, queue, req, head, n_prompt, prompt_chars)
+        return await collect(worker, request, call)
 
-    async def collect(request: Request, job: Job, queue: asyncio.Queue, req: CompletionRequest,
-                      head: dict, n_prompt: int, prompt_chars: int) -> Response:
-        watcher = asyncio.create_task(_watch_disconnect(request, lambda: worker.cancel(job.id, "disconnect")))
-        finished = False
-        try:
-            while True:
-                event = await queue.get()
-                kind = event[0]
-                if kind == "done":
-                    finished = True
-                    chosen = select_candidates(req, event[1])
-                    return JSONResponse({
-                        **head,
-                        "choices": [choice_dict(i, c, req, prompt_chars) for i, c in enumerate(chosen)],
-                        "usage": usage_dict(n_prompt, event[1]),
-                    })
-                if kind == "error":
-                    finished = True
-                    raise _job_error(event[1], event[2])
-                if kind == "cancelled":
-                    finished = True
-                    if event[1] == "shutdown":
-                        raise ApiError(503, "the server is shutting down", None, "shutting_down")
-                    raise ApiError(499, "the client closed the request", None, "cancelled")
-        finally:
-            watcher.cancel()
-            if not finished:           # this handler was cancelled (client gone, shutdown)
-                worker.cancel(job.id, "disconnect")
 
-    async def stream_events(job: Job, queue: asyncio.Queue, req: CompletionRequest, head: dict, n_prompt: int,
-                            prompt_chars: int, done: dict) -> AsyncIterator[str]:
-        """SSE: text deltas as they come; each choice's last chunk carries finish_reason (and logprobs)."""
-        buffered = req.samples != req.n or req.beam_width > 1   # ranked or beam: known only at the end
-        sent: dict[int, str] = {}
-        closed: set[int] = set()
+def check_sequences(req: CompletionRequest, max_sequences: int) -> None:
+    """400 when the request's samples or beams do not fit the engine's decode batch (--max-batch)."""
+    sequences = req.beam_width if req.beam_width > 1 else req.samples
+    if sequences > max_sequences:
+        name = "beam_width" if req.beam_width > 1 else ("best_of" if req.best_of else "n")
+        raise _bad(f"'{name}' needs {sequences} sequences but this server decodes at most "
+                   f"{max_sequences} at once (--max-batch)", name)
 
-        def chunk(index: int, text: str, candidate: Any | None = None) -> str:
-            choice: dict[str, Any] = {"text": text, "index": index, "logprobs": None, "finish_reason": None}
-            if candidate is not None:
-                choice["finish_reason"] = candidate.finish_reason
-                choice["mean_logprob"] = _finite(candidate.mean_logprob)
-                if req.logprobs is not None:
-                    choice["logprobs"] = logprobs_dict(candidate, prompt_chars)   # the whole choice's
-            return sse({**head, "choices": [choice]})
 
-        def final(index: int, candidate: Any) -> str:
-            already = sent.get(index, "")
-            rest = candidate.text[len(already):] if candidate.text.startswith(already) else ""
-            closed.add(index)
-            return chunk(index, rest, candidate)
+async def _submit(state: ServerState, req: CompletionRequest) -> _Call:
+    """Prepare the prompt (off the event loop when it is long) and queue the job; 429 / 503 when it can't."""
+    prepare = (req, state.tokenizer, state.fim, state.context_length)
+    if isinstance(req.prompt, str) and len(req.prompt) + len(req.suffix or "") > 32_000:
+        engine_prompt, n_prompt = await asyncio.to_thread(prepare_prompt, *prepare)  # keep the loop free
+    else:
+        engine_prompt, n_prompt = prepare_prompt(*prepare)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    job = Job(
+        id=f"cmpl-{uuid.uuid4().hex}", prompt=engine_prompt, params=sampling_params(req, state.params_cls),
+        sink=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
+        n_candidates=req.samples, stream=req.stream, prompt_tokens=n_prompt,
+    )
+    try:
+        state.worker.submit(job)
+    except QueueFull as exc:
+        raise ApiError(429, f"the server is busy ({exc}); retry shortly", None, "queue_full",
+                       {"Retry-After": "1"}) from None
+    except NotReady as exc:
+        raise ApiError(503, f"the model is not available ({exc})", None, "model_unavailable") from None
+    head = {"id": job.id, "object": "text_completion", "created": int(time.time()), "model": state.model_id}
+    prompt_chars = len(req.prompt) if isinstance(req.prompt, str) else 0
+    return _Call(job, queue, req, head, n_prompt, prompt_chars)
 
-        try:
-            while True:
-                event = await queue.get()
-                kind = event[0]
-                if kind == "delta":
-                    out = event[1]
-                    if buffered or out.index in closed:
-                        continue
-                    if out.finished and out.candidate is not None:
-                        yield final(out.index, out.candidate)
-                    elif out.delta:
-                        sent[out.index] = sent.get(out.index, "") + out.delta
-                        yield chunk(out.index, out.delta)
-                elif kind == "done":
-                    done["flag"] = True
-                    chosen = select_candidates(req, event[1])
-                    for i, c in enumerate(chosen):
-                        idx = i if buffered else c.index
-                        if idx not in closed:
-                            yield final(idx, c)
-                    if req.include_usage:
-                        yield sse({**head, "choices": [], "usage": usage_dict(n_prompt, event[1])})
-                    yield sse("[DONE]")
-                    return
-                elif kind == "error":
-                    done["flag"] = True
-                    yield sse(_job_error(event[1], event[2]).body())
-                    yield sse("[DONE]")
-                    return
-                else:                           # cancelled: by the client (nobody reads) or by a shutdown
-                    done["flag"] = True
-                    if event[1] == "shutdown":
-                        yield sse(ApiError(503, "the server is shutting down", None, "shutting_down").body())
-                        yield sse("[DONE]")
-                    return
-        finally:
-            if not done["flag"]:
-                worker.cancel(job.id, "disconnect")
 
-    return StatusCounter(app, metrics, state.max_open)  # type: ignore[return-value]
+async def collect(worker: Worker, request: Request, call: _Call) -> Response:
+    """A non-streaming answer: wait for the job's end (cancelling it when the client disconnects)."""
+    watcher = asyncio.create_task(_watch_disconnect(request, lambda: worker.cancel(call.job.id, "disconnect")))
+    try:
+        while True:
+            event = await call.queue.get()
+            kind = event[0]
+            if kind == "done":
+                call.done = True
+                chosen = select_candidates(call.req, event[1])
+                return JSONResponse({
+                    **call.head,
+                    "choices": [choice_dict(i, c, call.req, call.prompt_chars) for i, c in enumerate(chosen)],
+                    "usage": call.usage(event[1]),
+                })
+            if kind == "error":
+                call.done = True
+                raise _job_error(event[1], event[2])
+            if kind == "cancelled":
+                call.done = True
+                if event[1] == "shutdown":
+                    raise ApiError(503, "the server is shutting down", None, "shutting_down")
+                raise ApiError(499, "the client closed the request", None, "cancelled")
+    finally:
+        watcher.cancel()
+        if not call.done:           # this handler was cancelled (client gone, shutdown)
+            worker.cancel(call.job.id, "disconnect")
+
+
+async def stream_events(worker: Worker, call: _Call) -> AsyncIterator[str]:
+    """SSE: text deltas as they come; each choice's last chunk carries finish_reason (and logprobs)."""
+    req = call.req
+    buffered = req.samples != req.n or req.beam_width > 1   # ranked or beam: known only at the end
+    sent: dict[int, str] = {}
+    closed: set[int] = set()
+
+    def chunk(index: int, text: str, candidate: Any | None = None) -> str:
+        return sse({**call.head, "choices": [call.choice(index, text, candidate)]})
+
+    def final(index: int, candidate: Any) -> str:
+        already = sent.get(index, "")
+        rest = candidate.text[len(already):] if candidate.text.startswith(already) else ""
+        closed.add(index)
+        return chunk(index, rest, candidate)
+
+    try:
+        while True:
+            event = await call.queue.get()
+            kind = event[0]
+            if kind == "delta":
+                out = event[1]
+                if buffered or out.index in closed:
+                    continue
+                if out.finished and out.candidate is not None:
+                    yield final(out.index, out.candidate)
+                elif out.delta:
+                    sent[out.index] = sent.get(out.index, "") + out.delta
+                    yield chunk(out.index, out.delta)
+                continue
+            call.done = True
+            if kind == "done":
+                for i, c in enumerate(select_candidates(req, event[1])):
+                    idx = i if buffered else c.index
+                    if idx not in closed:
+                        yield final(idx, c)
+                if req.include_usage:
+                    yield sse({**call.head, "choices": [], "usage": call.usage(event[1])})
+            elif kind == "error":
+                yield sse(_job_error(event[1], event[2]).body())
+            elif event[1] != "shutdown":    # cancelled by the client: nobody reads
+                return
+            else:                           # cancelled by a shutdown
+                yield sse(ApiError(503, "the server is shutting down", None, "shutting_down").body())
+            yield sse("[DONE]")
+            return
+    finally:
+        if not call.done:
+            worker.cancel(call.job.id, "disconnect")
 
 
 def _job_error(status: int, message: str) -> ApiError:
@@ -642,13 +701,13 @@ def _job_error(status: int, message: str) -> ApiError:
     return ApiError(status, message, None, "shutting_down" if status == 503 else None)
 
 
-def _cancel_unless_done(worker: Worker, job_id: str, done: dict) -> Any:
+def _cancel_unless_done(worker: Worker, call: _Call) -> Any:
     from starlette.background import BackgroundTask
 
     def cancel() -> None:
-        if not done["flag"]:
-            done["flag"] = True
-            worker.cancel(job_id, "disconnect")
+        if not call.done:
+            call.done = True
+            worker.cancel(call.job.id, "disconnect")
 
     return BackgroundTask(cancel)
 
@@ -800,38 +859,45 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def load_engine(args: argparse.Namespace, model_name: str) -> Any:
+    """The engine `serve`'s flags describe (runs in the worker thread); logs the time and what it loaded."""
+    from model_backend.engine import Engine
+
+    t0 = time.monotonic()
+    log(f"loading model '{args.model}' on device {args.device} ...")
+    engine = Engine.load(args.model, device=args.device, max_batch=args.max_batch,
+                         cache_slots=getattr(args, "cache_slots", None),
+                         quantize=getattr(args, "quantize", "auto"),
+                         prefill_interleave=getattr(args, "prefill_chunk", 128))
+    log(f"model ready in {time.monotonic() - t0:.1f} s: {model_name}, context "
+        f"{getattr(engine, 'max_seq_len', '?')} tokens, device {getattr(engine, 'device', '?')}, "
+        f"{getattr(engine, 'cache_slots', '?')} KV-cache slots, weights {getattr(engine, 'weight_format', '?')}")
+    return engine
+
+
+class _LoadFailure:
+    """What a failed model load does from the worker thread: log, exit code 1, and stop the HTTP server."""
+
+    def __init__(self) -> None:
+        self.exit_code = 0
+        self.server: _Server | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self, exc: BaseException) -> None:
+        log(f"error: could not load the model: {type(exc).__name__}: {exc}")
+        self.exit_code = 1
+        if self.server is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(setattr, self.server, "should_exit", True)
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "cache_slots", None) is not None and args.cache_slots < args.max_batch:
         log(f"error: --cache-slots ({args.cache_slots}) must be >= --max-batch ({args.max_batch})")
         return 2
-    metrics = Metrics()
-    exit_code = {"code": 0}
-    holder: dict[str, Any] = {}
-
-    def load() -> Any:
-        from model_backend.engine import Engine
-
-        t0 = time.monotonic()
-        log(f"loading model '{args.model}' on device {args.device} ...")
-        engine = Engine.load(args.model, device=args.device, max_batch=args.max_batch,
-                             cache_slots=getattr(args, "cache_slots", None),
-                             quantize=getattr(args, "quantize", "auto"),
-                             prefill_interleave=getattr(args, "prefill_chunk", 128))
-        log(f"model ready in {time.monotonic() - t0:.1f} s: {state.model_id}, context "
-            f"{getattr(engine, 'max_seq_len', '?')} tokens, device {getattr(engine, 'device', '?')}, "
-            f"{getattr(engine, 'cache_slots', '?')} KV-cache slots, weights {getattr(engine, 'weight_format', '?')}")
-        return engine
-
-    def failed(exc: BaseException) -> None:
-        log(f"error: could not load the model: {type(exc).__name__}: {exc}")
-        exit_code["code"] = 1
-        server = holder.get("server")
-        loop = holder.get("loop")
-        if server is not None and loop is not None:
-            loop.call_soon_threadsafe(setattr, server, "should_exit", True)
-
-    worker = Worker(load, max_queue=args.max_queue, max_active=args.max_batch, metrics=metrics, on_failed=failed)
-    state = ServerState(worker=worker, metrics=metrics, api_key=args.api_key or None, model_id=model_id(args.model),
+    metrics, failure, name = Metrics(), _LoadFailure(), model_id(args.model)
+    worker = Worker(lambda: load_engine(args, name), max_queue=args.max_queue, max_active=args.max_batch,
+                    metrics=metrics, on_failed=failure)
+    state = ServerState(worker=worker, metrics=metrics, api_key=args.api_key or None, model_id=name,
                         max_open=max(256, 4 * (args.max_queue + args.max_batch)))
     worker.on_ready = state.on_ready
     try:
@@ -839,29 +905,31 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log(f"error: cannot listen on {args.host}:{args.port}: {exc}")
         return 1
-    port = sock.getsockname()[1]
-    host = f"[{args.host}]" if ":" in args.host else args.host
     if not _is_loopback(args.host) and not args.api_key:
         log(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use it")
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_GRACE_S, server_header=False)
-    server = _Server(config, deadline_s=args.shutdown_timeout, on_deadline=lambda: worker.stop(timeout=0))
-
-    async def main() -> None:
-        holder["server"], holder["loop"] = server, asyncio.get_running_loop()
-        worker.start()
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if server.started:
-            print(f"{PROG}: listening on http://{host}:{port}", flush=True)
-        await task
-
+    failure.server = _Server(config, deadline_s=args.shutdown_timeout, on_deadline=lambda: worker.stop(timeout=0))
+    host = f"[{args.host}]" if ":" in args.host else args.host
     try:
-        asyncio.run(main())
+        asyncio.run(_serve(failure, worker, sock, f"http://{host}:{sock.getsockname()[1]}"))
     finally:
         worker.stop(timeout=5.0)
         sock.close()
-    if exit_code["code"] == 0:
+    if failure.exit_code == 0:
         log("stopped")
-    return exit_code["code"]
+    return failure.exit_code
+
+
+async def _serve(failure: _LoadFailure, worker: Worker, sock: socket.socket, url: str) -> None:
+    """Start the worker (it loads the model) and HTTP; print the address line once HTTP is up."""
+    server = failure.server
+    assert server is not None
+    failure.loop = asyncio.get_running_loop()
+    worker.start()
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started:
+        print(f"{PROG}: listening on {url}", flush=True)
+    await task
