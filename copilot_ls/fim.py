@@ -1,9 +1,10 @@
 """Fill-in-the-middle prompt templates per model family, chosen from the model's FIM token strings.
 
 The backend reports the FIM tokens of the served model in ``/v1/models`` (``fim: {"prefix", "suffix",
-"middle", "file_sep"}`` token strings, or null). ``template_for`` matches them against the families below;
-an unknown set of tokens still gets a plain prefix-suffix-middle template with those strings. A model without
-FIM tokens gets None: prompts are prefix-only.
+"middle", "file_sep"}`` token strings, or null). ``template_for`` matches them against the families of the
+one FIM table, ``model_backend.fim.FAMILIES`` (the only module of model_backend the language server imports: it is
+plain data, no torch); an unknown set of tokens still gets a plain prefix-suffix-middle template with those
+strings. A model without FIM tokens gets None: prompts are prefix-only.
 
 Other OpenAI-compatible servers (vLLM, TGI, llama.cpp, Ollama) do not report FIM tokens; for them
 ``template_for_model_id`` recognises the family from the served model's id (``Qwen/Qwen2.5-Coder-1.5B``,
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from model_backend.fim import FAMILIES as FIM_TABLE
+from model_backend.fim import family_of
 
 
 @dataclass(frozen=True)
@@ -47,39 +51,11 @@ class FimTemplate:
         return list(dict.fromkeys(t for t in out if t.strip()))
 
 
-# family -> (token strings that identify it, template)
+# family -> template, from the one table of model families' FIM tokens (model_backend/fim.py)
 FAMILIES: dict[str, FimTemplate] = {
-    "starcoder": FimTemplate(
-        "<fim_prefix>",
-        "<fim_suffix>",
-        "<fim_middle>",
-        file_sep="<file_sep>",
-        family="starcoder",
-        extra_stops=("<|endoftext|>", "<fim_pad>"),
-    ),
-    "qwen": FimTemplate(
-        "<|fim_prefix|>",
-        "<|fim_suffix|>",
-        "<|fim_middle|>",
-        file_sep="<|file_sep|>",
-        family="qwen",
-        extra_stops=("<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|im_end|>"),
-    ),
-    "codellama": FimTemplate(
-        "<PRE>",
-        "<SUF>",
-        "<MID>",
-        family="codellama",
-        layout="{p} {prefix} {s}{suffix} {m}",
-        extra_stops=("<EOT>", "</s>"),
-    ),
-    "deepseek": FimTemplate(
-        "<｜fim▁begin｜>",
-        "<｜fim▁hole｜>",
-        "<｜fim▁end｜>",
-        family="deepseek",
-        extra_stops=("<|EOT|>", "<｜end▁of▁sentence｜>"),
-    ),
+    name: FimTemplate(f.prefix, f.suffix, f.middle, file_sep=f.file_sep, family=name, layout=f.layout,
+                      extra_stops=f.extra_stops)
+    for name, f in FIM_TABLE.items()
 }
 
 
@@ -90,29 +66,19 @@ def template_for(fim: Mapping[str, str | None] | None) -> FimTemplate | None:
     prefix, suffix, middle = fim.get("prefix"), fim.get("suffix"), fim.get("middle")
     if not (isinstance(prefix, str) and isinstance(suffix, str) and isinstance(middle, str)):
         return None
-    for template in FAMILIES.values():
-        if (template.prefix.strip(), template.suffix.strip(), template.middle.strip()) == (
-            prefix.strip(),
-            suffix.strip(),
-            middle.strip(),
-        ):
-            file_sep = fim.get("file_sep")
-            if isinstance(file_sep, str) and file_sep and file_sep != template.file_sep:
-                from dataclasses import replace
-
-                return replace(template, file_sep=file_sep)
-            return template
+    family = family_of(prefix, suffix, middle)
+    if family is not None:
+        template = FAMILIES[family]
+        file_sep = fim.get("file_sep")
+        if isinstance(file_sep, str) and file_sep and file_sep != template.file_sep:
+            return replace(template, file_sep=file_sep)
+        return template
     file_sep = fim.get("file_sep")
     return FimTemplate(prefix, suffix, middle, file_sep=file_sep if isinstance(file_sep, str) else None)
 
 
 # model id patterns (lower case) -> family, for servers that do not report FIM tokens; checked in order
-MODEL_ID_FAMILIES: tuple[tuple[str, str], ...] = (
-    (r"starcoder|stable-?code|refact", "starcoder"),
-    (r"qwen[\d.]*[-_ ]?coder", "qwen"),
-    (r"deepseek[-_ ]?coder", "deepseek"),
-    (r"code-?llama(?!.*\b(34|70)b)", "codellama"),  # the 34B and 70B CodeLlamas were not trained to infill
-)
+MODEL_ID_FAMILIES: tuple[tuple[str, str], ...] = tuple((f.model_ids, name) for name, f in FIM_TABLE.items())
 
 
 def template_for_model_id(model_id: str | None) -> FimTemplate | None:

@@ -19,6 +19,8 @@ from typing import Any
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 
+from model_backend import fim
+
 # --- tables -------------------------------------------------------------------------------------------------
 
 # Tokens that end a completion when the model emits them, besides the file's own EOS.
@@ -27,15 +29,8 @@ END_OF_TURN_TOKENS: tuple[str, ...] = (
     "<end_of_turn>", "</s>", "<｜end▁of▁sentence｜>",
 )
 
-# Role -> spellings used by the model families we know (StarCoder/SmolLM, Qwen2.5-Coder, CodeLlama, DeepSeek-Coder).
-SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
-    "fim_prefix": ("<fim_prefix>", "<|fim_prefix|>", "<PRE>", "▁<PRE>", "<｜fim▁begin｜>"),
-    "fim_suffix": ("<fim_suffix>", "<|fim_suffix|>", "<SUF>", "▁<SUF>", "<｜fim▁hole｜>"),
-    "fim_middle": ("<fim_middle>", "<|fim_middle|>", "<MID>", "▁<MID>", "<｜fim▁end｜>"),
-    "fim_pad": ("<fim_pad>", "<|fim_pad|>"),
-    "file_sep": ("<file_sep>", "<|file_sep|>"),
-    "repo_name": ("<repo_name>", "<reponame>", "<|repo_name|>"),
-}
+# Role -> the spellings model families use for it (FIM markers, file separators): model_backend/fim.py's table.
+SPECIAL_TOKENS: dict[str, tuple[str, ...]] = fim.special_spellings()
 
 # llama.cpp's pre-tokenizer regexes (llama-vocab.cpp), by the GGUF `tokenizer.ggml.pre` name. Each regex splits
 # the pieces the previous one produced, exactly as llama.cpp applies them.
@@ -207,12 +202,14 @@ class Tokenizer:
         self._plain: tokenizers.Tokenizer | None = None
 
     # --- the contract ---------------------------------------------------------------------------------------
-    def encode(self, text: str, *, special: bool = True) -> list[int]:
+    def encode(self, text: str, *, special: bool = True, dummy_prefix: bool = True) -> list[int]:
         """Token ids of `text` (no BOS). Special-token text such as "<|im_end|>" becomes its single id, like
         transformers and llama.cpp do; with special=False it is encoded as the plain text it is (for a user's
         file that happens to contain such strings). A byte the vocabulary has no token for (SmolLM2 lacks a few
-        control bytes and 0xF1/0xF2) is dropped, as transformers does; `representable(text)` tells."""
-        if self.space_prefix:
+        control bytes and 0xF1/0xF2) is dropped, as transformers does; `representable(text)` tells.
+        dummy_prefix=False: no SentencePiece dummy-prefix space (a piece of text that continues others, as the
+        suffix of a CodeLlama FIM prompt)."""
+        if self.space_prefix and dummy_prefix:
             if not text:
                 return []
             text = " " + text
