@@ -314,6 +314,22 @@ def test_sentencepiece_specials_bytes_and_bos(spm_pair):
     assert back.encode("    x = 1\n") == tok.encode("    x = 1\n") == sp.encode("    x = 1\n")
 
 
+def test_codellama_fim_prompt_ids_follow_the_codellama_layout(spm_pair):
+    """A CodeLlama-style vocabulary's FIM prompt is `<PRE> {prefix} <SUF>{suffix} <MID>` (model_backend/fim.py): the
+    prefix keeps SentencePiece's dummy-prefix space, the suffix gets none."""
+    from model_backend import fim
+
+    tok, sp = spm_pair
+    tokens = fim.fim_tokens(tok)
+    assert tokens is not None and tokens.layout == fim.FAMILIES["codellama"].layout
+    prefix, suffix = "def f(x):\n    return", "\n\nprint(f(1))\n"
+    ids = fim.fim_prompt_ids(tok, tokens, prefix, suffix)
+    assert ids[0] == tok.bos_id and ids[1] == tokens.prefix_id and ids[-1] == tokens.middle_id
+    assert b"".join(tok.token_bytes(t) for t in ids[1:]) == f"<PRE> {prefix} <SUF>{suffix} <MID>".encode()
+    assert ids[2:ids.index(tokens.suffix_id)] == sp.encode(prefix + " ")   # the prefix as SentencePiece encodes it
+    assert tok.encode(suffix + " ", dummy_prefix=False) == ids[ids.index(tokens.suffix_id) + 1:-1]
+
+
 def test_special_false_encodes_special_strings_as_text(default_tok):
     tok = default_tok
     text = 'END = "<|im_end|>"  # a file that mentions <|endoftext|>\n'
