@@ -15,22 +15,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from model_backend.fim import FAMILIES as FIM_TABLE
-from model_backend.fim import family_of
+from model_backend.fim import FimFamily, family_of
 
 
 @dataclass(frozen=True)
-class FimTemplate:
-    prefix: str  # token strings as the model's vocabulary spells them
-    suffix: str
-    middle: str
-    file_sep: str | None = None  # multi-file prompts (StarCoder2, Qwen2.5-Coder)
+class FimTemplate(FimFamily):
+    """A family of the table (token strings as the model's vocabulary spells them; ``layout``: {prefix}/{suffix}
+    are the code windows, {p}/{s}/{m} the markers), named, with what the language server does with it."""
+
     family: str = "psm"
-    # How a prompt is laid out; {prefix}/{suffix} are the code windows, the rest are the token strings.
-    layout: str = "{p}{prefix}{s}{suffix}{m}"
-    extra_stops: tuple[str, ...] = ()  # end-of-text / end-of-middle markers the model may emit
 
     def format(self, prefix: str, suffix: str, files: Sequence[tuple[str, str]] = ()) -> str:
         """The FIM prompt; ``files`` (path, text) are other files put before it (multi-file templates only;
@@ -52,11 +48,7 @@ class FimTemplate:
 
 
 # family -> template, from the one table of model families' FIM tokens (model_backend/fim.py)
-FAMILIES: dict[str, FimTemplate] = {
-    name: FimTemplate(f.prefix, f.suffix, f.middle, file_sep=f.file_sep, family=name, layout=f.layout,
-                      extra_stops=f.extra_stops)
-    for name, f in FIM_TABLE.items()
-}
+FAMILIES: dict[str, FimTemplate] = {name: FimTemplate(**asdict(f), family=name) for name, f in FIM_TABLE.items()}
 
 
 def template_for(fim: Mapping[str, str | None] | None) -> FimTemplate | None:

@@ -256,7 +256,6 @@ class Engine:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed)
         self._waiting.append(Request(request_id, params, ids, heal, allowed, gen))
-        self.stats.requests += 1
 
     def has_unfinished(self) -> bool:
         return bool(self._waiting or self._running)

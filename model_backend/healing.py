@@ -33,7 +33,8 @@ class TokenHealer:
 
     def _sorted_vocab(self) -> tuple[list[bytes], list[int]]:
         if self._index is None:
-            pairs = sorted((self.tokenizer.token_bytes(i), i) for i in range(self.vocab_size) if i not in self.never)
+            every = self.tokenizer.all_token_bytes()[: self.vocab_size]
+            pairs = sorted((b, i) for i, b in enumerate(every) if i not in self.never)
             self._index = ([b for b, _ in pairs], [i for _, i in pairs])
         return self._index
 

@@ -8,8 +8,8 @@ Plain data: this module imports no torch at run time, so the server can read the
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from model_backend.stops import TextStream
 
@@ -84,7 +84,6 @@ class StepOutput:
 
 @dataclass
 class EngineStats:
-    requests: int = 0
     prompt_tokens: int = 0
     prefill_tokens: int = 0  # prompt tokens actually computed (the rest came from the prefix cache)
     prefix_cache_hits: int = 0
@@ -94,9 +93,6 @@ class EngineStats:
     decode_steps: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -30,9 +30,7 @@ from typing import Any
 # Nothing leaves the machine: no OpenTelemetry export, no model hub.
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# OpenMP threads that spin while waiting make torch 10-30x slower on a CPU shared with other busy processes
-# (measured: 16 tokens in 30 s instead of 1 s with 2 threads on 2 loaded cores). Must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# (OMP_WAIT_POLICY=PASSIVE is set by model_backend/__init__.py, which runs before this module and torch.)
 
 import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
@@ -42,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa
 from model_backend import fim as fimlib  # noqa: E402
 from model_backend.metrics import Metrics  # noqa: E402
 from model_backend.ranking import best_n  # noqa: E402
+from model_backend.sequences import SamplingParams  # noqa: E402
 from model_backend.worker import Job, NotReady, QueueFull, Worker  # noqa: E402
 
 PROG = "copilot-backend"
@@ -85,7 +84,6 @@ class ApiError(Exception):
 class CompletionRequest:
     prompt: str | list[int]
     suffix: str | None = None
-    model: str | None = None
     max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
@@ -198,7 +196,7 @@ def parse_completion_request(body: Any, limits: Limits, vocab_size: int) -> Comp
     """Validate a decoded JSON body (types and ranges; no tokenizer needed). Raises ApiError(400)."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object", None, "invalid_type")
-    model = _get_str(body, "model")
+    _get_str(body, "model")                          # any name: the server serves one model
     _reject_unsupported(body)
     suffix = _get_str(body, "suffix")
     if suffix is not None:
@@ -219,7 +217,6 @@ def parse_completion_request(body: Any, limits: Limits, vocab_size: int) -> Comp
     return CompletionRequest(
         prompt=prompt,
         suffix=suffix,
-        model=model,
         max_tokens=_get_int(body, "max_tokens", 16, 1),
         temperature=temperature,
         top_p=top_p,
@@ -308,9 +305,9 @@ def prepare_prompt(req: CompletionRequest, tokenizer: Any, fim: fimlib.FimTokens
     return engine_prompt, n_prompt
 
 
-def sampling_params(req: CompletionRequest, params_cls: type) -> Any:
+def sampling_params(req: CompletionRequest) -> SamplingParams:
     """The engine's SamplingParams. best_of is ranked here, not in the engine: it generates `samples` candidates."""
-    return params_cls(
+    return SamplingParams(
         max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
         n=req.samples, best_of=None, beam_width=req.beam_width, stop=list(req.stop), seed=req.seed,
         token_healing=req.token_healing, top_logprobs=req.logprobs or 0,
@@ -378,16 +375,12 @@ class ServerState:
     context_length: int = 0
     max_sequences: int = 1              # the engine's slots: best_of / n / beam_width may not exceed it
     max_open: int | None = None         # requests open at once beyond which the answer is 429
-    params_cls: type | None = None
 
     def on_ready(self, engine: Any) -> None:
-        from model_backend.engine import SamplingParams
-
         self.tokenizer = engine.tokenizer
         self.fim = fimlib.fim_tokens(engine.tokenizer)
         self.context_length = int(getattr(engine, "max_seq_len", None) or engine.config.context_length)
         self.max_sequences = int(getattr(engine, "max_batch", 1))
-        self.params_cls = SamplingParams
         self.created = int(time.time())
         self.metrics.engine_stats = lambda: engine_stats(engine)
 
@@ -600,7 +593,7 @@ async def _submit(state: ServerState, req: CompletionRequest) -> _Call:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     job = Job(
-        id=f"cmpl-{uuid.uuid4().hex}", prompt=engine_prompt, params=sampling_params(req, state.params_cls),
+        id=f"cmpl-{uuid.uuid4().hex}", prompt=engine_prompt, params=sampling_params(req),
         sink=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
         n_candidates=req.samples, stream=req.stream, prompt_tokens=n_prompt,
     )

@@ -247,7 +247,7 @@ class Tokenizer:
         return b
 
     def all_token_bytes(self) -> list[bytes]:
-        """`token_bytes` for every id (index = id); handy for token healing's prefix constraints."""
+        """`token_bytes` for every id (index = id): token healing's sorted vocabulary."""
         return [self.token_bytes(i) for i in range(self.vocab_size)]
 
     def token_text(self, id: int) -> str:

@@ -125,10 +125,6 @@ class Worker:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def queued(self) -> int:
-        with self._cond:
-            return len(self._pending)
-
     def running(self) -> int:
         return len(self._active)
 

@@ -150,7 +150,7 @@ async def test_a_job_the_shutdown_drops_answers_503_shutting_down() -> None:
     import httpx
 
     state = ServerState(worker=DroppedAtShutdown(), metrics=Metrics(), tokenizer=Tok(),  # type: ignore[arg-type]
-                        context_length=64, max_sequences=1, params_cls=dict)
+                        context_length=64, max_sequences=1)
     transport = httpx.ASGITransport(app=create_app(state))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         r = await client.post("/v1/completions", json={"prompt": "ab"})
