@@ -108,6 +108,10 @@ def _bad(message: str, param: str | None = None, code: str = "invalid_value") ->
     return ApiError(400, message, param, code)
 
 
+def _wrong_type(name: str, what: str, value: Any) -> ApiError:
+    return _bad(f"'{name}' must be {what}, got {json.dumps(value)[:40]}", name, "invalid_type")
+
+
 def _get_int(body: dict, name: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
     v = body.get(name)
     if v is None:
@@ -115,7 +119,7 @@ def _get_int(body: dict, name: str, default: int | None, lo: int, hi: int | None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise _bad(f"'{name}' must be an integer, got {json.dumps(v)[:40]}", name, "invalid_type")
+        raise _wrong_type(name, "an integer", v)
     if v < lo or (hi is not None and v > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
         raise _bad(f"'{name}' must be {bound}, got {v}", name)
@@ -131,7 +135,7 @@ def _get_float(body: dict, name: str, default: float) -> float:
     except OverflowError:          # a JSON integer too large for a float (1 followed by 400 zeros)
         f = math.inf
     if not math.isfinite(f):
-        raise _bad(f"'{name}' must be a number, got {json.dumps(v)[:40]}", name, "invalid_type")
+        raise _wrong_type(name, "a number", v)
     return f
 
 
@@ -140,7 +144,7 @@ def _get_bool(body: dict, name: str, default: bool) -> bool:
     if v is None:
         return default
     if not isinstance(v, bool):
-        raise _bad(f"'{name}' must be true or false, got {json.dumps(v)[:40]}", name, "invalid_type")
+        raise _wrong_type(name, "true or false", v)
     return v
 
 
