@@ -2,6 +2,9 @@
 
 Rules, applied to every candidate in this order (each is a small function, table-tested):
 
+0. ``strip_non_code`` code files only, outside strings and comments: chat-template tokens (``<|im_end|>``,
+                      ``[/INST]`` ...) end the text; markdown fences and chat prose ("Here is the code:") before
+                      the code are dropped, and a closing fence ends it.
 1. ``normalise``      CRLF -> LF; trailing whitespace off; indentation style (tabs/spaces) of the document.
 2. ``first_line``     single-line mode keeps the first line only.
 3. ``fix_indent``     the indentation the cursor's line already has is not inserted again.
@@ -65,6 +68,7 @@ class Cursor:
     language: LanguageSpec | None
     indent_unit: str  # "    ", "  " or "\t"
     crlf: bool
+    in_text: bool = False  # the cursor is inside a string or a comment (markdown may be legitimate there)
 
     @property
     def prefix_is_blank(self) -> bool:
@@ -119,10 +123,80 @@ def make_cursor(snap: Snapshot, line: int, col: int, *, below_lines: int = 40) -
         language=snap.language,
         indent_unit=detect_indent_unit(lines[max(0, line - 200) : line + 50]),
         crlf=snap.has_crlf(),
+        in_text=_in_string_or_comment(snap, line, col),
     )
 
 
+def _in_string_or_comment(snap: Snapshot, line: int, col: int) -> bool:
+    spec = snap.language
+    if spec is None or snap.tree is None:
+        return False
+    off = snap.byte_offset(snap.offset(line, col))
+    node = snap.tree.root_node.descendant_for_byte_range(max(0, off - 1), off)
+    kinds = spec.string_types | spec.comment_types
+    while node is not None:
+        if node.type in kinds:
+            return True
+        node = node.parent
+    return False
+
+
 # --- rules -------------------------------------------------------------------------------------------------
+# Chat-template and end-of-turn markers of common model families; never code in a code file's completion.
+_TEMPLATE_TOKENS = re.compile(
+    r"<\|(?:im_end|im_start|endoftext|eot_id|end_of_text|start_header_id|end_header_id|end|assistant|user|system)\|>"
+    r"|</s>|\[/INST\]|\[INST\]|<end_of_turn>|<start_of_turn>|<\|fim_(?:prefix|suffix|middle|pad)\|>"
+)
+_FENCE = re.compile(r"^\s*(?:```|~~~)[\w+#.-]*\s*$")
+# A line of chat prose: an English opener, then words, and nothing that reads as an assignment or a block.
+_PROSE = re.compile(
+    r"^\s*(?:sure|certainly|of course|okay|here(?:'s| is| are)|below (?:is|are)|the following|"
+    r"this (?:is|code|function|will|completes|implementation|snippet)|i(?:'ve| have| will|'ll)|let me|"
+    r"note:|explanation:)[\s,!:.]",
+    re.I,
+)
+_CODE_MARKS = re.compile(r"\s=\s|:=|->|=>|;\s*$|[{}]\s*$")
+
+
+def _is_prose(line: str) -> bool:
+    return bool(_PROSE.match(line)) and not _CODE_MARKS.search(line)
+
+
+def _cut_template_tokens(text: str) -> str:
+    """Text up to the first chat-template token that is not inside a quoted string on its line."""
+    for m in _TEMPLATE_TOKENS.finditer(text):
+        line = text[text.rfind("\n", 0, m.start()) + 1 : m.start()]
+        if line.count('"') % 2 == 0 and line.count("'") % 2 == 0 and line.count("`") % 2 == 0:
+            return text[: m.start()]
+    return text
+
+
+def strip_non_code(text: str, cur: Cursor) -> str:
+    """What a chat or instruct model wraps around code is not code: template tokens end the text, leading
+    fence and prose lines go (with blank lines between them), and a later fence ends the code."""
+    if cur.language is None or cur.in_text:
+        return text
+    lines = _cut_template_tokens(text).split("\n")
+    first = 0  # leading newlines (the model ending the cursor's line) stay
+    while first < len(lines) - 1 and not lines[first].strip():
+        first += 1
+    k = first
+    while k < len(lines):
+        ln = lines[k]
+        if _FENCE.match(ln) or (_is_prose(ln) and (k > 0 or cur.prefix_is_blank)) or (k > first and not ln.strip()):
+            k += 1
+        else:
+            break
+    if k > first:
+        # after code on the cursor's line, what is kept starts on a new line
+        head = lines[:first] if first else ([] if cur.prefix_is_blank else [""])
+        lines = head + lines[k:]
+    for i, ln in enumerate(lines):
+        if i > 0 and _FENCE.match(ln):
+            return "\n".join(lines[:i])
+    return "\n".join(lines)
+
+
 def normalise(text: str, cur: Cursor) -> str:
     """LF line endings, no trailing whitespace at the end or on lines, the document's indentation style."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -444,7 +518,7 @@ def clean(
 ) -> tuple[str, int]:
     """One candidate through rules 1-8: (insert text, end column on the cursor line); "" = dropped.
     ``truncated``: the backend stopped at the token limit (finish_reason "length") mid-line."""
-    text = normalise(raw, cur)
+    text = normalise(strip_non_code(raw, cur), cur)
     if not multiline:
         text = first_line(text, cur)
     else:
