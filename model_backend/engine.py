@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from model_backend import beam, sampling
+from model_backend import beam, sampling, speculate
 from model_backend.healing import TokenHealer
 from model_backend.model import (
     CPU_WEIGHT_FORMATS,
@@ -108,9 +108,21 @@ class Engine:
         self.slots = SlotCache(model, cache_slots, self.max_seq_len, self.kv_dtype)
         self.eos_ids = frozenset(getattr(tokenizer, "eos_ids", ()) or ())
         self.healer = TokenHealer(tokenizer, config.vocab_size, device)
+        self.speculator = speculate.Speculator()
         self._waiting: deque[Request] = deque()
         self._running: dict[str, Request] = {}
         self._request_ids = 0  # names `generate`'s requests
+
+    def set_speculation(self, mode: str, draft: Engine | str | None = None, **load_kw: Any) -> None:
+        """Speculative decoding of lone sequences (speculate.py): "off", "ngram" (prompt lookup), "draft" (a small
+        model with the same vocabulary drafts: an Engine, or a model spec loaded here on this engine's device with
+        `load_kw`), "auto" (n-grams where the text repeats, else the draft model if there is one). The output is
+        the same as without it."""
+        if isinstance(draft, str):
+            draft = Engine.load(draft, device=str(self.device), max_batch=1, cache_slots=1,
+                                max_seq_len=self.max_seq_len, decode_threads=self.decode_threads,
+                                prefill_threads=self.prefill_threads, **load_kw)
+        self.speculator.configure(mode, draft, self.tokenizer)
 
     def kv_bytes_per_slot(self) -> int:
         """Bytes of K and V one cache slot holds when filled to max_seq_len."""
@@ -383,14 +395,18 @@ class Engine:
         """ONE batched forward over every running sequence's pending token (rows at different positions), then
         each sequence's next token.
 
-        Speculative decoding plugs in here: a row would feed its pending token plus draft tokens (all_logits=True),
-        `slots.extend` only the accepted ones (KV written past a slot's length is never read), and `_sample_next`
-        would accept tokens position by position until the first rejection or finish."""
+        A lone sequence may verify draft tokens in the same forward instead (`_speculative_step`)."""
         rows = [(req, seq) for req in self._running.values() if not req.fresh for seq in req.seqs if seq.live]
         if not rows:
             return []
         rows.sort(key=lambda r: r[1].slot)
         t0 = time.perf_counter()
+        spec = self._speculative_step(*rows[0]) if len(rows) == 1 and self.speculator.active else None
+        if spec is not None:
+            self._sync()
+            self.stats.decode_seconds += time.perf_counter() - t0
+            self.stats.decode_steps += 1
+            return spec
         slots = [seq.slot for _, seq in rows]
         logits = self._forward([[seq.pending] for _, seq in rows], [len(self.slots.tokens[s]) for s in slots], slots)
         for _, seq in rows:
@@ -412,12 +428,52 @@ class Engine:
         self.stats.decode_steps += 1
         return out
 
-    def _forward(self, tokens: list[list[int]], start: list[int], slots: list[int]) -> torch.Tensor:
-        n = self.prefill_threads if len(tokens[0]) > 1 else self.decode_threads
+    def _speculative_step(self, req: Request, seq: Seq) -> list[StepOutput] | None:
+        """The pending token and draft tokens in ONE forward (all positions' logits); the tokens the verification
+        keeps go into the slot, as if each had had its own step. None when there is nothing to verify (beam search,
+        token healing still constraining the next token, no draft)."""
+        p = req.params
+        pos = len(self.slots.tokens[seq.slot])
+        budget = min(p.max_tokens - len(seq.ids) - 1, self.max_seq_len - pos - 2)
+        if p.beam_width > 1 or seq.out.strip or budget < 1:
+            return None
+        key = (req.id, seq.index)
+        draft = self.speculator.draft(key, req.prompt + seq.ids, budget, p, req.generator)
+        if not draft.tokens:
+            return None
+        logits = self._forward([[seq.pending, *draft.tokens]], [pos], [seq.slot], all_logits=True)[0]
+        lps = sampling.log_probs(logits)
+        emitted = self.speculator.verify(key, draft, logits, p, req.generator)
+        self.stats.spec_steps += 1
+        self.stats.spec_proposed += len(draft.tokens)
+        self.stats.spec_accepted += len(emitted) - 1
+        out: list[StepOutput] = []
+        for j, token in enumerate(emitted):  # all but the last are accepted draft tokens, already in the KV
+            self.slots.extend(seq.slot, [seq.pending])  # type: ignore[list-item]
+            seq.pending = None
+            out.extend(self._accept(req, seq, token, float(lps[j, token].item()),
+                                    sampling.top_tokens(lps[j], p.top_logprobs)))
+            if seq.finish_reason is not None:
+                break
+        return out + self._finish_if_done(req)
+
+    def forward_tokens(self, ids: list[int], start: int, slot: int) -> torch.Tensor:
+        """Logits [vocab] after writing `ids` at positions start.. of cache slot `slot` (a draft model's step)."""
+        logits = None
+        for a in range(0, len(ids), PREFILL_CHUNK):
+            logits = self._forward([ids[a : a + PREFILL_CHUNK]], [start + a], [slot])
+        assert logits is not None
+        return logits[0]
+
+    def _forward(self, tokens: list[list[int]], start: list[int], slots: list[int], *,
+                 all_logits: bool = False) -> torch.Tensor:
+        """Logits of each row's last token ([rows, vocab]), or of every token (all_logits: [rows, t, vocab]); a
+        verification forward (all_logits) runs on the decode threads."""
+        n = self.prefill_threads if len(tokens[0]) > 1 and not all_logits else self.decode_threads
         if self.device.type == "cpu" and torch.get_num_threads() != n:
             torch.set_num_threads(n)
         x = torch.tensor(tokens, dtype=torch.long, device=self.device)
-        return self.model(x, start, slots)
+        return self.model(x, start, slots, all_logits=all_logits)
 
     def _sync(self) -> None:
         """Wait for the GPU, so the step's timings (stats) are its own."""
@@ -500,6 +556,7 @@ class Engine:
         """The request leaves the engine; its slots go idle with their KV cached."""
         self._running.pop(req.id, None)
         self.slots.release(req.id, req.slots)
+        self.speculator.forget(req.id)
         req.slots = []
 
     def _candidate(self, seq: Seq, index: int) -> Candidate:

@@ -11,6 +11,8 @@ import json
 import sys
 import time
 
+from model_backend.cli_options import add_speculation_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", help="the prompt text ('-' reads it from stdin)")
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-threads", type=int, default=1,
                         help="torch CPU threads for decode steps (1: robust when other processes are busy)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of candidates")
+    add_speculation_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         engine = Engine.load(args.model, device=args.device, quantize=args.quantize, max_batch=max(
             8, params.n_sequences), decode_threads=args.decode_threads)
+        engine.set_speculation(args.speculate, args.draft_model, quantize=args.quantize)
     except Exception as e:  # ModelLoadError, ValueError (device): one clear line, no traceback
         print(f"copilot-backend generate: cannot load model: {e}", file=sys.stderr)
         return 1

@@ -93,6 +93,9 @@ class EngineStats:
     decode_steps: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    spec_steps: int = 0  # decode steps that verified draft tokens (speculate.py)
+    spec_proposed: int = 0  # draft tokens proposed
+    spec_accepted: int = 0  # draft tokens the model agreed with: emitted without a forward of their own
 
 
 @dataclass

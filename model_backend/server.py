@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from model_backend import fim as fimlib  # noqa: E402
+from model_backend.cli_options import add_speculation_arguments  # noqa: E402
 from model_backend.metrics import Metrics  # noqa: E402
 from model_backend.ranking import best_n  # noqa: E402
 from model_backend.sequences import SamplingParams  # noqa: E402
@@ -767,6 +768,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests waiting beyond the batch before 429 (default 64)")
     parser.add_argument("--shutdown-timeout", type=float, default=10.0,
                         help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default 10)")
+    add_speculation_arguments(parser)
 
 
 def _positive(text: str) -> int:
@@ -866,6 +868,9 @@ def load_engine(args: argparse.Namespace, model_name: str) -> Any:
                          cache_slots=getattr(args, "cache_slots", None),
                          quantize=getattr(args, "quantize", "auto"),
                          prefill_interleave=getattr(args, "prefill_chunk", 128))
+    if getattr(args, "speculate", "off") != "off" or getattr(args, "draft_model", None):
+        engine.set_speculation(args.speculate, args.draft_model, quantize=getattr(args, "quantize", "auto"))
+        log(f"speculative decoding: {args.speculate}" + (f", draft model {args.draft_model}" if args.draft_model else ""))
     log(f"model ready in {time.monotonic() - t0:.1f} s: {model_name}, context "
         f"{getattr(engine, 'max_seq_len', '?')} tokens, device {getattr(engine, 'device', '?')}, "
         f"{getattr(engine, 'cache_slots', '?')} KV-cache slots, weights {getattr(engine, 'weight_format', '?')}")

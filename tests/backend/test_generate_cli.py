@@ -53,3 +53,19 @@ def test_prompt_over_the_context_is_a_clear_error(tmp_path):
     p = run_cli("int main(void) { return 0; }\n" * 200, "--model", str(model), "--device", "cpu")
     assert p.returncode == 2
     assert "prompt is" in p.stderr and "tokens but the context holds 512" in p.stderr
+
+
+@pytest.mark.e2e
+def test_generate_with_speculation_prints_the_same_text():
+    prompt = 'def test_upper():\n    assert upper("ab") == "AB"\n    assert upper("cd") == "CD"\n'
+    common = ("--max-tokens", "24", "--threads", "1", "--device", "cpu", "--json")
+    off = run_cli(prompt, *common)
+    on = run_cli(prompt, *common, "--speculate", "ngram")
+    assert off.returncode == 0 and on.returncode == 0, on.stderr
+    assert json.loads(on.stdout)[0]["text"] == json.loads(off.stdout)[0]["text"]
+
+
+def test_draft_speculation_without_a_draft_model_is_a_clear_error():
+    p = run_cli("x", "--speculate", "draft", "--device", "cpu")
+    assert p.returncode == 1
+    assert "needs a draft model (--draft-model)" in p.stderr
