@@ -142,7 +142,8 @@ _MISSING = object()
 
 @dataclass(frozen=True, eq=False)
 class Snapshot:
-    """An immutable view of a document at one version, handed to the completion pipeline."""
+    """An immutable view of a document at one version, handed to the completion pipeline. Values derived from
+    it (its bytes, the current file's symbols, the tree's error count) are kept with ``memo``."""
 
     uri: str
     path: str | None

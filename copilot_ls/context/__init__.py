@@ -1,15 +1,15 @@
 """The context builder: what the model sees for a completion at a cursor.
 
-``build_prompt`` (``context.prompt``) is the entry point; the modules below it, from the top down:
+``build_prompt`` (``context.prompt``) is the entry point. Each module imports only modules listed below it:
 
     prompt      assembly: budget split, snippet choice, windows, trimming -> Prompt
     choice      which snippets fit the room the budget leaves them
     render      how parts look in the prompt text (path header, snippet styles, guarded control tokens)
     budget      token limits, counting, the longest head / tail within a number of tokens
-    cursor      what the syntax says about the cursor (multi-line or not, stop strings, enclosing function)
     snippets    candidates: function under test, definitions via imports, similar windows, scope headers
-    subjects    test detection: what the test around the cursor tests
     resolve     import resolution: names -> definitions in other files
+    subjects    test detection: what the test around the cursor tests
+    cursor      what the syntax says about the cursor (multi-line or not, stop strings, enclosing function)
     workspace   the project around a file: parsed files (cached), name index thread, workspace registry
     symbols     definitions of a file from its tree (pure)
     imports     import statements of a file from its tree (pure)

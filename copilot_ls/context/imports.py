@@ -16,14 +16,13 @@ from copilot_ls.languages import LanguageSpec
 @dataclass(frozen=True)
 class Import:
     module: str  # "pkg.mod", ".mod" (relative, Python), "./lib.js" (JS)
-    names: tuple[
-        tuple[str, str], ...
-    ]  # (imported name, local name); ("*", "*") = star; () = the module itself
+    names: tuple[tuple[str, str], ...]  # (imported name, local name); ("*", "*") = star; () = the module itself
     local: str | None = None  # local name of the module itself (``import x as y`` / ``import * as ns``)
     line: int = 0
     commonjs: bool = False  # ``const x = require('./m')``: ``local`` is also m's ``module.exports`` (its default)
 
 
+# Top-level statements that may hold an import (JS: `const x = require('./m')` is a declaration).
 IMPORT_TYPES = frozenset(
     {
         "import_statement",
@@ -100,53 +99,67 @@ def _js_imports(tree, spec: LanguageSpec, roots=None) -> list[Import]:
     for _, caps in matches:
         source = node_text(caps["source"][0]) if caps.get("source") else ""
         if "import" in caps:
-            node = caps["import"][0]
-            names: list[tuple[str, str]] = []
-            local = None
-            clause = next((c for c in node.children if c.type == "import_clause"), None)
-            for c in clause.children if clause is not None else ():
-                if c.type == "identifier":  # default import
-                    names.append(("default", node_text(c)))
-                elif c.type == "namespace_import":
-                    ids = [x for x in c.children if x.type == "identifier"]
-                    local = node_text(ids[0]) if ids else None
-                elif c.type == "named_imports":
-                    for spec_node in c.children:
-                        if spec_node.type != "import_specifier":
-                            continue
-                        name = node_text(spec_node.child_by_field_name("name"))
-                        alias = spec_node.child_by_field_name("alias")
-                        names.append((name, node_text(alias) if alias is not None else name))
-            out.append(Import(source, tuple(names), local=local, line=node.start_point[0]))
-        elif "reexport" in caps:  # `export * from './m'`, `export {a, default as b} from './m'`
-            node = caps["reexport"][0]
-            names = [("*", "*")] if any(c.type == "*" for c in node.children) else []
-            clause = next((c for c in node.children if c.type == "export_clause"), None)
-            for c in clause.children if clause is not None else ():
-                if c.type != "export_specifier":
-                    continue
-                name_node, alias = c.child_by_field_name("name"), c.child_by_field_name("alias")
-                name = node_text(name_node) if name_node is not None else "default"
-                names.append((name, node_text(alias) if alias is not None else name))
-            out.append(Import(source, tuple(names), line=node.start_point[0]))
+            out.append(_es_import(caps["import"][0], source))
+        elif "reexport" in caps:
+            out.append(_reexport(caps["reexport"][0], source))
         elif "require" in caps:
-            node = caps["require"][0]
-            for decl in node.children:
-                if decl.type != "variable_declarator":
-                    continue
-                target = decl.child_by_field_name("name")
-                if target is None:
-                    continue
-                if target.type == "identifier":
-                    out.append(Import(source, (), local=node_text(target), line=node.start_point[0], commonjs=True))
-                elif target.type == "object_pattern":
-                    names = []
-                    for c in target.children:
-                        if c.type == "shorthand_property_identifier_pattern":
-                            names.append((node_text(c), node_text(c)))
-                        elif c.type == "pair_pattern":
-                            k, v = c.child_by_field_name("key"), c.child_by_field_name("value")
-                            names.append((node_text(k), node_text(v)))
-                    out.append(Import(source, tuple(names), line=node.start_point[0]))
+            out.extend(_requires(caps["require"][0], source))
     out.sort(key=lambda i: i.line)
+    return out
+
+
+def _es_import(node, source: str) -> Import:
+    """``import d, {a, b as c} from './m'`` / ``import * as ns from './m'``."""
+    names: list[tuple[str, str]] = []
+    local = None
+    clause = next((c for c in node.children if c.type == "import_clause"), None)
+    for c in clause.children if clause is not None else ():
+        if c.type == "identifier":  # default import
+            names.append(("default", node_text(c)))
+        elif c.type == "namespace_import":
+            ids = [x for x in c.children if x.type == "identifier"]
+            local = node_text(ids[0]) if ids else None
+        elif c.type == "named_imports":
+            for spec_node in c.children:
+                if spec_node.type != "import_specifier":
+                    continue
+                name = node_text(spec_node.child_by_field_name("name"))
+                alias = spec_node.child_by_field_name("alias")
+                names.append((name, node_text(alias) if alias is not None else name))
+    return Import(source, tuple(names), local=local, line=node.start_point[0])
+
+
+def _reexport(node, source: str) -> Import:
+    """``export * from './m'``, ``export {a, default as b} from './m'``."""
+    names = [("*", "*")] if any(c.type == "*" for c in node.children) else []
+    clause = next((c for c in node.children if c.type == "export_clause"), None)
+    for c in clause.children if clause is not None else ():
+        if c.type != "export_specifier":
+            continue
+        name_node, alias = c.child_by_field_name("name"), c.child_by_field_name("alias")
+        name = node_text(name_node) if name_node is not None else "default"
+        names.append((name, node_text(alias) if alias is not None else name))
+    return Import(source, tuple(names), line=node.start_point[0])
+
+
+def _requires(node, source: str) -> list[Import]:
+    """``const m = require('./m')`` (the module, CommonJS) and ``const {a, b: c} = require('./m')``."""
+    out: list[Import] = []
+    for decl in node.children:
+        if decl.type != "variable_declarator":
+            continue
+        target = decl.child_by_field_name("name")
+        if target is None:
+            continue
+        if target.type == "identifier":
+            out.append(Import(source, (), local=node_text(target), line=node.start_point[0], commonjs=True))
+        elif target.type == "object_pattern":
+            names = []
+            for c in target.children:
+                if c.type == "shorthand_property_identifier_pattern":
+                    names.append((node_text(c), node_text(c)))
+                elif c.type == "pair_pattern":
+                    k, v = c.child_by_field_name("key"), c.child_by_field_name("value")
+                    names.append((node_text(k), node_text(v)))
+            out.append(Import(source, tuple(names), line=node.start_point[0]))
     return out

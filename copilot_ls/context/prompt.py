@@ -22,7 +22,7 @@ from copilot_ls.context.budget import (
     fit_tail,
     share,
 )
-from copilot_ls.context.choice import Chosen, choose, rough_window_start, snippet_room
+from copilot_ls.context.choice import Chosen, RenderSnippet, choose, rough_window_start, snippet_room
 from copilot_ls.context.cursor import is_multiline, stop_strings
 from copilot_ls.context.fim import FAMILIES, FimTemplate, template_for
 from copilot_ls.context.render import (
@@ -125,11 +125,9 @@ def build_prompt(
     kept = None
     if snippets and available > 0:
         room, kept = snippet_room(snap, line, col, before, available, budget, count)
-        comment = snap.language.comment if snap.language else "#"
-        candidates = collect(snap, line, col, others=others, workspace=ws,
-                             window_start_line=rough_window_start(line, before, available - room, count))
-        chosen = choose(candidates, room,
-                        lambda s, short: render_snippet(s, comment, root, short=short, style=snippet_style), count)
+        start = rough_window_start(line, before, available - room, count)
+        candidates = collect(snap, line, col, others=others, workspace=ws, window_start_line=start)
+        chosen = choose(candidates, room, _snippet_renderer(snap, root, snippet_style), count)
         available -= sum(c.tokens for c in chosen)
     prefix, scope = _prefix_window(snap, line, col, before, available, kept, count)
     parts = Parts(chosen, header, header_tokens, scope, prefix, suffix, _indent_before_cursor(snap, line, col))
@@ -185,6 +183,11 @@ def _workspace_and_root(
     if isinstance(workspace, Workspace):
         return workspace, workspace.root
     return None, root
+
+
+def _snippet_renderer(snap: Snapshot, root, style: str) -> RenderSnippet:
+    comment = snap.language.comment if snap.language else "#"
+    return lambda snip, short: render_snippet(snip, comment, root, short=short, style=style)
 
 
 def _header(

@@ -283,33 +283,31 @@ def collect(
     out: list[Snippet] = []
     if spec is not None and spec.id in SYMBOL_LANGUAGES and snap.tree is not None:
         res = Resolver(snap, others, workspace)
-        # 1. the function under test
-        for rank, subject in enumerate(subjects_under_test(snap, line, col)[:4]):
-            for defn in res.anywhere(subject)[:1]:
-                out.append(
-                    _snippet_from(
-                        defn, "under-test", 100 - rank, f"implementation of `{subject}`, under test"
-                    )
-                )
-            if out:
-                break
-        # 2. definitions of names used near the cursor
-        for rank, (name, qual) in enumerate(names_near(snap, line)[:60]):
-            for defn in [d for d in res.definition_of(name, qual)[:1] if informative(d)]:
-                out.append(
-                    _snippet_from(defn, "definition", 50 - rank * 0.5, f"definition of `{name}`, used nearby")
-                )
-            d = res.current.definition(name) if qual is None else None
-            if d is not None:
-                if d.end_line < window_start_line and not (d.start_line <= line <= d.end_line):
-                    out.append(
-                        _snippet_from(
-                            d, "definition", 40 - rank * 0.5, f"`{name}` of this file, above the window"
-                        )
-                    )
-    # 3. similar windows of other open documents
+        out.extend(_under_test(snap, line, col, res))
+        out.extend(_definitions_near(snap, line, res, window_start_line))
     out.extend(similar_windows(snap, line, others))
     return dedupe(out)
+
+
+def _under_test(snap: Snapshot, line: int, col: int, res: Resolver) -> list[Snippet]:
+    """The implementation of the first subject of the test around the cursor that can be found."""
+    for rank, subject in enumerate(subjects_under_test(snap, line, col)[:4]):
+        for defn in res.anywhere(subject)[:1]:
+            return [_snippet_from(defn, "under-test", 100 - rank, f"implementation of `{subject}`, under test")]
+    return []
+
+
+def _definitions_near(snap: Snapshot, line: int, res: Resolver, window_start_line: int) -> list[Snippet]:
+    """Definitions of the names used near the cursor (nearest first): imported ones, and this file's own that
+    the prefix window cut off."""
+    out: list[Snippet] = []
+    for rank, (name, qual) in enumerate(names_near(snap, line)[:60]):
+        for defn in [d for d in res.definition_of(name, qual)[:1] if informative(d)]:
+            out.append(_snippet_from(defn, "definition", 50 - rank * 0.5, f"definition of `{name}`, used nearby"))
+        d = res.current.definition(name) if qual is None else None
+        if d is not None and d.end_line < window_start_line and not (d.start_line <= line <= d.end_line):
+            out.append(_snippet_from(d, "definition", 40 - rank * 0.5, f"`{name}` of this file, above the window"))
+    return out
 
 
 def dedupe(snippets: list[Snippet]) -> list[Snippet]:
