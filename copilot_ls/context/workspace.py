@@ -25,8 +25,6 @@ from copilot_ls.languages import INDEXED_EXTENSIONS, NAME_PATTERNS, SYMBOL_LANGU
 from copilot_ls.lru import LRUCache
 
 ROOT_MARKERS = (".git", "pyproject.toml", "setup.py", "setup.cfg", "package.json", "go.mod", "Cargo.toml")
-
-
 SKIP_DIRS = frozenset(
     {
         ".git",
