@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from copilot_ls.backend import RawCandidate  # noqa: E402
 from copilot_ls.context import build_prompt  # noqa: E402
 from copilot_ls.documents import Document  # noqa: E402
-from copilot_ls.postprocess import RawCandidate, postprocess  # noqa: E402
+from copilot_ls.postprocess import postprocess  # noqa: E402
 
 
 def python_source(lines: int) -> str:

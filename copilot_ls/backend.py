@@ -16,7 +16,14 @@ from typing import Any
 
 import httpx
 
-from copilot_ls.postprocess import RawCandidate
+
+@dataclass(frozen=True)
+class RawCandidate:
+    """One completion choice as the backend returned it (post-processing makes Suggestions of these)."""
+
+    text: str
+    mean_logprob: float = 0.0
+    finish_reason: str = "stop"
 
 
 class BackendError(Exception):

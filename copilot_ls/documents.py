@@ -16,7 +16,9 @@ import re
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import tree_sitter
 
@@ -25,7 +27,7 @@ from copilot_ls.languages import LanguageSpec, language_for, new_parser
 ENCODINGS = ("utf-8", "utf-16", "utf-32")
 # Documents larger than this (UTF-8 bytes) get no tree (text-only context, like an unknown language): tree-sitter
 # reparses a multi-MB document in seconds per keystroke (a minified bundle, one huge literal), which would block
-# the server for every document. The same limit as the workspace index's (context_workspace.MAX_FILE_BYTES).
+# the server for every document. The same limit as the workspace index's (context.workspace.MAX_FILE_BYTES).
 MAX_TREE_BYTES = 1_000_000
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -121,9 +123,27 @@ def _clamp_offset(text: str, starts: list[int], line: int, col: int) -> int:
     return start + max(0, min(col, end - start))
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class MemoKey(Generic[T]):
+    """A typed key of ``Snapshot.memo``: one value derived from a document state (``MemoKey[int]("errors")``).
+    Keys compare by identity: each module owns the keys it creates."""
+
+    name: str
+
+
+_LINES: MemoKey[list[str]] = MemoKey("lines")
+_STARTS: MemoKey[list[int]] = MemoKey("line starts")
+_BYTES: MemoKey[bytes] = MemoKey("utf-8 bytes")
+_MISSING = object()
+
+
 @dataclass(frozen=True, eq=False)
 class Snapshot:
-    """An immutable view of a document at one version, handed to the completion pipeline."""
+    """An immutable view of a document at one version, handed to the completion pipeline. Values derived from
+    it (its bytes, the current file's symbols, the tree's error count) are kept with ``memo``."""
 
     uri: str
     path: str | None
@@ -133,18 +153,23 @@ class Snapshot:
     text: str
     tree: tree_sitter.Tree | None
     _starts: list[int] | None = field(default=None, repr=False)
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _memo: dict[MemoKey, object] = field(default_factory=dict, repr=False, compare=False)
     _lines: list[str] | None = field(default=None, repr=False)
     _crlf: bool | None = field(default=None, repr=False)
+
+    def memo(self, key: MemoKey[T], compute: Callable[[], T]) -> T:
+        """``compute()``, computed once per document state: snapshots of one state (repeated requests at one
+        version) share the value; every change starts afresh. ``compute`` must depend on the state only."""
+        value = self._memo.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._memo[key] = compute()
+        return value  # type: ignore[return-value]
 
     def lines(self) -> list[str]:
         """The lines without line endings (cached; do not mutate the list)."""
         if self._lines is not None:
             return self._lines
-        lines = self._cache.get("lines")
-        if lines is None:
-            lines = self._cache["lines"] = split_lines(self.text)
-        return lines
+        return self.memo(_LINES, lambda: split_lines(self.text))
 
     def has_crlf(self) -> bool:
         """Whether the text holds a "\\r\\n" (kept by the Document: no scan of the text per request)."""
@@ -153,12 +178,9 @@ class Snapshot:
         return self._crlf
 
     def line_starts(self) -> list[int]:
-        starts = self._starts
-        if starts is None:
-            starts = self._cache.get("starts")
-            if starts is None:
-                starts = self._cache["starts"] = line_starts(self.text)
-        return starts
+        if self._starts is not None:
+            return self._starts
+        return self.memo(_STARTS, lambda: line_starts(self.text))
 
     def offset(self, line: int, col: int) -> int:
         """(line, code-point column) -> code-point offset into ``text``, clamped."""
@@ -181,16 +203,10 @@ class Snapshot:
         """UTF-8 byte offset -> code-point offset."""
         if self.text.isascii():
             return byte_offset
-        data = self._cache.get("bytes")
-        if data is None:
-            data = self._cache["bytes"] = self.text.encode("utf-8", "surrogatepass")
-        return len(data[:byte_offset].decode("utf-8", "ignore"))
+        return len(self.encoded()[:byte_offset].decode("utf-8", "ignore"))
 
     def encoded(self) -> bytes:
-        data = self._cache.get("bytes")
-        if data is None:
-            data = self._cache["bytes"] = self.text.encode("utf-8", "surrogatepass")
-        return data
+        return self.memo(_BYTES, lambda: self.text.encode("utf-8", "surrogatepass"))
 
 
 def _ts_point(data: bytes, byte_off: int) -> tuple[int, int]:
@@ -221,7 +237,7 @@ class Document:
         self._starts = line_starts(text)
         self._lines = split_lines(text)
         self._crlf_count = text.count("\r\n")
-        self._state_cache: dict = {"bytes": self._bytes}  # shared by the snapshots of this state (see snapshot)
+        self._state_memo: dict[MemoKey, object] = {_BYTES: self._bytes}  # shared by this state's snapshots
         self._tree = (self._parser.parse(self._bytes)
                       if self._parser is not None and len(self._bytes) <= MAX_TREE_BYTES else None)
 
@@ -248,7 +264,7 @@ class Document:
                 _crlf=self._crlf_count > 0,
                 # one cache per document state: snapshots of the same state (repeated requests at one version)
                 # share the per-file analysis (current_file, error count, ...); every change starts a new one
-                _cache=self._state_cache,
+                _memo=self._state_memo,
             )
 
     # -- edits ---------------------------------------------------------------------------------------------
@@ -294,7 +310,7 @@ class Document:
         lo = max(a - 1, 0)
         self._crlf_count += text.count("\r\n", lo, a + len(new) + 1) - old_text.count("\r\n", lo, b + 1)
         self._text, self._bytes = text, data
-        self._state_cache = {"bytes": data}
+        self._state_memo = {_BYTES: data}
         if self._parser is not None and (len(data) > MAX_TREE_BYTES or self._tree is None):
             # over the limit: no tree; back under it: one full parse
             self._tree = self._parser.parse(data) if len(data) <= MAX_TREE_BYTES else None

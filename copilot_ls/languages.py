@@ -64,6 +64,19 @@ _JS_FUNCS = frozenset(
         "generator_function",
     }
 )
+# TypeScript and TSX: one grammar package, two dialects with the same node types
+_TS_ROW = dict(
+    comment="//",
+    block_types=_JS_BLOCKS | {"interface_body", "enum_body", "object_type"},
+    function_types=_JS_FUNCS | {"function_signature", "method_signature"},
+    class_types=frozenset({"class_declaration", "class", "abstract_class_declaration", "interface_declaration"}),
+    string_types=frozenset({"string", "template_string", "string_fragment"}),
+    comment_types=frozenset({"comment"}),
+    test_file=_JS_TEST_FILE,
+    test_function=re.compile(r"^test"),
+    test_calls=frozenset({"describe", "it", "test"}),
+    query_group="typescript",
+)
 
 # (id, module, factory, row)
 _TABLE: tuple[tuple[str, str, str, dict], ...] = (
@@ -104,48 +117,10 @@ _TABLE: tuple[tuple[str, str, str, dict], ...] = (
             test_calls=frozenset({"describe", "it", "test"}),
         ),
     ),
-    (
-        "typescript",
-        "tree_sitter_typescript",
-        "language_typescript",
-        dict(
-            comment="//",
-            extensions=(".ts", ".mts", ".cts"),
-            lsp_ids=("ts",),
-            block_types=_JS_BLOCKS | {"interface_body", "enum_body", "object_type"},
-            function_types=_JS_FUNCS | {"function_signature", "method_signature"},
-            class_types=frozenset(
-                {"class_declaration", "class", "abstract_class_declaration", "interface_declaration"}
-            ),
-            string_types=frozenset({"string", "template_string", "string_fragment"}),
-            comment_types=frozenset({"comment"}),
-            test_file=_JS_TEST_FILE,
-            test_function=re.compile(r"^test"),
-            test_calls=frozenset({"describe", "it", "test"}),
-            query_group="typescript",
-        ),
-    ),
-    (
-        "tsx",
-        "tree_sitter_typescript",
-        "language_tsx",
-        dict(
-            comment="//",
-            extensions=(".tsx",),
-            lsp_ids=("typescriptreact",),
-            block_types=_JS_BLOCKS | {"interface_body", "enum_body", "object_type"},
-            function_types=_JS_FUNCS | {"function_signature", "method_signature"},
-            class_types=frozenset(
-                {"class_declaration", "class", "abstract_class_declaration", "interface_declaration"}
-            ),
-            string_types=frozenset({"string", "template_string", "string_fragment"}),
-            comment_types=frozenset({"comment"}),
-            test_file=_JS_TEST_FILE,
-            test_function=re.compile(r"^test"),
-            test_calls=frozenset({"describe", "it", "test"}),
-            query_group="typescript",
-        ),
-    ),
+    ("typescript", "tree_sitter_typescript", "language_typescript",
+     dict(_TS_ROW, extensions=(".ts", ".mts", ".cts"), lsp_ids=("ts",))),
+    ("tsx", "tree_sitter_typescript", "language_tsx",
+     dict(_TS_ROW, extensions=(".tsx",), lsp_ids=("typescriptreact",))),
     (
         "go",
         "tree_sitter_go",
@@ -246,6 +221,38 @@ _TABLE: tuple[tuple[str, str, str, dict], ...] = (
         ),
     ),
 )
+
+
+# --- what the context builder knows per language -------------------------------------------------------------
+# Languages whose definitions and imports are extracted (queries/<lang>/{definitions,imports}.scm), and the
+# JavaScript family among them (one import resolution, one name-index pattern).
+JS_LANGUAGES = ("javascript", "typescript", "tsx")
+SYMBOL_LANGUAGES = ("python", *JS_LANGUAGES)
+JS_EXTENSIONS = (".js", ".ts", ".tsx", ".jsx", ".mjs", ".cjs", ".mts", ".cts")  # what a JS import may name
+INDEXED_EXTENSIONS = (".py", ".pyi", *JS_EXTENSIONS)  # files the workspace name index reads
+
+# Top-level definitions a regex can spot cheaply (for the workspace name index), per family: "python" | "js".
+NAME_PATTERNS: dict[str, re.Pattern[str]] = {
+    "python": re.compile(r"^(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)", re.M),
+    "js": re.compile(
+        r"^(?:(?:export\s+(?:default\s+)?)?(?:async\s+)?(?:function\*?|class|const|let|var|interface|type|enum)\s+"
+        r"|(?:module\.)?exports\.)([A-Za-z_$][\w$]*)",  # CommonJS: `exports.f = ...`, `module.exports.f = ...`
+        re.M,
+    ),
+}
+
+# Multi-line completions end where a new top-level statement starts (the Codex paper's stop sequences).
+MULTILINE_STOPS: dict[str, tuple[str, ...]] = {
+    "python": ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n@"),
+    "javascript": ("\nfunction ", "\nclass ", "\nexport ", "\nimport ", "\ndescribe(", "\ntest(", "\nit("),
+    "typescript": ("\nfunction ", "\nclass ", "\nexport ", "\nimport ", "\ninterface ", "\ndescribe(", "\ntest("),
+    "tsx": ("\nfunction ", "\nclass ", "\nexport ", "\nimport ", "\ninterface "),
+    "go": ("\nfunc ", "\ntype ", "\nvar ", "\nconst ", "\nimport "),
+    "rust": ("\nfn ", "\npub fn ", "\nimpl ", "\nstruct ", "\n#[", "\nmod "),
+    "java": ("\n}\n\n", "\npublic class ", "\nclass ", "\nimport "),
+    "c": ("\n#include", "\n#define", "\nint main("),
+    "cpp": ("\n#include", "\n#define", "\nint main("),
+}
 
 
 @functools.cache

@@ -13,12 +13,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from copilot_ls.backend import BackendClient, ModelMeta
+from copilot_ls.backend import BackendClient, ModelMeta, RawCandidate
 from copilot_ls.context import Prompt, PromptBudget, build_prompt, unguard
+from copilot_ls.context.fim import FimTemplate, choose_template
 from copilot_ls.documents import Snapshot
-from copilot_ls.fim import FimTemplate, choose_template
-from copilot_ls.postprocess import RawCandidate, Suggestion, postprocess
-from copilot_ls.scheduler import LRUCache
+from copilot_ls.lru import LRUCache
+from copilot_ls.postprocess import Suggestion, postprocess
 from copilot_ls.settings import Settings
 
 CacheKey = tuple

@@ -29,15 +29,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from copilot_ls.documents import Snapshot
+from copilot_ls.backend import RawCandidate
+from copilot_ls.documents import MemoKey, Snapshot
 from copilot_ls.languages import LanguageSpec, new_parser
-
-
-@dataclass(frozen=True)
-class RawCandidate:
-    text: str
-    mean_logprob: float = 0.0
-    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -452,6 +446,9 @@ def _is_subsequence(needle: str, hay: str) -> bool:
 
 
 # --- syntax check -----------------------------------------------------------------------------------------
+_ERRORS: MemoKey[int] = MemoKey("ERROR / MISSING nodes")
+
+
 def _count_errors(node) -> int:
     if not node.has_error and not node.is_missing:
         return 0
@@ -470,10 +467,8 @@ class _SyntaxChecker:
         if self.ok:
             self.parser = new_parser(snap.language)
             self.data = snap.encoded()
-            before = snap._cache.get("error_count")
-            if before is None:  # once per snapshot, not per request / candidate
-                before = snap._cache["error_count"] = _count_errors(snap.tree.root_node)
-            self.before = before
+            # once per document state, not per request / candidate
+            self.before = snap.memo(_ERRORS, lambda: _count_errors(snap.tree.root_node))
 
     def new_errors(self, text: str, start: tuple[int, int], end: tuple[int, int]) -> int:
         if not self.ok:

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from copilot_ls.context import KEEP_IN_PREFIX
-from copilot_ls.fim import FIM_SETTING_VALUES
+from copilot_ls.context.fim import FIM_SETTING_VALUES
 
 DEFAULT_BACKEND_URL = "http://127.0.0.1:8765"
 SECTION_NAMES = ("copilot-ls", "copilotLs", "copilot_ls")

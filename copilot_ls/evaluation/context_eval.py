@@ -39,8 +39,8 @@ from copilot_ls.context import (
     build_prompt,
     unguard,
 )
-from copilot_ls.context_snippets import _Resolver
-from copilot_ls.context_workspace import Workspace, find_root
+from copilot_ls.context.resolve import Resolver
+from copilot_ls.context.workspace import Workspace, find_root
 from copilot_ls.documents import Document
 from copilot_ls.pipeline import fim_template
 from copilot_ls.postprocess import postprocess
@@ -85,7 +85,7 @@ def cases_in_file(path: Path, workspace: Workspace) -> list[Case]:
     snap = doc.snapshot()
     if snap.tree is None:
         return []
-    res = _Resolver(snap, (), workspace)
+    res = Resolver(snap, (), workspace)
     lines = snap.lines()
     resolved: dict[str, str | None] = {}
 

@@ -10,9 +10,9 @@ import json
 
 import pytest
 
+from copilot_ls.backend import RawCandidate
 from copilot_ls.evaluation import humaneval
 from copilot_ls.evaluation.humaneval import EvalConfig, EvalError, SampleStore, evaluate, load_problems
-from copilot_ls.postprocess import RawCandidate
 
 PROBLEMS = load_problems(3)
 

@@ -9,13 +9,12 @@ from copilot_ls.context import (
     PromptBudget,
     build_prompt,
     estimate_tokens,
-    fit_head,
-    fit_tail,
     is_multiline,
     stop_strings,
 )
+from copilot_ls.context.budget import fit_head, fit_tail
+from copilot_ls.context.fim import FAMILIES, template_for
 from copilot_ls.documents import Document
-from copilot_ls.fim import FAMILIES, template_for
 from copilot_ls.languages import language_for
 
 CURSOR = "█"
@@ -185,14 +184,14 @@ def test_stop_strings() -> None:
 
 def test_fim_prompt_at_a_blank_indented_line() -> None:
     """The indentation before the cursor stays out of the FIM prefix too; the suffix starts at the cursor;
-    fim_body is the unformatted prefix part for servers that take `suffix` separately."""
+    the FIM prompt's prefix part is the unformatted text a prefix-only prompt is made of."""
     tpl = FAMILIES["starcoder"]
     snap, line, col = snap_at("python", "def f(x):\n    █\n\ndef g():\n    return 2\n", path="/w/m.py")
     p = build_prompt(snap, line, col, fim=tpl)
     assert p.prompt == tpl.format("# Path: m.py (python)\ndef f(x):\n", "\n\ndef g():\n    return 2\n")
-    assert p.fim_body == "# Path: m.py (python)\ndef f(x):\n"
+    assert p.prompt.startswith(tpl.prefix + "# Path: m.py (python)\ndef f(x):\n" + tpl.suffix)
     assert p.prefix.endswith("def f(x):\n    ") and p.multiline
-    assert build_prompt(snap, line, col).fim_body == ""
+    assert build_prompt(snap, line, col).prompt == "# Path: m.py (python)\ndef f(x):\n"  # no FIM: that text alone
 
 
 @pytest.mark.parametrize("fim", [None, FAMILIES["starcoder"]])

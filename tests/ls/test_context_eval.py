@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from copilot_ls.context_workspace import Workspace
+from copilot_ls.context.workspace import Workspace
 from copilot_ls.evaluation import context_eval as ce
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from copilot_ls.context import PromptBudget, build_prompt
-from copilot_ls.context_snippets import subject_files, subjects_under_test
-from copilot_ls.context_workspace import Workspace, extract_symbols, find_root
+from copilot_ls.context.fim import FAMILIES
+from copilot_ls.context.subjects import subject_files, subjects_under_test
+from copilot_ls.context.symbols import extract_symbols
+from copilot_ls.context.workspace import Workspace, find_root
 from copilot_ls.documents import Document
-from copilot_ls.fim import FAMILIES
 from copilot_ls.languages import language_for
 
 CURSOR = "█"
@@ -392,7 +393,7 @@ def test_comment_snippet_style(ws: Path) -> None:
 
 def _names_near_by_walk(snap, line: int) -> list:
     """The reference: a walk over every node in the rows (what names_near did before its query fast path)."""
-    from copilot_ls import context_snippets as cs
+    from copilot_ls.context import snippets as cs
 
     lo, hi = max(0, line - cs.NEAR_LINES_BEFORE), line + cs.NEAR_LINES_AFTER
     seen: dict = {}
@@ -427,7 +428,7 @@ def _names_near_by_walk(snap, line: int) -> list:
     ],
 )
 def test_names_near_equals_a_walk_of_the_rows(lang: str, unit: str) -> None:
-    from copilot_ls.context_snippets import names_near
+    from copilot_ls.context.snippets import names_near
 
     text = "".join(unit.format(i=i) for i in range(150))
     snap = Document(f"file:///x.{lang[:2]}", lang, 1, text).snapshot()
@@ -713,7 +714,7 @@ def test_python_dotted_module_import(ws: Path) -> None:
         "import pkg.mod\nimport pkg.sub\nfrom other import *\n\n\ndef check(self):\n"
         "    return pkg.mod.f(1) + pkg.sub.g() + pkg.mod.Thing(█",
     )
-    from copilot_ls.context_snippets import names_near
+    from copilot_ls.context.snippets import names_near
 
     near = names_near(snap, line)
     assert ("f", "pkg.mod") in near and ("Thing", "pkg.mod") in near and ("g", "pkg.sub") in near

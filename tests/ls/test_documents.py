@@ -322,7 +322,7 @@ def test_lines_crlf_and_bytes_kept_per_edit_equal_a_full_recompute(text: str, ed
 
 
 def test_snapshots_of_one_state_share_the_per_file_analysis() -> None:
-    from copilot_ls.context_workspace import current_file
+    from copilot_ls.context.symbols import current_file
 
     doc = Document("file:///x.py", "python", 1, "import os\n\ndef f(x):\n    return x\n")
     first = current_file(doc.snapshot())

@@ -11,7 +11,7 @@ import sys
 import pytest
 from lsp_testing import REPO, FakeBackend
 
-from copilot_ls.fim import FAMILIES, choose_template, template_for_model_id
+from copilot_ls.context.fim import FAMILIES, choose_template, template_for_model_id
 from copilot_ls.settings import SettingsError, from_dict
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from copilot_ls.backend import RawCandidate
 from copilot_ls.documents import Document
-from copilot_ls.postprocess import RawCandidate, Suggestion, detect_indent_unit, postprocess
+from copilot_ls.postprocess import Suggestion, detect_indent_unit, postprocess
 
 CURSOR = "█"
 

@@ -12,8 +12,8 @@ import pytest
 from lsp_testing import REPO
 
 from copilot_ls.context import GUARD, PromptBudget, build_prompt, guard, unguard
+from copilot_ls.context.fim import FAMILIES
 from copilot_ls.documents import Document
-from copilot_ls.fim import FAMILIES
 
 CODE = 'EOS = "<|endoftext|>"\nHOLE = "<|fim_suffix|>"\nCHAT = "<|im_start|>"\n\n\ndef split_at_eos(text):\n    '
 

@@ -1,0 +1,391 @@
+"""Definitions of a file, per language, from its tree-sitter tree (queries/<lang>/definitions.scm): names,
+kinds, whole texts and the shorter forms (summary, signature) that tight budgets show.
+
+Pure: text or a tree in, records out; no file system. ``current_file`` keeps its answer on the snapshot
+(``Snapshot.memo``), so repeated requests at one document state parse nothing again.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from tree_sitter import QueryCursor
+
+from copilot_ls.context.imports import IMPORT_TYPES, Import, imports_of, node_text
+from copilot_ls.documents import MemoKey, Snapshot
+from copilot_ls.languages import LanguageSpec, new_parser
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    kind: str  # "function" | "class" | "method" | "variable" | "type"
+    path: str
+    start_line: int  # 0-based, inclusive
+    end_line: int
+    text: str  # the whole definition's source
+    container: str | None = None  # class name for methods
+    summary: str = ""  # header + docstring (+ method headers for classes): what a long definition shows
+    signature: str = ""  # header + the docstring's first line (+ the constructor's header for classes)
+
+
+@dataclass(frozen=True)
+class FileSymbols:
+    path: str
+    language: str
+    definitions: tuple[Definition, ...]
+    imports: tuple[Import, ...]
+    # JS/TS: the name of the `export default` / CommonJS `module.exports = f` definition ("default": anonymous)
+    default_export: str | None = None
+    aliases: tuple[tuple[str, str], ...] = ()  # CommonJS (exported, local): `module.exports = { g: helper }`
+
+    def named(self, name: str) -> list[Definition]:
+        """Top-level definitions of ``name`` (or of what the file exports as ``name``: ``exports.g = helper``);
+        ``@overload`` stubs after the implementation they describe."""
+        found = [d for d in self.definitions if d.name == name and d.kind != "method"]
+        if not found and self.aliases:
+            local = self.local_name(name)
+            if local != name:
+                found = [d for d in self.definitions if d.name == local and d.kind != "method"]
+        return sorted(found, key=_is_overload_stub) if len(found) > 1 else found
+
+    def local_name(self, name: str) -> str:
+        """The file's own name for what it exports as ``name`` (CommonJS aliases; else ``name``)."""
+        return next((local for exported, local in self.aliases if exported == name), name)
+
+
+_OVERLOAD = re.compile(r"^@(?:typing\.|t\.)?overload\b", re.M)
+
+
+def _is_overload_stub(d: Definition) -> bool:
+    """A typing ``@overload`` signature (a stub, not the code the model should see)."""
+    head = d.text.split("def ", 1)[0]
+    return bool(_OVERLOAD.search(head))
+
+
+# --- extraction ---------------------------------------------------------------------------------------------
+def _lines_of(node) -> tuple[int, int]:
+    return node.start_point[0], node.end_point[0]
+
+
+def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> FileSymbols:
+    """Definitions and imports of one file (``tree`` reused when given, else parsed)."""
+    data = text.encode("utf-8", "surrogatepass")
+    if tree is None:
+        tree = new_parser(spec).parse(data)
+    defs: list[Definition] = []
+    aliases: list[tuple[str, str]] = []
+    query = spec.query("definitions")
+    if query is not None:
+        for _, caps in QueryCursor(query).matches(tree.root_node):
+            name_nodes = caps.get("name")
+            if not name_nodes:
+                continue
+            # CommonJS `module.exports = {...}`: the definitions are inside the statement that must be top level
+            anchor = caps["statement"][0] if caps.get("statement") else None
+            if caps.get("alias"):  # `exports.g = helper`: g is helper
+                if anchor is not None and _top_level(anchor):
+                    aliases.append((node_text(name_nodes[0]), node_text(caps["alias"][0])))
+                continue
+            for key, nodes in caps.items():
+                if not key.startswith("definition."):
+                    continue
+                node = nodes[0]
+                kind = key.split(".", 1)[1]
+                if kind != "method" and not _top_level(anchor if anchor is not None else node):
+                    continue
+                defs.append(make_definition(node, name_nodes[0], kind, spec, data, path))
+    default_export = None
+    if spec.id != "python":
+        default_export, anonymous = _js_default_export(tree, spec, data, path)
+        if anonymous is not None:
+            defs.append(anonymous)
+    defs.sort(key=lambda d: (d.start_line, d.name))
+    imports = imports_of(tree, spec)
+    return FileSymbols(path=path, language=spec.id, definitions=tuple(defs), imports=tuple(imports),
+                       default_export=default_export, aliases=tuple(aliases))
+
+
+def _js_default_export(tree, spec: LanguageSpec, data: bytes, path: str) -> tuple[str | None, Definition | None]:
+    """(name, definition) of a module's ``export default``: the name of the exported declaration or identifier
+    (no new definition), or ``"default"`` and a definition of the anonymous export; (None, None) without one.
+    CommonJS ``module.exports = helper`` / ``= function f() {}`` / ``= (a) => ...`` / ``= class {}`` count as
+    the default export too (the statement is the definition, named ``f`` or ``"default"``)."""
+    for node in tree.root_node.children:
+        if node.type == "expression_statement":
+            found = _commonjs_default_export(node, spec, data, path)
+            if found is not None:
+                return found
+            continue
+        if node.type != "export_statement":
+            continue
+        keyword = next((c for c in node.children if c.type == "default"), None)
+        if keyword is None:
+            continue
+        decl = node.child_by_field_name("declaration")
+        name = decl.child_by_field_name("name") if decl is not None else None
+        if name is not None:
+            return node_text(name), None
+        value = node.child_by_field_name("value")
+        if value is not None and value.type == "identifier":
+            return node_text(value), None
+        if value is None:
+            return None, None
+        kind = ("function" if value.type in spec.function_types else
+                "class" if value.type in spec.class_types else "variable")
+        return "default", make_definition(value, keyword, kind, spec, data, path)
+    return None, None
+
+
+def _commonjs_default_export(node, spec: LanguageSpec, data: bytes, path: str):
+    """(name, definition) for a top-level ``module.exports = <identifier | function | class>``, else None."""
+    expr = node.named_children[0] if node.named_child_count else None
+    if expr is None or expr.type != "assignment_expression":
+        return None
+    left, value = expr.child_by_field_name("left"), expr.child_by_field_name("right")
+    if left is None or value is None or left.type != "member_expression" or node_text(left) != "module.exports":
+        return None
+    if value.type == "identifier":
+        return node_text(value), None
+    if value.type in spec.function_types:
+        kind = "function"
+    elif value.type in spec.class_types:
+        kind = "class"
+    else:  # an object (its members are found by the definitions query), require(...), a call: no definition
+        return None
+    name = value.child_by_field_name("name")
+    if name is not None:
+        return node_text(name), make_definition(node, name, kind, spec, data, path)
+    return "default", make_definition(node, None, kind, spec, data, path, name="default")
+
+
+def make_definition(node, name_node, kind: str, spec: LanguageSpec, data: bytes, path: str, *,
+                    name: str | None = None) -> Definition:
+    """A Definition from its node: full text (docstring cut to its first paragraph) and summary; named by
+    ``name_node`` (or ``name``)."""
+    container = _container_name(node) if kind == "method" else None
+    s, e = _lines_of(node)
+    full = data[node.start_byte : node.end_byte].decode("utf-8", "replace")
+    doc = _docstring_node(node, spec)
+    if doc is not None:  # long docstrings (examples, parameters) crowd out code: keep the first paragraph
+        a, b = doc.start_byte - node.start_byte, doc.end_byte - node.start_byte
+        raw = data[node.start_byte : node.end_byte]
+        trimmed = trim_docstring(raw[a:b].decode("utf-8", "replace")).encode("utf-8", "surrogatepass")
+        full = (raw[:a] + trimmed + raw[b:]).decode("utf-8", "replace")
+    return Definition(
+        name=name if name is not None else name_node.text.decode("utf-8", "replace"),
+        kind=kind,
+        path=path,
+        start_line=s,
+        end_line=e,
+        text=full,
+        container=container,
+        summary=summarize(node, data, spec),
+        signature=summarize(node, data, spec, compact=True),
+    )
+
+
+@dataclass
+class CurrentFile:
+    """What the request path needs of the document being edited, without a whole-file query: its imports
+    (top-level statements) and its top-level definitions by name (Definitions built on demand)."""
+
+    imports: tuple[Import, ...]
+    _nodes: dict[str, tuple[object, object, str]]
+    _spec: LanguageSpec
+    _data: bytes
+    _path: str
+
+    def definition(self, name: str) -> Definition | None:
+        hit = self._nodes.get(name)
+        if hit is None:
+            return None
+        node, name_node, kind = hit
+        return make_definition(node, name_node, kind, self._spec, self._data, self._path)
+
+
+_CURRENT_FILE: MemoKey[CurrentFile] = MemoKey("current file")
+
+
+def current_file(snap: Snapshot) -> CurrentFile:
+    """Imports and top-level definitions of the edited document, by queries limited to the top level (the
+    children of the root, or of a top-level ERROR when the file does not parse): no walk over the whole tree.
+    Computed once per document state."""
+    assert snap.language is not None and snap.tree is not None
+    return snap.memo(_CURRENT_FILE, lambda: _read_current_file(snap))
+
+
+def _read_current_file(snap: Snapshot) -> CurrentFile:
+    spec = snap.language
+    root = snap.tree.root_node
+    if root.child_count == 1 and root.children[0].type == "ERROR":
+        root = root.children[0]
+    tops = []
+    cursor = root.walk()
+    if cursor.goto_first_child():
+        while True:
+            tops.append(cursor.node)
+            if not cursor.goto_next_sibling():
+                break
+    imports = imports_of(snap.tree, spec, [n for n in tops if n.type in IMPORT_TYPES])
+    nodes_by_name: dict[str, tuple[object, object, str]] = {}
+    wanted = spec.function_types | spec.class_types
+    for n in tops:
+        inner = n
+        if inner.type in ("export_statement", "decorated_definition"):
+            inner = (
+                inner.child_by_field_name("declaration") or inner.child_by_field_name("definition") or inner
+            )
+        if inner.type not in wanted:
+            continue
+        name_node = inner.child_by_field_name("name")
+        if name_node is not None:
+            kind = "function" if inner.type in spec.function_types else "class"
+            nodes_by_name.setdefault(name_node.text.decode("utf-8", "replace"), (n, name_node, kind))
+    return CurrentFile(tuple(imports), nodes_by_name, spec, snap.encoded(), snap.path or snap.uri)
+
+
+def _definition_node(node):
+    """The function/class node of a definition capture (through decorators / variable declarations)."""
+    if node.type == "decorated_definition":
+        inner = node.child_by_field_name("definition")
+        return inner if inner is not None else node
+    if node.type in ("lexical_declaration", "variable_declaration"):
+        for decl in node.children:
+            if decl.type == "variable_declarator":
+                value = decl.child_by_field_name("value")
+                return value if value is not None else node
+    if node.type == "expression_statement" and node.named_child_count:  # CommonJS `exports.f = function ...`
+        expr = node.named_children[0]
+        if expr.type == "assignment_expression":
+            value = expr.child_by_field_name("right")
+            return value if value is not None else node
+    if node.type == "pair":  # `module.exports = { f: function ... }`
+        value = node.child_by_field_name("value")
+        return value if value is not None else node
+    return node
+
+
+DOCSTRING_LINES = 6
+
+
+def trim_docstring(doc: str, max_lines: int = DOCSTRING_LINES) -> str:
+    """A docstring literal cut to its first paragraph (at most ``max_lines`` lines), quotes kept."""
+    m = re.match(r"^([rRbBuUfF]*)(\"\"\"|'''|\"|')", doc)
+    if not m or len(m.group(2)) != 3:
+        return doc
+    quote = m.group(2)
+    lines = doc.split("\n")
+    cut = next((i for i, ln in enumerate(lines) if i > 0 and not ln.strip()), len(lines))
+    cut = min(cut, max_lines)
+    if cut >= len(lines):
+        return doc
+    indent = lines[-1][: len(lines[-1]) - len(lines[-1].lstrip())]
+    return "\n".join(lines[:cut]).rstrip() + "\n" + indent + quote
+
+
+def first_docstring_line(doc: str) -> str:
+    """A docstring literal cut to its first line of text, on one line: ``\"\"\"Returns the square root.\"\"\"``."""
+    m = re.match(r"^([rRbBuUfF]*)(\"\"\"|'''|\"|')", doc)
+    if not m:
+        return doc
+    quote = m.group(2)
+    inner = doc[m.end() :]
+    if inner.endswith(quote):
+        inner = inner[: -len(quote)]
+    text = next((ln.strip() for ln in inner.split("\n") if ln.strip()), "")
+    if quote in text or text.endswith("\\"):
+        text = ""
+    return f"{m.group(1)}{quote}{text}{quote}" if text else ""
+
+
+def _docstring_node(node, spec: LanguageSpec):
+    """The docstring literal of a Python function / class definition, or None."""
+    if not spec.indent_scoped:
+        return None
+    body = _definition_node(node).child_by_field_name("body")
+    first = body.named_children[0] if body is not None and body.named_child_count else None
+    if first is not None and first.type == "expression_statement" and first.named_child_count == 1:
+        lit = first.named_children[0]
+        if lit.type in spec.string_types:
+            return lit
+    return None
+
+
+def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False) -> str:
+    """Header (decorators, signature) + docstring, and for classes the headers of their methods.
+    ``compact``: only the docstring's first line of text, and of a class's methods only the constructor."""
+    inner = _definition_node(node)
+    body = inner.child_by_field_name("body")
+    if body is None:
+        return data[node.start_byte : node.end_byte].decode("utf-8", "replace")
+    header = data[node.start_byte : body.start_byte].decode("utf-8", "replace").rstrip()
+    col = body.start_point[1]
+    if spec.indent_scoped:
+        indent = " " * col if body.start_point[0] > inner.start_point[0] else "    "
+        parts = [header]
+        doc = _docstring_node(node, spec)
+        if doc is not None:
+            literal = data[doc.start_byte : doc.end_byte].decode("utf-8", "replace")
+            shown = first_docstring_line(literal) if compact else trim_docstring(literal)
+            if shown:
+                parts.append(indent + shown)
+        if inner.type in spec.class_types:
+            for child in body.named_children:
+                fn = _definition_node(child)
+                if compact and (fn.child_by_field_name("name") is None
+                                or fn.child_by_field_name("name").text not in (b"__init__", b"__new__")):
+                    continue
+                if fn.type in spec.function_types:
+                    fb = fn.child_by_field_name("body")
+                    if fb is not None:
+                        sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").rstrip()
+                        parts.append(indent + sig + " ...")
+        if not compact or len(parts) == 1:
+            # compact: a docstring is a body already (a `...` line is what a small model copies after a header)
+            parts.append(indent + "...")
+        return "\n".join(parts)
+    parts = [header + " {"]
+    if inner.type in spec.class_types:
+        for child in body.named_children:
+            if child.type == "method_definition":
+                fb = child.child_by_field_name("body")
+                if fb is not None:
+                    sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").strip()
+                    parts.append("  " + sig + " { ... }")
+            elif child.type in _TS_MEMBER_SIGNATURES:  # an interface's members are its signature
+                parts.append("  " + node_text(child).strip().rstrip(";,") + ";")
+    else:
+        parts.append("  // ...")
+    parts.append("}")
+    return "\n".join(parts)
+
+
+_TS_MEMBER_SIGNATURES = frozenset({"method_signature", "property_signature", "abstract_method_signature",
+                                   "index_signature", "call_signature", "construct_signature"})
+
+
+def _top_level(node) -> bool:
+    """Directly under the module / program (through ``export``), or under an ERROR at the top of a file that
+    does not parse."""
+    parent = node.parent
+    while parent is not None and parent.type == "export_statement":
+        parent = parent.parent
+    if (
+        parent is not None
+        and parent.type == "ERROR"
+        and (parent.parent is None or parent.parent.parent is None)
+    ):
+        return True
+    return parent is None or parent.type in ("module", "program")
+
+
+def _container_name(node) -> str | None:
+    p = node.parent
+    while p is not None:
+        if p.type in ("class_definition", "class_declaration", "class", "abstract_class_declaration"):
+            n = p.child_by_field_name("name")
+            return n.text.decode("utf-8", "replace") if n is not None else None
+        p = p.parent
+    return None
