@@ -17,9 +17,9 @@ from copilot_ls.backend import BackendClient, ModelMeta
 from copilot_ls.context import Prompt, PromptBudget, build_prompt, unguard
 from copilot_ls.documents import Snapshot
 from copilot_ls.fim import FimTemplate, choose_template
+from copilot_ls.lru import LRUCache
+from copilot_ls.lsp.settings import Settings
 from copilot_ls.postprocess import RawCandidate, Suggestion, postprocess
-from copilot_ls.scheduler import LRUCache
-from copilot_ls.settings import Settings
 
 CacheKey = tuple
 RawCache = LRUCache[CacheKey, list[RawCandidate]]
