@@ -43,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             server.start_io(sys.stdin.buffer, protocol_stdout())
     finally:
-        server.session.backend.stop_child()
+        server.session.backend.stop()
     # LSP: exit code 0 only after a shutdown request (pygls swallows its own sys.exit(1) in stdio mode)
     return 0 if server.protocol._shutdown else 1

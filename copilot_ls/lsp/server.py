@@ -20,7 +20,6 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
-from copilot_ls.backend import BackendError
 from copilot_ls.documents import Document, Snapshot, from_codepoints, to_codepoints
 from copilot_ls.lsp.session import Item, Pos, Session
 from copilot_ls.lsp.stats import UnknownItem
@@ -181,23 +180,24 @@ def on_initialize(ls: CopilotServer, params: types.InitializeParams) -> None:
 
 @server.feature(types.INITIALIZED)
 async def on_initialized(ls: CopilotServer, params: types.InitializedParams) -> None:
-    ls.say(logging.INFO, f"copilot-ls ready; backend {ls.session.settings.backend_url}, "
-                         f"positions in {ls.encoding()}")
-    try:  # start (or find) the backend now, so the model loads while the user opens files
-        await ls.session.backend.ready()
-    except BackendError as exc:
-        ls.session.backend.failed(exc)
+    # start (or find) the backend now, so the model loads while the user opens files; "ready" only once it answers
+    url = ls.session.settings.backend_url
+    if await ls.session.backend.start():
+        ls.say(logging.INFO, f"copilot-ls ready; backend {url} answers, positions in {ls.encoding()}")
+    else:
+        ls.say(logging.INFO, f"copilot-ls started, but the backend {url} does not answer: no completions until "
+                             f"it does; positions in {ls.encoding()}")
 
 
 @server.feature(types.SHUTDOWN)
 def on_shutdown(ls: CopilotServer, *args) -> None:
-    ls.session.backend.stop_child()
+    ls.session.backend.stop()
 
 
 @server.feature(types.EXIT)
 def on_exit(ls: CopilotServer, *args) -> None:
     ls.exiting = True
-    ls.session.backend.stop_child()
+    ls.session.backend.stop()
     if ls.tcp:   # pygls's sys.exit inside a TCP connection callback only produces a traceback: leave directly
         logging.shutdown()
         sys.stderr.flush()

@@ -71,6 +71,7 @@ class Supervisor:
         self._startup: asyncio.Task | None = None
         self._starts = 0
         self._refusals_shown: set[int | None] = set()
+        self._watcher: asyncio.Task | None = None   # retries a lost backend in the background
 
     def backend(self) -> BackendClient:
         """The client for the current settings (made on first use)."""
@@ -114,16 +115,48 @@ class Supervisor:
             self.child = child
             self.say(logging.INFO, f"started copilot-backend (pid {child.popen.pid}) on {client.base_url}")
 
+    async def start(self) -> bool:
+        """The check at initialization (finds the backend or starts ours); False, and an outage, when it fails."""
+        try:
+            await self.ready()
+        except BackendError as exc:
+            self.failed(exc)
+            return False
+        return True
+
     def failed(self, exc: BackendError) -> None:
         """A request (or the startup check) failed: an outage, told to the user once."""
         if self.client is not None:
             self.client._meta = None           # the model may differ when it comes back
-        if (self.child is not None and not self.child.alive()) or exc.kind == "unreachable":
+        lost = (self.child is not None and not self.child.alive()) or exc.kind == "unreachable"
+        if lost:
             self._startup = None                # re-check (and restart our child) on the next try
         if self.backoff.failed(str(exc)):
             self.say(logging.WARNING, f"no completions: {exc}. Retrying in the background.", show=True)
         else:
             log.info("backend still failing (retry in %.1f s): %s", self.backoff.retry_in(), exc)
+        if lost and (self._watcher is None or self._watcher.done()):
+            self._watcher = asyncio.ensure_future(self._retry_lost(self.backend()))
+
+    async def _retry_lost(self, client: BackendClient) -> None:
+        """Retry a lost backend at the backoff's times, without waiting for a keystroke, until it answers
+        (reported by `succeeded`), the settings name another backend, or a request finds it back first."""
+        while self.backoff.failures and self.client is client:
+            await asyncio.sleep(max(self.backoff.retry_in(), 0.05))
+            if not self.backoff.failures or self.client is not client:
+                return
+            if not self.backoff.ready():
+                continue                        # a request failed meanwhile and pushed the next try back
+            try:
+                await self.ready()
+                state = await client.health()
+            except BackendError as exc:
+                self.failed(exc)
+                continue
+            if state == "ready":
+                self.succeeded(client)
+            else:
+                self.failed(BackendError(f"backend at {client.base_url} is {state}", kind="loading"))
 
     def refused(self, exc: BackendError) -> None:
         """The backend answered, but refused this one request (a prompt over another server's context, a
@@ -143,6 +176,7 @@ class Supervisor:
             return False
         stale, self.client = self.client, None
         self._startup = None
+        self._stop_watching()
         self.backoff.succeeded()
         # requests in flight still use the old client: close it once they are surely done
         asyncio.get_running_loop().call_later(old.timeout + 5, lambda: asyncio.ensure_future(stale.aclose()))
@@ -159,7 +193,14 @@ class Supervisor:
                 "autostarted_pid": child.popen.pid if child is not None and child.alive() else None,
                 "fim_template": _fim_name(meta, s.fim_template)}
 
-    def stop_child(self) -> None:
+    def _stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    def stop(self) -> None:
+        """At shutdown and exit: no more retries, and our child (if any) stopped."""
+        self._stop_watching()
         if self.child is not None:
             self.child.stop()
             self.child = None

@@ -41,10 +41,11 @@ def free_port() -> int:
 
 
 class FakeBackend:
-    """mode: "echo" (answer `reply`), "garbage" (200 with junk), "slow" (answer after `delay` s)."""
+    """mode: "echo" (answer `reply`), "garbage" (200 with junk), "slow" (answer after `delay` s); `port` 0: a
+    free one."""
 
     def __init__(self, mode: str = "echo", reply: str = "a, b)", delay: float = 0.0,
-                 models: list[dict] | None = None) -> None:
+                 models: list[dict] | None = None, port: int = 0) -> None:
         self.mode, self.reply, self.delay = mode, reply, delay
         # /v1/models entries; the default one reports `fim` like copilot-backend, other servers don't
         self.models = models or [{"id": "fake", "object": "model", "context_length": 2048, "fim": None}]
@@ -101,7 +102,7 @@ class FakeBackend:
                             "logprobs": {"token_logprobs": [-0.1 * (i + 1)] * 3}} for i in range(n)]
                 self._send(200, json.dumps({"object": "text_completion", "choices": choices}).encode())
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
