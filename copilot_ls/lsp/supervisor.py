@@ -37,25 +37,25 @@ class ProgressSink(Protocol):
 
 
 class _StartProgress:
-    """The progress of one backend start: begun with its first line, then reported line by line."""
+    """The progress of one backend start: logged, and with a created token also begun with its first line and
+    reported line by line (`$/progress` for a token the client never created is a protocol error)."""
 
-    def __init__(self, supervisor: Supervisor, token: str) -> None:
-        self.supervisor, self.token, self.begun = supervisor, token, False
+    def __init__(self, sink: ProgressSink | None, token: str) -> None:
+        self.sink, self.token, self.begun = sink, token, False
 
     def __call__(self, message: str) -> None:
         log.info("backend: %s", message)
-        sink = self.supervisor.progress
-        if sink is None:
+        if self.sink is None:
             return
         if not self.begun:
-            sink.begin(self.token, PROGRESS_TITLE, message)
+            self.sink.begin(self.token, PROGRESS_TITLE, message)
             self.begun = True
         else:
-            sink.report(self.token, message)
+            self.sink.report(self.token, message)
 
     def close(self) -> None:
-        if self.supervisor.progress is not None:
-            self.supervisor.progress.end(self.token, "backend ready" if self.begun else None)
+        if self.sink is not None:
+            self.sink.end(self.token, "backend ready" if self.begun else None)
 
 
 class Supervisor:
@@ -95,12 +95,14 @@ class Supervisor:
     async def _start(self, client: BackendClient) -> None:
         """Find the backend, or start our child and wait until it answers, with progress."""
         self._starts += 1
-        progress = _StartProgress(self, f"copilot-ls/backend/{self._starts}")
-        if self.progress is not None and self._settings().should_autostart():
+        token, sink = f"copilot-ls/backend/{self._starts}", None
+        if self.progress is not None and self._settings().should_autostart():   # starting ours is what takes long
             try:
-                await self.progress.create(progress.token)
+                await self.progress.create(token)
+                sink = self.progress
             except Exception:
                 self.progress = None
+        progress = _StartProgress(sink, token)
         try:
             if self.child is not None and self.child.alive() and self.child.url == client.base_url:
                 await autostart.wait_ready(client, self.child, progress=progress)   # ours, still there

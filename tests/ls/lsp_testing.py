@@ -53,6 +53,7 @@ class FakeBackend:
         self.headers: list[dict] = []           # and their headers
         self.disconnects = 0                    # slow requests whose client went away before the answer
         self.answer: tuple[int, bytes] | None = None   # set: POST answers this (status, JSON body) instead
+        self.loading = False                    # True: /health answers 503 "loading", like a backend loading its model
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,7 +68,9 @@ class FakeBackend:
                 self.wfile.write(body)
 
             def do_GET(self):
-                if self.path == "/health":
+                if self.path == "/health" and fake.loading:
+                    self._send(503, b'{"status": "loading"}')
+                elif self.path == "/health":
                     self._send(200, b'{"status": "ready"}')
                 elif self.path == "/v1/models":
                     self._send(200, json.dumps({"object": "list", "data": fake.models}).encode())

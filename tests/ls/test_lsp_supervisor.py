@@ -1,5 +1,6 @@
-"""The backend supervisor seen from an editor: "ready" is logged only for a backend that answers, and a lost
-backend is retried in the background (not on the next keystroke) and reported when it is back."""
+"""The backend supervisor seen from an editor: "ready" is logged only for a backend that answers, a lost
+backend is retried in the background (not on the next keystroke) and reported when it is back, and `$/progress`
+goes only to a token the client created."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ async def client(lsp_client: LanguageClient):
 
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module")
+async def client_loading(lsp_client: LanguageClient):
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module")
 async def client_lost(lsp_client: LanguageClient):
     yield
     await lsp_client.shutdown_session()
@@ -83,3 +90,20 @@ async def test_a_silent_backend_is_not_called_ready_and_is_found_when_it_comes(c
         res = await inline(client_lost, uri, 0, 16)   # the first keystroke after it came back is served
         assert res is not None and res.items and res.items[0].insert_text == "x, y)"
     assert len(warnings_of(client_lost)) == 1
+
+
+async def test_a_loading_backend_is_waited_for_without_progress_on_an_uncreated_token(client_loading):
+    """Progress is reported when the LS may start its own backend (it creates the token first); for another
+    backend that is still loading, the LS waits and logs, and sends no `$/progress` for a token the client never
+    created (pytest-lsp records such reports, with an "Unknown progress token" warning)."""
+    with FakeBackend(reply="x, y)") as fake:
+        fake.loading = True
+        await client_loading.initialize_session(types.InitializeParams(
+            capabilities=capabilities(), initialization_options={"backendUrl": fake.url, "debounceMs": 0}))
+        await asyncio.sleep(1.0)                # the LS polls /health meanwhile
+        assert not [m for m in logs(client_loading) if "ready" in m], logs(client_loading)
+        assert (await status(client_loading))["backend"]["state"] == "starting"
+        fake.loading = False
+        await wait_for_log(client_loading, f"copilot-ls ready; backend {fake.url} answers", 30)
+        assert client_loading.progress_reports == {}
+        assert not warnings_of(client_loading)
