@@ -32,12 +32,13 @@ sys.path.insert(0, str(ROOT))
 from lsprotocol import types  # noqa: E402
 from pygls.lsp.client import LanguageClient  # noqa: E402
 
-from copilot_ls import autostart, pipeline  # noqa: E402
+from copilot_ls import pipeline  # noqa: E402
 from copilot_ls.backend import BackendClient, ModelMeta, RawCandidate  # noqa: E402
 from copilot_ls.context import PromptBudget, build_prompt  # noqa: E402
 from copilot_ls.documents import Document  # noqa: E402
+from copilot_ls.lsp import autostart  # noqa: E402
+from copilot_ls.lsp.settings import Settings  # noqa: E402
 from copilot_ls.postprocess import postprocess  # noqa: E402
-from copilot_ls.settings import Settings  # noqa: E402
 
 LINES = 5000
 

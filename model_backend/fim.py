@@ -2,7 +2,7 @@
 
 `FAMILIES` is read by three users: the tokenizer (which vocabulary tokens are the FIM markers:
 `special_spellings`), the server (a request with a ``suffix`` becomes token ids in the family's layout:
-`fim_prompt_ids`) and the language server (copilot_ls/fim.py lays out prompt text for servers that take no
+`fim_prompt_ids`) and the language server (copilot_ls/context/fim.py lays out prompt text for servers that take no
 ``suffix``). To support a new family, add it here. Standard library only: the language server imports this
 module without torch (the one import from copilot_ls into model_backend; docs/backend.md).
 

@@ -99,11 +99,11 @@ def run_humaneval(args: argparse.Namespace) -> int:
 
 
 async def _humaneval(cfg) -> int:
-    from copilot_ls.autostart import ensure_backend
     from copilot_ls.backend import BackendClient, BackendError
     from copilot_ls.evaluation.humaneval import EvalError, evaluate
     from copilot_ls.evaluation.sandbox import SandboxError
-    from copilot_ls.settings import Settings
+    from copilot_ls.lsp.autostart import ensure_backend
+    from copilot_ls.lsp.settings import Settings
 
     client = BackendClient(cfg.backend, timeout=900.0)  # n samples of 300 tokens on a CPU take a while
     proc = None

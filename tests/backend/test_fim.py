@@ -1,12 +1,12 @@
 """The one table of model families' FIM tokens (model_backend/fim.py) and its three readers: the tokenizer (which
 vocabulary tokens are FIM markers), the server (FIM prompts as token ids) and the language server (FIM prompts as
-text, copilot_ls/fim.py). They must agree on every family's markers and layout."""
+text, copilot_ls/context/fim.py). They must agree on every family's markers and layout."""
 
 from __future__ import annotations
 
 import pytest
 
-from copilot_ls import fim as ls_fim
+from copilot_ls.context import fim as ls_fim
 from model_backend import fim
 from model_backend.tokenizer import SPECIAL_TOKENS
 

@@ -41,10 +41,11 @@ def free_port() -> int:
 
 
 class FakeBackend:
-    """mode: "echo" (answer `reply`), "garbage" (200 with junk), "slow" (answer after `delay` s)."""
+    """mode: "echo" (answer `reply`), "garbage" (200 with junk), "slow" (answer after `delay` s); `port` 0: a
+    free one."""
 
     def __init__(self, mode: str = "echo", reply: str = "a, b)", delay: float = 0.0,
-                 models: list[dict] | None = None) -> None:
+                 models: list[dict] | None = None, port: int = 0) -> None:
         self.mode, self.reply, self.delay = mode, reply, delay
         # /v1/models entries; the default one reports `fim` like copilot-backend, other servers don't
         self.models = models or [{"id": "fake", "object": "model", "context_length": 2048, "fim": None}]
@@ -52,6 +53,7 @@ class FakeBackend:
         self.headers: list[dict] = []           # and their headers
         self.disconnects = 0                    # slow requests whose client went away before the answer
         self.answer: tuple[int, bytes] | None = None   # set: POST answers this (status, JSON body) instead
+        self.loading = False                    # True: /health answers 503 "loading", like a backend loading its model
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,7 +68,9 @@ class FakeBackend:
                 self.wfile.write(body)
 
             def do_GET(self):
-                if self.path == "/health":
+                if self.path == "/health" and fake.loading:
+                    self._send(503, b'{"status": "loading"}')
+                elif self.path == "/health":
                     self._send(200, b'{"status": "ready"}')
                 elif self.path == "/v1/models":
                     self._send(200, json.dumps({"object": "list", "data": fake.models}).encode())
@@ -101,7 +105,7 @@ class FakeBackend:
                             "logprobs": {"token_logprobs": [-0.1 * (i + 1)] * 3}} for i in range(n)]
                 self._send(200, json.dumps({"object": "text_completion", "choices": choices}).encode())
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

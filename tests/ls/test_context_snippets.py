@@ -768,8 +768,8 @@ def test_default_keeps_the_file_and_a_short_test_still_gets_its_subject(ws: Path
 
 def test_keep_in_prefix_setting() -> None:
     from copilot_ls.backend import ModelMeta
+    from copilot_ls.lsp.settings import SettingsError, from_dict
     from copilot_ls.pipeline import budget_for
-    from copilot_ls.settings import SettingsError, from_dict
 
     meta = ModelMeta(id="m", context_length=2048, fim=None, count_tokens=None)
     assert budget_for(from_dict({}), meta).keep_in_prefix == "file"

@@ -12,7 +12,7 @@ import pytest
 from lsp_testing import REPO, FakeBackend
 
 from copilot_ls.context.fim import FAMILIES, choose_template, template_for_model_id
-from copilot_ls.settings import SettingsError, from_dict
+from copilot_ls.lsp.settings import SettingsError, from_dict
 
 
 @pytest.mark.parametrize(("model_id", "family"), [

@@ -380,7 +380,7 @@ async def test_stray_output_cannot_reach_the_protocol_stream():
 
     from lsp_testing import REPO
 
-    code = ("import os, sys\nfrom copilot_ls.server import protocol_stdout\nout = protocol_stdout()\n"
+    code = ("import os, sys\nfrom copilot_ls.lsp.cli import protocol_stdout\nout = protocol_stdout()\n"
             "print('a stray print')\nos.write(1, b'a C-level write')\nout.write(b'PROTOCOL'); out.flush()\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr

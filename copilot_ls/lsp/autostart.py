@@ -1,6 +1,7 @@
 """Start `copilot-backend serve` as a child process when the default loopback backend does not answer.
 
-Used by the language server (which reports `$/progress` while the model loads) and by `copilot-ls complete`.
+Used by the language server's backend supervisor (which reports `$/progress` while the model loads), by
+`copilot-ls complete` and by the evaluation harness.
 The child's output goes to a log file (never to our stdout, which is the LSP channel); the child is stopped
 when we exit (explicitly, at interpreter exit, and by the kernel via PR_SET_PDEATHSIG if we are killed).
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from copilot_ls.backend import BackendClient, BackendError
-from copilot_ls.settings import Settings
+from copilot_ls.lsp.settings import Settings
 
 Progress = Callable[[str], None]
 
@@ -104,7 +105,7 @@ class BackendProcess:
         self.log = log_path()
         self.command = backend_command(url)
         # the child imports model_backend from where copilot_ls comes from (also when not pip-installed)
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         try:
             with open(self.log, "wb") as log:

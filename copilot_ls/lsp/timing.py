@@ -1,4 +1,4 @@
-"""Timing logic of the language server, free of LSP types so it can be tested with a fake clock.
+"""Timing logic of the editor session, free of LSP types so it can be tested with a fake clock.
 
 - `Debouncer`: how long to wait after the last keystroke before calling the backend (adaptive to typing speed).
 - `Supersession`: a newer request for the same document cancels the older one (and so its HTTP call).
@@ -13,8 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
-
-from copilot_ls.lru import LRUCache  # noqa: F401  (re-exported: the LS cache type)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -170,7 +168,7 @@ class Backoff:
         first = self.failures == 0
         self.failures += 1
         self.last_error = reason
-        # the exponent is bounded: 2 ** 1024 does not fit a float (a long outage raised OverflowError)
+        # the exponent is bounded so that a long outage cannot overflow the float
         self._next_try = self.clock() + min(self.base_s * 2 ** min(self.failures - 1, 60), self.cap_s)
         return first
 
