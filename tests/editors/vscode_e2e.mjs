@@ -366,19 +366,7 @@ async function main() {
       await page.keyboard.press("Alt+Backslash");
     });
     step(`status: "${report.statusDown}"`);
-    await page.keyboard.press("Escape");
-    await page.keyboard.press("Control+S");
-    report.savedWhileDown = await until(
-      "the text typed while the backend is down on disk",
-      async () => {
-        const now = fs.readFileSync(testFile, "utf8");
-        return now.includes(cfg.typedWhileDown) ? now : null;
-      },
-      15000,
-    );
-    await shot(page, "backend-down");
-
-    // 9. The server's "cannot reach the backend" toast names the backend URL: its button opens that setting.
+    // 9. (Before any Escape, which hides toasts.) The server's "cannot reach the backend" toast names the backend URL: its button opens that setting.
     const toast = page.locator(".notification-toast", { hasText: "cannot reach the backend" }).first();
     await toast.waitFor({ timeout: 30000 });
     report.toastText = (await toast.innerText()).replace(/\s+/g, " ");
@@ -400,6 +388,21 @@ async function main() {
     );
     step(`setting opened: ${report.settingOpened}`);
     await shot(page, "setting-opened");
+    // Back to the file (its tab) for the rest.
+    await page.locator(".tabs-container .tab", { hasText: "test_lib.py" }).first().click();
+    await page.locator(".editor-instance .monaco-editor .view-lines").first().click();
+    await page.keyboard.press("Escape");
+    await page.keyboard.press("Control+S");
+    report.savedWhileDown = await until(
+      "the text typed while the backend is down on disk",
+      async () => {
+        const now = fs.readFileSync(testFile, "utf8");
+        return now.includes(cfg.typedWhileDown) ? now : null;
+      },
+      15000,
+    );
+    await shot(page, "backend-down");
+
     step("done");
     report.ok = true;
   } catch (err) {
