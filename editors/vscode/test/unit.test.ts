@@ -24,6 +24,7 @@ test("readSettings: defaults, then user values; bad types fall back", () => {
   assert.equal(s.maxLines, DEFAULTS.maxLines);
   assert.deepEqual(s.languages, DEFAULTS.languages);
   assert.deepEqual(s.serverArgs, ["-v"]);
+  assert.equal(readSettings(getter({ "install.torchIndexUrl": " " })).torchIndexUrl, "");
 });
 
 test("languageEnabled: global switch, explicit language, then '*'", () => {
