@@ -266,6 +266,44 @@ def test_extension_unit_tests_and_settings_contract(vsix: Path) -> None:
     assert back.enabled_for("go") and not back.enabled_for("markdown")
 
 
+@pytest.mark.timeout(1800)  # the setup fixture may run first here
+def test_choose_button_stores_the_server_setting(vsix: Path, backend_url: str, tmp_path: Path) -> None:
+    """No copilot-ls anywhere: the toast's Choose... opens a file picker; the chosen executable becomes the
+    copilot-ls.server.command setting and the server starts."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "test_lib.py").write_text(TEST_LIB)
+    elsewhere = tmp_path / "tools"
+    elsewhere.mkdir()
+    project_venv(elsewhere)  # a copilot-ls outside the workspace, PATH, ~/.local/bin
+    chosen = elsewhere / ".venv" / "bin" / "copilot-ls"
+    out = OUT.parent / "last-choose-run"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    config = {
+        "scenario": "choose", "chooseFile": str(chosen), "tools": str(TOOLS), "vsix": str(vsix),
+        "workspace": str(ws), "out": str(out), "chromium": shutil.which("chromium") or "/usr/bin/chromium",
+        "env": {"PATH": user_path(), "VIRTUAL_ENV": None},
+        "settings": {**EDITOR_SETTINGS, "copilot-ls.backendUrl": backend_url},
+    }
+    config_file = out / "config.json"
+    config_file.write_text(json.dumps(config, indent=2))
+    try:
+        proc = subprocess.run(["node", str(DRIVER), str(config_file)], capture_output=True, text=True, timeout=600)
+    finally:
+        stop_process_group(out / "code-server.pid")
+    report_file = out / "report.json"
+    assert report_file.is_file(), f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    report = json.loads(report_file.read_text())
+    assert report.get("ok"), f"VS Code run failed:\n{describe(report)}"
+    assert {"Install", "Choose..."} <= set(report["notFoundButtons"]), report["notFoundButtons"]
+    stored = [json.loads(text).get("copilot-ls.server.command") for text in report["settingsFiles"].values()]
+    assert str(chosen) in stored, report["settingsFiles"]
+    log = "\n".join(x["text"] for x in report["extensionLog"])
+    assert f"starting {chosen} " in log and "from the copilot-ls.server.command setting" in log, log[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # a fresh environment with PyTorch, from the local package index / pip cache
 def test_install_button_builds_the_extensions_own_environment(vsix: Path, backend_url: str, tmp_path: Path) -> None:

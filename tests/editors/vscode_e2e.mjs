@@ -6,7 +6,8 @@
 //
 // CONFIG: { tools, vsix, workspace, out, chromium, settings: {...user settings...}, timeoutMs (ghost text wait),
 //           deadBackendUrl, typedWhileDown, apiKey, env: {NAME: value | null} for code-server,
-//           scenario: "install" (no server anywhere: Install, then ghost text) | absent (everything else) }
+//           scenario: "install" (no server anywhere: Install, then ghost text) | "choose" (Choose... chooseFile)
+//           | absent (everything else) }
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
@@ -220,6 +221,29 @@ async function main() {
     report.statusAtStart = await waitStatus(page, "copilot-ls:", 120000);
     step(`extension active: "${report.statusAtStart}"`);
 
+    if (cfg.scenario === "choose") {
+      // No copilot-ls anywhere: Choose... opens the file picker (code-server's own dialog: a path box); the
+      // chosen file goes to copilot-ls.server.command and the server starts.
+      const toast = page.locator(".notification-toast", { hasText: "was not found" }).first();
+      await toast.waitFor({ timeout: 60000 });
+      report.notFoundButtons = await toast.locator(".monaco-button").allInnerTexts();
+      await toast.locator(".monaco-button", { hasText: "Choose..." }).first().click();
+      const box = page.locator(".quick-input-widget input").first();
+      await box.waitFor({ timeout: 20000 });
+      await box.fill(cfg.chooseFile);
+      await new Promise((r) => setTimeout(r, 500));
+      await page.keyboard.press("Enter");
+      report.statusAfterChoose = await waitStatus(page, "ready", 120000);
+      // User settings; in code-server (a remote) a machine-scoped setting goes to Machine/settings.json.
+      report.settingsFiles = Object.fromEntries(
+        ["User", "Machine"].map((d) => path.join(UD, d, "settings.json")).filter((f) => fs.existsSync(f)).map((f) => [f, fs.readFileSync(f, "utf8")]),
+      );
+      step(`chose ${cfg.chooseFile}; status "${report.statusAfterChoose}"`);
+      report.ok = true;
+      step("done");
+      return 0;
+    }
+
     if (cfg.scenario === "install") {
       // No copilot-ls anywhere: the toast offers Install and Choose...; Install builds the extension's own
       // environment from the wheel in the .vsix and starts the server.
@@ -271,6 +295,29 @@ async function main() {
     );
     step(`ghost text: ${JSON.stringify(report.ghostFirst)}`);
     await shot(page, "ghost-text");
+    if (cfg.scenario === "choose") {
+      // No copilot-ls anywhere: Choose... opens the file picker (code-server's own dialog: a path box); the
+      // chosen file goes to copilot-ls.server.command and the server starts.
+      const toast = page.locator(".notification-toast", { hasText: "was not found" }).first();
+      await toast.waitFor({ timeout: 60000 });
+      report.notFoundButtons = await toast.locator(".monaco-button").allInnerTexts();
+      await toast.locator(".monaco-button", { hasText: "Choose..." }).first().click();
+      const box = page.locator(".quick-input-widget input").first();
+      await box.waitFor({ timeout: 20000 });
+      await box.fill(cfg.chooseFile);
+      await new Promise((r) => setTimeout(r, 500));
+      await page.keyboard.press("Enter");
+      report.statusAfterChoose = await waitStatus(page, "ready", 120000);
+      // User settings; in code-server (a remote) a machine-scoped setting goes to Machine/settings.json.
+      report.settingsFiles = Object.fromEntries(
+        ["User", "Machine"].map((d) => path.join(UD, d, "settings.json")).filter((f) => fs.existsSync(f)).map((f) => [f, fs.readFileSync(f, "utf8")]),
+      );
+      step(`chose ${cfg.chooseFile}; status "${report.statusAfterChoose}"`);
+      report.ok = true;
+      step("done");
+      return 0;
+    }
+
     if (cfg.scenario === "install") {
       report.ok = true;
       step("done");
