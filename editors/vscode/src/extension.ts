@@ -1,5 +1,6 @@
 // VS Code wiring only: start `copilot-ls` over stdio, forward settings, show state, report outcomes.
-// Logic that needs no `vscode` lives in config.ts, serverCommand.ts, status.ts, bookkeeping.ts, protocol.ts.
+// Logic that needs no `vscode` lives in config.ts, serverCommand.ts, messages.ts, status.ts, bookkeeping.ts,
+// protocol.ts.
 import { spawn } from "child_process";
 import * as fs from "fs";
 import * as os from "os";
@@ -307,6 +308,7 @@ class Extension {
           progress.report({ message: "looking for Python 3.11 or newer" });
           const python = await this.findPython();
           if (!python) throw new Error("no Python 3.11 or newer with venv was found (PATH, the Python extension)");
+          if (this.serverSource === "managed") await this.stop(); // it runs from the environment made again here
           fs.rmSync(venv, { recursive: true, force: true });
           fs.mkdirSync(path.dirname(venv), { recursive: true });
           progress.report({ message: `creating an environment with ${python}`, increment: 5 });
