@@ -1,11 +1,13 @@
 """Real VS Code, end to end: the copilot-ls extension installed from its .vsix into code-server 4.100.3
 (VS Code 1.100.3), driven in Debian's Chromium through playwright-core; the extension starts the real
-`copilot-ls` over stdio, which asks the session's real backend with the default model.
+`copilot-ls` over stdio, which asks the session's real backend with the default model. code-server starts as a
+user's would: no copilot-ls.server.* setting, the project's venv not on PATH; the server is found in the
+workspace's .venv, or (other tests) chosen with the toast's Choose... or installed with its Install button.
 
-scripts/setup-vscode-e2e.sh installs what is missing (idempotent) and builds the .vsix;
+scripts/setup-vscode-e2e.sh installs what is missing (idempotent) and builds the wheel and the .vsix;
 tests/editors/vscode_e2e.mjs does the clicking and typing and writes what it saw to report.json; this file owns
 the backend (the session `backend_url` fixture) and makes the assertions. Screenshots and logs of the last run:
-.e2e/vscode/last-run/ (gitignored).
+.e2e/vscode/last-run/, last-choose-run/, last-install-run/ (gitignored).
 """
 
 from __future__ import annotations
