@@ -72,7 +72,9 @@ def vsix() -> Path:
     """Tools installed and the extension packaged (seconds when already done)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("the VS Code end-to-end test needs Node.js 20 and npm on PATH")
-    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=1500)
+    # PYTHON: the wheel of copilot-ls that goes into the .vsix is built by the Python that runs the tests.
+    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, "PYTHON": sys.executable})
     if proc.returncode != 0:
         pytest.fail(f"{SETUP.name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     path = Path(proc.stdout.strip().splitlines()[-1])
