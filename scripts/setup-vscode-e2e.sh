@@ -4,7 +4,8 @@
 #
 #   Debian packages : chromium, ripgrep, libkrb5-dev, pkg-config (only when missing; needs root)
 #   .e2e/vscode/tools: code-server 4.100.3 (VS Code 1.100.3; newer ones need Node 22) + playwright-core
-#   editors/vscode   : npm ci (node_modules cached there), tsc, vsce package -> .e2e/vscode/copilot-ls.vsix
+#   editors/vscode   : npm ci (node_modules cached there), the copilot-ls wheel (dist/), tsc,
+#                      vsce package -> .e2e/vscode/copilot-ls.vsix
 #
 # Prints the path of the .vsix on its last line. See shared recipe vscode-e2e.md for the pitfalls handled here.
 set -euo pipefail
@@ -69,8 +70,17 @@ if [[ ! -f "$EXT/node_modules/.lock-$lock_sum" ]]; then
     (cd "$EXT" && npm ci --no-audit --no-fund --loglevel=error >&2)
     touch "$EXT/node_modules/.lock-$lock_sum"
 fi
+# The copilot-ls wheel that the extension's Install button installs travels in the .vsix (npm run wheel).
+wheel="$(ls "$EXT"/dist/copilot_ls-*.whl 2>/dev/null | head -1 || true)"
+if [[ -z "$wheel" || -n "$(find "$ROOT/pyproject.toml" "$ROOT/copilot_ls" "$ROOT/model_backend" -type f \
+        -newer "$wheel" -not -name '*.pyc' 2>/dev/null | head -1)" ]]; then
+    log "building the copilot-ls wheel into editors/vscode/dist"
+    (cd "$EXT" && PYTHON="${PYTHON:-python3}" npm run --silent wheel 2>&1 \
+        | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2)
+    ls "$EXT"/dist/copilot_ls-*.whl >/dev/null
+fi
 newest_src="$(find "$EXT/src" "$EXT/package.json" "$EXT/README.md" "$EXT/tsconfig.json" "$EXT/.vscodeignore" \
-    "$EXT/media" -type f -newer "$VSIX" 2>/dev/null | head -1 || true)"
+    "$EXT/media" "$EXT/dist" -type f -newer "$VSIX" 2>/dev/null | head -1 || true)"
 if [[ ! -f "$VSIX" || -n "$newest_src" ]]; then
     log "building $VSIX"
     (cd "$EXT" && npm run --silent compile >&2 && npx --no-install vsce package --no-dependencies \

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -137,6 +139,10 @@ def test_ghost_text_from_the_model_is_accepted_with_tab(nvims, warm_backend, tmp
     assert "\n".join(result["after_accept"]) == TYPED[0] + "\n" + TYPED[1] + ghost
     stats = result["status"]["stats"]
     assert stats["accepted"] == 1, result["status"]
+    # The driver runs with 'notermguicolors': the ghost text's highlight has a terminal colour (issue 16: it
+    # had none and looked like code). Neovim's own inline completion draws with ComplHint, linked to ours.
+    hl = result["ghost_highlight"]
+    assert hl and hl["group"] in ("CopilotLsGhost", "ComplHint") and "ctermfg" in hl["resolved"], hl
 
 
 @pytest.mark.e2e
@@ -254,6 +260,83 @@ def test_dead_backend_leaves_editing_unharmed(nvims, tmp_path, name):
     assert result["client_alive"], "the language server died"
     assert 'common_prefix("ab"' not in "\n".join(result["after_undo"])
     assert any("127.0.0.1" in m or "backend" in m for m in result["messages"]), result["messages"]
+
+
+def run_nvim_in_tmux(nvim: Path, tmp_path: Path, scenario: str, settings: dict, columns: int = 80,
+                     lines: int = 24) -> tuple[dict, list[str]]:
+    """Run one scenario of e2e.lua in a real terminal (a tmux pane of `columns` x `lines`, no truecolor) and
+    watch its screen. Returns the JSON result and every screen that showed a prompt that waits for a key
+    ("Press ENTER", "-- More --"); each such prompt is answered with Enter so that the run can finish."""
+    if shutil.which("tmux") is None:
+        pytest.fail("this test needs tmux (scripts/setup-neovim-e2e.sh installs it)")
+    ws = tmp_path / "ws"
+    ws.mkdir(parents=True)
+    (ws / "lib.py").write_text(LIB)
+    (ws / "test_lib.py").write_text(TEST_LIB)
+    result_file = tmp_path / "result.json"
+    env = {f"XDG_{d}_HOME": str(tmp_path / "xdg" / d.lower()) for d in ("STATE", "CACHE", "DATA", "CONFIG")}
+    for d in env.values():
+        Path(d).mkdir(parents=True)
+    env.update({
+        "COPILOT_LS_PLUGIN": str(PLUGIN), "COPILOT_LS_CMD": json.dumps(server_command()),
+        "COPILOT_LS_SETTINGS": json.dumps(settings), "COPILOT_LS_MODE": "auto", "COPILOT_LS_SCENARIO": scenario,
+        "COPILOT_LS_FILE": "test_lib.py", "COPILOT_LS_RESULT": str(result_file),
+        "COPILOT_LS_TIMEOUT_MS": "60000", "PYTHONPATH": str(REPO), "TERM": "screen",
+    })
+    script = tmp_path / "run.sh"
+    script.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+                      + "unset COLORTERM\n"
+                      + f"cd {shlex.quote(str(ws))}\n"
+                      + f"exec timeout -k 5 120 {shlex.quote(str(nvim))} --clean -n -c 'luafile {DRIVER}'\n")
+    sock = f"copilot-ls-e2e-{os.getpid()}-{free_port()}"
+    tmux = ["tmux", "-L", sock, "-f", "/dev/null"]
+    subprocess.run([*tmux, "new-session", "-d", "-s", "e2e", "-x", str(columns), "-y", str(lines),
+                    f"bash {shlex.quote(str(script))}"], check=True, timeout=30)
+    prompts: list[str] = []
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            shot = subprocess.run([*tmux, "capture-pane", "-p", "-t", "e2e"], capture_output=True, text=True)
+            if shot.returncode != 0:
+                break  # nvim quit, and the session with it
+            if "Press ENTER" in shot.stdout or "-- More --" in shot.stdout:
+                prompts.append(shot.stdout)
+                subprocess.run([*tmux, "send-keys", "-t", "e2e", "Enter"], timeout=10)
+            time.sleep(0.1)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True, timeout=30)
+    if not result_file.exists():
+        pytest.fail(f"nvim wrote no result; prompts seen: {prompts}")
+    return json.loads(result_file.read_text()), prompts
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", list(NVIMS))
+def test_dead_backend_never_stops_a_narrow_terminal_with_a_prompt(nvims, tmp_path, name):
+    """Issue 16: with the backend down, opening a file in an 80-column Neovim stopped on "Press ENTER" (the
+    server's message took two lines). Now each message is one line that fits, shown once, and the ghost text's
+    highlight has a terminal colour with 'notermguicolors'."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    result, prompts = run_nvim_in_tmux(nvims[name], tmp_path, "outage", {"backendUrl": dead, "autostart": False})
+    assert not result.get("error"), result
+    assert not prompts, "a prompt waited for a key:\n" + "\n----\n".join(prompts)
+    assert result["columns"] == 80 and result["termguicolors"] is False, result
+    assert not ({"r", "rm"} & set(result["modes"])), result["modes"]  # never in a hit-enter / more prompt
+    ours = [m for m in result["history"] if m.startswith("copilot-ls:")]
+    assert ours and any("backend" in m for m in ours), result["history"]  # the outage was said ...
+    assert all(len(m) < 80 for m in ours), ours  # ... on one line that fits
+    assert len([m for m in ours if "backend" in m]) == 1, ours  # ... once
+    assert "ctermfg" in result["ghost_hl"], result["ghost_hl"]
+    if NVIMS[name][1] == "native":
+        assert "ctermfg" in result["complhint_hl"], result["complhint_hl"]
+
+
+@pytest.mark.e2e
+def test_checkhealth_suggests_the_backend_command_for_the_configured_port(nvims, tmp_path):
+    port = free_port()
+    result = run_nvim(nvims["nvim0.12"], tmp_path, "health", {"backendUrl": f"http://127.0.0.1:{port}"})
+    text = "\n".join(result["health"])
+    assert f"copilot-backend serve --model default --port {port}" in text, text
 
 
 @pytest.mark.e2e

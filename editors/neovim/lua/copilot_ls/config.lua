@@ -17,6 +17,11 @@ M.defaults = {
   mode = 'auto',
   -- Own ghost text (Neovim 0.10/0.11): milliseconds after the last change before asking the server.
   debounce_ms = 30,
+  -- How ghost text looks (the CopilotLsGhost group; Neovim's own inline completion is pointed at it too):
+  -- a group name to link to ('Comment'), or nvim_set_hl() attributes ({ fg = '#808080', ctermfg = 244 }).
+  -- nil: Comment when it has a terminal colour, else grey that shows without 'termguicolors'; a
+  -- `:highlight CopilotLsGhost` of your own wins over this default.
+  highlight = nil,
   -- Insert-mode keys; set one to false to leave that key alone.
   keys = {
     accept = '<Tab>',
@@ -32,6 +37,7 @@ local KNOWN = {}
 for k in pairs(M.defaults) do
   KNOWN[k] = true
 end
+KNOWN.filetypes, KNOWN.highlight = true, true -- options whose default is nil (absent from the table above)
 
 local function is_list_of_strings(v)
   if type(v) ~= 'table' or not vim.islist(v) or #v == 0 then
@@ -73,6 +79,11 @@ function M.resolve(opts)
     { 'mode', cfg.mode == 'auto' or cfg.mode == 'native' or cfg.mode == 'ghost', "'auto', 'native' or 'ghost'" },
     { 'debounce_ms', type(cfg.debounce_ms) == 'number' and cfg.debounce_ms >= 0, 'a number >= 0' },
     { 'keys', type(cfg.keys) == 'table', 'a table' },
+    {
+      'highlight',
+      cfg.highlight == nil or (type(cfg.highlight) == 'string' and cfg.highlight ~= '') or type(cfg.highlight) == 'table',
+      "nil, a highlight group name (e.g. 'Comment') or a table of nvim_set_hl() attributes",
+    },
   }
   for _, c in ipairs(checks) do
     if not c[2] then

@@ -13,10 +13,9 @@ local M = {}
 
 M.ns = api.nvim_create_namespace('copilot_ls.ghost')
 
-local HL = 'CopilotLsGhost'
-local HL_HINT = 'CopilotLsGhostHint'
-api.nvim_set_hl(0, HL, { link = 'Comment', default = true })
-api.nvim_set_hl(0, HL_HINT, { link = 'NonText', default = true })
+-- Defined by ui.lua (setup() option `highlight`).
+local HL = require('copilot_ls.ui').ghost_group
+local HL_HINT = require('copilot_ls.ui').hint_group
 
 local TRIGGER_INVOKED, TRIGGER_AUTOMATIC = 1, 2
 

@@ -140,6 +140,25 @@ function M.models_url(base)
   return base .. '/v1/models'
 end
 
+--- The command that starts our backend where `base` points: `copilot-backend serve --model default`, with
+--- --port (and --host) when the URL is not the default 127.0.0.1:8765. nil for a URL it cannot serve (https,
+--- a path other than /v1).
+function M.serve_command(base)
+  local scheme, host, port, path = (base or ''):match('^(https?)://([^/:]+):?(%d*)(.*)$')
+  if scheme ~= 'http' or not (path == '' or path:match('^/v1/*$') or path:match('^/+$')) then
+    return nil
+  end
+  local cmd = 'copilot-backend serve --model default'
+  if host ~= '127.0.0.1' and host ~= 'localhost' then
+    cmd = cmd .. ' --host ' .. host
+  end
+  port = tonumber(port) or 80
+  if port ~= 8765 then
+    cmd = cmd .. ' --port ' .. port
+  end
+  return cmd
+end
+
 function M.check()
   local health = vim.health
   local plugin = require('copilot_ls')
@@ -207,8 +226,9 @@ function M.check()
   elseif status then
     health.error(('the backend at %s answers GET %s with HTTP %d'):format(base, url, status))
   elseif cfg.settings.backendUrl then
+    local serve = M.serve_command(base)
     health.error(('the backend does not answer at %s: %s'):format(base, why), {
-      'Start it: copilot-backend serve --model default',
+      serve and ('Start it: ' .. serve) or ('Start the server that %s names, or set settings.backendUrl'):format(base),
     })
   else
     health.warn(('no backend answers at the default %s (%s)'):format(base, why), {

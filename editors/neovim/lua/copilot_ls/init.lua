@@ -113,8 +113,8 @@ local function on_detach(bufnr)
 end
 
 --- Configure and start. Options: see config.lua (cmd, filetypes, root_markers, settings, mode, debounce_ms,
---- keys). Calling it again sends the new settings to the running server; the other options keep the values
---- of the first call until Neovim restarts.
+--- highlight, keys). Calling it again sends the new settings to the running server; the other options keep
+--- the values of the first call until Neovim restarts.
 function M.setup(opts)
   local cfg = with_settings(config.resolve(opts))
   local path = config.path(cfg.mode)
@@ -127,6 +127,7 @@ function M.setup(opts)
   end
   M.config, M.path = cfg, path
   require('copilot_ls.ghost').debounce_ms = cfg.debounce_ms
+  require('copilot_ls.ui').setup_highlights(cfg.highlight, path == 'native')
 
   local group = api.nvim_create_augroup('copilot_ls', { clear = true })
   for event, handler in pairs({ LspAttach = on_attach, LspDetach = on_detach }) do
