@@ -3,7 +3,7 @@
 
 export const SECTION = "copilot-ls";
 export const API_KEY_SECRET = "copilot-ls.apiKey";
-// The server's default (copilot_ls/settings.py); there it starts a local `copilot-backend` when none answers.
+// The server's default (copilot_ls/lsp/settings.py); there it starts a local `copilot-backend` when none answers.
 export const DEFAULT_BACKEND_URL = "http://127.0.0.1:8765";
 
 export interface ExtensionSettings {
@@ -85,7 +85,7 @@ export function languageEnabled(settings: ExtensionSettings, languageId: string)
 
 /**
  * The settings object the language server reads (initializationOptions and
- * workspace/didChangeConfiguration), with the names of copilot_ls/settings.py. The server merges what it gets
+ * workspace/didChangeConfiguration), with the names of copilot_ls/lsp/settings.py. The server merges what it gets
  * into what it has, so every key is always sent: a setting cleared here is reset there.
  */
 export function serverSettings(settings: ExtensionSettings, apiKey: string | undefined): Record<string, unknown> {

@@ -1,4 +1,4 @@
-// The language server's names (copilot_ls/server.py): workspace/executeCommand commands.
+// The language server's names (copilot_ls/lsp/server.py): workspace/executeCommand commands.
 // Kept in one table so that a rename on the server side is a one-line change here.
 
 export const SERVER_COMMANDS = {

@@ -3,7 +3,7 @@ local config = require('copilot_ls.config')
 
 local M = {}
 
--- What copilot-ls uses when the settings name no backend (keep in step with copilot_ls/settings.py).
+-- What copilot-ls uses when the settings name no backend (keep in step with copilot_ls/lsp/settings.py).
 M.default_backend_url = 'http://127.0.0.1:8765'
 
 --- Pull complete JSON-RPC messages out of `buf`; returns them and the rest of the buffer.
