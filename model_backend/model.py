@@ -410,13 +410,13 @@ def build_model(cfg: ModelConfig, tensors: dict[str, Any], *, device: torch.devi
 _FLOAT_TYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
-def _as_stored(t: Any) -> tuple[str | int, Any]:
+def _as_stored(t: Any) -> tuple[str, Any]:
     """(ggml type, uint8 [rows, row bytes]) of a checkpoint matrix, without converting it: a QTensor's blocks
     (a view of the file unless its rows are reordered), a float tensor's own bytes."""
     if isinstance(t, Tensor):
         t = t.detach().contiguous()
         return _FLOAT_TYPES[t.dtype], t.view(torch.uint8).reshape(t.shape[0], -1).numpy()
-    return t.qtype, t.raw()
+    return t.dtype, t.raw()
 
 
 def _rows(t: Any, idx: Tensor) -> Any:

@@ -219,7 +219,8 @@ def _encode(w: np.ndarray, qtype: Any, rng: np.random.Generator) -> np.ndarray:
     assert w.shape[-1] % block == 0, f"{qtype.name} needs rows that are a multiple of {block}"
     blocks = rng.integers(0, 256, size=(w.shape[0], w.shape[1] // block, nbytes), dtype=np.uint8)
     for off in _K_SCALE_FIELDS[qtype.name]:
-        scale = rng.uniform(0.0005, 0.005, size=blocks.shape[:2]).astype("<f2")
+        # scales that keep |weights| near a trained model's (<~0.2), so activations and logits stay ordinary
+        scale = rng.uniform(0.00001, 0.00005, size=blocks.shape[:2]).astype("<f2")
         blocks[..., off : off + 2] = scale.view(np.uint8).reshape(*blocks.shape[:2], 2)
     return blocks.reshape(w.shape[0], -1)
 
