@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import mmap
 from typing import Any
 
 import torch
@@ -84,17 +83,6 @@ def cpu_format(quantize: str, ckpt: Checkpoint, tdtype: torch.dtype) -> str:
     return quantize
 
 
-def release_mapping(ckpt: Checkpoint) -> None:
-    """Drop the GGUF's pages from this process's resident set once the model holds what it needs: packs that
-    copied blocks no longer count twice, and views of the file fault their pages back in from the page cache."""
-    mm = ckpt.mapping
-    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        try:
-            mm.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError) as e:
-            log.debug("madvise on %s failed: %s", ckpt.path, e)
-
-
 def build(ckpt: Checkpoint, cfg: Any, dev: torch.device, quantize: str, tdtype: torch.dtype) -> tuple[Any, str]:
     """(model, weight format) for the checkpoint on `dev`."""
     fmt = cpu_format(quantize, ckpt, tdtype) if dev.type == "cpu" else ("none" if quantize == "auto" else quantize)
@@ -104,10 +92,9 @@ def build(ckpt: Checkpoint, cfg: Any, dev: torch.device, quantize: str, tdtype: 
         from model_backend import cpu_kernels
 
         try:
-            model = build_packed_model(cfg, ckpt.tensors)
+            model = build_packed_model(cfg, ckpt.tensors, release=ckpt.release)
         except cpu_kernels.UnsupportedQuantType as e:
             raise ModelLoadError(f"{ckpt.path}: {e}") from e
-        release_mapping(ckpt)
     else:
         model = build_model(cfg, ckpt.tensors, device=dev, dtype=tdtype)
     model.use_cpu_kernels()

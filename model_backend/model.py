@@ -451,35 +451,40 @@ class FusedLinear(nn.Module):
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
-def packed_linear(parts: list[Any], biases: list[Tensor] | None) -> nn.Module:
-    """One Linear over row blocks `parts` (checkpoint matrices, same input size) as stored: consecutive parts of
-    one type are packed together (their rows concatenated), others become parts of a FusedLinear."""
+def packed_linear(parts: list[Any], biases: list[Tensor] | None, release: Any = None) -> nn.Module:
+    """One Linear over row blocks `parts` (checkpoint matrices, same input size) as stored. Consecutive parts of
+    one type are packed together (their rows concatenated: one kernel call instead of several per step; the
+    copied source pages are handed to `release(QTensor)` so they stop counting in RSS); parts of different types
+    (a Q4_K_M file mixes Q4_K and Q6_K) become the parts of a FusedLinear. A single part is packed on its own
+    bytes (a view of the file)."""
     import numpy as np
 
     from model_backend import cpu_kernels
 
-    groups: list[tuple[Any, list[Any], list[Tensor]]] = []
+    groups: list[tuple[str, list[Any], list[Tensor]]] = []
     for i, part in enumerate(parts):
-        qtype, raw = _as_stored(part)
-        bias = None if biases is None else biases[i].float()
-        if groups and groups[-1][0] == qtype:
-            groups[-1][1].append(raw)
-            if bias is not None:
-                groups[-1][2].append(bias)
+        bias = [] if biases is None else [biases[i].float()]
+        if groups and groups[-1][0] == _as_stored(part)[0]:
+            groups[-1][1].append(part)
+            groups[-1][2].extend(bias)
         else:
-            groups.append((qtype, [raw], [] if bias is None else [bias]))
-    cols = parts[0].shape[1]
+            groups.append((_as_stored(part)[0], [part], bias))
     mods: list[nn.Module] = []
-    for qtype, raws, bs in groups:
+    for qtype, members, bs in groups:
+        raws = [_as_stored(m)[1] for m in members]
         raw = raws[0] if len(raws) == 1 else np.concatenate(raws)
-        packed = cpu_kernels.pack(raw, qtype, (raw.shape[0], cols))
+        if len(raws) > 1 and release is not None:
+            for m in members:
+                release(m)
+        packed = cpu_kernels.pack(raw, qtype, (raw.shape[0], parts[0].shape[1]))
         mods.append(cpu_kernels.QuantLinear(packed, torch.cat(bs) if bs else None))
     return mods[0] if len(mods) == 1 else FusedLinear(mods)
 
 
-def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any]) -> Transformer:
+def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any = None) -> Transformer:
     """The CPU model on weights as stored (see the module docstring). Raises cpu_kernels.UnsupportedQuantType
-    for a tensor type the kernels do not multiply."""
+    for a tensor type the kernels do not multiply. release(QTensor): called for each tensor whose bytes were
+    copied (fused), so its pages of the mapped file can leave the resident set (Checkpoint.release)."""
     from model_backend import cpu_kernels
 
     def get(name: str) -> Any:
@@ -508,11 +513,11 @@ def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any]) -> Transformer
         if cfg.qkv_bias:
             qkv_b = [get(f"{att}{n}_proj.bias").float() for n in "qkv"]
             qkv_b = [b if perm is None else b[perm] for b, perm in zip(qkv_b, perms, strict=True)]
-        layer.attn.wqkv = packed_linear(qkv, qkv_b)
+        layer.attn.wqkv = packed_linear(qkv, qkv_b, release)
         layer.attn.wo = packed_linear([get(att + "o_proj.weight")], [get(att + "o_proj.bias")] if cfg.out_bias else None)
         ins, out = (("gate_proj", "up_proj"), "down_proj") if cfg.mlp_type == "swiglu" else (("c_fc",), "c_proj")
         layer.mlp.w_in = packed_linear([get(f"{p}mlp.{n}.weight") for n in ins],
-                                       [get(f"{p}mlp.{n}.bias") for n in ins] if cfg.mlp_bias else None)
+                                       [get(f"{p}mlp.{n}.bias") for n in ins] if cfg.mlp_bias else None, release)
         layer.mlp.w_out = packed_linear([get(f"{p}mlp.{out}.weight")],
                                         [get(f"{p}mlp.{out}.bias")] if cfg.mlp_bias else None)
         for ours, theirs in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):

@@ -65,7 +65,21 @@ class Checkpoint:
     tokenizer: Tokenizer
     path: Path
     metadata: dict = field(default_factory=dict)  # chat template, model name, ... (informational)
-    mapping: Any = None  # the GGUF's mmap, which the loader releases from RSS once the model has repacked it
+    mapping: Any = None  # the GGUF's read-only mmap, which the tensors view
+
+    def release(self, t: Any) -> None:
+        """The model copied QTensor `t`'s bytes: drop the file's pages it spans (whole pages only) from this
+        process's resident set. The mapping is read-only and shared, so a later read faults them back in from
+        the page cache; nothing is lost."""
+        if self.mapping is None or not isinstance(t, QTensor):
+            return
+        base = np.frombuffer(self.mapping, dtype=np.uint8).ctypes.data
+        start = t.data.ctypes.data - base
+        end = start + t.data.nbytes
+        page = mmap.PAGESIZE
+        lo, hi = -(-start // page) * page, end // page * page
+        if 0 <= lo < hi <= len(self.mapping) and hasattr(mmap, "MADV_DONTNEED"):
+            self.mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def dense(self, name: str) -> torch.Tensor:
         """Tensor `name` as float32 (dequantized where stored quantized): for references and tests."""
