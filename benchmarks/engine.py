@@ -394,7 +394,8 @@ def _random_blocks(qtype: str, shape: tuple[int, ...], rng: Any) -> Any:
     block, nbytes = gguf.GGML_QUANT_SIZES[q]
     rows, cols = shape
     b = rng.integers(0, 256, size=(rows, cols // block, nbytes), dtype=np.uint8)
-    fields = {"Q8_0": ((0, 0.0002),), "Q4_0": ((0, 0.003),), "Q4_K": ((0, 0.00005), (2, 0.00005)),
+    fields = {"Q8_0": ((0, 0.0002),), "Q4_0": ((0, 0.003),), "Q5_0": ((0, 0.0015),),
+              "Q4_K": ((0, 0.00005), (2, 0.00005)),
               "Q6_K": ((208, 0.00001),)}[qtype]
     for off, scale in fields:
         d = rng.uniform(0.2 * scale, scale, size=b.shape[:2]).astype("<f2")
@@ -436,6 +437,8 @@ def write_probe(path: Path, size: str, qtype: str, seed: int = 0) -> Path:
             kind = "F32"
         elif qtype == "Q4_K_M":
             kind = _q4_k_m_type(name, layers)
+            if shape[1] % 256:  # llama.cpp's fallback for rows that are not whole K-quant super-blocks
+                kind = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}[kind]
         else:
             kind = qtype
         plan.append((name, shape, kind))
