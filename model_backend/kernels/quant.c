@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 #define AI static inline __attribute__((always_inline))
 
@@ -237,6 +238,13 @@ AI __m256 reduce8_ps(const __m256 p[8]) {
     return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
+/* the sum of v's lanes in reduce8_ps's order, so a row computed alone equals the same row in a tile */
+AI float hsum_tile(__m256 v) {
+    __m256 h = _mm256_hadd_ps(v, v);
+    h = _mm256_hadd_ps(h, h);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
 /* lane k = a[k % RW] (a weight row's value) or b[k / RW] (an activation row's) */
 AI __m256 by_row(int RW, const float *a) {
     float t[8];
@@ -412,13 +420,13 @@ AI float dot_32(int T, const job_t *J, const uint8_t *w, int64_t m) {
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * dx[b]), acc);
         if (T == T_Q4_1 || T == T_Q5_1) macc += mn * xs[b];
     }
-    return hsum8(acc) + macc;
+    return hsum_tile(acc) + macc;
 }
 
 AI float dot_K(int T, const job_t *J, const uint8_t *w, int64_t m) {
     const int64_t K = J->K, ns = K / 256, bytes = BYTES[T];
     const int8_t *xq = J->X->q + m * K;
-    __m256 acc = _mm256_setzero_ps();
+    float acc = 0.0f;
     for (int64_t s = 0; s < ns; s++) {
         const uint8_t *b = w + s * bytes;
         const float dx = J->X->dx[m * ns + s];
@@ -442,30 +450,25 @@ AI float dot_K(int T, const job_t *J, const uint8_t *w, int64_t m) {
             __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + s * 256 + sb * 32));
             iacc = _mm256_add_epi32(iacc, _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), sv));
         }
+        /* the 8 lanes are summed as integers (exact) and scaled once, as tile_K does per pair */
         if (T == T_Q6_K) {
             __m256i bs = _mm256_loadu_si256((const __m256i *)(J->X->bs16 + m * (K / 16) + s * 16));
             iacc = _mm256_sub_epi32(iacc, _mm256_slli_epi32(_mm256_madd_epi16(sc, bs), 5));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc), _mm256_set1_ps(h2f(b + 208) * dx), acc);
+            acc = fmaf((float)hsum_i32x8(iacc), h2f(b + 208) * dx, acc);
         } else {
             __m128i bs = _mm_loadu_si128((const __m128i *)(J->X->bs32 + m * (K / 32) + s * 8));
-            __m256i mp = _mm256_zextsi128_si256(_mm_madd_epi16(mins, bs));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iacc), _mm256_set1_ps(h2f(b) * dx), acc);
-            acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mp), _mm256_set1_ps(h2f(b + 2) * dx), acc);
+            acc = fmaf((float)hsum_i32x8(iacc), h2f(b) * dx, acc);
+            acc = fmaf(-(float)hsum_i32x4(_mm_madd_epi16(mins, bs)), h2f(b + 2) * dx, acc);
         }
     }
-    return hsum8(acc);
+    return acc;
 }
 
 AI float dot_F(int T, const job_t *J, const uint8_t *w, int64_t m) {
     const float *x = J->x + m * J->K;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int64_t c = 0;
-    for (; c + 16 <= J->K; c += 16) {
-        a0 = _mm256_fmadd_ps(load_half8(T, w + 2 * c), _mm256_loadu_ps(x + c), a0);
-        a1 = _mm256_fmadd_ps(load_half8(T, w + 2 * c + 16), _mm256_loadu_ps(x + c + 8), a1);
-    }
-    for (; c < J->K; c += 8) a0 = _mm256_fmadd_ps(load_half8(T, w + 2 * c), _mm256_loadu_ps(x + c), a0);
-    return hsum8(_mm256_add_ps(a0, a1));
+    __m256 acc = _mm256_setzero_ps();  /* one accumulator, the same order as tile_F */
+    for (int64_t c = 0; c < J->K; c += 8) acc = _mm256_fmadd_ps(load_half8(T, w + 2 * c), _mm256_loadu_ps(x + c), acc);
+    return hsum_tile(acc);
 }
 
 AI void rows_dot(int T, const job_t *J, int64_t n0, int64_t n1, int64_t m0) {
