@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
 #define AI static inline __attribute__((always_inline))
 
@@ -60,7 +61,7 @@ typedef struct {
     float *dx;      /* [M, K / bs] scale per block */
     float *xs;      /* [M, K / 32] dx * sum of q per 32 (32-block types: the offset term) */
     int16_t *bs16;  /* [M, K / 16] sum of q per 16 (K-quants) */
-    int16_t *bs32;  /* [M, K / 32] sum of q per 32 (K-quants) */
+    int16_t *bs32;  /* [M, K / 32] sum of q per 32 */
     void *mem;
     size_t cap;
 } xq_t;
@@ -113,6 +114,7 @@ static int prepare_x(const float *x, int64_t M, int64_t K, int kquant) {
                                                              _mm256_add_epi32(i[2], i[3])));
                 xbuf.dx[m * (K / 32) + b] = mx / 127.0f;
                 xbuf.xs[m * (K / 32) + b] = (mx / 127.0f) * (float)isum;
+                xbuf.bs32[m * (K / 32) + b] = (int16_t)isum;
             }
         } else {
             for (int64_t s = 0; s < K / 256; s++) {
@@ -209,145 +211,11 @@ AI __m256i unpackK(int T, const uint8_t *b, int j) {
     return _mm256_or_si256(lo, _mm256_slli_epi16(hb, 4));
 }
 
-/* ---- tiles: 2 weight rows x RX activation rows ------------------------------------------------------------------
- * out[j * ldo + i] for activation row j, weight row i. */
-
-AI void tile32(int T, int RX, const uint8_t *w0, const uint8_t *w1, const xq_t *X, int64_t m, int64_t K,
-               float *out, int64_t ldo) {
-    const int64_t nb = K / 32, bytes = BYTES[T];
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[2][4];
-    float macc[2][4];
-    for (int j = 0; j < RX; j++) {
-        acc[0][j] = acc[1][j] = _mm256_setzero_ps();
-        macc[0][j] = macc[1][j] = 0.0f;
-    }
-    const int8_t *xq = X->q + m * K;
-    const float *dx = X->dx + m * nb, *xs = X->xs + m * nb;
-    for (int64_t b = 0; b < nb; b++) {
-        float d0, m0, d1, m1;
-        __m256i q0 = unpack32(T, w0 + b * bytes, &d0, &m0), q1 = unpack32(T, w1 + b * bytes, &d1, &m1);
-        __m256i a0 = q0, a1 = q1;
-        if (T == T_Q8_0) { a0 = _mm256_sign_epi8(q0, q0); a1 = _mm256_sign_epi8(q1, q1); }
-        for (int j = 0; j < RX; j++) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + j * K + b * 32));
-            __m256i p0, p1;
-            if (T == T_Q8_0) {
-                p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(xv, q0));
-                p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(xv, q1));
-            } else {
-                p0 = _mm256_maddubs_epi16(a0, xv);
-                p1 = _mm256_maddubs_epi16(a1, xv);
-            }
-            const float dxj = dx[j * nb + b];
-            acc[0][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p0, ones)), _mm256_set1_ps(d0 * dxj),
-                                        acc[0][j]);
-            acc[1][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p1, ones)), _mm256_set1_ps(d1 * dxj),
-                                        acc[1][j]);
-            if (T != T_Q8_0) {
-                macc[0][j] += m0 * xs[j * nb + b];
-                macc[1][j] += m1 * xs[j * nb + b];
-            }
-        }
-    }
-    for (int j = 0; j < RX; j++) {
-        out[j * ldo] = hsum8(acc[0][j]) + macc[0][j];
-        out[j * ldo + 1] = hsum8(acc[1][j]) + macc[1][j];
-    }
-}
-
-AI void tileK(int T, int RX, const uint8_t *w0, const uint8_t *w1, const xq_t *X, int64_t m, int64_t K,
-              float *out, int64_t ldo) {
-    const int64_t ns = K / 256, bytes = BYTES[T];
-    __m256 acc[2][4];
-    float macc[2][4];
-    for (int j = 0; j < RX; j++) {
-        acc[0][j] = acc[1][j] = _mm256_setzero_ps();
-        macc[0][j] = macc[1][j] = 0.0f;
-    }
-    const int8_t *xq = X->q + m * K;
-    for (int64_t s = 0; s < ns; s++) {
-        const uint8_t *b[2] = {w0 + s * bytes, w1 + s * bytes};
-        float d[2], dmin[2];
-        uint8_t sc[2][8], mn[2][8];
-        __m256i sc6[2];
-        for (int i = 0; i < 2; i++) {
-            if (T == T_Q6_K) {
-                d[i] = h2f(b[i] + 208); dmin[i] = 0.0f;
-                sc6[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b[i] + 192)));
-            } else {
-                d[i] = h2f(b[i]); dmin[i] = h2f(b[i] + 2);
-                k4_scales(b[i] + 4, sc[i], mn[i]);
-            }
-        }
-        __m256i iacc[2][4];
-        for (int j = 0; j < RX; j++) iacc[0][j] = iacc[1][j] = _mm256_setzero_si256();
-        for (int sb = 0; sb < 8; sb++) {
-            __m256i q[2], sv[2];
-            for (int i = 0; i < 2; i++) {
-                q[i] = unpackK(T, b[i], sb);
-                if (T == T_Q6_K) {
-                    const int8_t *s8 = (const int8_t *)(b[i] + 192);
-                    sv[i] = _mm256_set_m128i(_mm_set1_epi16(s8[2 * sb + 1]), _mm_set1_epi16(s8[2 * sb]));
-                } else {
-                    sv[i] = _mm256_set1_epi16(sc[i][sb]);
-                }
-            }
-            for (int j = 0; j < RX; j++) {
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + j * K + s * 256 + sb * 32));
-                for (int i = 0; i < 2; i++)
-                    iacc[i][j] = _mm256_add_epi32(iacc[i][j],
-                                                  _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], xv), sv[i]));
-            }
-        }
-        for (int j = 0; j < RX; j++) {
-            const float dxj = X->dx[(m + j) * ns + s];
-            for (int i = 0; i < 2; i++) {
-                __m256i t = iacc[i][j];
-                if (T == T_Q6_K) {  /* the -32 offset of every quant: 32 * sum(scale * block sum of x) */
-                    __m256i bs = _mm256_loadu_si256((const __m256i *)(X->bs16 + (m + j) * (K / 16) + s * 16));
-                    t = _mm256_sub_epi32(t, _mm256_slli_epi32(_mm256_madd_epi16(sc6[i], bs), 5));
-                } else {
-                    __m128i mv = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn[i]));
-                    __m128i bs = _mm_loadu_si128((const __m128i *)(X->bs32 + (m + j) * (K / 32) + s * 8));
-                    macc[i][j] -= dmin[i] * dxj * (float)hsum_i32x4(_mm_madd_epi16(mv, bs));
-                }
-                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d[i] * dxj), acc[i][j]);
-            }
-        }
-    }
-    for (int j = 0; j < RX; j++) {
-        out[j * ldo] = hsum8(acc[0][j]) + macc[0][j];
-        out[j * ldo + 1] = hsum8(acc[1][j]) + macc[1][j];
-    }
-}
-
-/* F16 / BF16 rows: fp32 FMA on the converted weights */
-AI __m256 load_half8(int T, const uint8_t *p) {
-    __m128i v = _mm_loadu_si128((const __m128i *)p);
-    if (T == T_F16) return _mm256_cvtph_ps(v);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
-}
-
-AI void tileF(int T, int RX, const uint8_t *w0, const uint8_t *w1, const float *x, int64_t K, float *out,
-              int64_t ldo) {
-    __m256 acc[2][4];
-    for (int j = 0; j < RX; j++) acc[0][j] = acc[1][j] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K; k += 8) {
-        __m256 a = load_half8(T, w0 + 2 * k), c = load_half8(T, w1 + 2 * k);
-        for (int j = 0; j < RX; j++) {
-            __m256 xv = _mm256_loadu_ps(x + j * K + k);
-            acc[0][j] = _mm256_fmadd_ps(a, xv, acc[0][j]);
-            acc[1][j] = _mm256_fmadd_ps(c, xv, acc[1][j]);
-        }
-    }
-    for (int j = 0; j < RX; j++) {
-        out[j * ldo] = hsum8(acc[0][j]);
-        out[j * ldo + 1] = hsum8(acc[1][j]);
-    }
-}
-
-/* ---- one thread's share: weight rows [n0, n1) against all M activation rows --------------------------------- */
+/* ---- tiles of 8 (weight row, activation row) pairs ---------------------------------------------------------------
+ * RW weight rows x RX activation rows, RW * RX = 8 (8x1 for decode steps, 2x4 for prompts). Pair k = j * RW + i
+ * (activation row j, weight row i). Each pair's integer dot product is a vector of 8 int32 partial sums; the 8
+ * pairs' vectors are reduced together (horizontal adds) into one vector with one lane per pair, which is then
+ * converted and scaled once: the float work per block is shared by the 8 pairs. */
 
 typedef struct {
     int type;
@@ -358,32 +226,291 @@ typedef struct {
     float *y;
 } job_t;
 
-AI void tile(int T, int RX, const job_t *J, int64_t n, int64_t m, float *buf) {
-    const uint8_t *w0 = J->W + n * J->row_bytes;
-    const uint8_t *w1 = n + 1 < J->N ? w0 + J->row_bytes : w0; /* an odd last row is computed twice */
-    if (T == T_F16 || T == T_BF16) tileF(T, RX, w0, w1, J->x + m * J->K, J->K, buf, 2);
-    else if (T >= T_Q4_K) tileK(T, RX, w0, w1, J->X, m, J->K, buf, 2);
-    else tile32(T, RX, w0, w1, J->X, m, J->K, buf, 2);
-    for (int j = 0; j < RX; j++) {
-        J->y[(m + j) * J->N + n] = buf[2 * j];
-        if (n + 1 < J->N) J->y[(m + j) * J->N + n + 1] = buf[2 * j + 1];
+AI __m256i reduce8(const __m256i p[8]) {
+    __m256i u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    __m256i u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+AI __m256 reduce8_ps(const __m256 p[8]) {
+    __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(p[0], p[1]), _mm256_hadd_ps(p[2], p[3]));
+    __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(p[4], p[5]), _mm256_hadd_ps(p[6], p[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* the sum of v's lanes in reduce8_ps's order, so a row computed alone equals the same row in a tile */
+AI float hsum_tile(__m256 v) {
+    __m256 h = _mm256_hadd_ps(v, v);
+    h = _mm256_hadd_ps(h, h);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
+/* lane k = a[k % RW] (a weight row's value) or b[k / RW] (an activation row's) */
+AI __m256 by_row(int RW, const float *a) {
+    float t[8];
+    for (int k = 0; k < 8; k++) t[k] = a[k % RW];
+    return _mm256_setr_ps(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
+}
+
+AI __m256 by_x(int RW, const float *b) {
+    float t[8];
+    for (int k = 0; k < 8; k++) t[k] = b[k / RW];
+    return _mm256_setr_ps(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
+}
+
+/* Q4_K / Q5_K: the 8 six-bit scales and 8 mins of 12 packed bytes, as uint8 in the low and high 8 bytes */
+AI __m128i k4_scales_v(const uint8_t *s) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, s, 4); memcpy(&u1, s + 4, 4); memcpy(&u2, s + 8, 4);
+    const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
+    uint32_t sc_lo = u0 & m6, mn_lo = u1 & m6;
+    uint32_t sc_hi = (u2 & m4) | (((u0 >> 6) & m2) << 4), mn_hi = ((u2 >> 4) & m4) | (((u1 >> 6) & m2) << 4);
+    return _mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo);
+}
+
+/* 32-block types: one float accumulator per pair (the scales change every 32 values, so the int32 sums are
+ * scaled per block; a per-block horizontal reduction would cost more). Q4_0 / Q5_0's offset (-8 / -16 per quant)
+ * is folded into the integer sum; Q4_1 / Q5_1's float min goes to a scalar accumulator per pair. */
+AI void tile_32(int T, int RW, int RX, const job_t *J, const uint8_t *const *w, int64_t m, __m256 *out) {
+    const int64_t K = J->K, nb = K / 32, bytes = BYTES[T];
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t *xq = J->X->q + m * K;
+    const float *dxr = J->X->dx + m * nb, *xsr = J->X->xs + m * nb;
+    const int16_t *isr = J->X->bs32 + m * nb;
+    const int off = T == T_Q4_0 ? 8 : T == T_Q5_0 ? 16 : 0;
+    __m256 acc[8];
+    float macc[8];
+    for (int k = 0; k < 8; k++) { acc[k] = _mm256_setzero_ps(); macc[k] = 0.0f; }
+    for (int64_t b = 0; b < nb; b++) {
+        float d[8], mn[8];
+        __m256i q[8], a[8];
+        __m256 dv[8];
+        for (int i = 0; i < RW; i++) {
+            q[i] = unpack32(T, w[i] + b * bytes, &d[i], &mn[i]);
+            a[i] = T == T_Q8_0 ? _mm256_sign_epi8(q[i], q[i]) : q[i];
+            dv[i] = _mm256_set1_ps(d[i]);
+        }
+        for (int j = 0; j < RX; j++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + j * K + b * 32));
+            __m256 dxv = _mm256_set1_ps(dxr[j * nb + b]);
+            __m256i ov = _mm256_setzero_si256();
+            if (off) ov = _mm256_zextsi128_si256(_mm_cvtsi32_si128(off * isr[j * nb + b]));
+            for (int i = 0; i < RW; i++) {
+                __m256i xs8 = T == T_Q8_0 ? _mm256_sign_epi8(xv, q[i]) : xv;
+                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(a[i], xs8), ones);
+                if (off) p = _mm256_sub_epi32(p, ov);
+                acc[j * RW + i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dv[i], dxv), acc[j * RW + i]);
+                if (T == T_Q4_1 || T == T_Q5_1) macc[j * RW + i] += mn[i] * xsr[j * nb + b];
+            }
+        }
+    }
+    __m256 r = reduce8_ps(acc);
+    if (T == T_Q4_1 || T == T_Q5_1) r = _mm256_add_ps(r, _mm256_loadu_ps(macc));
+    *out = r;
+}
+
+AI void tile_K(int T, int RW, int RX, const job_t *J, const uint8_t *const *w, int64_t m, __m256 *acc) {
+    const int64_t K = J->K, ns = K / 256, bytes = BYTES[T];
+    const int8_t *xq = J->X->q + m * K;
+    for (int64_t s = 0; s < ns; s++) {
+        float d[8], dmin[8], dx[4];
+        __m256i sc[8];  /* per row: Q4_K/Q5_K the 8 int16 scales in both 128-bit lanes; Q6_K the 16 int16 scales */
+        __m128i mins[8];
+        const uint8_t *b[8];
+        for (int i = 0; i < RW; i++) {
+            b[i] = w[i] + s * bytes;
+            if (T == T_Q6_K) {
+                d[i] = h2f(b[i] + 208);
+                sc[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b[i] + 192)));
+            } else {
+                d[i] = h2f(b[i]);
+                dmin[i] = h2f(b[i] + 2);
+                __m128i v = k4_scales_v(b[i] + 4);
+                sc[i] = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(v));
+                mins[i] = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(v, v));
+            }
+        }
+        for (int j = 0; j < RX; j++) dx[j] = J->X->dx[(m + j) * ns + s];
+        __m256i iacc[8];
+        for (int k = 0; k < 8; k++) iacc[k] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int sb = 0; sb < 8; sb++) {
+            __m256i xv[4];  /* loaded once; each weight row's sub-block is unpacked and used at once (few live
+                             * registers: the 8 accumulators stay in registers) */
+            for (int j = 0; j < RX; j++)
+                xv[j] = _mm256_loadu_si256((const __m256i *)(xq + j * K + s * 256 + sb * 32));
+            for (int i = 0; i < RW; i++) {
+                __m256i q = unpackK(T, b[i], sb), sv;
+                if (T == T_Q6_K)  /* lanes 0-7: scale 2sb, lanes 8-15: scale 2sb+1 */
+                    sv = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(sc[i], _mm256_set1_epi32(sb)),
+                                             _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                                              2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3));
+                else
+                    sv = _mm256_shuffle_epi8(sc[i], _mm256_set1_epi16((short)(((2 * sb + 1) << 8) | (2 * sb))));
+                for (int j = 0; j < RX; j++)
+                    iacc[j * RW + i] = _mm256_add_epi32(iacc[j * RW + i],
+                                                        _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv[j]), sv));
+            }
+        }
+        if (T == T_Q6_K) {  /* the -32 offset of every quant: 32 * sum(scale * sum of x per 16) */
+            for (int j = 0; j < RX; j++) {
+                __m256i bs = _mm256_loadu_si256((const __m256i *)(J->X->bs16 + (m + j) * (K / 16) + s * 16));
+                for (int i = 0; i < RW; i++)
+                    iacc[j * RW + i] = _mm256_sub_epi32(iacc[j * RW + i],
+                                                        _mm256_slli_epi32(_mm256_madd_epi16(sc[i], bs), 5));
+            }
+        }
+        __m256 dd = _mm256_mul_ps(by_row(RW, d), by_x(RW, dx));
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(iacc)), dd, *acc);
+        if (T != T_Q6_K) {  /* the mins: dmin * sum(min * sum of x per 32) */
+            __m256i mp[8];
+            for (int j = 0; j < RX; j++) {
+                __m128i bs = _mm_loadu_si128((const __m128i *)(J->X->bs32 + (m + j) * (K / 32) + s * 8));
+                for (int i = 0; i < RW; i++) mp[j * RW + i] = _mm256_zextsi128_si256(_mm_madd_epi16(mins[i], bs));
+            }
+            __m256 dm = _mm256_mul_ps(by_row(RW, dmin), by_x(RW, dx));
+            *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8(mp)), dm, *acc);
+        }
     }
 }
 
-AI void run_rows(int T, const job_t *J, int64_t n0, int64_t n1) {
-    float buf[8];
-    /* activation rows in chunks whose int8 copy stays in L2 (~256 KiB) while the weight rows stream past */
-    int64_t mc = (256 * 1024) / (J->K > 0 ? J->K : 1);
-    mc = mc < 4 ? 4 : mc / 4 * 4;
-    for (int64_t mb = 0; mb < J->M; mb += mc) {
-        const int64_t me = mb + mc < J->M ? mb + mc : J->M;
-        for (int64_t n = n0; n < n1; n += 2) {
-            int64_t m = mb;
-            for (; m + 4 <= me; m += 4) tile(T, 4, J, n, m, buf);
-            if (m + 2 <= me) { tile(T, 2, J, n, m, buf); m += 2; }
-            if (m < me) tile(T, 1, J, n, m, buf);
+/* F16 / BF16 rows: fp32 FMA on the converted weights */
+AI __m256 load_half8(int T, const uint8_t *p) {
+    __m128i v = _mm_loadu_si128((const __m128i *)p);
+    if (T == T_F16) return _mm256_cvtph_ps(v);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+
+AI void tile_F(int T, int RW, int RX, const job_t *J, const uint8_t *const *w, int64_t m, __m256 *out) {
+    const int64_t K = J->K;
+    const float *x = J->x + m * K;
+    __m256 acc[8];
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < K; c += 8) {
+        __m256 wv[8];
+        for (int i = 0; i < RW; i++) wv[i] = load_half8(T, w[i] + 2 * c);
+        for (int j = 0; j < RX; j++) {
+            __m256 xv = _mm256_loadu_ps(x + j * K + c);
+            for (int i = 0; i < RW; i++) acc[j * RW + i] = _mm256_fmadd_ps(wv[i], xv, acc[j * RW + i]);
         }
     }
+    *out = reduce8_ps(acc);
+}
+
+/* One weight row against one activation row (llama.cpp's vec_dot shape): the decode steps' rows and the 1-3
+ * rows a prompt leaves after its tiles of 4. One accumulator, so nothing spills, and each row's bytes are read
+ * once per activation row while they are still in L1. */
+AI float dot_32(int T, const job_t *J, const uint8_t *w, int64_t m) {
+    const int64_t K = J->K, nb = K / 32, bytes = BYTES[T];
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int8_t *xq = J->X->q + m * K;
+    const float *dx = J->X->dx + m * nb, *xs = J->X->xs + m * nb;
+    const int16_t *is = J->X->bs32 + m * nb;
+    const int off = T == T_Q4_0 ? 8 : T == T_Q5_0 ? 16 : 0;
+    __m256 acc = _mm256_setzero_ps();
+    float macc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        float d, mn;
+        __m256i q = unpack32(T, w + b * bytes, &d, &mn);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
+        __m256i p = T == T_Q8_0 ? _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q))
+                                : _mm256_maddubs_epi16(q, xv);
+        p = _mm256_madd_epi16(p, ones);
+        if (off) p = _mm256_sub_epi32(p, _mm256_zextsi128_si256(_mm_cvtsi32_si128(off * is[b])));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * dx[b]), acc);
+        if (T == T_Q4_1 || T == T_Q5_1) macc += mn * xs[b];
+    }
+    return hsum_tile(acc) + macc;
+}
+
+AI float dot_K(int T, const job_t *J, const uint8_t *w, int64_t m) {
+    const int64_t K = J->K, ns = K / 256, bytes = BYTES[T];
+    const int8_t *xq = J->X->q + m * K;
+    float acc = 0.0f;
+    for (int64_t s = 0; s < ns; s++) {
+        const uint8_t *b = w + s * bytes;
+        const float dx = J->X->dx[m * ns + s];
+        __m256i sc, iacc = _mm256_setzero_si256();
+        __m128i mins = _mm_setzero_si128();
+        if (T == T_Q6_K) {
+            sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192)));
+        } else {
+            __m128i v = k4_scales_v(b + 4);
+            sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(v));
+            mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(v, v));
+        }
+        for (int sb = 0; sb < 8; sb++) {
+            __m256i q = unpackK(T, b, sb), sv;
+            if (T == T_Q6_K)
+                sv = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(sc, _mm256_set1_epi32(sb)),
+                                         _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                                          2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3));
+            else
+                sv = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(((2 * sb + 1) << 8) | (2 * sb))));
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + s * 256 + sb * 32));
+            iacc = _mm256_add_epi32(iacc, _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), sv));
+        }
+        /* the 8 lanes are summed as integers (exact) and scaled once, as tile_K does per pair */
+        if (T == T_Q6_K) {
+            __m256i bs = _mm256_loadu_si256((const __m256i *)(J->X->bs16 + m * (K / 16) + s * 16));
+            iacc = _mm256_sub_epi32(iacc, _mm256_slli_epi32(_mm256_madd_epi16(sc, bs), 5));
+            acc = fmaf((float)hsum_i32x8(iacc), h2f(b + 208) * dx, acc);
+        } else {
+            __m128i bs = _mm_loadu_si128((const __m128i *)(J->X->bs32 + m * (K / 32) + s * 8));
+            acc = fmaf((float)hsum_i32x8(iacc), h2f(b) * dx, acc);
+            acc = fmaf(-(float)hsum_i32x4(_mm_madd_epi16(mins, bs)), h2f(b + 2) * dx, acc);
+        }
+    }
+    return acc;
+}
+
+AI float dot_F(int T, const job_t *J, const uint8_t *w, int64_t m) {
+    const float *x = J->x + m * J->K;
+    __m256 acc = _mm256_setzero_ps();  /* one accumulator, the same order as tile_F */
+    for (int64_t c = 0; c < J->K; c += 8) acc = _mm256_fmadd_ps(load_half8(T, w + 2 * c), _mm256_loadu_ps(x + c), acc);
+    return hsum_tile(acc);
+}
+
+AI void rows_dot(int T, const job_t *J, int64_t n0, int64_t n1, int64_t m0) {
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *w = J->W + n * J->row_bytes;
+        for (int64_t m = m0; m < J->M; m++) {
+            float v;
+            if (T == T_F16 || T == T_BF16) v = dot_F(T, J, w, m);
+            else if (T >= T_Q4_K) v = dot_K(T, J, w, m);
+            else v = dot_32(T, J, w, m);
+            J->y[m * J->N + n] = v;
+        }
+    }
+}
+
+/* weight rows n .. n + RW - 1 (past N: the last row again, not stored) x activation rows m .. m + RX - 1 */
+AI void tile(int T, int RW, int RX, const job_t *J, int64_t n, int64_t m) {
+    const uint8_t *w[8];
+    for (int i = 0; i < RW; i++) w[i] = J->W + (n + i < J->N ? n + i : J->N - 1) * J->row_bytes;
+    __m256 acc = _mm256_setzero_ps();
+    if (T == T_F16 || T == T_BF16) tile_F(T, RW, RX, J, w, m, &acc);
+    else if (T >= T_Q4_K) tile_K(T, RW, RX, J, w, m, &acc);
+    else tile_32(T, RW, RX, J, w, m, &acc);
+    float out[8];
+    _mm256_storeu_ps(out, acc);
+    const int64_t nv = J->N - n < RW ? J->N - n : RW;
+    for (int j = 0; j < RX; j++) memcpy(J->y + (m + j) * J->N + n, out + j * RW, sizeof(float) * nv);
+}
+
+/* one thread's share: weight rows [n0, n1) (n0 a multiple of 8) against all M activation rows */
+AI void run_rows(int T, const job_t *J, int64_t n0, int64_t n1) {
+    /* activation rows in chunks of 4 whose int8 copy stays in L2 (~256 KiB) while the weight rows stream past;
+     * the 1-3 rows left over (and decode steps) go row by row */
+    int64_t mc = (256 * 1024) / J->K;
+    mc = mc < 4 ? 4 : mc / 4 * 4;
+    const int64_t m4 = J->M / 4 * 4;
+    for (int64_t mb = 0; mb < m4; mb += mc) {
+        const int64_t me = mb + mc < m4 ? mb + mc : m4;
+        for (int64_t n = n0; n < n1; n += 2)
+            for (int64_t m = mb; m < me; m += 4) tile(T, 2, 4, J, n, m);
+    }
+    if (m4 < J->M) rows_dot(T, J, n0, n1, m4);
 }
 
 static void run_job(const job_t *J, int64_t n0, int64_t n1) {
@@ -475,9 +602,9 @@ static void parallel(task_fn fn, void *ctx, int nt) {
 
 static void matmul_task(void *ctx, int tid, int nt) {
     const job_t *J = (const job_t *)ctx;
-    const int64_t pairs = (J->N + 1) / 2;
-    const int64_t p0 = pairs * tid / nt, p1 = pairs * (tid + 1) / nt;
-    if (p1 > p0) run_job(J, 2 * p0, 2 * p1 < J->N ? 2 * p1 : J->N);
+    const int64_t groups = (J->N + 7) / 8;  /* threads take whole groups of 8 weight rows */
+    const int64_t g0 = groups * tid / nt, g1 = groups * (tid + 1) / nt;
+    if (g1 > g0) run_job(J, 8 * g0, 8 * g1 < J->N ? 8 * g1 : J->N);
 }
 
 /* y[M, N] = x[M, K] @ W[N, K]^T. Returns 0, -1 (out of memory) or -2 (bad arguments). */
@@ -489,9 +616,9 @@ int ck_matmul(int type, const uint8_t *W, int64_t row_bytes, const float *x, flo
     if (M == 0 || N == 0) return 0;
     job_t J = {type, W, row_bytes, M, N, K, x, &xbuf, y};
     if (type != T_F16 && type != T_BF16 && prepare_x(x, M, K, type >= T_Q4_K) != 0) return -1;
-    int64_t pairs = (N + 1) / 2;
+    const int64_t groups = (N + 7) / 8;
     int nt = nthreads < 1 ? 1 : nthreads;
-    if (nt > pairs) nt = (int)pairs;
+    if (nt > groups) nt = (int)groups;
     parallel(matmul_task, &J, nt);
     return 0;
 }
