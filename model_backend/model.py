@@ -74,24 +74,28 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor],
                 rows: Tensor, pos: Tensor, read: slice | Tensor, kv_len: int,
-                single: tuple[int, int] | None, decode: Sequence[tuple[int, int]] | None = None) -> Tensor:
-        """decode: for a decode step (one new token per row), each row's (slot, position)."""
+                single: tuple[int, int] | None, steps: Sequence[tuple[int, int]] | None = None) -> Tensor:
+        """steps: each row's (slot, first position)."""
         b, t, _ = x.shape
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
         qkv = self.wqkv(x)
         k_cache, v_cache = cache
         fn = None if self.decode_kernel is None else self.decode_kernel.get(k_cache.dtype)
-        if decode is not None and fn is not None and qkv.dtype == torch.float32:
-            # per row one C call: RoPE, cache write, attention over its own slot and length (cpu_kernels.py);
-            # qkv and out are ours, contiguous [b, 1, ...]; rope is [b, 1, 1, hd/2] complex
-            out = torch.empty(b, 1, nh * hd)
-            rope_f = torch.view_as_real(rope)
-            for i, (slot, p0) in enumerate(decode):
-                kc, vc = k_cache[slot], v_cache[slot]  # [nkv, max_seq, hd], contiguous
-                rc = fn(qkv[i].data_ptr(), rope_f[i].data_ptr(), kc.data_ptr(), vc.data_ptr(), out[i].data_ptr(),
-                        nh, nkv, hd, p0, kc.stride(0), hd ** -0.5)
-                if rc != 0:
-                    raise RuntimeError(f"decode attention kernel failed (code {rc})")
+        if steps is not None and fn is not None and qkv.dtype == torch.float32:
+            # one C call per row and token, in order: RoPE, cache write, attention over its own slot up to its
+            # position (cpu_kernels.attention_kernel). Prompts go through it too, token by token, so a token's
+            # result never depends on how it was batched or whether its prefix came from the cache (with
+            # int8-rounded activations a last-bit difference in attention can flip a rounding and change the text)
+            qkv = qkv.contiguous()
+            out = torch.empty(b, t, nh * hd)
+            rope_f = torch.view_as_real(rope).contiguous()  # [b, t, 1, hd/2, 2]
+            for i, (slot, p0) in enumerate(steps):
+                kc, vc = k_cache[slot], v_cache[slot]  # [nkv, capacity, hd], contiguous
+                for j in range(t):
+                    rc = fn(qkv[i, j].data_ptr(), rope_f[i, j].data_ptr(), kc.data_ptr(), vc.data_ptr(),
+                            out[i, j].data_ptr(), nh, nkv, hd, p0 + j, kc.stride(0), hd ** -0.5)
+                    if rc != 0:
+                        raise RuntimeError(f"attention kernel failed (code {rc})")
             return self.wo(out)
         # RoPE on q and k at once: their weights are stored with each head's dims interleaved in pairs,
         # so a rotation is one complex multiply (q.k is unchanged by the same permutation of both)
@@ -235,13 +239,16 @@ class Transformer(nn.Module):
         cfg = self.config
         cap = min(self.max_seq, -(-max(length, 2 * self.capacity) // KV_CHUNK) * KV_CHUNK)
         shape = (cfg.n_layers, self.n_slots, cfg.n_kv_heads, cap, cfg.head_dim)
-        # uninitialised on purpose: zeroed lazily per slot (see ensure_zeroed), so unused pages cost nothing
-        k = torch.empty(shape, dtype=self.kv_dtype, device=self.rope.device)
-        v = torch.empty(shape, dtype=self.kv_dtype, device=self.rope.device)
-        used = max(self._zeroed, default=0)
-        if self.k_cache is not None and used:
-            k[:, :, :, :used] = self.k_cache[:, :, :, :used]
-            v[:, :, :, :used] = self.v_cache[:, :, :, :used]
+        # normal tensors even when a forward (inference mode) grows the cache: the engine also writes to it
+        # outside inference mode (copy_slot)
+        with torch.inference_mode(False):
+            # uninitialised on purpose: zeroed lazily per slot (see ensure_zeroed), so unused pages cost nothing
+            k = torch.empty(shape, dtype=self.kv_dtype, device=self.rope.device)
+            v = torch.empty(shape, dtype=self.kv_dtype, device=self.rope.device)
+            used = max(self._zeroed, default=0)
+            if self.k_cache is not None and used:
+                k[:, :, :, :used] = self.k_cache[:, :, :, :used]
+                v[:, :, :, :used] = self.v_cache[:, :, :, :used]
         self.k_cache, self.v_cache, self.capacity = k, v, cap
 
     def ensure_zeroed(self, slots: Sequence[int], upto: int) -> None:
@@ -306,11 +313,11 @@ class Transformer(nn.Module):
             mask = torch.zeros(b, kv_len, device=device).masked_fill_(~valid, float("-inf")).view(b, 1, 1, kv_len)
         rope = self.rope[pos].unsqueeze(2)  # [b, t, 1, hd/2]
         single = (slots[0], start_pos[0]) if b == 1 else None
-        decode = list(zip(slots, start_pos, strict=True)) if t == 1 else None
+        steps = list(zip(slots, start_pos, strict=True))
         x = self.embed(tokens)
         for i, layer in enumerate(self.layers):
             x = x + layer.attn(layer.attn_norm(x), rope, mask, (self.k_cache[i], self.v_cache[i]),
-                               rows, pos, read, kv_len, single, decode)
+                               rows, pos, read, kv_len, single, steps)
             x = x + layer.mlp(layer.ffn_norm(x))
         if not all_logits:
             x = x[:, -1]
