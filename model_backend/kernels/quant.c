@@ -25,6 +25,11 @@
 #include <math.h>
 
 #define AI static inline __attribute__((always_inline))
+#define PRAGMA(x) _Pragma(#x)
+#define UNROLL(n) PRAGMA(GCC unroll n)
+#ifndef SB_UNROLL
+#define SB_UNROLL 8
+#endif
 
 enum { T_F32, T_F16, T_BF16, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0, T_Q4_K, T_Q5_K, T_Q6_K, T_COUNT };
 static const int BLOCK[T_COUNT] = {1, 1, 1, 32, 32, 32, 32, 32, 256, 256, 256};
@@ -254,7 +259,7 @@ AI __m256 by_row(int RW, const float *a) {
 
 AI __m256 by_x(int RW, const float *b) {
     float t[8];
-    for (int k = 0; k < 8; k++) t[k] = b[k / RW];
+    for (int k = 0; k < 8; k++) t[k] = b[k / RW < 4 ? k / RW : 0];  /* lanes past RW * RX are unused */
     return _mm256_setr_ps(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
 }
 
@@ -333,7 +338,7 @@ AI void tile_K(int T, int RW, int RX, const job_t *J, const uint8_t *const *w, i
         for (int j = 0; j < RX; j++) dx[j] = J->X->dx[(m + j) * ns + s];
         __m256i iacc[8];
         for (int k = 0; k < 8; k++) iacc[k] = _mm256_setzero_si256();
-#pragma GCC unroll 8
+        UNROLL(SB_UNROLL)
         for (int sb = 0; sb < 8; sb++) {
             __m256i xv[4];  /* loaded once; each weight row's sub-block is unpacked and used at once (few live
                              * registers: the 8 accumulators stay in registers) */
@@ -364,6 +369,7 @@ AI void tile_K(int T, int RW, int RX, const job_t *J, const uint8_t *const *w, i
         *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(iacc)), dd, *acc);
         if (T != T_Q6_K) {  /* the mins: dmin * sum(min * sum of x per 32) */
             __m256i mp[8];
+            for (int k = 0; k < 8; k++) mp[k] = _mm256_setzero_si256();
             for (int j = 0; j < RX; j++) {
                 __m128i bs = _mm_loadu_si128((const __m128i *)(J->X->bs32 + (m + j) * (K / 32) + s * 8));
                 for (int i = 0; i < RW; i++) mp[j * RW + i] = _mm256_zextsi128_si256(_mm_madd_epi16(mins[i], bs));
@@ -498,6 +504,16 @@ AI void tile(int T, int RW, int RX, const job_t *J, int64_t n, int64_t m) {
     for (int j = 0; j < RX; j++) memcpy(J->y + (m + j) * J->N + n, out + j * RW, sizeof(float) * nv);
 }
 
+#ifndef RW_K
+#define RW_K 2
+#endif
+#ifndef RW_32
+#define RW_32 2
+#endif
+#ifndef RW_F
+#define RW_F 2
+#endif
+
 /* one thread's share: weight rows [n0, n1) (n0 a multiple of 8) against all M activation rows */
 AI void run_rows(int T, const job_t *J, int64_t n0, int64_t n1) {
     /* activation rows in chunks of 4 whose int8 copy stays in L2 (~256 KiB) while the weight rows stream past;
@@ -507,8 +523,9 @@ AI void run_rows(int T, const job_t *J, int64_t n0, int64_t n1) {
     const int64_t m4 = J->M / 4 * 4;
     for (int64_t mb = 0; mb < m4; mb += mc) {
         const int64_t me = mb + mc < m4 ? mb + mc : m4;
-        for (int64_t n = n0; n < n1; n += 2)
-            for (int64_t m = mb; m < me; m += 4) tile(T, 2, 4, J, n, m);
+        const int rw = T >= T_Q4_K ? RW_K : T == T_F16 || T == T_BF16 ? RW_F : RW_32;
+        for (int64_t n = n0; n < n1; n += rw)
+            for (int64_t m = mb; m < me; m += 4) tile(T, rw, 4, J, n, m);
     }
     if (m4 < J->M) rows_dot(T, J, n0, n1, m4);
 }
