@@ -4,7 +4,8 @@
 
 For each type and shape (N x K = 1536x1536, 8960x1536, 1536x8960) it prints GEMV (M = 1, a decode step) in ms
 and GB/s of weight bytes read, and GEMM (M = --m rows, a prompt) in ms and GFLOP/s (2*M*N*K / time), with 1 and
-2 threads. Weights are random bytes with sane fp16 scales (speed does not depend on the values). When the
+2 threads: wall time, and with 1 thread also the thread's CPU time (what a busy shared machine does not
+inflate). Weights are random bytes with sane fp16 scales (speed does not depend on the values). When the
 llama.cpp Python package is importable its version is printed; a same-run model-level comparison with it is
 benchmarks/engine.py's job.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,12 +44,9 @@ def random_weight(qtype: str, n: int, k: int, seed: int = 0) -> ck.PackedWeight:
     return ck.pack(raw.reshape(n, -1), qtype, (n, k))
 
 
-def timed(fn, threads: int, min_time: float = 0.3, min_reps: int = 3) -> float:
-    """Seconds per call: the fastest of at least min_reps calls and min_time seconds (after one warm-up). With one
-    thread it is the calling thread's CPU time (time.thread_time), which other processes on a shared machine do
-    not inflate; with more it is wall time, so a busy machine makes those figures pessimistic."""
+def timed(fn, clock=time.perf_counter, min_time: float = 0.3, min_reps: int = 3) -> float:
+    """Seconds per call: the fastest of at least min_reps calls and min_time seconds (after one warm-up)."""
     fn()
-    clock = time.thread_time if threads == 1 else time.perf_counter
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_reps or time.perf_counter() - start < min_time:
@@ -74,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("llama_cpp not importable: absolute figures only")
     rows = []
-    print(f"{'type':6} {'N x K':>11} {'thr':>3} | {'GEMV ms':>8} {'GB/s':>6} | {'GEMM ms':>8} {'GFLOP/s':>8}")
+    print(f"{'type':6} {'N x K':>11} {'thr':>3} {'time':>4} | {'GEMV ms':>8} {'GB/s':>6} | {'GEMM ms':>8} "
+          f"{'GFLOP/s':>8}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     saved = torch.get_num_threads()
     try:
         for qtype in args.types.split(","):
@@ -84,14 +85,22 @@ def main(argv: list[str] | None = None) -> int:
                 xm = torch.randn(args.m, k)
                 for threads in (int(t) for t in args.threads.split(",")):
                     torch.set_num_threads(threads)
-                    t1 = timed(lambda: ck.matmul(x1, w), threads)  # noqa: B023
-                    tm = timed(lambda: ck.matmul(xm, w), threads, min_time=0.5, min_reps=2)  # noqa: B023
-                    row = {"type": qtype, "n": n, "k": k, "threads": threads, "gemv_ms": t1 * 1e3,
-                           "gemv_gbs": w.nbytes / t1 / 1e9, "m": args.m, "gemm_ms": tm * 1e3,
-                           "gemm_gflops": 2 * args.m * n * k / tm / 1e9}
+                    row = {"type": qtype, "n": n, "k": k, "threads": threads, "m": args.m}
+                    # wall time; with one thread also the thread's CPU time, which other processes on a shared
+                    # machine do not inflate (the fair per-core figure there)
+                    clocks = {"wall": time.perf_counter, "cpu": time.thread_time} if threads == 1 else \
+                        {"wall": time.perf_counter}
+                    for name, clock in clocks.items():
+                        t1 = timed(lambda: ck.matmul(x1, w), clock)  # noqa: B023
+                        tm = timed(lambda: ck.matmul(xm, w), clock, min_time=0.5, min_reps=2)  # noqa: B023
+                        row[f"gemv_ms_{name}"] = t1 * 1e3
+                        row[f"gemv_gbs_{name}"] = w.nbytes / t1 / 1e9
+                        row[f"gemm_ms_{name}"] = tm * 1e3
+                        row[f"gemm_gflops_{name}"] = 2 * args.m * n * k / tm / 1e9
+                        print(f"{qtype:6} {n:>5}x{k:<5} {threads:>3} {name:>4} | {row[f'gemv_ms_{name}']:8.3f} "
+                              f"{row[f'gemv_gbs_{name}']:6.1f} | {row[f'gemm_ms_{name}']:8.1f} "
+                              f"{row[f'gemm_gflops_{name}']:8.1f}", flush=True)
                     rows.append(row)
-                    print(f"{qtype:6} {n:>5}x{k:<5} {threads:>3} | {row['gemv_ms']:8.3f} {row['gemv_gbs']:6.1f} | "
-                          f"{row['gemm_ms']:8.1f} {row['gemm_gflops']:8.1f}", flush=True)
     finally:
         torch.set_num_threads(saved)
     if args.json:

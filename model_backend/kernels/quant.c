@@ -90,7 +90,7 @@ AI float amax_n(const float *x, int n) {
     return _mm_cvtss_f32(a);
 }
 
-static int prepare_x(const float *x, int64_t M, int64_t K, int kquant) {
+static int alloc_x(int64_t M, int64_t K) {
     size_t n = (size_t)M * K;
     size_t need = n + 4 * (n / 16) + 4 * (n / 32) + 2 * (n / 16) + 2 * (n / 32) + 5 * 64;
     if (need > xbuf.cap) {
@@ -105,9 +105,14 @@ static int prepare_x(const float *x, int64_t M, int64_t K, int kquant) {
     xbuf.xs = (float *)p; p += (4 * (n / 32) + 63) / 64 * 64;
     xbuf.bs16 = (int16_t *)p; p += (2 * (n / 16) + 63) / 64 * 64;
     xbuf.bs32 = (int16_t *)p;
-    for (int64_t m = 0; m < M; m++) {
+    return 0;
+}
+
+/* activation rows [m0, m1) into X (rows are independent, so threads may take parts) */
+static void quantize_x(xq_t *X, const float *x, int64_t m0, int64_t m1, int64_t K, int kquant) {
+    for (int64_t m = m0; m < m1; m++) {
         const float *xr = x + m * K;
-        int8_t *qr = xbuf.q + m * K;
+        int8_t *qr = X->q + m * K;
         if (!kquant) {
             for (int64_t b = 0; b < K / 32; b++) {
                 const float *xb = xr + b * 32;
@@ -117,28 +122,27 @@ static int prepare_x(const float *x, int64_t M, int64_t K, int kquant) {
                 _mm256_storeu_si256((__m256i *)(qr + b * 32), round32(xb, inv, i));
                 const int isum = hsum_i32x8(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]),
                                                              _mm256_add_epi32(i[2], i[3])));
-                xbuf.dx[m * (K / 32) + b] = mx / 127.0f;
-                xbuf.xs[m * (K / 32) + b] = (mx / 127.0f) * (float)isum;
-                xbuf.bs32[m * (K / 32) + b] = (int16_t)isum;
+                X->dx[m * (K / 32) + b] = mx / 127.0f;
+                X->xs[m * (K / 32) + b] = (mx / 127.0f) * (float)isum;
+                X->bs32[m * (K / 32) + b] = (int16_t)isum;
             }
         } else {
             for (int64_t s = 0; s < K / 256; s++) {
                 const float *xs = xr + s * 256;
                 float mx = amax_n(xs, 256);
                 __m256 inv = _mm256_set1_ps(mx > 0.0f ? 127.0f / mx : 0.0f);
-                xbuf.dx[m * (K / 256) + s] = mx / 127.0f;
+                X->dx[m * (K / 256) + s] = mx / 127.0f;
                 for (int b = 0; b < 8; b++) {
                     __m256i i[4];
                     _mm256_storeu_si256((__m256i *)(qr + s * 256 + b * 32), round32(xs + b * 32, inv, i));
                     int s0 = hsum_i32x8(_mm256_add_epi32(i[0], i[1])), s1 = hsum_i32x8(_mm256_add_epi32(i[2], i[3]));
-                    xbuf.bs16[m * (K / 16) + s * 16 + 2 * b] = (int16_t)s0;
-                    xbuf.bs16[m * (K / 16) + s * 16 + 2 * b + 1] = (int16_t)s1;
-                    xbuf.bs32[m * (K / 32) + s * 8 + b] = (int16_t)(s0 + s1);
+                    X->bs16[m * (K / 16) + s * 16 + 2 * b] = (int16_t)s0;
+                    X->bs16[m * (K / 16) + s * 16 + 2 * b + 1] = (int16_t)s1;
+                    X->bs32[m * (K / 32) + s * 8 + b] = (int16_t)(s0 + s1);
                 }
             }
         }
     }
-    return 0;
 }
 
 /* ---- unpacking one weight block ------------------------------------------------------------------------------ */
@@ -624,6 +628,18 @@ static void matmul_task(void *ctx, int tid, int nt) {
     if (g1 > g0) run_job(J, 8 * g0, 8 * g1 < J->N ? 8 * g1 : J->N);
 }
 
+typedef struct {
+    xq_t *X;
+    const float *x;
+    int64_t M, K;
+    int kquant;
+} qjob_t;
+
+static void quantize_task(void *ctx, int tid, int nt) {
+    const qjob_t *Q = (const qjob_t *)ctx;
+    quantize_x(Q->X, Q->x, Q->M * tid / nt, Q->M * (tid + 1) / nt, Q->K, Q->kquant);
+}
+
 /* y[M, N] = x[M, K] @ W[N, K]^T. Returns 0, -1 (out of memory) or -2 (bad arguments). */
 int ck_matmul(int type, const uint8_t *W, int64_t row_bytes, const float *x, float *y, int64_t M, int64_t N,
               int64_t K, int nthreads) {
@@ -632,9 +648,13 @@ int ck_matmul(int type, const uint8_t *W, int64_t row_bytes, const float *x, flo
         return -2;
     if (M == 0 || N == 0) return 0;
     job_t J = {type, W, row_bytes, M, N, K, x, &xbuf, y};
-    if (type != T_F16 && type != T_BF16 && prepare_x(x, M, K, type >= T_Q4_K) != 0) return -1;
     const int64_t groups = (N + 7) / 8;
     int nt = nthreads < 1 ? 1 : nthreads;
+    if (type != T_F16 && type != T_BF16) {
+        if (alloc_x(M, K) != 0) return -1;
+        qjob_t Q = {&xbuf, x, M, K, type >= T_Q4_K};
+        parallel(quantize_task, &Q, M >= 16 ? nt : 1);  /* a prompt's rows are rounded in parallel too */
+    }
     if (nt > groups) nt = (int)groups;
     parallel(matmul_task, &J, nt);
     return 0;
