@@ -594,9 +594,21 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* a forked child has none of the parent's workers: start from an empty pool there */
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool.dispatch, NULL);
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pool.nworkers = 0;
+}
+
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static void pool_init(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
+
 static void parallel(task_fn fn, void *ctx, int nt) {
     if (nt > MAX_THREADS) nt = MAX_THREADS;
     if (nt <= 1) { fn(ctx, 0, 1); return; }
+    pthread_once(&pool_once, pool_init);
     pthread_mutex_lock(&pool.dispatch);
     while (pool.nworkers < nt - 1) {
         pthread_t th;
