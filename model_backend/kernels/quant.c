@@ -233,6 +233,7 @@ typedef struct {
     const float *x;
     const xq_t *X;
     float *y;
+    const float *bias; /* [N] or NULL */
 } job_t;
 
 AI __m256i reduce8(const __m256i p[8]) {
@@ -644,7 +645,12 @@ static void matmul_task(void *ctx, int tid, int nt) {
     const job_t *J = (const job_t *)ctx;
     const int64_t groups = (J->N + 7) / 8;  /* threads take whole groups of 8 weight rows */
     const int64_t g0 = groups * tid / nt, g1 = groups * (tid + 1) / nt;
-    if (g1 > g0) run_job(J, 8 * g0, 8 * g1 < J->N ? 8 * g1 : J->N);
+    if (g1 <= g0) return;
+    const int64_t n0 = 8 * g0, n1 = 8 * g1 < J->N ? 8 * g1 : J->N;
+    run_job(J, n0, n1);
+    if (J->bias)
+        for (int64_t m = 0; m < J->M; m++)
+            for (int64_t n = n0; n < n1; n++) J->y[m * J->N + n] += J->bias[n];
 }
 
 typedef struct {
@@ -659,14 +665,15 @@ static void quantize_task(void *ctx, int tid, int nt) {
     quantize_x(Q->X, Q->x, Q->M * tid / nt, Q->M * (tid + 1) / nt, Q->K, Q->kquant);
 }
 
-/* y[M, N] = x[M, K] @ W[N, K]^T. Returns 0, -1 (out of memory) or -2 (bad arguments). */
+/* y[M, N] = x[M, K] @ W[N, K]^T (+ bias[N] when not NULL).
+ * Returns 0, -1 (out of memory) or -2 (bad arguments). */
 int ck_matmul(int type, const uint8_t *W, int64_t row_bytes, const float *x, float *y, int64_t M, int64_t N,
-              int64_t K, int nthreads) {
+              int64_t K, int nthreads, const float *bias) {
     if (type <= T_F32 || type >= T_COUNT || M < 0 || N < 0 || K <= 0 || K % BLOCK[type] || K % 32 ||
         row_bytes != K / BLOCK[type] * BYTES[type])
         return -2;
     if (M == 0 || N == 0) return 0;
-    job_t J = {type, W, row_bytes, M, N, K, x, &xbuf, y};
+    job_t J = {type, W, row_bytes, M, N, K, x, &xbuf, y, bias};
     const int64_t groups = (N + 7) / 8;
     int nt = nthreads < 1 ? 1 : nthreads;
     if (type != T_F16 && type != T_BF16) {

@@ -157,6 +157,8 @@ for qtype in ck.GGML_TYPES:
     got = ck.matmul(x, w).double()
     want = x.double() @ torch.from_numpy(ref).double().T
     assert ((got - want).abs() <= 1e-5 * (x.abs().double() @ torch.from_numpy(ref).abs().double().T) + 1e-5).all()
+    b = torch.randn(300)
+    assert torch.allclose(ck.QuantLinear(w, b)(x[None]), (got + b.double()).float()[None], atol=1e-4)
 print("ok")
 """
 
