@@ -184,9 +184,9 @@ def row_bytes(qtype: str, in_features: int) -> int:
 def pack(raw: np.ndarray | Tensor, qtype: str, shape: tuple[int, int]) -> PackedWeight:
     """Wrap a GGUF tensor's bytes (uint8 as stored, or an F32/F16/BF16 array) as a `PackedWeight` of `shape` =
     (out_features, in_features). Contiguous input is not copied."""
-    name = getattr(qtype, "name", qtype)
+    name = getattr(qtype, "name", qtype)  # a gguf GGMLQuantizationType is accepted too
     if name not in BLOCKS:
-        raise UnsupportedQuantType(qtype)
+        raise UnsupportedQuantType(name)
     n, k = (int(s) for s in shape)
     rb = row_bytes(name, k)
     if isinstance(raw, Tensor):
