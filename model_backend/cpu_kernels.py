@@ -113,7 +113,7 @@ def library() -> Any | None:
         log.warning("CPU kernels: could not build or load the library (%s); using the numpy/torch fallback", e)
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.ck_matmul.argtypes = [ctypes.c_int, ptr, i64, ptr, ptr, i64, i64, i64, ctypes.c_int]
+    lib.ck_matmul.argtypes = [ctypes.c_int, ptr, i64, ptr, ptr, i64, i64, i64, ctypes.c_int, ptr]
     lib.ck_matmul.restype = ctypes.c_int
     lib.ck_dequant_rows.argtypes = [ctypes.c_int, ptr, i64, ptr, i64, i64, i64, ptr]
     lib.ck_dequant_rows.restype = ctypes.c_int
@@ -152,6 +152,8 @@ class PackedWeight:
         self.data, self.qtype = data, qtype
         self.out_features, self.in_features = out_features, in_features
         self.nbytes = int(data.nbytes)
+        self.ptr = int(data.ctypes.data)  # the bytes' address, for the C calls (data keeps them alive)
+        self.type_id = _TYPE_ID[qtype]
         self._f32: Tensor | None = None
 
     @property
@@ -182,9 +184,9 @@ def row_bytes(qtype: str, in_features: int) -> int:
 def pack(raw: np.ndarray | Tensor, qtype: str, shape: tuple[int, int]) -> PackedWeight:
     """Wrap a GGUF tensor's bytes (uint8 as stored, or an F32/F16/BF16 array) as a `PackedWeight` of `shape` =
     (out_features, in_features). Contiguous input is not copied."""
-    name = getattr(qtype, "name", qtype)
+    name = getattr(qtype, "name", qtype)  # a gguf GGMLQuantizationType is accepted too
     if name not in BLOCKS:
-        raise UnsupportedQuantType(qtype)
+        raise UnsupportedQuantType(name)
     n, k = (int(s) for s in shape)
     rb = row_bytes(name, k)
     if isinstance(raw, Tensor):
@@ -204,23 +206,24 @@ def pack(raw: np.ndarray | Tensor, qtype: str, shape: tuple[int, int]) -> Packed
 
 # --- products ------------------------------------------------------------------------------------------------
 
-def matmul(x: Tensor, w: PackedWeight) -> Tensor:
-    """fp32 x [M, K] @ W.T -> fp32 [M, N] for any M, on torch.get_num_threads() threads."""
+def matmul(x: Tensor, w: PackedWeight, bias: Tensor | None = None) -> Tensor:
+    """fp32 x [M, K] @ W.T (+ bias [N], fp32) -> fp32 [M, N] for any M, on torch.get_num_threads() threads."""
     if x.dim() != 2 or x.shape[1] != w.in_features:
         raise ValueError(f"x of shape {tuple(x.shape)} does not fit a {w.out_features}x{w.in_features} weight")
     if x.dtype != torch.float32:
         x = x.float()
     if not x.is_contiguous():
         x = x.contiguous()
-    if w.qtype == "F32":
-        return x @ w.f32_view().T
     lib = library()
+    if lib is None or w.qtype == "F32" or x.device.type != "cpu" or w.in_features % 32:
+        y = x @ w.f32_view().T if w.qtype == "F32" else _matmul_tiles(x, w)
+        return y if bias is None else y.add_(bias)
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        bias = bias.float().contiguous()
     m, n = x.shape[0], w.out_features
-    if lib is None or x.device.type != "cpu" or w.in_features % 32:
-        return _matmul_tiles(x, w)
     y = torch.empty(m, n, dtype=torch.float32)
-    rc = lib.ck_matmul(_TYPE_ID[w.qtype], w.data.ctypes.data, w.row_bytes, x.data_ptr(), y.data_ptr(), m, n,
-                       w.in_features, torch.get_num_threads())
+    rc = lib.ck_matmul(w.type_id, w.ptr, w.row_bytes, x.data_ptr(), y.data_ptr(), m, n, w.in_features,
+                       torch.get_num_threads(), None if bias is None else bias.data_ptr())
     if rc != 0:
         raise RuntimeError(f"CPU kernel ck_matmul failed (code {rc}) for {w!r}")
     return y
@@ -246,7 +249,7 @@ def dequantize_rows(w: PackedWeight, rows: Tensor) -> Tensor:
     if lib is None:
         return torch.from_numpy(dequantize_numpy(w.data[idx.numpy()], w.qtype, w.in_features))
     out = torch.empty(len(idx), w.in_features, dtype=torch.float32)
-    rc = lib.ck_dequant_rows(_TYPE_ID[w.qtype], w.data.ctypes.data, w.row_bytes, idx.data_ptr(), len(idx),
+    rc = lib.ck_dequant_rows(w.type_id, w.ptr, w.row_bytes, idx.data_ptr(), len(idx),
                              w.out_features, w.in_features, out.data_ptr())
     if rc != 0:
         raise RuntimeError(f"CPU kernel ck_dequant_rows failed (code {rc}) for {w!r}")
@@ -260,12 +263,11 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.weight = weight
         self.in_features, self.out_features = weight.in_features, weight.out_features
-        self.bias = None if bias is None else nn.Parameter(bias.detach().float().contiguous(), requires_grad=False)
+        self.bias: Tensor | None
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     def forward(self, x: Tensor) -> Tensor:
-        y = matmul(x.reshape(-1, self.in_features), self.weight)
-        if self.bias is not None:
-            y += self.bias
+        y = matmul(x.reshape(-1, self.in_features), self.weight, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

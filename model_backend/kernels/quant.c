@@ -25,6 +25,11 @@
 #include <math.h>
 
 #define AI static inline __attribute__((always_inline))
+#define PRAGMA(x) _Pragma(#x)
+#define UNROLL(n) PRAGMA(GCC unroll n)
+#ifndef SB_UNROLL
+#define SB_UNROLL 8
+#endif
 
 enum { T_F32, T_F16, T_BF16, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0, T_Q4_K, T_Q5_K, T_Q6_K, T_COUNT };
 static const int BLOCK[T_COUNT] = {1, 1, 1, 32, 32, 32, 32, 32, 256, 256, 256};
@@ -85,7 +90,7 @@ AI float amax_n(const float *x, int n) {
     return _mm_cvtss_f32(a);
 }
 
-static int prepare_x(const float *x, int64_t M, int64_t K, int kquant) {
+static int alloc_x(int64_t M, int64_t K) {
     size_t n = (size_t)M * K;
     size_t need = n + 4 * (n / 16) + 4 * (n / 32) + 2 * (n / 16) + 2 * (n / 32) + 5 * 64;
     if (need > xbuf.cap) {
@@ -100,9 +105,14 @@ static int prepare_x(const float *x, int64_t M, int64_t K, int kquant) {
     xbuf.xs = (float *)p; p += (4 * (n / 32) + 63) / 64 * 64;
     xbuf.bs16 = (int16_t *)p; p += (2 * (n / 16) + 63) / 64 * 64;
     xbuf.bs32 = (int16_t *)p;
-    for (int64_t m = 0; m < M; m++) {
+    return 0;
+}
+
+/* activation rows [m0, m1) into X (rows are independent, so threads may take parts) */
+static void quantize_x(xq_t *X, const float *x, int64_t m0, int64_t m1, int64_t K, int kquant) {
+    for (int64_t m = m0; m < m1; m++) {
         const float *xr = x + m * K;
-        int8_t *qr = xbuf.q + m * K;
+        int8_t *qr = X->q + m * K;
         if (!kquant) {
             for (int64_t b = 0; b < K / 32; b++) {
                 const float *xb = xr + b * 32;
@@ -112,28 +122,27 @@ static int prepare_x(const float *x, int64_t M, int64_t K, int kquant) {
                 _mm256_storeu_si256((__m256i *)(qr + b * 32), round32(xb, inv, i));
                 const int isum = hsum_i32x8(_mm256_add_epi32(_mm256_add_epi32(i[0], i[1]),
                                                              _mm256_add_epi32(i[2], i[3])));
-                xbuf.dx[m * (K / 32) + b] = mx / 127.0f;
-                xbuf.xs[m * (K / 32) + b] = (mx / 127.0f) * (float)isum;
-                xbuf.bs32[m * (K / 32) + b] = (int16_t)isum;
+                X->dx[m * (K / 32) + b] = mx / 127.0f;
+                X->xs[m * (K / 32) + b] = (mx / 127.0f) * (float)isum;
+                X->bs32[m * (K / 32) + b] = (int16_t)isum;
             }
         } else {
             for (int64_t s = 0; s < K / 256; s++) {
                 const float *xs = xr + s * 256;
                 float mx = amax_n(xs, 256);
                 __m256 inv = _mm256_set1_ps(mx > 0.0f ? 127.0f / mx : 0.0f);
-                xbuf.dx[m * (K / 256) + s] = mx / 127.0f;
+                X->dx[m * (K / 256) + s] = mx / 127.0f;
                 for (int b = 0; b < 8; b++) {
                     __m256i i[4];
                     _mm256_storeu_si256((__m256i *)(qr + s * 256 + b * 32), round32(xs + b * 32, inv, i));
                     int s0 = hsum_i32x8(_mm256_add_epi32(i[0], i[1])), s1 = hsum_i32x8(_mm256_add_epi32(i[2], i[3]));
-                    xbuf.bs16[m * (K / 16) + s * 16 + 2 * b] = (int16_t)s0;
-                    xbuf.bs16[m * (K / 16) + s * 16 + 2 * b + 1] = (int16_t)s1;
-                    xbuf.bs32[m * (K / 32) + s * 8 + b] = (int16_t)(s0 + s1);
+                    X->bs16[m * (K / 16) + s * 16 + 2 * b] = (int16_t)s0;
+                    X->bs16[m * (K / 16) + s * 16 + 2 * b + 1] = (int16_t)s1;
+                    X->bs32[m * (K / 32) + s * 8 + b] = (int16_t)(s0 + s1);
                 }
             }
         }
     }
-    return 0;
 }
 
 /* ---- unpacking one weight block ------------------------------------------------------------------------------ */
@@ -224,6 +233,7 @@ typedef struct {
     const float *x;
     const xq_t *X;
     float *y;
+    const float *bias; /* [N] or NULL */
 } job_t;
 
 AI __m256i reduce8(const __m256i p[8]) {
@@ -254,7 +264,7 @@ AI __m256 by_row(int RW, const float *a) {
 
 AI __m256 by_x(int RW, const float *b) {
     float t[8];
-    for (int k = 0; k < 8; k++) t[k] = b[k / RW];
+    for (int k = 0; k < 8; k++) t[k] = b[k / RW < 4 ? k / RW : 0];  /* lanes past RW * RX are unused */
     return _mm256_setr_ps(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
 }
 
@@ -333,7 +343,7 @@ AI void tile_K(int T, int RW, int RX, const job_t *J, const uint8_t *const *w, i
         for (int j = 0; j < RX; j++) dx[j] = J->X->dx[(m + j) * ns + s];
         __m256i iacc[8];
         for (int k = 0; k < 8; k++) iacc[k] = _mm256_setzero_si256();
-#pragma GCC unroll 8
+        UNROLL(SB_UNROLL)
         for (int sb = 0; sb < 8; sb++) {
             __m256i xv[4];  /* loaded once; each weight row's sub-block is unpacked and used at once (few live
                              * registers: the 8 accumulators stay in registers) */
@@ -364,6 +374,7 @@ AI void tile_K(int T, int RW, int RX, const job_t *J, const uint8_t *const *w, i
         *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(iacc)), dd, *acc);
         if (T != T_Q6_K) {  /* the mins: dmin * sum(min * sum of x per 32) */
             __m256i mp[8];
+            for (int k = 0; k < 8; k++) mp[k] = _mm256_setzero_si256();
             for (int j = 0; j < RX; j++) {
                 __m128i bs = _mm_loadu_si128((const __m128i *)(J->X->bs32 + (m + j) * (K / 32) + s * 8));
                 for (int i = 0; i < RW; i++) mp[j * RW + i] = _mm256_zextsi128_si256(_mm_madd_epi16(mins[i], bs));
@@ -464,23 +475,30 @@ AI float dot_K(int T, const job_t *J, const uint8_t *w, int64_t m) {
     return acc;
 }
 
-AI float dot_F(int T, const job_t *J, const uint8_t *w, int64_t m) {
+/* F16 / BF16: 4 weight rows at once, one accumulator each (4 independent FMA chains, each row still summed in
+ * tile_F's order) */
+AI void dot_F4(int T, const job_t *J, int64_t n, int64_t m) {
     const float *x = J->x + m * J->K;
-    __m256 acc = _mm256_setzero_ps();  /* one accumulator, the same order as tile_F */
-    for (int64_t c = 0; c < J->K; c += 8) acc = _mm256_fmadd_ps(load_half8(T, w + 2 * c), _mm256_loadu_ps(x + c), acc);
-    return hsum_tile(acc);
+    const uint8_t *w[4];
+    for (int i = 0; i < 4; i++) w[i] = J->W + (n + i < J->N ? n + i : J->N - 1) * J->row_bytes;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t c = 0; c < J->K; c += 8) {
+        __m256 xv = _mm256_loadu_ps(x + c);
+        for (int i = 0; i < 4; i++) acc[i] = _mm256_fmadd_ps(load_half8(T, w[i] + 2 * c), xv, acc[i]);
+    }
+    for (int i = 0; i < 4 && n + i < J->N; i++) J->y[m * J->N + n + i] = hsum_tile(acc[i]);
 }
 
 AI void rows_dot(int T, const job_t *J, int64_t n0, int64_t n1, int64_t m0) {
+    if (T == T_F16 || T == T_BF16) {
+        for (int64_t n = n0; n < n1; n += 4)
+            for (int64_t m = m0; m < J->M; m++) dot_F4(T, J, n, m);
+        return;
+    }
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *w = J->W + n * J->row_bytes;
-        for (int64_t m = m0; m < J->M; m++) {
-            float v;
-            if (T == T_F16 || T == T_BF16) v = dot_F(T, J, w, m);
-            else if (T >= T_Q4_K) v = dot_K(T, J, w, m);
-            else v = dot_32(T, J, w, m);
-            J->y[m * J->N + n] = v;
-        }
+        for (int64_t m = m0; m < J->M; m++)
+            J->y[m * J->N + n] = T >= T_Q4_K ? dot_K(T, J, w, m) : dot_32(T, J, w, m);
     }
 }
 
@@ -498,6 +516,16 @@ AI void tile(int T, int RW, int RX, const job_t *J, int64_t n, int64_t m) {
     for (int j = 0; j < RX; j++) memcpy(J->y + (m + j) * J->N + n, out + j * RW, sizeof(float) * nv);
 }
 
+#ifndef RW_K
+#define RW_K 2
+#endif
+#ifndef RW_32
+#define RW_32 2
+#endif
+#ifndef RW_F
+#define RW_F 2
+#endif
+
 /* one thread's share: weight rows [n0, n1) (n0 a multiple of 8) against all M activation rows */
 AI void run_rows(int T, const job_t *J, int64_t n0, int64_t n1) {
     /* activation rows in chunks of 4 whose int8 copy stays in L2 (~256 KiB) while the weight rows stream past;
@@ -507,8 +535,9 @@ AI void run_rows(int T, const job_t *J, int64_t n0, int64_t n1) {
     const int64_t m4 = J->M / 4 * 4;
     for (int64_t mb = 0; mb < m4; mb += mc) {
         const int64_t me = mb + mc < m4 ? mb + mc : m4;
-        for (int64_t n = n0; n < n1; n += 2)
-            for (int64_t m = mb; m < me; m += 4) tile(T, 2, 4, J, n, m);
+        const int rw = T >= T_Q4_K ? RW_K : T == T_F16 || T == T_BF16 ? RW_F : RW_32;
+        for (int64_t n = n0; n < n1; n += rw)
+            for (int64_t m = mb; m < me; m += 4) tile(T, rw, 4, J, n, m);
     }
     if (m4 < J->M) rows_dot(T, J, n0, n1, m4);
 }
@@ -573,9 +602,21 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* a forked child has none of the parent's workers: start from an empty pool there */
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool.dispatch, NULL);
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pool.nworkers = 0;
+}
+
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static void pool_init(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
+
 static void parallel(task_fn fn, void *ctx, int nt) {
     if (nt > MAX_THREADS) nt = MAX_THREADS;
     if (nt <= 1) { fn(ctx, 0, 1); return; }
+    pthread_once(&pool_once, pool_init);
     pthread_mutex_lock(&pool.dispatch);
     while (pool.nworkers < nt - 1) {
         pthread_t th;
@@ -604,20 +645,42 @@ static void matmul_task(void *ctx, int tid, int nt) {
     const job_t *J = (const job_t *)ctx;
     const int64_t groups = (J->N + 7) / 8;  /* threads take whole groups of 8 weight rows */
     const int64_t g0 = groups * tid / nt, g1 = groups * (tid + 1) / nt;
-    if (g1 > g0) run_job(J, 8 * g0, 8 * g1 < J->N ? 8 * g1 : J->N);
+    if (g1 <= g0) return;
+    const int64_t n0 = 8 * g0, n1 = 8 * g1 < J->N ? 8 * g1 : J->N;
+    run_job(J, n0, n1);
+    if (J->bias)
+        for (int64_t m = 0; m < J->M; m++)
+            for (int64_t n = n0; n < n1; n++) J->y[m * J->N + n] += J->bias[n];
 }
 
-/* y[M, N] = x[M, K] @ W[N, K]^T. Returns 0, -1 (out of memory) or -2 (bad arguments). */
+typedef struct {
+    xq_t *X;
+    const float *x;
+    int64_t M, K;
+    int kquant;
+} qjob_t;
+
+static void quantize_task(void *ctx, int tid, int nt) {
+    const qjob_t *Q = (const qjob_t *)ctx;
+    quantize_x(Q->X, Q->x, Q->M * tid / nt, Q->M * (tid + 1) / nt, Q->K, Q->kquant);
+}
+
+/* y[M, N] = x[M, K] @ W[N, K]^T (+ bias[N] when not NULL).
+ * Returns 0, -1 (out of memory) or -2 (bad arguments). */
 int ck_matmul(int type, const uint8_t *W, int64_t row_bytes, const float *x, float *y, int64_t M, int64_t N,
-              int64_t K, int nthreads) {
+              int64_t K, int nthreads, const float *bias) {
     if (type <= T_F32 || type >= T_COUNT || M < 0 || N < 0 || K <= 0 || K % BLOCK[type] || K % 32 ||
         row_bytes != K / BLOCK[type] * BYTES[type])
         return -2;
     if (M == 0 || N == 0) return 0;
-    job_t J = {type, W, row_bytes, M, N, K, x, &xbuf, y};
-    if (type != T_F16 && type != T_BF16 && prepare_x(x, M, K, type >= T_Q4_K) != 0) return -1;
+    job_t J = {type, W, row_bytes, M, N, K, x, &xbuf, y, bias};
     const int64_t groups = (N + 7) / 8;
     int nt = nthreads < 1 ? 1 : nthreads;
+    if (type != T_F16 && type != T_BF16) {
+        if (alloc_x(M, K) != 0) return -1;
+        qjob_t Q = {&xbuf, x, M, K, type >= T_Q4_K};
+        parallel(quantize_task, &Q, M >= 16 ? nt : 1);  /* a prompt's rows are rounded in parallel too */
+    }
     if (nt > groups) nt = (int)groups;
     parallel(matmul_task, &J, nt);
     return 0;

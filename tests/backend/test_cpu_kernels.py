@@ -157,6 +157,8 @@ for qtype in ck.GGML_TYPES:
     got = ck.matmul(x, w).double()
     want = x.double() @ torch.from_numpy(ref).double().T
     assert ((got - want).abs() <= 1e-5 * (x.abs().double() @ torch.from_numpy(ref).abs().double().T) + 1e-5).all()
+    b = torch.randn(300)
+    assert torch.allclose(ck.QuantLinear(w, b)(x[None]), (got + b.double()).float()[None], atol=1e-4)
 print("ok")
 """
 
@@ -170,5 +172,31 @@ def test_fallback_without_the_library_is_correct() -> None:
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, env=env, timeout=300,
                           cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
+
+
+FORK = """
+import os, torch
+from model_backend import cpu_kernels as ck
+from tests.backend.test_cpu_kernels import make_weight
+torch.set_num_threads(2)
+raw, ref = make_weight("Q8_0", 64, 256)
+w = ck.pack(raw, "Q8_0", (64, 256))
+x = torch.randn(20, 256)
+want = ck.matmul(x, w)  # starts the pool's worker
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if torch.equal(ck.matmul(x, w), want) else 1)
+_, status = os.waitpid(pid, 0)
+print("ok" if os.waitstatus_to_exitcode(status) == 0 else "child failed")
+"""
+
+
+@KERNELS
+def test_kernels_work_in_a_forked_child() -> None:
+    """The thread pool does not survive fork(); the child must start its own instead of waiting forever."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=120, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
