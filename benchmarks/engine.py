@@ -1,7 +1,18 @@
 """Engine benchmark on the default GGUF (not a test): prefill, decode, 8 samples, prefix reuse, cold start.
 
     .venv/bin/python benchmarks/engine.py [--threads 2] [--decode-threads 1] [--formats none,fp16,int8,blocks]
-        [--decode-tokens 64] [--reuse-len 2000] [--no-llama-cpp] [--gguf PATH] [--json out.json]
+        [--decode-tokens 64] [--reuse-len 2000] [--no-llama-cpp] [--json out.json]
+    .venv/bin/python benchmarks/engine.py --gguf PATH [--threads 2] [--decode-threads 1] [--repeats 2]
+    .venv/bin/python benchmarks/engine.py --make-probes /tmp/probes [--probe-sizes 0.5b,1.5b,7b]
+        [--probe-types Q8_0,Q4_K_M]
+
+--gguf PATH measures our engine and llama.cpp (when llama_cpp imports) on the same file, each in fresh processes
+(alternating, best of --repeats): seconds from spawning the process to the first token and to 128 greedy tokens
+(100-token prompt), peak RSS (the child's ru_maxrss), decode tok/s (batch 1, --decode-threads, default 1) and
+prefill tok/s (513 tokens, --threads), with ours / llama.cpp per figure. --make-probes writes random-weight
+GGUFs of Qwen2.5-Coder's shapes (with the default model's 49,152-token vocabulary), quantized by llama.cpp's
+own quantizer when llama_cpp imports, else written directly as random valid blocks of each type (Q4_K_M: the
+per-tensor mix llama.cpp picks); tensor by tensor, so a 7B fits.
 
 Each weight format ("none" = plain fp32 torch, "fp16" = the default CPU fast path, "int8" = lossy opt-in)
 is measured in the same run, so the ratios are fair even when the machine is busy; the load average is
@@ -27,6 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # before torch loads OpenMP, as model_backend/__init__.py does for the server (see there why)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -224,6 +236,280 @@ def measure_llama_cpp(ids_of, gguf: Path, threads: int, decode_threads: int, dec
     return out
 
 
+# --- both engines on one GGUF (--gguf), each in a fresh process ------------------------------------------------
+
+GGUF_KEYS = [("first_token_s", "fresh process to first token, s", False),
+             ("tokens128_s", "fresh process to 128 greedy tokens, s", False),
+             ("peak_rss_mb", "peak RSS, MB", False),
+             ("decode_tok_s", "decode tok/s, batch 1, 1 thread", True),
+             ("prefill_tok_s", "prefill tok/s, 513 tokens, 2 threads", True)]
+PROMPT_TOKENS, GEN_TOKENS, PREFILL_TOKENS = 100, 128, 513
+
+
+def _child_ours(path: str, threads: int, decode_threads: int, t_spawn: float) -> dict[str, float]:
+    """Fresh process: load `path`, 128 greedy tokens on a 100-token prompt (times from the spawn), then a
+    513-token prefill."""
+    torch.set_num_threads(threads)
+    engine = Engine.load(path, device="cpu", max_batch=1, max_seq_len=1024, progress=False,
+                         prefill_threads=threads, decode_threads=decode_threads)
+    engine.eos_ids = frozenset()  # random-weight probes: always 128 tokens
+    ids = engine.tokenizer.encode(corpus_text(), special=False)
+    out: dict[str, float] = {"load_s": time.time() - t_spawn}
+    st = engine.stats
+    engine.add_request("r", ids[:PROMPT_TOKENS], greedy(GEN_TOKENS, stop=[]))
+    d0, s0 = st.decode_seconds, st.decode_steps
+    while engine.has_unfinished():
+        engine.step()
+        if "first_token_s" not in out and st.generated_tokens >= 1:
+            out["first_token_s"] = time.time() - t_spawn
+    out["tokens128_s"] = time.time() - t_spawn
+    out["decode_tok_s"] = (st.decode_steps - s0) / (st.decode_seconds - d0)
+    p0 = st.prefill_seconds
+    engine.generate(ids[1000:1000 + PREFILL_TOKENS], greedy(1))
+    out["prefill_tok_s"] = PREFILL_TOKENS / (st.prefill_seconds - p0)
+    out["weight_format"] = engine.weight_format  # type: ignore[assignment]
+    return out
+
+
+def _child_llama(path: str, threads: int, decode_threads: int, t_spawn: float) -> dict[str, float]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(path, n_threads=decode_threads, n_threads_batch=threads, n_ctx=1024, verbose=False)
+    out: dict[str, float] = {"load_s": time.time() - t_spawn}
+    ids = llm.tokenize(corpus_text().encode(), add_bos=False, special=False)
+    got, t1 = 0, 0.0
+    for _ in llm.generate(ids[:PROMPT_TOKENS], temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        got += 1
+        if got == 1:
+            t1 = time.time()
+            out["first_token_s"] = t1 - t_spawn
+        if got >= GEN_TOKENS:
+            break
+    out["tokens128_s"] = time.time() - t_spawn
+    out["decode_tok_s"] = (got - 1) / (time.time() - t1)
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(ids[1000:1000 + PREFILL_TOKENS])
+    out["prefill_tok_s"] = PREFILL_TOKENS / (time.perf_counter() - t0)
+    return out
+
+
+def run_child(which: str, path: Path, threads: int, decode_threads: int) -> dict[str, float]:
+    """Runs this script as `--child which` in a fresh interpreter; its peak RSS is the child's own ru_maxrss."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--gguf", str(path),
+           "--threads", str(threads), "--decode-threads", str(decode_threads), "--t-spawn", repr(time.time())]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{which} on {path} failed:\n{proc.stderr[-3000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r["peak_rss_mb"] = r.pop("_maxrss_kb") / 1024
+    return r
+
+
+def compare_gguf(path: Path, threads: int, decode_threads: int, repeats: int) -> dict:
+    """Ours and llama.cpp on the same GGUF, alternating, `repeats` times each; the best of each figure."""
+    try:
+        import llama_cpp  # noqa: F401
+        engines = ["ours", "llama.cpp"]
+    except ImportError:
+        engines = ["ours"]
+    runs: dict[str, list[dict[str, float]]] = {e: [] for e in engines}
+    for _ in range(repeats):
+        for e in engines:
+            runs[e].append(run_child(e, path, threads, decode_threads))
+            print(f"[{e}] " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in runs[e][-1].items()), flush=True)
+    best = {e: {k: (max if higher else min)(r[k] for r in runs[e]) for k, _, higher in GGUF_KEYS}
+            for e in engines}
+    print(f"\n{path.name} ({path.stat().st_size / 1e9:.2f} GB), {threads} prefill / {decode_threads} decode "
+          f"threads, best of {repeats}, load average {os.getloadavg()[0]:.1f}")
+    print("figure".ljust(42) + "".join(e.rjust(12) for e in engines) + ("  ours/llama.cpp" if len(engines) > 1 else ""))
+    for k, label, _ in GGUF_KEYS:
+        row = label.ljust(42) + "".join(f"{best[e][k]:12.4g}" for e in engines)
+        if len(engines) > 1:
+            row += f"{best['ours'][k] / best['llama.cpp'][k]:15.2f}"
+        print(row)
+    if len(engines) == 1:
+        print("llama.cpp NOT measured: llama_cpp is not importable (pip install llama-cpp-python)")
+    return {"file": str(path), "bytes": path.stat().st_size, "threads": threads, "decode_threads": decode_threads,
+            "runs": runs, "best": best}
+
+
+def child_main(which: str, path: str, threads: int, decode_threads: int, t_spawn: float) -> int:
+    import resource
+
+    fn = _child_ours if which == "ours" else _child_llama
+    r = fn(path, threads, decode_threads, t_spawn)
+    r["_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(r))
+    return 0
+
+
+# --- random-weight GGUFs of real models' shapes (--make-probes) -------------------------------------------------
+
+# Qwen2.5-Coder shapes (hidden, layers, heads, kv heads, ffn, tied embeddings); the vocabulary is the default
+# model's 49,152 tokens (its tokenizer is copied in), not Qwen's 151,936.
+PROBE_SHAPES = {"0.5b": (896, 24, 14, 2, 4864, True), "1.5b": (1536, 28, 12, 2, 8960, False),
+                "3b": (2048, 36, 16, 2, 11008, False), "7b": (3584, 28, 28, 4, 18944, False)}
+LLAMA_FTYPES = {"Q8_0": 7, "Q4_K_M": 15, "Q4_0": 2, "Q5_K_M": 17, "Q6_K": 18}
+
+
+def _probe_tensors(size: str) -> list[tuple[str, tuple[int, ...]]]:
+    hidden, layers, heads, kv, ffn, tied = PROBE_SHAPES[size]
+    hd = hidden // heads
+    vocab = 49152
+    out = [("token_embd.weight", (vocab, hidden))]
+    for i in range(layers):
+        p = f"blk.{i}."
+        out += [(p + "attn_norm.weight", (hidden,)), (p + "attn_q.weight", (heads * hd, hidden)),
+                (p + "attn_q.bias", (heads * hd,)), (p + "attn_k.weight", (kv * hd, hidden)),
+                (p + "attn_k.bias", (kv * hd,)), (p + "attn_v.weight", (kv * hd, hidden)),
+                (p + "attn_v.bias", (kv * hd,)), (p + "attn_output.weight", (hidden, heads * hd)),
+                (p + "ffn_norm.weight", (hidden,)), (p + "ffn_gate.weight", (ffn, hidden)),
+                (p + "ffn_up.weight", (ffn, hidden)), (p + "ffn_down.weight", (hidden, ffn))]
+    out.append(("output_norm.weight", (hidden,)))
+    if not tied:
+        out.append(("output.weight", (vocab, hidden)))
+    return out
+
+
+def _q4_k_m_type(name: str, n_layers: int) -> str:
+    """llama.cpp's Q4_K_M choice per tensor (llama_tensor_get_type: use_more_bits for attn_v / ffn_down)."""
+    if name == "output.weight":
+        return "Q6_K"
+    if ".attn_v." in name or ".ffn_down." in name:
+        i = int(name.split(".")[1])
+        more = i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2
+        return "Q6_K" if more else "Q4_K"
+    return "Q4_K"
+
+
+def _random_blocks(qtype: str, shape: tuple[int, ...], rng: Any) -> Any:
+    """Random valid ggml blocks whose weights are of a trained model's size (scales small, finite)."""
+    import gguf
+    import numpy as np
+
+    q = gguf.GGMLQuantizationType[qtype]
+    block, nbytes = gguf.GGML_QUANT_SIZES[q]
+    rows, cols = shape
+    b = rng.integers(0, 256, size=(rows, cols // block, nbytes), dtype=np.uint8)
+    fields = {"Q8_0": ((0, 0.0002),), "Q4_0": ((0, 0.003),), "Q5_0": ((0, 0.0015),),
+              "Q4_K": ((0, 0.00005), (2, 0.00005)),
+              "Q6_K": ((208, 0.00001),)}[qtype]
+    for off, scale in fields:
+        d = rng.uniform(0.2 * scale, scale, size=b.shape[:2]).astype("<f2")
+        b[..., off:off + 2] = d.view(np.uint8).reshape(*b.shape[:2], 2)
+    return b.reshape(rows, -1)
+
+
+def write_probe(path: Path, size: str, qtype: str, seed: int = 0) -> Path:
+    """A random-weight GGUF of `size`'s shapes, tensor by tensor (never the whole model in memory): F16 weights,
+    or random valid blocks of `qtype` ("Q8_0", "Q4_0", or "Q4_K_M": llama.cpp's per-tensor mix)."""
+    import gguf
+    import numpy as np
+
+    from model_backend.weights import default_model_path
+
+    hidden, layers, heads, kv, ffn, _ = PROBE_SHAPES[size]
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(path, "qwen2")
+    w.add_name(f"probe-qwen2.5-coder-{size}-{qtype}")
+    w.add_context_length(32768)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base(1e6)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_file_type({"F16": 1, "Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15}[qtype])
+    src = gguf.GGUFReader(default_model_path())
+    for key, f in src.fields.items():
+        if key.startswith("tokenizer."):
+            if f.types[0] == gguf.GGUFValueType.ARRAY:
+                w.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1])
+            else:
+                w.add_key_value(key, f.contents(), f.types[0])
+    plan = []
+    for name, shape in _probe_tensors(size):
+        if len(shape) == 1:
+            kind = "F32"
+        elif qtype == "Q4_K_M":
+            kind = _q4_k_m_type(name, layers)
+            if shape[1] % 256:  # llama.cpp's fallback for rows that are not whole K-quant super-blocks
+                kind = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}[kind]
+        else:
+            kind = qtype
+        plan.append((name, shape, kind))
+        if kind in ("F32", "F16"):
+            dt = np.dtype(np.float32 if kind == "F32" else np.float16)
+            w.add_tensor_info(name, shape, dt, int(np.prod(shape)) * dt.itemsize)
+        else:
+            q = gguf.GGMLQuantizationType[kind]
+            block, nbytes = gguf.GGML_QUANT_SIZES[q]
+            w.add_tensor_info(name, (shape[0], shape[1] // block * nbytes), np.dtype(np.uint8),
+                              shape[0] * shape[1] // block * nbytes, raw_dtype=q)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for name, shape, kind in plan:
+        if kind == "F32":
+            data = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32) if name.endswith("norm.weight") \
+                else (0.02 * rng.standard_normal(shape)).astype(np.float32)
+        elif kind == "F16":
+            data = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float16)
+        else:
+            data = _random_blocks(kind, shape, rng)
+        w.write_tensor_data(data)
+        del data
+    w.close()
+    return path
+
+
+def llama_quantize(src: Path, dst: Path, qtype: str) -> bool:
+    try:
+        import ctypes
+
+        import llama_cpp
+    except ImportError:
+        return False
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = LLAMA_FTYPES[qtype]
+    p.nthread = 2
+    return llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p)) == 0
+
+
+def make_probes(out_dir: Path, sizes: list[str], qtypes: list[str]) -> list[Path]:
+    """F16 probes quantized by llama.cpp's own quantizer when llama_cpp imports; else random valid blocks of
+    each type written directly (the same file sizes and per-tensor types, for speed and memory)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    for size in sizes:
+        f16 = None
+        for qtype in qtypes:
+            dst = out_dir / f"qwen2.5-coder-{size}-probe-{qtype}.gguf"
+            if dst.exists():
+                made.append(dst)
+                continue
+            t0 = time.time()
+            try:
+                import llama_cpp  # noqa: F401
+                if f16 is None:
+                    f16 = write_probe(out_dir / f"qwen2.5-coder-{size}-probe-F16.gguf", size, "F16")
+                how = "llama.cpp's quantizer" if llama_quantize(f16, dst, qtype) else None
+                if how is None:
+                    raise SystemExit(f"llama.cpp could not quantize {f16} to {qtype}")
+            except ImportError:
+                write_probe(dst, size, qtype)
+                how = "random valid blocks (llama_cpp not importable)"
+            print(f"{dst} ({dst.stat().st_size / 1e9:.2f} GB, {how}, {time.time() - t0:.0f} s)", flush=True)
+            made.append(dst)
+        if f16 is not None:
+            f16.unlink()
+    return made
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="prefill threads")
@@ -233,8 +519,27 @@ def main() -> int:
     ap.add_argument("--reuse-len", type=int, default=2000)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when llama_cpp imports")
-    ap.add_argument("--gguf", type=Path, default=None, help="GGUF for llama.cpp (default: the default model's)")
+    ap.add_argument("--gguf", type=Path, default=None,
+                    help="measure BOTH engines on this GGUF, each in fresh processes (first token, 128 tokens, "
+                         "peak RSS, decode, prefill), instead of the default model's format comparison")
+    ap.add_argument("--repeats", type=int, default=2, help="--gguf: fresh runs per engine (the best is kept)")
+    ap.add_argument("--make-probes", type=Path, default=None, metavar="DIR",
+                    help="write random-weight GGUFs of Qwen2.5-Coder shapes into DIR (then exit)")
+    ap.add_argument("--probe-sizes", default="0.5b,1.5b", help=f"--make-probes sizes ({', '.join(PROBE_SHAPES)})")
+    ap.add_argument("--probe-types", default="Q8_0,Q4_K_M", help="--make-probes types")
+    ap.add_argument("--child", choices=["ours", "llama.cpp"], help=argparse.SUPPRESS)
+    ap.add_argument("--t-spawn", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child_main(args.child, str(args.gguf), args.threads, args.decode_threads or 1, args.t_spawn)
+    if args.make_probes:
+        make_probes(args.make_probes, args.probe_sizes.split(","), args.probe_types.split(","))
+        return 0
+    if args.gguf:
+        doc = compare_gguf(args.gguf, args.threads, args.decode_threads or 1, args.repeats)
+        if args.json:
+            args.json.write_text(json.dumps(doc, indent=2))
+        return 0
     torch.set_num_threads(args.threads)
     formats = args.formats.split(",")
     results: dict[str, dict[str, float]] = {}

@@ -28,14 +28,8 @@ import torch
 
 from model_backend import beam, sampling, speculate
 from model_backend.healing import TokenHealer
-from model_backend.model import (
-    CPU_WEIGHT_FORMATS,
-    Transformer,
-    build_model,
-    pack_linear,
-    pack_targets,
-    quantize_linears,
-)
+from model_backend.loader import resolve_device
+from model_backend.model import Transformer, pack_linear, pack_targets
 from model_backend.ranking import best_n
 from model_backend.sequences import Candidate, EngineStats, Request, SamplingParams, Seq, StepOutput
 from model_backend.slots import SlotCache, default_cache_slots
@@ -50,17 +44,6 @@ PREFILL_CHUNK = 512  # prompt tokens per forward during prefill (bounds the atte
 # streams for its whole prefill (docs/backend.md, "Serving model")
 INTERLEAVE_CHUNK = 128
 DEFAULT_MAX_SEQ = 4096
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but torch sees no CUDA device (torch build "
-                         f"{torch.__version__})")
-    return torch.device(device)
 
 
 class Engine:
@@ -137,26 +120,23 @@ class Engine:
              max_seq_len: int | None = None, quantize: str = "auto", rope_theta: float | None = None,
              rope_scaling: float | None = None, dtype: str | None = None, cache_dir: Any = None,
              progress: bool = True, pack_in_background: bool = False, **engine_kw: Any) -> Engine:
-        """Load a checkpoint (see weights.resolve_model) onto `device`.
+        """Load a checkpoint (see weights.resolve_model) onto `device` (model_backend/loader.py).
 
-        quantize: "auto" (on CPU "blocks" where the kernel builds, else "fp16"; none on CUDA), "blocks" (decode
-        on the GGUF's own Q4_1/Q8_0 blocks, prompts on fp16 packs: model_backend/blockq.py), "fp16", "int8"
-        (faster, lossy: see model.quantize_linears) or "none" (plain fp32 / the CUDA dtype). dtype: None picks fp32 on CPU,
-        bf16 (fp16 without bf16 support) on CUDA. rope_theta / rope_scaling override the checkpoint's.
-        pack_in_background (CPU fp16/int8, opt-in): return before the weights are packed; layers switch
-        to their packed form between steps as they become ready. Faster cold start, but requests served
-        while packing run partly in fp32, so their greedy output may differ (near-ties) from later ones. engine_kw: prefill_threads,
-        decode_threads, cache_slots (see __init__).
+        quantize: "auto" (on CPU "blocks" for GGUF / bf16 / fp16 checkpoints where the kernels run, else "fp16";
+        none on CUDA), "blocks" (every matrix as stored, for prompts and decode: model_backend/cpu_kernels.py),
+        "fp16", "int8" (fbgemm packs of the dense model, see model.quantize_linears) or "none" (plain fp32 / the
+        CUDA dtype). dtype: None picks fp32 on CPU, bf16 (fp16 without bf16 support) on CUDA. rope_theta /
+        rope_scaling override the checkpoint's. pack_in_background (CPU fp16/int8, opt-in): return before the
+        weights are packed; layers switch to their packed form between steps as they become ready. Faster cold
+        start, but requests served while packing run partly in fp32, so their greedy output may differ (near-ties)
+        from later ones. engine_kw: prefill_threads, decode_threads, cache_slots (see __init__).
         """
-        from model_backend.weights import load_checkpoint
+        from model_backend.loader import load_engine
 
-        dev = resolve_device(device)
-        if quantize not in ("auto", "none", *CPU_WEIGHT_FORMATS):
-            raise ValueError(f"quantize must be auto, none, fp16, int8 or blocks, got {quantize!r}")
-        ckpt = load_checkpoint(model, cache_dir=cache_dir, progress=progress)
-        return cls.from_checkpoint(ckpt, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
-                                   quantize=quantize, rope_theta=rope_theta, rope_scaling=rope_scaling,
-                                   dtype=dtype, pack_in_background=pack_in_background, **engine_kw)
+        return load_engine(cls, model, device=device, max_batch=max_batch, max_seq_len=max_seq_len,
+                           quantize=quantize, rope_theta=rope_theta, rope_scaling=rope_scaling, dtype=dtype,
+                           cache_dir=cache_dir, progress=progress, pack_in_background=pack_in_background,
+                           **engine_kw)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Any, *, device: torch.device | str = "cpu", max_batch: int = 8,
@@ -164,62 +144,11 @@ class Engine:
                         rope_theta: float | None = None, rope_scaling: float | None = None,
                         dtype: str | None = None, pack_in_background: bool = False,
                         **engine_kw: Any) -> Engine:
-        dev = resolve_device(device) if isinstance(device, str) else device
-        cfg = ckpt.config
-        if rope_theta is not None or rope_scaling is not None:
-            import dataclasses
+        from model_backend.loader import engine_from_checkpoint
 
-            cfg = dataclasses.replace(
-                cfg, rope_theta=cfg.rope_theta if rope_theta is None else float(rope_theta),
-                rope_scaling=cfg.rope_scaling if rope_scaling is None else float(rope_scaling))
-        if dtype is None:
-            if dev.type == "cuda":
-                tdtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            else:
-                tdtype = torch.float32
-        else:
-            dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                      "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-            if dtype not in dtypes:
-                raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(dtypes)}")
-            tdtype = dtypes[dtype]
-        model = build_model(cfg, ckpt.tensors, device=dev, dtype=tdtype)
-        model.use_cpu_kernels()
-        fmt = quantize
-        if quantize == "auto":
-            fmt = "none"
-            if dev.type == "cpu" and tdtype == torch.float32:
-                from model_backend import blockq
-
-                fmt = "blocks" if blockq.library() is not None else "fp16"
-        blocks = None
-        if fmt in CPU_WEIGHT_FORMATS:
-            if dev.type != "cpu":
-                raise ValueError(f"{fmt} weight packing is a CPU path; on CUDA use quantize='none' (and dtype)")
-            if fmt == "blocks":
-                from model_backend import blockq
-
-                if blockq.library() is None:
-                    raise ValueError("the blocks weight format needs a C compiler and an AVX2/FMA/F16C CPU "
-                                     "(see model_backend/blockq.py); use quantize='fp16'")
-                blocks = blockq.load_blocks(ckpt)
-                if not blocks:  # not a GGUF, or no layer stored as Q4_1/Q8_0: nothing to decode from
-                    log.info("no Q4_1/Q8_0 weight blocks in %s; using fp16 packing", ckpt.path)
-                    fmt, blocks = "fp16", None
-            if not pack_in_background:
-                model = quantize_linears(model, fmt, blocks)
-        self_fmt = fmt if fmt in CPU_WEIGHT_FORMATS else str(tdtype).removeprefix("torch.")
-        if fmt in CPU_WEIGHT_FORMATS:
-            # packed CPU weights: an fp16 KV cache halves the bytes a decode step reads at long context (the fp32
-            # reference format "none" keeps an fp32 cache); see docs/performance.md
-            engine_kw.setdefault("kv_dtype", torch.float16)
-        engine = cls(model, ckpt.tokenizer, cfg, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
-                     **engine_kw)
-        engine.weight_format = self_fmt
-        engine._blocks = blocks if pack_in_background else None
-        if fmt in CPU_WEIGHT_FORMATS and pack_in_background:
-            engine._start_packing(fmt)
-        return engine
+        return engine_from_checkpoint(cls, ckpt, device=device, max_batch=max_batch, max_seq_len=max_seq_len,
+                                      quantize=quantize, rope_theta=rope_theta, rope_scaling=rope_scaling,
+                                      dtype=dtype, pack_in_background=pack_in_background, **engine_kw)
 
     # -- background weight packing (cold start) ------------------------------------------------------------------
     def _start_packing(self, fmt: str) -> None:

@@ -10,9 +10,11 @@ The cache is allocated uninitialised (pages are only touched when used) and zero
 to the highest position any forward may read: stale-but-finite values are masked, never NaN * 0.
 
 Weights are stored fused (q|k|v in one Linear, gate|up in one Linear) so a decode step runs few ops.
-On CUDA weights are bf16/fp16 with norms and softmax in fp32; on CPU fp32, or (`quantize_linears`) fbgemm
-Linear layers holding fp16 weights (half the bytes per token, exact to fp16 rounding) or int8 (lossy), or the
-GGUF's own Q4_1/Q8_0 blocks for decode steps (model_backend/blockq.py).
+On CUDA weights are bf16/fp16 with norms and softmax in fp32. On the CPU the default (`build_packed_model`) keeps
+every matrix as the checkpoint stores it (a GGUF's quantized blocks, safetensors' bf16/fp16/fp32), packed for
+model_backend/cpu_kernels.py, for prompts and decode steps alike; the embedding stays quantized too (only the
+looked-up rows are dequantized). `build_model` gives the dense fp32 reference (and the CUDA model); fbgemm fp16 /
+int8 packs of it (`quantize_linears`) remain as opt-in formats.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:  # the real class lives in weights.py; the model only reads attributes
     from model_backend.weights import ModelConfig
+
+
+KV_CHUNK = 256  # the KV cache grows in steps of this many positions
 
 
 class Linear(nn.Linear):
@@ -65,28 +70,32 @@ class Attention(nn.Module):
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         self.wqkv = Linear(cfg.hidden_size, qkv_out, bias=cfg.qkv_bias, device=device)
         self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.out_bias, device=device)
-        self.decode_kernel: Any = None  # blockq.attention_kernel(): one C call per row of a decode step
+        self.decode_kernel: Any = None  # cpu_kernels.attention_kernel(): one C call per row of a decode step
 
     def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor],
                 rows: Tensor, pos: Tensor, read: slice | Tensor, kv_len: int,
-                single: tuple[int, int] | None, decode: Sequence[tuple[int, int]] | None = None) -> Tensor:
-        """decode: for a decode step (one new token per row), each row's (slot, position)."""
+                single: tuple[int, int] | None, steps: Sequence[tuple[int, int]] | None = None) -> Tensor:
+        """steps: each row's (slot, first position)."""
         b, t, _ = x.shape
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
         qkv = self.wqkv(x)
         k_cache, v_cache = cache
         fn = None if self.decode_kernel is None else self.decode_kernel.get(k_cache.dtype)
-        if decode is not None and fn is not None and qkv.dtype == torch.float32:
-            # per row one C call: RoPE, cache write, attention over its own slot and length (blockq.py);
-            # qkv and out are ours, contiguous [b, 1, ...]; rope is [b, 1, 1, hd/2] complex
-            out = torch.empty(b, 1, nh * hd)
-            rope_f = torch.view_as_real(rope)
-            for i, (slot, p0) in enumerate(decode):
-                kc, vc = k_cache[slot], v_cache[slot]  # [nkv, max_seq, hd], contiguous
-                rc = fn(qkv[i].data_ptr(), rope_f[i].data_ptr(), kc.data_ptr(), vc.data_ptr(), out[i].data_ptr(),
-                        nh, nkv, hd, p0, kc.stride(0), hd ** -0.5)
-                if rc != 0:
-                    raise RuntimeError(f"decode attention kernel failed (code {rc})")
+        if steps is not None and fn is not None and qkv.dtype == torch.float32:
+            # one C call per row and token, in order: RoPE, cache write, attention over its own slot up to its
+            # position (cpu_kernels.attention_kernel). Prompts go through it too, token by token, so a token's
+            # result never depends on how it was batched or whether its prefix came from the cache (with
+            # int8-rounded activations a last-bit difference in attention can flip a rounding and change the text)
+            qkv = qkv.contiguous()
+            out = torch.empty(b, t, nh * hd)
+            rope_f = torch.view_as_real(rope).contiguous()  # [b, t, 1, hd/2, 2]
+            for i, (slot, p0) in enumerate(steps):
+                kc, vc = k_cache[slot], v_cache[slot]  # [nkv, capacity, hd], contiguous
+                for j in range(t):
+                    rc = fn(qkv[i, j].data_ptr(), rope_f[i, j].data_ptr(), kc.data_ptr(), vc.data_ptr(),
+                            out[i, j].data_ptr(), nh, nkv, hd, p0 + j, kc.stride(0), hd ** -0.5)
+                    if rc != 0:
+                        raise RuntimeError(f"attention kernel failed (code {rc})")
             return self.wo(out)
         # RoPE on q and k at once: their weights are stored with each head's dims interleaved in pairs,
         # so a rotation is one complex multiply (q.k is unchanged by the same permutation of both)
@@ -182,18 +191,20 @@ class Transformer(nn.Module):
         self.k_cache: Tensor | None = None
         self.v_cache: Tensor | None = None
         self.rope: Tensor | None = None
+        self.kv_dtype: torch.dtype = torch.float32
         self.n_slots = 0
         self.max_seq = 0
+        self.capacity = 0  # positions the cache holds now (grows up to max_seq)
         self._zeroed: list[int] = []  # per slot: positions [0, zeroed) hold finite values
 
     # -- setup ---------------------------------------------------------------------------------------
     def use_cpu_kernels(self) -> bool:
-        """Decode-step attention as one C call per row and layer (model_backend/blockq.py; fp32 or fp16 KV cache)
-        when the kernel builds here and the model runs fp32 on the CPU. Returns whether it is on."""
-        from model_backend import blockq
+        """Decode-step attention as one C call per row and layer (model_backend/cpu_kernels.py; fp32 or fp16 KV
+        cache) when the kernel builds here and the model runs fp32 on the CPU. Returns whether it is on."""
+        from model_backend import cpu_kernels
 
         cfg = self.config
-        fn = blockq.attention_kernel() if self.embed.weight.device.type == "cpu" else None
+        fn = cpu_kernels.attention_kernel() if self.embed.weight.device.type == "cpu" else None
         # what the kernel handles (it checks again and fails loudly): fp32, head_dim % 8, <= 16 query heads per KV head
         if (self.embed.weight.dtype != torch.float32 or cfg.head_dim % 8 or cfg.head_dim > 256
                 or cfg.n_heads % cfg.n_kv_heads or cfg.n_heads // cfg.n_kv_heads > 16):
@@ -204,21 +215,45 @@ class Transformer(nn.Module):
 
     def setup_caches(self, n_slots: int, max_seq: int, *, rope_theta: float | None = None,
                      rope_scaling: float | None = None, dtype: torch.dtype | None = None) -> None:
+        """A KV cache of `n_slots` sequences of up to `max_seq` positions, sized from the model (n_kv_heads x
+        head_dim per layer). Its capacity grows with use (ensure_capacity): a short session never allocates
+        max_seq positions."""
         cfg = self.config
         device = self.embed.weight.device
-        dtype = dtype or self.embed.weight.dtype
-        shape = (cfg.n_layers, n_slots, cfg.n_kv_heads, max_seq, cfg.head_dim)
-        # uninitialised on purpose: zeroed lazily per slot (see ensure_zeroed), so unused pages cost nothing
-        self.k_cache = torch.empty(shape, dtype=dtype, device=device)
-        self.v_cache = torch.empty(shape, dtype=dtype, device=device)
+        self.kv_dtype = dtype or self.embed.weight.dtype
         theta = rope_theta if rope_theta is not None else cfg.rope_theta
         scaling = rope_scaling if rope_scaling is not None else cfg.rope_scaling
         self.rope = rope_table(cfg.head_dim, max_seq, theta, scaling, device)
         self.n_slots, self.max_seq = n_slots, max_seq
         self._zeroed = [0] * n_slots
+        self.k_cache = self.v_cache = None
+        self.capacity = 0
+        self.ensure_capacity(min(max_seq, KV_CHUNK))
+
+    def ensure_capacity(self, length: int) -> None:
+        """Grow the cache (doubling, in KV_CHUNK steps, at most max_seq) so that it holds `length` positions."""
+        if length <= self.capacity:
+            return
+        if length > self.max_seq:
+            raise ValueError(f"sequence of {length} tokens exceeds the KV cache length {self.max_seq}")
+        cfg = self.config
+        cap = min(self.max_seq, -(-max(length, 2 * self.capacity) // KV_CHUNK) * KV_CHUNK)
+        shape = (cfg.n_layers, self.n_slots, cfg.n_kv_heads, cap, cfg.head_dim)
+        # normal tensors even when a forward (inference mode) grows the cache: the engine also writes to it
+        # outside inference mode (copy_slot)
+        with torch.inference_mode(False):
+            # uninitialised on purpose: zeroed lazily per slot (see ensure_zeroed), so unused pages cost nothing
+            k = torch.empty(shape, dtype=self.kv_dtype, device=self.rope.device)
+            v = torch.empty(shape, dtype=self.kv_dtype, device=self.rope.device)
+            used = max(self._zeroed, default=0)
+            if self.k_cache is not None and used:
+                k[:, :, :, :used] = self.k_cache[:, :, :, :used]
+                v[:, :, :, :used] = self.v_cache[:, :, :, :used]
+        self.k_cache, self.v_cache, self.capacity = k, v, cap
 
     def ensure_zeroed(self, slots: Sequence[int], upto: int) -> None:
         assert self.k_cache is not None and self.v_cache is not None
+        self.ensure_capacity(upto)
         for s in slots:
             z = self._zeroed[s]
             if z < upto:
@@ -231,6 +266,7 @@ class Transformer(nn.Module):
         assert self.k_cache is not None and self.v_cache is not None
         if src == dst or length <= 0:
             return
+        self.ensure_capacity(length)
         self.k_cache[:, dst, :, :length] = self.k_cache[:, src, :, :length]
         self.v_cache[:, dst, :, :length] = self.v_cache[:, src, :, :length]
         self._zeroed[dst] = max(self._zeroed[dst], length)
@@ -240,6 +276,7 @@ class Transformer(nn.Module):
         assert self.k_cache is not None and self.v_cache is not None
         if list(src) == list(dst) or length <= 0:
             return
+        self.ensure_capacity(length)
         s = torch.tensor(list(src), device=self.k_cache.device)
         d = torch.tensor(list(dst), device=self.k_cache.device)
         self.k_cache[:, d, :, :length] = self.k_cache[:, s, :, :length].clone()
@@ -276,11 +313,11 @@ class Transformer(nn.Module):
             mask = torch.zeros(b, kv_len, device=device).masked_fill_(~valid, float("-inf")).view(b, 1, 1, kv_len)
         rope = self.rope[pos].unsqueeze(2)  # [b, t, 1, hd/2]
         single = (slots[0], start_pos[0]) if b == 1 else None
-        decode = list(zip(slots, start_pos, strict=True)) if t == 1 else None
+        steps = list(zip(slots, start_pos, strict=True))
         x = self.embed(tokens)
         for i, layer in enumerate(self.layers):
             x = x + layer.attn(layer.attn_norm(x), rope, mask, (self.k_cache[i], self.v_cache[i]),
-                               rows, pos, read, kv_len, single, decode)
+                               rows, pos, read, kv_len, single, steps)
             x = x + layer.mlp(layer.ffn_norm(x))
         if not all_logits:
             x = x[:, -1]
@@ -339,12 +376,32 @@ def _fused_qkv(cfg: ModelConfig, get: Any, prefix: str, kind: str) -> Tensor:
                       interleave_rows(k, cfg.n_kv_heads, cfg.head_dim), v])
 
 
-def build_model(cfg: ModelConfig, tensors: dict[str, Tensor], *, device: torch.device | str = "cpu",
+class _Dense(dict):
+    """Checkpoint tensors converted one at a time on first access (float32 from QTensors, then `dtype` on
+    `device`; norms stay fp32), so building a dense model never holds a float32 copy of every weight at once."""
+
+    def __init__(self, tensors: dict[str, Any], device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.src, self.device, self.dtype = tensors, device, dtype
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.src
+
+    def __getitem__(self, name: str) -> Tensor:
+        from model_backend.weights import as_float32
+
+        t = self.src[name]
+        want = torch.float32 if "norm" in name else self.dtype
+        return (as_float32(t) if not isinstance(t, Tensor) else t).to(device=self.device, dtype=want)
+
+
+def build_model(cfg: ModelConfig, tensors: dict[str, Any], *, device: torch.device | str = "cpu",
                 dtype: torch.dtype = torch.float32) -> Transformer:
-    """A Transformer holding the checkpoint's weights in `dtype` (norm weights stay fp32)."""
+    """A Transformer holding the checkpoint's weights dense in `dtype` (norm weights stay fp32): the fp32
+    reference on the CPU, bf16/fp16 on CUDA (quantized GGUF tensors are dequantized one by one)."""
     device = torch.device(device)
     model = Transformer(cfg, device="meta")
-    sd = fused_state_dict(cfg, tensors)
+    sd = fused_state_dict(cfg, _Dense(tensors, device, dtype))
     ready: dict[str, Tensor] = {}
     for name, tensor in sd.items():
         want = torch.float32 if "norm" in name else dtype
@@ -352,6 +409,136 @@ def build_model(cfg: ModelConfig, tensors: dict[str, Tensor], *, device: torch.d
     model.load_state_dict(ready, assign=True, strict=True)
     if sd["lm_head.weight"] is sd["embed.weight"]:
         model.lm_head.weight = model.embed.weight  # tied: one tensor, not two copies
+    return model.eval().requires_grad_(False)
+
+
+# -- weights as stored (CPU) -------------------------------------------------------------------------
+
+_FLOAT_TYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def _as_stored(t: Any) -> tuple[str, Any]:
+    """(ggml type, uint8 [rows, row bytes]) of a checkpoint matrix, without converting it: a QTensor's blocks
+    (a view of the file unless its rows are reordered), a float tensor's own bytes."""
+    if isinstance(t, Tensor):
+        t = t.detach().contiguous()
+        return _FLOAT_TYPES[t.dtype], t.view(torch.uint8).reshape(t.shape[0], -1).numpy()
+    return t.dtype, t.raw()
+
+
+def _rows(t: Any, idx: Tensor) -> Any:
+    return t.index_select(0, idx) if isinstance(t, Tensor) else t.take_rows(idx.numpy())
+
+
+class QuantEmbedding(nn.Module):
+    """Token embedding kept as stored: a lookup dequantizes only the rows it reads."""
+
+    def __init__(self, weight: Any, dim: int) -> None:
+        super().__init__()
+        self.packed, self.dim = weight, dim
+        self.weight = torch.empty(0)  # the activations' dtype and device, for code that asks the embedding
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        from model_backend import cpu_kernels
+
+        return cpu_kernels.dequantize_rows(self.packed, tokens).view(*tokens.shape, self.dim)
+
+
+class FusedLinear(nn.Module):
+    """Several packed Linears on the same input whose outputs are concatenated (q|k|v or gate|up stored in
+    different types, as Q4_K_M files do)."""
+
+    def __init__(self, parts: list[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.out_features = sum(p.out_features for p in parts)
+        self.in_features = parts[0].in_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
+def packed_linear(parts: list[Any], biases: list[Tensor] | None, release: Any = None) -> nn.Module:
+    """One Linear over row blocks `parts` (checkpoint matrices, same input size) as stored. Consecutive parts of
+    one type are packed together (their rows concatenated: one kernel call instead of several per step; the
+    copied source pages are handed to `release(QTensor)` so they stop counting in RSS); parts of different types
+    (a Q4_K_M file mixes Q4_K and Q6_K) become the parts of a FusedLinear. A single part is packed on its own
+    bytes (a view of the file)."""
+    import numpy as np
+
+    from model_backend import cpu_kernels
+
+    groups: list[tuple[str, list[Any], list[Tensor]]] = []
+    for i, part in enumerate(parts):
+        bias = [] if biases is None else [biases[i].float()]
+        if groups and groups[-1][0] == _as_stored(part)[0]:
+            groups[-1][1].append(part)
+            groups[-1][2].extend(bias)
+        else:
+            groups.append((_as_stored(part)[0], [part], bias))
+    mods: list[nn.Module] = []
+    for qtype, members, bs in groups:
+        raws = [_as_stored(m)[1] for m in members]
+        raw = raws[0] if len(raws) == 1 else np.concatenate(raws)
+        if len(raws) > 1 and release is not None:
+            for m in members:
+                release(m)
+        packed = cpu_kernels.pack(raw, qtype, (raw.shape[0], parts[0].shape[1]))
+        mods.append(cpu_kernels.QuantLinear(packed, torch.cat(bs) if bs else None))
+    return mods[0] if len(mods) == 1 else FusedLinear(mods)
+
+
+def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any = None) -> Transformer:
+    """The CPU model on weights as stored (see the module docstring). Raises cpu_kernels.UnsupportedQuantType
+    for a tensor type the kernels do not multiply. release(QTensor): called for each tensor whose bytes were
+    copied (fused), so its pages of the mapped file can leave the resident set (Checkpoint.release)."""
+    from model_backend import cpu_kernels
+
+    def get(name: str) -> Any:
+        if name not in tensors:
+            raise KeyError(f"checkpoint is missing tensor {name!r} (arch {cfg.arch})")
+        return tensors[name]
+
+    def vec(name: str) -> nn.Parameter:
+        return nn.Parameter(get(name).float().contiguous(), requires_grad=False)
+
+    def qk_rows(n_heads: int) -> Tensor:
+        return interleave_rows(torch.arange(n_heads * cfg.head_dim), n_heads, cfg.head_dim)
+
+    model = Transformer(cfg, device="meta")
+    e = get("model.embed_tokens.weight")
+    qtype, raw = _as_stored(e)
+    embed = cpu_kernels.pack(raw, qtype, tuple(e.shape))
+    model.embed = QuantEmbedding(embed, cfg.hidden_size)
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        att = p + "self_attn."
+        perms = (qk_rows(cfg.n_heads), qk_rows(cfg.n_kv_heads), None)
+        qkv = [get(f"{att}{n}_proj.weight") for n in "qkv"]
+        qkv = [t if perm is None else _rows(t, perm) for t, perm in zip(qkv, perms, strict=True)]
+        qkv_b = None
+        if cfg.qkv_bias:
+            qkv_b = [get(f"{att}{n}_proj.bias").float() for n in "qkv"]
+            qkv_b = [b if perm is None else b[perm] for b, perm in zip(qkv_b, perms, strict=True)]
+        layer.attn.wqkv = packed_linear(qkv, qkv_b, release)
+        layer.attn.wo = packed_linear([get(att + "o_proj.weight")], [get(att + "o_proj.bias")] if cfg.out_bias else None)
+        ins, out = (("gate_proj", "up_proj"), "down_proj") if cfg.mlp_type == "swiglu" else (("c_fc",), "c_proj")
+        layer.mlp.w_in = packed_linear([get(f"{p}mlp.{n}.weight") for n in ins],
+                                       [get(f"{p}mlp.{n}.bias") for n in ins] if cfg.mlp_bias else None, release)
+        layer.mlp.w_out = packed_linear([get(f"{p}mlp.{out}.weight")],
+                                        [get(f"{p}mlp.{out}.bias")] if cfg.mlp_bias else None)
+        for ours, theirs in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
+            norm = getattr(layer, ours)
+            norm.weight = vec(f"{p}{theirs}.weight")
+            if cfg.norm_type == "layernorm":
+                norm.bias = vec(f"{p}{theirs}.bias")
+    model.norm.weight = vec("model.norm.weight")
+    if cfg.norm_type == "layernorm":
+        model.norm.bias = vec("model.norm.bias")
+    if "lm_head.weight" in tensors and not cfg.tie_word_embeddings:
+        model.lm_head = packed_linear([tensors["lm_head.weight"]], None)
+    else:
+        model.lm_head = cpu_kernels.QuantLinear(embed, None)  # tied: the embedding's blocks, not a copy
     return model.eval().requires_grad_(False)
 
 
@@ -399,39 +586,29 @@ def pack_targets(model: Transformer, fmt: str) -> list[tuple[nn.Module, str, nn.
             for name, child in parent.named_children() if isinstance(child, nn.Linear)]
 
 
-def pack_linear(linear: nn.Linear, fmt: str, block: tuple[str, Tensor] | None = None) -> nn.Module:
-    """One layer in CPU weight format `fmt`. "blocks": the GGUF's own Q4_1/Q8_0 blocks (`block`, from
-    blockq.load_blocks) for decode steps over an fp16 pack for prompts; fp16 alone when the layer has none."""
-    if fmt != "blocks":
-        return PackedLinear(linear, fmt)
-    fp16 = PackedLinear(linear, "fp16")
-    if block is None:
-        return fp16
-    from model_backend.blockq import BlockLinear
-
-    return BlockLinear(block[1], block[0], linear.in_features, linear.bias, fp16)
+def pack_linear(linear: nn.Linear, fmt: str, block: Any = None) -> nn.Module:
+    """One dense layer as an fbgemm pack in CPU weight format `fmt` ("blocks", the as-stored format, is built by
+    build_packed_model from the checkpoint instead; here it means fp16). `block` is unused (kept for callers)."""
+    del block
+    return PackedLinear(linear, "fp16" if fmt == "blocks" else fmt)
 
 
-def quantize_linears(model: Transformer, fmt: str,
-                     blocks: dict[str, tuple[str, Tensor]] | None = None) -> Transformer:
-    """CPU: swap every Linear (incl. lm_head) for one that reads fewer weight bytes per token.
+def quantize_linears(model: Transformer, fmt: str, blocks: Any = None) -> Transformer:
+    """CPU, opt-in: swap every dense Linear (incl. lm_head) of a `build_model` model for an fbgemm pack.
 
-    fmt "fp16": fp16 weights, fp32 activations and accumulation (half the bytes of fp32, logits equal to
-    fp32 within fp16 rounding; measured on the default model: same greedy tokens, KL ~1e-6).
-    fmt "int8": int8 per-channel weights AND dynamically quantised uint8 activations (a quarter of the
-    bytes, but the activation quantisation costs quality: KL 1.2 nats on the default model, mostly from
-    the MLP down projection whose input has outlier channels). Opt-in only.
-    fmt "blocks": decode steps multiply the GGUF's own Q4_1/Q8_0 blocks (`blocks`, see model_backend.blockq:
-    the weights exactly as stored, 5 or 8.5 bits each); prompts use fp16 packs.
-    Decoding is bound by weight traffic, so fewer bytes is speed. The embedding table stays fp32.
+    fmt "fp16": fp16 weights, fp32 activations and accumulation (logits equal to fp32 within fp16 rounding;
+    measured on the default model: same greedy tokens, KL ~1e-6).
+    fmt "int8": int8 per-channel weights AND dynamically quantised uint8 activations (lossy: KL 1.2 nats on the
+    default model, mostly from the MLP down projection whose input has outlier channels).
+    The default CPU format ("blocks": weights as stored) does not go through here: see build_packed_model.
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    del blocks
     targets = pack_targets(model, fmt)
-    blocks = blocks or {}
     # packing converts every weight; torch releases the GIL, so pack on all cores (cold start)
     with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
-        packed = list(pool.map(lambda t: pack_linear(t[2], fmt, blocks.get(t[3])), targets))
+        packed = list(pool.map(lambda t: pack_linear(t[2], fmt), targets))
     for (parent, name, _, _), new in zip(targets, packed, strict=True):
         setattr(parent, name, new)
     return model

@@ -89,6 +89,17 @@ def _deq_q6_k(b: np.ndarray) -> np.ndarray:
     return (d * scales * q.reshape(-1, 2, 4, 2, 16)).reshape(-1, QK_K)
 
 
+def _deq_q5(b: np.ndarray, with_min: bool) -> np.ndarray:
+    # Q5_0: d, 4 bytes of fifth bits, 16 bytes of nibbles (value - 16); Q5_1: d, m, then the same (value + m)
+    off = 4 if with_min else 2
+    qh = np.ascontiguousarray(b[:, off:off + 4]).view("<u4")  # (n, 1)
+    high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8) << 4
+    q = (_nibbles(b[:, off + 4:]) | high).astype(np.float32)
+    if with_min:
+        return _f16(b[:, :2]) * q + _f16(b[:, 2:4])
+    return _f16(b[:, :2]) * (q - 16.0)
+
+
 def _deq_f32(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(b).view("<f4").copy()
 
@@ -108,6 +119,8 @@ DEQUANTIZERS: dict[Q, Callable[[np.ndarray], np.ndarray]] = {
     Q.Q8_0: _deq_q8_0,
     Q.Q4_0: _deq_q4_0,
     Q.Q4_1: _deq_q4_1,
+    Q.Q5_0: lambda b: _deq_q5(b, False),
+    Q.Q5_1: lambda b: _deq_q5(b, True),
     Q.Q4_K: _deq_q4_k,
     Q.Q5_K: _deq_q5_k,
     Q.Q6_K: _deq_q6_k,
@@ -120,18 +133,26 @@ class QuantError(ValueError):
     pass
 
 
-def dequantize(raw: np.ndarray, qtype: Q | int, shape: tuple[int, ...]) -> torch.Tensor:
-    """Raw GGUF tensor data (a numpy array over its bytes, any dtype/shape) -> float32 torch tensor of `shape`
-    (row-major, i.e. GGUF's dims reversed: (rows, cols))."""
-    qtype = Q(qtype)
-    fn = DEQUANTIZERS.get(qtype)
-    if fn is None:
+def check_size(nbytes: int, qtype: Q | int, shape: tuple[int, ...]) -> Q:
+    """The type, when it is one this module reads and `nbytes` hold a tensor of `shape`; else QuantError."""
+    try:
+        qtype = Q(qtype)
+    except ValueError:
+        raise QuantError(f"unknown GGUF tensor type {qtype}") from None
+    if qtype not in DEQUANTIZERS:
         names = ", ".join(sorted(t.name for t in SUPPORTED))
         raise QuantError(f"unsupported GGUF tensor type {qtype.name} (supported: {names})")
     block_size, block_bytes = GGML_QUANT_SIZES[qtype]
-    b = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
     n = int(np.prod(shape))
-    if n % block_size or b.size != n // block_size * block_bytes:
-        raise QuantError(f"{qtype.name} data of {b.size} bytes does not hold a tensor of shape {tuple(shape)}")
-    out = fn(b.reshape(-1, block_bytes))
+    if n % block_size or nbytes != n // block_size * block_bytes or shape[-1] % block_size:
+        raise QuantError(f"{qtype.name} data of {nbytes} bytes does not hold a tensor of shape {tuple(shape)}")
+    return qtype
+
+
+def dequantize(raw: np.ndarray, qtype: Q | int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Raw GGUF tensor data (a numpy array over its bytes, any dtype/shape) -> float32 torch tensor of `shape`
+    (row-major, i.e. GGUF's dims reversed: (rows, cols))."""
+    b = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    qtype = check_size(b.size, qtype, shape)
+    out = DEQUANTIZERS[qtype](b.reshape(-1, GGML_QUANT_SIZES[qtype][1]))
     return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32).reshape(shape))

