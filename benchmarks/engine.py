@@ -403,9 +403,22 @@ def _random_blocks(qtype: str, shape: tuple[int, ...], rng: Any) -> Any:
     return b.reshape(rows, -1)
 
 
-def write_probe(path: Path, size: str, qtype: str, seed: int = 0) -> Path:
+def copy_tokenizer(w: Any, src: Path) -> None:
+    """Every tokenizer.* field of the GGUF `src` into the GGUFWriter `w`."""
+    import gguf
+
+    for key, f in gguf.GGUFReader(src).fields.items():
+        if key.startswith("tokenizer."):
+            if f.types[0] == gguf.GGUFValueType.ARRAY:
+                w.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1])
+            else:
+                w.add_key_value(key, f.contents(), f.types[0])
+
+
+def write_probe(path: Path, size: str, qtype: str, seed: int = 0, vocab: Path | None = None) -> Path:
     """A random-weight GGUF of `size`'s shapes, tensor by tensor (never the whole model in memory): F16 weights,
-    or random valid blocks of `qtype` ("Q8_0", "Q4_0", or "Q4_K_M": llama.cpp's per-tensor mix)."""
+    or random valid blocks of `qtype` ("Q8_0", "Q4_0", or "Q4_K_M": llama.cpp's per-tensor mix). The tokenizer is
+    `vocab`'s (a GGUF; default: the bundled default model's)."""
     import gguf
     import numpy as np
 
@@ -424,13 +437,7 @@ def write_probe(path: Path, size: str, qtype: str, seed: int = 0) -> Path:
     w.add_rope_freq_base(1e6)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_file_type({"F16": 1, "Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15}[qtype])
-    src = gguf.GGUFReader(default_model_path())
-    for key, f in src.fields.items():
-        if key.startswith("tokenizer."):
-            if f.types[0] == gguf.GGUFValueType.ARRAY:
-                w.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1])
-            else:
-                w.add_key_value(key, f.contents(), f.types[0])
+    copy_tokenizer(w, vocab or default_model_path())
     plan = []
     for name, shape in _probe_tensors(size):
         if len(shape) == 1:

@@ -81,18 +81,13 @@ def _sync(device: torch.device) -> None:
 
 def write_vocab(dst: Path, src: Path | None = None) -> Path:
     """A GGUF with only the tokenizer of `src` (default: the bundled default model), for probes elsewhere."""
+    import engine as engine_bench  # benchmarks/engine.py
     import gguf
 
     from model_backend.weights import default_model_path
 
-    reader = gguf.GGUFReader(src or default_model_path())
     w = gguf.GGUFWriter(dst, "llama")
-    for key, f in reader.fields.items():
-        if key.startswith("tokenizer."):
-            if f.types[0] == gguf.GGUFValueType.ARRAY:
-                w.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1])
-            else:
-                w.add_key_value(key, f.contents(), f.types[0])
+    engine_bench.copy_tokenizer(w, src or default_model_path())
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.close()
