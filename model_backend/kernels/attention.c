@@ -1,5 +1,5 @@
 /* Single-query attention for a decode step (AVX2 + FMA + F16C), called from model_backend/cpu_kernels.py
- * (`attention_kernel`). Moved unchanged from blockq.c.
+ * (`attention_kernel`).
  */
 #include <immintrin.h>
 #include <stdint.h>
