@@ -8,7 +8,8 @@ module (heapq.py). For each line: Enter and the next line's indentation, then a 
 awaited (the figure printed), then the line's text is typed in two halves with a suggestion request after the
 first half that the next keystroke abandons (as an editor's would be). Every latency is printed; the slowest
 after the first counts (issue 16: each within 1.5 s on the shared 2-core machine). Also prints a small-file
-run (the last 200 lines of the same text) for comparison, and the load average.
+run (the last 200 lines of the same text) for comparison, the share of prompt tokens the backend's prefix
+cache served during each run, and the load average.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ async def type_lines(ed: Editor, lines: list[str]) -> list[float]:
     return out
 
 
+def cache_tokens(backend: str) -> tuple[float, float]:
+    """(prompt tokens served from the backend's prefix cache, prompt tokens looked up) so far."""
+    import httpx
+
+    from model_backend.metrics import parse
+
+    m = parse(httpx.get(backend + "/metrics", timeout=30).text)
+    return (m.get("copilot_backend_prefix_cache_hit_tokens_total", 0.0),
+            m.get("copilot_backend_prefix_cache_query_tokens_total", 0.0))
+
+
 async def run(args: argparse.Namespace) -> dict:
     backend, child = args.backend, None
     if backend is None:
@@ -95,9 +107,12 @@ async def run(args: argparse.Namespace) -> dict:
             n = doc.count("\n")
             print(f"{name} file: {n + 1} lines, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
             ed = Editor(client, f"file:///bench/bigfile/{name}_module.py", doc, (n, 0))
+            hit0, asked0 = cache_tokens(backend)
             ms = await type_lines(ed, lines)
+            hit, asked = cache_tokens(backend)
             after = ms[1:]
             results[name] = {"file_lines": n + 1, "first_s": round(ms[0] / 1000, 2),
+                             "prefix_cache_hit_ratio": round((hit - hit0) / max(1.0, asked - asked0), 3),
                              "after_first_max_s": round(max(after) / 1000, 2),
                              "after_first_median_s": round(sorted(after)[len(after) // 2] / 1000, 2),
                              "latencies_s": [round(m / 1000, 2) for m in ms]}
