@@ -9,7 +9,8 @@ awaited (the figure printed), then the line's text is typed in two halves with a
 first half that the next keystroke abandons (as an editor's would be). Every latency is printed; the slowest
 after the first counts (issue 16: each within 1.5 s on the shared 2-core machine). Also prints a small-file
 run (the last 200 lines of the same text) for comparison, the share of prompt tokens the backend's prefix
-cache served during each run, and the load average.
+cache served during each run, the share of each prompt the previous one began with (in-process, anchored
+window vs the sliding one: `window_step` 0.5 and 0), and the load average.
 """
 
 from __future__ import annotations
@@ -89,6 +90,26 @@ def cache_tokens(backend: str) -> tuple[float, float]:
             m.get("copilot_backend_prefix_cache_query_tokens_total", 0.0))
 
 
+def prompt_sharing(text: str, lines: list[str], window_step: float) -> float:
+    """In-process, no model: the share of each prompt's characters that the previous keystroke's prompt also
+    began with, typing `lines` at the end of `text` (what the prefix cache can reuse; load-independent)."""
+    from copilot_ls.context import PromptBudget, build_prompt
+    from copilot_ls.documents import Document
+
+    budget = PromptBudget(max_prompt_tokens=1450, window_step=window_step)
+    shared = total = 0
+    prev = None
+    for typed in lines:
+        text += typed + "\n"
+        snap = Document("file:///bench/bigfile/share.py", "python", 1, text).snapshot()
+        prompt = build_prompt(snap, text.count("\n"), 0, budget=budget, workspace=None).prompt
+        if prev is not None:
+            shared += len(os.path.commonprefix([prev, prompt]))
+            total += len(prompt)
+        prev = prompt
+    return round(shared / max(1, total), 3)
+
+
 async def run(args: argparse.Namespace) -> dict:
     backend, child = args.backend, None
     if backend is None:
@@ -116,6 +137,8 @@ async def run(args: argparse.Namespace) -> dict:
                              "after_first_max_s": round(max(after) / 1000, 2),
                              "after_first_median_s": round(sorted(after)[len(after) // 2] / 1000, 2),
                              "latencies_s": [round(m / 1000, 2) for m in ms]}
+        results["prompt_chars_shared_with_previous"] = {
+            f"window_step={step}": prompt_sharing(text, lines, step) for step in (0.5, 0.0)}
         results["load_average_1m_at_end"] = round(os.getloadavg()[0], 1)
     finally:
         await stop_ls(client)
