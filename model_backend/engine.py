@@ -22,6 +22,7 @@ import os
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -95,6 +96,9 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._running: dict[str, Request] = {}
         self._request_ids = 0  # names `generate`'s requests
+        # Asked between prefill chunks: True ends the step early (the caller has a cancellation to apply), the
+        # prompt's remaining chunks follow in later steps. The server's worker sets it.
+        self.interrupt: Callable[[], bool] | None = None
 
     def set_speculation(self, mode: str, draft: Engine | str | None = None, **load_kw: Any) -> None:
         """Speculative decoding of lone sequences (speculate.py): "off", "ngram" (prompt lookup), "draft" (a small
@@ -280,7 +284,7 @@ class Engine:
         out: list[StepOutput] = []
         for req in sorted((r for r in self._running.values() if r.prefilling),
                           key=lambda r: len(r.prompt) - r.prefilled):
-            if budget is not None and budget <= 0:
+            if (budget is not None and budget <= 0) or self._interrupted():
                 break
             logits, used = self._prefill(req, budget)
             if budget is not None:
@@ -298,13 +302,18 @@ class Engine:
         end = len(ids) if budget is None else min(len(ids), begin + budget)
         logits = None
         for a in range(begin, end, PREFILL_CHUNK):
+            if a > begin and self._interrupted():
+                break  # a cancellation waits: the chunks so far stay in the slot (a usable cached prefix)
             chunk = ids[a:min(a + PREFILL_CHUNK, end)]
             logits = self._forward([chunk], [a], [main])
             self.slots.extend(main, chunk)
             req.prefilled = a + len(chunk)
         self._sync()
         self.stats.prefill_seconds += time.perf_counter() - t0
-        return (logits if not req.prefilling else None), end - begin
+        return (logits if not req.prefilling else None), req.prefilled - begin
+
+    def _interrupted(self) -> bool:
+        return self.interrupt is not None and self.interrupt()
 
     def _first_tokens(self, req: Request, logits: torch.Tensor) -> list[StepOutput]:
         """The whole prompt is in: share it with sibling samples and choose every sequence's first token."""

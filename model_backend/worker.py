@@ -8,7 +8,10 @@ through the job's ``sink`` (a thread-safe callable; the server passes ``loop.cal
 2. admits queued jobs while fewer than ``max_active`` run (continuous batching: they join the running batch),
 3. runs ONE ``engine.step()`` (prefill of the newly admitted + one decode step for all) and routes its outputs.
 
-So a cancellation takes effect within one decode step, and a queued job whose client left never starts.
+So a cancellation takes effect within one decode step, and a queued job whose client left never starts. A
+step that prefills a long prompt asks ``engine.interrupt`` between prefill chunks and ends early when a
+cancellation waits, so an abandoned prompt stops costing prefill within one chunk (its prefilled part stays in
+the KV slot as a cached prefix).
 
 Events sent to a job's sink (plain tuples, data flowing one way):
   ("delta", StepOutput)            only for jobs with stream=True
@@ -132,6 +135,9 @@ class Worker:
     def _main(self) -> None:
         try:
             self.engine = self._load()
+            if hasattr(self.engine, "interrupt"):
+                # a cancellation (or shutdown) ends a long prefill between its chunks, not after the whole prompt
+                self.engine.interrupt = lambda: bool(self._cancels) or self._stopping
             if self.on_ready:
                 self.on_ready(self.engine)  # before "ready": the server reads the tokenizer, context, ...
         except BaseException as exc:  # noqa: BLE001 - reported to the server, which exits non-zero

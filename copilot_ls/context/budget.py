@@ -23,9 +23,16 @@ class PromptBudget:
     # "file" = anything (snippets only fill what the prefix leaves; the default: with the default model any
     # displacement cost edit similarity, docs/quality.md).
     keep_in_prefix: str = "file"
+    # The prefix window's first line is a multiple of a step of this share of the window (in estimated lines),
+    # so it stays put while the cursor moves down and consecutive prompts share their beginning (the backend's
+    # prefix cache); the window then holds between (1 - window_step) and all of its budget. 0: the window
+    # starts wherever the budget runs out, one line further down for each line typed.
+    window_step: float = 0.5
 
 
 KEEP_IN_PREFIX = ("none", "function", "file")
+TOKENS_PER_LINE_ESTIMATE = 12  # only sizes the anchor step of the prefix window (`anchor_tail`) in lines
+MIN_ANCHOR_STEP = 4
 
 
 def estimate_tokens(text: str) -> int:
@@ -80,3 +87,21 @@ def _from_line_start(s: str) -> str:
 def _to_line_end(s: str) -> str:
     i = s.rfind("\n")
     return s[: i + 1] if i >= 0 else ""
+
+
+def anchor_tail(tail: str, line: int, budget: int, step_share: float) -> str:
+    """``tail`` (a tail of the text before the cursor within ``budget`` tokens, cut at a line start, as
+    ``fit_tail`` gives it; the cursor on line ``line``) shortened to begin at a line whose number is a multiple
+    of a step: about ``step_share`` of the lines ``budget`` holds. The start then stays on the same line while
+    the cursor moves down a step's worth of lines. The window keeps at least half its lines (else the step
+    halves: lines much longer than the estimate)."""
+    first = line - tail.count("\n")
+    step = int(budget * max(0.0, min(1.0, step_share)) / TOKENS_PER_LINE_ESTIMATE)
+    if first <= 0 or step < MIN_ANCHOR_STEP:
+        return tail
+    while step >= MIN_ANCHOR_STEP:
+        start = -(-first // step) * step
+        if 2 * (line - start) >= line - first:
+            return tail.split("\n", start - first)[-1] if start > first else tail
+        step //= 2
+    return tail

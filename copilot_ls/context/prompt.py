@@ -17,6 +17,7 @@ from copilot_ls.context.budget import (
     KEEP_IN_PREFIX,
     CountTokens,
     PromptBudget,
+    anchor_tail,
     estimate_tokens,
     fit_head,
     fit_tail,
@@ -129,7 +130,7 @@ def build_prompt(
         candidates = collect(snap, line, col, others=others, workspace=ws, window_start_line=start)
         chosen = choose(candidates, room, _snippet_renderer(snap, root, snippet_style), count)
         available -= sum(c.tokens for c in chosen)
-    prefix, scope = _prefix_window(snap, line, col, before, available, kept, count)
+    prefix, scope = _prefix_window(snap, line, col, before, available, kept, count, budget.window_step)
     parts = Parts(chosen, header, header_tokens, scope, prefix, suffix, _indent_before_cursor(snap, line, col))
     prompt = trim(parts, total, count, lambda p: assemble(p, fim, root, controls))
     return Prompt(
@@ -204,18 +205,27 @@ def _header(
 
 
 def _prefix_window(
-    snap: Snapshot, line: int, col: int, before: str, available: int, kept: int | None, count: CountTokens
+    snap: Snapshot, line: int, col: int, before: str, available: int, kept: int | None, count: CountTokens,
+    step: float = 0.0,
 ) -> tuple[str, list[tuple[int, str]]]:
     """(the window before the cursor, the cut-off enclosing headers shown above it): the headers only when
-    they take less than a quarter of ``available``, and the window shrinks to make room for them."""
-    prefix = fit_tail(before, available, count)
-    if kept is not None and len(prefix) < len(before) - kept:
-        prefix = before[kept:]  # fit_tail errs on the short side; the kept text is known to fit
+    they take less than a quarter of ``available``, and the window shrinks to make room for them. The window
+    starts on an anchor line (``anchor_tail``, a ``step`` share of the window) unless that would cut text
+    ``kept`` must keep."""
+
+    def window(tokens: int, first: bool) -> str:
+        tail = fit_tail(before, tokens, count)
+        if first and kept is not None and len(tail) < len(before) - kept:
+            return before[kept:]  # fit_tail errs on the short side; the kept text is known to fit
+        anchored = anchor_tail(tail, line, available, step)
+        return anchored if kept is None or len(anchored) >= len(before) - kept else tail
+
+    prefix = window(available, True)
     scope = scope_headers(snap, line, col, line - prefix.count("\n"))
     scope_text = "".join(t + "\n" for _, t in scope)
     if not scope_text or count(scope_text) >= available // 4:
         return prefix, []
-    prefix = fit_tail(before, available - count(scope_text), count)
+    prefix = window(available - count(scope_text), False)
     window_start = line - prefix.count("\n")
     return prefix, [(ln, t) for ln, t in scope if ln < window_start]
 

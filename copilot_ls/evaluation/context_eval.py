@@ -367,6 +367,7 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
             max_tokens_out=args.max_tokens,
             snippet_fraction=args.snippet_fraction,
             keep_in_prefix=args.keep_in_prefix,
+            window_step=args.window_step,
         )
         sem = asyncio.Semaphore(args.concurrency)
         todo = [(c, a) for c in cases for a in ARMS if (c.id, a) not in done]
@@ -430,6 +431,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=PromptBudget().snippet_fraction,
         help=f"share of the budget snippets may take (default {PromptBudget().snippet_fraction})",
+    )
+    parser.add_argument(
+        "--window-step",
+        type=float,
+        default=PromptBudget().window_step,
+        help=f"share of the prefix window its anchored start moves by (0: slides; default {PromptBudget().window_step})",
     )
     parser.add_argument("--out", type=Path, default=Path("out/context-eval"), help="output directory")
     parser.add_argument("--list", action="store_true", help="only build and print the cases")
