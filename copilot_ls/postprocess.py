@@ -547,8 +547,9 @@ def _bracket_change(text: str, cur: Cursor, end_col: int) -> int:
     reparse where there is only one suggestion), else 0."""
     if cur.language is None:
         return 0
-    before = _depth(cur.line_text, cur)
-    return int(_depth(cur.prefix + text + cur.line_text[end_col:], cur) != before)
+    head, tail = cur.prefix[-400:], cur.line_text[end_col : end_col + 400]  # bounded: lines can be megabytes
+    before = _depth(head + cur.line_text[cur.col : end_col] + tail, cur)
+    return int(_depth(head + text + tail, cur) != before)
 
 
 def postprocess(

@@ -90,6 +90,9 @@ _CLASS_HEAD = re.compile(r"^([ \t]*)class\s+([A-Za-z_]\w*)\s*(\([^)]*\))?\s*:", 
 _MEMBER_USE = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\.([A-Za-z_]\w*)")
 
 
+_CLASSES: MemoKey[dict[str, tuple[bool, int, int]]] = MemoKey("class bodies (static checks)")
+
+
 def _class_bodies(source: str) -> dict[str, tuple[bool, int, int]]:
     """class name -> (has bases, start offset, end offset) of top-level and nested classes (indentation)."""
     out: dict[str, tuple[bool, int, int]] = {}
@@ -111,9 +114,9 @@ def _class_bodies(source: str) -> dict[str, tuple[bool, int, int]]:
     return out
 
 
-def _enclosing_class(source: str, offset: int) -> str | None:
+def _enclosing_class(classes: dict[str, tuple[bool, int, int]], offset: int) -> str | None:
     best, best_start = None, -1
-    for name, (_, start, end) in _class_bodies(source).items():
+    for name, (_, start, end) in classes.items():
         if start <= offset < end and start > best_start:
             best, best_start = name, start
     return best
@@ -125,7 +128,9 @@ def unknown_members(snap: Snapshot, line: int, line_prefix: str, text: str) -> l
     if snap.language_id != "python":
         return []
     source = snap.text
-    classes = _class_bodies(source)
+    if "class" not in source:
+        return []
+    classes = snap.memo(_CLASSES, lambda: _class_bodies(source))
     if not classes:
         return []
     code = _code_only(line_prefix + text)
@@ -137,7 +142,7 @@ def unknown_members(snap: Snapshot, line: int, line_prefix: str, text: str) -> l
         owner, member = m.group(1), m.group(2)
         if owner in ("self", "cls"):
             if here is None:
-                here = _enclosing_class(source, snap.offset(line, 0)) or ""
+                here = _enclosing_class(classes, snap.offset(line, 0)) or ""
             owner = here
         info = classes.get(owner)
         if not info or info[0]:
