@@ -395,6 +395,33 @@ def confidence_curve(results: list[dict], arm: str = "builder", weights: dict | 
     return out
 
 
+def _design(f: dict) -> list[float]:
+    return [1.0, f["mean_logprob"], f["min_logprob"], math.log1p(f["tokens"]), min(f["syntax_errors"], 3),
+            min(f["static_issues"], 3), f["agreement"] - 1.0]
+
+
+def fit_weights(results: list[dict], arm: str = "builder", *, l2: float = 0.01, steps: int = 3000,
+                lr: float = 0.5) -> dict[str, float]:
+    """Logistic regression of exact match on the confidence features (gradient descent, L2 off the bias);
+    how confidence.WEIGHTS was obtained (`--fit-weights`)."""
+    rows = [(_design(r["features"]), 1.0 if r["exact"] else 0.0) for r in results
+            if r["arm"] == arm and r.get("features")]
+    names = list(confidence.WEIGHTS)
+    w = [0.0] * len(names)
+    if not rows:
+        return dict(zip(names, w, strict=True))
+    for _ in range(steps):
+        grad = [0.0] * len(w)
+        for x, y in rows:
+            z = max(-50.0, min(50.0, sum(a * b for a, b in zip(w, x, strict=True))))
+            err = 1.0 / (1.0 + math.exp(-z)) - y
+            for j, xj in enumerate(x):
+                grad[j] += err * xj
+        for j in range(len(w)):
+            w[j] -= lr * (grad[j] / len(rows) + (l2 * w[j] if j else 0.0))
+    return {k: round(v, 3) for k, v in zip(names, w, strict=True)}
+
+
 def choose_threshold(curve: list[dict], *, lift: float = 2.0, min_coverage: float = 0.4) -> dict | None:
     """The lowest threshold whose precision is >= ``lift`` x the precision with everything shown while the
     coverage stays >= ``min_coverage``; None when no threshold reaches both."""
@@ -506,6 +533,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arms", default=",".join(ARMS),
                         help=f"prompt arms to run, comma-separated (default {','.join(ARMS)}; the confidence "
                              "curve is the builder arm's)")
+    parser.add_argument("--fit-weights", action="store_true",
+                        help="also fit the confidence weights to these results (logistic regression) and print them")
     parser.add_argument("--out", type=Path, default=Path("out/context-eval"), help="output directory")
     parser.add_argument("--list", action="store_true", help="only build and print the cases")
 
@@ -555,6 +584,10 @@ def run(args: argparse.Namespace) -> int:
     if "builder" in args.arms:
         from copilot_ls.lsp.settings import DEFAULT_MIN_CONFIDENCE
 
+        if args.fit_weights:
+            fitted = fit_weights(results)
+            print("weights fitted on these results (for confidence.WEIGHTS): " + json.dumps(fitted))
+            summary["fitted_weights"] = fitted
         curve = confidence_curve(results)
         chosen = choose_threshold(curve)
         summary["confidence_curve"] = curve
