@@ -9,8 +9,8 @@ model's own mean log-prob scores text the user never sees. Here:
 2. ``features``    mean and lowest token log-prob of that span, its length in tokens, new syntax errors, the
                    static-check issues (copilot_ls.static_checks) and, with n > 1, the share of candidates that
                    show the same text;
-3. ``confidence``  a logistic score in [0, 1] of those features (weights fitted on `copilot-ls eval context`,
-                   see docs/quality.md).
+3. ``confidence``  a logistic score in [0, 1] of those features (``WEIGHTS``; the default ``minConfidence`` is
+                   chosen on the precision / coverage curve of `copilot-ls eval context`, docs/quality.md).
 
 A candidate from a server that sends no per-token log-probs has no confidence (None): the ``minConfidence``
 gate lets it through rather than hiding every suggestion of such a server.
@@ -36,8 +36,9 @@ class Features:
     agreement: float  # share of the request's candidates showing the same text (1.0 with n = 1)
 
 
-# Logistic weights over the features (intercept first). Fitted on `copilot-ls eval context --seed 0` with the
-# default model (the fit and its held-out check are in docs/quality.md).
+# Logistic weights over the features (intercept first), set by hand: a score that orders suggestions, not a
+# calibrated probability. `copilot-ls eval context --fit-weights` fits them by logistic regression; with the
+# default model's few exact hits the fit is not better on held-out cases (docs/quality.md).
 WEIGHTS = {
     "bias": 1.0,
     "mean_logprob": 2.0,
