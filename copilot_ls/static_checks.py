@@ -26,6 +26,7 @@ _STRING = re.compile(r"""(?:[rbuRBUfF]{0,2})("\"\"[\s\S]*?(?:\"\"\"|$)|'''[\s\S]
 _COMMENT = re.compile(r"#[^\n]*")
 _BINDERS = re.compile(r"\b(?:for|as|def|class|import|global|nonlocal)\s+([\w\s,()*]+?)(?=\bin\b|[:=(\n]|$)")
 _LAMBDA = re.compile(r"\blambda\b([^:]*):")
+_DEF_PARAMS = re.compile(r"\bdef\s+\w+\s*\(([^)]*)")
 _ASSIGN_LHS = re.compile(r"^([\w\s,.*\[\]()]+?)(?<![=!<>])=(?!=)", re.M)
 _KWARG_OR_ANN = re.compile(r"([A-Za-z_]\w*)\s*(?:=(?!=)|:(?=\s*[A-Za-z_]))")
 _DOC_NAMES: MemoKey[frozenset[str]] = MemoKey("identifiers mentioned in the document")
@@ -46,7 +47,7 @@ def bound_names(text: str) -> set[str]:
     """Names the text binds itself."""
     code = _code_only(text)
     out: set[str] = set()
-    for rx in (_BINDERS, _LAMBDA, _ASSIGN_LHS):
+    for rx in (_BINDERS, _LAMBDA, _DEF_PARAMS, _ASSIGN_LHS):
         for m in rx.finditer(code):
             out.update(_IDENT.findall(m.group(1)))
     out.update(m.group(1) for m in _KWARG_OR_ANN.finditer(code))

@@ -127,6 +127,7 @@ def f(values):
     ("    ", "for item in values: total += item", []),        # bound by the text itself
     ("    ", "result = [v for v in values if v]", []),
     ("    ", "g = lambda a, b: a + b", []),
+    ("", "def g_force(frame, body=None, *rest): return frame(body, *rest)", []),     # parameters
     ("    ", "return sorted(values, key=len, reverse=True)", []),   # builtins, keyword arguments
     ("    ", "return os.path.joinx(values)", []),              # attributes are not names
     ("    ", "print('undefined_in_string')  # nor in a comment", []),
