@@ -95,7 +95,8 @@ async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient
     t4 = time.perf_counter()
     timings = {"context_ms": (t2 - t1) * 1000, "backend_ms": (t3 - t2 + t1 - t0) * 1000,
                "postprocess_ms": (t4 - t3) * 1000}
-    return CompletionResult(shown[: settings.n], prompt, raw, cached, timings, len(suggestions) - len(shown))
+    return CompletionResult(shown[: settings.n], prompt, raw, cached, hidden=len(suggestions) - len(shown),
+                            timings=timings)
 
 
 def known_names(snap: Snapshot):
