@@ -22,7 +22,7 @@ from lsp_testing import (
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.e2e]
 
 OPTIONS = {"maxTokens": 24, "timeout": 600, "debounceMs": 0}
 
@@ -39,6 +39,7 @@ def configure(client, **settings) -> None:
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=settings))
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_low_confidence_suggestion_is_hidden_only_with_min_confidence(client):
     line, col = end_position(COMMON_PREFIX_BUFFER)
     # The confidence is a logistic score that stays below 0.99 for this model's outputs: with the gate at 0.99
