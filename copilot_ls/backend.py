@@ -24,6 +24,10 @@ class RawCandidate:
     text: str
     mean_logprob: float = 0.0
     finish_reason: str = "stop"
+    # per generated token, its text and log-prob (OpenAI `logprobs.tokens` / `token_logprobs`); empty when the
+    # server sent none. copilot_ls.confidence maps the shown text back onto these.
+    tokens: tuple[str, ...] = ()
+    token_logprobs: tuple[float, ...] = ()
 
 
 class BackendError(Exception):
@@ -60,6 +64,25 @@ def _mean(values: Sequence[Any]) -> float:
     return sum(nums) / len(nums) if nums else 0.0
 
 
+def _token_logprobs(logprobs: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """(token texts, log-probs) of an OpenAI `logprobs` object; ((), ()) when absent or malformed (servers that
+    send no per-token data, or lists of different lengths). A non-finite log-prob (a token the server could not
+    score) counts as very unlikely."""
+    if not isinstance(logprobs, dict):
+        return (), ()
+    tokens, lps = logprobs.get("tokens"), logprobs.get("token_logprobs")
+    if not (isinstance(tokens, list) and isinstance(lps, list) and len(tokens) == len(lps)):
+        return (), ()
+    if not all(isinstance(t, str) for t in tokens):
+        return (), ()
+    vals: list[float] = []
+    for v in lps:
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            return (), ()
+        vals.append(float(v) if math.isfinite(v) else -30.0)
+    return tuple(tokens), tuple(vals)
+
+
 def parse_completion(body: Any) -> list[RawCandidate]:
     """OpenAI completion JSON -> candidates in `index` order; BackendError(kind="garbage") if it is not one."""
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
@@ -76,7 +99,9 @@ def parse_completion(body: Any) -> list[RawCandidate]:
         token_logprobs = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
         mean = _mean(token_logprobs) if isinstance(token_logprobs, list) else 0.0
         finish = choice.get("finish_reason")
-        out.append((index, RawCandidate(choice["text"], mean, finish if isinstance(finish, str) else "stop")))
+        tokens, lps = _token_logprobs(logprobs)
+        out.append((index, RawCandidate(choice["text"], mean, finish if isinstance(finish, str) else "stop",
+                                        tokens, lps)))
     out.sort(key=lambda t: t[0])
     return [c for _, c in out]
 

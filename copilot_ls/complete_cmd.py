@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0)")
     parser.add_argument("--max-lines", type=int, default=None, help="longest multi-line suggestion (default 10)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the backend (default 300)")
+    parser.add_argument("--min-confidence", type=float, default=None, metavar="C",
+                        help="show nothing (exit 1) when the suggestion's confidence is below C, 0..1 "
+                             "(default: the LS default, see docs/quality.md)")
     parser.add_argument("--fim-template", default=None, metavar="NAME",
                         help="fill-in-the-middle template: auto (default: the tokens the server reports, else the "
                              "model id), none, starcoder, qwen, codellama or deepseek")
@@ -107,7 +110,8 @@ def check_position(text: str, line: int, col: int) -> tuple[int, int]:
 def _settings(args: argparse.Namespace) -> Settings:
     data = {"backend_url": args.backend or DEFAULT_BACKEND_URL, "n": args.n, "api_key": args.api_key,
             "model": args.model, "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "max_lines": args.max_lines, "timeout": args.timeout, "fim_template": args.fim_template}
+            "max_lines": args.max_lines, "timeout": args.timeout, "fim_template": args.fim_template,
+            "min_confidence": args.min_confidence}
     return from_dict({k: v for k, v in data.items() if v is not None})
 
 
@@ -134,8 +138,8 @@ def _explain(result: pipeline.CompletionResult) -> dict:
 
 def render(args: argparse.Namespace, snap: Snapshot, line: int, col: int,
            result: pipeline.CompletionResult) -> str:
-    items = [{"text": s.text, "start": _pos(s.start), "end": _pos(s.end), "mean_logprob": s.mean_logprob}
-             for s in result.suggestions]
+    items = [{"text": s.text, "start": _pos(s.start), "end": _pos(s.end), "mean_logprob": s.mean_logprob,
+              "confidence": s.confidence, "issues": list(s.issues)} for s in result.suggestions]
     if args.json:
         out = {"path": None if args.position.startswith("-:") else snap.path, "language": snap.language_id,
                "line": line + 1, "column": col + 1, "items": items}
@@ -151,7 +155,8 @@ def render(args: argparse.Namespace, snap: Snapshot, line: int, col: int,
         chunks.append("=== completion ===")
     for i, s in enumerate(result.suggestions):
         if len(result.suggestions) > 1:
-            chunks.append(f"--- candidate {i + 1} (mean log-prob {s.mean_logprob:.3f}) ---")
+            c = "n/a" if s.confidence is None else f"{s.confidence:.2f}"
+            chunks.append(f"--- candidate {i + 1} (confidence {c}, mean log-prob {s.mean_logprob:.3f}) ---")
         chunks.append(s.text)
     return "\n".join(chunks)
 
@@ -178,7 +183,8 @@ async def _complete(args: argparse.Namespace, settings: Settings, snap: Snapshot
         except BrokenPipeError:  # `... --explain | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     if not result.suggestions:
-        print("copilot-ls complete: no completion at this position", file=sys.stderr)
+        why = f" above --min-confidence {settings.min_confidence:g}" if result.hidden else ""
+        print(f"copilot-ls complete: no completion{why} at this position", file=sys.stderr)
         return 1
     return 0
 

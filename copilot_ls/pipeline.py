@@ -1,6 +1,7 @@
 """The ONE completion pipeline, called by the language server, `copilot-ls complete` and the evaluation:
 
     snapshot -> context.build_prompt (pure) -> BackendClient.complete (HTTP) -> postprocess (pure)
+             -> the minConfidence gate (copilot_ls.confidence; no extra backend call)
 
 An optional LRU cache keyed on the exact request (prompt, stop strings, sampling settings, backend) skips the
 HTTP call when the same context is asked again; post-processing always runs against the current snapshot.
@@ -14,8 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from copilot_ls.backend import BackendClient, ModelMeta, RawCandidate
+from copilot_ls.confidence import passes
 from copilot_ls.context import Prompt, PromptBudget, build_prompt, unguard
 from copilot_ls.context.fim import FimTemplate, choose_template
+from copilot_ls.context.workspace import workspace_for
 from copilot_ls.documents import Snapshot
 from copilot_ls.lru import LRUCache
 from copilot_ls.lsp.settings import Settings
@@ -31,6 +34,7 @@ class CompletionResult:
     prompt: Prompt
     raw: list[RawCandidate]
     cached: bool = False      # the raw candidates came from the cache (no backend call)
+    hidden: int = 0           # suggestions below settings.min_confidence, not shown
     timings: dict[str, float] = field(default_factory=dict)   # context_ms, backend_ms, postprocess_ms
 
 
@@ -85,8 +89,20 @@ async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient
     t3 = time.perf_counter()
     if prompt.guarded:
         raw = [replace(r, text=unguard(r.text, prompt.guarded)) for r in raw]
-    suggestions = postprocess(raw, snap, line, col, multiline=prompt.multiline, max_lines=settings.max_lines)
+    suggestions = postprocess(raw, snap, line, col, multiline=prompt.multiline, max_lines=settings.max_lines,
+                              known=known_names(snap))
+    shown = [s for s in suggestions if passes(s.confidence, settings.min_confidence)]
     t4 = time.perf_counter()
     timings = {"context_ms": (t2 - t1) * 1000, "backend_ms": (t3 - t2 + t1 - t0) * 1000,
                "postprocess_ms": (t4 - t3) * 1000}
-    return CompletionResult(suggestions[: settings.n], prompt, raw, cached, timings)
+    return CompletionResult(shown[: settings.n], prompt, raw, cached, hidden=len(suggestions) - len(shown),
+                            timings=timings)
+
+
+def known_names(snap: Snapshot):
+    """Whether the workspace's name index has a top-level definition of a name (for the undefined-name check;
+    never waits for the index: while it is being built nothing counts as known beyond the document)."""
+    ws = workspace_for(snap.path)
+    if ws is None:
+        return None
+    return lambda name: bool(ws.paths_defining(name))

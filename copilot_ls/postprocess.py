@@ -19,16 +19,21 @@ Rules, applied to every candidate in this order (each is a small function, table
 8. ``overlap``        text after the cursor on its line that the completion also wrote ("foo)" with ")"
                       following): trimmed, or the range is widened over it.
 9. syntax check       the edited document is reparsed (incrementally); candidates that add ERROR / MISSING
-                      nodes rank after those that do not.
-10. rank + dedupe     by (no new errors, mean log-prob); identical edits kept once.
+                      nodes rank after those that do not. With one distinct suggestion there is nothing to
+                      order and no reparse: the bracket balance of the edited line stands in (for confidence).
+10. confidence        copilot_ls.confidence over the shown text's token log-probs, the syntax check, the static
+                      checks (copilot_ls.static_checks) and agreement among candidates.
+11. rank + dedupe     by (no new errors, confidence, else mean log-prob); identical edits kept once.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from copilot_ls import confidence as conf
+from copilot_ls import static_checks
 from copilot_ls.backend import RawCandidate
 from copilot_ls.documents import MemoKey, Snapshot
 from copilot_ls.languages import LanguageSpec, new_parser
@@ -40,6 +45,8 @@ class Suggestion:
     start: tuple[int, int]  # (line, code-point col)
     end: tuple[int, int]
     mean_logprob: float
+    confidence: float | None = None  # copilot_ls.confidence; None when the server sent no token log-probs
+    issues: tuple[str, ...] = ()  # static-check findings ("undefined name 'foo'")
 
 
 OPENERS = {"(": ")", "[": "]", "{": "}"}
@@ -535,6 +542,16 @@ def clean(
     return text, end_col
 
 
+def _bracket_change(text: str, cur: Cursor, end_col: int) -> int:
+    """1 when inserting ``text`` changes the bracket balance of the cursor's line (a cheap stand-in for the
+    reparse where there is only one suggestion), else 0."""
+    if cur.language is None:
+        return 0
+    head, tail = cur.prefix[-400:], cur.line_text[end_col : end_col + 400]  # bounded: lines can be megabytes
+    before = _depth(head + cur.line_text[cur.col : end_col] + tail, cur)
+    return int(_depth(head + text + tail, cur) != before)
+
+
 def postprocess(
     candidates: Sequence[RawCandidate],
     snap: Snapshot,
@@ -543,9 +560,11 @@ def postprocess(
     *,
     multiline: bool,
     max_lines: int = 10,
+    known: Callable[[str], bool] | None = None,
 ) -> list[Suggestion]:
-    """Cleaned, deduplicated suggestions, best first: no new syntax errors before new ones, then by mean
-    log-prob (ties keep the backend's order)."""
+    """Cleaned, deduplicated suggestions, best first: no new syntax errors before new ones, then by confidence
+    (by mean log-prob when a candidate has none); ties keep the backend's order. ``known``: whether the
+    workspace defines a name (for the undefined-name check)."""
     if not candidates:
         return []
     cur = make_cursor(snap, line, col)
@@ -557,7 +576,7 @@ def postprocess(
         if text:
             cleaned.append((i, cand, text, end_col))
     # The syntax check only orders distinct suggestions (candidates with the same text and end share a flag):
-    # with fewer than two distinct ones its result cannot change the output, so the reparse is skipped.
+    # with fewer than two distinct ones its result cannot change the order, so the reparse is skipped.
     errors_of: dict[tuple[str, int], int] = {}
     if len({(text, end_col) for _, _, text, end_col in cleaned}) > 1:
         checker = _SyntaxChecker(snap)
@@ -565,12 +584,24 @@ def postprocess(
             key = (text, end_col)
             if key not in errors_of:
                 errors_of[key] = checker.new_errors(text, (line, cur.col), (line, end_col))
+    agree = conf.agreement([text for _, _, text, _ in cleaned])
+    issues_of: dict[str, tuple[str, ...]] = {}
     ranked: list[tuple[int, float, int, Suggestion]] = []
-    for i, cand, text, end_col in cleaned:
+    for k, (i, cand, text, end_col) in enumerate(cleaned):
         start, end = (line, cur.col), (line, end_col)
         out_text = text.replace("\n", "\r\n") if cur.crlf else text
+        errors = errors_of.get((text, end_col))
+        if errors is None:
+            errors = _bracket_change(text, cur, end_col)
+        if text not in issues_of:
+            issues_of[text] = tuple(static_checks.issues(snap, line, cur.prefix, text, known))
+        found = issues_of[text]
+        c = conf.confidence(cand, text, syntax_errors=errors, static_issues=len(found), agreement=agree[k])
         flag = 1 if errors_of.get((text, end_col)) else 0
-        ranked.append((flag, -cand.mean_logprob, i, Suggestion(out_text, start, end, cand.mean_logprob)))
+        ranked.append((flag, -(c if c is not None else cand.mean_logprob), i,
+                       Suggestion(out_text, start, end, cand.mean_logprob, c, found)))
+    if any(r[3].confidence is None for r in ranked):  # mixed or no confidences: the model's own ranking
+        ranked = [(f, -r.mean_logprob, i, r) for f, _, i, r in ranked]
     ranked.sort(key=lambda r: r[:3])
     seen: set[tuple[str, tuple[int, int]]] = set()
     out: list[Suggestion] = []

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from copilot_ls import confidence
 from copilot_ls.context import (
     DEFAULT_SNIPPET_STYLE,
     KEEP_IN_PREFIX,
@@ -331,6 +332,11 @@ async def run_case(
         raw = [replace(r, text=unguard(r.text, prompt.guarded)) for r in raw]
     sugg = postprocess(raw, snap, line, col, multiline=False, max_lines=1)
     got = sugg[0].text.split("\n")[0].strip() if sugg else ""
+    feats = None
+    if sugg and raw:  # the features of the shown suggestion (the curve rescores them with confidence.WEIGHTS)
+        f = confidence.features(raw[0], sugg[0].text, syntax_errors=_bracket_errors(sugg[0], snap, line, col),
+                                static_issues=len(sugg[0].issues))
+        feats = asdict(f) if f is not None else None
     count = meta.count_tokens or (lambda s: math.ceil(len(s) / 3))
     return {
         "case": case.id,
@@ -344,7 +350,100 @@ async def run_case(
         "sources": [s.kind for s in prompt.sources],
         "seconds": round(elapsed, 2),
         "subject_before": case.subject_before,
+        "shown": bool(sugg),
+        "confidence": sugg[0].confidence if sugg else None,
+        "features": feats,
+        "issues": list(sugg[0].issues) if sugg else [],
     }
+
+
+def _bracket_errors(sug, snap, line: int, col: int) -> int:
+    """The syntax feature postprocess gave the one suggestion (bracket balance of the edited line)."""
+    from copilot_ls.postprocess import _bracket_change, make_cursor
+
+    return _bracket_change(sug.text, make_cursor(snap, line, col), sug.end[1])
+
+
+# --- the precision / coverage curve of the confidence ----------------------------------------------------------
+THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85,
+              0.9, 0.95)
+
+
+def rescore(r: dict, weights: dict | None = None) -> float | None:
+    """The confidence of a result's shown suggestion under ``weights`` (default: confidence.WEIGHTS)."""
+    f = r.get("features")
+    if not f:
+        return None
+    return confidence.score(confidence.Features(**f), weights)
+
+
+def confidence_curve(results: list[dict], arm: str = "builder", weights: dict | None = None,
+                     thresholds: Sequence[float] = THRESHOLDS) -> list[dict]:
+    """Per threshold t: coverage (share of requests shown a suggestion when those with confidence < t are
+    hidden) and precision (exact match among those shown), with Wilson 95% intervals. t = 0 shows everything
+    post-processing kept; a suggestion without a confidence is always shown (as the gate does)."""
+    rows = [r for r in results if r["arm"] == arm]
+    n = len(rows)
+    out = []
+    for t in thresholds:
+        shown = [r for r in rows if r.get("shown", bool(r["got"]))
+                 and confidence.passes(rescore(r, weights), t)]
+        hits = sum(1 for r in shown if r["exact"])
+        out.append({"threshold": t, "requests": n, "shown": len(shown), "exact": hits,
+                    "coverage": len(shown) / n if n else 0.0, "coverage_ci95": wilson(len(shown), n),
+                    "precision": hits / len(shown) if shown else 0.0, "precision_ci95": wilson(hits, len(shown))})
+    return out
+
+
+def _design(f: dict) -> list[float]:
+    return [1.0, f["mean_logprob"], f["min_logprob"], math.log1p(f["tokens"]), min(f["syntax_errors"], 3),
+            min(f["static_issues"], 3), f["agreement"] - 1.0]
+
+
+def fit_weights(results: list[dict], arm: str = "builder", *, l2: float = 0.01, steps: int = 3000,
+                lr: float = 0.5) -> dict[str, float]:
+    """Logistic regression of exact match on the confidence features (gradient descent, L2 off the bias);
+    how confidence.WEIGHTS was obtained (`--fit-weights`)."""
+    rows = [(_design(r["features"]), 1.0 if r["exact"] else 0.0) for r in results
+            if r["arm"] == arm and r.get("features")]
+    names = list(confidence.WEIGHTS)
+    w = [0.0] * len(names)
+    if not rows:
+        return dict(zip(names, w, strict=True))
+    for _ in range(steps):
+        grad = [0.0] * len(w)
+        for x, y in rows:
+            z = max(-50.0, min(50.0, sum(a * b for a, b in zip(w, x, strict=True))))
+            err = 1.0 / (1.0 + math.exp(-z)) - y
+            for j, xj in enumerate(x):
+                grad[j] += err * xj
+        for j in range(len(w)):
+            w[j] -= lr * (grad[j] / len(rows) + (l2 * w[j] if j else 0.0))
+    return {k: round(v, 3) for k, v in zip(names, w, strict=True)}
+
+
+def choose_threshold(curve: list[dict], *, lift: float = 2.0, min_coverage: float = 0.4) -> dict | None:
+    """The lowest threshold whose precision is >= ``lift`` x the precision with everything shown while the
+    coverage stays >= ``min_coverage``; None when no threshold reaches both."""
+    base = curve[0]["precision"]
+    for row in curve:
+        if row["coverage"] >= min_coverage and row["precision"] >= lift * base and row["shown"]:
+            return row
+    return None
+
+
+def curve_table(curve: list[dict], default: float) -> str:
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}"
+
+    rows = ["| minConfidence | shown / requests | coverage % (95% CI) | exact among shown % (95% CI) |",
+            "|---:|---:|---:|---:|"]
+    for c in curve:
+        mark = " **(default)**" if abs(c["threshold"] - default) < 1e-9 else ""
+        rows.append(f"| {c['threshold']:.2f}{mark} | {c['shown']} / {c['requests']} | {pct(c['coverage'])} "
+                    f"({pct(c['coverage_ci95'][0])}–{pct(c['coverage_ci95'][1])}) | {pct(c['precision'])} "
+                    f"({pct(c['precision_ci95'][0])}–{pct(c['precision_ci95'][1])}) |")
+    return "\n".join(rows) + "\n"
 
 
 async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> list[dict]:
@@ -370,7 +469,7 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
             window_step=args.window_step,
         )
         sem = asyncio.Semaphore(args.concurrency)
-        todo = [(c, a) for c in cases for a in ARMS if (c.id, a) not in done]
+        todo = [(c, a) for c in cases for a in args.arms if (c.id, a) not in done]
         progress = {"n": 0}
 
         async def one(case: Case, arm: str) -> None:
@@ -395,7 +494,7 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
         args._fim = fim.family if fim is not None else "none (prefix-only)"
     finally:
         await client.aclose()
-    return [done[(c.id, a)] for c in cases for a in ARMS if (c.id, a) in done]
+    return [done[(c.id, a)] for c in cases for a in args.arms if (c.id, a) in done]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -438,6 +537,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=PromptBudget().window_step,
         help=f"share of the prefix window its anchored start moves by (0: slides; default {PromptBudget().window_step})",
     )
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help=f"prompt arms to run, comma-separated (default {','.join(ARMS)}; the confidence "
+                             "curve is the builder arm's)")
+    parser.add_argument("--fit-weights", action="store_true",
+                        help="also fit the confidence weights to these results (logistic regression) and print them")
     parser.add_argument("--out", type=Path, default=Path("out/context-eval"), help="output directory")
     parser.add_argument("--list", action="store_true", help="only build and print the cases")
 
@@ -452,6 +556,10 @@ def run(args: argparse.Namespace) -> int:
             "copilot-ls eval context: --cases and --concurrency must be >= 1, --max-prompt-tokens >= 64",
             file=sys.stderr,
         )
+        return 2
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()] if isinstance(args.arms, str) else args.arms
+    if not args.arms or set(args.arms) - set(ARMS):
+        print(f"copilot-ls eval context: --arms must name some of {', '.join(ARMS)}", file=sys.stderr)
         return 2
     cases = build_cases(packages, args.cases, args.seed)
     if args.list:
@@ -468,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
     except BackendError as exc:
         print(f"copilot-ls eval context: backend {args.backend}: {exc}", file=sys.stderr)
         return 1
-    summary = summarize(results)
+    summary = summarize(results) if set(ARMS) <= set(args.arms) else {"cases": 0, "arms": {}}
     meta = {
         "packages": packages,
         "model": getattr(args, "_model", "?"),
@@ -480,7 +588,25 @@ def run(args: argparse.Namespace) -> int:
         "keep_in_prefix": args.keep_in_prefix,
         "seed": args.seed,
     }
+    if "builder" in args.arms:
+        from copilot_ls.lsp.settings import DEFAULT_MIN_CONFIDENCE
+
+        if args.fit_weights:
+            fitted = fit_weights(results)
+            print("weights fitted on these results (for confidence.WEIGHTS): " + json.dumps(fitted))
+            summary["fitted_weights"] = fitted
+        curve = confidence_curve(results)
+        chosen = choose_threshold(curve)
+        summary["confidence_curve"] = curve
+        summary["confidence_target_met_at"] = chosen["threshold"] if chosen else None
+        curve_md = curve_table(curve, DEFAULT_MIN_CONFIDENCE)
+        note = (f"lowest minConfidence with exact-among-shown >= 2x the all-shown {100 * curve[0]['precision']:.1f}% "
+                f"and coverage >= 40%: " + (f"{chosen['threshold']:.2f}" if chosen else "none"))
+        (out / "confidence.md").write_text(curve_md + "\n" + note + "\n")
+        print("precision / coverage of the confidence (builder arm):\n" + curve_md + note + "\n")
     (out / "summary.json").write_text(json.dumps({**summary, "meta": meta}, indent=2))
+    if not summary["arms"]:
+        return 0
     table = markdown_table(summary, meta)
     (out / "summary.md").write_text(table)
     print(table)

@@ -63,7 +63,8 @@ class Session:
         self.cache: pipeline.RawCache = LRUCache(self.settings.cache_size)
         self.backend = Supervisor(lambda: self.settings, say)
         self.counters = {"requests": 0, "items": 0, "backend_calls": 0, "cache_hits": 0, "typed_ahead": 0,
-                         "superseded": 0, "cancelled": 0, "stale": 0, "errors": 0, "refused": 0}
+                         "superseded": 0, "cancelled": 0, "stale": 0, "errors": 0, "refused": 0,
+                         "below_confidence": 0}
         self.overhead_ms: deque[float] = deque(maxlen=1000)   # per request: handler time minus waiting
 
     # -- settings and documents ----------------------------------------------------------------------------
@@ -170,6 +171,7 @@ class Session:
         waits.add(result.timings.get("backend_ms", 0.0))
         self.counters["backend_calls"] += client.requests - calls
         self.counters["cache_hits"] += result.cached
+        self.counters["below_confidence"] += result.hidden
         self.backend.succeeded(client)
         return result
 

@@ -160,3 +160,34 @@ def test_one_case_end_to_end(backend_url: str, tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cases"] == 1 and summary["meta"]["model"]
     assert (out / "summary.md").read_text().startswith("1 cases")
+
+
+# --- the confidence curve ------------------------------------------------------------------------------------
+def _result(exact: bool, mean: float, shown: bool = True) -> dict:
+    feats = {"mean_logprob": mean, "min_logprob": mean * 2, "tokens": 5, "syntax_errors": 0, "static_issues": 0,
+             "agreement": 1.0}
+    return {"arm": "builder", "exact": exact, "got": "x" if shown else "", "shown": shown,
+            "features": feats if shown else None}
+
+
+def test_confidence_curve_and_threshold_choice():
+    results = ([_result(True, -0.05)] * 3 + [_result(False, -0.1)] + [_result(False, -2.0)] * 4
+               + [_result(False, 0.0, shown=False)])
+    curve = ce.confidence_curve(results, thresholds=(0.0, 0.5, 0.99))
+    assert [c["shown"] for c in curve] == [8, 4, 0]
+    assert curve[0]["coverage"] == 8 / 9 and curve[0]["precision"] == 3 / 8
+    assert curve[1]["precision"] == 0.75 and curve[1]["coverage"] == 4 / 9
+    lo, hi = curve[1]["precision_ci95"]
+    assert lo < 0.75 < hi
+    assert ce.choose_threshold(curve)["threshold"] == 0.5        # 0.75 >= 2 x 0.375 with 44% shown
+    assert ce.choose_threshold(curve, min_coverage=0.5) is None
+    assert "| 0.50 **(default)** | 4 / 9 |" in ce.curve_table(curve, 0.5)
+    w = ce.fit_weights(results)
+    assert w["mean_logprob"] > 0                              # likelier text is more often right
+
+
+def test_fitted_weights_rank_hits_first():
+    results = [_result(True, -0.1), _result(True, -0.3), _result(False, -1.0), _result(False, -1.5)]
+    w = ce.fit_weights(results)
+    scores = [ce.rescore(r, w) for r in results]
+    assert min(scores[:2]) > max(scores[2:])

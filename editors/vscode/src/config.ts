@@ -5,6 +5,8 @@ export const SECTION = "copilot-ls";
 export const API_KEY_SECRET = "copilot-ls.apiKey";
 // The server's default (copilot_ls/lsp/settings.py); there it starts a local `copilot-backend` when none answers.
 export const DEFAULT_BACKEND_URL = "http://127.0.0.1:8765";
+// The server's DEFAULT_MIN_CONFIDENCE (copilot_ls/lsp/settings.py; chosen in docs/quality.md).
+export const DEFAULT_MIN_CONFIDENCE = 0;
 
 export interface ExtensionSettings {
   enable: boolean;
@@ -13,6 +15,7 @@ export interface ExtensionSettings {
   model: string; // "" = whatever the backend serves
   debounceMs: number;
   maxLines: number;
+  minConfidence: number; // hide suggestions whose confidence is below this (0..1; 0 = show all)
   timeoutSeconds: number; // one backend request
   serverCommand: string;
   pythonPath: string;
@@ -30,6 +33,7 @@ export const DEFAULTS: ExtensionSettings = {
   model: "",
   debounceMs: 100,
   maxLines: 10,
+  minConfidence: DEFAULT_MIN_CONFIDENCE,
   timeoutSeconds: 30,
   serverCommand: "",
   pythonPath: "",
@@ -42,7 +46,7 @@ export const RESTART_KEYS = ["server.command", "server.pythonPath", "server.args
 
 /** Reads settings through `get(key, default)` (vscode's WorkspaceConfiguration.get has that shape). */
 export function readSettings(get: <T>(key: string, fallback: T) => T): ExtensionSettings {
-  const num = (key: "debounceMs" | "maxLines" | "timeoutSeconds"): number => {
+  const num = (key: "debounceMs" | "maxLines" | "minConfidence" | "timeoutSeconds"): number => {
     const v = get<unknown>(key, DEFAULTS[key]);
     return typeof v === "number" && Number.isFinite(v) ? v : DEFAULTS[key];
   };
@@ -59,6 +63,7 @@ export function readSettings(get: <T>(key: string, fallback: T) => T): Extension
     model: str("model"),
     debounceMs: num("debounceMs"),
     maxLines: num("maxLines"),
+    minConfidence: num("minConfidence"),
     timeoutSeconds: num("timeoutSeconds"),
     serverCommand: str("server.command"),
     pythonPath: str("server.pythonPath"),
@@ -97,6 +102,7 @@ export function serverSettings(settings: ExtensionSettings, apiKey: string | und
     apiKey: apiKey || null,
     debounceMs: Math.max(0, Math.round(settings.debounceMs)),
     maxLines: Math.max(1, Math.round(settings.maxLines)),
+    minConfidence: Math.min(1, Math.max(0, settings.minConfidence)),
     timeout: Math.min(3600, Math.max(0.1, settings.timeoutSeconds)),
   };
 }

@@ -12,6 +12,8 @@ const SERVER_TO_SETTING: Record<string, string> = {
   debouncems: "debounceMs",
   max_lines: "maxLines",
   maxlines: "maxLines",
+  min_confidence: "minConfidence",
+  minconfidence: "minConfidence",
   languages: "languages",
   enabled: "enable",
   enable: "enable",

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { insertedText, itemId, matchItem, Shown } from "../src/bookkeeping";
-import { DEFAULT_BACKEND_URL, DEFAULTS, languageEnabled, readSettings, serverSettings } from "../src/config";
+import { DEFAULT_BACKEND_URL, DEFAULT_MIN_CONFIDENCE, DEFAULTS, languageEnabled, readSettings, serverSettings } from "../src/config";
 import { parseStatus } from "../src/protocol";
 import { messageActions } from "../src/messages";
 import { pythonCandidates, resolveServerCommand, serverCandidates, venvPaths } from "../src/serverCommand";
@@ -46,6 +46,7 @@ test("serverSettings: every key, always (the server merges), API key from the se
     apiKey: null,
     debounceMs: 100,
     maxLines: 10,
+    minConfidence: DEFAULT_MIN_CONFIDENCE,
     timeout: 30,
   });
   const set = serverSettings({ ...DEFAULTS, model: "m", debounceMs: 40.6, maxLines: 0 }, "sk-1");
@@ -53,6 +54,7 @@ test("serverSettings: every key, always (the server merges), API key from the se
   assert.equal(set.model, "m");
   assert.equal(set.debounceMs, 41);
   assert.equal(set.maxLines, 1);
+  assert.equal(serverSettings({ ...DEFAULTS, minConfidence: 1.7 }, undefined).minConfidence, 1);
 });
 
 test("resolveServerCommand: setting, python, PATH, workspace venv, nothing", () => {
