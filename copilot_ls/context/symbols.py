@@ -323,7 +323,7 @@ FIELD_CHARS = 80  # a longer (or multi-line) field line is cut to its name and t
 def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False, members: int = CLASS_MEMBERS) -> str:
     """Header (decorators, signature) + docstring, and for classes what the class has: its fields and its
     methods' signatures with the bodies elided (at most ``members`` of them: fields and the constructor first).
-    ``compact``: only the docstring's first line of text."""
+    ``compact``: only the docstring's first line of text, and no ``_private`` methods."""
     inner = _definition_node(node)
     body = inner.child_by_field_name("body")
     if body is None:
@@ -340,7 +340,7 @@ def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False, m
             shown = first_docstring_line(literal) if compact else trim_docstring(literal)
             if shown:
                 parts.append(indent + shown)
-        listed = _python_members(body, data, spec, indent, members) if is_class else []
+        listed = _python_members(body, data, spec, indent, members, compact) if is_class else []
         parts.extend(indent + m for m in listed)
         if len(parts) == 1 or not (compact or listed):
             # compact: a docstring or members are a body already (a `...` line is what a small model copies
@@ -349,7 +349,7 @@ def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False, m
         return "\n".join(parts)
     parts = [header + " {"]
     if is_class:
-        parts.extend("  " + m for m in _js_members(body, data, members))
+        parts.extend("  " + m for m in _js_members(body, data, members, compact))
     else:
         parts.append("  // ...")
     parts.append("}")
@@ -362,9 +362,13 @@ def _one_line(text: str, cut: str) -> str:
     return text if "\n" not in text and len(text) <= FIELD_CHARS else cut
 
 
-def _ranked(fields: list[str], ctor: list[str], methods: list[tuple[bool, str]], limit: int) -> list[str]:
+def _ranked(fields: list[str], ctor: list[str], methods: list[tuple[bool, str]], limit: int,
+            public_only: bool) -> list[str]:
     """At most ``limit`` members in source order within each group: fields, the constructor, then methods
-    (public ones before ``_private`` ones when not all fit)."""
+    (public ones before ``_private`` ones when not all fit; none of those with ``public_only``: the code that
+    imports a class calls its public methods, and a small model copies the last one listed)."""
+    if public_only:
+        methods = [(private, m) for private, m in methods if not private]
     out = (fields + ctor)[:limit]
     room = limit - len(out)
     if room > 0:
@@ -375,7 +379,8 @@ def _ranked(fields: list[str], ctor: list[str], methods: list[tuple[bool, str]],
     return out
 
 
-def _python_members(body, data: bytes, spec: LanguageSpec, indent: str, limit: int) -> list[str]:
+def _python_members(body, data: bytes, spec: LanguageSpec, indent: str, limit: int,
+                    public_only: bool) -> list[str]:
     """A Python class body as lines (relative to the body's indentation): annotated / assigned class
     attributes (dataclass fields), ``def m(self, ...) -> T: ...`` for each method (decorators kept), the
     ``self.x = ...`` assignments of ``__init__`` under its header, nested classes' headers."""
@@ -408,7 +413,7 @@ def _python_members(body, data: bytes, spec: LanguageSpec, indent: str, limit: i
                 method_name = node_text(name)
                 private = method_name.startswith("_") and not method_name.endswith("__")
                 methods.append((private, sig + " ..."))
-    return _ranked(fields, ctor, methods, limit)
+    return _ranked(fields, ctor, methods, limit, public_only)
 
 
 def _self_assignments(block, this: str, member_type: str, assign_type: str, most: int = 12) -> list[str]:
@@ -433,7 +438,7 @@ def _self_assignments(block, this: str, member_type: str, assign_type: str, most
     return out
 
 
-def _js_members(body, data: bytes, limit: int) -> list[str]:
+def _js_members(body, data: bytes, limit: int, public_only: bool) -> list[str]:
     """A JS/TS class or interface body as lines: field declarations (``x: number = 1;``), method signatures
     with ``{ ... }`` bodies (the constructor's ``this.x = ...`` assignments kept), an interface's members."""
     fields: list[str] = []
@@ -451,17 +456,23 @@ def _js_members(body, data: bytes, limit: int) -> list[str]:
                 ctor.append(sig + " { " + " ".join(a if a.endswith(";") else a + ";" for a in assigned)
                             + (" " if assigned else "") + "... }")
             else:
-                private = node_text(name).startswith(("#", "_")) or any(
-                    c.type == "accessibility_modifier" and node_text(c) == "private" for c in child.children)
-                methods.append((private, sig + " { ... }"))
+                methods.append((_js_private(child, name), sig + " { ... }"))
         elif child.type in ("field_definition", "public_field_definition"):
             name = child.child_by_field_name("property") or child.child_by_field_name("name")
             typ = next((c for c in child.named_children if c.type == "type_annotation"), None)
             cut = (node_text(name) if name is not None else "") + (node_text(typ) if typ is not None else "")
+            if public_only and _js_private(child, name):
+                continue
             fields.append(_one_line(node_text(child), cut).rstrip(";") + ";")
         elif child.type in _TS_MEMBER_SIGNATURES:  # an interface's members are its signature
             fields.append(node_text(child).strip().rstrip(";,") + ";")
-    return _ranked(fields, ctor, methods, limit)
+    return _ranked(fields, ctor, methods, limit, public_only)
+
+
+def _js_private(member, name) -> bool:
+    """A ``#private`` / ``_private`` / TS ``private`` class member."""
+    return (name is not None and node_text(name).startswith(("#", "_"))) or any(
+        c.type == "accessibility_modifier" and node_text(c) == "private" for c in member.children)
 
 
 _TS_MEMBER_SIGNATURES = frozenset({"method_signature", "property_signature", "abstract_method_signature",

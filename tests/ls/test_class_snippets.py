@@ -4,10 +4,14 @@ docstring, and the model wrote `assert c.area == 6.0` for the method `area`."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from lsp_testing import REPO
 
 from copilot_ls.context import PromptBudget, build_prompt
 from copilot_ls.context.symbols import CLASS_MEMBERS, CLASS_MEMBERS_BRIEF, extract_symbols
@@ -50,7 +54,7 @@ TABLE = [
         "Circle",
         '@dataclass\nclass Circle:\n    """A circle in the plane."""\n    radius: float\n'
         "    center: tuple[float, float] = (0.0, 0.0)\n    def area(self) -> float: ...\n    @property\n"
-        "    def diameter(self) -> float: ...\n    def _cache(self): ...",
+        "    def diameter(self) -> float: ...",  # no `_cache`: the code importing a class uses its public API
     ),
     (
         "python",  # plain class: the self.x assignments of __init__ are its fields; long ones cut to the name
@@ -69,16 +73,16 @@ TABLE = [
         "    this.label = 'c';\n    init(this);\n  }\n  get area() {\n    return Math.PI * this.r * this.r;\n  }\n"
         "  scaled(k) {\n    return new Circle(this.r * k);\n  }\n}\n",
         "Circle",
-        "class Circle {\n  static unit = 1;\n  #secret = 2;\n  constructor(r) { this.r = r; this.label = 'c'; ... }\n"
+        "class Circle {\n  static unit = 1;\n  constructor(r) { this.r = r; this.label = 'c'; ... }\n"
         "  get area() { ... }\n  scaled(k) { ... }\n}",
     ),
     (
         "typescript",
-        "export class Circle {\n  readonly radius: number;\n  private cache?: Map<string, number>;\n"
+        "export class Circle {\n  readonly radius: number;\n  private cache?: Map<string, number>;\n  label = 'c';\n"
         "  constructor(radius: number) {\n    this.radius = radius;\n  }\n"
         "  area(): number {\n    return Math.PI * this.radius ** 2;\n  }\n}\n",
         "Circle",
-        "class Circle {\n  readonly radius: number;\n  private cache?: Map<string, number>;\n"
+        "class Circle {\n  readonly radius: number;\n  label = 'c';\n"
         "  constructor(radius: number) { this.radius = radius; ... }\n  area(): number { ... }\n}",
     ),
 ]
@@ -90,6 +94,7 @@ def test_class_signature_lists_fields_and_method_signatures(lang: str, source: s
     (defn,) = extract_symbols(source, spec, f"/ws/m.{'py' if lang == 'python' else lang[:2]}").named(name)
     assert defn.signature.endswith(expected), defn.signature
     assert "return" not in defn.signature and "return" not in defn.summary  # bodies elided
+    assert all(p not in defn.signature for p in ("_cache", "#secret", "private cache"))
     # the summary (the short form of the code style) lists the same members, with the docstring's paragraph
     for line in expected.split("\n")[2:]:
         assert '"""' in line or line in defn.summary
@@ -112,9 +117,37 @@ def test_big_class_is_shortened_fields_and_public_methods_first() -> None:
     assert brief[-1] == "    def m4(self, x: int) -> int: ..."  # a, b, __init__, m0..m4
 
 
-def _circle_workspace(tmp_path: Path) -> tuple:
+# the issue's example (what a new user tried in VS Code)
+ISSUE_GEOMETRY_PY = textwrap.dedent(
+    '''\
+    from dataclasses import dataclass
+    import math
+
+
+    @dataclass
+    class Circle:
+        """A circle in the plane."""
+
+        radius: float
+        x: float = 0.0
+        y: float = 0.0
+
+        def area(self) -> float:
+            return math.pi * self.radius ** 2
+
+        def scaled(self, k: float) -> "Circle":
+            return Circle(self.radius * k, self.x, self.y)
+
+        @property
+        def diameter(self) -> float:
+            return 2 * self.radius
+    '''
+)
+
+
+def _circle_workspace(tmp_path: Path, geometry: str = CIRCLE_PY) -> tuple:
     (tmp_path / ".git").mkdir()
-    (tmp_path / "geometry.py").write_text(CIRCLE_PY)
+    (tmp_path / "geometry.py").write_text(geometry)
     text = "from geometry import Circle\n\n\ndef test_circle():\n    c = Circle(radius=2.0)\n    assert c."
     path = tmp_path / "test_geometry.py"
     path.write_text(text)
@@ -145,3 +178,22 @@ def test_tight_budget_falls_back_to_the_brief_form(tmp_path: Path) -> None:
     shown = [s for s in p.sources if s.kind == "definition"]
     assert shown and "    size: int\n" in p.prompt
     assert "method_number_5(" in p.prompt and "method_number_29(" not in p.prompt
+
+
+@pytest.mark.e2e
+def test_complete_explain_shows_the_class_members_and_the_model_calls_the_method(tmp_path: Path, backend_url: str):
+    """The issue's two-file example with `copilot-ls complete --explain` against the real backend and default
+    model: the prompt lists the dataclass's fields and `def area(self) -> float: ...`; the suggestion, which
+    was `area == 0.0` (an attribute) with the old snippet, calls `area()`."""
+    snap, line, col = _circle_workspace(tmp_path, ISSUE_GEOMETRY_PY)
+    r = subprocess.run(
+        [sys.executable, "-m", "copilot_ls.cli", "complete", f"{tmp_path / 'test_geometry.py'}:{line + 1}:{col + 1}",
+         "--backend", backend_url, "--explain", "--json", "--max-tokens", "16"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    prompt = out["explain"]["prompt"]
+    assert "    radius: float\n" in prompt and "    def area(self) -> float: ...\n" in prompt
+    assert out["explain"]["sources"][0]["kind"] == "definition"
+    assert out["items"][0]["text"].startswith("area()"), out["items"]
