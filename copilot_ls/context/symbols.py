@@ -400,7 +400,10 @@ def _python_members(body, data: bytes, spec: LanguageSpec, indent: str, limit: i
         fb = fn.child_by_field_name("body")
         if name is None or fb is None:
             continue
-        sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").rstrip()
+        # up to the `:` after the parameters / return type (a comment between it and the body is left out)
+        last = fn.child_by_field_name("return_type") or fn.child_by_field_name("parameters") or \
+            fn.child_by_field_name("superclasses") or name
+        sig = data[child.start_byte : last.end_byte].decode("utf-8", "replace").rstrip() + ":"
         if fn.type in spec.class_types:
             methods.append((node_text(name).startswith("_"), sig + " ..."))
         elif fn.type in spec.function_types:

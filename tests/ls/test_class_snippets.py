@@ -58,10 +58,10 @@ TABLE = [
     ),
     (
         "python",  # plain class: the self.x assignments of __init__ are its fields; long ones cut to the name
-        "class Account:\n    kind = 'basic'\n\n    def __init__(self, owner, balance=0):\n"
+        "class Account:\n    kind = 'basic'\n\n    def __init__(self, owner, balance=0):  # a comment\n"
         "        self.owner = owner\n        self.balance: int = balance\n"
         "        self.history = [entry for entry in range(100) if entry % 7 == 0 and entry % 11 == 0 and entry > 3]\n"
-        "        log('created')\n\n    def deposit(self, amount: int) -> None:\n        self.balance += amount\n",
+        "        log('created')\n\n    def deposit(self, amount: int) -> None:\n        # no comment in the signature\n        self.balance += amount\n",
         "Account",
         "class Account:\n    kind = 'basic'\n    def __init__(self, owner, balance=0):\n        self.owner = owner\n"
         "        self.balance: int = balance\n        self.history = ...\n"
