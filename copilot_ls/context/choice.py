@@ -65,6 +65,6 @@ def choose(candidates: Iterable[Snippet], room: int, render: RenderSnippet, coun
                 chosen.append(Chosen(snip, rendered, t))
                 used += t
                 break
-            if snip.summary == snip.text:
+            if snip.summary == snip.text and not snip.brief:  # no shorter form
                 break
     return chosen

@@ -56,10 +56,11 @@ def render_snippet(snip: Snippet, comment: str, root, *, short: bool = False, st
     """A snippet as the prompt shows it (prefix-only / single-file FIM). ``code``: a path comment, then the
     code; ``comment``: every line commented out, Copilot style ("Compare this snippet from ..."); ``signature``:
     like ``code`` but definitions of names used near the cursor only as header + the docstring's first line
-    (never whole bodies). The function under test keeps its implementation in every style: asserts need what it
-    does, not just its name (docs/context.md)."""
+    (never whole bodies; a class: its fields and method signatures, fewer of them when ``short``). The function
+    under test keeps its implementation in every style: asserts need what it does, not just its name
+    (docs/context.md)."""
     if style == "signature" and snip.kind not in ("similar", "under-test"):
-        body = (snip.signature or snip.summary).rstrip()
+        body = ((short and snip.brief) or snip.signature or snip.summary).rstrip()
     else:
         body = (snip.summary if short else snip.text).rstrip()
     body = lf(body)

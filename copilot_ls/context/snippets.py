@@ -54,6 +54,7 @@ class Snippet:
     score: float
     why: str
     signature: str = ""  # the most compact form (header + the docstring's first line); "" = summary
+    brief: str = ""  # classes: the signature with fewer members (the short form in the signature style)
 
 
 # --- names near the cursor -----------------------------------------------------------------------------------
@@ -163,7 +164,7 @@ def _snippet_from(defn: Definition, kind: str, score: float, why: str) -> Snippe
     short = defn.end_line - defn.start_line + 1 <= SHORT_DEFINITION_LINES
     text = defn.text if short else (defn.summary or defn.text)
     return Snippet(kind, defn.path, defn.start_line, defn.end_line, text, defn.summary or text, score, why,
-                   defn.signature)
+                   defn.signature, defn.brief)
 
 
 _BARE_VARIABLE = re.compile(r"^[A-Za-z_]\w*\s*(?::[^=\n]*)?(?:=\s*[A-Za-z_][\w.]*)?\s*;?$")

@@ -27,7 +27,8 @@ class Definition:
     text: str  # the whole definition's source
     container: str | None = None  # class name for methods
     summary: str = ""  # header + docstring (+ method headers for classes): what a long definition shows
-    signature: str = ""  # header + the docstring's first line (+ the constructor's header for classes)
+    signature: str = ""  # header + the docstring's first line (+ fields and method signatures for classes)
+    brief: str = ""  # classes: the signature with fewer members, for a tight budget ("" = the signature)
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ def make_definition(node, name_node, kind: str, spec: LanguageSpec, data: bytes,
         container=container,
         summary=summarize(node, data, spec),
         signature=summarize(node, data, spec, compact=True),
+        brief=summarize(node, data, spec, compact=True, members=CLASS_MEMBERS_BRIEF) if kind == "class" else "",
     )
 
 
@@ -313,15 +315,22 @@ def _docstring_node(node, spec: LanguageSpec):
     return None
 
 
-def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False) -> str:
-    """Header (decorators, signature) + docstring, and for classes the headers of their methods.
-    ``compact``: only the docstring's first line of text, and of a class's methods only the constructor."""
+CLASS_MEMBERS = 24  # members (fields, then methods) a class's summary / signature lists
+CLASS_MEMBERS_BRIEF = 8  # ... and its brief form, for a tight budget
+FIELD_CHARS = 80  # a longer (or multi-line) field line is cut to its name and type
+
+
+def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False, members: int = CLASS_MEMBERS) -> str:
+    """Header (decorators, signature) + docstring, and for classes what the class has: its fields and its
+    methods' signatures with the bodies elided (at most ``members`` of them: fields and the constructor first).
+    ``compact``: only the docstring's first line of text, and no ``_private`` methods."""
     inner = _definition_node(node)
     body = inner.child_by_field_name("body")
     if body is None:
         return data[node.start_byte : node.end_byte].decode("utf-8", "replace")
     header = data[node.start_byte : body.start_byte].decode("utf-8", "replace").rstrip()
     col = body.start_point[1]
+    is_class = inner.type in spec.class_types
     if spec.indent_scoped:
         indent = " " * col if body.start_point[0] > inner.start_point[0] else "    "
         parts = [header]
@@ -331,35 +340,142 @@ def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False) -
             shown = first_docstring_line(literal) if compact else trim_docstring(literal)
             if shown:
                 parts.append(indent + shown)
-        if inner.type in spec.class_types:
-            for child in body.named_children:
-                fn = _definition_node(child)
-                if compact and (fn.child_by_field_name("name") is None
-                                or fn.child_by_field_name("name").text not in (b"__init__", b"__new__")):
-                    continue
-                if fn.type in spec.function_types:
-                    fb = fn.child_by_field_name("body")
-                    if fb is not None:
-                        sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").rstrip()
-                        parts.append(indent + sig + " ...")
-        if not compact or len(parts) == 1:
-            # compact: a docstring is a body already (a `...` line is what a small model copies after a header)
+        listed = _python_members(body, data, spec, indent, members, compact) if is_class else []
+        parts.extend(indent + m for m in listed)
+        if len(parts) == 1 or not (compact or listed):
+            # compact: a docstring or members are a body already (a `...` line is what a small model copies
+            # after a header)
             parts.append(indent + "...")
         return "\n".join(parts)
     parts = [header + " {"]
-    if inner.type in spec.class_types:
-        for child in body.named_children:
-            if child.type == "method_definition":
-                fb = child.child_by_field_name("body")
-                if fb is not None:
-                    sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").strip()
-                    parts.append("  " + sig + " { ... }")
-            elif child.type in _TS_MEMBER_SIGNATURES:  # an interface's members are its signature
-                parts.append("  " + node_text(child).strip().rstrip(";,") + ";")
+    if is_class:
+        parts.extend("  " + m for m in _js_members(body, data, members, compact))
     else:
         parts.append("  // ...")
     parts.append("}")
     return "\n".join(parts)
+
+
+def _one_line(text: str, cut: str) -> str:
+    """``text`` when it is one short line, else ``cut`` (its name and type)."""
+    text = text.strip()
+    return text if "\n" not in text and len(text) <= FIELD_CHARS else cut
+
+
+def _ranked(fields: list[str], ctor: list[str], methods: list[tuple[bool, str]], limit: int,
+            public_only: bool) -> list[str]:
+    """At most ``limit`` members in source order within each group: fields, the constructor, then methods
+    (public ones before ``_private`` ones when not all fit; none of those with ``public_only``: the code that
+    imports a class calls its public methods, and a small model copies the last one listed)."""
+    if public_only:
+        methods = [(private, m) for private, m in methods if not private]
+    out = (fields + ctor)[:limit]
+    room = limit - len(out)
+    if room > 0:
+        public = [m for private, m in methods if not private]
+        keep = set(public[:room])
+        keep.update(m for private, m in methods if private and len(keep) < room and m not in keep)
+        out.extend(m for _, m in methods if m in keep)
+    return out
+
+
+def _python_members(body, data: bytes, spec: LanguageSpec, indent: str, limit: int,
+                    public_only: bool) -> list[str]:
+    """A Python class body as lines (relative to the body's indentation): annotated / assigned class
+    attributes (dataclass fields), ``def m(self, ...) -> T: ...`` for each method (decorators kept), the
+    ``self.x = ...`` assignments of ``__init__`` under its header, nested classes' headers."""
+    fields: list[str] = []
+    ctor: list[str] = []
+    methods: list[tuple[bool, str]] = []
+    for child in body.named_children:
+        fn = _definition_node(child)
+        if child.type == "expression_statement" and child.named_child_count == 1:
+            expr = child.named_children[0]
+            if expr.type == "assignment":
+                left, typ = expr.child_by_field_name("left"), expr.child_by_field_name("type")
+                cut = node_text(left) + (f": {node_text(typ)}" if typ is not None else " = ...")
+                fields.append(_one_line(node_text(child), cut))
+            continue
+        name = fn.child_by_field_name("name")
+        fb = fn.child_by_field_name("body")
+        if name is None or fb is None:
+            continue
+        # up to the `:` after the parameters / return type (a comment between it and the body is left out)
+        last = fn.child_by_field_name("return_type") or fn.child_by_field_name("parameters") or \
+            fn.child_by_field_name("superclasses") or name
+        sig = data[child.start_byte : last.end_byte].decode("utf-8", "replace").rstrip() + ":"
+        if fn.type in spec.class_types:
+            methods.append((node_text(name).startswith("_"), sig + " ..."))
+        elif fn.type in spec.function_types:
+            if node_text(name) in ("__init__", "__new__", "__post_init__"):
+                assigned = _self_assignments(fb, "self", "attribute", "assignment")
+                inner_indent = indent if fb.start_point[0] > fn.start_point[0] else "    "
+                ctor.append(sig + ("\n" + "\n".join(indent + inner_indent + a for a in assigned) if assigned
+                                   else " ..."))
+            else:
+                method_name = node_text(name)
+                private = method_name.startswith("_") and not method_name.endswith("__")
+                methods.append((private, sig + " ..."))
+    return _ranked(fields, ctor, methods, limit, public_only)
+
+
+def _self_assignments(block, this: str, member_type: str, assign_type: str, most: int = 12) -> list[str]:
+    """The ``self.x = ...`` / ``this.x = ...`` statements directly in a constructor's body (cut to
+    ``self.x = ...`` when long): the instance's fields."""
+    out: list[str] = []
+    for stmt in block.named_children:
+        if stmt.type != "expression_statement" or not stmt.named_child_count:
+            continue
+        expr = stmt.named_children[0]
+        if expr.type != assign_type:
+            continue
+        left = expr.child_by_field_name("left")
+        obj = left.child_by_field_name("object") if left is not None and left.type == member_type else None
+        if obj is None or node_text(obj) != this:
+            continue
+        typ = expr.child_by_field_name("type")
+        cut = node_text(left) + (f": {node_text(typ)}" if typ is not None else "") + " = ..."
+        out.append(_one_line(node_text(stmt), cut))
+        if len(out) >= most:
+            break
+    return out
+
+
+def _js_members(body, data: bytes, limit: int, public_only: bool) -> list[str]:
+    """A JS/TS class or interface body as lines: field declarations (``x: number = 1;``), method signatures
+    with ``{ ... }`` bodies (the constructor's ``this.x = ...`` assignments kept), an interface's members."""
+    fields: list[str] = []
+    ctor: list[str] = []
+    methods: list[tuple[bool, str]] = []
+    for child in body.named_children:
+        if child.type == "method_definition":
+            fb = child.child_by_field_name("body")
+            name = child.child_by_field_name("name")
+            if fb is None or name is None:
+                continue
+            sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").strip()
+            if node_text(name) == "constructor":
+                assigned = _self_assignments(fb, "this", "member_expression", "assignment_expression")
+                ctor.append(sig + " { " + " ".join(a if a.endswith(";") else a + ";" for a in assigned)
+                            + (" " if assigned else "") + "... }")
+            else:
+                methods.append((_js_private(child, name), sig + " { ... }"))
+        elif child.type in ("field_definition", "public_field_definition"):
+            name = child.child_by_field_name("property") or child.child_by_field_name("name")
+            typ = next((c for c in child.named_children if c.type == "type_annotation"), None)
+            cut = (node_text(name) if name is not None else "") + (node_text(typ) if typ is not None else "")
+            if public_only and _js_private(child, name):
+                continue
+            fields.append(_one_line(node_text(child), cut).rstrip(";") + ";")
+        elif child.type in _TS_MEMBER_SIGNATURES:  # an interface's members are its signature
+            fields.append(node_text(child).strip().rstrip(";,") + ";")
+    return _ranked(fields, ctor, methods, limit, public_only)
+
+
+def _js_private(member, name) -> bool:
+    """A ``#private`` / ``_private`` / TS ``private`` class member."""
+    return (name is not None and node_text(name).startswith(("#", "_"))) or any(
+        c.type == "accessibility_modifier" and node_text(c) == "private" for c in member.children)
 
 
 _TS_MEMBER_SIGNATURES = frozenset({"method_signature", "property_signature", "abstract_method_signature",

@@ -132,6 +132,61 @@ def cases_in_file(path: Path, workspace: Workspace) -> list[Case]:
     return out
 
 
+def class_member_cases_in_file(path: Path, workspace: Workspace) -> list[Case]:
+    """Lines inside a test function that use a member (``v.attr``) of a variable the test assigned from a
+    class imported from another file (``v = Circle(...)``): what a class snippet's fields and method signatures
+    are for (issue 15, item 5). The subject is the class."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    snap = Document(path.as_uri(), "python", 0, text).snapshot()
+    if snap.tree is None:
+        return []
+    res = Resolver(snap, (), workspace)
+    lines = snap.lines()
+    classes: dict[str, str | None] = {}
+
+    def class_path(name: str) -> str | None:
+        if name not in classes:
+            defs = [d for d in res.definition_of(name, None) if d.kind == "class"] if name in res.imported else []
+            classes[name] = defs[0].path if defs and defs[0].path != str(path) else None
+        return classes[name]
+
+    out: list[Case] = []
+    for node in snap.tree.root_node.children:
+        fn = node.child_by_field_name("definition") if node.type == "decorated_definition" else node
+        if fn is None or fn.type != "function_definition":
+            continue
+        name, body = fn.child_by_field_name("name"), fn.child_by_field_name("body")
+        if name is None or body is None or not name.text.decode().startswith("test"):
+            continue
+        instances: dict[str, str] = {}  # variable -> its class
+        for stmt in body.named_children:
+            ln = stmt.start_point[0]
+            expr = stmt.named_children[0] if stmt.type == "expression_statement" and stmt.named_child_count else None
+            target = lines[ln].strip()
+            if stmt.end_point[0] == ln and 6 <= len(target) <= 120 and instances:
+                used = next((instances[obj.text.decode()] for n in _walk(stmt) if n.type == "attribute"
+                             for obj in [n.child_by_field_name("object")]
+                             if obj is not None and obj.type == "identifier" and obj.text.decode() in instances),
+                            None)
+                if used is not None:
+                    col = len(lines[ln]) - len(lines[ln].lstrip())
+                    out.append(Case(f"{path.name}:{ln + 1}", str(path), ln, col, target, used,
+                                    class_path(used) or "", False))
+            if expr is not None and expr.type == "assignment":  # record `v = Cls(...)` after using the line
+                left, right = expr.child_by_field_name("left"), expr.child_by_field_name("right")
+                callee = right.child_by_field_name("function") if right is not None and right.type == "call" else None
+                if left is not None and left.type == "identifier" and callee is not None and \
+                        callee.type == "identifier" and class_path(callee.text.decode()):
+                    instances[left.text.decode()] = callee.text.decode()
+    return out
+
+
+CASE_SETS = {"calls": cases_in_file, "class-members": class_member_cases_in_file}
+
+
 def _calls(line: str, name: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", line) is not None
 
@@ -144,8 +199,10 @@ def _walk(node):
         stack.extend(n.children)
 
 
-def build_cases(packages: Sequence[str], limit: int, seed: int = 0) -> list[Case]:
-    """Up to ``limit`` cases, at most MAX_PER_FILE per test file, chosen deterministically by ``seed``."""
+def build_cases(packages: Sequence[str], limit: int, seed: int = 0, case_set: str = "calls") -> list[Case]:
+    """Up to ``limit`` cases, at most MAX_PER_FILE per test file, chosen deterministically by ``seed``;
+    ``case_set`` names the kind of line (``CASE_SETS``)."""
+    find_cases = CASE_SETS[case_set]
     keyed: list[tuple[int, str, Path]] = []
     for pkg in package_dirs(packages):
         for p in pkg.rglob("test_*.py"):
@@ -159,7 +216,7 @@ def build_cases(packages: Sequence[str], limit: int, seed: int = 0) -> list[Case
     for f in files:
         root, _ = find_root(f)
         ws = workspaces.setdefault(root, Workspace(root, index=False))
-        found = cases_in_file(f, ws)
+        found = find_cases(f, ws)
         found.sort(key=lambda c: _stable_hash(seed, c.id))
         cases.extend(found[:MAX_PER_FILE])
         if len(cases) >= limit:
@@ -542,6 +599,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "curve is the builder arm's)")
     parser.add_argument("--fit-weights", action="store_true",
                         help="also fit the confidence weights to these results (logistic regression) and print them")
+    parser.add_argument(
+        "--case-set",
+        choices=sorted(CASE_SETS),
+        default="calls",
+        help="which lines: calls of an imported function (default), or uses of a member of an instance of an "
+        "imported class (class-members)",
+    )
     parser.add_argument("--out", type=Path, default=Path("out/context-eval"), help="output directory")
     parser.add_argument("--list", action="store_true", help="only build and print the cases")
 
@@ -561,7 +625,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.arms or set(args.arms) - set(ARMS):
         print(f"copilot-ls eval context: --arms must name some of {', '.join(ARMS)}", file=sys.stderr)
         return 2
-    cases = build_cases(packages, args.cases, args.seed)
+    cases = build_cases(packages, args.cases, args.seed, getattr(args, "case_set", "calls"))
     if args.list:
         for c in cases:
             print(json.dumps(asdict(c), ensure_ascii=False))
@@ -587,6 +651,7 @@ def run(args: argparse.Namespace) -> int:
         "snippet_style": args.snippet_style,
         "keep_in_prefix": args.keep_in_prefix,
         "seed": args.seed,
+        "case_set": getattr(args, "case_set", "calls"),
     }
     if "builder" in args.arms:
         from copilot_ls.lsp.settings import DEFAULT_MIN_CONFIDENCE

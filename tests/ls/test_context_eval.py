@@ -191,3 +191,31 @@ def test_fitted_weights_rank_hits_first():
     w = ce.fit_weights(results)
     scores = [ce.rescore(r, w) for r in results]
     assert min(scores[:2]) > max(scores[2:])
+
+
+def test_class_member_cases_in_file(tmp_path: Path) -> None:
+    """`--case-set class-members`: lines that use a member of a variable the test assigned from a class
+    imported from another file (issue 15, item 5); the assignment itself and other lines are not cases."""
+    pkg = tmp_path / "geo"
+    (pkg / "tests").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "shapes.py").write_text("class Circle:\n    def __init__(self, r):\n        self.r = r\n\n"
+                                   "    def area(self):\n        return 3 * self.r ** 2\n\n\ndef unit():\n    return 1\n")
+    test = pkg / "tests" / "test_shapes.py"
+    test.write_text(textwrap.dedent(
+        """\
+        from geo.shapes import Circle, unit
+
+
+        def test_area():
+            c = Circle(2)
+            u = unit()
+            assert c.area() == 12
+            assert u.real == 1
+            assert c.r == 2
+        """
+    ))
+    cases = ce.class_member_cases_in_file(test, Workspace(tmp_path, index=False))
+    assert [(c.line, c.expected, c.subject) for c in cases] == [
+        (6, "assert c.area() == 12", "Circle"), (8, "assert c.r == 2", "Circle")]
+    assert cases[0].subject_path == str(pkg / "shapes.py")
