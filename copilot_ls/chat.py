@@ -12,6 +12,7 @@ cursor, before the usual post-processing. No grammar / guided decoding is used: 
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 
@@ -36,6 +37,11 @@ class ChatPrompt:
     messages: list[dict[str, str]]
     before: str     # the code shown before the hole (for parse_reply)
     after: str      # the code shown after it
+
+    @property
+    def transcript(self) -> str:
+        """The messages as readable text (`--explain`, the cache key)."""
+        return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in self.messages)
 
 
 def split_prompt(prompt: str) -> tuple[str, str]:
@@ -90,18 +96,43 @@ def parse_reply(reply: str, before: str, after: str) -> str:
 
 
 def _drop_repeated_prefix(text: str, before: str) -> str:
-    """A reply that starts with the end of the code before the hole (its cursor line, or more) loses that."""
+    """A reply that starts with code from before the hole (small models often echo the whole snippet, lightly
+    reworded) loses those lines, and the cursor line's start when it echoes that too."""
     if not before:
         return text
-    # the longest tail of `before` (at least its partial cursor line) that the reply starts with
-    cursor_line = before.rsplit("\n", 1)[-1]
-    for start in _line_starts(before):
+    for start in _line_starts(before):  # the longest exact tail of `before` the reply starts with
         tail = before[start:]
         if len(tail) >= 8 and text.startswith(tail):
             return text[len(tail):]
-    if cursor_line.strip() and text.lstrip().startswith(cursor_line.strip()) and not before.endswith(text):
-        return text.lstrip()[len(cursor_line.strip()):]
+    *full, cursor_line = before.split("\n")
+    lines = text.split("\n")
+    k, j = 0, 0  # reply lines consumed; `full` lines passed
+    while k < len(lines) and lines[k].strip():
+        hit = next((i for i in range(j, len(full)) if _same_line(lines[k], full[i])), None)
+        if hit is None:
+            break
+        k, j = k + 1, hit + 1
+    near_end = j >= len(full) - 3
+    if k >= 2 or (k == 1 and near_end and len(lines[0].strip()) >= 8):
+        text = "\n".join(lines[k:])
+    if cursor_line.strip():
+        first = text.split("\n", 1)[0]
+        if first.strip().startswith(cursor_line.strip()) and not first.startswith(cursor_line):
+            rest = first.strip()[len(cursor_line.strip()):]
+            return rest + text[len(first):]
+        if first.startswith(cursor_line):
+            return text[len(cursor_line):]
     return text
+
+
+def _same_line(a: str, b: str) -> bool:
+    """The same line of code, allowing a small rewording (an echo of the user's code)."""
+    a, b = a.strip(), b.strip()
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    return min(len(a), len(b)) >= 10 and difflib.SequenceMatcher(None, a, b).ratio() >= 0.85
 
 
 def _line_starts(text: str) -> list[int]:

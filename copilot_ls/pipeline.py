@@ -61,10 +61,15 @@ async def ask_backend(client: BackendClient, prompt: Prompt, settings: Settings)
     return await client.complete(prompt.prompt, n=settings.n, temperature=settings.temperature, **kw)
 
 
-async def ask_chat(client: BackendClient, prompt: Prompt, snap: Snapshot, settings: Settings) -> list[RawCandidate]:
-    """n candidates from a chat endpoint: the FIM messages of `prompt`, each reply parsed to the inserted text.
-    No stop strings are sent (a reply may open with a fence line); post-processing cuts the text."""
+def chat_prompt(prompt: Prompt, snap: Snapshot) -> tuple[Prompt, chat.ChatPrompt]:
+    """A prompt built with chat.CHAT_FIM as chat messages; the Prompt's text becomes their transcript and it
+    has no stop strings (a reply may open with a fence line; post-processing cuts the text)."""
     msgs = chat.build_messages(prompt.prompt, snap.language_id, prompt.multiline)
+    return replace(prompt, prompt=msgs.transcript, stop=[]), msgs
+
+
+async def ask_chat(client: BackendClient, msgs: chat.ChatPrompt, settings: Settings) -> list[RawCandidate]:
+    """n candidates from a chat endpoint, each reply parsed to the text inserted at the cursor."""
     kw = dict(max_tokens=settings.max_tokens, top_p=settings.top_p)
     if settings.n > 1 and settings.temperature == 0:
         greedy, sampled = await asyncio.gather(
@@ -94,12 +99,15 @@ async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient
     prompt = build_prompt(snap, line, col, others=others, budget=budget,
                           fim=chat.CHAT_FIM if use_chat else fim_template(meta, settings.fim_template),
                           count_tokens=meta.count_tokens, specials=meta.special_tokens)
+    msgs = None
+    if use_chat:
+        prompt, msgs = chat_prompt(prompt, snap)
     key = cache_key(client, prompt, settings)
     raw = cache.get(key) if cache is not None else None
     cached = raw is not None
     t2 = time.perf_counter()
     if raw is None:
-        raw = await (ask_chat(client, prompt, snap, settings) if use_chat else ask_backend(client, prompt, settings))
+        raw = await (ask_chat(client, msgs, settings) if msgs is not None else ask_backend(client, prompt, settings))
         if cache is not None:
             cache.put(key, raw)
     t3 = time.perf_counter()

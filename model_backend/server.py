@@ -625,7 +625,8 @@ async def chat_prompt(state: ServerState, messages: list[dict[str, str]]) -> str
 def chat_response(completion: dict[str, Any]) -> dict[str, Any]:
     """A /v1/completions answer in the OpenAI chat shape."""
     return {
-        **{k: completion[k] for k in ("id", "created", "model") if k in completion},
+        "id": "chat" + str(completion.get("id", "")),
+        **{k: completion[k] for k in ("created", "model") if k in completion},
         "object": "chat.completion",
         "choices": [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
                      "logprobs": None, "finish_reason": c["finish_reason"]} for c in completion["choices"]],

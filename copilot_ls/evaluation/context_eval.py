@@ -44,7 +44,7 @@ from copilot_ls.context.resolve import Resolver
 from copilot_ls.context.workspace import Workspace, find_root
 from copilot_ls.documents import Document
 from copilot_ls.lsp.settings import Settings
-from copilot_ls.pipeline import ask_chat, fim_template
+from copilot_ls.pipeline import ask_chat, chat_prompt, fim_template
 from copilot_ls.postprocess import postprocess
 
 DEFAULT_BACKEND = "http://127.0.0.1:8765"
@@ -332,7 +332,8 @@ async def run_case(
     t0 = time.monotonic()
     if use_chat:
         settings = replace(Settings(), max_tokens=max_tokens, temperature=0.0, n=1)
-        raw = await ask_chat(client, prompt, snap, settings)
+        prompt, msgs = chat_prompt(prompt, snap)
+        raw = await ask_chat(client, msgs, settings)
     else:
         raw = await client.complete(prompt.prompt, max_tokens=max_tokens, temperature=0.0, n=1, stop=prompt.stop)
     elapsed = time.monotonic() - t0
