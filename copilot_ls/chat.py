@@ -113,15 +113,17 @@ def _drop_repeated_prefix(text: str, before: str) -> str:
             break
         k, j = k + 1, hit + 1
     near_end = j >= len(full) - 3
-    if k >= 2 or (k == 1 and near_end and len(lines[0].strip()) >= 8):
+    more = any(ln.strip() for ln in lines[k:])  # one echoed line is an echo only when code follows it
+    if k >= 2 or (k == 1 and near_end and more and len(lines[0].strip()) >= 8):
         text = "\n".join(lines[k:])
     if cursor_line.strip():
         first = text.split("\n", 1)[0]
-        if first.strip().startswith(cursor_line.strip()) and not first.startswith(cursor_line):
-            rest = first.strip()[len(cursor_line.strip()):]
-            return rest + text[len(first):]
         if first.startswith(cursor_line):
             return text[len(cursor_line):]
+        cl, rest = cursor_line.lstrip(), first.lstrip()
+        if rest.startswith(cl.rstrip()):
+            rest = rest[len(cl.rstrip()):]
+            return (rest.lstrip() if cl != cl.rstrip() else rest) + text[len(first):]
     return text
 
 
