@@ -143,3 +143,29 @@ def test_unrenderable_templates_are_clear_errors():
         chat_template.render(None, [{"role": "user", "content": "x"}])
     assert chat_template.render(None, [{"role": "user", "content": "x"}], has_chatml=True).endswith(
         "<|im_start|>assistant\n")
+
+
+async def test_auto_endpoint_stays_on_completions_when_the_server_has_them(fake_backend):
+    client = BackendClient(fake_backend.url, endpoint="auto")
+    try:
+        assert await client.endpoint_mode() == "completions"
+        assert await client.endpoint_mode() == "completions"
+    finally:
+        await client.aclose()
+    assert len(fake_backend.requests) == 1 and fake_backend.requests[0]["max_tokens"] == 1   # one probe
+
+
+async def test_auto_endpoint_is_chat_on_404_and_probes_again_after_a_network_error(fake_backend):
+    fake_backend.answer = (404, b'{"error": {"message": "Not Found"}}')
+    client = BackendClient(fake_backend.url, endpoint="auto")
+    try:
+        assert await client.endpoint_mode() == "chat"
+    finally:
+        await client.aclose()
+    gone = BackendClient("http://127.0.0.1:9", endpoint="auto", timeout=2)
+    try:
+        with pytest.raises(BackendError):
+            await gone.endpoint_mode()
+        assert gone.endpoint == "auto"
+    finally:
+        await gone.aclose()
