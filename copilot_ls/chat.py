@@ -107,6 +107,9 @@ def _drop_repeated_prefix(text: str, before: str) -> str:
     *full, cursor_line = before.split("\n")
     lines = text.split("\n")
     k, j = 0, 0  # reply lines consumed; `full` lines passed
+    while k < len(lines) - 1 and not lines[k].strip():
+        k += 1  # blank lines before an echo
+    lead = k
     while k < len(lines) and lines[k].strip():
         hit = next((i for i in range(j, len(full)) if _same_line(lines[k], full[i])), None)
         if hit is None:
@@ -114,7 +117,9 @@ def _drop_repeated_prefix(text: str, before: str) -> str:
         k, j = k + 1, hit + 1
     near_end = j >= len(full) - 3
     more = any(ln.strip() for ln in lines[k:])  # one echoed line is an echo only when code follows it
-    if k >= 2 or (k == 1 and near_end and more and len(lines[0].strip()) >= 8):
+    echoed = k - lead
+    long_line = len(lines[lead].strip()) >= 20 if echoed else False
+    if echoed >= 2 or (echoed == 1 and more and (near_end or long_line) and len(lines[lead].strip()) >= 8):
         text = "\n".join(lines[k:])
     if cursor_line.strip():
         first = text.split("\n", 1)[0]

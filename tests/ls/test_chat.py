@@ -61,6 +61,13 @@ def test_block_body_after_a_colon_goes_below_the_cursor_line():
     assert chat.parse_reply("```\n    return x\n```", "def f(x):", "") == "\n    return x"
 
 
+def test_an_echoed_signature_before_the_body_is_dropped():
+    before = ('from typing import List\n\n\ndef mean(xs: List[float]) -> float:\n    """Return the mean of xs.\n'
+              '    >>> mean([1.0, 3.0])\n    2.0\n    """\n')
+    reply = "\ndef mean(xs: List[float]) -> float:\n    return sum(xs) / len(xs)"
+    assert chat.parse_reply(reply, before, "\n") == "    return sum(xs) / len(xs)"
+
+
 def test_a_body_line_equal_to_an_earlier_line_is_kept():
     # one short line that also occurs above is not an echo
     before = "def f(n):\n    if n:\n        return n\n    "
