@@ -137,9 +137,13 @@ async def test_auto_endpoint_falls_back_to_chat_on_a_chat_only_server(auto_clien
     assert chat_only.paths.count("/v1/chat/completions") >= 2, chat_only.paths
 
 
-def test_backend_chat_route_answers_the_openai_shape(backend_url):
+async def test_backend_chat_route_answers_the_openai_shape(backend_url):
     body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0}
-    r = httpx.post(backend_url + "/v1/chat/completions", json=body, timeout=600)
+    async with httpx.AsyncClient(timeout=600) as http:
+        r = await http.post(backend_url + "/v1/chat/completions", json=body)
+        bad_answers = [(await http.post(backend_url + "/v1/chat/completions", json=bad), param) for bad, param in (
+            ({**body, "stream": True}, "stream"), ({**body, "messages": []}, "messages"),
+            ({**body, "messages": [{"role": "user"}]}, "messages"), ({**body, "logprobs": True}, "logprobs"))]
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["object"] == "chat.completion" and data["id"].startswith("chatcmpl-")
@@ -147,7 +151,5 @@ def test_backend_chat_route_answers_the_openai_shape(backend_url):
     assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
     assert "<|im_end|>" not in choice["message"]["content"]
     assert choice["finish_reason"] in ("stop", "length") and data["usage"]["completion_tokens"] <= 4
-    for bad, param in (({**body, "stream": True}, "stream"), ({**body, "messages": []}, "messages"),
-                       ({**body, "messages": [{"role": "user"}]}, "messages"), ({**body, "logprobs": True}, "logprobs")):
-        r = httpx.post(backend_url + "/v1/chat/completions", json=bad, timeout=60)
+    for r, param in bad_answers:
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
