@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-done
 # pip on this kind of machine prints noise about local index folders that do not exist; hide only that.
 QUIET := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: setup demo test test-unit test-vscode test-neovim lint bench clean
+.PHONY: setup demo test test-unit test-vscode test-neovim test-peers lint bench clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,25 @@ test-vscode: setup
 
 test-neovim: setup
 	$(PY) -m pytest -ra tests/editors/test_neovim_e2e.py
+
+# Opt-in (not in `make test`): the LS end to end and a short HumanEval against llama.cpp's own OpenAI server
+# (llama-cpp-python[server], the bundled GGUF), for endpoint completions and chat. The server goes into a venv
+# outside the project; its wheel (an sdist that compiles for ~15 min on 2 cores) is built once into WHEELS by
+# `pip wheel` and reused (a wheel built elsewhere can be dropped there).
+PEERS_VENV ?= $(HOME)/.cache/copilot-ls/peers-venv
+WHEELS ?= $(HOME)/.cache/copilot-ls/wheels
+LLAMA_CPP_VERSION ?= 0.3.36
+
+test-peers: setup
+	@mkdir -p $(WHEELS)
+	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || { \
+		echo "[test-peers] building llama-cpp-python $(LLAMA_CPP_VERSION) into $(WHEELS) (once; ~15 min) ..."; \
+		$(PIP) wheel --no-deps -w $(WHEELS) "llama-cpp-python==$(LLAMA_CPP_VERSION)"; }
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	@$(PEERS_VENV)/bin/python -c "import llama_cpp.server" 2>/dev/null || { set -o pipefail; \
+		$(PEERS_VENV)/bin/python -m pip --disable-pip-version-check -q install --find-links $(WHEELS) \
+		"llama-cpp-python[server]==$(LLAMA_CPP_VERSION)" $(QUIET); }
+	COPILOT_LS_PEER_PYTHON=$(PEERS_VENV)/bin/python $(PY) -m pytest -ra -s tests/peers
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,5 @@
-"""Client of an OpenAI-compatible `/v1/completions` server (ours, vLLM, TGI, llama.cpp, Ollama) over httpx.
+"""Client of an OpenAI-compatible `/v1/completions` server (ours, vLLM, TGI, llama.cpp, Ollama) over httpx;
+`/v1/chat/completions` for chat-only servers (the `endpoint` setting; copilot_ls/chat.py builds the messages).
 
 Every failure -- nothing listening, a timeout, an HTTP error, a body that is not a completion -- becomes one
 `BackendError` whose message says what went wrong in words a user can act on. Cancelling the awaiting task
@@ -106,6 +107,33 @@ def parse_completion(body: Any) -> list[RawCandidate]:
     return [c for _, c in out]
 
 
+def parse_chat_completion(body: Any) -> list[RawCandidate]:
+    """OpenAI chat completion JSON -> candidates (the reply text, not yet parsed) in `index` order."""
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise BackendError(f"backend answered something that is not a chat completion: {str(body)[:120]!r}",
+                           kind="garbage")
+    out: list[tuple[int, RawCandidate]] = []
+    for i, choice in enumerate(body["choices"]):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            raise BackendError(f"backend answered a chat choice without text: {str(choice)[:120]!r}",
+                               kind="garbage")
+        index = choice.get("index", i)
+        index = index if isinstance(index, int) else i
+        # chat logprobs: {"content": [{"token", "logprob", ...}, ...]} (OpenAI, vLLM, llama.cpp) or absent
+        logprobs = choice.get("logprobs")
+        entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+        mean = _mean([e.get("logprob") for e in entries if isinstance(e, dict)]) if isinstance(entries, list) else 0.0
+        finish = choice.get("finish_reason")
+        out.append((index, RawCandidate(content, mean, finish if isinstance(finish, str) else "stop")))
+    out.sort(key=lambda t: t[0])
+    return [c for _, c in out]
+
+
+ENDPOINTS = ("completions", "chat", "auto")
+
+
 def _error_message(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -123,7 +151,10 @@ class BackendClient:
     """OpenAI-compatible /v1/completions over httpx; works against any such server."""
 
     def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, endpoint: str = "completions") -> None:
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
+        self.endpoint = endpoint     # "auto" becomes "completions" or "chat" at the first `endpoint_mode()`
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.model = model
@@ -180,6 +211,45 @@ class BackendClient:
         self.requests += 1
         response = await self._request("POST", "/v1/completions", json=payload)
         return parse_completion(self._json(response))
+
+    async def chat(self, messages: Sequence[dict[str, str]], *, max_tokens: int = 128, temperature: float = 0.0,
+                   top_p: float = 1.0, n: int = 1, stop: Sequence[str] = (),
+                   seed: int | None = None) -> list[RawCandidate]:
+        """One /v1/chat/completions call; the candidates' text is the raw reply (chat.parse_reply cleans it)."""
+        payload: dict[str, Any] = {
+            "messages": [{"role": m["role"], "content": valid_unicode(m["content"])} for m in messages],
+            "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "n": n, "stream": False,
+        }
+        if stop:
+            payload["stop"] = [valid_unicode(x) for x in stop]
+        if seed is not None:
+            payload["seed"] = seed
+        if self.model:
+            payload["model"] = self.model
+        self.requests += 1
+        response = await self._request("POST", "/v1/chat/completions", json=payload)
+        return parse_chat_completion(self._json(response))
+
+    async def endpoint_mode(self) -> str:
+        """"completions" or "chat". With endpoint "auto" the first call probes once: a one-token
+        /v1/completions request; HTTP 404 / 405 / 501 (no such route) means the server is chat-only."""
+        if self.endpoint != "auto":
+            return self.endpoint
+        payload: dict[str, Any] = {"prompt": "def", "max_tokens": 1, "temperature": 0.0}
+        if self.model:
+            payload["model"] = self.model
+        try:
+            await self._request("POST", "/v1/completions", json=payload)
+            mode = "completions"
+        except BackendError as exc:
+            if exc.status not in (404, 405, 501):
+                if exc.kind in ("unreachable", "timeout", "loading", "auth"):
+                    raise  # not an answer about the route: probe again next time
+                mode = "completions"  # the route exists (it rejected this request for another reason)
+            else:
+                mode = "chat"
+        self.endpoint = mode
+        return mode
 
     async def health(self) -> str:
         """"ready", "loading" or raises BackendError (unreachable, ...). Servers without /health count as ready."""

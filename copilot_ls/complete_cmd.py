@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-confidence", type=float, default=None, metavar="C",
                         help="show nothing (exit 1) when the suggestion's confidence is below C, 0..1 "
                              "(default: the LS default, see docs/quality.md)")
+    parser.add_argument("--endpoint", choices=("completions", "chat", "auto"), default=None,
+                        help="the server's API: completions (default), chat (/v1/chat/completions, for "
+                        "chat-only servers) or auto (probe once)")
     parser.add_argument("--fim-template", default=None, metavar="NAME",
                         help="fill-in-the-middle template: auto (default: the tokens the server reports, else the "
                              "model id), none, starcoder, qwen, codellama or deepseek")
@@ -111,7 +114,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     data = {"backend_url": args.backend or DEFAULT_BACKEND_URL, "n": args.n, "api_key": args.api_key,
             "model": args.model, "max_tokens": args.max_tokens, "temperature": args.temperature,
             "max_lines": args.max_lines, "timeout": args.timeout, "fim_template": args.fim_template,
-            "min_confidence": args.min_confidence}
+            "min_confidence": args.min_confidence,
+            "endpoint": args.endpoint}
     return from_dict({k: v for k, v in data.items() if v is not None})
 
 
@@ -163,7 +167,7 @@ def render(args: argparse.Namespace, snap: Snapshot, line: int, col: int,
 
 async def _complete(args: argparse.Namespace, settings: Settings, snap: Snapshot, line: int, col: int) -> int:
     client = BackendClient(settings.backend_url, api_key=settings.api_key, model=settings.model,
-                           timeout=settings.timeout)
+                           timeout=settings.timeout, endpoint=settings.endpoint)
     child = None
     try:
         child = await autostart.ensure_backend(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from copilot_ls import chat
 from copilot_ls.backend import BackendClient, ModelMeta, RawCandidate
 from copilot_ls.confidence import passes
 from copilot_ls.context import Prompt, PromptBudget, build_prompt, unguard
@@ -64,6 +65,26 @@ async def ask_backend(client: BackendClient, prompt: Prompt, settings: Settings)
     return await client.complete(prompt.prompt, n=settings.n, temperature=settings.temperature, **kw)
 
 
+def chat_prompt(prompt: Prompt, snap: Snapshot) -> tuple[Prompt, chat.ChatPrompt]:
+    """A prompt built with chat.CHAT_FIM as chat messages; the Prompt's text becomes their transcript and it
+    has no stop strings (a reply may open with a fence line; post-processing cuts the text)."""
+    msgs = chat.build_messages(prompt.prompt, snap.language_id, prompt.multiline)
+    return replace(prompt, prompt=msgs.transcript, stop=[]), msgs
+
+
+async def ask_chat(client: BackendClient, msgs: chat.ChatPrompt, settings: Settings) -> list[RawCandidate]:
+    """n candidates from a chat endpoint, each reply parsed to the text inserted at the cursor."""
+    kw = dict(max_tokens=settings.max_tokens, top_p=settings.top_p)
+    if settings.n > 1 and settings.temperature == 0:
+        greedy, sampled = await asyncio.gather(
+            client.chat(msgs.messages, n=1, temperature=0.0, **kw),
+            client.chat(msgs.messages, n=settings.n - 1, temperature=settings.sample_temperature, **kw))
+        raw = greedy + sampled
+    else:
+        raw = await client.chat(msgs.messages, n=settings.n, temperature=settings.temperature, **kw)
+    return [replace(r, text=chat.parse_reply(r.text, msgs.before, msgs.after)) for r in raw]
+
+
 def cache_key(client: BackendClient, prompt: Prompt, settings: Settings) -> CacheKey:
     return (client.base_url, client.model, prompt.prompt, tuple(prompt.stop), settings.n, settings.temperature,
             settings.sample_temperature, settings.top_p, settings.max_tokens)
@@ -74,16 +95,23 @@ async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient
     """Suggestions at (line, code-point col) of `snap`, best first (at most settings.n)."""
     t0 = time.perf_counter()
     meta = await client.meta()
+    use_chat = await client.endpoint_mode() == "chat"
     t1 = time.perf_counter()
-    prompt = build_prompt(snap, line, col, others=others, budget=budget_for(settings, meta),
-                          fim=fim_template(meta, settings.fim_template), count_tokens=meta.count_tokens,
-                          specials=meta.special_tokens)
+    budget = budget_for(settings, meta)
+    if use_chat:  # the same context, cut at chat.CHAT_FIM's markers into the code before / after the hole
+        budget = replace(budget, max_prompt_tokens=max(16, budget.max_prompt_tokens - chat.OVERHEAD_TOKENS))
+    prompt = build_prompt(snap, line, col, others=others, budget=budget,
+                          fim=chat.CHAT_FIM if use_chat else fim_template(meta, settings.fim_template),
+                          count_tokens=meta.count_tokens, specials=meta.special_tokens)
+    msgs = None
+    if use_chat:
+        prompt, msgs = chat_prompt(prompt, snap)
     key = cache_key(client, prompt, settings)
     raw = cache.get(key) if cache is not None else None
     cached = raw is not None
     t2 = time.perf_counter()
     if raw is None:
-        raw = await ask_backend(client, prompt, settings)
+        raw = await (ask_chat(client, msgs, settings) if msgs is not None else ask_backend(client, prompt, settings))
         if cache is not None:
             cache.put(key, raw)
     t3 = time.perf_counter()

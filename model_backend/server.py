@@ -37,6 +37,7 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
+from model_backend import chat_template  # noqa: E402
 from model_backend import fim as fimlib  # noqa: E402
 from model_backend.cli_options import add_speculation_arguments  # noqa: E402
 from model_backend.metrics import Metrics  # noqa: E402
@@ -364,7 +365,7 @@ def sse(data: dict[str, Any] | str) -> str:
 
 
 # --- the app --------------------------------------------------------------------------------------------------
-ENDPOINTS = ("/v1/completions", "/v1/models", "/v1/tokenizer", "/health", "/metrics")
+ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/tokenizer", "/health", "/metrics")
 
 
 @dataclass
@@ -380,6 +381,8 @@ class ServerState:
     context_length: int = 0
     max_sequences: int = 1              # the engine's slots: best_of / n / beam_width may not exceed it
     max_open: int | None = None         # requests open at once beyond which the answer is 429
+    model_spec: str | None = None       # the --model argument: where /v1/chat/completions reads the chat template
+    _chat_template: tuple[str | None] | None = None   # (template,) once read
 
     def on_ready(self, engine: Any) -> None:
         self.tokenizer = engine.tokenizer
@@ -461,6 +464,7 @@ def create_app(state: ServerState) -> FastAPI:
     _add_error_handlers(app)
     _add_info_routes(app, state)
     _add_completion_route(app, state)
+    _add_chat_route(app, state)
     return StatusCounter(app, state.metrics, state.max_open)  # type: ignore[return-value]
 
 
@@ -577,6 +581,78 @@ def _add_completion_route(app: FastAPI, state: ServerState) -> None:
                 background=_cancel_unless_done(worker, call),
             )
         return await collect(worker, request, call)
+
+
+def parse_chat_request(body: Any) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """(messages, the /v1/completions fields of the request) of a /v1/chat/completions body. Raises ApiError."""
+    if not isinstance(body, dict):
+        raise _bad("the request body must be a JSON object", None, "invalid_type")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty list", "messages", "invalid_type")
+    for m in messages:
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise _bad("each message must be {\"role\": string, \"content\": string}", "messages", "invalid_type")
+        _check_text(m["content"], "messages")
+    if _get_bool(body, "stream", False):
+        raise _bad("'stream' is not supported on /v1/chat/completions by this server", "stream", "unsupported")
+    if _get_bool(body, "logprobs", False):
+        raise _bad("'logprobs' is not supported on /v1/chat/completions by this server", "logprobs", "unsupported")
+    fields = {k: body[k] for k in ("model", "n", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed",
+                                   "presence_penalty", "frequency_penalty", "logit_bias") if k in body}
+    if "max_completion_tokens" in body and "max_tokens" not in body:
+        fields["max_tokens"] = body["max_completion_tokens"]
+    return [{"role": m["role"], "content": m["content"]} for m in messages], fields
+
+
+async def chat_prompt(state: ServerState, messages: list[dict[str, str]]) -> str:
+    """The messages rendered with the served model's own chat template (read once, off the event loop)."""
+    if state._chat_template is None:
+        template = await asyncio.to_thread(chat_template.read_template, state.model_spec) if state.model_spec \
+            else None
+        state._chat_template = (template,)
+    tok = state.tokenizer
+    names = {v: k for k, v in tok.tk.get_vocab(with_added_tokens=True).items()}
+    try:
+        return chat_template.render(
+            state._chat_template[0], messages, bos=names.get(tok.bos_id, "") if tok.bos_id is not None else "",
+            eos=names.get(tok.eos_id, "") if tok.eos_id is not None else "",
+            has_chatml="<|im_start|>" in tok.tk.get_vocab(with_added_tokens=True))
+    except chat_template.ChatTemplateError as exc:
+        raise _bad(str(exc), "messages", "chat_template") from None
+
+
+def chat_response(completion: dict[str, Any]) -> dict[str, Any]:
+    """A /v1/completions answer in the OpenAI chat shape."""
+    return {
+        "id": "chat" + str(completion.get("id", "")),
+        **{k: completion[k] for k in ("created", "model") if k in completion},
+        "object": "chat.completion",
+        "choices": [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
+                     "logprobs": None, "finish_reason": c["finish_reason"]} for c in completion["choices"]],
+        "usage": completion.get("usage"),
+    }
+
+
+def _add_chat_route(app: FastAPI, state: ServerState) -> None:
+    """POST /v1/chat/completions (no streaming): the messages through the model's chat template, then the
+    same engine job as /v1/completions (without token healing: the prompt ends in the template's own turn)."""
+    worker = state.worker
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        check_auth(state, request)
+        check_ready(worker)
+        messages, fields = parse_chat_request(await read_json(request, state.limits.max_body_bytes))
+        prompt = await chat_prompt(state, messages)
+        req = parse_completion_request({**fields, "prompt": prompt, "token_healing": False}, state.limits,
+                                       state.tokenizer.vocab_size)
+        if "<|im_end|>" in prompt and "<|im_end|>" not in req.stop and len(req.stop) < state.limits.max_stop:
+            req.stop.append("<|im_end|>")   # the end of the assistant's turn, should the model not emit EOS
+        check_sequences(req, state.max_sequences)
+        call = await _submit(state, req)
+        answer = await collect(worker, request, call)
+        return JSONResponse(chat_response(json.loads(bytes(answer.body))))
 
 
 def check_sequences(req: CompletionRequest, max_sequences: int) -> None:
@@ -892,6 +968,16 @@ class _LoadFailure:
             self.loop.call_soon_threadsafe(setattr, self.server, "should_exit", True)
 
 
+def _model_path(spec: str) -> str | None:
+    """The file or folder the --model argument names (None when it cannot be resolved; chat then uses ChatML)."""
+    try:
+        from model_backend.weights import resolve_model
+
+        return str(resolve_model(spec))
+    except Exception:  # the load reports a bad --model itself
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "cache_slots", None) is not None and args.cache_slots < args.max_batch:
         log(f"error: --cache-slots ({args.cache_slots}) must be >= --max-batch ({args.max_batch})")
@@ -900,6 +986,7 @@ def run(args: argparse.Namespace) -> int:
     worker = Worker(lambda: load_engine(args, name), max_queue=args.max_queue, max_active=args.max_batch,
                     metrics=metrics, on_failed=failure)
     state = ServerState(worker=worker, metrics=metrics, api_key=args.api_key or None, model_id=name,
+                        model_spec=_model_path(args.model),
                         max_open=max(256, 4 * (args.max_queue + args.max_batch)))
     worker.on_ready = state.on_ready
     try:

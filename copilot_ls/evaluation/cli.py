@@ -39,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     he.add_argument("--backend", default=DEFAULT_BACKEND,
                     help=f"OpenAI-compatible server; the default one is started if nothing answers "
                     f"(default {DEFAULT_BACKEND})")
-    he.add_argument("--out", type=Path, default=None, help="output directory (default out/humaneval-THROUGH)")
+    he.add_argument("--endpoint", choices=("completions", "chat", "auto"), default="completions",
+                    help="the server's API: /v1/completions, /v1/chat/completions (a FIM prompt as chat "
+                    "messages; --through ls only) or auto (probe once) (default completions)")
+    he.add_argument("--out", type=Path, default=None,
+                    help="output directory (default out/humaneval-THROUGH, plus -chat / -auto for those endpoints)")
     he.add_argument("--workers", type=int, default=2, help="problems in flight at once (default 2)")
     he.add_argument("--no-greedy", dest="greedy", action="store_false",
                     help="skip the extra greedy (temperature 0) sample per problem")
@@ -89,7 +93,9 @@ def run_humaneval(args: argparse.Namespace) -> int:
     try:
         cfg = EvalConfig(n=args.n, ks=tuple(parse_ks(args.k)), temperature=args.temperature, top_p=args.top_p,
                          max_tokens=args.max_tokens, limit=args.limit, through=args.through,
-                         backend=args.backend, out=args.out or Path(f"out/humaneval-{args.through}"),
+                         backend=args.backend, endpoint=args.endpoint,
+                         out=args.out or Path(f"out/humaneval-{args.through}"
+                                              + ("" if args.endpoint == "completions" else f"-{args.endpoint}")),
                          workers=args.workers, greedy=args.greedy, timeout_s=args.timeout)
         cfg.validate()
     except (ValueError, EvalError) as exc:
@@ -105,7 +111,7 @@ async def _humaneval(cfg) -> int:
     from copilot_ls.lsp.autostart import ensure_backend
     from copilot_ls.lsp.settings import Settings
 
-    client = BackendClient(cfg.backend, timeout=900.0)  # n samples of 300 tokens on a CPU take a while
+    client = BackendClient(cfg.backend, timeout=900.0, endpoint=cfg.endpoint)  # n samples of 300 tokens on a CPU take a while
     proc = None
     try:
         proc = await ensure_backend(client, Settings(backend_url=cfg.backend),

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from copilot_ls import confidence
+from copilot_ls import chat, confidence
 from copilot_ls.context import (
     DEFAULT_SNIPPET_STYLE,
     KEEP_IN_PREFIX,
@@ -43,7 +43,8 @@ from copilot_ls.context import (
 from copilot_ls.context.resolve import Resolver
 from copilot_ls.context.workspace import Workspace, find_root
 from copilot_ls.documents import Document
-from copilot_ls.pipeline import fim_template
+from copilot_ls.lsp.settings import Settings
+from copilot_ls.pipeline import ask_chat, chat_prompt, fim_template
 from copilot_ls.postprocess import postprocess
 
 DEFAULT_BACKEND = "http://127.0.0.1:8765"
@@ -365,17 +366,20 @@ def markdown_table(summary: dict, meta: dict) -> str:
 
 # --- running --------------------------------------------------------------------------------------------------
 async def run_case(
-    case: Case, arm: str, client, meta, budget: PromptBudget, max_tokens: int, style: str = "code"
+    case: Case, arm: str, client, meta, budget: PromptBudget, max_tokens: int, style: str = "code",
+    use_chat: bool = False,
 ) -> dict:
     doc, line, col = case_document(case)
     snap = doc.snapshot()
+    if use_chat:  # the same context as chat messages (copilot_ls/chat.py), as the editor sends with endpoint chat
+        budget = replace(budget, max_prompt_tokens=max(16, budget.max_prompt_tokens - chat.OVERHEAD_TOKENS))
     prompt = build_prompt(
         snap,
         line,
         col,
         budget=budget,
         count_tokens=meta.count_tokens,
-        fim=fim_template(meta),  # a FIM model gets its template in both arms, as in the editor
+        fim=chat.CHAT_FIM if use_chat else fim_template(meta),  # a FIM model: its template in both arms
         specials=meta.special_tokens,
         snippets=(arm == "builder"),
         # both arms: the same root, so the same path header (prefix-only never looks anything up)
@@ -383,7 +387,12 @@ async def run_case(
         snippet_style=style,
     )
     t0 = time.monotonic()
-    raw = await client.complete(prompt.prompt, max_tokens=max_tokens, temperature=0.0, n=1, stop=prompt.stop)
+    if use_chat:
+        settings = replace(Settings(), max_tokens=max_tokens, temperature=0.0, n=1)
+        prompt, msgs = chat_prompt(prompt, snap)
+        raw = await ask_chat(client, msgs, settings)
+    else:
+        raw = await client.complete(prompt.prompt, max_tokens=max_tokens, temperature=0.0, n=1, stop=prompt.stop)
     elapsed = time.monotonic() - t0
     if prompt.guarded:
         raw = [replace(r, text=unguard(r.text, prompt.guarded)) for r in raw]
@@ -515,9 +524,10 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
                 done[(r["case"], r["arm"])] = r
             except (json.JSONDecodeError, KeyError):
                 continue
-    client = BackendClient(args.backend, timeout=args.timeout)
+    client = BackendClient(args.backend, timeout=args.timeout, endpoint=args.endpoint)
     try:
         meta = await client.meta()
+        use_chat = await client.endpoint_mode() == "chat"
         budget = PromptBudget(
             max_prompt_tokens=args.max_prompt_tokens,
             max_tokens_out=args.max_tokens,
@@ -532,7 +542,8 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
         async def one(case: Case, arm: str) -> None:
             async with sem:
                 try:
-                    r = await run_case(case, arm, client, meta, budget, args.max_tokens, args.snippet_style)
+                    r = await run_case(case, arm, client, meta, budget, args.max_tokens, args.snippet_style,
+                                       use_chat)
                 except BackendError as exc:  # left out of results.jsonl: a rerun retries it
                     print(f"{case.id} {arm}: backend error, skipped: {exc}", file=sys.stderr)
                     return
@@ -548,7 +559,7 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
         await asyncio.gather(*(one(c, a) for c, a in todo))
         args._model = meta.id or "?"
         fim = fim_template(meta)
-        args._fim = fim.family if fim is not None else "none (prefix-only)"
+        args._fim = "chat messages" if use_chat else fim.family if fim is not None else "none (prefix-only)"
     finally:
         await client.aclose()
     return [done[(c.id, a)] for c in cases for a in args.arms if (c.id, a) in done]
@@ -606,6 +617,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="which lines: calls of an imported function (default), or uses of a member of an instance of an "
         "imported class (class-members)",
     )
+    parser.add_argument("--endpoint", choices=("completions", "chat", "auto"), default="completions",
+                        help="the server's API (the LS's `endpoint` setting; default completions)")
     parser.add_argument("--out", type=Path, default=Path("out/context-eval"), help="output directory")
     parser.add_argument("--list", action="store_true", help="only build and print the cases")
 

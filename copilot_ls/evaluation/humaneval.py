@@ -38,7 +38,7 @@ SERVER_STOP = STOP[:4]
 RAW_CHUNK = 4
 SAMPLES_FILE, RESULTS_FILE, RUN_FILE, PLOT_FILE = "samples.jsonl", "results.json", "run.json", "pass_at_k.png"
 # Settings that must be identical to resume a run in the same --out directory.
-RUN_KEYS = ("through", "n", "temperature", "top_p", "max_tokens", "greedy")
+RUN_KEYS = ("through", "endpoint", "n", "temperature", "top_p", "max_tokens", "greedy")
 
 
 class EvalError(Exception):
@@ -55,6 +55,7 @@ class EvalConfig:
     limit: int | None = None
     through: str = "ls"                       # "ls" | "raw"
     backend: str = "http://127.0.0.1:8765"
+    endpoint: str = "completions"             # "completions" | "chat" | "auto" (the LS's `endpoint` setting)
     out: Path = Path("out/humaneval")
     workers: int = 2
     greedy: bool = True                       # one extra temperature-0 sample per problem
@@ -63,6 +64,10 @@ class EvalConfig:
     def validate(self) -> None:
         if self.through not in ("ls", "raw"):
             raise EvalError(f"--through must be 'ls' or 'raw', got {self.through!r}")
+        if self.endpoint not in ("completions", "chat", "auto"):
+            raise EvalError(f"--endpoint must be completions, chat or auto, got {self.endpoint!r}")
+        if self.through == "raw" and self.endpoint == "chat":
+            raise EvalError("--through raw sends the bare prompt to /v1/completions; chat needs --through ls")
         if self.n < 1:
             raise EvalError(f"--n must be at least 1, got {self.n}")
         too_big = [k for k in self.ks if k > self.n]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from copilot_ls.backend import ENDPOINTS
 from copilot_ls.context import KEEP_IN_PREFIX
 from copilot_ls.context.fim import FIM_SETTING_VALUES
 
@@ -35,6 +36,7 @@ class Settings:
     model: str | None = None            # sent as `model`; None = whatever the server serves
     autostart: bool | None = None       # None: start `copilot-backend serve` only for the default URL
     timeout: float = 30.0               # seconds for one backend request
+    endpoint: str = "completions"       # "completions", "chat" (chat-only servers) or "auto" (probe once)
     debounce_ms: int = 100              # wait after the last keystroke before calling the backend
     max_lines: int = 10                 # longest multi-line suggestion
     n: int = 1                          # candidates per request (items the editor can cycle)
@@ -95,7 +97,7 @@ def _coerce(name: str, value: Any) -> Any:
         "max_lines": (int,), "n": (int,), "temperature": (int, float), "sample_temperature": (int, float),
         "top_p": (int, float), "max_tokens": (int,), "max_prompt_tokens": (int,), "suffix_fraction": (int, float),
         "cache_size": (int,), "enabled": (bool,), "languages": (dict,), "fim_template": (str,),
-        "keep_in_prefix": (str,), "min_confidence": (int, float),
+        "keep_in_prefix": (str,), "min_confidence": (int, float), "endpoint": (str,),
     }[name]
     if isinstance(value, bool) and bool not in spec:
         raise SettingsError(f"setting {name!r}: expected a number, got {value!r}")
@@ -122,6 +124,10 @@ def _coerce(name: str, value: Any) -> Any:
         if value not in KEEP_IN_PREFIX:
             raise SettingsError(f"setting 'keep_in_prefix': expected one of {', '.join(KEEP_IN_PREFIX)}, "
                                 f"got {value!r}")
+    if name == "endpoint":
+        if value.lower() not in ENDPOINTS:
+            raise SettingsError(f"setting 'endpoint': expected one of {', '.join(ENDPOINTS)}, got {value!r}")
+        return value.lower()
     if name == "debounce_ms":
         value = int(value)
     ranges = {

@@ -77,7 +77,8 @@ class Supervisor:
         """The client for the current settings (made on first use)."""
         if self.client is None:
             s = self._settings()
-            self.client = BackendClient(s.backend_url, api_key=s.api_key, model=s.model, timeout=s.timeout)
+            self.client = BackendClient(s.backend_url, api_key=s.api_key, model=s.model, timeout=s.timeout,
+                                        endpoint=s.endpoint)
         return self.client
 
     async def ready(self) -> BackendClient:
@@ -172,9 +173,9 @@ class Supervisor:
             self.say(logging.INFO, f"backend at {client.base_url} answers again")
 
     def settings_changed(self, old: Settings, new: Settings) -> bool:
-        """Drop the client when the backend's address, key, model or timeout changed; True when it did."""
-        if (old.backend_url, old.api_key, old.model, old.timeout) == (new.backend_url, new.api_key, new.model,
-                                                                     new.timeout) or self.client is None:
+        """Drop the client when the backend's address, key, model, timeout or endpoint changed; True when it did."""
+        if (old.backend_url, old.api_key, old.model, old.timeout, old.endpoint) == (
+                new.backend_url, new.api_key, new.model, new.timeout, new.endpoint) or self.client is None:
             return False
         stale, self.client = self.client, None
         self._startup = None

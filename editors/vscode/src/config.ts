@@ -13,6 +13,7 @@ export interface ExtensionSettings {
   languages: Record<string, boolean>; // language id -> enabled; "*" is the default
   backendUrl: string; // "" = DEFAULT_BACKEND_URL
   model: string; // "" = whatever the backend serves
+  endpoint: string; // "completions" | "chat" (chat-only servers) | "auto" (the server probes once)
   debounceMs: number;
   maxLines: number;
   minConfidence: number; // hide suggestions whose confidence is below this (0..1; 0 = show all)
@@ -31,6 +32,7 @@ export const DEFAULTS: ExtensionSettings = {
   languages: { "*": true, plaintext: false, markdown: false, scminput: false },
   backendUrl: DEFAULT_BACKEND_URL,
   model: "",
+  endpoint: "completions",
   debounceMs: 100,
   maxLines: 10,
   minConfidence: DEFAULT_MIN_CONFIDENCE,
@@ -61,6 +63,7 @@ export function readSettings(get: <T>(key: string, fallback: T) => T): Extension
     languages: isBoolRecord(langs) ? langs : { ...DEFAULTS.languages },
     backendUrl: str("backendUrl") || DEFAULT_BACKEND_URL,
     model: str("model"),
+    endpoint: ["completions", "chat", "auto"].includes(str("endpoint")) ? str("endpoint") : DEFAULTS.endpoint,
     debounceMs: num("debounceMs"),
     maxLines: num("maxLines"),
     minConfidence: num("minConfidence"),
@@ -100,6 +103,7 @@ export function serverSettings(settings: ExtensionSettings, apiKey: string | und
     backendUrl: settings.backendUrl || DEFAULT_BACKEND_URL,
     model: settings.model || null,
     apiKey: apiKey || null,
+    endpoint: settings.endpoint || DEFAULTS.endpoint,
     debounceMs: Math.max(0, Math.round(settings.debounceMs)),
     maxLines: Math.max(1, Math.round(settings.maxLines)),
     minConfidence: Math.min(1, Math.max(0, settings.minConfidence)),

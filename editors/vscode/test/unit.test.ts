@@ -44,6 +44,7 @@ test("serverSettings: every key, always (the server merges), API key from the se
     backendUrl: DEFAULT_BACKEND_URL,
     model: null,
     apiKey: null,
+    endpoint: "completions",
     debounceMs: 100,
     maxLines: 10,
     minConfidence: DEFAULT_MIN_CONFIDENCE,
