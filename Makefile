@@ -32,7 +32,7 @@ demo: setup
 	@echo "--- copilot-ls complete examples/demo/test_lib.py:5:26 ---"
 	$(VENV)/bin/copilot-ls complete examples/demo/test_lib.py:5:26
 
-test: setup
+test: lint
 	$(PY) -m pytest -ra
 
 test-unit: setup
@@ -65,6 +65,7 @@ test-peers: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: setup
 	$(PY) benchmarks/engine.py

@@ -34,8 +34,20 @@ from copilot_ls.backend import BackendClient  # noqa: E402
 from copilot_ls.lsp import autostart  # noqa: E402
 from copilot_ls.lsp.settings import Settings  # noqa: E402
 
-MODULES = ("_pydecimal.py", "argparse.py", "typing.py", "inspect.py", "tarfile.py", "pathlib.py",
-           "subprocess.py", "dataclasses.py", "enum.py", "functools.py", "ast.py", "difflib.py")
+MODULES = (
+    "_pydecimal.py",
+    "argparse.py",
+    "typing.py",
+    "inspect.py",
+    "tarfile.py",
+    "pathlib.py",
+    "subprocess.py",
+    "dataclasses.py",
+    "enum.py",
+    "functools.py",
+    "ast.py",
+    "difflib.py",
+)
 
 
 def big_text(n_lines: int) -> str:
@@ -86,8 +98,10 @@ def cache_tokens(backend: str) -> tuple[float, float]:
     from model_backend.metrics import parse
 
     m = parse(httpx.get(backend + "/metrics", timeout=30).text)
-    return (m.get("copilot_backend_prefix_cache_hit_tokens_total", 0.0),
-            m.get("copilot_backend_prefix_cache_query_tokens_total", 0.0))
+    return (
+        m.get("copilot_backend_prefix_cache_hit_tokens_total", 0.0),
+        m.get("copilot_backend_prefix_cache_query_tokens_total", 0.0),
+    )
 
 
 def prompt_sharing(text: str, lines: list[str], window_step: float) -> float:
@@ -116,8 +130,11 @@ async def run(args: argparse.Namespace) -> dict:
         backend = f"http://127.0.0.1:{free_port()}"
         print(f"starting copilot-backend on {backend} ...", file=sys.stderr)
         bc = BackendClient(backend)
-        child = await autostart.ensure_backend(bc, Settings(backend_url=backend, autostart=True),
-                                               progress=lambda m: print("  " + m, file=sys.stderr))
+        child = await autostart.ensure_backend(
+            bc,
+            Settings(backend_url=backend, autostart=True),
+            progress=lambda m: print("  " + m, file=sys.stderr),
+        )
         await bc.aclose()
     client = await start_ls(backend, debounce_ms=0)
     results: dict = {}
@@ -132,13 +149,17 @@ async def run(args: argparse.Namespace) -> dict:
             ms = await type_lines(ed, lines)
             hit, asked = cache_tokens(backend)
             after = ms[1:]
-            results[name] = {"file_lines": n + 1, "first_s": round(ms[0] / 1000, 2),
-                             "prefix_cache_hit_ratio": round((hit - hit0) / max(1.0, asked - asked0), 3),
-                             "after_first_max_s": round(max(after) / 1000, 2),
-                             "after_first_median_s": round(sorted(after)[len(after) // 2] / 1000, 2),
-                             "latencies_s": [round(m / 1000, 2) for m in ms]}
+            results[name] = {
+                "file_lines": n + 1,
+                "first_s": round(ms[0] / 1000, 2),
+                "prefix_cache_hit_ratio": round((hit - hit0) / max(1.0, asked - asked0), 3),
+                "after_first_max_s": round(max(after) / 1000, 2),
+                "after_first_median_s": round(sorted(after)[len(after) // 2] / 1000, 2),
+                "latencies_s": [round(m / 1000, 2) for m in ms],
+            }
         results["prompt_chars_shared_with_previous"] = {
-            f"window_step={step}": prompt_sharing(text, lines, step) for step in (0.5, 0.0)}
+            f"window_step={step}": prompt_sharing(text, lines, step) for step in (0.5, 0.0)
+        }
         results["load_average_1m_at_end"] = round(os.getloadavg()[0], 1)
     finally:
         await stop_ls(client)

@@ -54,13 +54,17 @@ LLAMA_CPP_REFERENCE = {"decode_tok_s": 94.0, "prefill_tok_s": 218.0, "samples8_t
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # (key, label, True when higher is better)
-KEYS = [("prefill_tok_s", "prefill tok/s (512-token prompt)", True), ("decode_tok_s", "decode tok/s, batch 1", True),
-        ("samples8_tok_s", "decode tok/s in all, 8 samples", True),
-        ("samples8_wall_tok_s", "8 samples incl. prefill, tok/s wall", True),
-        ("reuse_plus1_s", "+1 token on a 2,000-token prompt, s", False),
-        ("cold_prefill_2000_s", "cold prefill of 2,000 tokens, s", False),
-        ("reuse_ratio", "reuse / cold prefill", False), ("cold_start_s", "cold start (cached weights), s", False),
-        ("cold_start_bg_pack_s", "cold start, packing in background, s", False)]
+KEYS = [
+    ("prefill_tok_s", "prefill tok/s (512-token prompt)", True),
+    ("decode_tok_s", "decode tok/s, batch 1", True),
+    ("samples8_tok_s", "decode tok/s in all, 8 samples", True),
+    ("samples8_wall_tok_s", "8 samples incl. prefill, tok/s wall", True),
+    ("reuse_plus1_s", "+1 token on a 2,000-token prompt, s", False),
+    ("cold_prefill_2000_s", "cold prefill of 2,000 tokens, s", False),
+    ("reuse_ratio", "reuse / cold prefill", False),
+    ("cold_start_s", "cold start (cached weights), s", False),
+    ("cold_start_bg_pack_s", "cold start, packing in background, s", False),
+]
 
 
 def corpus_text() -> str:
@@ -99,8 +103,9 @@ def measure(engine: Engine, decode_tokens: int, reuse_len: int) -> dict[str, flo
     out["prefill_tok_s"] = 512 / (st.prefill_seconds - p0)
 
     d0, s0, g0 = st.decode_seconds, st.decode_steps, st.generated_tokens
-    engine.generate(ids[:100], SamplingParams(max_tokens=decode_tokens, temperature=0.0, token_healing=False,
-                                              stop=[]))
+    engine.generate(
+        ids[:100], SamplingParams(max_tokens=decode_tokens, temperature=0.0, token_healing=False, stop=[])
+    )
     steps = st.decode_steps - s0
     out["decode_tok_s"] = steps / (st.decode_seconds - d0)
     out["decode_ms_per_token"] = 1000 * (st.decode_seconds - d0) / steps
@@ -108,8 +113,12 @@ def measure(engine: Engine, decode_tokens: int, reuse_len: int) -> dict[str, flo
 
     d0, g0, p0 = st.decode_seconds, st.generated_tokens, st.prefill_seconds
     t0 = time.perf_counter()
-    engine.generate(ids[200:300], SamplingParams(max_tokens=decode_tokens, temperature=0.8, top_p=0.95, n=8,
-                                                 seed=0, token_healing=False))
+    engine.generate(
+        ids[200:300],
+        SamplingParams(
+            max_tokens=decode_tokens, temperature=0.8, top_p=0.95, n=8, seed=0, token_healing=False
+        ),
+    )
     wall = time.perf_counter() - t0
     out["samples8_tok_s"] = (st.generated_tokens - g0) / (st.decode_seconds - d0)
     out["samples8_wall_tok_s"] = (st.generated_tokens - g0) / wall
@@ -129,12 +138,20 @@ def measure(engine: Engine, decode_tokens: int, reuse_len: int) -> dict[str, flo
 
 def cold_start(fmt: str, threads: int, background: bool = False) -> float:
     """Seconds from a fresh interpreter to a loaded engine (the converted-weights cache already warm)."""
-    code = (f"import time; t=time.perf_counter(); import torch; torch.set_num_threads({threads}); "
-            f"from model_backend.engine import Engine; Engine.load('default', device='cpu', quantize={fmt!r}, "
-            f"progress=False, pack_in_background={background}); print(time.perf_counter()-t)")
+    code = (
+        f"import time; t=time.perf_counter(); import torch; torch.set_num_threads({threads}); "
+        f"from model_backend.engine import Engine; Engine.load('default', device='cpu', quantize={fmt!r}, "
+        f"progress=False, pack_in_background={background}); print(time.perf_counter()-t)"
+    )
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       cwd=Path(__file__).resolve().parents[1], check=True)
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
     return float(p.stdout.strip().splitlines()[-1])  # from the first line of the script (before import torch)
 
 
@@ -150,15 +167,18 @@ def default_gguf() -> Path:
 
 def llama_cold_start(gguf: Path, threads: int, decode_threads: int, n_ctx: int) -> float:
     """Seconds from a fresh interpreter to a loaded llama_cpp.Llama (the GGUF file in the page cache)."""
-    code = (f"import time; t=time.perf_counter(); import llama_cpp; llama_cpp.Llama({str(gguf)!r}, "
-            f"n_threads={decode_threads}, n_threads_batch={threads}, n_ctx={n_ctx}, verbose=False); "
-            f"print(time.perf_counter()-t)")
+    code = (
+        f"import time; t=time.perf_counter(); import llama_cpp; llama_cpp.Llama({str(gguf)!r}, "
+        f"n_threads={decode_threads}, n_threads_batch={threads}, n_ctx={n_ctx}, verbose=False); "
+        f"print(time.perf_counter()-t)"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(p.stdout.strip().splitlines()[-1])
 
 
-def measure_llama_cpp(ids_of, gguf: Path, threads: int, decode_threads: int, decode_tokens: int,
-                      reuse_len: int) -> dict[str, float]:
+def measure_llama_cpp(
+    ids_of, gguf: Path, threads: int, decode_threads: int, decode_tokens: int, reuse_len: int
+) -> dict[str, float]:
     """The same figures as `measure`, for llama.cpp on the same GGUF and the same token ids.
 
     ids_of(n) gives the first n corpus token ids (our tokenizer; the GGUF's vocabulary). Prefill: `eval`
@@ -170,8 +190,9 @@ def measure_llama_cpp(ids_of, gguf: Path, threads: int, decode_threads: int, dec
     import llama_cpp
 
     n_ctx = max(reuse_len, 600) + 128
-    llm = llama_cpp.Llama(str(gguf), n_threads=decode_threads, n_threads_batch=threads, n_ctx=n_ctx,
-                          verbose=False)
+    llm = llama_cpp.Llama(
+        str(gguf), n_threads=decode_threads, n_threads_batch=threads, n_ctx=n_ctx, verbose=False
+    )
     out: dict[str, float] = {}
     text = corpus_text()
     own = llm.tokenize(text.encode(), add_bos=False, special=False)
@@ -214,7 +235,9 @@ def measure_llama_cpp(ids_of, gguf: Path, threads: int, decode_threads: int, dec
     t0 = time.perf_counter()
     llm.set_seed(0)
     for _ in range(8):
-        _, dt, got = run(ids[200:300], decode_tokens, temp=0.8, top_p=0.95, top_k=0, min_p=0.0, repeat_penalty=1.0)
+        _, dt, got = run(
+            ids[200:300], decode_tokens, temp=0.8, top_p=0.95, top_k=0, min_p=0.0, repeat_penalty=1.0
+        )
         dsum += dt
         total += got
     wall = time.perf_counter() - t0
@@ -238,11 +261,13 @@ def measure_llama_cpp(ids_of, gguf: Path, threads: int, decode_threads: int, dec
 
 # --- both engines on one GGUF (--gguf), each in a fresh process ------------------------------------------------
 
-GGUF_KEYS = [("first_token_s", "fresh process to first token, s", False),
-             ("tokens128_s", "fresh process to 128 greedy tokens, s", False),
-             ("peak_rss_mb", "peak RSS, MB", False),
-             ("decode_tok_s", "decode tok/s, batch 1, 1 thread", True),
-             ("prefill_tok_s", "prefill tok/s, 513 tokens, 2 threads", True)]
+GGUF_KEYS = [
+    ("first_token_s", "fresh process to first token, s", False),
+    ("tokens128_s", "fresh process to 128 greedy tokens, s", False),
+    ("peak_rss_mb", "peak RSS, MB", False),
+    ("decode_tok_s", "decode tok/s, batch 1, 1 thread", True),
+    ("prefill_tok_s", "prefill tok/s, 513 tokens, 2 threads", True),
+]
 PROMPT_TOKENS, GEN_TOKENS, PREFILL_TOKENS = 100, 128, 513
 
 
@@ -250,8 +275,15 @@ def _child_ours(path: str, threads: int, decode_threads: int, t_spawn: float) ->
     """Fresh process: load `path`, 128 greedy tokens on a 100-token prompt (times from the spawn), then a
     513-token prefill."""
     torch.set_num_threads(threads)
-    engine = Engine.load(path, device="cpu", max_batch=1, max_seq_len=1024, progress=False,
-                         prefill_threads=threads, decode_threads=decode_threads)
+    engine = Engine.load(
+        path,
+        device="cpu",
+        max_batch=1,
+        max_seq_len=1024,
+        progress=False,
+        prefill_threads=threads,
+        decode_threads=decode_threads,
+    )
     engine.eos_ids = frozenset()  # random-weight probes: always 128 tokens
     ids = engine.tokenizer.encode(corpus_text(), special=False)
     out: dict[str, float] = {"load_s": time.time() - t_spawn}
@@ -265,7 +297,7 @@ def _child_ours(path: str, threads: int, decode_threads: int, t_spawn: float) ->
     out["tokens128_s"] = time.time() - t_spawn
     out["decode_tok_s"] = (st.decode_steps - s0) / (st.decode_seconds - d0)
     p0 = st.prefill_seconds
-    engine.generate(ids[1000:1000 + PREFILL_TOKENS], greedy(1))
+    engine.generate(ids[1000 : 1000 + PREFILL_TOKENS], greedy(1))
     out["prefill_tok_s"] = PREFILL_TOKENS / (st.prefill_seconds - p0)
     out["weight_format"] = engine.weight_format  # type: ignore[assignment]
     return out
@@ -289,15 +321,27 @@ def _child_llama(path: str, threads: int, decode_threads: int, t_spawn: float) -
     out["decode_tok_s"] = (got - 1) / (time.time() - t1)
     llm.reset()
     t0 = time.perf_counter()
-    llm.eval(ids[1000:1000 + PREFILL_TOKENS])
+    llm.eval(ids[1000 : 1000 + PREFILL_TOKENS])
     out["prefill_tok_s"] = PREFILL_TOKENS / (time.perf_counter() - t0)
     return out
 
 
 def run_child(which: str, path: Path, threads: int, decode_threads: int) -> dict[str, float]:
     """Runs this script as `--child which` in a fresh interpreter; its peak RSS is the child's own ru_maxrss."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which, "--gguf", str(path),
-           "--threads", str(threads), "--decode-threads", str(decode_threads), "--t-spawn", repr(time.time())]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        which,
+        "--gguf",
+        str(path),
+        "--threads",
+        str(threads),
+        "--decode-threads",
+        str(decode_threads),
+        "--t-spawn",
+        repr(time.time()),
+    ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -311,6 +355,7 @@ def compare_gguf(path: Path, threads: int, decode_threads: int, repeats: int) ->
     """Ours and llama.cpp on the same GGUF, alternating, `repeats` times each; the best of each figure."""
     try:
         import llama_cpp  # noqa: F401
+
         engines = ["ours", "llama.cpp"]
     except ImportError:
         engines = ["ours"]
@@ -318,13 +363,25 @@ def compare_gguf(path: Path, threads: int, decode_threads: int, repeats: int) ->
     for _ in range(repeats):
         for e in engines:
             runs[e].append(run_child(e, path, threads, decode_threads))
-            print(f"[{e}] " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                        for k, v in runs[e][-1].items()), flush=True)
-    best = {e: {k: (max if higher else min)(r[k] for r in runs[e]) for k, _, higher in GGUF_KEYS}
-            for e in engines}
-    print(f"\n{path.name} ({path.stat().st_size / 1e9:.2f} GB), {threads} prefill / {decode_threads} decode "
-          f"threads, best of {repeats}, load average {os.getloadavg()[0]:.1f}")
-    print("figure".ljust(42) + "".join(e.rjust(12) for e in engines) + ("  ours/llama.cpp" if len(engines) > 1 else ""))
+            print(
+                f"[{e}] "
+                + ", ".join(
+                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in runs[e][-1].items()
+                ),
+                flush=True,
+            )
+    best = {
+        e: {k: (max if higher else min)(r[k] for r in runs[e]) for k, _, higher in GGUF_KEYS} for e in engines
+    }
+    print(
+        f"\n{path.name} ({path.stat().st_size / 1e9:.2f} GB), {threads} prefill / {decode_threads} decode "
+        f"threads, best of {repeats}, load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "figure".ljust(42)
+        + "".join(e.rjust(12) for e in engines)
+        + ("  ours/llama.cpp" if len(engines) > 1 else "")
+    )
     for k, label, _ in GGUF_KEYS:
         row = label.ljust(42) + "".join(f"{best[e][k]:12.4g}" for e in engines)
         if len(engines) > 1:
@@ -332,8 +389,14 @@ def compare_gguf(path: Path, threads: int, decode_threads: int, repeats: int) ->
         print(row)
     if len(engines) == 1:
         print("llama.cpp NOT measured: llama_cpp is not importable (pip install llama-cpp-python)")
-    return {"file": str(path), "bytes": path.stat().st_size, "threads": threads, "decode_threads": decode_threads,
-            "runs": runs, "best": best}
+    return {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "threads": threads,
+        "decode_threads": decode_threads,
+        "runs": runs,
+        "best": best,
+    }
 
 
 def child_main(which: str, path: str, threads: int, decode_threads: int, t_spawn: float) -> int:
@@ -350,8 +413,12 @@ def child_main(which: str, path: str, threads: int, decode_threads: int, t_spawn
 
 # Qwen2.5-Coder shapes (hidden, layers, heads, kv heads, ffn, tied embeddings); the vocabulary is the default
 # model's 49,152 tokens (its tokenizer is copied in), not Qwen's 151,936.
-PROBE_SHAPES = {"0.5b": (896, 24, 14, 2, 4864, True), "1.5b": (1536, 28, 12, 2, 8960, False),
-                "3b": (2048, 36, 16, 2, 11008, False), "7b": (3584, 28, 28, 4, 18944, False)}
+PROBE_SHAPES = {
+    "0.5b": (896, 24, 14, 2, 4864, True),
+    "1.5b": (1536, 28, 12, 2, 8960, False),
+    "3b": (2048, 36, 16, 2, 11008, False),
+    "7b": (3584, 28, 28, 4, 18944, False),
+}
 LLAMA_FTYPES = {"Q8_0": 7, "Q4_K_M": 15, "Q4_0": 2, "Q5_K_M": 17, "Q6_K": 18}
 
 
@@ -362,12 +429,20 @@ def _probe_tensors(size: str) -> list[tuple[str, tuple[int, ...]]]:
     out = [("token_embd.weight", (vocab, hidden))]
     for i in range(layers):
         p = f"blk.{i}."
-        out += [(p + "attn_norm.weight", (hidden,)), (p + "attn_q.weight", (heads * hd, hidden)),
-                (p + "attn_q.bias", (heads * hd,)), (p + "attn_k.weight", (kv * hd, hidden)),
-                (p + "attn_k.bias", (kv * hd,)), (p + "attn_v.weight", (kv * hd, hidden)),
-                (p + "attn_v.bias", (kv * hd,)), (p + "attn_output.weight", (hidden, heads * hd)),
-                (p + "ffn_norm.weight", (hidden,)), (p + "ffn_gate.weight", (ffn, hidden)),
-                (p + "ffn_up.weight", (ffn, hidden)), (p + "ffn_down.weight", (hidden, ffn))]
+        out += [
+            (p + "attn_norm.weight", (hidden,)),
+            (p + "attn_q.weight", (heads * hd, hidden)),
+            (p + "attn_q.bias", (heads * hd,)),
+            (p + "attn_k.weight", (kv * hd, hidden)),
+            (p + "attn_k.bias", (kv * hd,)),
+            (p + "attn_v.weight", (kv * hd, hidden)),
+            (p + "attn_v.bias", (kv * hd,)),
+            (p + "attn_output.weight", (hidden, heads * hd)),
+            (p + "ffn_norm.weight", (hidden,)),
+            (p + "ffn_gate.weight", (ffn, hidden)),
+            (p + "ffn_up.weight", (ffn, hidden)),
+            (p + "ffn_down.weight", (hidden, ffn)),
+        ]
     out.append(("output_norm.weight", (hidden,)))
     if not tied:
         out.append(("output.weight", (vocab, hidden)))
@@ -394,12 +469,16 @@ def _random_blocks(qtype: str, shape: tuple[int, ...], rng: Any) -> Any:
     block, nbytes = gguf.GGML_QUANT_SIZES[q]
     rows, cols = shape
     b = rng.integers(0, 256, size=(rows, cols // block, nbytes), dtype=np.uint8)
-    fields = {"Q8_0": ((0, 0.0002),), "Q4_0": ((0, 0.003),), "Q5_0": ((0, 0.0015),),
-              "Q4_K": ((0, 0.00005), (2, 0.00005)),
-              "Q6_K": ((208, 0.00001),)}[qtype]
+    fields = {
+        "Q8_0": ((0, 0.0002),),
+        "Q4_0": ((0, 0.003),),
+        "Q5_0": ((0, 0.0015),),
+        "Q4_K": ((0, 0.00005), (2, 0.00005)),
+        "Q6_K": ((208, 0.00001),),
+    }[qtype]
     for off, scale in fields:
         d = rng.uniform(0.2 * scale, scale, size=b.shape[:2]).astype("<f2")
-        b[..., off:off + 2] = d.view(np.uint8).reshape(*b.shape[:2], 2)
+        b[..., off : off + 2] = d.view(np.uint8).reshape(*b.shape[:2], 2)
     return b.reshape(rows, -1)
 
 
@@ -455,15 +534,23 @@ def write_probe(path: Path, size: str, qtype: str, seed: int = 0, vocab: Path | 
         else:
             q = gguf.GGMLQuantizationType[kind]
             block, nbytes = gguf.GGML_QUANT_SIZES[q]
-            w.add_tensor_info(name, (shape[0], shape[1] // block * nbytes), np.dtype(np.uint8),
-                              shape[0] * shape[1] // block * nbytes, raw_dtype=q)
+            w.add_tensor_info(
+                name,
+                (shape[0], shape[1] // block * nbytes),
+                np.dtype(np.uint8),
+                shape[0] * shape[1] // block * nbytes,
+                raw_dtype=q,
+            )
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for name, shape, kind in plan:
         if kind == "F32":
-            data = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32) if name.endswith("norm.weight") \
+            data = (
+                (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+                if name.endswith("norm.weight")
                 else (0.02 * rng.standard_normal(shape)).astype(np.float32)
+            )
         elif kind == "F16":
             data = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float16)
         else:
@@ -502,6 +589,7 @@ def make_probes(out_dir: Path, sizes: list[str], qtypes: list[str]) -> list[Path
             t0 = time.time()
             try:
                 import llama_cpp  # noqa: F401
+
                 if f16 is None:
                     f16 = write_probe(out_dir / f"qwen2.5-coder-{size}-probe-F16.gguf", size, "F16")
                 how = "llama.cpp's quantizer" if llama_quantize(f16, dst, qtype) else None
@@ -526,13 +614,24 @@ def main() -> int:
     ap.add_argument("--reuse-len", type=int, default=2000)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when llama_cpp imports")
-    ap.add_argument("--gguf", type=Path, default=None,
-                    help="measure BOTH engines on this GGUF, each in fresh processes (first token, 128 tokens, "
-                         "peak RSS, decode, prefill), instead of the default model's format comparison")
+    ap.add_argument(
+        "--gguf",
+        type=Path,
+        default=None,
+        help="measure BOTH engines on this GGUF, each in fresh processes (first token, 128 tokens, "
+        "peak RSS, decode, prefill), instead of the default model's format comparison",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="--gguf: fresh runs per engine (the best is kept)")
-    ap.add_argument("--make-probes", type=Path, default=None, metavar="DIR",
-                    help="write random-weight GGUFs of Qwen2.5-Coder shapes into DIR (then exit)")
-    ap.add_argument("--probe-sizes", default="0.5b,1.5b", help=f"--make-probes sizes ({', '.join(PROBE_SHAPES)})")
+    ap.add_argument(
+        "--make-probes",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write random-weight GGUFs of Qwen2.5-Coder shapes into DIR (then exit)",
+    )
+    ap.add_argument(
+        "--probe-sizes", default="0.5b,1.5b", help=f"--make-probes sizes ({', '.join(PROBE_SHAPES)})"
+    )
     ap.add_argument("--probe-types", default="Q8_0,Q4_K_M", help="--make-probes types")
     ap.add_argument("--child", choices=["ours", "llama.cpp"], help=argparse.SUPPRESS)
     ap.add_argument("--t-spawn", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -550,14 +649,23 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     formats = args.formats.split(",")
     results: dict[str, dict[str, float]] = {}
-    print(f"torch {torch.__version__}, {args.threads} prefill / {args.decode_threads or args.threads} decode threads,"
-          f" load average at start {os.getloadavg()[0]:.1f}")
+    print(
+        f"torch {torch.__version__}, {args.threads} prefill / {args.decode_threads or args.threads} decode threads,"
+        f" load average at start {os.getloadavg()[0]:.1f}"
+    )
     Engine.load("default", device="cpu", quantize="none", progress=True)  # converts + caches on first run
     for fmt in formats:
         cs = cold_start(fmt, args.threads)
-        engine = Engine.load("default", device="cpu", quantize=fmt, max_batch=8,
-                             max_seq_len=max(args.reuse_len, 600) + 64, progress=False,
-                             prefill_threads=args.threads, decode_threads=args.decode_threads or args.threads)
+        engine = Engine.load(
+            "default",
+            device="cpu",
+            quantize=fmt,
+            max_batch=8,
+            max_seq_len=max(args.reuse_len, 600) + 64,
+            progress=False,
+            prefill_threads=args.threads,
+            decode_threads=args.decode_threads or args.threads,
+        )
         r = measure(engine, args.decode_tokens, args.reuse_len)
         r["cold_start_s"] = cs
         r["cold_start_bg_pack_s"] = cold_start(fmt, args.threads, background=True) if fmt != "none" else cs
@@ -580,42 +688,70 @@ def main() -> int:
             all_ids = tok_engine.tokenizer.encode(corpus_text(), special=False)
             del tok_engine
             dthreads = args.decode_threads or args.threads
-            llama = measure_llama_cpp(lambda n: all_ids[:n], args.gguf or default_gguf(), args.threads, dthreads,
-                                      args.decode_tokens, args.reuse_len)
-            print(f"\n[llama.cpp {llama_cpp.__version__}, n_threads {dthreads}, n_threads_batch {args.threads}] "
-                  + ", ".join(f"{k} {v:.3g}" for k, v in llama.items()), flush=True)
+            llama = measure_llama_cpp(
+                lambda n: all_ids[:n],
+                args.gguf or default_gguf(),
+                args.threads,
+                dthreads,
+                args.decode_tokens,
+                args.reuse_len,
+            )
+            print(
+                f"\n[llama.cpp {llama_cpp.__version__}, n_threads {dthreads}, n_threads_batch {args.threads}] "
+                + ", ".join(f"{k} {v:.3g}" for k, v in llama.items()),
+                flush=True,
+            )
 
     if llama is not None:
-        print("\n" + "figure".ljust(40) + "".join(f.rjust(10) for f in formats) + "  llama.cpp"
-              + "".join(f"{f + '/llama'}".rjust(12) for f in formats) + "  better")
+        print(
+            "\n"
+            + "figure".ljust(40)
+            + "".join(f.rjust(10) for f in formats)
+            + "  llama.cpp"
+            + "".join(f"{f + '/llama'}".rjust(12) for f in formats)
+            + "  better"
+        )
         for k, label, higher in KEYS:
             row = label.ljust(40) + "".join(f"{results[f][k]:10.3g}" for f in formats) + f"{llama[k]:11.3g}"
             row += "".join(f"{results[f][k] / llama[k]:12.3g}" for f in formats)
             print(row + ("  higher" if higher else "  lower"))
-        print(f"llama.cpp measured in this run (llama-cpp-python {llama_cpp.__version__}, high-level Llama API; "
-              "its 8 samples run one after another, not batched); llama.cpp tokenizes the corpus to the same "
-              f"ids: {bool(llama['tokens_match_first_2048'])}. Load average at the end {os.getloadavg()[0]:.1f}.")
+        print(
+            f"llama.cpp measured in this run (llama-cpp-python {llama_cpp.__version__}, high-level Llama API; "
+            "its 8 samples run one after another, not batched); llama.cpp tokenizes the corpus to the same "
+            f"ids: {bool(llama['tokens_match_first_2048'])}. Load average at the end {os.getloadavg()[0]:.1f}."
+        )
     else:
-        print("\n" + "figure".ljust(42) + "".join(f.rjust(12) for f in formats) + "   llama.cpp (NOT measured)")
+        print(
+            "\n" + "figure".ljust(42) + "".join(f.rjust(12) for f in formats) + "   llama.cpp (NOT measured)"
+        )
         for k, label, _ in KEYS:
             ref = {"prefill_tok_s": "218", "decode_tok_s": "94", "samples8_tok_s": "101"}.get(k, "-")
             print(label.ljust(42) + "".join(f"{results[f][k]:12.3g}" for f in formats) + f"   {ref}")
-        print(f"llama.cpp figures: the issue author's measurement on this machine, NOT measured in this run "
-              f"({llama_note}). To measure it in the same run: pip install llama-cpp-python (or "
-              "'copilot-ls[bench]'; an sdist that compiles llama.cpp, ~10-25 min on 2 cores).")
+        print(
+            f"llama.cpp figures: the issue author's measurement on this machine, NOT measured in this run "
+            f"({llama_note}). To measure it in the same run: pip install llama-cpp-python (or "
+            "'copilot-ls[bench]'; an sdist that compiles llama.cpp, ~10-25 min on 2 cores)."
+        )
     if "none" in results:
         for f in formats:
             if f != "none":
-                print(f"{f} vs torch fp32: decode x{results[f]['decode_tok_s'] / results['none']['decode_tok_s']:.2f},"
-                      f" prefill x{results[f]['prefill_tok_s'] / results['none']['prefill_tok_s']:.2f},"
-                      f" 8 samples x{results[f]['samples8_tok_s'] / results['none']['samples8_tok_s']:.2f}")
+                print(
+                    f"{f} vs torch fp32: decode x{results[f]['decode_tok_s'] / results['none']['decode_tok_s']:.2f},"
+                    f" prefill x{results[f]['prefill_tok_s'] / results['none']['prefill_tok_s']:.2f},"
+                    f" 8 samples x{results[f]['samples8_tok_s'] / results['none']['samples8_tok_s']:.2f}"
+                )
     if args.json:
-        doc: dict = {"threads": args.threads, "decode_threads": args.decode_threads or args.threads,
-                     "results": results, "higher_is_better": {k: h for k, _, h in KEYS}}
+        doc: dict = {
+            "threads": args.threads,
+            "decode_threads": args.decode_threads or args.threads,
+            "results": results,
+            "higher_is_better": {k: h for k, _, h in KEYS},
+        }
         if llama is not None:
             doc["llama_cpp"] = llama
-            doc["ratio_ours_over_llama_cpp"] = {f: {k: results[f][k] / llama[k] for k, _, _ in KEYS}
-                                                for f in formats}
+            doc["ratio_ours_over_llama_cpp"] = {
+                f: {k: results[f][k] / llama[k] for k, _, _ in KEYS} for f in formats
+            }
         else:
             doc["llama_cpp_reference_not_measured"] = LLAMA_CPP_REFERENCE
         args.json.write_text(json.dumps(doc, indent=2))

@@ -101,16 +101,25 @@ def probe(out: Path, size: str, qtype: str, vocab: Path | None) -> Path:
     if not path.exists():
         t0 = time.perf_counter()
         engine_bench.write_probe(path, size, qtype, vocab=vocab)
-        print(f"wrote {path.name} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s",
-              flush=True)
+        print(
+            f"wrote {path.name} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     return path
 
 
 def load(path: Path, device: str, quantize: str, max_seq: int) -> Any:
     from model_backend.engine import Engine
 
-    return Engine.load(str(path), device=device, quantize=quantize, max_batch=1, cache_slots=2,
-                       max_seq_len=max_seq, progress=False)
+    return Engine.load(
+        str(path),
+        device=device,
+        quantize=quantize,
+        max_batch=1,
+        cache_slots=2,
+        max_seq_len=max_seq,
+        progress=False,
+    )
 
 
 def all_logits(engine: Any, ids: list[int]) -> torch.Tensor:
@@ -128,17 +137,24 @@ def check_kl(path: Path, device: str, n_tokens: int = 64) -> dict[str, float]:
     dev = load(path, device, "none" if device == "cuda" else "auto", n_tokens + 8)
     logits = all_logits(dev, ids)
     kl = kl_per_position(ref_logits, logits)
-    return {"kl_mean": float(kl.mean()), "kl_max": float(kl.max()),
-            "top1_agreement": float((ref_logits.argmax(-1) == logits.argmax(-1)).double().mean())}
+    return {
+        "kl_mean": float(kl.mean()),
+        "kl_max": float(kl.max()),
+        "top1_agreement": float((ref_logits.argmax(-1) == logits.argmax(-1)).double().mean()),
+    }
 
 
-def check_speed(path: Path, device: str, prefill_tokens: int = 512, decode_tokens: int = 128) -> dict[str, float]:
+def check_speed(
+    path: Path, device: str, prefill_tokens: int = 512, decode_tokens: int = 128
+) -> dict[str, float]:
     from model_backend.engine import SamplingParams
 
     eng = load(path, device, "none" if device == "cuda" else "auto", prefill_tokens + decode_tokens + 8)
     gen = torch.Generator().manual_seed(1)
     vocab = eng.config.vocab_size
-    eng.generate(torch.randint(0, vocab, (16,), generator=gen).tolist(), SamplingParams(max_tokens=4, temperature=0))
+    eng.generate(
+        torch.randint(0, vocab, (16,), generator=gen).tolist(), SamplingParams(max_tokens=4, temperature=0)
+    )
     st = eng.stats
     p0, d0, n0 = st.prefill_seconds, st.decode_seconds, st.decode_steps
     prompt = torch.randint(0, vocab, (prefill_tokens,), generator=gen).tolist()
@@ -147,10 +163,16 @@ def check_speed(path: Path, device: str, prefill_tokens: int = 512, decode_token
     eng.generate(prompt, params)
     prefill_s, decode_s, steps = st.prefill_seconds - p0, st.decode_seconds - d0, st.decode_steps - n0
     cfg = eng.config
-    kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * torch.empty((), dtype=eng.kv_dtype).element_size()
+    kv_per_token = (
+        2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * torch.empty((), dtype=eng.kv_dtype).element_size()
+    )
     bytes_per_token = decode_bytes(eng.model, prefill_tokens + decode_tokens // 2, kv_per_token)
-    return {"prefill_tok_s": prefill_tokens / prefill_s, "decode_tok_s": steps / decode_s,
-            "decode_bytes_per_token": bytes_per_token, "weights": eng.weight_format}
+    return {
+        "prefill_tok_s": prefill_tokens / prefill_s,
+        "decode_tok_s": steps / decode_s,
+        "decode_bytes_per_token": bytes_per_token,
+        "weights": eng.weight_format,
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,32 +181,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     engine_bench.PROBE_SHAPES.setdefault("tiny", TINY)
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                              "torch": torch.__version__}
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
     t0 = time.perf_counter()
-    report["kl"] = {"size": args.kl_size, "type": "Q8_0",
-                    **check_kl(probe(args.out, args.kl_size, "Q8_0", args.vocab), args.device)}
+    report["kl"] = {
+        "size": args.kl_size,
+        "type": "Q8_0",
+        **check_kl(probe(args.out, args.kl_size, "Q8_0", args.vocab), args.device),
+    }
     print(f"KL vs CPU fp32 ({args.kl_size} Q8_0): {report['kl']}", flush=True)
     bw = copy_bandwidth(device, nbytes=(1 << 30) if device.type == "cuda" else (64 << 20))
     report["copy_bandwidth_gb_s"] = bw / 1e9
     report["speed"] = []
     for size in args.sizes:
         for qtype in args.types:
-            r = {"size": size, "type": qtype, **check_speed(probe(args.out, size, qtype, args.vocab), args.device)}
+            r = {
+                "size": size,
+                "type": qtype,
+                **check_speed(probe(args.out, size, qtype, args.vocab), args.device),
+            }
             r["roofline_share"] = roofline_share(r["decode_bytes_per_token"], r["decode_tok_s"], bw)
             report["speed"].append(r)
-            print(f"{size} {qtype}: prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode_tok_s']:.1f} tok/s "
-                  f"= {100 * r['roofline_share']:.0f}% of {bw / 1e9:.0f} GB/s", flush=True)
+            print(
+                f"{size} {qtype}: prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode_tok_s']:.1f} tok/s "
+                f"= {100 * r['roofline_share']:.0f}% of {bw / 1e9:.0f} GB/s",
+                flush=True,
+            )
     report["seconds"] = time.perf_counter() - t0
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--vocab", type=Path, default=None, help="GGUF whose tokenizer the probes copy "
-                    "(default: the bundled default model)")
+    ap.add_argument(
+        "--vocab",
+        type=Path,
+        default=None,
+        help="GGUF whose tokenizer the probes copy (default: the bundled default model)",
+    )
     ap.add_argument("--out", type=Path, help="folder for the probes and gpu-check.json")
-    ap.add_argument("--write-vocab", type=Path, metavar="FILE", help="only write the vocabulary-only GGUF FILE")
+    ap.add_argument(
+        "--write-vocab", type=Path, metavar="FILE", help="only write the vocabulary-only GGUF FILE"
+    )
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--sizes", type=lambda s: s.split(","), default=["1.5b"])
     ap.add_argument("--types", type=lambda s: s.split(","), default=["F16", "Q8_0", "Q4_K_M"])

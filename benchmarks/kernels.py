@@ -41,7 +41,7 @@ def random_weight(qtype: str, n: int, k: int, seed: int = 0) -> ck.PackedWeight:
     scale = rng.uniform(1e-4, 2e-3, size=(n, k // block, 2)).astype(np.float16).view(np.uint8)
     at = {"Q6_K": (208,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q4_1": (0, 2), "Q5_1": (0, 2)}.get(qtype, (0,))
     for i, off in enumerate(at):
-        raw[:, :, off:off + 2] = scale[:, :, 2 * i:2 * i + 2]
+        raw[:, :, off : off + 2] = scale[:, :, 2 * i : 2 * i + 2]
     return ck.pack(raw.reshape(n, -1), qtype, (n, k))
 
 
@@ -77,11 +77,22 @@ def vs_llama(path: str, m: int) -> None:
     for (qtype, n, k, last_only), count in sorted(shapes.items()):
         w = random_weight(qtype, n, k)  # same type and shape; the values do not change the speed
         t1 = timed(lambda: ck.matmul(torch.randn(1, k), w), time.thread_time)  # noqa: B023
-        tm = t1 if last_only else timed(lambda: ck.matmul(torch.randn(m, k), w), time.thread_time,  # noqa: B023
-                                        min_time=0.5, min_reps=2)
+        tm = (
+            t1
+            if last_only
+            else timed(
+                lambda: ck.matmul(torch.randn(m, k), w),  # noqa: B023
+                time.thread_time,
+                min_time=0.5,
+                min_reps=2,
+            )
+        )
         ours_decode += count * t1
         ours_prefill += count * tm
-        print(f"  {count:3d} x {qtype:5} {n:>6}x{k:<5}: decode {t1 * 1e3:7.3f} ms, prompt {tm * 1e3:8.1f} ms", flush=True)
+        print(
+            f"  {count:3d} x {qtype:5} {n:>6}x{k:<5}: decode {t1 * 1e3:7.3f} ms, prompt {tm * 1e3:8.1f} ms",
+            flush=True,
+        )
     llm = llama_cpp.Llama(path, n_threads=1, n_threads_batch=1, n_ctx=m + 64, n_batch=m, verbose=False)
     ids = np.random.default_rng(0).integers(100, 20000, size=m).tolist()
     llm.eval(ids[:8])
@@ -97,10 +108,14 @@ def vs_llama(path: str, m: int) -> None:
         steps.append(time.thread_time() - t)
     llama_decode = float(np.median(steps))
     print(f"{Path(path).name}, 1 thread, CPU time (load average {os.getloadavg()[0]:.1f}):")
-    print(f"  prompt of {m}: our matrix products {ours_prefill * 1e3:.0f} ms vs llama.cpp forward "
-          f"{best_prefill * 1e3:.0f} ms ({best_prefill / ours_prefill:.2f}x)")
-    print(f"  decode step: our matrix products {ours_decode * 1e3:.1f} ms vs llama.cpp forward "
-          f"{llama_decode * 1e3:.1f} ms ({llama_decode / ours_decode:.2f}x)")
+    print(
+        f"  prompt of {m}: our matrix products {ours_prefill * 1e3:.0f} ms vs llama.cpp forward "
+        f"{best_prefill * 1e3:.0f} ms ({best_prefill / ours_prefill:.2f}x)"
+    )
+    print(
+        f"  decode step: our matrix products {ours_decode * 1e3:.1f} ms vs llama.cpp forward "
+        f"{llama_decode * 1e3:.1f} ms ({llama_decode / ours_decode:.2f}x)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,11 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--m", type=int, default=512, help="rows of the GEMM (a prompt's tokens)")
     ap.add_argument("--json", help="also write the rows here")
-    ap.add_argument("--vs-llama", metavar="GGUF", help="instead: our kernels over this file's matrices against "
-                    "llama.cpp's forward pass on it (needs llama_cpp and gguf)")
+    ap.add_argument(
+        "--vs-llama",
+        metavar="GGUF",
+        help="instead: our kernels over this file's matrices against "
+        "llama.cpp's forward pass on it (needs llama_cpp and gguf)",
+    )
     args = ap.parse_args(argv)
     if not ck.available():
-        print("the C kernels are not available here (compiler / AVX2 / COPILOT_LS_KERNELS=0)", file=sys.stderr)
+        print(
+            "the C kernels are not available here (compiler / AVX2 / COPILOT_LS_KERNELS=0)", file=sys.stderr
+        )
         return 1
     if args.vs_llama:
         vs_llama(args.vs_llama, args.m)
@@ -125,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("llama_cpp not importable: absolute figures only")
     rows = []
-    print(f"{'type':6} {'N x K':>11} {'thr':>3} {'time':>4} | {'GEMV ms':>8} {'GB/s':>6} | {'GEMM ms':>8} "
-          f"{'GFLOP/s':>8}")
+    print(
+        f"{'type':6} {'N x K':>11} {'thr':>3} {'time':>4} | {'GEMV ms':>8} {'GB/s':>6} | {'GEMM ms':>8} "
+        f"{'GFLOP/s':>8}"
+    )
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     saved = torch.get_num_threads()
     try:
@@ -140,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                     row = {"type": qtype, "n": n, "k": k, "threads": threads, "m": args.m}
                     # wall time; with one thread also the thread's CPU time, which other processes on a shared
                     # machine do not inflate (the fair per-core figure there)
-                    clocks = {"wall": time.perf_counter, "cpu": time.thread_time} if threads == 1 else \
-                        {"wall": time.perf_counter}
+                    clocks = (
+                        {"wall": time.perf_counter, "cpu": time.thread_time}
+                        if threads == 1
+                        else {"wall": time.perf_counter}
+                    )
                     for name, clock in clocks.items():
                         t1 = timed(lambda: ck.matmul(x1, w), clock)  # noqa: B023
                         tm = timed(lambda: ck.matmul(xm, w), clock, min_time=0.5, min_reps=2)  # noqa: B023
@@ -149,9 +175,12 @@ def main(argv: list[str] | None = None) -> int:
                         row[f"gemv_gbs_{name}"] = w.nbytes / t1 / 1e9
                         row[f"gemm_ms_{name}"] = tm * 1e3
                         row[f"gemm_gflops_{name}"] = 2 * args.m * n * k / tm / 1e9
-                        print(f"{qtype:6} {n:>5}x{k:<5} {threads:>3} {name:>4} | {row[f'gemv_ms_{name}']:8.3f} "
-                              f"{row[f'gemv_gbs_{name}']:6.1f} | {row[f'gemm_ms_{name}']:8.1f} "
-                              f"{row[f'gemm_gflops_{name}']:8.1f}", flush=True)
+                        print(
+                            f"{qtype:6} {n:>5}x{k:<5} {threads:>3} {name:>4} | {row[f'gemv_ms_{name}']:8.3f} "
+                            f"{row[f'gemv_gbs_{name}']:6.1f} | {row[f'gemm_ms_{name}']:8.1f} "
+                            f"{row[f'gemm_gflops_{name}']:8.1f}",
+                            flush=True,
+                        )
                     rows.append(row)
     finally:
         torch.set_num_threads(saved)

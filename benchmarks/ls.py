@@ -64,13 +64,18 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict:
-    return {"n": len(values), "p50_ms": round(pct(values, 50), 3), "p99_ms": round(pct(values, 99), 3),
-            "mean_ms": round(statistics.fmean(values), 3)}
+    return {
+        "n": len(values),
+        "p50_ms": round(pct(values, 50), 3),
+        "p99_ms": round(pct(values, 99), 3),
+        "mean_ms": round(statistics.fmean(values), 3),
+    }
 
 
 # -- 1 + 2a: in-process ---------------------------------------------------------------------------------------
 class InstantClient:
     """A BackendClient stand-in that answers at once (model and HTTP excluded)."""
+
     base_url, model, requests = "instant", None, 0
 
     async def meta(self) -> ModelMeta:
@@ -111,8 +116,12 @@ def bench_in_process(text: str, iterations: int) -> dict:
             total.append((time.perf_counter() - t) * 1000)
 
     asyncio.run(run())
-    return {"reparse_per_keystroke": summary(reparse), "context": summary(prompt_ms),
-            "postprocess": summary(post_ms), "pipeline_total": summary(total)}
+    return {
+        "reparse_per_keystroke": summary(reparse),
+        "context": summary(prompt_ms),
+        "postprocess": summary(post_ms),
+        "pipeline_total": summary(total),
+    }
 
 
 # -- 2b: the LS over stdio, against a backend that answers at once ----------------------------------------------
@@ -148,8 +157,18 @@ class InstantHTTP:
 
             def do_POST(self):
                 self.rfile.read(int(self.headers["Content-Length"]))
-                self._send({"choices": [{"index": 0, "text": "self._round(n, context)\n", "finish_reason": "stop",
-                                         "logprobs": {"token_logprobs": [-0.2]}}]})
+                self._send(
+                    {
+                        "choices": [
+                            {
+                                "index": 0,
+                                "text": "self._round(n, context)\n",
+                                "finish_reason": "stop",
+                                "logprobs": {"token_logprobs": [-0.2]},
+                            }
+                        ]
+                    }
+                )
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -159,10 +178,18 @@ class InstantHTTP:
 async def start_ls(backend_url: str, debounce_ms: int = 0) -> LanguageClient:
     client = LanguageClient("bench", "0")
     await client.start_io(sys.executable, "-m", "copilot_ls.cli", "--log-level", "ERROR", cwd=str(ROOT))
-    await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(), process_id=None,
-        initialization_options={"backendUrl": backend_url, "debounceMs": debounce_ms, "timeout": 600,
-                                "maxTokens": 24}))
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(),
+            process_id=None,
+            initialization_options={
+                "backendUrl": backend_url,
+                "debounceMs": debounce_ms,
+                "timeout": 600,
+                "maxTokens": 24,
+            },
+        )
+    )
     client.initialized(types.InitializedParams())
     return client
 
@@ -179,23 +206,37 @@ class Editor:
     def __init__(self, client: LanguageClient, uri: str, text: str, pos: tuple[int, int]) -> None:
         self.client, self.uri, self.version = client, uri, 1
         self.line, self.col = pos
-        client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
-            uri=uri, language_id="python", version=1, text=text)))
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)
+            )
+        )
 
     def type(self, text: str) -> None:
         self.version += 1
         p = types.Position(self.line, self.col)
-        self.client.text_document_did_change(types.DidChangeTextDocumentParams(
-            types.VersionedTextDocumentIdentifier(uri=self.uri, version=self.version),
-            [types.TextDocumentContentChangePartial(range=types.Range(p, p), text=text)]))
+        self.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                types.VersionedTextDocumentIdentifier(uri=self.uri, version=self.version),
+                [types.TextDocumentContentChangePartial(range=types.Range(p, p), text=text)],
+            )
+        )
         self.col += len(text)
 
     async def ask(self, invoked: bool = True) -> tuple[float, types.InlineCompletionList | None]:
-        kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
+        kind = (
+            types.InlineCompletionTriggerKind.Invoked
+            if invoked
+            else types.InlineCompletionTriggerKind.Automatic
+        )
         t = time.perf_counter()
-        res = await self.client.text_document_inline_completion_async(types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(self.uri), position=types.Position(self.line, self.col),
-            context=types.InlineCompletionContext(trigger_kind=kind)))
+        res = await self.client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(self.uri),
+                position=types.Position(self.line, self.col),
+                context=types.InlineCompletionContext(trigger_kind=kind),
+            )
+        )
         return (time.perf_counter() - t) * 1000, res
 
 
@@ -203,7 +244,7 @@ async def bench_stdio(text: str, iterations: int) -> dict:
     fake = InstantHTTP()
     client = await start_ls(fake.url)
     ed = Editor(client, "file:///bench/_pydecimal.py", text, cursor_in(text))
-    await ed.ask()          # warm up imports and the first parse
+    await ed.ask()  # warm up imports and the first parse
     times = []
     for i in range(iterations):
         ed.type("xy"[i % 2])
@@ -213,8 +254,10 @@ async def bench_stdio(text: str, iterations: int) -> dict:
     await stop_ls(client)
     fake.server.shutdown()
     over = st["overhead_ms"]
-    return {"ls_round_trip_instant_backend": summary(times),
-            "ls_overhead_server_side": {"n": over["n"], "p50_ms": over["p50"], "p99_ms": over["p99"]}}
+    return {
+        "ls_round_trip_instant_backend": summary(times),
+        "ls_overhead_server_side": {"n": over["n"], "p50_ms": over["p50"], "p99_ms": over["p99"]},
+    }
 
 
 # -- 3: keystroke to items with the default model -----------------------------------------------------------------
@@ -235,30 +278,38 @@ async def bench_model(text: str, backend: str | None, keystrokes: int) -> dict:
         backend = f"http://127.0.0.1:{free_port()}"
         print(f"starting copilot-backend on {backend} ...", file=sys.stderr)
         bc = BackendClient(backend)
-        child = await autostart.ensure_backend(bc, Settings(backend_url=backend, autostart=True),
-                                               progress=lambda m: print("  " + m, file=sys.stderr))
+        child = await autostart.ensure_backend(
+            bc,
+            Settings(backend_url=backend, autostart=True),
+            progress=lambda m: print("  " + m, file=sys.stderr),
+        )
         await bc.aclose()
     client = await start_ls(backend, debounce_ms=0)
     try:
         # a new statement at the start of a method body; then the user types an expression into it
         lines = text.split("\n")
-        at = next(i for i in range(len(lines) // 2, len(lines)) if lines[i].startswith("    def ")
-                  and lines[i].rstrip().endswith(":") and lines[i + 1].startswith("        "))
+        at = next(
+            i
+            for i in range(len(lines) // 2, len(lines))
+            if lines[i].startswith("    def ")
+            and lines[i].rstrip().endswith(":")
+            and lines[i + 1].startswith("        ")
+        )
         lines.insert(at + 1, "        result = ")
         line, col = at + 1, len(lines[at + 1])
         ed = Editor(client, "file:///bench/model/_pydecimal.py", "\n".join(lines), (line, col))
         cold, res = await ed.ask()
         warm, items = [], 0
-        typing = "zeta_9 + omega_4 * phi_7 - psi_2"   # unlikely to match the suggestion: real backend requests
+        typing = "zeta_9 + omega_4 * phi_7 - psi_2"  # unlikely to match the suggestion: real backend requests
         calls0 = await backend_calls(client)
         for i in range(keystrokes):
-            ed.type(typing[i % len(typing)])        # each keystroke a new prompt: a real backend request
+            ed.type(typing[i % len(typing)])  # each keystroke a new prompt: a real backend request
             ms, res = await ed.ask(invoked=False)
             warm.append(ms)
             items += bool(res and res.items)
         calls = await backend_calls(client) - calls0
         typed = []
-        for _ in range(3):     # type the first character of the suggestion shown: answered from memory
+        for _ in range(3):  # type the first character of the suggestion shown: answered from memory
             if res and res.items and len(res.items[0].insert_text) > 1:
                 ed.type(res.items[0].insert_text[0])
                 ms, _ = await ed.ask(invoked=False)
@@ -266,10 +317,13 @@ async def bench_model(text: str, backend: str | None, keystrokes: int) -> dict:
                 break
             ed.type(" ")
             _, res = await ed.ask(invoked=False)
-        return {"keystroke_to_items_cold_ms": round(cold, 1), "keystroke_to_items_warm": summary(warm),
-                "warm_requests_with_items": f"{items}/{keystrokes}",
-                "warm_backend_calls": f"{calls}/{keystrokes} (the rest: typed-ahead or cache)",
-                "typed_ahead_hit_ms": round(typed[0], 2) if typed else None}
+        return {
+            "keystroke_to_items_cold_ms": round(cold, 1),
+            "keystroke_to_items_warm": summary(warm),
+            "warm_requests_with_items": f"{items}/{keystrokes}",
+            "warm_backend_calls": f"{calls}/{keystrokes} (the rest: typed-ahead or cache)",
+            "typed_ahead_hit_ms": round(typed[0], 2) if typed else None,
+        }
     finally:
         await stop_ls(client)
         if child is not None:

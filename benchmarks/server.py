@@ -36,10 +36,28 @@ sys.path.insert(0, str(ROOT))
 from model_backend.metrics import parse as parse_metrics  # noqa: E402
 
 # Source files that stand in for the user's open files (the stdlib is always there; long enough for 2k tokens).
-SOURCE_FILES = ("os.py", "typing.py", "argparse.py", "inspect.py", "subprocess.py", "dataclasses.py",
-                "pathlib.py", "threading.py", "tarfile.py", "zipfile/__init__.py", "logging/__init__.py",
-                "json/decoder.py", "asyncio/base_events.py", "email/message.py", "http/client.py", "shutil.py",
-                "configparser.py", "enum.py", "functools.py", "collections/__init__.py")
+SOURCE_FILES = (
+    "os.py",
+    "typing.py",
+    "argparse.py",
+    "inspect.py",
+    "subprocess.py",
+    "dataclasses.py",
+    "pathlib.py",
+    "threading.py",
+    "tarfile.py",
+    "zipfile/__init__.py",
+    "logging/__init__.py",
+    "json/decoder.py",
+    "asyncio/base_events.py",
+    "email/message.py",
+    "http/client.py",
+    "shutil.py",
+    "configparser.py",
+    "enum.py",
+    "functools.py",
+    "collections/__init__.py",
+)
 
 
 @dataclass
@@ -55,10 +73,13 @@ class LevelResult:
     def row(self) -> dict:
         lat = sorted(self.latencies)
         return {
-            "clients": self.clients, "requests": self.requests, "errors": self.errors,
+            "clients": self.clients,
+            "requests": self.requests,
+            "errors": self.errors,
             "req_per_s": self.requests / self.wall_s if self.wall_s else 0.0,
             "tok_per_s": self.completion_tokens / self.wall_s if self.wall_s else 0.0,
-            "p50_ms": 1000 * percentile(lat, 50), "p99_ms": 1000 * percentile(lat, 99),
+            "p50_ms": 1000 * percentile(lat, 50),
+            "p99_ms": 1000 * percentile(lat, 99),
             "prefix_cache_hit_ratio": self.cache_hit_ratio,
         }
 
@@ -88,12 +109,15 @@ def editor_files(tk: tokenizers.Tokenizer, count: int, min_tokens: int) -> list[
 
 def engine_cache(metrics_text: str) -> tuple[float, float]:
     m = parse_metrics(metrics_text)
-    return (m.get("copilot_backend_prefix_cache_hit_tokens_total", 0.0),
-            m.get("copilot_backend_prefix_cache_query_tokens_total", 0.0))
+    return (
+        m.get("copilot_backend_prefix_cache_hit_tokens_total", 0.0),
+        m.get("copilot_backend_prefix_cache_query_tokens_total", 0.0),
+    )
 
 
-async def run_level(url: str, model: str, tk: tokenizers.Tokenizer, clients: int, args: argparse.Namespace,
-                    ours: bool) -> LevelResult:
+async def run_level(
+    url: str, model: str, tk: tokenizers.Tokenizer, clients: int, args: argparse.Namespace, ours: bool
+) -> LevelResult:
     result = LevelResult(clients)
     files = editor_files(tk, clients, args.prompt_tokens + args.grow * args.requests)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(900.0)) as http:
@@ -101,7 +125,7 @@ async def run_level(url: str, model: str, tk: tokenizers.Tokenizer, clients: int
 
         async def client(c: int) -> None:
             ids = files[c]
-            offset = (c // len(SOURCE_FILES)) * 7        # clients sharing a file start at different points
+            offset = (c // len(SOURCE_FILES)) * 7  # clients sharing a file start at different points
             for i in range(args.requests):
                 end = offset + args.prompt_tokens + i * args.grow
                 prompt = tk.decode(ids[offset:end], skip_special_tokens=False)
@@ -131,8 +155,22 @@ async def run_level(url: str, model: str, tk: tokenizers.Tokenizer, clients: int
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "model_backend.cli", "serve", "--model", args.model, "--device", args.device,
-           "--port", "0", "--max-batch", str(args.max_batch), "--max-queue", "256"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "model_backend.cli",
+        "serve",
+        "--model",
+        args.model,
+        "--device",
+        args.device,
+        "--port",
+        "0",
+        "--max-batch",
+        str(args.max_batch),
+        "--max-queue",
+        "256",
+    ]
     if args.cache_slots is not None:
         cmd += ["--cache-slots", str(args.cache_slots)]
     if args.prefill_chunk is not None:
@@ -167,14 +205,18 @@ async def bench(url: str, args: argparse.Namespace, tk: tokenizers.Tokenizer, ou
     return rows
 
 
-HEADER = f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'tok/s':>7} {'p50 ms':>8} {'p99 ms':>8} " \
-         f"{'cache hit':>9}"
+HEADER = (
+    f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'tok/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+    f"{'cache hit':>9}"
+)
 
 
 def format_row(r: dict) -> str:
     hit = "-" if r["prefix_cache_hit_ratio"] is None else f"{r['prefix_cache_hit_ratio']:.1%}"
-    return (f"{r['clients']:>7} {r['requests']:>8} {r['errors']:>6} {r['req_per_s']:>7.2f} {r['tok_per_s']:>7.1f} "
-            f"{r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} {hit:>9}")
+    return (
+        f"{r['clients']:>7} {r['requests']:>8} {r['errors']:>6} {r['req_per_s']:>7.2f} {r['tok_per_s']:>7.1f} "
+        f"{r['p50_ms']:>8.0f} {r['p99_ms']:>8.0f} {hit:>9}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,10 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="default")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--cache-slots", type=int, default=None,
-                   help="the started server's --cache-slots (default: its own; = --max-batch for the old behaviour)")
-    p.add_argument("--prefill-chunk", type=int, default=None,
-                   help="the started server's --prefill-chunk (default: its own; 0 = no interleaving)")
+    p.add_argument(
+        "--cache-slots",
+        type=int,
+        default=None,
+        help="the started server's --cache-slots (default: its own; = --max-batch for the old behaviour)",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=None,
+        help="the started server's --prefill-chunk (default: its own; 0 = no interleaving)",
+    )
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--requests", type=int, default=4, help="requests per client (keystrokes)")
     p.add_argument("--prompt-tokens", type=int, default=2000)
@@ -202,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         proc, url = start_server(args)
     try:
         tk = tokenizers.Tokenizer.from_str(httpx.get(url + "/v1/tokenizer", timeout=30).text)
-        print(f"copilot-backend at {url}: {args.prompt_tokens}-token prompts growing by {args.grow} tokens, "
-              f"{args.requests} requests per client, max_tokens {args.max_tokens}, greedy")
+        print(
+            f"copilot-backend at {url}: {args.prompt_tokens}-token prompts growing by {args.grow} tokens, "
+            f"{args.requests} requests per client, max_tokens {args.max_tokens}, greedy"
+        )
         print(HEADER)
         ours = asyncio.run(bench(url, args, tk, ours=True))
         result: dict = {"copilot_backend": ours, "compare": None}
@@ -212,18 +264,28 @@ def main(argv: list[str] | None = None) -> int:
             print(HEADER)
             other = asyncio.run(bench(args.compare_url, args, tk, ours=False))
             result["compare"] = {"url": args.compare_url, "rows": other}
-            print("\nratios (copilot-backend / other): " + ", ".join(
-                f"{a['clients']} clients: tok/s x{a['tok_per_s'] / b['tok_per_s']:.2f}, "
-                f"p50 x{a['p50_ms'] / b['p50_ms']:.2f}"
-                for a, b in zip(ours, other, strict=True) if b["tok_per_s"] and b["p50_ms"]))
+            print(
+                "\nratios (copilot-backend / other): "
+                + ", ".join(
+                    f"{a['clients']} clients: tok/s x{a['tok_per_s'] / b['tok_per_s']:.2f}, "
+                    f"p50 x{a['p50_ms'] / b['p50_ms']:.2f}"
+                    for a, b in zip(ours, other, strict=True)
+                    if b["tok_per_s"] and b["p50_ms"]
+                )
+            )
         else:
             have = importlib.util.find_spec("llama_cpp") is not None
-            print("\nllama.cpp comparison: not run -- " + (
-                "llama-cpp-python is installed; start `python -m llama_cpp.server --model <the GGUF>` and pass "
-                "--compare-url" if have else
-                "llama.cpp's server is not installed here and cannot be installed quickly (llama-cpp-python is "
-                "an sdist that compiles llama.cpp); pass --compare-url URL to compare against any running "
-                "OpenAI-compatible server on the same GGUF"))
+            print(
+                "\nllama.cpp comparison: not run -- "
+                + (
+                    "llama-cpp-python is installed; start `python -m llama_cpp.server --model <the GGUF>` and pass "
+                    "--compare-url"
+                    if have
+                    else "llama.cpp's server is not installed here and cannot be installed quickly (llama-cpp-python is "
+                    "an sdist that compiles llama.cpp); pass --compare-url URL to compare against any running "
+                    "OpenAI-compatible server on the same GGUF"
+                )
+            )
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
     finally:

@@ -82,8 +82,10 @@ def main() -> int:
     results = [measure(engine, r, args.mode, args.max_tokens, args.repeats) for r in rows]
     print(f"{'prompt':44} {'tokens':>6} {'off tok/s':>9} {'on tok/s':>9} {'x':>5} {'same':>5}")
     for r in results:
-        print(f"{r['name'][:44]:44} {r['tokens']:6d} {r['off_tok_s']:9.1f} {r['on_tok_s']:9.1f} "
-              f"{r['speedup']:5.2f} {'yes' if r['identical'] else 'NO':>5}")
+        print(
+            f"{r['name'][:44]:44} {r['tokens']:6d} {r['off_tok_s']:9.1f} {r['on_tok_s']:9.1f} "
+            f"{r['speedup']:5.2f} {'yes' if r['identical'] else 'NO':>5}"
+        )
     edit = [r["speedup"] for r in results if r["name"].startswith("edit:")]
     rest = [r["speedup"] for r in results if not r["name"].startswith("edit:")]
     summary = {
@@ -94,8 +96,12 @@ def main() -> int:
     }
     print(json.dumps(summary))
     if args.json:
-        args.json.write_text(json.dumps({"mode": args.mode, "max_tokens": args.max_tokens,
-                                         "results": results, "summary": summary}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"mode": args.mode, "max_tokens": args.max_tokens, "results": results, "summary": summary},
+                indent=2,
+            )
+        )
     return 0 if summary["all_identical"] else 1
 
 

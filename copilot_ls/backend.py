@@ -43,12 +43,13 @@ class BackendError(Exception):
 @dataclass(frozen=True)
 class ModelMeta:
     """What the LS needs to know about the served model (from /v1/models and /v1/tokenizer)."""
+
     id: str | None
     context_length: int | None
-    fim: dict[str, str | None] | None           # /v1/models `fim`: {"prefix", "suffix", "middle", ...} or None
-    count_tokens: Callable[[str], int] | None   # exact, from the server's tokenizer.json; None if unavailable
-    reports_fim: bool = False                   # /v1/models has a `fim` field (copilot-backend; others don't)
-    special_tokens: tuple[str, ...] = ()        # control-token strings of the tokenizer (guarded in prompts)
+    fim: dict[str, str | None] | None  # /v1/models `fim`: {"prefix", "suffix", "middle", ...} or None
+    count_tokens: Callable[[str], int] | None  # exact, from the server's tokenizer.json; None if unavailable
+    reports_fim: bool = False  # /v1/models has a `fim` field (copilot-backend; others don't)
+    special_tokens: tuple[str, ...] = ()  # control-token strings of the tokenizer (guarded in prompts)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -61,7 +62,11 @@ def valid_unicode(text: str) -> str:
 
 
 def _mean(values: Sequence[Any]) -> float:
-    nums = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+    nums = [
+        float(v)
+        for v in values
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
     return sum(nums) / len(nums) if nums else 0.0
 
 
@@ -87,13 +92,15 @@ def _token_logprobs(logprobs: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
 def parse_completion(body: Any) -> list[RawCandidate]:
     """OpenAI completion JSON -> candidates in `index` order; BackendError(kind="garbage") if it is not one."""
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        raise BackendError(f"backend answered something that is not a completion: {str(body)[:120]!r}",
-                           kind="garbage")
+        raise BackendError(
+            f"backend answered something that is not a completion: {str(body)[:120]!r}", kind="garbage"
+        )
     out: list[tuple[int, RawCandidate]] = []
     for i, choice in enumerate(body["choices"]):
         if not isinstance(choice, dict) or not isinstance(choice.get("text"), str):
-            raise BackendError(f"backend answered a completion choice without text: {str(choice)[:120]!r}",
-                               kind="garbage")
+            raise BackendError(
+                f"backend answered a completion choice without text: {str(choice)[:120]!r}", kind="garbage"
+            )
         index = choice.get("index", i)
         index = index if isinstance(index, int) else i
         logprobs = choice.get("logprobs")
@@ -101,8 +108,14 @@ def parse_completion(body: Any) -> list[RawCandidate]:
         mean = _mean(token_logprobs) if isinstance(token_logprobs, list) else 0.0
         finish = choice.get("finish_reason")
         tokens, lps = _token_logprobs(logprobs)
-        out.append((index, RawCandidate(choice["text"], mean, finish if isinstance(finish, str) else "stop",
-                                        tokens, lps)))
+        out.append(
+            (
+                index,
+                RawCandidate(
+                    choice["text"], mean, finish if isinstance(finish, str) else "stop", tokens, lps
+                ),
+            )
+        )
     out.sort(key=lambda t: t[0])
     return [c for _, c in out]
 
@@ -110,21 +123,27 @@ def parse_completion(body: Any) -> list[RawCandidate]:
 def parse_chat_completion(body: Any) -> list[RawCandidate]:
     """OpenAI chat completion JSON -> candidates (the reply text, not yet parsed) in `index` order."""
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        raise BackendError(f"backend answered something that is not a chat completion: {str(body)[:120]!r}",
-                           kind="garbage")
+        raise BackendError(
+            f"backend answered something that is not a chat completion: {str(body)[:120]!r}", kind="garbage"
+        )
     out: list[tuple[int, RawCandidate]] = []
     for i, choice in enumerate(body["choices"]):
         message = choice.get("message") if isinstance(choice, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
-            raise BackendError(f"backend answered a chat choice without text: {str(choice)[:120]!r}",
-                               kind="garbage")
+            raise BackendError(
+                f"backend answered a chat choice without text: {str(choice)[:120]!r}", kind="garbage"
+            )
         index = choice.get("index", i)
         index = index if isinstance(index, int) else i
         # chat logprobs: {"content": [{"token", "logprob", ...}, ...]} (OpenAI, vLLM, llama.cpp) or absent
         logprobs = choice.get("logprobs")
         entries = logprobs.get("content") if isinstance(logprobs, dict) else None
-        mean = _mean([e.get("logprob") for e in entries if isinstance(e, dict)]) if isinstance(entries, list) else 0.0
+        mean = (
+            _mean([e.get("logprob") for e in entries if isinstance(e, dict)])
+            if isinstance(entries, list)
+            else 0.0
+        )
         finish = choice.get("finish_reason")
         out.append((index, RawCandidate(content, mean, finish if isinstance(finish, str) else "stop")))
     out.sort(key=lambda t: t[0])
@@ -150,39 +169,61 @@ def _error_message(response: httpx.Response) -> str:
 class BackendClient:
     """OpenAI-compatible /v1/completions over httpx; works against any such server."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None = None,
-                 timeout: float = 30.0, endpoint: str = "completions") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float = 30.0,
+        endpoint: str = "completions",
+    ) -> None:
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
-        self.endpoint = endpoint     # "auto" becomes "completions" or "chat" at the first `endpoint_mode()`
+        self.endpoint = endpoint  # "auto" becomes "completions" or "chat" at the first `endpoint_mode()`
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.model = model
         self.timeout = timeout
-        self.requests = 0            # /v1/completions calls made (the LS's own counter)
+        self.requests = 0  # /v1/completions calls made (the LS's own counter)
         self._meta: ModelMeta | None = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, trust_env=False,
-                                       timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)))
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            trust_env=False,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0)),
+        )
 
     async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             response = await self._http.request(method, path, **kw)
         except httpx.TimeoutException as exc:
-            raise BackendError(f"backend at {self.base_url} did not answer within {self.timeout:g} s",
-                               kind="timeout") from exc
+            raise BackendError(
+                f"backend at {self.base_url} did not answer within {self.timeout:g} s", kind="timeout"
+            ) from exc
         except httpx.TransportError as exc:
-            raise BackendError(f"cannot reach the backend at {self.base_url} ({type(exc).__name__}: {exc})",
-                               kind="unreachable") from exc
+            raise BackendError(
+                f"cannot reach the backend at {self.base_url} ({type(exc).__name__}: {exc})",
+                kind="unreachable",
+            ) from exc
         if response.status_code in (401, 403):
-            raise BackendError(f"backend at {self.base_url} refused the API key (HTTP {response.status_code}): "
-                               f"{_error_message(response)}", kind="auth", status=response.status_code)
+            raise BackendError(
+                f"backend at {self.base_url} refused the API key (HTTP {response.status_code}): "
+                f"{_error_message(response)}",
+                kind="auth",
+                status=response.status_code,
+            )
         if response.status_code == 503:
-            raise BackendError(f"backend at {self.base_url} is not ready (loading the model?)",
-                               kind="loading", status=503)
+            raise BackendError(
+                f"backend at {self.base_url} is not ready (loading the model?)", kind="loading", status=503
+            )
         if response.status_code >= 400:
-            raise BackendError(f"backend at {self.base_url} answered HTTP {response.status_code}: "
-                               f"{_error_message(response)}", status=response.status_code)
+            raise BackendError(
+                f"backend at {self.base_url} answered HTTP {response.status_code}: "
+                f"{_error_message(response)}",
+                status=response.status_code,
+            )
         return response
 
     @staticmethod
@@ -192,13 +233,27 @@ class BackendClient:
         except ValueError as exc:
             raise BackendError(f"backend answered non-JSON: {response.text[:120]!r}", kind="garbage") from exc
 
-    async def complete(self, prompt: str, *, suffix: str | None = None, max_tokens: int = 128,
-                       temperature: float = 0.0, top_p: float = 1.0, n: int = 1, stop: Sequence[str] = (),
-                       seed: int | None = None) -> list[RawCandidate]:
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        suffix: str | None = None,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        n: int = 1,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> list[RawCandidate]:
         """One /v1/completions call (logprobs requested; mean log-prob ranks candidates)."""
         payload: dict[str, Any] = {
-            "prompt": valid_unicode(prompt), "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "n": n,
-            "logprobs": 1, "stream": False,
+            "prompt": valid_unicode(prompt),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "n": n,
+            "logprobs": 1,
+            "stream": False,
         }
         if stop:
             payload["stop"] = [valid_unicode(x) for x in stop]
@@ -212,13 +267,25 @@ class BackendClient:
         response = await self._request("POST", "/v1/completions", json=payload)
         return parse_completion(self._json(response))
 
-    async def chat(self, messages: Sequence[dict[str, str]], *, max_tokens: int = 128, temperature: float = 0.0,
-                   top_p: float = 1.0, n: int = 1, stop: Sequence[str] = (),
-                   seed: int | None = None) -> list[RawCandidate]:
+    async def chat(
+        self,
+        messages: Sequence[dict[str, str]],
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        n: int = 1,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> list[RawCandidate]:
         """One /v1/chat/completions call; the candidates' text is the raw reply (chat.parse_reply cleans it)."""
         payload: dict[str, Any] = {
             "messages": [{"role": m["role"], "content": valid_unicode(m["content"])} for m in messages],
-            "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "n": n, "stream": False,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "n": n,
+            "stream": False,
         }
         if stop:
             payload["stop"] = [valid_unicode(x) for x in stop]
@@ -231,7 +298,7 @@ class BackendClient:
         return parse_chat_completion(self._json(response))
 
     async def endpoint_mode(self) -> str:
-        """"completions" or "chat". With endpoint "auto" the first call probes once: a one-token
+        """ "completions" or "chat". With endpoint "auto" the first call probes once: a one-token
         /v1/completions request; HTTP 404 / 405 / 501 (no such route) means the server is chat-only."""
         if self.endpoint != "auto":
             return self.endpoint
@@ -252,7 +319,7 @@ class BackendClient:
         return mode
 
     async def health(self) -> str:
-        """"ready", "loading" or raises BackendError (unreachable, ...). Servers without /health count as ready."""
+        """ "ready", "loading" or raises BackendError (unreachable, ...). Servers without /health count as ready."""
         try:
             await self._request("GET", "/health")
         except BackendError as exc:
@@ -268,7 +335,9 @@ class BackendClient:
         body = self._json(await self._request("GET", "/v1/models"))
         models = body.get("data") if isinstance(body, dict) else None
         if not isinstance(models, list) or not models or not all(isinstance(m, dict) for m in models):
-            raise BackendError(f"backend answered an unexpected /v1/models: {str(body)[:120]!r}", kind="garbage")
+            raise BackendError(
+                f"backend answered an unexpected /v1/models: {str(body)[:120]!r}", kind="garbage"
+            )
         for m in models:
             if self.model and m.get("id") == self.model:
                 return m
@@ -299,8 +368,11 @@ class BackendClient:
             self._meta = ModelMeta(
                 id=info.get("id") if isinstance(info.get("id"), str) else None,
                 context_length=ctx if isinstance(ctx, int) and ctx > 0 else None,
-                fim=fim, count_tokens=_token_counter(tokenizer), reports_fim="fim" in info,
-                special_tokens=_special_tokens(tokenizer))
+                fim=fim,
+                count_tokens=_token_counter(tokenizer),
+                reports_fim="fim" in info,
+                special_tokens=_special_tokens(tokenizer),
+            )
         return self._meta
 
     async def aclose(self) -> None:
@@ -312,8 +384,15 @@ def _special_tokens(tokenizer_json: str | None) -> tuple[str, ...]:
     wherever they occur in a prompt's text)."""
     try:
         added = json.loads(tokenizer_json or "{}").get("added_tokens") or []
-        return tuple(sorted({a["content"] for a in added if a.get("special") and isinstance(a.get("content"), str)
-                             and a["content"].strip()}))
+        return tuple(
+            sorted(
+                {
+                    a["content"]
+                    for a in added
+                    if a.get("special") and isinstance(a.get("content"), str) and a["content"].strip()
+                }
+            )
+        )
     except (ValueError, AttributeError, TypeError, KeyError):
         return ()
 

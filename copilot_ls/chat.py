@@ -27,16 +27,18 @@ CHAT_FIM = FimTemplate(_P, _S, _M, family="chat")
 # Tokens the instructions and the chat template add around the code (taken off the prompt budget).
 OVERHEAD_TOKENS = 160
 
-SYSTEM = ("You are a code completion engine. You fill in the hole marked " + HOLE + " in the user's code. "
-          "Reply with only the code that replaces " + HOLE + ": no explanation, no markdown fences, "
-          "and do not repeat the code before or after the hole.")
+SYSTEM = (
+    "You are a code completion engine. You fill in the hole marked " + HOLE + " in the user's code. "
+    "Reply with only the code that replaces " + HOLE + ": no explanation, no markdown fences, "
+    "and do not repeat the code before or after the hole."
+)
 
 
 @dataclass(frozen=True)
 class ChatPrompt:
     messages: list[dict[str, str]]
-    before: str     # the code shown before the hole (for parse_reply)
-    after: str      # the code shown after it
+    before: str  # the code shown before the hole (for parse_reply)
+    after: str  # the code shown after it
 
     @property
     def transcript(self) -> str:
@@ -56,17 +58,27 @@ def build_messages(prompt: str, language: str | None, multiline: bool) -> ChatPr
     """The chat messages for one completion (`prompt`: built by build_prompt with CHAT_FIM)."""
     before, after = split_prompt(prompt)
     lang = language or ""
-    size = ("a few lines of code (at most one block)" if multiline
-            else "the rest of the current line only (no newline)")
-    user = (f"Fill in {HOLE} with {size}.\n"
-            f"Reply with only the code that replaces {HOLE}, no prose, no fences.\n\n"
-            f"```{lang}\n{before}{HOLE}{after}\n```")
-    return ChatPrompt([{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], before, after)
+    size = (
+        "a few lines of code (at most one block)"
+        if multiline
+        else "the rest of the current line only (no newline)"
+    )
+    user = (
+        f"Fill in {HOLE} with {size}.\n"
+        f"Reply with only the code that replaces {HOLE}, no prose, no fences.\n\n"
+        f"```{lang}\n{before}{HOLE}{after}\n```"
+    )
+    return ChatPrompt(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}], before, after
+    )
 
 
 _FENCED = re.compile(r"```[^\n`]*\n(.*?)(?:\n?```|\Z)", re.S)
-_PROSE = re.compile(r"^\s*(here(?:'s| is| are)|sure|certainly|the (?:code|completion|missing)|this |"
-                    r"explanation|note:|output:|answer:|i )", re.I)
+_PROSE = re.compile(
+    r"^\s*(here(?:'s| is| are)|sure|certainly|the (?:code|completion|missing)|this |"
+    r"explanation|note:|output:|answer:|i )",
+    re.I,
+)
 
 
 def parse_reply(reply: str, before: str, after: str) -> str:
@@ -103,7 +115,7 @@ def _drop_repeated_prefix(text: str, before: str) -> str:
     for start in _line_starts(before):  # the longest exact tail of `before` the reply starts with
         tail = before[start:]
         if len(tail) >= 8 and text.startswith(tail):
-            return text[len(tail):]
+            return text[len(tail) :]
     *full, cursor_line = before.split("\n")
     lines = text.split("\n")
     k, j = 0, 0  # reply lines consumed; `full` lines passed
@@ -124,11 +136,11 @@ def _drop_repeated_prefix(text: str, before: str) -> str:
     if cursor_line.strip():
         first = text.split("\n", 1)[0]
         if first.startswith(cursor_line):
-            return text[len(cursor_line):]
+            return text[len(cursor_line) :]
         cl, rest = cursor_line.lstrip(), first.lstrip()
         if rest.startswith(cl.rstrip()):
-            rest = rest[len(cl.rstrip()):]
-            return (rest.lstrip() if cl != cl.rstrip() else rest) + text[len(first):]
+            rest = rest[len(cl.rstrip()) :]
+            return (rest.lstrip() if cl != cl.rstrip() else rest) + text[len(first) :]
     return text
 
 

@@ -19,7 +19,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="copilot-ls", description="copilot-ls: local inline completions over LSP")
+    parser = argparse.ArgumentParser(
+        prog="copilot-ls", description="copilot-ls: local inline completions over LSP"
+    )
     server = importlib.import_module("copilot_ls.lsp.cli")
     server.add_arguments(parser)  # --stdio (default), --tcp, --port, --log-level ...
     sub = parser.add_subparsers(dest="command")

@@ -35,29 +35,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # "-:LINE:COL" (stdin) starts with "-": let argparse read it as a value, like a negative number
     # (`copilot-ls complete -- -:LINE:COL` works too).
     parser._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-:")
-    parser.add_argument("position", metavar="PATH:LINE:COL",
-                        help="file and 1-based line and column (column in characters); PATH '-' reads stdin")
+    parser.add_argument(
+        "position",
+        metavar="PATH:LINE:COL",
+        help="file and 1-based line and column (column in characters); PATH '-' reads stdin",
+    )
     parser.add_argument("--n", type=int, default=1, help="number of candidates (default 1)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--backend", default=None,
-                        help=f"OpenAI-compatible backend URL (default {DEFAULT_BACKEND_URL}, started if silent)")
+    parser.add_argument(
+        "--backend",
+        default=None,
+        help=f"OpenAI-compatible backend URL (default {DEFAULT_BACKEND_URL}, started if silent)",
+    )
     parser.add_argument("--explain", action="store_true", help="also print the exact prompt and its sources")
     parser.add_argument("--language", default=None, help="LSP languageId (default: from the file extension)")
     parser.add_argument("--api-key", default=None, help="bearer token for the backend")
     parser.add_argument("--model", default=None, help="model name to send to the backend")
     parser.add_argument("--max-tokens", type=int, default=None, help="most tokens to generate (default 128)")
     parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0)")
-    parser.add_argument("--max-lines", type=int, default=None, help="longest multi-line suggestion (default 10)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the backend (default 300)")
-    parser.add_argument("--min-confidence", type=float, default=None, metavar="C",
-                        help="show nothing (exit 1) when the suggestion's confidence is below C, 0..1 "
-                             "(default: the LS default, see docs/quality.md)")
-    parser.add_argument("--endpoint", choices=("completions", "chat", "auto"), default=None,
-                        help="the server's API: completions (default), chat (/v1/chat/completions, for "
-                        "chat-only servers) or auto (probe once)")
-    parser.add_argument("--fim-template", default=None, metavar="NAME",
-                        help="fill-in-the-middle template: auto (default: the tokens the server reports, else the "
-                             "model id), none, starcoder, qwen, codellama or deepseek")
+    parser.add_argument(
+        "--max-lines", type=int, default=None, help="longest multi-line suggestion (default 10)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for the backend (default 300)"
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        metavar="C",
+        help="show nothing (exit 1) when the suggestion's confidence is below C, 0..1 "
+        "(default: the LS default, see docs/quality.md)",
+    )
+    parser.add_argument(
+        "--endpoint",
+        choices=("completions", "chat", "auto"),
+        default=None,
+        help="the server's API: completions (default), chat (/v1/chat/completions, for "
+        "chat-only servers) or auto (probe once)",
+    )
+    parser.add_argument(
+        "--fim-template",
+        default=None,
+        metavar="NAME",
+        help="fill-in-the-middle template: auto (default: the tokens the server reports, else the "
+        "model id), none, starcoder, qwen, codellama or deepseek",
+    )
 
 
 def parse_position(spec: str) -> tuple[str, int, int]:
@@ -106,16 +129,26 @@ def check_position(text: str, line: int, col: int) -> tuple[int, int]:
         raise BadInput(f"line {line} is past the end of the document ({len(lines)} lines)")
     width = len(lines[line - 1])
     if col > width + 1:
-        raise BadInput(f"column {col} is past the end of line {line} ({width} characters; the end is {width + 1})")
+        raise BadInput(
+            f"column {col} is past the end of line {line} ({width} characters; the end is {width + 1})"
+        )
     return line - 1, col - 1
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    data = {"backend_url": args.backend or DEFAULT_BACKEND_URL, "n": args.n, "api_key": args.api_key,
-            "model": args.model, "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "max_lines": args.max_lines, "timeout": args.timeout, "fim_template": args.fim_template,
-            "min_confidence": args.min_confidence,
-            "endpoint": args.endpoint}
+    data = {
+        "backend_url": args.backend or DEFAULT_BACKEND_URL,
+        "n": args.n,
+        "api_key": args.api_key,
+        "model": args.model,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "max_lines": args.max_lines,
+        "timeout": args.timeout,
+        "fim_template": args.fim_template,
+        "min_confidence": args.min_confidence,
+        "endpoint": args.endpoint,
+    }
     return from_dict({k: v for k, v in data.items() if v is not None})
 
 
@@ -134,28 +167,53 @@ def _source(s) -> dict:
 
 def _explain(result: pipeline.CompletionResult) -> dict:
     pr = result.prompt
-    return {"prompt": pr.prompt, "prefix": pr.prefix, "suffix": pr.suffix, "multiline": pr.multiline,
-            "stop": list(pr.stop),
-            "sources": [_source(s) for s in pr.sources],
-            "raw": [dataclasses.asdict(c) for c in result.raw], "cached": result.cached}
+    return {
+        "prompt": pr.prompt,
+        "prefix": pr.prefix,
+        "suffix": pr.suffix,
+        "multiline": pr.multiline,
+        "stop": list(pr.stop),
+        "sources": [_source(s) for s in pr.sources],
+        "raw": [dataclasses.asdict(c) for c in result.raw],
+        "cached": result.cached,
+    }
 
 
-def render(args: argparse.Namespace, snap: Snapshot, line: int, col: int,
-           result: pipeline.CompletionResult) -> str:
-    items = [{"text": s.text, "start": _pos(s.start), "end": _pos(s.end), "mean_logprob": s.mean_logprob,
-              "confidence": s.confidence, "issues": list(s.issues)} for s in result.suggestions]
+def render(
+    args: argparse.Namespace, snap: Snapshot, line: int, col: int, result: pipeline.CompletionResult
+) -> str:
+    items = [
+        {
+            "text": s.text,
+            "start": _pos(s.start),
+            "end": _pos(s.end),
+            "mean_logprob": s.mean_logprob,
+            "confidence": s.confidence,
+            "issues": list(s.issues),
+        }
+        for s in result.suggestions
+    ]
     if args.json:
-        out = {"path": None if args.position.startswith("-:") else snap.path, "language": snap.language_id,
-               "line": line + 1, "column": col + 1, "items": items}
+        out = {
+            "path": None if args.position.startswith("-:") else snap.path,
+            "language": snap.language_id,
+            "line": line + 1,
+            "column": col + 1,
+            "items": items,
+        }
         if args.explain:
             out["explain"] = _explain(result)
         return json.dumps(out, ensure_ascii=False, indent=2)
     chunks = []
     if args.explain:
         ex = _explain(result)
-        chunks.append(f"=== prompt ({len(ex['prompt'])} characters, multiline={ex['multiline']}, "
-                      f"stop={ex['stop']!r}) ===\n{ex['prompt']}")
-        chunks.append("=== sources ===\n" + "\n".join(json.dumps(s, ensure_ascii=False) for s in ex["sources"]))
+        chunks.append(
+            f"=== prompt ({len(ex['prompt'])} characters, multiline={ex['multiline']}, "
+            f"stop={ex['stop']!r}) ===\n{ex['prompt']}"
+        )
+        chunks.append(
+            "=== sources ===\n" + "\n".join(json.dumps(s, ensure_ascii=False) for s in ex["sources"])
+        )
         chunks.append("=== completion ===")
     for i, s in enumerate(result.suggestions):
         if len(result.suggestions) > 1:
@@ -166,12 +224,18 @@ def render(args: argparse.Namespace, snap: Snapshot, line: int, col: int,
 
 
 async def _complete(args: argparse.Namespace, settings: Settings, snap: Snapshot, line: int, col: int) -> int:
-    client = BackendClient(settings.backend_url, api_key=settings.api_key, model=settings.model,
-                           timeout=settings.timeout, endpoint=settings.endpoint)
+    client = BackendClient(
+        settings.backend_url,
+        api_key=settings.api_key,
+        model=settings.model,
+        timeout=settings.timeout,
+        endpoint=settings.endpoint,
+    )
     child = None
     try:
         child = await autostart.ensure_backend(
-            client, settings, progress=lambda m: print(f"copilot-ls: backend: {m}", file=sys.stderr))
+            client, settings, progress=lambda m: print(f"copilot-ls: backend: {m}", file=sys.stderr)
+        )
         result = await pipeline.complete(snap, line, col, client=client, settings=settings)
     except BackendError as exc:
         print(f"copilot-ls complete: no completion: {exc}", file=sys.stderr)

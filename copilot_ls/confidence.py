@@ -80,8 +80,9 @@ def span_logprobs(cand: RawCandidate, shown: str) -> list[float] | None:
     return [cand.token_logprobs[i] for i in idx]
 
 
-def features(cand: RawCandidate, shown: str, *, syntax_errors: int = 0, static_issues: int = 0,
-             agreement: float = 1.0) -> Features | None:
+def features(
+    cand: RawCandidate, shown: str, *, syntax_errors: int = 0, static_issues: int = 0, agreement: float = 1.0
+) -> Features | None:
     lps = span_logprobs(cand, shown)
     if not lps:
         return None
@@ -91,9 +92,15 @@ def features(cand: RawCandidate, shown: str, *, syntax_errors: int = 0, static_i
 def score(f: Features, weights: dict[str, float] | None = None) -> float:
     """The logistic confidence of ``f`` in [0, 1]."""
     w = weights or WEIGHTS
-    z = (w["bias"] + w["mean_logprob"] * f.mean_logprob + w["min_logprob"] * f.min_logprob
-         + w["log_tokens"] * math.log1p(f.tokens) + w["syntax_errors"] * min(f.syntax_errors, 3)
-         + w["static_issues"] * min(f.static_issues, 3) + w["agreement"] * (f.agreement - 1.0))
+    z = (
+        w["bias"]
+        + w["mean_logprob"] * f.mean_logprob
+        + w["min_logprob"] * f.min_logprob
+        + w["log_tokens"] * math.log1p(f.tokens)
+        + w["syntax_errors"] * min(f.syntax_errors, 3)
+        + w["static_issues"] * min(f.static_issues, 3)
+        + w["agreement"] * (f.agreement - 1.0)
+    )
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 

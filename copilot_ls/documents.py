@@ -238,8 +238,11 @@ class Document:
         self._lines = split_lines(text)
         self._crlf_count = text.count("\r\n")
         self._state_memo: dict[MemoKey, object] = {_BYTES: self._bytes}  # shared by this state's snapshots
-        self._tree = (self._parser.parse(self._bytes)
-                      if self._parser is not None and len(self._bytes) <= MAX_TREE_BYTES else None)
+        self._tree = (
+            self._parser.parse(self._bytes)
+            if self._parser is not None and len(self._bytes) <= MAX_TREE_BYTES
+            else None
+        )
 
     @property
     def text(self) -> str:
@@ -335,8 +338,9 @@ class Document:
             self._tree = self._parser.parse(data, tree)
 
     @staticmethod
-    def _update_lines(lines: list[str], old_starts: list[int], starts: list[int], text: str, a: int,
-                      b: int) -> list[str]:
+    def _update_lines(
+        lines: list[str], old_starts: list[int], starts: list[int], text: str, a: int, b: int
+    ) -> list[str]:
         """The lines after the edit (the same rescanned span as ``_update_starts``; the rest reused): no split of
         the whole text per keystroke."""
         sl = bisect.bisect_right(old_starts, a) - 1

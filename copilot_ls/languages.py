@@ -69,7 +69,9 @@ _TS_ROW = dict(
     comment="//",
     block_types=_JS_BLOCKS | {"interface_body", "enum_body", "object_type"},
     function_types=_JS_FUNCS | {"function_signature", "method_signature"},
-    class_types=frozenset({"class_declaration", "class", "abstract_class_declaration", "interface_declaration"}),
+    class_types=frozenset(
+        {"class_declaration", "class", "abstract_class_declaration", "interface_declaration"}
+    ),
     string_types=frozenset({"string", "template_string", "string_fragment"}),
     comment_types=frozenset({"comment"}),
     test_file=_JS_TEST_FILE,
@@ -117,10 +119,18 @@ _TABLE: tuple[tuple[str, str, str, dict], ...] = (
             test_calls=frozenset({"describe", "it", "test"}),
         ),
     ),
-    ("typescript", "tree_sitter_typescript", "language_typescript",
-     dict(_TS_ROW, extensions=(".ts", ".mts", ".cts"), lsp_ids=("ts",))),
-    ("tsx", "tree_sitter_typescript", "language_tsx",
-     dict(_TS_ROW, extensions=(".tsx",), lsp_ids=("typescriptreact",))),
+    (
+        "typescript",
+        "tree_sitter_typescript",
+        "language_typescript",
+        dict(_TS_ROW, extensions=(".ts", ".mts", ".cts"), lsp_ids=("ts",)),
+    ),
+    (
+        "tsx",
+        "tree_sitter_typescript",
+        "language_tsx",
+        dict(_TS_ROW, extensions=(".tsx",), lsp_ids=("typescriptreact",)),
+    ),
     (
         "go",
         "tree_sitter_go",
@@ -245,7 +255,15 @@ NAME_PATTERNS: dict[str, re.Pattern[str]] = {
 MULTILINE_STOPS: dict[str, tuple[str, ...]] = {
     "python": ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n@"),
     "javascript": ("\nfunction ", "\nclass ", "\nexport ", "\nimport ", "\ndescribe(", "\ntest(", "\nit("),
-    "typescript": ("\nfunction ", "\nclass ", "\nexport ", "\nimport ", "\ninterface ", "\ndescribe(", "\ntest("),
+    "typescript": (
+        "\nfunction ",
+        "\nclass ",
+        "\nexport ",
+        "\nimport ",
+        "\ninterface ",
+        "\ndescribe(",
+        "\ntest(",
+    ),
     "tsx": ("\nfunction ", "\nclass ", "\nexport ", "\nimport ", "\ninterface "),
     "go": ("\nfunc ", "\ntype ", "\nvar ", "\nconst ", "\nimport "),
     "rust": ("\nfn ", "\npub fn ", "\nimpl ", "\nstruct ", "\n#[", "\nmod "),

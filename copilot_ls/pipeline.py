@@ -34,9 +34,9 @@ class CompletionResult:
     suggestions: list[Suggestion]
     prompt: Prompt
     raw: list[RawCandidate]
-    cached: bool = False      # the raw candidates came from the cache (no backend call)
-    hidden: int = 0           # suggestions below settings.min_confidence, not shown
-    timings: dict[str, float] = field(default_factory=dict)   # context_ms, backend_ms, postprocess_ms
+    cached: bool = False  # the raw candidates came from the cache (no backend call)
+    hidden: int = 0  # suggestions below settings.min_confidence, not shown
+    timings: dict[str, float] = field(default_factory=dict)  # context_ms, backend_ms, postprocess_ms
 
 
 def fim_template(meta: ModelMeta, setting: str = "auto") -> FimTemplate | None:
@@ -49,8 +49,12 @@ def budget_for(settings: Settings, meta: ModelMeta) -> PromptBudget:
     max_prompt = settings.max_prompt_tokens
     if meta.context_length:
         max_prompt = max(16, min(max_prompt, meta.context_length - settings.max_tokens - 8))
-    return PromptBudget(max_prompt_tokens=max_prompt, suffix_fraction=settings.suffix_fraction,
-                        max_tokens_out=settings.max_tokens, keep_in_prefix=settings.keep_in_prefix)
+    return PromptBudget(
+        max_prompt_tokens=max_prompt,
+        suffix_fraction=settings.suffix_fraction,
+        max_tokens_out=settings.max_tokens,
+        keep_in_prefix=settings.keep_in_prefix,
+    )
 
 
 async def ask_backend(client: BackendClient, prompt: Prompt, settings: Settings) -> list[RawCandidate]:
@@ -60,7 +64,8 @@ async def ask_backend(client: BackendClient, prompt: Prompt, settings: Settings)
     if settings.n > 1 and settings.temperature == 0:
         greedy, sampled = await asyncio.gather(
             client.complete(prompt.prompt, n=1, temperature=0.0, **kw),
-            client.complete(prompt.prompt, n=settings.n - 1, temperature=settings.sample_temperature, **kw))
+            client.complete(prompt.prompt, n=settings.n - 1, temperature=settings.sample_temperature, **kw),
+        )
         return greedy + sampled
     return await client.complete(prompt.prompt, n=settings.n, temperature=settings.temperature, **kw)
 
@@ -78,7 +83,8 @@ async def ask_chat(client: BackendClient, msgs: chat.ChatPrompt, settings: Setti
     if settings.n > 1 and settings.temperature == 0:
         greedy, sampled = await asyncio.gather(
             client.chat(msgs.messages, n=1, temperature=0.0, **kw),
-            client.chat(msgs.messages, n=settings.n - 1, temperature=settings.sample_temperature, **kw))
+            client.chat(msgs.messages, n=settings.n - 1, temperature=settings.sample_temperature, **kw),
+        )
         raw = greedy + sampled
     else:
         raw = await client.chat(msgs.messages, n=settings.n, temperature=settings.temperature, **kw)
@@ -86,12 +92,29 @@ async def ask_chat(client: BackendClient, msgs: chat.ChatPrompt, settings: Setti
 
 
 def cache_key(client: BackendClient, prompt: Prompt, settings: Settings) -> CacheKey:
-    return (client.base_url, client.model, prompt.prompt, tuple(prompt.stop), settings.n, settings.temperature,
-            settings.sample_temperature, settings.top_p, settings.max_tokens)
+    return (
+        client.base_url,
+        client.model,
+        prompt.prompt,
+        tuple(prompt.stop),
+        settings.n,
+        settings.temperature,
+        settings.sample_temperature,
+        settings.top_p,
+        settings.max_tokens,
+    )
 
 
-async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient, settings: Settings,
-                   others: Sequence[Snapshot] = (), cache: RawCache | None = None) -> CompletionResult:
+async def complete(
+    snap: Snapshot,
+    line: int,
+    col: int,
+    *,
+    client: BackendClient,
+    settings: Settings,
+    others: Sequence[Snapshot] = (),
+    cache: RawCache | None = None,
+) -> CompletionResult:
     """Suggestions at (line, code-point col) of `snap`, best first (at most settings.n)."""
     t0 = time.perf_counter()
     meta = await client.meta()
@@ -100,9 +123,16 @@ async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient
     budget = budget_for(settings, meta)
     if use_chat:  # the same context, cut at chat.CHAT_FIM's markers into the code before / after the hole
         budget = replace(budget, max_prompt_tokens=max(16, budget.max_prompt_tokens - chat.OVERHEAD_TOKENS))
-    prompt = build_prompt(snap, line, col, others=others, budget=budget,
-                          fim=chat.CHAT_FIM if use_chat else fim_template(meta, settings.fim_template),
-                          count_tokens=meta.count_tokens, specials=meta.special_tokens)
+    prompt = build_prompt(
+        snap,
+        line,
+        col,
+        others=others,
+        budget=budget,
+        fim=chat.CHAT_FIM if use_chat else fim_template(meta, settings.fim_template),
+        count_tokens=meta.count_tokens,
+        specials=meta.special_tokens,
+    )
     msgs = None
     if use_chat:
         prompt, msgs = chat_prompt(prompt, snap)
@@ -111,20 +141,33 @@ async def complete(snap: Snapshot, line: int, col: int, *, client: BackendClient
     cached = raw is not None
     t2 = time.perf_counter()
     if raw is None:
-        raw = await (ask_chat(client, msgs, settings) if msgs is not None else ask_backend(client, prompt, settings))
+        raw = await (
+            ask_chat(client, msgs, settings) if msgs is not None else ask_backend(client, prompt, settings)
+        )
         if cache is not None:
             cache.put(key, raw)
     t3 = time.perf_counter()
     if prompt.guarded:
         raw = [replace(r, text=unguard(r.text, prompt.guarded)) for r in raw]
-    suggestions = postprocess(raw, snap, line, col, multiline=prompt.multiline, max_lines=settings.max_lines,
-                              known=known_names(snap))
+    suggestions = postprocess(
+        raw,
+        snap,
+        line,
+        col,
+        multiline=prompt.multiline,
+        max_lines=settings.max_lines,
+        known=known_names(snap),
+    )
     shown = [s for s in suggestions if passes(s.confidence, settings.min_confidence)]
     t4 = time.perf_counter()
-    timings = {"context_ms": (t2 - t1) * 1000, "backend_ms": (t3 - t2 + t1 - t0) * 1000,
-               "postprocess_ms": (t4 - t3) * 1000}
-    return CompletionResult(shown[: settings.n], prompt, raw, cached, hidden=len(suggestions) - len(shown),
-                            timings=timings)
+    timings = {
+        "context_ms": (t2 - t1) * 1000,
+        "backend_ms": (t3 - t2 + t1 - t0) * 1000,
+        "postprocess_ms": (t4 - t3) * 1000,
+    }
+    return CompletionResult(
+        shown[: settings.n], prompt, raw, cached, hidden=len(suggestions) - len(shown), timings=timings
+    )
 
 
 def known_names(snap: Snapshot):

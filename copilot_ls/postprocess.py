@@ -184,7 +184,11 @@ def strip_non_code(text: str, cur: Cursor) -> str:
     k = first
     while k < len(lines):
         ln = lines[k]
-        if _FENCE.match(ln) or (_is_prose(ln) and (k > 0 or cur.prefix_is_blank)) or (k > first and not ln.strip()):
+        if (
+            _FENCE.match(ln)
+            or (_is_prose(ln) and (k > 0 or cur.prefix_is_blank))
+            or (k > first and not ln.strip())
+        ):
             k += 1
         else:
             break
@@ -435,7 +439,7 @@ def overlap(text: str, cur: Cursor) -> tuple[str, int]:
     if not rest.strip():
         return text, len(cur.line_text)
     head, sep, tail = text.partition("\n")
-    for k in range(min(len(rest), len(head)), 0, -1):   # head can only end with a prefix no longer than it
+    for k in range(min(len(rest), len(head)), 0, -1):  # head can only end with a prefix no longer than it
         if head.endswith(rest[:k]) and rest[:k].strip():
             head = head[: len(head) - k]
             if not sep and k < len(rest):  # remove overlap but keep the remaining text after the cursor
@@ -598,8 +602,14 @@ def postprocess(
         found = issues_of[text]
         c = conf.confidence(cand, text, syntax_errors=errors, static_issues=len(found), agreement=agree[k])
         flag = 1 if errors_of.get((text, end_col)) else 0
-        ranked.append((flag, -(c if c is not None else cand.mean_logprob), i,
-                       Suggestion(out_text, start, end, cand.mean_logprob, c, found)))
+        ranked.append(
+            (
+                flag,
+                -(c if c is not None else cand.mean_logprob),
+                i,
+                Suggestion(out_text, start, end, cand.mean_logprob, c, found),
+            )
+        )
     if any(r[3].confidence is None for r in ranked):  # mixed or no confidences: the model's own ranking
         ranked = [(f, -r.mean_logprob, i, r) for f, _, i, r in ranked]
     ranked.sort(key=lambda r: r[:3])

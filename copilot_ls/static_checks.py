@@ -20,9 +20,15 @@ from collections.abc import Callable
 from copilot_ls.documents import MemoKey, Snapshot
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
-_PY_NAMES = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | {
-    "self", "cls", "__name__", "__file__", "__doc__", "__class__"}
-_STRING = re.compile(r"""(?:[rbuRBUfF]{0,2})("\"\"[\s\S]*?(?:\"\"\"|$)|'''[\s\S]*?(?:'''|$)|"(?:\\.|[^"\\\n])*"?|'(?:\\.|[^'\\\n])*'?)""")
+_PY_NAMES = (
+    frozenset(dir(builtins))
+    | frozenset(keyword.kwlist)
+    | frozenset(keyword.softkwlist)
+    | {"self", "cls", "__name__", "__file__", "__doc__", "__class__"}
+)
+_STRING = re.compile(
+    r"""(?:[rbuRBUfF]{0,2})("\"\"[\s\S]*?(?:\"\"\"|$)|'''[\s\S]*?(?:'''|$)|"(?:\\.|[^"\\\n])*"?|'(?:\\.|[^'\\\n])*'?)"""
+)
 _COMMENT = re.compile(r"#[^\n]*")
 _BINDERS = re.compile(r"\b(?:for|as|def|class|import|global|nonlocal)\s+([\w\s,()*]+?)(?=\bin\b|[:=(\n]|$)")
 _LAMBDA = re.compile(r"\blambda\b([^:]*):")
@@ -70,8 +76,9 @@ def used_names(line_prefix: str, text: str) -> list[str]:
     return out
 
 
-def undefined_names(snap: Snapshot, line_prefix: str, text: str,
-                    known: Callable[[str], bool] | None = None) -> list[str]:
+def undefined_names(
+    snap: Snapshot, line_prefix: str, text: str, known: Callable[[str], bool] | None = None
+) -> list[str]:
     """Names the shown text uses that nothing defines (see the module doc), in order, once each."""
     if snap.language_id != "python":
         return []
@@ -148,14 +155,15 @@ def unknown_members(snap: Snapshot, line: int, line_prefix: str, text: str) -> l
         info = classes.get(owner)
         if not info or info[0]:
             continue
-        body = source[info[1]:info[2]]
+        body = source[info[1] : info[2]]
         if not re.search(rf"\b{re.escape(member)}\b", body) and not member.startswith("__"):
             out.append(f"{owner}.{member}")
     return out
 
 
-def issues(snap: Snapshot, line: int, line_prefix: str, text: str,
-           known: Callable[[str], bool] | None = None) -> list[str]:
+def issues(
+    snap: Snapshot, line: int, line_prefix: str, text: str, known: Callable[[str], bool] | None = None
+) -> list[str]:
     """All static-check findings of showing ``text`` after ``line_prefix`` on ``line`` (empty: none)."""
     found = [f"undefined name {n!r}" for n in undefined_names(snap, line_prefix, text, known)]
     found += [f"unknown member {m!r}" for m in unknown_members(snap, line, line_prefix, text)]

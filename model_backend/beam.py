@@ -17,8 +17,16 @@ from model_backend import sampling
 from model_backend.sequences import Request, Seq
 
 
-def expand(req: Request, lps: torch.Tensor, beams: list[Seq], *, tops: list[Any] | None,
-           eos_ids: frozenset[int], token_bytes: Callable[[int], bytes], at_limit: bool) -> tuple[list[Seq], list[int]]:
+def expand(
+    req: Request,
+    lps: torch.Tensor,
+    beams: list[Seq],
+    *,
+    tops: list[Any] | None,
+    eos_ids: frozenset[int],
+    token_bytes: Callable[[int], bytes],
+    at_limit: bool,
+) -> tuple[list[Seq], list[int]]:
     """The hypotheses still alive after one step and the slot of each one's parent; finished ones go to
     `req.beams_finished`. lps: [beams, vocab] log-probs of the next token; tops: per beam, its top_logprobs
     (or None); at_limit: the context is full after this token."""
@@ -56,6 +64,7 @@ def expand(req: Request, lps: torch.Tensor, beams: list[Seq], *, tops: list[Any]
 
 def done(req: Request) -> bool:
     """Enough finished hypotheses that no alive beam can beat (sampling.beam_done)."""
+
     def hyps(seqs: list[Seq]) -> list[sampling.Hypothesis]:
         return [sampling.Hypothesis(s.ids, s.logprobs) for s in seqs]
 

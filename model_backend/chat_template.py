@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-          "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-          "{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}"
+)
 
 
 class ChatTemplateError(ValueError):
@@ -40,13 +42,21 @@ def read_template(model_path: str | Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def render(template: str | None, messages: Sequence[dict[str, str]], *, bos: str = "", eos: str = "",
-           has_chatml: bool = False) -> str:
+def render(
+    template: str | None,
+    messages: Sequence[dict[str, str]],
+    *,
+    bos: str = "",
+    eos: str = "",
+    has_chatml: bool = False,
+) -> str:
     """The prompt text for `messages` with the generation prompt appended (the assistant's turn opened)."""
     if template is None:
         if not has_chatml:
-            raise ChatTemplateError("this model has no chat template (tokenizer.chat_template) and no ChatML "
-                                    "tokens: use /v1/completions")
+            raise ChatTemplateError(
+                "this model has no chat template (tokenizer.chat_template) and no ChatML "
+                "tokens: use /v1/completions"
+            )
         template = CHATML
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -57,10 +67,12 @@ def render(template: str | None, messages: Sequence[dict[str, str]], *, bos: str
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template).render(messages=list(messages), add_generation_prompt=True,
-                                                bos_token=bos, eos_token=eos)
+        return env.from_string(template).render(
+            messages=list(messages), add_generation_prompt=True, bos_token=bos, eos_token=eos
+        )
     except ChatTemplateError:
         raise
     except TemplateError as exc:
-        raise ChatTemplateError(f"cannot render this model's chat template ({type(exc).__name__}: {exc}); "
-                                "use /v1/completions") from exc
+        raise ChatTemplateError(
+            f"cannot render this model's chat template ({type(exc).__name__}: {exc}); use /v1/completions"
+        ) from exc

@@ -34,12 +34,32 @@ from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
-GGML_TYPES: tuple[str, ...] = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K",
-                               "Q6_K")
+GGML_TYPES: tuple[str, ...] = (
+    "F32",
+    "F16",
+    "BF16",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+)
 # ggml's (values per block, bytes per block); the order is the C side's type id (kernels/quant.c)
 BLOCKS: dict[str, tuple[int, int]] = {
-    "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22),
-    "Q5_1": (32, 24), "Q8_0": (32, 34), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+    "F32": (1, 4),
+    "F16": (1, 2),
+    "BF16": (1, 2),
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "Q5_0": (32, 22),
+    "Q5_1": (32, 24),
+    "Q8_0": (32, 34),
+    "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
 }
 _TYPE_ID = {t: i for i, t in enumerate(GGML_TYPES)}
 
@@ -52,19 +72,23 @@ class UnsupportedQuantType(ValueError):
     """A GGUF tensor type these kernels cannot multiply."""
 
     def __init__(self, qtype: object) -> None:
-        super().__init__(f"GGUF tensor type {qtype!r} is not supported by the CPU kernels "
-                         f"(supported: {', '.join(GGML_TYPES)})")
+        super().__init__(
+            f"GGUF tensor type {qtype!r} is not supported by the CPU kernels "
+            f"(supported: {', '.join(GGML_TYPES)})"
+        )
         self.qtype = qtype
 
 
 # --- the C library -------------------------------------------------------------------------------------------
 
+
 def cpu_supported() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), "").split()
+        flags = next(
+            (line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), ""
+        ).split()
     except OSError:
         return False
     return {"avx2", "fma", "f16c"} <= set(flags)
@@ -79,12 +103,16 @@ def _compile(cc: str, out: Path) -> bool:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
     os.close(fd)
-    proc = subprocess.run([cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
         os.unlink(tmp)
-        log.warning("CPU kernels: compiling %s failed; using the numpy/torch fallback:\n%s",
-                    ", ".join(map(str, SOURCES)), proc.stderr[-2000:])
+        log.warning(
+            "CPU kernels: compiling %s failed; using the numpy/torch fallback:\n%s",
+            ", ".join(map(str, SOURCES)),
+            proc.stderr[-2000:],
+        )
         return False
     os.replace(tmp, out)  # atomic: a concurrent loader sees no file or the whole file
     return True
@@ -110,7 +138,9 @@ def library() -> Any | None:
             return None
         lib = ctypes.CDLL(str(out))
     except (OSError, subprocess.SubprocessError) as e:
-        log.warning("CPU kernels: could not build or load the library (%s); using the numpy/torch fallback", e)
+        log.warning(
+            "CPU kernels: could not build or load the library (%s); using the numpy/torch fallback", e
+        )
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.ck_matmul.argtypes = [ctypes.c_int, ptr, i64, ptr, ptr, i64, i64, i64, ctypes.c_int, ptr]
@@ -139,10 +169,15 @@ def attention_kernel() -> dict[torch.dtype, Any] | None:
     softmax and probabilities @ V over positions 0..pos (torch runs ~20 ops per layer for this, and its batched
     matmul on the transposed cache view is slow at 1-2k positions)."""
     lib = library()
-    return None if lib is None else {torch.float32: lib.bq_attention_step, torch.float16: lib.bq_attention_step_h}
+    return (
+        None
+        if lib is None
+        else {torch.float32: lib.bq_attention_step, torch.float16: lib.bq_attention_step_h}
+    )
 
 
 # --- packed weights ------------------------------------------------------------------------------------------
+
 
 class PackedWeight:
     """A weight matrix [out_features, in_features] as the GGUF stores it: `data` is uint8 [out_features,
@@ -193,8 +228,11 @@ def pack(raw: np.ndarray | Tensor, qtype: str, shape: tuple[int, int]) -> Packed
         t = raw.detach()
         if t.device.type != "cpu":
             t = t.cpu()
-        raw = t.contiguous().view(torch.uint8).numpy() if t.dtype != torch.bfloat16 else \
-            t.contiguous().view(torch.int16).numpy()
+        raw = (
+            t.contiguous().view(torch.uint8).numpy()
+            if t.dtype != torch.bfloat16
+            else t.contiguous().view(torch.int16).numpy()
+        )
     arr = np.asarray(raw)
     if not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
@@ -206,10 +244,13 @@ def pack(raw: np.ndarray | Tensor, qtype: str, shape: tuple[int, int]) -> Packed
 
 # --- products ------------------------------------------------------------------------------------------------
 
+
 def matmul(x: Tensor, w: PackedWeight, bias: Tensor | None = None) -> Tensor:
     """fp32 x [M, K] @ W.T (+ bias [N], fp32) -> fp32 [M, N] for any M, on torch.get_num_threads() threads."""
     if x.dim() != 2 or x.shape[1] != w.in_features:
-        raise ValueError(f"x of shape {tuple(x.shape)} does not fit a {w.out_features}x{w.in_features} weight")
+        raise ValueError(
+            f"x of shape {tuple(x.shape)} does not fit a {w.out_features}x{w.in_features} weight"
+        )
     if x.dtype != torch.float32:
         x = x.float()
     if not x.is_contiguous():
@@ -222,8 +263,18 @@ def matmul(x: Tensor, w: PackedWeight, bias: Tensor | None = None) -> Tensor:
         bias = bias.float().contiguous()
     m, n = x.shape[0], w.out_features
     y = torch.empty(m, n, dtype=torch.float32)
-    rc = lib.ck_matmul(w.type_id, w.ptr, w.row_bytes, x.data_ptr(), y.data_ptr(), m, n, w.in_features,
-                       torch.get_num_threads(), None if bias is None else bias.data_ptr())
+    rc = lib.ck_matmul(
+        w.type_id,
+        w.ptr,
+        w.row_bytes,
+        x.data_ptr(),
+        y.data_ptr(),
+        m,
+        n,
+        w.in_features,
+        torch.get_num_threads(),
+        None if bias is None else bias.data_ptr(),
+    )
     if rc != 0:
         raise RuntimeError(f"CPU kernel ck_matmul failed (code {rc}) for {w!r}")
     return y
@@ -236,7 +287,7 @@ def _matmul_tiles(x: Tensor, w: PackedWeight) -> Tensor:
     y = torch.empty(x.shape[0], n, dtype=torch.float32, device=x.device)
     for n0 in range(0, n, step):
         rows = torch.arange(n0, min(n, n0 + step))
-        y[:, n0:n0 + len(rows)] = x @ dequantize_rows(w, rows).to(x.device).T
+        y[:, n0 : n0 + len(rows)] = x @ dequantize_rows(w, rows).to(x.device).T
     return y
 
 
@@ -249,8 +300,9 @@ def dequantize_rows(w: PackedWeight, rows: Tensor) -> Tensor:
     if lib is None:
         return torch.from_numpy(dequantize_numpy(w.data[idx.numpy()], w.qtype, w.in_features))
     out = torch.empty(len(idx), w.in_features, dtype=torch.float32)
-    rc = lib.ck_dequant_rows(w.type_id, w.ptr, w.row_bytes, idx.data_ptr(), len(idx),
-                             w.out_features, w.in_features, out.data_ptr())
+    rc = lib.ck_dequant_rows(
+        w.type_id, w.ptr, w.row_bytes, idx.data_ptr(), len(idx), w.out_features, w.in_features, out.data_ptr()
+    )
     if rc != 0:
         raise RuntimeError(f"CPU kernel ck_dequant_rows failed (code {rc}) for {w!r}")
     return out
@@ -275,6 +327,7 @@ class QuantLinear(nn.Module):
 
 
 # --- numpy dequantization (the fallback; the same arithmetic as gguf-py's) ---------------------------------------
+
 
 def _f16(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(b).view(np.float16).astype(np.float32)
@@ -303,9 +356,9 @@ def _dequant_blocks(b: np.ndarray, qtype: str) -> np.ndarray:
         if qtype in ("Q4_0", "Q4_1"):
             q = _nibbles(b[:, off:])
         else:
-            qh = np.ascontiguousarray(b[:, off:off + 4]).view(np.uint32)
+            qh = np.ascontiguousarray(b[:, off : off + 4]).view(np.uint32)
             bits = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
-            q = _nibbles(b[:, off + 4:]) | (bits << 4)
+            q = _nibbles(b[:, off + 4 :]) | (bits << 4)
         if qtype == "Q4_0":
             return d * (q.astype(np.int8) - np.int8(8)).astype(np.float32)
         if qtype == "Q5_0":
@@ -323,7 +376,9 @@ def _dequant_blocks(b: np.ndarray, qtype: str) -> np.ndarray:
     sc, mn = _k4_scales(b[:, 4:16])
     ds, dm = (d * sc).reshape(n, 8, 1), (dmin * mn).reshape(n, 8, 1)
     qs = b[:, 48:] if qtype == "Q5_K" else b[:, 16:]
-    q = ((qs.reshape(n, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 0x0F).reshape(n, 8, 32)
+    q = ((qs.reshape(n, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 0x0F).reshape(
+        n, 8, 32
+    )
     if qtype == "Q5_K":
         qh = (b[:, 16:48].reshape(n, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1
         q = q | (qh << 4)

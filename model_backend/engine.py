@@ -48,10 +48,21 @@ DEFAULT_MAX_SEQ = 4096
 
 
 class Engine:
-    def __init__(self, model: Transformer, tokenizer: Any, config: Any, *, device: torch.device,
-                 max_batch: int = 8, max_seq_len: int | None = None, prefill_threads: int | None = None,
-                 decode_threads: int | None = 1, cache_slots: int | None = None,
-                 kv_dtype: torch.dtype | None = None, prefill_interleave: int = INTERLEAVE_CHUNK) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Any,
+        config: Any,
+        *,
+        device: torch.device,
+        max_batch: int = 8,
+        max_seq_len: int | None = None,
+        prefill_threads: int | None = None,
+        decode_threads: int | None = 1,
+        cache_slots: int | None = None,
+        kv_dtype: torch.dtype | None = None,
+        prefill_interleave: int = INTERLEAVE_CHUNK,
+    ) -> None:
         """prefill_threads / decode_threads (CPU): torch intra-op threads for each phase; None = torch's setting
         when the engine is made. Decode defaults to ONE thread: its ops are small, and with 2 threads on 2 cores
         any other busy process makes OpenMP's threads wait for each other (docs/performance.md).
@@ -106,9 +117,16 @@ class Engine:
         `load_kw`), "auto" (n-grams where the text repeats, else the draft model if there is one). The output is
         the same as without it."""
         if isinstance(draft, str):
-            draft = Engine.load(draft, device=str(self.device), max_batch=1, cache_slots=1,
-                                max_seq_len=self.max_seq_len, decode_threads=self.decode_threads,
-                                prefill_threads=self.prefill_threads, **load_kw)
+            draft = Engine.load(
+                draft,
+                device=str(self.device),
+                max_batch=1,
+                cache_slots=1,
+                max_seq_len=self.max_seq_len,
+                decode_threads=self.decode_threads,
+                prefill_threads=self.prefill_threads,
+                **load_kw,
+            )
         self.speculator.configure(mode, draft, self.tokenizer)
 
     def kv_bytes_per_slot(self) -> int:
@@ -120,10 +138,22 @@ class Engine:
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, model: str = "default", *, device: str = "auto", max_batch: int = 8,
-             max_seq_len: int | None = None, quantize: str = "auto", rope_theta: float | None = None,
-             rope_scaling: float | None = None, dtype: str | None = None, cache_dir: Any = None,
-             progress: bool = True, pack_in_background: bool = False, **engine_kw: Any) -> Engine:
+    def load(
+        cls,
+        model: str = "default",
+        *,
+        device: str = "auto",
+        max_batch: int = 8,
+        max_seq_len: int | None = None,
+        quantize: str = "auto",
+        rope_theta: float | None = None,
+        rope_scaling: float | None = None,
+        dtype: str | None = None,
+        cache_dir: Any = None,
+        progress: bool = True,
+        pack_in_background: bool = False,
+        **engine_kw: Any,
+    ) -> Engine:
         """Load a checkpoint (see weights.resolve_model) onto `device` (model_backend/loader.py).
 
         quantize: "auto" (on CPU "blocks" for GGUF / bf16 / fp16 checkpoints where the kernels run, else "fp16";
@@ -137,22 +167,52 @@ class Engine:
         """
         from model_backend.loader import load_engine
 
-        return load_engine(cls, model, device=device, max_batch=max_batch, max_seq_len=max_seq_len,
-                           quantize=quantize, rope_theta=rope_theta, rope_scaling=rope_scaling, dtype=dtype,
-                           cache_dir=cache_dir, progress=progress, pack_in_background=pack_in_background,
-                           **engine_kw)
+        return load_engine(
+            cls,
+            model,
+            device=device,
+            max_batch=max_batch,
+            max_seq_len=max_seq_len,
+            quantize=quantize,
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            dtype=dtype,
+            cache_dir=cache_dir,
+            progress=progress,
+            pack_in_background=pack_in_background,
+            **engine_kw,
+        )
 
     @classmethod
-    def from_checkpoint(cls, ckpt: Any, *, device: torch.device | str = "cpu", max_batch: int = 8,
-                        max_seq_len: int | None = None, quantize: str = "auto",
-                        rope_theta: float | None = None, rope_scaling: float | None = None,
-                        dtype: str | None = None, pack_in_background: bool = False,
-                        **engine_kw: Any) -> Engine:
+    def from_checkpoint(
+        cls,
+        ckpt: Any,
+        *,
+        device: torch.device | str = "cpu",
+        max_batch: int = 8,
+        max_seq_len: int | None = None,
+        quantize: str = "auto",
+        rope_theta: float | None = None,
+        rope_scaling: float | None = None,
+        dtype: str | None = None,
+        pack_in_background: bool = False,
+        **engine_kw: Any,
+    ) -> Engine:
         from model_backend.loader import engine_from_checkpoint
 
-        return engine_from_checkpoint(cls, ckpt, device=device, max_batch=max_batch, max_seq_len=max_seq_len,
-                                      quantize=quantize, rope_theta=rope_theta, rope_scaling=rope_scaling,
-                                      dtype=dtype, pack_in_background=pack_in_background, **engine_kw)
+        return engine_from_checkpoint(
+            cls,
+            ckpt,
+            device=device,
+            max_batch=max_batch,
+            max_seq_len=max_seq_len,
+            quantize=quantize,
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            dtype=dtype,
+            pack_in_background=pack_in_background,
+            **engine_kw,
+        )
 
     # -- background weight packing (cold start) ------------------------------------------------------------------
     def _start_packing(self, fmt: str) -> None:
@@ -162,8 +222,10 @@ class Engine:
 
         pool = ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="pack")
         blocks = self._blocks or {}
-        self._packing = [(parent, name, pool.submit(pack_linear, child, fmt, blocks.get(qual)))
-                         for parent, name, child, qual in pack_targets(self.model, fmt)]
+        self._packing = [
+            (parent, name, pool.submit(pack_linear, child, fmt, blocks.get(qual)))
+            for parent, name, child, qual in pack_targets(self.model, fmt)
+        ]
         pool.shutdown(wait=False)
 
     def _install_packed(self, wait: bool = False) -> None:
@@ -191,8 +253,10 @@ class Engine:
         if self.is_unfinished(request_id):
             raise ValueError(f"request id {request_id!r} is already in use")
         if params.n_sequences > self.max_batch:
-            raise ValueError(f"request needs {params.n_sequences} sequences but the engine has "
-                             f"{self.max_batch} slots (max_batch)")
+            raise ValueError(
+                f"request needs {params.n_sequences} sequences but the engine has "
+                f"{self.max_batch} slots (max_batch)"
+            )
         ids = self._prompt_ids(prompt)
         heal, allowed = b"", None
         if params.token_healing:
@@ -255,8 +319,10 @@ class Engine:
         if not ids:
             raise ValueError("empty prompt: the model needs at least one token to condition on")
         if len(ids) >= self.max_seq_len:
-            raise ValueError(f"prompt is {len(ids)} tokens but the context holds {self.max_seq_len} "
-                             f"(model context {self.config.context_length}); shorten the prompt")
+            raise ValueError(
+                f"prompt is {len(ids)} tokens but the context holds {self.max_seq_len} "
+                f"(model context {self.config.context_length}); shorten the prompt"
+            )
         return ids
 
     # -- admission and prefill ---------------------------------------------------------------------------------
@@ -282,8 +348,9 @@ class Engine:
         if self.prefill_interleave and any(q.live for r in self._running.values() for q in r.seqs):
             budget = self.prefill_interleave
         out: list[StepOutput] = []
-        for req in sorted((r for r in self._running.values() if r.prefilling),
-                          key=lambda r: len(r.prompt) - r.prefilled):
+        for req in sorted(
+            (r for r in self._running.values() if r.prefilling), key=lambda r: len(r.prompt) - r.prefilled
+        ):
             if (budget is not None and budget <= 0) or self._interrupted():
                 break
             logits, used = self._prefill(req, budget)
@@ -304,7 +371,7 @@ class Engine:
         for a in range(begin, end, PREFILL_CHUNK):
             if a > begin and self._interrupted():
                 break  # a cancellation waits: the chunks so far stay in the slot (a usable cached prefix)
-            chunk = ids[a:min(a + PREFILL_CHUNK, end)]
+            chunk = ids[a : min(a + PREFILL_CHUNK, end)]
             logits = self._forward([chunk], [a], [main])
             self.slots.extend(main, chunk)
             req.prefilled = a + len(chunk)
@@ -346,7 +413,9 @@ class Engine:
             self.stats.decode_steps += 1
             return spec
         slots = [seq.slot for _, seq in rows]
-        logits = self._forward([[seq.pending] for _, seq in rows], [len(self.slots.tokens[s]) for s in slots], slots)
+        logits = self._forward(
+            [[seq.pending] for _, seq in rows], [len(self.slots.tokens[s]) for s in slots], slots
+        )
         for _, seq in rows:
             self.slots.extend(seq.slot, [seq.pending])  # type: ignore[list-item]
             seq.pending = None
@@ -389,8 +458,11 @@ class Engine:
         for j, token in enumerate(emitted):  # all but the last are accepted draft tokens, already in the KV
             self.slots.extend(seq.slot, [seq.pending])  # type: ignore[list-item]
             seq.pending = None
-            out.extend(self._accept(req, seq, token, float(lps[j, token].item()),
-                                    sampling.top_tokens(lps[j], p.top_logprobs)))
+            out.extend(
+                self._accept(
+                    req, seq, token, float(lps[j, token].item()), sampling.top_tokens(lps[j], p.top_logprobs)
+                )
+            )
             if seq.finish_reason is not None:
                 break
         return out + self._finish_if_done(req)
@@ -403,8 +475,9 @@ class Engine:
         assert logits is not None
         return logits[0]
 
-    def _forward(self, tokens: list[list[int]], start: list[int], slots: list[int], *,
-                 all_logits: bool = False) -> torch.Tensor:
+    def _forward(
+        self, tokens: list[list[int]], start: list[int], slots: list[int], *, all_logits: bool = False
+    ) -> torch.Tensor:
         """Logits of each row's last token ([rows, vocab]), or of every token (all_logits: [rows, t, vocab]); a
         verification forward (all_logits) runs on the decode threads."""
         n = self.prefill_threads if len(tokens[0]) > 1 and not all_logits else self.decode_threads
@@ -419,7 +492,9 @@ class Engine:
             torch.cuda.synchronize()
 
     # -- choosing tokens, text, finishing ----------------------------------------------------------------------
-    def _sample_next(self, req: Request, rows: list[tuple[Seq, torch.Tensor, torch.Tensor]]) -> list[StepOutput]:
+    def _sample_next(
+        self, req: Request, rows: list[tuple[Seq, torch.Tensor, torch.Tensor]]
+    ) -> list[StepOutput]:
         """The next token of each of a request's sampling sequences from its (logits, log-probs) row. Samples
         draw from the request's one generator in sample order, not in slot order (the slots a request gets
         depend on the cache), so the same seed gives the same samples."""
@@ -427,13 +502,21 @@ class Engine:
         out: list[StepOutput] = []
         for seq, logits, lp in sorted(rows, key=lambda r: r[0].index):
             allowed = self.healer.options(seq.out.strip) if seq.out.strip else None
-            token, logprob = sampling.sample_token(logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                                                   generator=req.generator, allowed=allowed, lp=lp)
+            token, logprob = sampling.sample_token(
+                logits,
+                temperature=p.temperature,
+                top_k=p.top_k,
+                top_p=p.top_p,
+                generator=req.generator,
+                allowed=allowed,
+                lp=lp,
+            )
             out.extend(self._accept(req, seq, token, logprob, sampling.top_tokens(lp, p.top_logprobs)))
         return out + self._finish_if_done(req)
 
-    def _accept(self, req: Request, seq: Seq, token: int, logprob: float,
-                top: list[tuple[int, float]] | None) -> list[StepOutput]:
+    def _accept(
+        self, req: Request, seq: Seq, token: int, logprob: float, top: list[tuple[int, float]] | None
+    ) -> list[StepOutput]:
         """Record a sampled token of a sampling sequence; return its stream output."""
         p = req.params
         seq.ids.append(token)
@@ -457,15 +540,26 @@ class Engine:
         delta = seq.out.take_delta(p.stop, finished)
         if not req.streaming:
             return []
-        return [StepOutput(req.id, seq.index, delta, finished, self._candidate(seq, seq.index) if finished else None)]
+        return [
+            StepOutput(
+                req.id, seq.index, delta, finished, self._candidate(seq, seq.index) if finished else None
+            )
+        ]
 
     def _beam_step(self, req: Request, lps: torch.Tensor, beams: list[Seq]) -> list[StepOutput]:
         """Expand the alive beams (rows of `lps`), keep the best `beam_width`, move their KV into the slots."""
         p = req.params
         at_limit = len(self.slots.tokens[beams[0].slot]) + 1 >= self.max_seq_len
         tops = [sampling.top_tokens(row, p.top_logprobs) for row in lps] if p.top_logprobs else None
-        alive, parents = beam.expand(req, lps, beams, tops=tops, eos_ids=self.eos_ids,
-                                     token_bytes=self.tokenizer.token_bytes, at_limit=at_limit)
+        alive, parents = beam.expand(
+            req,
+            lps,
+            beams,
+            tops=tops,
+            eos_ids=self.eos_ids,
+            token_bytes=self.tokenizer.token_bytes,
+            at_limit=at_limit,
+        )
         self.stats.generated_tokens += len(alive)
         slots = req.slots[: len(alive)]
         self.slots.reorder(parents, slots)
@@ -488,7 +582,9 @@ class Engine:
     def _ranked(self, req: Request, seqs: list[Seq]) -> list[StepOutput]:
         """The request's n best candidates (ranking.best_n), indexed by rank, for requests that do not stream."""
         chosen = best_n([self._candidate(s, i) for i, s in enumerate(seqs)], req.params.n)
-        return [StepOutput(req.id, i, c.text, True, dataclasses.replace(c, index=i)) for i, c in enumerate(chosen)]
+        return [
+            StepOutput(req.id, i, c.text, True, dataclasses.replace(c, index=i)) for i, c in enumerate(chosen)
+        ]
 
     def _retire(self, req: Request) -> None:
         """The request leaves the engine; its slots go idle with their KV cached."""
@@ -505,6 +601,13 @@ class Engine:
         top = None
         if seq.top:
             top = [[(self.tokenizer.token_text(t), v) for t, v in step] for step in seq.top[: len(ids)]]
-        return Candidate(index=index, text=seq.out.text, token_ids=ids, token_logprobs=lps,
-                         tokens=token_texts(ids, seq.out.healed, self.tokenizer.token_bytes), mean_logprob=mean,
-                         finish_reason=seq.finish_reason or "length", top_logprobs=top)
+        return Candidate(
+            index=index,
+            text=seq.out.text,
+            token_ids=ids,
+            token_logprobs=lps,
+            tokens=token_texts(ids, seq.out.healed, self.tokenizer.token_bytes),
+            mean_logprob=mean,
+            finish_reason=seq.finish_reason or "length",
+            top_logprobs=top,
+        )

@@ -32,38 +32,67 @@ class FimFamily:
     extra_stops: tuple[str, ...] = ()  # end-of-text / end-of-middle markers the model may emit
     pad: str | None = None
     repo_name: tuple[str, ...] = ()
-    spm_space: bool = False  # a SentencePiece vocabulary may spell the markers with "▁" in front (CodeLlama's)
+    spm_space: bool = (
+        False  # a SentencePiece vocabulary may spell the markers with "▁" in front (CodeLlama's)
+    )
     model_ids: str = ""  # regex on a lower-case model id (another server's /v1/models) that names the family
 
 
 FAMILIES: dict[str, FimFamily] = {
     "starcoder": FimFamily(
-        "<fim_prefix>", "<fim_suffix>", "<fim_middle>", file_sep="<file_sep>",
-        extra_stops=("<|endoftext|>", "<fim_pad>"), pad="<fim_pad>", repo_name=("<repo_name>", "<reponame>"),
-        model_ids=r"starcoder|stable-?code|refact"),
+        "<fim_prefix>",
+        "<fim_suffix>",
+        "<fim_middle>",
+        file_sep="<file_sep>",
+        extra_stops=("<|endoftext|>", "<fim_pad>"),
+        pad="<fim_pad>",
+        repo_name=("<repo_name>", "<reponame>"),
+        model_ids=r"starcoder|stable-?code|refact",
+    ),
     "qwen": FimFamily(
-        "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", file_sep="<|file_sep|>",
-        extra_stops=("<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|im_end|>"), pad="<|fim_pad|>",
-        repo_name=("<|repo_name|>",), model_ids=r"qwen[\d.]*[-_ ]?coder"),
+        "<|fim_prefix|>",
+        "<|fim_suffix|>",
+        "<|fim_middle|>",
+        file_sep="<|file_sep|>",
+        extra_stops=("<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|im_end|>"),
+        pad="<|fim_pad|>",
+        repo_name=("<|repo_name|>",),
+        model_ids=r"qwen[\d.]*[-_ ]?coder",
+    ),
     "codellama": FimFamily(
-        "<PRE>", "<SUF>", "<MID>", layout="{p} {prefix} {s}{suffix} {m}", extra_stops=("<EOT>", "</s>"),
+        "<PRE>",
+        "<SUF>",
+        "<MID>",
+        layout="{p} {prefix} {s}{suffix} {m}",
+        extra_stops=("<EOT>", "</s>"),
         spm_space=True,
-        model_ids=r"code-?llama(?!.*\b(34|70)b)"),  # the 34B and 70B CodeLlamas were not trained to infill
+        model_ids=r"code-?llama(?!.*\b(34|70)b)",
+    ),  # the 34B and 70B CodeLlamas were not trained to infill
     "deepseek": FimFamily(
-        "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", extra_stops=("<|EOT|>", "<｜end▁of▁sentence｜>"),
-        model_ids=r"deepseek[-_ ]?coder"),
+        "<｜fim▁begin｜>",
+        "<｜fim▁hole｜>",
+        "<｜fim▁end｜>",
+        extra_stops=("<|EOT|>", "<｜end▁of▁sentence｜>"),
+        model_ids=r"deepseek[-_ ]?coder",
+    ),
 }
 
 
 def special_spellings() -> dict[str, tuple[str, ...]]:
     """Tokenizer.special's roles -> every spelling of that token across the families, in table order (the
     tokenizer takes the first its vocabulary has)."""
-    roles: dict[str, list[str]] = {r: [] for r in ("fim_prefix", "fim_suffix", "fim_middle", "fim_pad", "file_sep",
-                                                   "repo_name")}
+    roles: dict[str, list[str]] = {
+        r: [] for r in ("fim_prefix", "fim_suffix", "fim_middle", "fim_pad", "file_sep", "repo_name")
+    }
     for fam in FAMILIES.values():
-        for role, marks in (("fim_prefix", [fam.prefix]), ("fim_suffix", [fam.suffix]),
-                            ("fim_middle", [fam.middle]), ("fim_pad", [fam.pad]), ("file_sep", [fam.file_sep]),
-                            ("repo_name", list(fam.repo_name))):
+        for role, marks in (
+            ("fim_prefix", [fam.prefix]),
+            ("fim_suffix", [fam.suffix]),
+            ("fim_middle", [fam.middle]),
+            ("fim_pad", [fam.pad]),
+            ("file_sep", [fam.file_sep]),
+            ("repo_name", list(fam.repo_name)),
+        ):
             for mark in marks:
                 if mark is not None:
                     roles[role] += [mark, "▁" + mark] if fam.spm_space and role.startswith("fim_") else [mark]
@@ -164,6 +193,8 @@ def fim_prompt_ids(tokenizer: TokenizerLike, fim: FimTokens, prefix: str, suffix
 def _encode_exact(tokenizer: TokenizerLike, text: str) -> list[int]:
     if not text:
         return []
-    if getattr(tokenizer, "space_prefix", False):  # SentencePiece: no dummy-prefix space before a piece of text
+    if getattr(
+        tokenizer, "space_prefix", False
+    ):  # SentencePiece: no dummy-prefix space before a piece of text
         return tokenizer.encode(text, dummy_prefix=False)  # type: ignore[call-arg]
     return tokenizer.encode(text)

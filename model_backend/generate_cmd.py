@@ -27,13 +27,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--quantize", default="auto", choices=["auto", "blocks", "fp16", "int8", "none"],
-                        help="CPU weight format: auto = blocks where the kernel builds, else fp16 (both use the "
-                             "weights as stored / exact to fp16 rounding); int8 is faster but lossy")
+    parser.add_argument(
+        "--quantize",
+        default="auto",
+        choices=["auto", "blocks", "fp16", "int8", "none"],
+        help="CPU weight format: auto = blocks where the kernel builds, else fp16 (both use the "
+        "weights as stored / exact to fp16 rounding); int8 is faster but lossy",
+    )
     parser.add_argument("--no-token-healing", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for prefill")
-    parser.add_argument("--decode-threads", type=int, default=1,
-                        help="torch CPU threads for decode steps (1: robust when other processes are busy)")
+    parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for decode steps (1: robust when other processes are busy)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list of candidates")
     add_speculation_arguments(parser)
 
@@ -45,9 +53,17 @@ def run(args: argparse.Namespace) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     params = SamplingParams(
-        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        n=args.n, best_of=args.best_of, beam_width=args.beam, stop=list(args.stop), seed=args.seed,
-        token_healing=not args.no_token_healing)
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        n=args.n,
+        best_of=args.best_of,
+        beam_width=args.beam,
+        stop=list(args.stop),
+        seed=args.seed,
+        token_healing=not args.no_token_healing,
+    )
     try:
         params.validate()
     except ValueError as e:
@@ -58,8 +74,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"loading {args.model} ...", file=sys.stderr)
     try:
-        engine = Engine.load(args.model, device=args.device, quantize=args.quantize, max_batch=max(
-            8, params.n_sequences), decode_threads=args.decode_threads)
+        engine = Engine.load(
+            args.model,
+            device=args.device,
+            quantize=args.quantize,
+            max_batch=max(8, params.n_sequences),
+            decode_threads=args.decode_threads,
+        )
         engine.set_speculation(args.speculate, args.draft_model, quantize=args.quantize)
     except Exception as e:  # ModelLoadError, ValueError (device): one clear line, no traceback
         print(f"copilot-backend generate: cannot load model: {e}", file=sys.stderr)
@@ -75,8 +96,15 @@ def run(args: argparse.Namespace) -> int:
     n_tok = sum(len(c.token_ids) for c in candidates)
     print(f"{n_tok} tokens in {dt:.2f}s", file=sys.stderr)
     if args.json:
-        out = [{"text": c.text, "mean_logprob": c.mean_logprob, "tokens": c.tokens,
-                "finish_reason": c.finish_reason} for c in candidates]
+        out = [
+            {
+                "text": c.text,
+                "mean_logprob": c.mean_logprob,
+                "tokens": c.tokens,
+                "finish_reason": c.finish_reason,
+            }
+            for c in candidates
+        ]
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
         for i, c in enumerate(candidates):

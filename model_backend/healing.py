@@ -27,7 +27,12 @@ class TokenHealer:
         bos = getattr(tokenizer, "bos_id", None)
         # tokens never backed off nor offered: end of sequence, BOS, FIM markers and other control tokens
         self.never: frozenset[int] = frozenset(
-            {*(getattr(tokenizer, "eos_ids", ()) or ()), *specials.values(), *([bos] if bos is not None else [])})
+            {
+                *(getattr(tokenizer, "eos_ids", ()) or ()),
+                *specials.values(),
+                *([bos] if bos is not None else []),
+            }
+        )
         self._index: tuple[list[bytes], list[int]] | None = None
         self._options: dict[bytes, torch.Tensor] = {}
 
@@ -71,4 +76,3 @@ class TokenHealer:
             opts = torch.tensor(self.tokens_starting_with(pending), device=self.device)
             self._options[pending] = opts
         return opts
-

@@ -24,8 +24,14 @@ from model_backend.weights import Checkpoint, ModelLoadError, QTensor, load_chec
 log = logging.getLogger(__name__)
 
 QUANTIZE_CHOICES = ("auto", "none", *CPU_WEIGHT_FORMATS)
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -34,23 +40,46 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but torch sees no CUDA device (torch build "
-                         f"{torch.__version__})")
+        raise ValueError(
+            f"device cuda requested but torch sees no CUDA device (torch build {torch.__version__})"
+        )
     return torch.device(device)
 
 
-def load_engine(engine_cls: Any, model: str = "default", *, device: str = "auto", max_batch: int = 8,
-                max_seq_len: int | None = None, quantize: str = "auto", rope_theta: float | None = None,
-                rope_scaling: float | None = None, dtype: str | None = None, cache_dir: Any = None,
-                progress: bool = True, pack_in_background: bool = False, **engine_kw: Any) -> Any:
+def load_engine(
+    engine_cls: Any,
+    model: str = "default",
+    *,
+    device: str = "auto",
+    max_batch: int = 8,
+    max_seq_len: int | None = None,
+    quantize: str = "auto",
+    rope_theta: float | None = None,
+    rope_scaling: float | None = None,
+    dtype: str | None = None,
+    cache_dir: Any = None,
+    progress: bool = True,
+    pack_in_background: bool = False,
+    **engine_kw: Any,
+) -> Any:
     """Engine.load (see its docstring)."""
     dev = resolve_device(device)
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize must be auto, none, fp16, int8 or blocks, got {quantize!r}")
     ckpt = load_checkpoint(model, cache_dir=cache_dir, progress=progress)
-    return engine_from_checkpoint(engine_cls, ckpt, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
-                                  quantize=quantize, rope_theta=rope_theta, rope_scaling=rope_scaling,
-                                  dtype=dtype, pack_in_background=pack_in_background, **engine_kw)
+    return engine_from_checkpoint(
+        engine_cls,
+        ckpt,
+        device=dev,
+        max_batch=max_batch,
+        max_seq_len=max_seq_len,
+        quantize=quantize,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        dtype=dtype,
+        pack_in_background=pack_in_background,
+        **engine_kw,
+    )
 
 
 def _torch_dtype(dtype: str | None, dev: torch.device) -> torch.dtype:
@@ -66,7 +95,9 @@ def _torch_dtype(dtype: str | None, dev: torch.device) -> torch.dtype:
 def stored_compactly(ckpt: Checkpoint) -> bool:
     """Whether the checkpoint's matrices are stored in fewer than 32 bits (GGUF blocks, bf16/fp16), so keeping
     them as stored beats an fp16 pack."""
-    return any(isinstance(t, QTensor) or (t.dim() == 2 and t.dtype != torch.float32) for t in ckpt.tensors.values())
+    return any(
+        isinstance(t, QTensor) or (t.dim() == 2 and t.dtype != torch.float32) for t in ckpt.tensors.values()
+    )
 
 
 def cpu_format(quantize: str, ckpt: Checkpoint, tdtype: torch.dtype) -> str:
@@ -78,14 +109,22 @@ def cpu_format(quantize: str, ckpt: Checkpoint, tdtype: torch.dtype) -> str:
             return "none"
         return "blocks" if cpu_kernels.available() and stored_compactly(ckpt) else "fp16"
     if quantize == "blocks" and not cpu_kernels.available():
-        raise ValueError("the blocks weight format needs the CPU kernels (a C compiler and an AVX2/FMA/F16C "
-                         "CPU; see model_backend/cpu_kernels.py); use quantize='fp16'")
+        raise ValueError(
+            "the blocks weight format needs the CPU kernels (a C compiler and an AVX2/FMA/F16C "
+            "CPU; see model_backend/cpu_kernels.py); use quantize='fp16'"
+        )
     return quantize
 
 
-def build(ckpt: Checkpoint, cfg: Any, dev: torch.device, quantize: str, tdtype: torch.dtype) -> tuple[Any, str]:
+def build(
+    ckpt: Checkpoint, cfg: Any, dev: torch.device, quantize: str, tdtype: torch.dtype
+) -> tuple[Any, str]:
     """(model, weight format) for the checkpoint on `dev`."""
-    fmt = cpu_format(quantize, ckpt, tdtype) if dev.type == "cpu" else ("none" if quantize == "auto" else quantize)
+    fmt = (
+        cpu_format(quantize, ckpt, tdtype)
+        if dev.type == "cpu"
+        else ("none" if quantize == "auto" else quantize)
+    )
     if fmt in CPU_WEIGHT_FORMATS and dev.type != "cpu":
         raise ValueError(f"{fmt} weight packing is a CPU path; on CUDA use quantize='none' (and dtype)")
     if fmt == "blocks":
@@ -101,17 +140,29 @@ def build(ckpt: Checkpoint, cfg: Any, dev: torch.device, quantize: str, tdtype: 
     return model, fmt
 
 
-def engine_from_checkpoint(engine_cls: Any, ckpt: Checkpoint, *, device: torch.device | str = "cpu",
-                           max_batch: int = 8, max_seq_len: int | None = None, quantize: str = "auto",
-                           rope_theta: float | None = None, rope_scaling: float | None = None,
-                           dtype: str | None = None, pack_in_background: bool = False, **engine_kw: Any) -> Any:
+def engine_from_checkpoint(
+    engine_cls: Any,
+    ckpt: Checkpoint,
+    *,
+    device: torch.device | str = "cpu",
+    max_batch: int = 8,
+    max_seq_len: int | None = None,
+    quantize: str = "auto",
+    rope_theta: float | None = None,
+    rope_scaling: float | None = None,
+    dtype: str | None = None,
+    pack_in_background: bool = False,
+    **engine_kw: Any,
+) -> Any:
     """Engine.from_checkpoint (see Engine.load)."""
     dev = resolve_device(device) if isinstance(device, str) else device
     cfg = ckpt.config
     if rope_theta is not None or rope_scaling is not None:
         cfg = dataclasses.replace(
-            cfg, rope_theta=cfg.rope_theta if rope_theta is None else float(rope_theta),
-            rope_scaling=cfg.rope_scaling if rope_scaling is None else float(rope_scaling))
+            cfg,
+            rope_theta=cfg.rope_theta if rope_theta is None else float(rope_theta),
+            rope_scaling=cfg.rope_scaling if rope_scaling is None else float(rope_scaling),
+        )
     tdtype = _torch_dtype(dtype, dev)
     model, fmt = build(ckpt, cfg, dev, quantize, tdtype)
     background = pack_in_background and fmt in ("fp16", "int8")
@@ -121,8 +172,9 @@ def engine_from_checkpoint(engine_cls: Any, ckpt: Checkpoint, *, device: torch.d
         # packed CPU weights: an fp16 KV cache halves the bytes a decode step reads at long context (the fp32
         # reference format "none" keeps an fp32 cache); see docs/performance.md
         engine_kw.setdefault("kv_dtype", torch.float16)
-    engine = engine_cls(model, ckpt.tokenizer, cfg, device=dev, max_batch=max_batch, max_seq_len=max_seq_len,
-                        **engine_kw)
+    engine = engine_cls(
+        model, ckpt.tokenizer, cfg, device=dev, max_batch=max_batch, max_seq_len=max_seq_len, **engine_kw
+    )
     engine.weight_format = fmt if fmt in CPU_WEIGHT_FORMATS else str(tdtype).removeprefix("torch.")
     engine._blocks = None
     if background:

@@ -15,7 +15,21 @@ from dataclasses import dataclass, field
 
 # Latency buckets in seconds: a CPU prefill of 2,000 tokens takes seconds, a GPU decode step milliseconds.
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 
 PREFIX = "copilot_backend"
@@ -75,16 +89,16 @@ class Metrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str], int] = {}          # (endpoint, status) -> count
-        self.cancellations: dict[str, int] = {}                  # reason -> count
+        self.requests: dict[tuple[str, str], int] = {}  # (endpoint, status) -> count
+        self.cancellations: dict[str, int] = {}  # reason -> count
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.queue_depth = 0
         self.active_requests = 0
-        self.prefill_seconds = Histogram()     # per request: admission -> first output (the prefill)
+        self.prefill_seconds = Histogram()  # per request: admission -> first output (the prefill)
         self.decode_step_seconds = Histogram()  # per engine step without new admissions
-        self.queue_wait_seconds = Histogram()   # per request: submitted -> admitted to the engine
-        self.request_seconds = Histogram()      # per request: submitted -> finished
+        self.queue_wait_seconds = Histogram()  # per request: submitted -> admitted to the engine
+        self.request_seconds = Histogram()  # per request: submitted -> finished
         # Read from the engine's stats at render time (the engine owns the prefix cache).
         self.engine_stats: Callable[[], dict[str, float]] | None = None
 
@@ -127,26 +141,55 @@ class Metrics:
                 out.append(f"# TYPE {PREFIX}_{name} {kind}")
                 out.extend(samples)
 
-            family("requests_total", "counter", "HTTP requests by endpoint and status code.", [
-                f"{PREFIX}_requests_total{_labels({'endpoint': e, 'status': s})} {c}"
-                for (e, s), c in sorted(self.requests.items())
-            ])
-            family("cancellations_total", "counter",
-                   "Generations stopped before they finished (client gone, shutdown).", [
-                       f"{PREFIX}_cancellations_total{_labels({'reason': r})} {c}"
-                       for r, c in sorted(self.cancellations.items())
-                   ] or [f'{PREFIX}_cancellations_total{{reason="disconnect"}} 0'])
-            family("prompt_tokens_total", "counter", "Prompt tokens received.",
-                   [f"{PREFIX}_prompt_tokens_total {self.prompt_tokens}"])
-            family("completion_tokens_total", "counter", "Completion tokens generated.",
-                   [f"{PREFIX}_completion_tokens_total {self.completion_tokens}"])
-            family("queue_depth", "gauge", "Requests waiting for the engine.",
-                   [f"{PREFIX}_queue_depth {self.queue_depth}"])
-            family("active_requests", "gauge", "Requests the engine is generating.",
-                   [f"{PREFIX}_active_requests {self.active_requests}"])
+            family(
+                "requests_total",
+                "counter",
+                "HTTP requests by endpoint and status code.",
+                [
+                    f"{PREFIX}_requests_total{_labels({'endpoint': e, 'status': s})} {c}"
+                    for (e, s), c in sorted(self.requests.items())
+                ],
+            )
+            family(
+                "cancellations_total",
+                "counter",
+                "Generations stopped before they finished (client gone, shutdown).",
+                [
+                    f"{PREFIX}_cancellations_total{_labels({'reason': r})} {c}"
+                    for r, c in sorted(self.cancellations.items())
+                ]
+                or [f'{PREFIX}_cancellations_total{{reason="disconnect"}} 0'],
+            )
+            family(
+                "prompt_tokens_total",
+                "counter",
+                "Prompt tokens received.",
+                [f"{PREFIX}_prompt_tokens_total {self.prompt_tokens}"],
+            )
+            family(
+                "completion_tokens_total",
+                "counter",
+                "Completion tokens generated.",
+                [f"{PREFIX}_completion_tokens_total {self.completion_tokens}"],
+            )
+            family(
+                "queue_depth",
+                "gauge",
+                "Requests waiting for the engine.",
+                [f"{PREFIX}_queue_depth {self.queue_depth}"],
+            )
+            family(
+                "active_requests",
+                "gauge",
+                "Requests the engine is generating.",
+                [f"{PREFIX}_active_requests {self.active_requests}"],
+            )
             for name, hist, help_text in (
-                ("prefill_seconds", self.prefill_seconds,
-                 "Per request: time from admission to its first output (prefill)."),
+                (
+                    "prefill_seconds",
+                    self.prefill_seconds,
+                    "Per request: time from admission to its first output (prefill).",
+                ),
                 ("decode_step_seconds", self.decode_step_seconds, "Duration of engine decode steps."),
                 ("queue_wait_seconds", self.queue_wait_seconds, "Per request: time queued before admission."),
                 ("request_seconds", self.request_seconds, "Per request: time from submission to finish."),
@@ -154,16 +197,25 @@ class Metrics:
                 family(name, "histogram", help_text, hist.lines(f"{PREFIX}_{name}"))
             hit, looked = engine.get("prefix_cache_hit_tokens"), engine.get("prefix_cache_query_tokens")
             if hit is not None and looked is not None:
-                family("prefix_cache_hit_tokens_total", "counter",
-                       "Prompt tokens served from the prefix cache.",
-                       [f"{PREFIX}_prefix_cache_hit_tokens_total {_num(hit)}"])
-                family("prefix_cache_query_tokens_total", "counter",
-                       "Prompt tokens looked up in the prefix cache.",
-                       [f"{PREFIX}_prefix_cache_query_tokens_total {_num(looked)}"])
+                family(
+                    "prefix_cache_hit_tokens_total",
+                    "counter",
+                    "Prompt tokens served from the prefix cache.",
+                    [f"{PREFIX}_prefix_cache_hit_tokens_total {_num(hit)}"],
+                )
+                family(
+                    "prefix_cache_query_tokens_total",
+                    "counter",
+                    "Prompt tokens looked up in the prefix cache.",
+                    [f"{PREFIX}_prefix_cache_query_tokens_total {_num(looked)}"],
+                )
             ratio = engine.get("prefix_cache_hit_ratio")
-            family("prefix_cache_hit_ratio", "gauge",
-                   "Fraction of prompt tokens served from the prefix cache (NaN before any prompt).",
-                   [f"{PREFIX}_prefix_cache_hit_ratio {_num(ratio if ratio is not None else math.nan)}"])
+            family(
+                "prefix_cache_hit_ratio",
+                "gauge",
+                "Fraction of prompt tokens served from the prefix cache (NaN before any prompt).",
+                [f"{PREFIX}_prefix_cache_hit_ratio {_num(ratio if ratio is not None else math.nan)}"],
+            )
             return "\n".join(out) + "\n"
 
 

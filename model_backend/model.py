@@ -72,9 +72,19 @@ class Attention(nn.Module):
         self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=cfg.out_bias, device=device)
         self.decode_kernel: Any = None  # cpu_kernels.attention_kernel(): one C call per row of a decode step
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor],
-                rows: Tensor, pos: Tensor, read: slice | Tensor, kv_len: int,
-                single: tuple[int, int] | None, steps: Sequence[tuple[int, int]] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        rope: Tensor,
+        mask: Tensor | None,
+        cache: tuple[Tensor, Tensor],
+        rows: Tensor,
+        pos: Tensor,
+        read: slice | Tensor,
+        kv_len: int,
+        single: tuple[int, int] | None,
+        steps: Sequence[tuple[int, int]] | None = None,
+    ) -> Tensor:
         """steps: each row's (slot, first position)."""
         b, t, _ = x.shape
         hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
@@ -92,8 +102,19 @@ class Attention(nn.Module):
             for i, (slot, p0) in enumerate(steps):
                 kc, vc = k_cache[slot], v_cache[slot]  # [nkv, capacity, hd], contiguous
                 for j in range(t):
-                    rc = fn(qkv[i, j].data_ptr(), rope_f[i, j].data_ptr(), kc.data_ptr(), vc.data_ptr(),
-                            out[i, j].data_ptr(), nh, nkv, hd, p0 + j, kc.stride(0), hd ** -0.5)
+                    rc = fn(
+                        qkv[i, j].data_ptr(),
+                        rope_f[i, j].data_ptr(),
+                        kc.data_ptr(),
+                        vc.data_ptr(),
+                        out[i, j].data_ptr(),
+                        nh,
+                        nkv,
+                        hd,
+                        p0 + j,
+                        kc.stride(0),
+                        hd**-0.5,
+                    )
                     if rc != 0:
                         raise RuntimeError(f"attention kernel failed (code {rc})")
             return self.wo(out)
@@ -102,11 +123,11 @@ class Attention(nn.Module):
         qk = qkv[..., : (nh + nkv) * hd].float().reshape(b, t, nh + nkv, hd // 2, 2)
         qk = torch.view_as_real(torch.view_as_complex(qk) * rope).reshape(b, t, nh + nkv, hd).to(x.dtype)
         q, k = qk[:, :, :nh], qk[:, :, nh:]
-        v = qkv[..., (nh + nkv) * hd:].view(b, t, nkv, hd)
+        v = qkv[..., (nh + nkv) * hd :].view(b, t, nkv, hd)
         if single is not None:  # one row: a plain slice copy (cheaper than index_put)
             slot, p0 = single
-            k_cache[slot, :, p0:p0 + t] = k[0].transpose(0, 1)
-            v_cache[slot, :, p0:p0 + t] = v[0].transpose(0, 1)
+            k_cache[slot, :, p0 : p0 + t] = k[0].transpose(0, 1)
+            v_cache[slot, :, p0 : p0 + t] = v[0].transpose(0, 1)
         else:  # advanced indices on dims 0 and 2 -> the value is laid out [b, t, heads, hd]
             k_cache[rows, :, pos] = k.to(k_cache.dtype)
             v_cache[rows, :, pos] = v.to(v_cache.dtype)
@@ -115,16 +136,17 @@ class Attention(nn.Module):
         if keys.dtype != q.dtype:  # an fp16 cache under fp32 activations (packed CPU weights)
             keys, values = keys.to(q.dtype), values.to(q.dtype)
         if t > 1:
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
-                                                 enable_gqa=nh != nkv)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, attn_mask=mask, enable_gqa=nh != nkv
+            )
             return self.wo(out.transpose(1, 2).reshape(b, t, nh * hd))
         # decode: the query heads of one KV head form a [g, hd] matrix -> two small matmuls, no repeat
         g = nh // nkv
         if b == 1:  # 3-D bmm on views: no broadcast/expand
-            scores = torch.bmm(q.reshape(nkv, g, hd), keys[0].transpose(1, 2)).float() * (hd ** -0.5)
+            scores = torch.bmm(q.reshape(nkv, g, hd), keys[0].transpose(1, 2)).float() * (hd**-0.5)
             probs = torch.softmax(scores, dim=-1).to(values.dtype)
             return self.wo(torch.bmm(probs, values[0]).reshape(1, 1, nh * hd))
-        scores = torch.matmul(q.reshape(b, nkv, g, hd), keys.transpose(-1, -2)).float() * (hd ** -0.5)
+        scores = torch.matmul(q.reshape(b, nkv, g, hd), keys.transpose(-1, -2)).float() * (hd**-0.5)
         if mask is not None:  # [b, nkv, g, kv_len] + [b, 1, 1, kv_len]
             scores = scores + mask
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
@@ -183,8 +205,11 @@ class Transformer(nn.Module):
         """device="meta" builds the structure without allocating (build_model then assigns the weights)."""
         super().__init__()
         self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
-                                  _weight=torch.empty(cfg.vocab_size, cfg.hidden_size, device=device))
+        self.embed = nn.Embedding(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            _weight=torch.empty(cfg.vocab_size, cfg.hidden_size, device=device),
+        )
         self.layers = nn.ModuleList(Block(cfg, device) for _ in range(cfg.n_layers))
         self.norm = Norm(cfg.hidden_size, cfg.norm_eps, cfg.norm_type, device)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False, device=device)
@@ -206,15 +231,27 @@ class Transformer(nn.Module):
         cfg = self.config
         fn = cpu_kernels.attention_kernel() if self.embed.weight.device.type == "cpu" else None
         # what the kernel handles (it checks again and fails loudly): fp32, head_dim % 8, <= 16 query heads per KV head
-        if (self.embed.weight.dtype != torch.float32 or cfg.head_dim % 8 or cfg.head_dim > 256
-                or cfg.n_heads % cfg.n_kv_heads or cfg.n_heads // cfg.n_kv_heads > 16):
+        if (
+            self.embed.weight.dtype != torch.float32
+            or cfg.head_dim % 8
+            or cfg.head_dim > 256
+            or cfg.n_heads % cfg.n_kv_heads
+            or cfg.n_heads // cfg.n_kv_heads > 16
+        ):
             fn = None
         for layer in self.layers:
             layer.attn.decode_kernel = fn
         return fn is not None
 
-    def setup_caches(self, n_slots: int, max_seq: int, *, rope_theta: float | None = None,
-                     rope_scaling: float | None = None, dtype: torch.dtype | None = None) -> None:
+    def setup_caches(
+        self,
+        n_slots: int,
+        max_seq: int,
+        *,
+        rope_theta: float | None = None,
+        rope_scaling: float | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         """A KV cache of `n_slots` sequences of up to `max_seq` positions, sized from the model (n_kv_heads x
         head_dim per layer). Its capacity grows with use (ensure_capacity): a short session never allocates
         max_seq positions."""
@@ -286,8 +323,9 @@ class Transformer(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, tokens: Tensor, start_pos: Sequence[int], slots: Sequence[int], *,
-                all_logits: bool = False) -> Tensor:
+    def forward(
+        self, tokens: Tensor, start_pos: Sequence[int], slots: Sequence[int], *, all_logits: bool = False
+    ) -> Tensor:
         """tokens [b, t]; row i holds t new tokens at positions start_pos[i].. of cache slot slots[i].
 
         Returns fp32 logits [b, t, vocab] (all_logits) or [b, vocab] for each row's last token.
@@ -302,22 +340,37 @@ class Transformer(nn.Module):
         pos = torch.tensor(list(start_pos), device=device).unsqueeze(1) + torch.arange(t, device=device)
         rows = torch.tensor(list(slots), device=device).unsqueeze(1)
         s0 = slots[0]
-        read: slice | Tensor = (slice(s0, s0 + b) if list(slots) == list(range(s0, s0 + b))
-                                else rows.squeeze(1))
+        read: slice | Tensor = (
+            slice(s0, s0 + b) if list(slots) == list(range(s0, s0 + b)) else rows.squeeze(1)
+        )
         # row i, query j may attend to key positions <= pos[i, j]
         mask: Tensor | None = None
         if t > 1:
             mask = (torch.arange(kv_len, device=device).view(1, 1, kv_len) <= pos.unsqueeze(-1)).unsqueeze(1)
         elif min(start_pos) + 1 < kv_len:  # decode rows of different lengths: additive mask [b, 1, 1, kv]
             valid = torch.arange(kv_len, device=device).view(1, kv_len) <= pos
-            mask = torch.zeros(b, kv_len, device=device).masked_fill_(~valid, float("-inf")).view(b, 1, 1, kv_len)
+            mask = (
+                torch.zeros(b, kv_len, device=device)
+                .masked_fill_(~valid, float("-inf"))
+                .view(b, 1, 1, kv_len)
+            )
         rope = self.rope[pos].unsqueeze(2)  # [b, t, 1, hd/2]
         single = (slots[0], start_pos[0]) if b == 1 else None
         steps = list(zip(slots, start_pos, strict=True))
         x = self.embed(tokens)
         for i, layer in enumerate(self.layers):
-            x = x + layer.attn(layer.attn_norm(x), rope, mask, (self.k_cache[i], self.v_cache[i]),
-                               rows, pos, read, kv_len, single, steps)
+            x = x + layer.attn(
+                layer.attn_norm(x),
+                rope,
+                mask,
+                (self.k_cache[i], self.v_cache[i]),
+                rows,
+                pos,
+                read,
+                kv_len,
+                single,
+                steps,
+            )
             x = x + layer.mlp(layer.ffn_norm(x))
         if not all_logits:
             x = x[:, -1]
@@ -325,6 +378,7 @@ class Transformer(nn.Module):
 
 
 # -- building from a checkpoint ----------------------------------------------------------------------
+
 
 def fused_state_dict(cfg: ModelConfig, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """Hugging Face tensor names -> this module's (fused) names."""
@@ -345,10 +399,14 @@ def fused_state_dict(cfg: ModelConfig, tensors: dict[str, Tensor]) -> dict[str, 
         if cfg.out_bias:
             sd[o + "attn.wo.bias"] = get(att + "o_proj.bias")
         if cfg.mlp_type == "swiglu":
-            sd[o + "mlp.w_in.weight"] = torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
+            sd[o + "mlp.w_in.weight"] = torch.cat(
+                [get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]
+            )
             sd[o + "mlp.w_out.weight"] = get(p + "mlp.down_proj.weight")
             if cfg.mlp_bias:
-                sd[o + "mlp.w_in.bias"] = torch.cat([get(p + "mlp.gate_proj.bias"), get(p + "mlp.up_proj.bias")])
+                sd[o + "mlp.w_in.bias"] = torch.cat(
+                    [get(p + "mlp.gate_proj.bias"), get(p + "mlp.up_proj.bias")]
+                )
                 sd[o + "mlp.w_out.bias"] = get(p + "mlp.down_proj.bias")
         else:
             sd[o + "mlp.w_in.weight"] = get(p + "mlp.c_fc.weight")
@@ -372,8 +430,9 @@ def fused_state_dict(cfg: ModelConfig, tensors: dict[str, Tensor]) -> dict[str, 
 
 def _fused_qkv(cfg: ModelConfig, get: Any, prefix: str, kind: str) -> Tensor:
     q, k, v = (get(f"{prefix}{n}_proj.{kind}") for n in "qkv")
-    return torch.cat([interleave_rows(q, cfg.n_heads, cfg.head_dim),
-                      interleave_rows(k, cfg.n_kv_heads, cfg.head_dim), v])
+    return torch.cat(
+        [interleave_rows(q, cfg.n_heads, cfg.head_dim), interleave_rows(k, cfg.n_kv_heads, cfg.head_dim), v]
+    )
 
 
 class _Dense(dict):
@@ -395,8 +454,13 @@ class _Dense(dict):
         return (as_float32(t) if not isinstance(t, Tensor) else t).to(device=self.device, dtype=want)
 
 
-def build_model(cfg: ModelConfig, tensors: dict[str, Any], *, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> Transformer:
+def build_model(
+    cfg: ModelConfig,
+    tensors: dict[str, Any],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Transformer:
     """A Transformer holding the checkpoint's weights dense in `dtype` (norm weights stay fp32): the fp32
     reference on the CPU, bf16/fp16 on CUDA (quantized GGUF tensors are dequantized one by one)."""
     device = torch.device(device)
@@ -521,12 +585,20 @@ def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any =
             qkv_b = [get(f"{att}{n}_proj.bias").float() for n in "qkv"]
             qkv_b = [b if perm is None else b[perm] for b, perm in zip(qkv_b, perms, strict=True)]
         layer.attn.wqkv = packed_linear(qkv, qkv_b, release)
-        layer.attn.wo = packed_linear([get(att + "o_proj.weight")], [get(att + "o_proj.bias")] if cfg.out_bias else None)
-        ins, out = (("gate_proj", "up_proj"), "down_proj") if cfg.mlp_type == "swiglu" else (("c_fc",), "c_proj")
-        layer.mlp.w_in = packed_linear([get(f"{p}mlp.{n}.weight") for n in ins],
-                                       [get(f"{p}mlp.{n}.bias") for n in ins] if cfg.mlp_bias else None, release)
-        layer.mlp.w_out = packed_linear([get(f"{p}mlp.{out}.weight")],
-                                        [get(f"{p}mlp.{out}.bias")] if cfg.mlp_bias else None)
+        layer.attn.wo = packed_linear(
+            [get(att + "o_proj.weight")], [get(att + "o_proj.bias")] if cfg.out_bias else None
+        )
+        ins, out = (
+            (("gate_proj", "up_proj"), "down_proj") if cfg.mlp_type == "swiglu" else (("c_fc",), "c_proj")
+        )
+        layer.mlp.w_in = packed_linear(
+            [get(f"{p}mlp.{n}.weight") for n in ins],
+            [get(f"{p}mlp.{n}.bias") for n in ins] if cfg.mlp_bias else None,
+            release,
+        )
+        layer.mlp.w_out = packed_linear(
+            [get(f"{p}mlp.{out}.weight")], [get(f"{p}mlp.{out}.bias")] if cfg.mlp_bias else None
+        )
         for ours, theirs in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
             norm = getattr(layer, ours)
             norm.weight = vec(f"{p}{theirs}.weight")
@@ -581,9 +653,12 @@ def pack_targets(model: Transformer, fmt: str) -> list[tuple[nn.Module, str, nn.
         raise ValueError(f"unknown CPU weight format {fmt!r}; expected one of {CPU_WEIGHT_FORMATS}")
     if "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"
-    return [(parent, name, child, f"{pname}.{name}" if pname else name)
-            for pname, parent in model.named_modules()
-            for name, child in parent.named_children() if isinstance(child, nn.Linear)]
+    return [
+        (parent, name, child, f"{pname}.{name}" if pname else name)
+        for pname, parent in model.named_modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear)
+    ]
 
 
 def pack_linear(linear: nn.Linear, fmt: str, block: Any = None) -> nn.Module:
@@ -619,6 +694,8 @@ def count_params(model: nn.Module) -> int:
 
 
 def describe(cfg: Any) -> str:
-    return (f"{cfg.arch}: {cfg.n_layers} layers, d={cfg.hidden_size}, heads {cfg.n_heads}/{cfg.n_kv_heads}, "
-            f"vocab {cfg.vocab_size}, rope {cfg.rope_theta:g}" + ("" if math.isclose(cfg.rope_scaling, 1.0)
-                                                                  else f" x{cfg.rope_scaling:g}"))
+    return (
+        f"{cfg.arch}: {cfg.n_layers} layers, d={cfg.hidden_size}, heads {cfg.n_heads}/{cfg.n_kv_heads}, "
+        f"vocab {cfg.vocab_size}, rope {cfg.rope_theta:g}"
+        + ("" if math.isclose(cfg.rope_scaling, 1.0) else f" x{cfg.rope_scaling:g}")
+    )

@@ -92,9 +92,9 @@ def _deq_q6_k(b: np.ndarray) -> np.ndarray:
 def _deq_q5(b: np.ndarray, with_min: bool) -> np.ndarray:
     # Q5_0: d, 4 bytes of fifth bits, 16 bytes of nibbles (value - 16); Q5_1: d, m, then the same (value + m)
     off = 4 if with_min else 2
-    qh = np.ascontiguousarray(b[:, off:off + 4]).view("<u4")  # (n, 1)
+    qh = np.ascontiguousarray(b[:, off : off + 4]).view("<u4")  # (n, 1)
     high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8) << 4
-    q = (_nibbles(b[:, off + 4:]) | high).astype(np.float32)
+    q = (_nibbles(b[:, off + 4 :]) | high).astype(np.float32)
     if with_min:
         return _f16(b[:, :2]) * q + _f16(b[:, 2:4])
     return _f16(b[:, :2]) * (q - 16.0)
@@ -145,7 +145,9 @@ def check_size(nbytes: int, qtype: Q | int, shape: tuple[int, ...]) -> Q:
     block_size, block_bytes = GGML_QUANT_SIZES[qtype]
     n = int(np.prod(shape))
     if n % block_size or nbytes != n // block_size * block_bytes or shape[-1] % block_size:
-        raise QuantError(f"{qtype.name} data of {nbytes} bytes does not hold a tensor of shape {tuple(shape)}")
+        raise QuantError(
+            f"{qtype.name} data of {nbytes} bytes does not hold a tensor of shape {tuple(shape)}"
+        )
     return qtype
 
 

@@ -56,9 +56,16 @@ def candidate_set(logits: Tensor, temperature: float, top_k: int, top_p: float) 
     return ids[:keep], p[:keep]
 
 
-def sample_token(logits: Tensor, *, temperature: float, top_k: int, top_p: float,
-                 generator: torch.Generator | None, allowed: Tensor | None = None,
-                 lp: Tensor | None = None) -> tuple[int, float]:
+def sample_token(
+    logits: Tensor,
+    *,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+    allowed: Tensor | None = None,
+    lp: Tensor | None = None,
+) -> tuple[int, float]:
     """One token from one logits row [vocab]: (token id, its log-prob under the model). `allowed` restricts the
     choice (token healing); `lp` is the row's `log_probs` when the caller has them already (a batch's)."""
     if lp is None:
@@ -83,6 +90,7 @@ def top_tokens(lp: Tensor, k: int) -> list[tuple[int, float]] | None:
 
 # -- beam search -----------------------------------------------------------------------------------------
 
+
 @dataclass
 class Hypothesis:
     tokens: list[int]
@@ -98,8 +106,9 @@ class Hypothesis:
         return self.total / max(1, len(self.logprobs))
 
 
-def beam_candidates(beam_logprobs: Tensor, beam_totals: Tensor, width: int,
-                    allowed: Tensor | None = None) -> list[tuple[int, int, float]]:
+def beam_candidates(
+    beam_logprobs: Tensor, beam_totals: Tensor, width: int, allowed: Tensor | None = None
+) -> list[tuple[int, int, float]]:
     """The 2*width best (parent beam, token, token log-prob) expansions, best cumulative score first.
 
     beam_logprobs: [beams, vocab] log-probs of the next token; beam_totals: [beams] cumulative log-probs.

@@ -51,12 +51,12 @@ PROG = "copilot-backend"
 # --- limits ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Limits:
-    max_body_bytes: int = 1 << 20      # 1 MiB: ~250k tokens of code, far above any context we serve
+    max_body_bytes: int = 1 << 20  # 1 MiB: ~250k tokens of code, far above any context we serve
     max_n: int = 8
     max_best_of: int = 16
     max_beam_width: int = 8
-    max_logprobs: int = 5              # as OpenAI
-    max_stop: int = 16                 # OpenAI allows 4; editors' per-language stop lists need more
+    max_logprobs: int = 5  # as OpenAI
+    max_stop: int = 16  # OpenAI allows 4; editors' per-language stop lists need more
     max_stop_chars: int = 256
     max_seed: int = 2**63 - 1
 
@@ -64,18 +64,39 @@ class Limits:
 class ApiError(Exception):
     """An error answered as OpenAI does: {"error": {"message", "type", "param", "code"}}."""
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-             405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-             429: "rate_limit_error", 499: "client_closed_request", 500: "server_error", 503: "server_unavailable"}
+    TYPES = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "invalid_request_error",
+        405: "invalid_request_error",
+        413: "invalid_request_error",
+        415: "invalid_request_error",
+        429: "rate_limit_error",
+        499: "client_closed_request",
+        500: "server_error",
+        503: "server_unavailable",
+    }
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "server_error"),
-                          "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.TYPES.get(self.status, "server_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -134,7 +155,7 @@ def _get_float(body: dict, name: str, default: float) -> float:
         return default
     try:
         f = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
-    except OverflowError:          # a JSON integer too large for a float (1 followed by 400 zeros)
+    except OverflowError:  # a JSON integer too large for a float (1 followed by 400 zeros)
         f = math.inf
     if not math.isfinite(f):
         raise _wrong_type(name, "a number", v)
@@ -155,7 +176,7 @@ def _get_prompt(body: dict, vocab_size: int) -> str | list[int]:
     if p is None:
         raise _bad("'prompt' is required", "prompt", "missing_required_parameter")
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
-        p = p[0]                                       # a batch of one prompt
+        p = p[0]  # a batch of one prompt
     if isinstance(p, str):
         return _check_text(p, "prompt")
     if isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
@@ -164,7 +185,9 @@ def _get_prompt(body: dict, vocab_size: int) -> str | list[int]:
         return list(p)
     if isinstance(p, list) and len(p) > 1 and all(isinstance(x, str | list) for x in p):
         raise _bad("one prompt per request: send the prompts as separate requests", "prompt", "unsupported")
-    raise _bad("'prompt' must be a string, a list of one string, or a list of token ids", "prompt", "invalid_type")
+    raise _bad(
+        "'prompt' must be a string, a list of one string, or a list of token ids", "prompt", "invalid_type"
+    )
 
 
 def _check_text(text: str, name: str) -> str:
@@ -194,7 +217,7 @@ def _get_stop(body: dict, limits: Limits) -> list[str]:
     return stops
 
 
-UNSUPPORTED_TRUE = ("echo",)                     # accepted only when false
+UNSUPPORTED_TRUE = ("echo",)  # accepted only when false
 UNSUPPORTED_NONZERO = ("presence_penalty", "frequency_penalty")
 
 
@@ -202,7 +225,7 @@ def parse_completion_request(body: Any, limits: Limits, vocab_size: int) -> Comp
     """Validate a decoded JSON body (types and ranges; no tokenizer needed). Raises ApiError(400)."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object", None, "invalid_type")
-    _get_str(body, "model")                          # any name: the server serves one model
+    _get_str(body, "model")  # any name: the server serves one model
     _reject_unsupported(body)
     suffix = _get_str(body, "suffix")
     if suffix is not None:
@@ -286,13 +309,18 @@ def _get_beam_width(body: dict, n: int, best_of: int | None, limits: Limits) -> 
 
 
 # --- prompt preparation (needs the tokenizer) -----------------------------------------------------------------
-def prepare_prompt(req: CompletionRequest, tokenizer: Any, fim: fimlib.FimTokens | None,
-                   context_length: int) -> tuple[str | list[int], int]:
+def prepare_prompt(
+    req: CompletionRequest, tokenizer: Any, fim: fimlib.FimTokens | None, context_length: int
+) -> tuple[str | list[int], int]:
     """(what the engine gets, prompt token count). Formats FIM; checks prompt + max_tokens against the context."""
     bos = 1 if (tokenizer.add_bos and tokenizer.bos_id is not None) else 0
     if req.suffix and fim is None:
-        raise _bad("this model has no fill-in-the-middle tokens, so 'suffix' is not supported; send the text "
-                   "before the cursor as 'prompt' only", "suffix", "fim_unsupported")
+        raise _bad(
+            "this model has no fill-in-the-middle tokens, so 'suffix' is not supported; send the text "
+            "before the cursor as 'prompt' only",
+            "suffix",
+            "fim_unsupported",
+        )
     if req.suffix is not None and fim is not None:
         if not isinstance(req.prompt, str):
             raise _bad("'suffix' needs a string prompt", "prompt", "invalid_type")
@@ -303,20 +331,35 @@ def prepare_prompt(req: CompletionRequest, tokenizer: Any, fim: fimlib.FimTokens
     else:
         engine_prompt, n_prompt = req.prompt, len(tokenizer.encode(req.prompt)) + bos
     if n_prompt >= context_length:
-        raise _bad(f"the prompt is {n_prompt} tokens; this model's context is {context_length} tokens",
-                   "prompt", "context_length_exceeded")
+        raise _bad(
+            f"the prompt is {n_prompt} tokens; this model's context is {context_length} tokens",
+            "prompt",
+            "context_length_exceeded",
+        )
     if n_prompt + req.max_tokens > context_length:
-        raise _bad(f"prompt ({n_prompt} tokens) + max_tokens ({req.max_tokens}) exceeds this model's context of "
-                   f"{context_length} tokens", "max_tokens", "context_length_exceeded")
+        raise _bad(
+            f"prompt ({n_prompt} tokens) + max_tokens ({req.max_tokens}) exceeds this model's context of "
+            f"{context_length} tokens",
+            "max_tokens",
+            "context_length_exceeded",
+        )
     return engine_prompt, n_prompt
 
 
 def sampling_params(req: CompletionRequest) -> SamplingParams:
     """The engine's SamplingParams. best_of is ranked here, not in the engine: it generates `samples` candidates."""
     return SamplingParams(
-        max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-        n=req.samples, best_of=None, beam_width=req.beam_width, stop=list(req.stop), seed=req.seed,
-        token_healing=req.token_healing, top_logprobs=req.logprobs or 0,
+        max_tokens=req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        n=req.samples,
+        best_of=None,
+        beam_width=req.beam_width,
+        stop=list(req.stop),
+        seed=req.seed,
+        token_healing=req.token_healing,
+        top_logprobs=req.logprobs or 0,
     )
 
 
@@ -334,10 +377,13 @@ def logprobs_dict(candidate: Any, text_base: int) -> dict[str, Any]:
         offsets.append(pos)
         pos += len(tok)
     top = getattr(candidate, "top_logprobs", None)
-    return {"tokens": list(candidate.tokens), "token_logprobs": [float(x) for x in candidate.token_logprobs],
-            "text_offset": offsets,
-            # OpenAI's shape: per token, {token text: log-prob} of the `logprobs` most likely tokens
-            "top_logprobs": None if not top else [{t: float(v) for t, v in step} for step in top]}
+    return {
+        "tokens": list(candidate.tokens),
+        "token_logprobs": [float(x) for x in candidate.token_logprobs],
+        "text_offset": offsets,
+        # OpenAI's shape: per token, {token text: log-prob} of the `logprobs` most likely tokens
+        "top_logprobs": None if not top else [{t: float(v) for t, v in step} for step in top],
+    }
 
 
 def choice_dict(index: int, candidate: Any, req: CompletionRequest, prompt_chars: int) -> dict[str, Any]:
@@ -356,8 +402,11 @@ def _finite(x: float) -> float | None:
 
 def usage_dict(prompt_tokens: int, candidates: list[Any]) -> dict[str, int]:
     completion = sum(len(c.token_ids) for c in candidates)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
 
 
 def sse(data: dict[str, Any] | str) -> str:
@@ -379,10 +428,10 @@ class ServerState:
     tokenizer: Any = None
     fim: fimlib.FimTokens | None = None
     context_length: int = 0
-    max_sequences: int = 1              # the engine's slots: best_of / n / beam_width may not exceed it
-    max_open: int | None = None         # requests open at once beyond which the answer is 429
-    model_spec: str | None = None       # the --model argument: where /v1/chat/completions reads the chat template
-    _chat_template: tuple[str | None] | None = None   # (template,) once read
+    max_sequences: int = 1  # the engine's slots: best_of / n / beam_width may not exceed it
+    max_open: int | None = None  # requests open at once beyond which the answer is 429
+    model_spec: str | None = None  # the --model argument: where /v1/chat/completions reads the chat template
+    _chat_template: tuple[str | None] | None = None  # (template,) once read
 
     def on_ready(self, engine: Any) -> None:
         self.tokenizer = engine.tokenizer
@@ -440,8 +489,13 @@ class StatusCounter:
             await send(message)
 
         if self.max_open is not None and self.open >= self.max_open:
-            busy = ApiError(429, f"the server is busy ({self.open} requests open); retry shortly", None,
-                            "queue_full", {"Retry-After": "1"})
+            busy = ApiError(
+                429,
+                f"the server is busy ({self.open} requests open); retry shortly",
+                None,
+                "queue_full",
+                {"Retry-After": "1"},
+            )
             await busy.response()(scope, receive, counting_send)
             return
         self.open += 1
@@ -449,16 +503,24 @@ class StatusCounter:
             await self.app(scope, receive, counting_send)
         finally:
             self.open -= 1
-            if not counted:                 # the client left before any response started
+            if not counted:  # the client left before any response started
                 self.metrics.count_request(endpoint, 499)
 
 
 def create_app(state: ServerState) -> FastAPI:
     """The FastAPI app: error handlers, the info routes and POST /v1/completions, wrapped in StatusCounter."""
     app = FastAPI(
-        title="copilot-backend", docs_url=None, redoc_url=None, openapi_url=None,
-        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False,
-                   "operation_spans": False},
+        title="copilot-backend",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "auto_configure": False,
+            "operation_spans": False,
+        },
     )
     app.state.backend = state
     _add_error_handlers(app)
@@ -491,8 +553,13 @@ def check_auth(state: ServerState, request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
-        raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", None,
-                       "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            None,
+            "invalid_api_key",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
 
 def check_ready(worker: Worker) -> None:
@@ -500,8 +567,12 @@ def check_ready(worker: Worker) -> None:
     if worker.state == "ready":
         return
     if worker.state == "loading":
-        raise ApiError(503, "the model is still loading; retry shortly", None, "model_loading", {"Retry-After": "2"})
-    raise ApiError(503, f"the model is not available ({worker.error or worker.state})", None, "model_unavailable")
+        raise ApiError(
+            503, "the model is still loading; retry shortly", None, "model_loading", {"Retry-After": "2"}
+        )
+    raise ApiError(
+        503, f"the model is not available ({worker.error or worker.state})", None, "model_unavailable"
+    )
 
 
 def _add_info_routes(app: FastAPI, state: ServerState) -> None:
@@ -525,9 +596,14 @@ def _add_info_routes(app: FastAPI, state: ServerState) -> None:
     async def models(request: Request) -> JSONResponse:
         check_auth(state, request)
         check_ready(worker)
-        entry = {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "copilot-ls",
-                 "context_length": state.context_length,
-                 "fim": dict(state.fim.strings) if state.fim else None}
+        entry = {
+            "id": state.model_id,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "copilot-ls",
+            "context_length": state.context_length,
+            "fim": dict(state.fim.strings) if state.fim else None,
+        }
         return JSONResponse({"object": "list", "data": [entry]})
 
     @app.get("/v1/tokenizer")
@@ -570,13 +646,15 @@ def _add_completion_route(app: FastAPI, state: ServerState) -> None:
     async def completions(request: Request) -> Response:
         check_auth(state, request)
         check_ready(worker)
-        req = parse_completion_request(await read_json(request, state.limits.max_body_bytes), state.limits,
-                                       state.tokenizer.vocab_size)
+        req = parse_completion_request(
+            await read_json(request, state.limits.max_body_bytes), state.limits, state.tokenizer.vocab_size
+        )
         check_sequences(req, state.max_sequences)
         call = await _submit(state, req)
         if req.stream:
             return StreamingResponse(
-                stream_events(worker, call), media_type="text/event-stream",
+                stream_events(worker, call),
+                media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 background=_cancel_unless_done(worker, call),
             )
@@ -592,14 +670,33 @@ def parse_chat_request(body: Any) -> tuple[list[dict[str, str]], dict[str, Any]]
         raise _bad("'messages' must be a non-empty list", "messages", "invalid_type")
     for m in messages:
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise _bad("each message must be {\"role\": string, \"content\": string}", "messages", "invalid_type")
+            raise _bad('each message must be {"role": string, "content": string}', "messages", "invalid_type")
         _check_text(m["content"], "messages")
     if _get_bool(body, "stream", False):
-        raise _bad("'stream' is not supported on /v1/chat/completions by this server", "stream", "unsupported")
+        raise _bad(
+            "'stream' is not supported on /v1/chat/completions by this server", "stream", "unsupported"
+        )
     if _get_bool(body, "logprobs", False):
-        raise _bad("'logprobs' is not supported on /v1/chat/completions by this server", "logprobs", "unsupported")
-    fields = {k: body[k] for k in ("model", "n", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed",
-                                   "presence_penalty", "frequency_penalty", "logit_bias") if k in body}
+        raise _bad(
+            "'logprobs' is not supported on /v1/chat/completions by this server", "logprobs", "unsupported"
+        )
+    fields = {
+        k: body[k]
+        for k in (
+            "model",
+            "n",
+            "temperature",
+            "top_p",
+            "top_k",
+            "max_tokens",
+            "stop",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+            "logit_bias",
+        )
+        if k in body
+    }
     if "max_completion_tokens" in body and "max_tokens" not in body:
         fields["max_tokens"] = body["max_completion_tokens"]
     return [{"role": m["role"], "content": m["content"]} for m in messages], fields
@@ -608,16 +705,22 @@ def parse_chat_request(body: Any) -> tuple[list[dict[str, str]], dict[str, Any]]
 async def chat_prompt(state: ServerState, messages: list[dict[str, str]]) -> str:
     """The messages rendered with the served model's own chat template (read once, off the event loop)."""
     if state._chat_template is None:
-        template = await asyncio.to_thread(chat_template.read_template, state.model_spec) if state.model_spec \
+        template = (
+            await asyncio.to_thread(chat_template.read_template, state.model_spec)
+            if state.model_spec
             else None
+        )
         state._chat_template = (template,)
     tok = state.tokenizer
     names = {v: k for k, v in tok.tk.get_vocab(with_added_tokens=True).items()}
     try:
         return chat_template.render(
-            state._chat_template[0], messages, bos=names.get(tok.bos_id, "") if tok.bos_id is not None else "",
+            state._chat_template[0],
+            messages,
+            bos=names.get(tok.bos_id, "") if tok.bos_id is not None else "",
             eos=names.get(tok.eos_id, "") if tok.eos_id is not None else "",
-            has_chatml="<|im_start|>" in tok.tk.get_vocab(with_added_tokens=True))
+            has_chatml="<|im_start|>" in tok.tk.get_vocab(with_added_tokens=True),
+        )
     except chat_template.ChatTemplateError as exc:
         raise _bad(str(exc), "messages", "chat_template") from None
 
@@ -628,8 +731,15 @@ def chat_response(completion: dict[str, Any]) -> dict[str, Any]:
         "id": "chat" + str(completion.get("id", "")),
         **{k: completion[k] for k in ("created", "model") if k in completion},
         "object": "chat.completion",
-        "choices": [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
-                     "logprobs": None, "finish_reason": c["finish_reason"]} for c in completion["choices"]],
+        "choices": [
+            {
+                "index": c["index"],
+                "message": {"role": "assistant", "content": c["text"]},
+                "logprobs": None,
+                "finish_reason": c["finish_reason"],
+            }
+            for c in completion["choices"]
+        ],
         "usage": completion.get("usage"),
     }
 
@@ -645,10 +755,11 @@ def _add_chat_route(app: FastAPI, state: ServerState) -> None:
         check_ready(worker)
         messages, fields = parse_chat_request(await read_json(request, state.limits.max_body_bytes))
         prompt = await chat_prompt(state, messages)
-        req = parse_completion_request({**fields, "prompt": prompt, "token_healing": False}, state.limits,
-                                       state.tokenizer.vocab_size)
+        req = parse_completion_request(
+            {**fields, "prompt": prompt, "token_healing": False}, state.limits, state.tokenizer.vocab_size
+        )
         if "<|im_end|>" in prompt and "<|im_end|>" not in req.stop and len(req.stop) < state.limits.max_stop:
-            req.stop.append("<|im_end|>")   # the end of the assistant's turn, should the model not emit EOS
+            req.stop.append("<|im_end|>")  # the end of the assistant's turn, should the model not emit EOS
         check_sequences(req, state.max_sequences)
         call = await _submit(state, req)
         answer = await collect(worker, request, call)
@@ -660,8 +771,11 @@ def check_sequences(req: CompletionRequest, max_sequences: int) -> None:
     sequences = req.beam_width if req.beam_width > 1 else req.samples
     if sequences > max_sequences:
         name = "beam_width" if req.beam_width > 1 else ("best_of" if req.best_of else "n")
-        raise _bad(f"'{name}' needs {sequences} sequences but this server decodes at most "
-                   f"{max_sequences} at once (--max-batch)", name)
+        raise _bad(
+            f"'{name}' needs {sequences} sequences but this server decodes at most "
+            f"{max_sequences} at once (--max-batch)",
+            name,
+        )
 
 
 async def _submit(state: ServerState, req: CompletionRequest) -> _Call:
@@ -674,15 +788,20 @@ async def _submit(state: ServerState, req: CompletionRequest) -> _Call:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     job = Job(
-        id=f"cmpl-{uuid.uuid4().hex}", prompt=engine_prompt, params=sampling_params(req),
+        id=f"cmpl-{uuid.uuid4().hex}",
+        prompt=engine_prompt,
+        params=sampling_params(req),
         sink=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
-        n_candidates=req.samples, stream=req.stream, prompt_tokens=n_prompt,
+        n_candidates=req.samples,
+        stream=req.stream,
+        prompt_tokens=n_prompt,
     )
     try:
         state.worker.submit(job)
     except QueueFull as exc:
-        raise ApiError(429, f"the server is busy ({exc}); retry shortly", None, "queue_full",
-                       {"Retry-After": "1"}) from None
+        raise ApiError(
+            429, f"the server is busy ({exc}); retry shortly", None, "queue_full", {"Retry-After": "1"}
+        ) from None
     except NotReady as exc:
         raise ApiError(503, f"the model is not available ({exc})", None, "model_unavailable") from None
     head = {"id": job.id, "object": "text_completion", "created": int(time.time()), "model": state.model_id}
@@ -692,7 +811,9 @@ async def _submit(state: ServerState, req: CompletionRequest) -> _Call:
 
 async def collect(worker: Worker, request: Request, call: _Call) -> Response:
     """A non-streaming answer: wait for the job's end (cancelling it when the client disconnects)."""
-    watcher = asyncio.create_task(_watch_disconnect(request, lambda: worker.cancel(call.job.id, "disconnect")))
+    watcher = asyncio.create_task(
+        _watch_disconnect(request, lambda: worker.cancel(call.job.id, "disconnect"))
+    )
     try:
         while True:
             event = await call.queue.get()
@@ -700,11 +821,15 @@ async def collect(worker: Worker, request: Request, call: _Call) -> Response:
             if kind == "done":
                 call.done = True
                 chosen = select_candidates(call.req, event[1])
-                return JSONResponse({
-                    **call.head,
-                    "choices": [choice_dict(i, c, call.req, call.prompt_chars) for i, c in enumerate(chosen)],
-                    "usage": call.usage(event[1]),
-                })
+                return JSONResponse(
+                    {
+                        **call.head,
+                        "choices": [
+                            choice_dict(i, c, call.req, call.prompt_chars) for i, c in enumerate(chosen)
+                        ],
+                        "usage": call.usage(event[1]),
+                    }
+                )
             if kind == "error":
                 call.done = True
                 raise _job_error(event[1], event[2])
@@ -715,14 +840,14 @@ async def collect(worker: Worker, request: Request, call: _Call) -> Response:
                 raise ApiError(499, "the client closed the request", None, "cancelled")
     finally:
         watcher.cancel()
-        if not call.done:           # this handler was cancelled (client gone, shutdown)
+        if not call.done:  # this handler was cancelled (client gone, shutdown)
             worker.cancel(call.job.id, "disconnect")
 
 
 async def stream_events(worker: Worker, call: _Call) -> AsyncIterator[str]:
     """SSE: text deltas as they come; each choice's last chunk carries finish_reason (and logprobs)."""
     req = call.req
-    buffered = req.samples != req.n or req.beam_width > 1   # ranked or beam: known only at the end
+    buffered = req.samples != req.n or req.beam_width > 1  # ranked or beam: known only at the end
     sent: dict[int, str] = {}
     closed: set[int] = set()
 
@@ -731,7 +856,7 @@ async def stream_events(worker: Worker, call: _Call) -> AsyncIterator[str]:
 
     def final(index: int, candidate: Any) -> str:
         already = sent.get(index, "")
-        rest = candidate.text[len(already):] if candidate.text.startswith(already) else ""
+        rest = candidate.text[len(already) :] if candidate.text.startswith(already) else ""
         closed.add(index)
         return chunk(index, rest, candidate)
 
@@ -759,9 +884,9 @@ async def stream_events(worker: Worker, call: _Call) -> AsyncIterator[str]:
                     yield sse({**call.head, "choices": [], "usage": call.usage(event[1])})
             elif kind == "error":
                 yield sse(_job_error(event[1], event[2]).body())
-            elif event[1] != "shutdown":    # cancelled by the client: nobody reads
+            elif event[1] != "shutdown":  # cancelled by the client: nobody reads
                 return
-            else:                           # cancelled by a shutdown
+            else:  # cancelled by a shutdown
                 yield sse(ApiError(503, "the server is shutting down", None, "shutting_down").body())
             yield sse("[DONE]")
             return
@@ -798,8 +923,12 @@ async def _watch_disconnect(request: Request, on_disconnect: Callable[[], None])
 async def read_json(request: Request, limit: int) -> Any:
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
-        raise ApiError(415, f"the body must be JSON (Content-Type: application/json), not '{ctype[:60]}'",
-                       None, "unsupported_media_type")
+        raise ApiError(
+            415,
+            f"the body must be JSON (Content-Type: application/json), not '{ctype[:60]}'",
+            None,
+            "unsupported_media_type",
+        )
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise ApiError(413, f"the body is {length} bytes; the limit is {limit}", None, "body_too_large")
@@ -824,26 +953,55 @@ def _reject_constant(name: str) -> Any:
 
 # --- the command ----------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default", help="'default' (bundled SmolLM2-135M) or a GGUF/HF path")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
+    parser.add_argument(
+        "--model", default="default", help="'default' (bundled SmolLM2-135M) or a GGUF/HF path"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)"
+    )
     parser.add_argument("--port", type=int, default=8765, help="port (0 = any free port; the line shows it)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--api-key", default=os.environ.get("COPILOT_BACKEND_API_KEY"),
-                        help="require 'Authorization: Bearer KEY' on /v1/* (default: $COPILOT_BACKEND_API_KEY)")
-    parser.add_argument("--max-batch", type=_positive, default=8, help="requests decoded together (default 8)")
-    parser.add_argument("--prefill-chunk", type=_non_negative, default=128,
-                        help="while others decode, prefill new prompts this many tokens per step between their "
-                             "decode steps (0 = a new prompt is prefilled whole first; default 128)")
-    parser.add_argument("--quantize", default="auto", choices=["auto", "blocks", "fp16", "int8", "none"],
-                        help="CPU weight format (default auto: the GGUF's own blocks for decode where the "
-                             "kernel builds, else fp16; see docs/performance.md)")
-    parser.add_argument("--cache-slots", type=_positive, default=None,
-                        help="KV-cache slots, >= --max-batch: idle ones keep finished requests' prefixes for the "
-                             "next keystroke (default 4 x --max-batch, fewer if memory is short)")
-    parser.add_argument("--max-queue", type=_non_negative, default=64,
-                        help="requests waiting beyond the batch before 429 (default 64)")
-    parser.add_argument("--shutdown-timeout", type=float, default=10.0,
-                        help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default 10)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("COPILOT_BACKEND_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: $COPILOT_BACKEND_API_KEY)",
+    )
+    parser.add_argument(
+        "--max-batch", type=_positive, default=8, help="requests decoded together (default 8)"
+    )
+    parser.add_argument(
+        "--prefill-chunk",
+        type=_non_negative,
+        default=128,
+        help="while others decode, prefill new prompts this many tokens per step between their "
+        "decode steps (0 = a new prompt is prefilled whole first; default 128)",
+    )
+    parser.add_argument(
+        "--quantize",
+        default="auto",
+        choices=["auto", "blocks", "fp16", "int8", "none"],
+        help="CPU weight format (default auto: the GGUF's own blocks for decode where the "
+        "kernel builds, else fp16; see docs/performance.md)",
+    )
+    parser.add_argument(
+        "--cache-slots",
+        type=_positive,
+        default=None,
+        help="KV-cache slots, >= --max-batch: idle ones keep finished requests' prefixes for the "
+        "next keystroke (default 4 x --max-batch, fewer if memory is short)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=_non_negative,
+        default=64,
+        help="requests waiting beyond the batch before 429 (default 64)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="seconds in-flight requests get to finish after SIGTERM/SIGINT (default 10)",
+    )
     add_speculation_arguments(parser)
 
 
@@ -861,7 +1019,9 @@ def _non_negative(text: str) -> int:
     return v
 
 
-SHUTDOWN_GRACE_S = 5.0   # after --shutdown-timeout: time for the cancelled requests to send their 503 / SSE error
+SHUTDOWN_GRACE_S = (
+    5.0  # after --shutdown-timeout: time for the cancelled requests to send their 503 / SSE error
+)
 
 
 class _Server(uvicorn.Server):
@@ -869,8 +1029,12 @@ class _Server(uvicorn.Server):
     requests still running `deadline_s` after it are cancelled through `on_deadline` (the worker), so they answer
     503 `shutting_down` (SSE: an error event and [DONE]) before uvicorn's own timeout cuts their connections."""
 
-    def __init__(self, config: uvicorn.Config, deadline_s: float = math.inf,
-                 on_deadline: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        deadline_s: float = math.inf,
+        on_deadline: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.deadline_s, self.on_deadline = deadline_s, on_deadline
 
@@ -940,16 +1104,25 @@ def load_engine(args: argparse.Namespace, model_name: str) -> Any:
 
     t0 = time.monotonic()
     log(f"loading model '{args.model}' on device {args.device} ...")
-    engine = Engine.load(args.model, device=args.device, max_batch=args.max_batch,
-                         cache_slots=getattr(args, "cache_slots", None),
-                         quantize=getattr(args, "quantize", "auto"),
-                         prefill_interleave=getattr(args, "prefill_chunk", 128))
+    engine = Engine.load(
+        args.model,
+        device=args.device,
+        max_batch=args.max_batch,
+        cache_slots=getattr(args, "cache_slots", None),
+        quantize=getattr(args, "quantize", "auto"),
+        prefill_interleave=getattr(args, "prefill_chunk", 128),
+    )
     if getattr(args, "speculate", "off") != "off" or getattr(args, "draft_model", None):
         engine.set_speculation(args.speculate, args.draft_model, quantize=getattr(args, "quantize", "auto"))
-        log(f"speculative decoding: {args.speculate}" + (f", draft model {args.draft_model}" if args.draft_model else ""))
-    log(f"model ready in {time.monotonic() - t0:.1f} s: {model_name}, context "
+        log(
+            f"speculative decoding: {args.speculate}"
+            + (f", draft model {args.draft_model}" if args.draft_model else "")
+        )
+    log(
+        f"model ready in {time.monotonic() - t0:.1f} s: {model_name}, context "
         f"{getattr(engine, 'max_seq_len', '?')} tokens, device {getattr(engine, 'device', '?')}, "
-        f"{getattr(engine, 'cache_slots', '?')} KV-cache slots, weights {getattr(engine, 'weight_format', '?')}")
+        f"{getattr(engine, 'cache_slots', '?')} KV-cache slots, weights {getattr(engine, 'weight_format', '?')}"
+    )
     return engine
 
 
@@ -983,11 +1156,21 @@ def run(args: argparse.Namespace) -> int:
         log(f"error: --cache-slots ({args.cache_slots}) must be >= --max-batch ({args.max_batch})")
         return 2
     metrics, failure, name = Metrics(), _LoadFailure(), model_id(args.model)
-    worker = Worker(lambda: load_engine(args, name), max_queue=args.max_queue, max_active=args.max_batch,
-                    metrics=metrics, on_failed=failure)
-    state = ServerState(worker=worker, metrics=metrics, api_key=args.api_key or None, model_id=name,
-                        model_spec=_model_path(args.model),
-                        max_open=max(256, 4 * (args.max_queue + args.max_batch)))
+    worker = Worker(
+        lambda: load_engine(args, name),
+        max_queue=args.max_queue,
+        max_active=args.max_batch,
+        metrics=metrics,
+        on_failed=failure,
+    )
+    state = ServerState(
+        worker=worker,
+        metrics=metrics,
+        api_key=args.api_key or None,
+        model_id=name,
+        model_spec=_model_path(args.model),
+        max_open=max(256, 4 * (args.max_queue + args.max_batch)),
+    )
     worker.on_ready = state.on_ready
     try:
         sock = bind(args.host, args.port)
@@ -996,9 +1179,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not _is_loopback(args.host) and not args.api_key:
         log(f"warning: listening on {args.host} without --api-key: anyone who can reach this port can use it")
-    config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_GRACE_S, server_header=False)
-    failure.server = _Server(config, deadline_s=args.shutdown_timeout, on_deadline=lambda: worker.stop(timeout=0))
+    config = uvicorn.Config(
+        create_app(state),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=args.shutdown_timeout + SHUTDOWN_GRACE_S,
+        server_header=False,
+    )
+    failure.server = _Server(
+        config, deadline_s=args.shutdown_timeout, on_deadline=lambda: worker.stop(timeout=0)
+    )
     host = f"[{args.host}]" if ":" in args.host else args.host
     try:
         asyncio.run(_serve(failure, worker, sock, f"http://{host}:{sock.getsockname()[1]}"))

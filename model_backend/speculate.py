@@ -29,7 +29,6 @@ from model_backend.sampling import candidate_set
 MAX_DRAFT = 8  # draft tokens verified per step at most
 
 
-
 class NgramDrafter:
     """Prompt-lookup drafts over one growing token sequence, indexed incrementally.
 
@@ -111,7 +110,9 @@ class DraftModel:
         self.engine = engine
         self.tokens: list[int] = []  # what the draft's slot holds
 
-    def propose(self, context: list[int], k: int, params: Any, generator: torch.Generator | None) -> DraftDistribution:
+    def propose(
+        self, context: list[int], k: int, params: Any, generator: torch.Generator | None
+    ) -> DraftDistribution:
         eng = self.engine
         if k < 1 or len(context) + k >= eng.max_seq_len:
             return DraftDistribution([])
@@ -163,8 +164,14 @@ class Speculator:
             raise ValueError("speculate=draft needs a draft model (--draft-model)")
         self.mode = mode
 
-    def draft(self, key: tuple[str, int], context: list[int], budget: int, params: Any,
-              generator: torch.Generator | None) -> DraftDistribution:
+    def draft(
+        self,
+        key: tuple[str, int],
+        context: list[int],
+        budget: int,
+        params: Any,
+        generator: torch.Generator | None,
+    ) -> DraftDistribution:
         """Draft tokens to follow `context` (the prompt and what the sequence generated), at most `budget`."""
         if key not in self._seqs:
             self._seqs[key] = (NgramDrafter(max_draft=MAX_DRAFT), AcceptanceTracker(MAX_DRAFT))
@@ -179,8 +186,14 @@ class Speculator:
             return self.draft_model.propose(context, k, params, generator)
         return DraftDistribution([])
 
-    def verify(self, key: tuple[str, int], draft: DraftDistribution, logits: Tensor, params: Any,
-               generator: torch.Generator | None) -> list[int]:
+    def verify(
+        self,
+        key: tuple[str, int],
+        draft: DraftDistribution,
+        logits: Tensor,
+        params: Any,
+        generator: torch.Generator | None,
+    ) -> list[int]:
         """The tokens to emit, from the model's logits [len(draft) + 1, vocab] over the pending token and the
         draft (greedy: agreeing prefix + argmax; sampling: rejection sampling)."""
         if params.temperature <= 0:

@@ -62,7 +62,7 @@ class TextStream:
         safe = len(self.text)
         if not finished and stops:
             safe -= stop_holdback(self.text, stops)
-        delta = self.text[self.emitted:max(safe, self.emitted)]
+        delta = self.text[self.emitted : max(safe, self.emitted)]
         self.emitted = max(safe, self.emitted)
         return delta
 

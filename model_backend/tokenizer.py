@@ -25,8 +25,16 @@ from model_backend import fim
 
 # Tokens that end a completion when the model emits them, besides the file's own EOS.
 END_OF_TURN_TOKENS: tuple[str, ...] = (
-    "<|endoftext|>", "<|im_end|>", "<|end_of_text|>", "<|eot_id|>", "<|end|>", "<|EOT|>", "<EOT>",
-    "<end_of_turn>", "</s>", "<｜end▁of▁sentence｜>",
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|end_of_text|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<|EOT|>",
+    "<EOT>",
+    "<end_of_turn>",
+    "</s>",
+    "<｜end▁of▁sentence｜>",
 )
 
 # Role -> the spellings model families use for it (FIM markers, file separators): model_backend/fim.py's table.
@@ -49,12 +57,30 @@ _DEFAULT = (r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", "[0-9][0-9][0-9]")
 
 PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
     "default": _DEFAULT,
-    "gpt-2": (_GPT2,), "gpt2": (_GPT2,), "phi-2": (_GPT2,), "mpt": (_GPT2,), "olmo": (_GPT2,), "jais": (_GPT2,),
-    "starcoder": _STARCODER, "smollm": _STARCODER, "refact": _STARCODER, "command-r": _STARCODER,
-    "codeshell": _STARCODER, "exaone": _STARCODER, "minerva-7b": _STARCODER,
-    "qwen2": (_QWEN2,), "stablelm2": (_QWEN2,), "deepseek-r1-qwen": (_QWEN2,), "megrez": (_QWEN2,),
-    "llama3": (_LLAMA3,), "llama-v3": (_LLAMA3,), "llama-bpe": (_LLAMA3,), "falcon3": (_LLAMA3,),
-    "smaug-bpe": (_LLAMA3,), "dbrx": (_LLAMA3,), "pixtral": (_LLAMA3,),
+    "gpt-2": (_GPT2,),
+    "gpt2": (_GPT2,),
+    "phi-2": (_GPT2,),
+    "mpt": (_GPT2,),
+    "olmo": (_GPT2,),
+    "jais": (_GPT2,),
+    "starcoder": _STARCODER,
+    "smollm": _STARCODER,
+    "refact": _STARCODER,
+    "command-r": _STARCODER,
+    "codeshell": _STARCODER,
+    "exaone": _STARCODER,
+    "minerva-7b": _STARCODER,
+    "qwen2": (_QWEN2,),
+    "stablelm2": (_QWEN2,),
+    "deepseek-r1-qwen": (_QWEN2,),
+    "megrez": (_QWEN2,),
+    "llama3": (_LLAMA3,),
+    "llama-v3": (_LLAMA3,),
+    "llama-bpe": (_LLAMA3,),
+    "falcon3": (_LLAMA3,),
+    "smaug-bpe": (_LLAMA3,),
+    "dbrx": (_LLAMA3,),
+    "pixtral": (_LLAMA3,),
     "deepseek-coder": _DEEPSEEK_CODER,
 }
 
@@ -62,14 +88,25 @@ PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
 _CONTROL, _USER_DEFINED = 3, 4
 
 
-def _add_gguf_added_tokens(tk: tokenizers.Tokenizer, tokens: Sequence[str], token_types: Sequence[int],
-                           bos_id: int | None, eos_id: int | None) -> tuple[int | None, int | None]:
+def _add_gguf_added_tokens(
+    tk: tokenizers.Tokenizer,
+    tokens: Sequence[str],
+    token_types: Sequence[int],
+    bos_id: int | None,
+    eos_id: int | None,
+) -> tuple[int | None, int | None]:
     """Register a GGUF vocabulary's control tokens as special and its user-defined tokens as added ones (both
     kept whole, never split or normalised); returns bos/eos ids, None where they lie outside the vocabulary."""
-    control = [AddedToken(t, special=True, normalized=False)
-               for t, ty in zip(tokens, token_types, strict=False) if ty == _CONTROL]
-    user = [AddedToken(t, special=False, normalized=False)
-            for t, ty in zip(tokens, token_types, strict=False) if ty == _USER_DEFINED]
+    control = [
+        AddedToken(t, special=True, normalized=False)
+        for t, ty in zip(tokens, token_types, strict=False)
+        if ty == _CONTROL
+    ]
+    user = [
+        AddedToken(t, special=False, normalized=False)
+        for t, ty in zip(tokens, token_types, strict=False)
+        if ty == _USER_DEFINED
+    ]
     if control:
         tk.add_special_tokens(control)
     if user:
@@ -88,7 +125,11 @@ class TokenizerError(ValueError):
 @lru_cache(maxsize=1)
 def byte_decoder() -> dict[str, int]:
     """GPT-2's printable-character spelling of bytes, inverted: character -> byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -127,7 +168,11 @@ def spm_merges(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str
     vocab = {t: i for i, t in enumerate(tokens)}
     found = []
     for piece, score in zip(tokens, scores, strict=False):
-        local = [(piece[:k], piece[k:], score) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
+        local = [
+            (piece[:k], piece[k:], score)
+            for k in range(1, len(piece))
+            if piece[:k] in vocab and piece[k:] in vocab
+        ]
         local.sort(key=lambda x: (vocab[x[0]], vocab[x[1]]))
         found.extend(local)
     found.sort(key=lambda x: (x[2], len(x[0]), len(x[1])), reverse=True)
@@ -137,9 +182,13 @@ def spm_merges(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str
 def byte_level_pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
     regexes = PRE_TOKENIZER_REGEXES.get(pre)
     if regexes is None:
-        raise TokenizerError(f"unknown pre-tokenizer {pre!r} (known: {', '.join(sorted(PRE_TOKENIZER_REGEXES))})")
+        raise TokenizerError(
+            f"unknown pre-tokenizer {pre!r} (known: {', '.join(sorted(PRE_TOKENIZER_REGEXES))})"
+        )
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in regexes]
-    return pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    return pre_tokenizers.Sequence(
+        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
 
 
 def discover_special(vocab: dict[str, int]) -> dict[str, int]:
@@ -269,8 +318,13 @@ class Tokenizer:
     def from_json(cls, text: str) -> Tokenizer:
         d = json.loads(text)
         tk = tokenizers.Tokenizer.from_str(json.dumps(d["tokenizer"]))
-        return cls(tk, bos_id=d["bos_id"], add_bos=d["add_bos"], eos_id=d["eos_id"],
-                   space_prefix=d.get("space_prefix", False))
+        return cls(
+            tk,
+            bos_id=d["bos_id"],
+            add_bos=d["add_bos"],
+            eos_id=d["eos_id"],
+            space_prefix=d.get("space_prefix", False),
+        )
 
     # --- constructors ---------------------------------------------------------------------------------------
     @classmethod
@@ -341,7 +395,9 @@ class Tokenizer:
                 raise TokenizerError(f"malformed merge {m!r}")
             pairs.append((a, b))
         try:
-            tk = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=False))
+            tk = tokenizers.Tokenizer(
+                models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, ignore_merges=False)
+            )
         except Exception as e:  # tokenizers raises plain Exception, e.g. a merge of unknown tokens
             raise TokenizerError(f"inconsistent BPE vocabulary/merges: {e}") from e
         tk.pre_tokenizer = byte_level_pre_tokenizer(pre)
@@ -368,7 +424,9 @@ class Tokenizer:
         if len(vocab) != len(tokens):
             raise TokenizerError("duplicate tokens in the vocabulary")
         try:
-            bpe = models.BPE(vocab=vocab, merges=spm_merges(tokens, scores), fuse_unk=True, byte_fallback=True)
+            bpe = models.BPE(
+                vocab=vocab, merges=spm_merges(tokens, scores), fuse_unk=True, byte_fallback=True
+            )
         except Exception as e:
             raise TokenizerError(f"inconsistent SentencePiece vocabulary: {e}") from e
         tk = tokenizers.Tokenizer(bpe)

@@ -116,8 +116,11 @@ class QTensor:
 
     def raw(self) -> np.ndarray:
         """uint8 [rows, row bytes] in logical row order: a view of the file when no reordering is needed."""
-        if self.rows is None or np.array_equal(self.rows, np.arange(len(self.rows))) and \
-                len(self.rows) == self.data.shape[0]:
+        if (
+            self.rows is None
+            or np.array_equal(self.rows, np.arange(len(self.rows)))
+            and len(self.rows) == self.data.shape[0]
+        ):
             return self.data
         return self.data[self.rows]
 
@@ -185,8 +188,15 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         else:
             proj = name.split(".")[-2]
             rows_cols = {
-                "q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
-                "gate_proj": (f, h), "up_proj": (f, h), "down_proj": (h, f), "c_fc": (f, h), "c_proj": (h, f),
+                "q_proj": (q, h),
+                "k_proj": (kv, h),
+                "v_proj": (kv, h),
+                "o_proj": (h, q),
+                "gate_proj": (f, h),
+                "up_proj": (f, h),
+                "down_proj": (h, f),
+                "c_fc": (f, h),
+                "c_proj": (h, f),
             }[proj]
             shapes[name] = rows_cols if name.endswith(".weight") else rows_cols[:1]
     return shapes
@@ -222,12 +232,14 @@ def default_model_path() -> Path:
 
 
 def resolve_model(spec: str | Path) -> Path:
-    """"default" -> the bundled SmolLM2 GGUF; anything else is a path to a .gguf file or an HF folder."""
+    """ "default" -> the bundled SmolLM2 GGUF; anything else is a path to a .gguf file or an HF folder."""
     if str(spec) == "default":
         return default_model_path()
     path = Path(spec).expanduser()
     if not path.exists():
-        raise ModelLoadError(f"model not found: {path} (give a .gguf file, a Hugging Face folder, or 'default')")
+        raise ModelLoadError(
+            f"model not found: {path} (give a .gguf file, a Hugging Face folder, or 'default')"
+        )
     return path
 
 
@@ -247,7 +259,9 @@ def _rope_from_hf(d: dict[str, Any], path: Path) -> tuple[float, float, int]:
     return float(theta), factor, ctx
 
 
-def _rope_scaling(kind: str | None, factor: Any, original_ctx: Any, ctx: int, path: Path) -> tuple[float, int]:
+def _rope_scaling(
+    kind: str | None, factor: Any, original_ctx: Any, ctx: int, path: Path
+) -> tuple[float, int]:
     """(linear factor, usable context) for a RoPE scaling type. Linear position interpolation is implemented.
     YaRN (Qwen2.5's long-context option) is not: the model then runs unscaled, as Qwen's own default config
     does, within its original context."""
@@ -257,9 +271,13 @@ def _rope_scaling(kind: str | None, factor: Any, original_ctx: Any, ctx: int, pa
         return float(factor or 1.0), ctx
     if kind == "yarn":
         usable = int(original_ctx) if original_ctx else ctx
-        log.warning("%s: YaRN RoPE scaling is not implemented; running unscaled within %d tokens", path, usable)
+        log.warning(
+            "%s: YaRN RoPE scaling is not implemented; running unscaled within %d tokens", path, usable
+        )
         return 1.0, min(ctx, usable)
-    raise ModelLoadError(f"{path}: unsupported RoPE scaling type {kind!r} (only linear scaling is implemented)")
+    raise ModelLoadError(
+        f"{path}: unsupported RoPE scaling type {kind!r} (only linear scaling is implemented)"
+    )
 
 
 def config_from_hf(d: dict[str, Any], path: Path) -> ModelConfig:
@@ -366,8 +384,18 @@ _LAYER_COMMON = {
     "attn_output": "self_attn.o_proj",
 }
 GGUF_LAYER_NAMES: dict[str, dict[str, str]] = {
-    "llama": {**_LAYER_COMMON, "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"},
-    "qwen2": {**_LAYER_COMMON, "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"},
+    "llama": {
+        **_LAYER_COMMON,
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    },
+    "qwen2": {
+        **_LAYER_COMMON,
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    },
     "starcoder2": {**_LAYER_COMMON, "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
 }
 GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
@@ -441,20 +469,30 @@ def config_from_gguf(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], p
     head_dim = int(meta.get(f"{arch}.attention.key_length") or hidden // n_heads)
     rot = meta.get(f"{arch}.rope.dimension_count")
     if rot is not None and int(rot) != head_dim:
-        raise ModelLoadError(f"{path}: partial rotary embeddings ({rot} of {head_dim} dims) are not supported")
+        raise ModelLoadError(
+            f"{path}: partial rotary embeddings ({rot} of {head_dim} dims) are not supported"
+        )
     kind = meta.get(f"{arch}.rope.scaling.type")
     factor = meta.get(f"{arch}.rope.scaling.factor")
     if kind is None and meta.get(f"{arch}.rope.scale_linear") is not None:  # older files
         kind, factor = "linear", meta[f"{arch}.rope.scale_linear"]
     scaling, context = _rope_scaling(
-        kind, factor, meta.get(f"{arch}.rope.scaling.original_context_length"), int(need("context_length")), path
+        kind,
+        factor,
+        meta.get(f"{arch}.rope.scaling.original_context_length"),
+        int(need("context_length")),
+        path,
     )
     traits = dict(ARCH_TRAITS[arch])
     # biases: what the file holds (llama-family fine-tunes sometimes carry them)
     traits["qkv_bias"] = "model.layers.0.self_attn.q_proj.bias" in shapes
     traits["out_bias"] = "model.layers.0.self_attn.o_proj.bias" in shapes
     traits["mlp_bias"] = any(f"model.layers.0.mlp.{m}.bias" in shapes for m in ("up_proj", "c_fc"))
-    eps_key = "attention.layer_norm_epsilon" if traits["norm_type"] == "layernorm" else "attention.layer_norm_rms_epsilon"
+    eps_key = (
+        "attention.layer_norm_epsilon"
+        if traits["norm_type"] == "layernorm"
+        else "attention.layer_norm_rms_epsilon"
+    )
     embed = shapes.get("model.embed_tokens.weight")
     if embed is None:
         raise ModelLoadError(f"{path}: missing tensor 'token_embd.weight'")
@@ -470,7 +508,9 @@ def config_from_gguf(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], p
         context_length=context,
         rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         rope_scaling=scaling,
-        norm_eps=float(f"{float(meta.get(f'{arch}.{eps_key}', 1e-5)):.7g}"),  # float32 in the file: 1e-5, not 9.99e-6
+        norm_eps=float(
+            f"{float(meta.get(f'{arch}.{eps_key}', 1e-5)):.7g}"
+        ),  # float32 in the file: 1e-5, not 9.99e-6
         tie_word_embeddings="lm_head.weight" not in shapes,
         **traits,
     )
@@ -480,8 +520,16 @@ def config_from_gguf(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], p
 
 def check_config(cfg: ModelConfig, path: Path) -> None:
     """Reject configs the model cannot run (zero sizes, heads that do not divide, odd head_dim)."""
-    sizes = (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads,
-             cfg.head_dim, cfg.context_length)
+    sizes = (
+        cfg.vocab_size,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.context_length,
+    )
     if min(sizes) <= 0 or cfg.n_heads % cfg.n_kv_heads or cfg.head_dim % 2 or cfg.rope_theta <= 0:
         raise ModelLoadError(
             f"{path}: inconsistent model configuration (vocab {cfg.vocab_size}, hidden {cfg.hidden_size}, "
@@ -504,7 +552,19 @@ def _open_gguf_header_check(path: Path) -> None:
 # a numpy view per array item, which takes seconds for a 150k-token vocabulary; this reads the same fields with
 # struct (numbers as numpy arrays) and maps the tensor data without reading it.
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _STRING, _ARRAY = 8, 9
 
 
@@ -571,7 +631,9 @@ class GGUFFile:
             begin = start + offset
             if begin + n_bytes > len(buf):
                 raise _Truncated(f"tensor {name!r} runs past the end of the file")
-            self.tensors.append(GGUFTensorInfo(name, qtype, dims, begin, n_bytes, data[begin:begin + n_bytes]))
+            self.tensors.append(
+                GGUFTensorInfo(name, qtype, dims, begin, n_bytes, data[begin : begin + n_bytes])
+            )
 
     def _take(self, n: int) -> int:
         p = self._pos
@@ -587,7 +649,7 @@ class GGUFFile:
     def _str(self) -> str:
         n = self._num("<Q")
         p = self._take(n)
-        return self._buf[p:p + n].decode("utf-8", errors="replace")
+        return self._buf[p : p + n].decode("utf-8", errors="replace")
 
     def _value(self, vtype: int) -> Any:
         if vtype in _SCALARS:
@@ -687,8 +749,9 @@ def load_gguf(path: Path, *, progress: bool = False) -> Checkpoint:
         "tensor_types": types,
         "source": str(path),
     }
-    return Checkpoint(config=cfg, tensors=tensors, tokenizer=tokenizer, path=path, metadata=metadata,
-                      mapping=reader.mapping)
+    return Checkpoint(
+        config=cfg, tensors=tensors, tokenizer=tokenizer, path=path, metadata=metadata, mapping=reader.mapping
+    )
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -727,14 +790,18 @@ def mmap_safetensors(path: Path) -> dict[str, torch.Tensor]:
         if base + end > len(mm) or start > end:
             raise ValueError(f"tensor {name} runs past the end of the file")
         count = (end - start) // dtype.itemsize
-        tensors[name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start).view(info["shape"])
+        tensors[name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start).view(
+            info["shape"]
+        )
     return tensors
 
 
 # --- entry point --------------------------------------------------------------------------------------------
 
 
-def load_checkpoint(spec_or_path: str | Path, *, cache_dir: str | Path | None = None, progress: bool = True) -> Checkpoint:
+def load_checkpoint(
+    spec_or_path: str | Path, *, cache_dir: str | Path | None = None, progress: bool = True
+) -> Checkpoint:
     """Load a model: "default", a .gguf file, or a Hugging Face folder (config.json + safetensors + tokenizer.json).
     Nothing is converted or cached: the weights are memory-mapped as stored (cache_dir and progress are accepted
     for callers of the former converting loader and unused)."""

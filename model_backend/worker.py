@@ -48,9 +48,9 @@ class NotReady(Exception):
 class Job:
     id: str
     prompt: str | list[int]
-    params: Any                         # engine.SamplingParams
+    params: Any  # engine.SamplingParams
     sink: Callable[[Event], None]
-    n_candidates: int                   # candidates the engine returns for this job (n, or best_of)
+    n_candidates: int  # candidates the engine returns for this job (n, or best_of)
     stream: bool = False
     prompt_tokens: int = 0
     submitted: float = field(default_factory=time.monotonic)
@@ -76,15 +76,15 @@ class Worker:
         self.max_active = max_active
         self.metrics = metrics or Metrics()
         self.batch_window_s = batch_window_s
-        self.on_ready = on_ready        # called in the worker thread with the engine, before requests flow
+        self.on_ready = on_ready  # called in the worker thread with the engine, before requests flow
         self.on_failed = on_failed
         self.engine: Any = None
-        self.state = "loading"          # loading -> ready -> stopped, or loading -> failed
+        self.state = "loading"  # loading -> ready -> stopped, or loading -> failed
         self.error: str | None = None
         self._cond = threading.Condition()
-        self._pending: dict[str, Job] = {}    # insertion-ordered wait queue (FIFO)
-        self._cancels: dict[str, str] = {}    # job id -> reason, for running jobs
-        self._active: dict[str, Job] = {}     # owned by the worker thread only
+        self._pending: dict[str, Job] = {}  # insertion-ordered wait queue (FIFO)
+        self._cancels: dict[str, str] = {}  # job id -> reason, for running jobs
+        self._active: dict[str, Job] = {}  # owned by the worker thread only
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name="engine-worker", daemon=True)
 
@@ -100,7 +100,9 @@ class Worker:
         with self._cond:
             if self.state != "ready" or self._stopping:
                 raise NotReady(self.error or self.state)
-            free = max(0, self.max_active - len(self._active))     # pending jobs up to this start at the next step
+            free = max(
+                0, self.max_active - len(self._active)
+            )  # pending jobs up to this start at the next step
             if len(self._pending) >= self.max_queue + free:
                 raise QueueFull(f"the queue holds {self.max_queue} requests")
             self._pending[job.id] = job
@@ -164,7 +166,7 @@ class Worker:
                     self._shutdown_locked()
                     return
             if idle and self.batch_window_s > 0:
-                time.sleep(self.batch_window_s)   # let requests that arrive together start together
+                time.sleep(self.batch_window_s)  # let requests that arrive together start together
             with self._cond:
                 cancels, self._cancels = self._cancels, {}
             for job_id, reason in cancels.items():
@@ -196,7 +198,7 @@ class Worker:
                 if not self._pending:
                     break
                 job = self._pending.pop(next(iter(self._pending)))
-                self._active[job.id] = job      # in the same lock: submit() never sees it in neither
+                self._active[job.id] = job  # in the same lock: submit() never sees it in neither
                 self._publish_depth()
             try:
                 self.engine.add_request(job.id, job.prompt, job.params)
@@ -220,7 +222,7 @@ class Worker:
         for out in outputs:
             job = self._active.get(out.request_id)
             if job is None:
-                continue            # aborted this step
+                continue  # aborted this step
             if job.first_output is None:
                 job.first_output = now
                 self.metrics.observe(self.metrics.prefill_seconds, now - (job.admitted or now))
@@ -232,7 +234,9 @@ class Worker:
                     self._complete(job, now)
                 else:
                     short.append(job)
-        for job in short:   # the engine ended it with fewer candidates (beam search with fewer hypotheses than n)
+        for (
+            job
+        ) in short:  # the engine ended it with fewer candidates (beam search with fewer hypotheses than n)
             if job.id in self._active and not self.engine.is_unfinished(job.id):
                 self._complete(job, now)
 
@@ -258,7 +262,7 @@ class Worker:
     def _abort(self, job_id: str, reason: str) -> None:
         job = self._active.pop(job_id, None)
         if job is None:
-            return                  # already finished (or never admitted and already dropped)
+            return  # already finished (or never admitted and already dropped)
         try:
             self.engine.abort(job_id)
         except Exception:  # noqa: BLE001
@@ -294,4 +298,4 @@ def _send(job: Job, event: Event) -> None:
     try:
         job.sink(event)
     except RuntimeError:
-        pass                        # the event loop is closed: nobody is listening any more
+        pass  # the event loop is closed: nobody is listening any more

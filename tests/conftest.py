@@ -38,12 +38,28 @@ class BackendServer:
 
     def __init__(self, *args: str, model: str = "default", env: dict[str, str] | None = None) -> None:
         self.log = Path(tempfile.mkstemp(prefix="copilot-backend-", suffix=".log")[1])
-        self.command = [sys.executable, "-m", "model_backend.cli", "serve", "--model", model,
-                        "--host", "127.0.0.1", "--port", "0", *args]
+        self.command = [
+            sys.executable,
+            "-m",
+            "model_backend.cli",
+            "serve",
+            "--model",
+            model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *args,
+        ]
         self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            self.command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log_file,
-            env={**os.environ, **(env or {})}, text=True,
+            self.command,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            env={**os.environ, **(env or {})},
+            text=True,
         )
         self.stdout_lines: list[str] = []
         self.url = self._read_url(timeout=120)
@@ -65,7 +81,9 @@ class BackendServer:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_tail()
                 self.stop()
-                raise RuntimeError(f"backend did not print its address (exit {self.proc.returncode}):\n{tail}")
+                raise RuntimeError(
+                    f"backend did not print its address (exit {self.proc.returncode}):\n{tail}"
+                )
             time.sleep(0.02)
         return found[0]
 

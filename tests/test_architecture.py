@@ -28,7 +28,9 @@ def _imports(path: Path, name: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             out.add(base)
             out.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import module`
     return out
@@ -91,17 +93,30 @@ def test_the_two_packages_meet_only_over_http_and_the_fim_table() -> None:
         if name.startswith("model_backend"):
             assert not [d for d in deps if d.startswith("copilot_ls")], name
         else:
-            assert {d for d in deps if d.startswith("model_backend")} <= {"model_backend", "model_backend.fim"}, name
+            assert {d for d in deps if d.startswith("model_backend")} <= {
+                "model_backend",
+                "model_backend.fim",
+            }, name
 
 
 def test_pure_layers_import_no_lsp_and_no_http() -> None:
-    pure = ("copilot_ls.context", "copilot_ls.postprocess", "copilot_ls.documents", "copilot_ls.languages",
-            "copilot_ls.confidence", "copilot_ls.static_checks", "copilot_ls.chat")
+    pure = (
+        "copilot_ls.context",
+        "copilot_ls.postprocess",
+        "copilot_ls.documents",
+        "copilot_ls.languages",
+        "copilot_ls.confidence",
+        "copilot_ls.static_checks",
+        "copilot_ls.chat",
+    )
     for path in (ROOT / "copilot_ls").rglob("*.py"):
         name = _module_name(path)
         if name.startswith(pure):
-            bad = {d for d in _imports(path, name)
-                   if d.split(".")[0] in ("pygls", "lsprotocol", "httpx") or d.startswith("copilot_ls.lsp")}
+            bad = {
+                d
+                for d in _imports(path, name)
+                if d.split(".")[0] in ("pygls", "lsprotocol", "httpx") or d.startswith("copilot_ls.lsp")
+            }
             assert not bad, (name, bad)
 
 

@@ -53,7 +53,9 @@ def rough_window_start(line: int, before: str, tokens: int, count: CountTokens) 
     return line - fit_tail(before, tokens, count).count("\n")
 
 
-def choose(candidates: Iterable[Snippet], room: int, render: RenderSnippet, count: CountTokens) -> list[Chosen]:
+def choose(
+    candidates: Iterable[Snippet], room: int, render: RenderSnippet, count: CountTokens
+) -> list[Chosen]:
     """Greedily by rank: each candidate whole, else in its short form, while the room lasts."""
     chosen: list[Chosen] = []
     used = 0

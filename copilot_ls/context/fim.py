@@ -48,7 +48,9 @@ class FimTemplate(FimFamily):
 
 
 # family -> template, from the one table of model families' FIM tokens (model_backend/fim.py)
-FAMILIES: dict[str, FimTemplate] = {name: FimTemplate(**asdict(f), family=name) for name, f in FIM_TABLE.items()}
+FAMILIES: dict[str, FimTemplate] = {
+    name: FimTemplate(**asdict(f), family=name) for name, f in FIM_TABLE.items()
+}
 
 
 def template_for(fim: Mapping[str, str | None] | None) -> FimTemplate | None:
@@ -87,8 +89,9 @@ def template_for_model_id(model_id: str | None) -> FimTemplate | None:
 FIM_SETTING_VALUES = ("auto", "none", *FAMILIES)
 
 
-def choose_template(setting: str, reported: Mapping[str, str | None] | None, reports_fim: bool,
-                    model_id: str | None) -> FimTemplate | None:
+def choose_template(
+    setting: str, reported: Mapping[str, str | None] | None, reports_fim: bool, model_id: str | None
+) -> FimTemplate | None:
     """The template to use: the ``fimTemplate`` setting ("none", a family name, or "auto"). "auto" takes the
     FIM tokens the server reports (copilot-backend always reports them, null for a model without FIM) and
     otherwise recognises the model's id."""

@@ -16,10 +16,14 @@ from copilot_ls.languages import LanguageSpec
 @dataclass(frozen=True)
 class Import:
     module: str  # "pkg.mod", ".mod" (relative, Python), "./lib.js" (JS)
-    names: tuple[tuple[str, str], ...]  # (imported name, local name); ("*", "*") = star; () = the module itself
+    names: tuple[
+        tuple[str, str], ...
+    ]  # (imported name, local name); ("*", "*") = star; () = the module itself
     local: str | None = None  # local name of the module itself (``import x as y`` / ``import * as ns``)
     line: int = 0
-    commonjs: bool = False  # ``const x = require('./m')``: ``local`` is also m's ``module.exports`` (its default)
+    commonjs: bool = (
+        False  # ``const x = require('./m')``: ``local`` is also m's ``module.exports`` (its default)
+    )
 
 
 # Top-level statements that may hold an import (JS: `const x = require('./m')` is a declaration).
@@ -66,7 +70,9 @@ def _python_imports(tree, spec: LanguageSpec, roots=None) -> list[Import]:
             for child in node.children_by_field_name("name"):
                 if child.type == "aliased_import":
                     mod = node_text(child.child_by_field_name("name"))
-                    out.append(Import(mod, (), local=node_text(child.child_by_field_name("alias")), line=line))
+                    out.append(
+                        Import(mod, (), local=node_text(child.child_by_field_name("alias")), line=line)
+                    )
                 else:
                     mod = node_text(child)
                     out.append(Import(mod, (), local=mod, line=line))
@@ -78,7 +84,10 @@ def _python_imports(tree, spec: LanguageSpec, roots=None) -> list[Import]:
             for child in node.children_by_field_name("name"):
                 if child.type == "aliased_import":
                     names.append(
-                        (node_text(child.child_by_field_name("name")), node_text(child.child_by_field_name("alias")))
+                        (
+                            node_text(child.child_by_field_name("name")),
+                            node_text(child.child_by_field_name("alias")),
+                        )
                     )
                 else:
                     names.append((node_text(child), node_text(child)))

@@ -81,7 +81,11 @@ class Parts:
 
     def code(self) -> str:
         """Header, scope headers and the prefix window without the indentation before the cursor."""
-        pre = self.prefix[: len(self.prefix) - self.cut] if self.cut and len(self.prefix) >= self.cut else self.prefix
+        pre = (
+            self.prefix[: len(self.prefix) - self.cut]
+            if self.cut and len(self.prefix) >= self.cut
+            else self.prefix
+        )
         return self.header + "".join(t + "\n" for _, t in self.scope) + pre
 
 
@@ -131,7 +135,9 @@ def build_prompt(
         chosen = choose(candidates, room, _snippet_renderer(snap, root, snippet_style), count)
         available -= sum(c.tokens for c in chosen)
     prefix, scope = _prefix_window(snap, line, col, before, available, kept, count, budget.window_step)
-    parts = Parts(chosen, header, header_tokens, scope, prefix, suffix, _indent_before_cursor(snap, line, col))
+    parts = Parts(
+        chosen, header, header_tokens, scope, prefix, suffix, _indent_before_cursor(snap, line, col)
+    )
     prompt = trim(parts, total, count, lambda p: assemble(p, fim, root, controls))
     return Prompt(
         prompt=prompt,
@@ -146,8 +152,9 @@ def build_prompt(
 
 def _check_options(budget: PromptBudget, snippet_style: str) -> None:
     if budget.keep_in_prefix not in KEEP_IN_PREFIX:
-        raise ValueError(f"unknown keep_in_prefix {budget.keep_in_prefix!r}; expected one of "
-                         f"{', '.join(KEEP_IN_PREFIX)}")
+        raise ValueError(
+            f"unknown keep_in_prefix {budget.keep_in_prefix!r}; expected one of {', '.join(KEEP_IN_PREFIX)}"
+        )
     if snippet_style not in SNIPPET_STYLES:
         raise ValueError(
             f"unknown snippet style {snippet_style!r}; expected one of {', '.join(SNIPPET_STYLES)}"
@@ -205,7 +212,13 @@ def _header(
 
 
 def _prefix_window(
-    snap: Snapshot, line: int, col: int, before: str, available: int, kept: int | None, count: CountTokens,
+    snap: Snapshot,
+    line: int,
+    col: int,
+    before: str,
+    available: int,
+    kept: int | None,
+    count: CountTokens,
     step: float = 0.0,
 ) -> tuple[str, list[tuple[int, str]]]:
     """(the window before the cursor, the cut-off enclosing headers shown above it): the headers only when
@@ -243,8 +256,10 @@ def assemble(parts: Parts, fim: FimTemplate | None, root, controls: Sequence[str
     the snippets as separate files when the template has a file separator."""
     ordered = list(reversed(parts.chosen))
     if fim is not None and fim.file_sep and ordered:
-        files = [(display_path(c.snippet.path, root), guard(c.rendered.split("\n", 1)[1].rstrip("\n"), controls))
-                 for c in ordered]
+        files = [
+            (display_path(c.snippet.path, root), guard(c.rendered.split("\n", 1)[1].rstrip("\n"), controls))
+            for c in ordered
+        ]
         return fim.format(guard(parts.code(), controls), guard(parts.suffix, controls), files=files)
     body = guard("".join(c.rendered for c in ordered) + parts.code(), controls)
     return fim.format(body, guard(parts.suffix, controls)) if fim is not None else body
@@ -275,20 +290,30 @@ def trim(parts: Parts, total: int, count: CountTokens, render) -> str:
     return prompt
 
 
-def sources(parts: Parts, snap: Snapshot, line: int, count: CountTokens, fim: FimTemplate | None) -> list[SnippetSource]:
+def sources(
+    parts: Parts, snap: Snapshot, line: int, count: CountTokens, fim: FimTemplate | None
+) -> list[SnippetSource]:
     """Where each part of the prompt came from, in prompt order."""
-    out = [SnippetSource(c.snippet.kind, c.snippet.path, c.snippet.start_line, c.snippet.end_line, c.tokens,
-                         c.snippet.why) for c in parts.chosen]
+    out = [
+        SnippetSource(
+            c.snippet.kind, c.snippet.path, c.snippet.start_line, c.snippet.end_line, c.tokens, c.snippet.why
+        )
+        for c in parts.chosen
+    ]
     if parts.header:
         out.append(SnippetSource("header", snap.path, 0, 0, parts.header_tokens, "file path and language"))
     for ln, t in parts.scope:
         out.append(SnippetSource("scope", snap.path, ln, ln, count(t), "enclosing header above the window"))
     if parts.prefix:
         first = line - parts.prefix.count("\n")
-        out.append(SnippetSource("prefix", snap.path, first, line, count(parts.prefix), "text before the cursor"))
+        out.append(
+            SnippetSource("prefix", snap.path, first, line, count(parts.prefix), "text before the cursor")
+        )
     if fim is not None and parts.suffix:
         last = line + parts.suffix.count("\n")
-        out.append(SnippetSource("suffix", snap.path, line, last, count(parts.suffix), "text after the cursor"))
+        out.append(
+            SnippetSource("suffix", snap.path, line, last, count(parts.suffix), "text after the cursor")
+        )
     return out
 
 

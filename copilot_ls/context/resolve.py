@@ -131,15 +131,24 @@ class Resolver:
         family = "python" if self.lang == "python" else "js"
         return module_files(self.ws.root, from_path or self.snap.path, imp, family)
 
-    def lookup(self, name: str, imp: Import, imported_name: str | None = None, *, from_path: str | None = None,
-               depth: int = 0) -> list[Definition]:
+    def lookup(
+        self,
+        name: str,
+        imp: Import,
+        imported_name: str | None = None,
+        *,
+        from_path: str | None = None,
+        depth: int = 0,
+    ) -> list[Definition]:
         wanted = imported_name or name
         out: list[Definition] = []
         for path in self.files_of(imp, from_path):
             fs = self.file(path)
             if fs is None or same_file(path, self.snap.path):
                 continue
-            if wanted in ("default", MODULE_EXPORTS) and fs.default_export:  # `export default`, `module.exports =`
+            if (
+                wanted in ("default", MODULE_EXPORTS) and fs.default_export
+            ):  # `export default`, `module.exports =`
                 found = fs.named(fs.default_export)
             else:
                 found = fs.named(wanted)
@@ -194,7 +203,9 @@ class Resolver:
             imp, imported_name = self.imported[name]
             return self.lookup(name, imp, imported_name)
         imp = self.modules.get(name)
-        if imp is not None and imp.commonjs:  # `const f = require('./f')`: f is what f.js assigns to module.exports
+        if (
+            imp is not None and imp.commonjs
+        ):  # `const f = require('./f')`: f is what f.js assigns to module.exports
             return self.lookup(name, imp, MODULE_EXPORTS)
         for imp in self.stars:
             found = self.lookup(name, imp)

@@ -90,8 +90,11 @@ def names_near(snap: Snapshot, line: int) -> list[tuple[str, str | None]]:
             if parent is not None and parent.type in ("attribute", "member_expression"):
                 obj = parent.child_by_field_name("object")
                 attr = parent.child_by_field_name("attribute") or parent.child_by_field_name("property")
-                if attr is not None and attr.id == node.id and obj is not None and (
-                    obj.type == "identifier" or obj.type == "attribute" and _DOTTED.fullmatch(obj.text)
+                if (
+                    attr is not None
+                    and attr.id == node.id
+                    and obj is not None
+                    and (obj.type == "identifier" or obj.type == "attribute" and _DOTTED.fullmatch(obj.text))
                 ):
                     qual = obj.text.decode("utf-8", "replace")
             dist = abs(node.start_point[0] - line)
@@ -163,8 +166,18 @@ def _children_in_rows(node, lo: int, hi: int) -> list:
 def _snippet_from(defn: Definition, kind: str, score: float, why: str) -> Snippet:
     short = defn.end_line - defn.start_line + 1 <= SHORT_DEFINITION_LINES
     text = defn.text if short else (defn.summary or defn.text)
-    return Snippet(kind, defn.path, defn.start_line, defn.end_line, text, defn.summary or text, score, why,
-                   defn.signature, defn.brief)
+    return Snippet(
+        kind,
+        defn.path,
+        defn.start_line,
+        defn.end_line,
+        text,
+        defn.summary or text,
+        score,
+        why,
+        defn.signature,
+        defn.brief,
+    )
 
 
 _BARE_VARIABLE = re.compile(r"^[A-Za-z_]\w*\s*(?::[^=\n]*)?(?:=\s*[A-Za-z_][\w.]*)?\s*;?$")
@@ -294,7 +307,9 @@ def _under_test(snap: Snapshot, line: int, col: int, res: Resolver) -> list[Snip
     """The implementation of the first subject of the test around the cursor that can be found."""
     for rank, subject in enumerate(subjects_under_test(snap, line, col)[:4]):
         for defn in res.anywhere(subject)[:1]:
-            return [_snippet_from(defn, "under-test", 100 - rank, f"implementation of `{subject}`, under test")]
+            return [
+                _snippet_from(defn, "under-test", 100 - rank, f"implementation of `{subject}`, under test")
+            ]
     return []
 
 
@@ -304,10 +319,14 @@ def _definitions_near(snap: Snapshot, line: int, res: Resolver, window_start_lin
     out: list[Snippet] = []
     for rank, (name, qual) in enumerate(names_near(snap, line)[:60]):
         for defn in [d for d in res.definition_of(name, qual)[:1] if informative(d)]:
-            out.append(_snippet_from(defn, "definition", 50 - rank * 0.5, f"definition of `{name}`, used nearby"))
+            out.append(
+                _snippet_from(defn, "definition", 50 - rank * 0.5, f"definition of `{name}`, used nearby")
+            )
         d = res.current.definition(name) if qual is None else None
         if d is not None and d.end_line < window_start_line and not (d.start_line <= line <= d.end_line):
-            out.append(_snippet_from(d, "definition", 40 - rank * 0.5, f"`{name}` of this file, above the window"))
+            out.append(
+                _snippet_from(d, "definition", 40 - rank * 0.5, f"`{name}` of this file, above the window")
+            )
     return out
 
 

@@ -65,8 +65,12 @@ def _test_calls_in_error(node, before: int, spec: LanguageSpec) -> list[str]:
     for i, c in enumerate(kids[:-2]):
         if c.start_byte >= before:
             break
-        if (c.type == "identifier" and kids[i + 1].type == "(" and kids[i + 2].type in ("string", "template_string")
-                and c.text.decode("utf-8", "replace") in spec.test_calls):
+        if (
+            c.type == "identifier"
+            and kids[i + 1].type == "("
+            and kids[i + 2].type in ("string", "template_string")
+            and c.text.decode("utf-8", "replace") in spec.test_calls
+        ):
             desc = kids[i + 2].text.decode("utf-8", "replace").strip("'\"`")
             found.append(_IDENT.findall(desc)[:3])
     return [name for names in reversed(found) for name in names]

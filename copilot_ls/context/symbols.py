@@ -104,11 +104,19 @@ def extract_symbols(text: str, spec: LanguageSpec, path: str, tree=None) -> File
             defs.append(anonymous)
     defs.sort(key=lambda d: (d.start_line, d.name))
     imports = imports_of(tree, spec)
-    return FileSymbols(path=path, language=spec.id, definitions=tuple(defs), imports=tuple(imports),
-                       default_export=default_export, aliases=tuple(aliases))
+    return FileSymbols(
+        path=path,
+        language=spec.id,
+        definitions=tuple(defs),
+        imports=tuple(imports),
+        default_export=default_export,
+        aliases=tuple(aliases),
+    )
 
 
-def _js_default_export(tree, spec: LanguageSpec, data: bytes, path: str) -> tuple[str | None, Definition | None]:
+def _js_default_export(
+    tree, spec: LanguageSpec, data: bytes, path: str
+) -> tuple[str | None, Definition | None]:
     """(name, definition) of a module's ``export default``: the name of the exported declaration or identifier
     (no new definition), or ``"default"`` and a definition of the anonymous export; (None, None) without one.
     CommonJS ``module.exports = helper`` / ``= function f() {}`` / ``= (a) => ...`` / ``= class {}`` count as
@@ -133,8 +141,13 @@ def _js_default_export(tree, spec: LanguageSpec, data: bytes, path: str) -> tupl
             return node_text(value), None
         if value is None:
             return None, None
-        kind = ("function" if value.type in spec.function_types else
-                "class" if value.type in spec.class_types else "variable")
+        kind = (
+            "function"
+            if value.type in spec.function_types
+            else "class"
+            if value.type in spec.class_types
+            else "variable"
+        )
         return "default", make_definition(value, keyword, kind, spec, data, path)
     return None, None
 
@@ -145,7 +158,12 @@ def _commonjs_default_export(node, spec: LanguageSpec, data: bytes, path: str):
     if expr is None or expr.type != "assignment_expression":
         return None
     left, value = expr.child_by_field_name("left"), expr.child_by_field_name("right")
-    if left is None or value is None or left.type != "member_expression" or node_text(left) != "module.exports":
+    if (
+        left is None
+        or value is None
+        or left.type != "member_expression"
+        or node_text(left) != "module.exports"
+    ):
         return None
     if value.type == "identifier":
         return node_text(value), None
@@ -161,8 +179,9 @@ def _commonjs_default_export(node, spec: LanguageSpec, data: bytes, path: str):
     return "default", make_definition(node, None, kind, spec, data, path, name="default")
 
 
-def make_definition(node, name_node, kind: str, spec: LanguageSpec, data: bytes, path: str, *,
-                    name: str | None = None) -> Definition:
+def make_definition(
+    node, name_node, kind: str, spec: LanguageSpec, data: bytes, path: str, *, name: str | None = None
+) -> Definition:
     """A Definition from its node: full text (docstring cut to its first paragraph) and summary; named by
     ``name_node`` (or ``name``)."""
     container = _container_name(node) if kind == "method" else None
@@ -184,7 +203,9 @@ def make_definition(node, name_node, kind: str, spec: LanguageSpec, data: bytes,
         container=container,
         summary=summarize(node, data, spec),
         signature=summarize(node, data, spec, compact=True),
-        brief=summarize(node, data, spec, compact=True, members=CLASS_MEMBERS_BRIEF) if kind == "class" else "",
+        brief=summarize(node, data, spec, compact=True, members=CLASS_MEMBERS_BRIEF)
+        if kind == "class"
+        else "",
     )
 
 
@@ -320,7 +341,9 @@ CLASS_MEMBERS_BRIEF = 8  # ... and its brief form, for a tight budget
 FIELD_CHARS = 80  # a longer (or multi-line) field line is cut to its name and type
 
 
-def summarize(node, data: bytes, spec: LanguageSpec, *, compact: bool = False, members: int = CLASS_MEMBERS) -> str:
+def summarize(
+    node, data: bytes, spec: LanguageSpec, *, compact: bool = False, members: int = CLASS_MEMBERS
+) -> str:
     """Header (decorators, signature) + docstring, and for classes what the class has: its fields and its
     methods' signatures with the bodies elided (at most ``members`` of them: fields and the constructor first).
     ``compact``: only the docstring's first line of text, and no ``_private`` methods."""
@@ -362,8 +385,9 @@ def _one_line(text: str, cut: str) -> str:
     return text if "\n" not in text and len(text) <= FIELD_CHARS else cut
 
 
-def _ranked(fields: list[str], ctor: list[str], methods: list[tuple[bool, str]], limit: int,
-            public_only: bool) -> list[str]:
+def _ranked(
+    fields: list[str], ctor: list[str], methods: list[tuple[bool, str]], limit: int, public_only: bool
+) -> list[str]:
     """At most ``limit`` members in source order within each group: fields, the constructor, then methods
     (public ones before ``_private`` ones when not all fit; none of those with ``public_only``: the code that
     imports a class calls its public methods, and a small model copies the last one listed)."""
@@ -379,8 +403,9 @@ def _ranked(fields: list[str], ctor: list[str], methods: list[tuple[bool, str]],
     return out
 
 
-def _python_members(body, data: bytes, spec: LanguageSpec, indent: str, limit: int,
-                    public_only: bool) -> list[str]:
+def _python_members(
+    body, data: bytes, spec: LanguageSpec, indent: str, limit: int, public_only: bool
+) -> list[str]:
     """A Python class body as lines (relative to the body's indentation): annotated / assigned class
     attributes (dataclass fields), ``def m(self, ...) -> T: ...`` for each method (decorators kept), the
     ``self.x = ...`` assignments of ``__init__`` under its header, nested classes' headers."""
@@ -401,8 +426,12 @@ def _python_members(body, data: bytes, spec: LanguageSpec, indent: str, limit: i
         if name is None or fb is None:
             continue
         # up to the `:` after the parameters / return type (a comment between it and the body is left out)
-        last = fn.child_by_field_name("return_type") or fn.child_by_field_name("parameters") or \
-            fn.child_by_field_name("superclasses") or name
+        last = (
+            fn.child_by_field_name("return_type")
+            or fn.child_by_field_name("parameters")
+            or fn.child_by_field_name("superclasses")
+            or name
+        )
         sig = data[child.start_byte : last.end_byte].decode("utf-8", "replace").rstrip() + ":"
         if fn.type in spec.class_types:
             methods.append((node_text(name).startswith("_"), sig + " ..."))
@@ -410,8 +439,10 @@ def _python_members(body, data: bytes, spec: LanguageSpec, indent: str, limit: i
             if node_text(name) in ("__init__", "__new__", "__post_init__"):
                 assigned = _self_assignments(fb, "self", "attribute", "assignment")
                 inner_indent = indent if fb.start_point[0] > fn.start_point[0] else "    "
-                ctor.append(sig + ("\n" + "\n".join(indent + inner_indent + a for a in assigned) if assigned
-                                   else " ..."))
+                ctor.append(
+                    sig
+                    + ("\n" + "\n".join(indent + inner_indent + a for a in assigned) if assigned else " ...")
+                )
             else:
                 method_name = node_text(name)
                 private = method_name.startswith("_") and not method_name.endswith("__")
@@ -456,8 +487,13 @@ def _js_members(body, data: bytes, limit: int, public_only: bool) -> list[str]:
             sig = data[child.start_byte : fb.start_byte].decode("utf-8", "replace").strip()
             if node_text(name) == "constructor":
                 assigned = _self_assignments(fb, "this", "member_expression", "assignment_expression")
-                ctor.append(sig + " { " + " ".join(a if a.endswith(";") else a + ";" for a in assigned)
-                            + (" " if assigned else "") + "... }")
+                ctor.append(
+                    sig
+                    + " { "
+                    + " ".join(a if a.endswith(";") else a + ";" for a in assigned)
+                    + (" " if assigned else "")
+                    + "... }"
+                )
             else:
                 methods.append((_js_private(child, name), sig + " { ... }"))
         elif child.type in ("field_definition", "public_field_definition"):
@@ -475,11 +511,20 @@ def _js_members(body, data: bytes, limit: int, public_only: bool) -> list[str]:
 def _js_private(member, name) -> bool:
     """A ``#private`` / ``_private`` / TS ``private`` class member."""
     return (name is not None and node_text(name).startswith(("#", "_"))) or any(
-        c.type == "accessibility_modifier" and node_text(c) == "private" for c in member.children)
+        c.type == "accessibility_modifier" and node_text(c) == "private" for c in member.children
+    )
 
 
-_TS_MEMBER_SIGNATURES = frozenset({"method_signature", "property_signature", "abstract_method_signature",
-                                   "index_signature", "call_signature", "construct_signature"})
+_TS_MEMBER_SIGNATURES = frozenset(
+    {
+        "method_signature",
+        "property_signature",
+        "abstract_method_signature",
+        "index_signature",
+        "call_signature",
+        "construct_signature",
+    }
+)
 
 
 def _top_level(node) -> bool:

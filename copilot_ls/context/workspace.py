@@ -127,8 +127,11 @@ def display_path(path: str | None, root: str | os.PathLike[str] | None = None) -
         return ""
     if root is not None:
         try:
-            return _fs_cached(_DISPLAY, (path, os.fspath(root)),
-                              lambda: Path(resolved(path)).relative_to(resolved(root)).as_posix())
+            return _fs_cached(
+                _DISPLAY,
+                (path, os.fspath(root)),
+                lambda: Path(resolved(path)).relative_to(resolved(root)).as_posix(),
+            )
         except (ValueError, OSError):
             pass
     parts = [p for p in path.replace(os.sep, "/").split("/") if p]
@@ -163,11 +166,7 @@ class Workspace:
     ) -> FileSymbols | None:
         """Definitions and imports of ``path`` (from ``overlay`` when the file is open), or None when the file
         is not a known language, too big, unreadable or missing."""
-        if (
-            overlay is not None
-            and overlay.language is not None
-            and overlay.language.id in SYMBOL_LANGUAGES
-        ):
+        if overlay is not None and overlay.language is not None and overlay.language.id in SYMBOL_LANGUAGES:
             if _too_big(overlay.text):  # as on disk: an open multi-MB document is not parsed (seconds) either
                 return None
             key = ("open", overlay.uri, overlay.version, len(overlay.text))

@@ -22,36 +22,64 @@ CONTEXT_MODULE = "copilot_ls.evaluation.context_eval"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="{humaneval,context}")
     sub.required = True
-    he = sub.add_parser("humaneval", help="HumanEval pass@k of the served model (through the LS or raw)",
-                        description="HumanEval pass@k: generate n samples per problem, run each with the "
-                        "problem's tests in a sandbox, report unbiased pass@k, top-log-prob and greedy pass@1. "
-                        "Writes samples.jsonl, results.json and pass_at_k.png to --out; rerun the same "
-                        "command to resume an interrupted run.")
+    he = sub.add_parser(
+        "humaneval",
+        help="HumanEval pass@k of the served model (through the LS or raw)",
+        description="HumanEval pass@k: generate n samples per problem, run each with the "
+        "problem's tests in a sandbox, report unbiased pass@k, top-log-prob and greedy pass@1. "
+        "Writes samples.jsonl, results.json and pass_at_k.png to --out; rerun the same "
+        "command to resume an interrupted run.",
+    )
     he.add_argument("--n", type=int, default=20, help="samples per problem (default 20)")
     he.add_argument("--k", default="1,10", help="comma-separated k for pass@k (default 1,10; each <= n)")
     he.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     he.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
     he.add_argument("--max-tokens", type=int, default=300, help="tokens per sample (default 300)")
     he.add_argument("--limit", type=int, default=None, help="only the first N problems (default all 164)")
-    he.add_argument("--through", choices=("ls", "raw"), default="ls",
-                    help="ls: the editor's pipeline (context + post-processing); raw: the bare prompt with "
-                    "the Codex stop sequences (default ls)")
-    he.add_argument("--backend", default=DEFAULT_BACKEND,
-                    help=f"OpenAI-compatible server; the default one is started if nothing answers "
-                    f"(default {DEFAULT_BACKEND})")
-    he.add_argument("--endpoint", choices=("completions", "chat", "auto"), default="completions",
-                    help="the server's API: /v1/completions, /v1/chat/completions (a FIM prompt as chat "
-                    "messages; --through ls only) or auto (probe once) (default completions)")
-    he.add_argument("--out", type=Path, default=None,
-                    help="output directory (default out/humaneval-THROUGH, plus -chat / -auto for those endpoints)")
+    he.add_argument(
+        "--through",
+        choices=("ls", "raw"),
+        default="ls",
+        help="ls: the editor's pipeline (context + post-processing); raw: the bare prompt with "
+        "the Codex stop sequences (default ls)",
+    )
+    he.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        help=f"OpenAI-compatible server; the default one is started if nothing answers "
+        f"(default {DEFAULT_BACKEND})",
+    )
+    he.add_argument(
+        "--endpoint",
+        choices=("completions", "chat", "auto"),
+        default="completions",
+        help="the server's API: /v1/completions, /v1/chat/completions (a FIM prompt as chat "
+        "messages; --through ls only) or auto (probe once) (default completions)",
+    )
+    he.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default out/humaneval-THROUGH, plus -chat / -auto for those endpoints)",
+    )
     he.add_argument("--workers", type=int, default=2, help="problems in flight at once (default 2)")
-    he.add_argument("--no-greedy", dest="greedy", action="store_false",
-                    help="skip the extra greedy (temperature 0) sample per problem")
-    he.add_argument("--timeout", type=float, default=10.0, help="seconds per sample in the sandbox (default 10)")
+    he.add_argument(
+        "--no-greedy",
+        dest="greedy",
+        action="store_false",
+        help="skip the extra greedy (temperature 0) sample per problem",
+    )
+    he.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per sample in the sandbox (default 10)"
+    )
     he.set_defaults(_eval_run=run_humaneval)
     # `prefix_chars` that no option uses: everything after `context` reaches context_eval's own parser.
-    ctx = sub.add_parser("context", help="repo-level next-line accuracy: prefix-only vs the context builder",
-                         add_help=False, prefix_chars="\x00")
+    ctx = sub.add_parser(
+        "context",
+        help="repo-level next-line accuracy: prefix-only vs the context builder",
+        add_help=False,
+        prefix_chars="\x00",
+    )
     ctx.add_argument("args", nargs="*")
     ctx.set_defaults(_eval_run=run_context)
 
@@ -75,8 +103,11 @@ def run_context(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != CONTEXT_MODULE:
             raise
-        print("copilot-ls eval context: not available in this build "
-              "(copilot_ls/evaluation/context_eval.py is missing)", file=sys.stderr)
+        print(
+            "copilot-ls eval context: not available in this build "
+            "(copilot_ls/evaluation/context_eval.py is missing)",
+            file=sys.stderr,
+        )
         return 2
     if not (hasattr(module, "add_arguments") and hasattr(module, "run")):
         print(f"copilot-ls eval context: {CONTEXT_MODULE} lacks add_arguments()/run()", file=sys.stderr)
@@ -91,12 +122,25 @@ def run_humaneval(args: argparse.Namespace) -> int:
     from copilot_ls.evaluation.passk import parse_ks
 
     try:
-        cfg = EvalConfig(n=args.n, ks=tuple(parse_ks(args.k)), temperature=args.temperature, top_p=args.top_p,
-                         max_tokens=args.max_tokens, limit=args.limit, through=args.through,
-                         backend=args.backend, endpoint=args.endpoint,
-                         out=args.out or Path(f"out/humaneval-{args.through}"
-                                              + ("" if args.endpoint == "completions" else f"-{args.endpoint}")),
-                         workers=args.workers, greedy=args.greedy, timeout_s=args.timeout)
+        cfg = EvalConfig(
+            n=args.n,
+            ks=tuple(parse_ks(args.k)),
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_tokens,
+            limit=args.limit,
+            through=args.through,
+            backend=args.backend,
+            endpoint=args.endpoint,
+            out=args.out
+            or Path(
+                f"out/humaneval-{args.through}"
+                + ("" if args.endpoint == "completions" else f"-{args.endpoint}")
+            ),
+            workers=args.workers,
+            greedy=args.greedy,
+            timeout_s=args.timeout,
+        )
         cfg.validate()
     except (ValueError, EvalError) as exc:
         print(f"copilot-ls eval humaneval: {exc}", file=sys.stderr)
@@ -111,11 +155,16 @@ async def _humaneval(cfg) -> int:
     from copilot_ls.lsp.autostart import ensure_backend
     from copilot_ls.lsp.settings import Settings
 
-    client = BackendClient(cfg.backend, timeout=900.0, endpoint=cfg.endpoint)  # n samples of 300 tokens on a CPU take a while
+    client = BackendClient(
+        cfg.backend, timeout=900.0, endpoint=cfg.endpoint
+    )  # n samples of 300 tokens on a CPU take a while
     proc = None
     try:
-        proc = await ensure_backend(client, Settings(backend_url=cfg.backend),
-                                    progress=lambda msg: print(f"[backend] {msg}", file=sys.stderr))
+        proc = await ensure_backend(
+            client,
+            Settings(backend_url=cfg.backend),
+            progress=lambda msg: print(f"[backend] {msg}", file=sys.stderr),
+        )
         results = await evaluate(cfg, client)
     except EvalError as exc:
         print(f"copilot-ls eval humaneval: {exc}", file=sys.stderr)
@@ -124,8 +173,11 @@ async def _humaneval(cfg) -> int:
         from copilot_ls.evaluation.humaneval import SAMPLES_FILE
 
         kept = (cfg.out / SAMPLES_FILE).is_file()  # (a backend that never answered left nothing to resume)
-        print(f"copilot-ls eval humaneval: {exc}" +
-              (f" (samples so far are kept in {cfg.out}; rerun to resume)" if kept else ""), file=sys.stderr)
+        print(
+            f"copilot-ls eval humaneval: {exc}"
+            + (f" (samples so far are kept in {cfg.out}; rerun to resume)" if kept else ""),
+            file=sys.stderr,
+        )
         return 1
     finally:
         if proc is not None:
@@ -138,17 +190,23 @@ async def _humaneval(cfg) -> int:
 def format_summary(results: dict) -> str:
     cfg = results["config"]
     model = (results.get("model") or {}).get("id", "?")
-    lines = [f"HumanEval: {results['problems']} problems, n={results['samples_per_problem']}, "
-             f"through {cfg['through']}, model {model}, T={cfg['temperature']}, top-p={cfg['top_p']}"]
+    lines = [
+        f"HumanEval: {results['problems']} problems, n={results['samples_per_problem']}, "
+        f"through {cfg['through']}, model {model}, T={cfg['temperature']}, top-p={cfg['top_p']}"
+    ]
     for name, value in results["pass_at_k"].items():
         lines.append(f"  {name:<34}{100 * value:6.2f}%")
-    for key, label in (("pass_at_1_mean_of_samples", "pass@1, mean of all samples"),
-                       ("pass_at_1_top_logprob", "pass@1, top mean log-prob sample"),
-                       ("pass_at_1_greedy", "pass@1, greedy")):
+    for key, label in (
+        ("pass_at_1_mean_of_samples", "pass@1, mean of all samples"),
+        ("pass_at_1_top_logprob", "pass@1, top mean log-prob sample"),
+        ("pass_at_1_greedy", "pass@1, greedy"),
+    ):
         if results.get(key) is not None:
             lines.append(f"  {label:<34}{100 * results[key]:6.2f}%")
-    lines.append(f"  wrote {cfg['out']}/results.json, samples.jsonl" +
-                 (", pass_at_k.png" if results.get("plot") else ""))
+    lines.append(
+        f"  wrote {cfg['out']}/results.json, samples.jsonl"
+        + (", pass_at_k.png" if results.get("plot") else "")
+    )
     return "\n".join(lines)
 
 

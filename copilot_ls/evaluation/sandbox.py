@@ -62,19 +62,19 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class Limits:
-    timeout_s: float = 10.0          # wall clock, then the whole process group is killed
-    cpu_s: int = 10                  # RLIMIT_CPU
-    memory_bytes: int = 1 << 30      # RLIMIT_AS (address space)
-    file_bytes: int = 16 << 20       # RLIMIT_FSIZE (largest file it may write)
-    nproc: int = 32                  # RLIMIT_NPROC (processes + threads of its uid)
-    nofile: int = 64                 # RLIMIT_NOFILE
+    timeout_s: float = 10.0  # wall clock, then the whole process group is killed
+    cpu_s: int = 10  # RLIMIT_CPU
+    memory_bytes: int = 1 << 30  # RLIMIT_AS (address space)
+    file_bytes: int = 16 << 20  # RLIMIT_FSIZE (largest file it may write)
+    nproc: int = 32  # RLIMIT_NPROC (processes + threads of its uid)
+    nofile: int = 64  # RLIMIT_NOFILE
 
 
 @dataclass(frozen=True)
 class ExecResult:
-    status: str                      # "passed" | "failed" | "timeout"
-    returncode: int | None           # exit code; 128 + N when killed by signal N; None on timeout
-    output: str                      # the last OUTPUT_TAIL characters of stdout + stderr
+    status: str  # "passed" | "failed" | "timeout"
+    returncode: int | None  # exit code; 128 + N when killed by signal N; None on timeout
+    output: str  # the last OUTPUT_TAIL characters of stdout + stderr
     elapsed_s: float
 
     @property
@@ -98,8 +98,14 @@ class ExecResult:
 
 def sandbox_env(workdir: str) -> dict[str, str]:
     """The program's whole environment: nothing inherited (no proxies, tokens, cloud credentials)."""
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+    }
 
 
 def run_python(source: str, *, limits: Limits = Limits(), interpreter: str | None = None) -> ExecResult:
@@ -165,8 +171,14 @@ def _run(source: str, *, uid: int, limits: Limits, interpreter: str) -> ExecResu
         program = Path(workdir, "program.py")
         program.write_text(source, encoding="utf-8")
         os.chown(workdir, uid, uid if os.geteuid() == 0 else os.getgid())
-        config = {"workdir": workdir, "uid": uid, "interpreter": interpreter, "program": str(program),
-                  "limits": asdict(limits), "env": sandbox_env(workdir)}
+        config = {
+            "workdir": workdir,
+            "uid": uid,
+            "interpreter": interpreter,
+            "program": str(program),
+            "limits": asdict(limits),
+            "env": sandbox_env(workdir),
+        }
         status_r, status_w = os.pipe()  # the launcher's own errors: a channel the program cannot write to
         config["status_fd"] = status_w
         argv = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "--launch", json.dumps(config)]
@@ -174,9 +186,17 @@ def _run(source: str, *, uid: int, limits: Limits, interpreter: str) -> ExecResu
         with open(out_path, "wb") as out:
             start = time.monotonic()
             try:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        env=sandbox_env(workdir), cwd=workdir, start_new_session=True,
-                                        close_fds=True, pass_fds=(status_w,))
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=sandbox_env(workdir),
+                    cwd=workdir,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=(status_w,),
+                )
             finally:
                 os.close(status_w)
             timed_out = False
@@ -239,14 +259,22 @@ def default_interpreter() -> str:
     global _interp
     with _interp_lock:
         if _interp is None:
-            candidates = [sys.executable, getattr(sys, "_base_executable", ""), "/usr/bin/python3",
-                          shutil.which("python3") or ""]
+            candidates = [
+                sys.executable,
+                getattr(sys, "_base_executable", ""),
+                "/usr/bin/python3",
+                shutil.which("python3") or "",
+            ]
             tried = []
             for cand in dict.fromkeys(c for c in candidates if c):
                 try:
                     with _uid_slot() as uid:
-                        res = _run("import sys; assert sys.version_info >= (3, 8)", uid=uid,
-                                   limits=Limits(timeout_s=30), interpreter=cand)
+                        res = _run(
+                            "import sys; assert sys.version_info >= (3, 8)",
+                            uid=uid,
+                            limits=Limits(timeout_s=30),
+                            interpreter=cand,
+                        )
                 except SandboxError as exc:
                     tried.append(f"{cand}: {exc}")
                     continue
@@ -283,12 +311,22 @@ def _make_tree_read_only() -> None:
     """mount_setattr(/, AT_RECURSIVE, rdonly|nosuid): every mount in our namespace, submounts included."""
 
     class MountAttr(ctypes.Structure):
-        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+        _fields_ = [
+            ("attr_set", ctypes.c_uint64),
+            ("attr_clr", ctypes.c_uint64),
+            ("propagation", ctypes.c_uint64),
+            ("userns_fd", ctypes.c_uint64),
+        ]
 
     attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
-    ret = _libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), b"/",
-                        ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    ret = _libc.syscall(
+        ctypes.c_long(SYS_MOUNT_SETATTR),
+        ctypes.c_int(AT_FDCWD),
+        b"/",
+        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
     _check(ret, "mount_setattr / read-only (needs Linux >= 5.12)")
 
 
@@ -312,9 +350,14 @@ def _isolate(cfg: dict) -> None:
 
 def _exec_program(cfg: dict) -> None:
     lim = cfg["limits"]
-    for res, value in ((resource.RLIMIT_CPU, lim["cpu_s"]), (resource.RLIMIT_AS, lim["memory_bytes"]),
-                       (resource.RLIMIT_FSIZE, lim["file_bytes"]), (resource.RLIMIT_NPROC, lim["nproc"]),
-                       (resource.RLIMIT_NOFILE, lim["nofile"]), (resource.RLIMIT_CORE, 0)):
+    for res, value in (
+        (resource.RLIMIT_CPU, lim["cpu_s"]),
+        (resource.RLIMIT_AS, lim["memory_bytes"]),
+        (resource.RLIMIT_FSIZE, lim["file_bytes"]),
+        (resource.RLIMIT_NPROC, lim["nproc"]),
+        (resource.RLIMIT_NOFILE, lim["nofile"]),
+        (resource.RLIMIT_CORE, 0),
+    ):
         resource.setrlimit(res, (value, value))
     os.chdir(cfg["workdir"])
     os.umask(0o077)

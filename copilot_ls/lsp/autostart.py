@@ -67,8 +67,18 @@ def backend_command(url: str) -> list[str]:
     host = parts.hostname or "127.0.0.1"
     host = "127.0.0.1" if host == "localhost" else host
     port = parts.port or 80  # where the client will look (a URL without a port means 80, not 8765)
-    return [sys.executable, "-m", "model_backend.cli", "serve", "--model", "default",
-            "--host", host, "--port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "model_backend.cli",
+        "serve",
+        "--model",
+        "default",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux only)
@@ -106,15 +116,23 @@ class BackendProcess:
         self.command = backend_command(url)
         # the child imports model_backend from where copilot_ls comes from (also when not pip-installed)
         root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        )
         try:
             with open(self.log, "wb") as log:
                 self.popen = subprocess.Popen(
-                    self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                    self.command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                )
         except OSError as exc:
-            raise BackendError(f"cannot start `copilot-backend serve` ({' '.join(self.command)}): {exc}",
-                               kind="unreachable") from exc
+            raise BackendError(
+                f"cannot start `copilot-backend serve` ({' '.join(self.command)}): {exc}", kind="unreachable"
+            ) from exc
         atexit.register(self.stop)
 
     def alive(self) -> bool:
@@ -140,8 +158,13 @@ class BackendProcess:
         atexit.unregister(self.stop)
 
 
-async def wait_ready(client: BackendClient, proc: BackendProcess | None, *, progress: Progress | None = None,
-                     timeout: float = 900.0) -> None:
+async def wait_ready(
+    client: BackendClient,
+    proc: BackendProcess | None,
+    *,
+    progress: Progress | None = None,
+    timeout: float = 900.0,
+) -> None:
     """Poll /health until ready; BackendError if the child dies or `timeout` passes."""
     start = time.monotonic()
     shown = ""
@@ -153,11 +176,15 @@ async def wait_ready(client: BackendClient, proc: BackendProcess | None, *, prog
             if exc.kind not in ("unreachable", "timeout"):
                 raise
         if proc is not None and not proc.alive():
-            raise BackendError(f"`copilot-backend serve` exited with code {proc.popen.returncode}: "
-                               f"{proc.last_output() or 'no output'} (log: {proc.log})", kind="unreachable")
+            raise BackendError(
+                f"`copilot-backend serve` exited with code {proc.popen.returncode}: "
+                f"{proc.last_output() or 'no output'} (log: {proc.log})",
+                kind="unreachable",
+            )
         if time.monotonic() - start > timeout:
-            raise BackendError(f"backend at {client.base_url} was not ready after {timeout:.0f} s",
-                               kind="timeout")
+            raise BackendError(
+                f"backend at {client.base_url} was not ready after {timeout:.0f} s", kind="timeout"
+            )
         line = proc.last_output() if proc is not None else "waiting for the backend"
         if progress is not None and line and line != shown:
             progress(line)
@@ -165,8 +192,9 @@ async def wait_ready(client: BackendClient, proc: BackendProcess | None, *, prog
         await asyncio.sleep(0.25)
 
 
-async def ensure_backend(client: BackendClient, settings: Settings, *,
-                         progress: Progress | None = None) -> BackendProcess | None:
+async def ensure_backend(
+    client: BackendClient, settings: Settings, *, progress: Progress | None = None
+) -> BackendProcess | None:
     """Make sure the backend answers; start our own when allowed (see Settings.should_autostart).
 
     Returns the child process we started (the caller stops it on exit), or None when one was already running.
@@ -180,7 +208,7 @@ async def ensure_backend(client: BackendClient, settings: Settings, *,
         state = None
     if state == "ready":
         return None
-    if state == "loading":   # somebody else's backend is loading: wait for it
+    if state == "loading":  # somebody else's backend is loading: wait for it
         await wait_ready(client, None, progress=progress)
         return None
     if progress is not None:

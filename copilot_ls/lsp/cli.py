@@ -16,8 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--tcp", action="store_true", help="listen for one LSP client on TCP (for debugging)")
     parser.add_argument("--host", default="127.0.0.1", help="TCP host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=2087, help="TCP port (default 2087)")
-    parser.add_argument("--log-level", default="WARNING", type=str.upper,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level (default WARNING)")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="stderr log level (default WARNING)",
+    )
 
 
 def protocol_stdout():
@@ -31,8 +36,11 @@ def protocol_stdout():
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level, logging.WARNING),
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level, logging.WARNING),
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
     if args.log_level != "DEBUG":
         for noisy in ("pygls", "httpx", "httpcore"):
             logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

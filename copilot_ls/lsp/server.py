@@ -44,7 +44,9 @@ class CopilotProtocol(LanguageServerProtocol):
         except JsonRpcException as exc:
             if "id" in data and "method" in data and "error" not in data and "result" not in data:
                 cause = exc.__cause__
-                detail = "; ".join(transform_error(cause)) if isinstance(cause, ClassValidationError) else cause
+                detail = (
+                    "; ".join(transform_error(cause)) if isinstance(cause, ClassValidationError) else cause
+                )
                 message = f"{exc.message} for {data['method']}" + (f": {detail}" if detail else "")
                 self._send_response(data["id"], error=types.ResponseError(code=exc.code, message=message))
             raise
@@ -83,8 +85,9 @@ class WorkDoneProgress:
         await self.ls.work_done_progress.create_async(token)
 
     def begin(self, token: str, title: str, message: str) -> None:
-        self.ls.work_done_progress.begin(token, types.WorkDoneProgressBegin(
-            title=title, message=message, cancellable=False))
+        self.ls.work_done_progress.begin(
+            token, types.WorkDoneProgressBegin(title=title, message=message, cancellable=False)
+        )
 
     def report(self, token: str, message: str) -> None:
         self.ls.work_done_progress.report(token, types.WorkDoneProgressReport(message=message))
@@ -97,17 +100,22 @@ class WorkDoneProgress:
 
 class CopilotServer(LanguageServer):
     def __init__(self) -> None:
-        super().__init__("copilot-ls", "0.1.0", protocol_cls=CopilotProtocol,
-                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__(
+            "copilot-ls",
+            "0.1.0",
+            protocol_cls=CopilotProtocol,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+        )
         self.session = Session(say=self.say)
         self.tcp = False
-        self.exiting = False   # `exit` received: the client is gone, stdout is (being) closed
+        self.exiting = False  # `exit` received: the client is gone, stdout is (being) closed
 
     def say(self, level: int, message: str, *, show: bool = False) -> None:
         """Log to stderr and window/logMessage; with show=True also window/showMessage."""
         log.log(level, "%s", message)
         kind = {logging.ERROR: types.MessageType.Error, logging.WARNING: types.MessageType.Warning}.get(
-            level, types.MessageType.Info if level >= logging.INFO else types.MessageType.Log)
+            level, types.MessageType.Info if level >= logging.INFO else types.MessageType.Log
+        )
         try:
             self.window_log_message(types.LogMessageParams(type=kind, message=message))
             if show:
@@ -129,15 +137,19 @@ class CopilotServer(LanguageServer):
 
     def status(self) -> dict:
         status = self.session.status()
-        return {"version": self.version, "backend": status.pop("backend"), "position_encoding": self.encoding(),
-                **status}
+        return {
+            "version": self.version,
+            "backend": status.pop("backend"),
+            "position_encoding": self.encoding(),
+            **status,
+        }
 
 
 # -- position mapping: client units (utf-8 / utf-16 / utf-32) <-> code points ------------------------------------
 def line_text(doc: Document | Snapshot, line: int) -> str:
     """One line of a document without its line break ("" past the end)."""
     a = doc.offset(line, 0)
-    return doc.text[a: doc.offset(line, 1 << 40)]
+    return doc.text[a : doc.offset(line, 1 << 40)]
 
 
 def from_client(doc: Document | Snapshot, pos: types.Position, encoding: str) -> Pos:
@@ -158,12 +170,21 @@ def to_client(snap: Snapshot, pos: Pos, encoding: str, lines: dict[int, str]) ->
 
 def to_lsp_items(snap: Snapshot, items: list[Item], encoding: str) -> types.InlineCompletionList:
     lines: dict[int, str] = {}
-    return types.InlineCompletionList(items=[types.InlineCompletionItem(
-        insert_text=item.text,
-        range=types.Range(start=to_client(snap, item.start, encoding, lines),
-                          end=to_client(snap, item.end, encoding, lines)),
-        command=types.Command(title="copilot-ls: accepted", command=CMD_ACCEPTED, arguments=[item.id]),
-    ) for item in items])
+    return types.InlineCompletionList(
+        items=[
+            types.InlineCompletionItem(
+                insert_text=item.text,
+                range=types.Range(
+                    start=to_client(snap, item.start, encoding, lines),
+                    end=to_client(snap, item.end, encoding, lines),
+                ),
+                command=types.Command(
+                    title="copilot-ls: accepted", command=CMD_ACCEPTED, arguments=[item.id]
+                ),
+            )
+            for item in items
+        ]
+    )
 
 
 # -- handlers ----------------------------------------------------------------------------------------------------
@@ -185,8 +206,11 @@ async def on_initialized(ls: CopilotServer, params: types.InitializedParams) -> 
     if await ls.session.backend.start():
         ls.say(logging.INFO, f"copilot-ls ready; backend {url} answers, positions in {ls.encoding()}")
     else:
-        ls.say(logging.INFO, f"copilot-ls started, but the backend {url} does not answer: no completions until "
-                             f"it does; positions in {ls.encoding()}")
+        ls.say(
+            logging.INFO,
+            f"copilot-ls started, but the backend {url} does not answer: no completions until "
+            f"it does; positions in {ls.encoding()}",
+        )
 
 
 @server.feature(types.SHUTDOWN)
@@ -198,7 +222,7 @@ def on_shutdown(ls: CopilotServer, *args) -> None:
 def on_exit(ls: CopilotServer, *args) -> None:
     ls.exiting = True
     ls.session.backend.stop()
-    if ls.tcp:   # pygls's sys.exit inside a TCP connection callback only produces a traceback: leave directly
+    if ls.tcp:  # pygls's sys.exit inside a TCP connection callback only produces a traceback: leave directly
         logging.shutdown()
         sys.stderr.flush()
         os._exit(0 if ls.protocol._shutdown else 1)
@@ -209,8 +233,9 @@ async def on_configuration(ls: CopilotServer, params: types.DidChangeConfigurati
     data = params.settings
     if data is None and ls.client_capabilities.workspace and ls.client_capabilities.workspace.configuration:
         try:  # pull-style clients send null and expect us to ask
-            result = await ls.workspace_configuration_async(types.ConfigurationParams(
-                items=[types.ConfigurationItem(section="copilot-ls")]))
+            result = await ls.workspace_configuration_async(
+                types.ConfigurationParams(items=[types.ConfigurationItem(section="copilot-ls")])
+            )
             data = result[0] if result else None
         except Exception as exc:
             log.warning("workspace/configuration failed: %s", exc)
@@ -292,7 +317,9 @@ def cmd_accepted(ls: CopilotServer, *args) -> dict:
 def cmd_partial(ls: CopilotServer, *args) -> dict:
     if not args:
         raise ValueError(f"{CMD_PARTIAL} takes the item id and the accepted length")
-    length = args[1] if len(args) > 1 else (args[0].get("acceptedLength") if isinstance(args[0], dict) else None)
+    length = (
+        args[1] if len(args) > 1 else (args[0].get("acceptedLength") if isinstance(args[0], dict) else None)
+    )
     if not isinstance(length, int) or isinstance(length, bool):
         raise ValueError(f"{CMD_PARTIAL}: expected an integer accepted length, got {length!r}")
     return _record(ls.session.stats.partially_accepted, _item_id(args[0]), length)

@@ -27,12 +27,13 @@ from copilot_ls.lsp.timing import Debouncer, Shown, Superseded, Supersession, Ty
 
 log = logging.getLogger("copilot_ls")
 
-Pos = tuple[int, int]   # (line, code-point column)
+Pos = tuple[int, int]  # (line, code-point column)
 
 
 @dataclass(frozen=True)
 class Item:
     """One suggestion to show: its bookkeeping id, the text, and the (line, column) range it replaces."""
+
     id: str
     text: str
     start: Pos
@@ -43,6 +44,7 @@ class Item:
 class Waits:
     """The time one request spent waiting (debounce, backend startup, backend), which is not our overhead.
     `lost`: the request failed or was dropped, so its time says nothing about overhead."""
+
     t0: float = field(default_factory=time.perf_counter)
     ms: float = 0.0
     lost: bool = False
@@ -62,10 +64,20 @@ class Session:
         self.typed = TypedAhead()
         self.cache: pipeline.RawCache = LRUCache(self.settings.cache_size)
         self.backend = Supervisor(lambda: self.settings, say)
-        self.counters = {"requests": 0, "items": 0, "backend_calls": 0, "cache_hits": 0, "typed_ahead": 0,
-                         "superseded": 0, "cancelled": 0, "stale": 0, "errors": 0, "refused": 0,
-                         "below_confidence": 0}
-        self.overhead_ms: deque[float] = deque(maxlen=1000)   # per request: handler time minus waiting
+        self.counters = {
+            "requests": 0,
+            "items": 0,
+            "backend_calls": 0,
+            "cache_hits": 0,
+            "typed_ahead": 0,
+            "superseded": 0,
+            "cancelled": 0,
+            "stale": 0,
+            "errors": 0,
+            "refused": 0,
+            "below_confidence": 0,
+        }
+        self.overhead_ms: deque[float] = deque(maxlen=1000)  # per request: handler time minus waiting
 
     # -- settings and documents ----------------------------------------------------------------------------
     def apply_settings(self, data: Any) -> None:
@@ -135,12 +147,13 @@ class Session:
             entries.append((s.text, s.start, s.end))
             start, end = snap.offset(*s.start), snap.offset(*s.end)
             if start <= cursor <= end and s.text.startswith(snap.text[start:cursor]):
-                shown.append(Shown(snap.text, cursor, s.text[cursor - start:], end, s.mean_logprob))
+                shown.append(Shown(snap.text, cursor, s.text[cursor - start :], end, s.mean_logprob))
         self.typed.remember(snap.uri, shown)
         return self._items(snap, entries)
 
-    async def _compute(self, snap: Snapshot, pos: Pos, explicit: bool,
-                       waits: Waits) -> pipeline.CompletionResult | None:
+    async def _compute(
+        self, snap: Snapshot, pos: Pos, explicit: bool, waits: Waits
+    ) -> pipeline.CompletionResult | None:
         """Debounce, then the pipeline through a ready backend; failures go to the supervisor."""
         delay = 0.0 if explicit else self.debouncer.delay_ms(snap.uri)
         if delay > 0:
@@ -158,10 +171,16 @@ class Session:
             client = await self.backend.ready()
             waits.add((time.perf_counter() - t) * 1000)
             calls = client.requests
-            result = await pipeline.complete(snap, *pos, client=client, settings=self.settings,
-                                             others=self.store.snapshots(exclude=snap.uri), cache=self.cache)
+            result = await pipeline.complete(
+                snap,
+                *pos,
+                client=client,
+                settings=self.settings,
+                others=self.store.snapshots(exclude=snap.uri),
+                cache=self.cache,
+            )
         except BackendError as exc:
-            waits.lost = True          # time lost to a failure is not overhead: not recorded
+            waits.lost = True  # time lost to a failure is not overhead: not recorded
             if exc.status in REFUSED:  # this request was refused; the backend itself works
                 self.counters["refused"] += 1
                 self.backend.refused(exc)
@@ -176,7 +195,9 @@ class Session:
         return result
 
     def _items(self, snap: Snapshot, entries: list[tuple[str, Pos, Pos]]) -> list[Item]:
-        items = [Item(self.stats.shown(snap.language_id, text), text, start, end) for text, start, end in entries]
+        items = [
+            Item(self.stats.shown(snap.language_id, text), text, start, end) for text, start, end in entries
+        ]
         self.counters["items"] += len(items)
         return items
 

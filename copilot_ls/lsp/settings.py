@@ -33,25 +33,25 @@ class SettingsError(ValueError):
 class Settings:
     backend_url: str = DEFAULT_BACKEND_URL
     api_key: str | None = None
-    model: str | None = None            # sent as `model`; None = whatever the server serves
-    autostart: bool | None = None       # None: start `copilot-backend serve` only for the default URL
-    timeout: float = 30.0               # seconds for one backend request
-    endpoint: str = "completions"       # "completions", "chat" (chat-only servers) or "auto" (probe once)
-    debounce_ms: int = 100              # wait after the last keystroke before calling the backend
-    max_lines: int = 10                 # longest multi-line suggestion
-    n: int = 1                          # candidates per request (items the editor can cycle)
-    temperature: float = 0.0            # 0 = greedy; with n > 1 the extra candidates are sampled
-    sample_temperature: float = 0.6     # temperature of the extra candidates when temperature == 0 and n > 1
+    model: str | None = None  # sent as `model`; None = whatever the server serves
+    autostart: bool | None = None  # None: start `copilot-backend serve` only for the default URL
+    timeout: float = 30.0  # seconds for one backend request
+    endpoint: str = "completions"  # "completions", "chat" (chat-only servers) or "auto" (probe once)
+    debounce_ms: int = 100  # wait after the last keystroke before calling the backend
+    max_lines: int = 10  # longest multi-line suggestion
+    n: int = 1  # candidates per request (items the editor can cycle)
+    temperature: float = 0.0  # 0 = greedy; with n > 1 the extra candidates are sampled
+    sample_temperature: float = 0.6  # temperature of the extra candidates when temperature == 0 and n > 1
     top_p: float = 1.0
     max_tokens: int = 128
     max_prompt_tokens: int = 1536
     suffix_fraction: float = 0.25
-    cache_size: int = 256               # LRU entries (prompt -> raw candidates)
-    fim_template: str = "auto"          # "auto" (reported tokens, else the model id), "none", or a family name
-    keep_in_prefix: str = "file"        # what snippets may never push out of the prompt: "file", "function", "none"
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE   # hide suggestions less confident than this (0 = show all)
+    cache_size: int = 256  # LRU entries (prompt -> raw candidates)
+    fim_template: str = "auto"  # "auto" (reported tokens, else the model id), "none", or a family name
+    keep_in_prefix: str = "file"  # what snippets may never push out of the prompt: "file", "function", "none"
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE  # hide suggestions less confident than this (0 = show all)
     enabled: bool = True
-    languages: dict[str, bool] = field(default_factory=dict)   # per-language enable, e.g. {"markdown": False}
+    languages: dict[str, bool] = field(default_factory=dict)  # per-language enable, e.g. {"markdown": False}
 
     def enabled_for(self, language_id: str | None) -> bool:
         if not self.enabled:
@@ -62,7 +62,11 @@ class Settings:
 
     def should_autostart(self) -> bool:
         if self.autostart is not None:  # copilot-backend serves plain HTTP: an https URL can never be it
-            return self.autostart and is_loopback(self.backend_url) and urlsplit(self.backend_url).scheme == "http"
+            return (
+                self.autostart
+                and is_loopback(self.backend_url)
+                and urlsplit(self.backend_url).scheme == "http"
+            )
         return self.backend_url.rstrip("/") in (DEFAULT_BACKEND_URL, "http://localhost:8765")
 
     def merged(self, data: dict[str, Any] | None) -> Settings:
@@ -77,9 +81,17 @@ def is_loopback(url: str) -> bool:
 
 # JSON key aliases (camelCase as editors send them, and a few common spellings) -> field name
 _ALIASES = {
-    "backend": "backend_url", "url": "backend_url", "apikey": "api_key", "debounce": "debounce_ms",
-    "maxlines": "max_lines", "enable": "enabled", "maxtokens": "max_tokens", "topp": "top_p",
-    "candidates": "n", "maxprompttokens": "max_prompt_tokens", "fim": "fim_template",
+    "backend": "backend_url",
+    "url": "backend_url",
+    "apikey": "api_key",
+    "debounce": "debounce_ms",
+    "maxlines": "max_lines",
+    "enable": "enabled",
+    "maxtokens": "max_tokens",
+    "topp": "top_p",
+    "candidates": "n",
+    "maxprompttokens": "max_prompt_tokens",
+    "fim": "fim_template",
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _BY_FOLDED = {name.replace("_", ""): name for name in _FIELDS}
@@ -92,17 +104,34 @@ def _field_name(key: str) -> str | None:
 
 def _coerce(name: str, value: Any) -> Any:
     spec = {
-        "backend_url": (str,), "api_key": (str, type(None)), "model": (str, type(None)),
-        "autostart": (bool, type(None)), "timeout": (int, float), "debounce_ms": (int, float),
-        "max_lines": (int,), "n": (int,), "temperature": (int, float), "sample_temperature": (int, float),
-        "top_p": (int, float), "max_tokens": (int,), "max_prompt_tokens": (int,), "suffix_fraction": (int, float),
-        "cache_size": (int,), "enabled": (bool,), "languages": (dict,), "fim_template": (str,),
-        "keep_in_prefix": (str,), "min_confidence": (int, float), "endpoint": (str,),
+        "backend_url": (str,),
+        "api_key": (str, type(None)),
+        "model": (str, type(None)),
+        "autostart": (bool, type(None)),
+        "timeout": (int, float),
+        "debounce_ms": (int, float),
+        "max_lines": (int,),
+        "n": (int,),
+        "temperature": (int, float),
+        "sample_temperature": (int, float),
+        "top_p": (int, float),
+        "max_tokens": (int,),
+        "max_prompt_tokens": (int,),
+        "suffix_fraction": (int, float),
+        "cache_size": (int,),
+        "enabled": (bool,),
+        "languages": (dict,),
+        "fim_template": (str,),
+        "keep_in_prefix": (str,),
+        "min_confidence": (int, float),
+        "endpoint": (str,),
     }[name]
     if isinstance(value, bool) and bool not in spec:
         raise SettingsError(f"setting {name!r}: expected a number, got {value!r}")
     if not isinstance(value, spec):
-        raise SettingsError(f"setting {name!r}: expected {' or '.join(t.__name__ for t in spec)}, got {value!r}")
+        raise SettingsError(
+            f"setting {name!r}: expected {' or '.join(t.__name__ for t in spec)}, got {value!r}"
+        )
     if name == "backend_url":
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -117,13 +146,15 @@ def _coerce(name: str, value: Any) -> Any:
         return dict(value)
     if name == "fim_template":
         if value.lower() not in FIM_SETTING_VALUES:
-            raise SettingsError(f"setting 'fim_template': expected one of {', '.join(FIM_SETTING_VALUES)}, "
-                                f"got {value!r}")
+            raise SettingsError(
+                f"setting 'fim_template': expected one of {', '.join(FIM_SETTING_VALUES)}, got {value!r}"
+            )
         return value.lower()
     if name == "keep_in_prefix":
         if value not in KEEP_IN_PREFIX:
-            raise SettingsError(f"setting 'keep_in_prefix': expected one of {', '.join(KEEP_IN_PREFIX)}, "
-                                f"got {value!r}")
+            raise SettingsError(
+                f"setting 'keep_in_prefix': expected one of {', '.join(KEEP_IN_PREFIX)}, got {value!r}"
+            )
     if name == "endpoint":
         if value.lower() not in ENDPOINTS:
             raise SettingsError(f"setting 'endpoint': expected one of {', '.join(ENDPOINTS)}, got {value!r}")
@@ -131,9 +162,17 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "debounce_ms":
         value = int(value)
     ranges = {
-        "timeout": (0.1, 3600), "debounce_ms": (0, 10_000), "max_lines": (1, 1000), "n": (1, 16),
-        "temperature": (0, 5), "sample_temperature": (0, 5), "top_p": (1e-9, 1), "max_tokens": (1, 4096),
-        "max_prompt_tokens": (16, 1_000_000), "suffix_fraction": (0, 0.9), "cache_size": (0, 100_000),
+        "timeout": (0.1, 3600),
+        "debounce_ms": (0, 10_000),
+        "max_lines": (1, 1000),
+        "n": (1, 16),
+        "temperature": (0, 5),
+        "sample_temperature": (0, 5),
+        "top_p": (1e-9, 1),
+        "max_tokens": (1, 4096),
+        "max_prompt_tokens": (16, 1_000_000),
+        "suffix_fraction": (0, 0.9),
+        "cache_size": (0, 100_000),
         "min_confidence": (0, 1),
     }
     if name in ranges:

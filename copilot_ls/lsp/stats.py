@@ -26,10 +26,10 @@ class UnknownItem(KeyError):
 class Stats:
     def __init__(self, remember: int = 1000) -> None:
         self._ids = itertools.count(1)
-        self._items: OrderedDict[str, ShownItem] = OrderedDict()   # recent shown items, for the reports
+        self._items: OrderedDict[str, ShownItem] = OrderedDict()  # recent shown items, for the reports
         self._remember = remember
-        self._partial: dict[str, int] = {}                        # item id -> characters accepted so far
-        self.counts: Counter[str] = Counter()                     # shown, accepted, partial, rejected
+        self._partial: dict[str, int] = {}  # item id -> characters accepted so far
+        self.counts: Counter[str] = Counter()  # shown, accepted, partial, rejected
         self.by_language: dict[str, Counter[str]] = {}
         self.accepted_chars = 0
         self.shown_chars = 0
@@ -70,7 +70,7 @@ class Stats:
         if accepted_length >= len(item.text):
             self.accepted(item_id)
             return
-        if before == 0:   # editors report the cumulative length after each word; count the item once
+        if before == 0:  # editors report the cumulative length after each word; count the item once
             self._bump(item.language_id, "partial")
         self.accepted_chars += max(0, accepted_length - before)
         self._partial[item_id] = max(before, accepted_length)
@@ -78,7 +78,7 @@ class Stats:
     def rejected(self, item_id: str) -> None:
         item = self._pop(item_id)
         if self._partial.pop(item_id, None):
-            return   # partly taken, then the rest dismissed: already counted as partial
+            return  # partly taken, then the rest dismissed: already counted as partial
         self._bump(item.language_id, "rejected")
 
     def summary(self) -> dict:

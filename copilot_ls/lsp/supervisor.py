@@ -64,28 +64,30 @@ class Supervisor:
     def __init__(self, settings: Callable[[], Settings], say: Say) -> None:
         self._settings = settings
         self.say = say
-        self.progress: ProgressSink | None = None   # set by the server when the client takes $/progress
+        self.progress: ProgressSink | None = None  # set by the server when the client takes $/progress
         self.backoff = Backoff()
         self.client: BackendClient | None = None
         self.child: autostart.BackendProcess | None = None
         self._startup: asyncio.Task | None = None
         self._starts = 0
         self._refusals_shown: set[int | None] = set()
-        self._watcher: asyncio.Task | None = None   # retries a lost backend in the background
+        self._watcher: asyncio.Task | None = None  # retries a lost backend in the background
 
     def backend(self) -> BackendClient:
         """The client for the current settings (made on first use)."""
         if self.client is None:
             s = self._settings()
-            self.client = BackendClient(s.backend_url, api_key=s.api_key, model=s.model, timeout=s.timeout,
-                                        endpoint=s.endpoint)
+            self.client = BackendClient(
+                s.backend_url, api_key=s.api_key, model=s.model, timeout=s.timeout, endpoint=s.endpoint
+            )
         return self.client
 
     async def ready(self) -> BackendClient:
         """The backend client, after the (shared, not cancellable by one request) startup check."""
         client = self.backend()
-        if self._startup is None or (self._startup.done() and (self._startup.cancelled()
-                                                               or self._startup.exception() is not None)):
+        if self._startup is None or (
+            self._startup.done() and (self._startup.cancelled() or self._startup.exception() is not None)
+        ):
             self._startup = asyncio.ensure_future(self._start(client))
         await asyncio.shield(self._startup)
         return client
@@ -97,7 +99,9 @@ class Supervisor:
         """Find the backend, or start our child and wait until it answers, with progress."""
         self._starts += 1
         token, sink = f"copilot-ls/backend/{self._starts}", None
-        if self.progress is not None and self._settings().should_autostart():   # starting ours is what takes long
+        if (
+            self.progress is not None and self._settings().should_autostart()
+        ):  # starting ours is what takes long
             try:
                 await self.progress.create(token)
                 sink = self.progress
@@ -106,7 +110,7 @@ class Supervisor:
         progress = _StartProgress(sink, token)
         try:
             if self.child is not None and self.child.alive() and self.child.url == client.base_url:
-                await autostart.wait_ready(client, self.child, progress=progress)   # ours, still there
+                await autostart.wait_ready(client, self.child, progress=progress)  # ours, still there
                 child = None
             else:
                 child = await autostart.ensure_backend(client, self._settings(), progress=progress)
@@ -130,10 +134,10 @@ class Supervisor:
     def failed(self, exc: BackendError) -> None:
         """A request (or the startup check) failed: an outage, told to the user once."""
         if self.client is not None:
-            self.client._meta = None           # the model may differ when it comes back
+            self.client._meta = None  # the model may differ when it comes back
         lost = (self.child is not None and not self.child.alive()) or exc.kind == "unreachable"
         if lost:
-            self._startup = None                # re-check (and restart our child) on the next try
+            self._startup = None  # re-check (and restart our child) on the next try
         if self.backoff.failed(str(exc)):
             self.say(logging.WARNING, f"no completions: {exc}. Retrying in the background.", show=True)
         else:
@@ -149,7 +153,7 @@ class Supervisor:
             if not self.backoff.failures or self.client is not client:
                 return
             if not self.backoff.ready():
-                continue                        # a request failed meanwhile and pushed the next try back
+                continue  # a request failed meanwhile and pushed the next try back
             try:
                 await self.ready()
                 state = await client.health()
@@ -175,7 +179,12 @@ class Supervisor:
     def settings_changed(self, old: Settings, new: Settings) -> bool:
         """Drop the client when the backend's address, key, model, timeout or endpoint changed; True when it did."""
         if (old.backend_url, old.api_key, old.model, old.timeout, old.endpoint) == (
-                new.backend_url, new.api_key, new.model, new.timeout, new.endpoint) or self.client is None:
+            new.backend_url,
+            new.api_key,
+            new.model,
+            new.timeout,
+            new.endpoint,
+        ) or self.client is None:
             return False
         stale, self.client = self.client, None
         self._startup = None
@@ -189,12 +198,15 @@ class Supervisor:
         """The `backend` part of `copilot-ls.status`."""
         s, child = self._settings(), self.child
         meta = self.client._meta if self.client is not None else None
-        return {"url": s.backend_url, "model": s.model or (meta.id if meta is not None else None),
-                "state": "failing" if self.backoff.failures else "starting" if self.starting() else "ok",
-                "last_error": self.backoff.last_error,
-                "retry_in_s": round(self.backoff.retry_in(), 2),
-                "autostarted_pid": child.popen.pid if child is not None and child.alive() else None,
-                "fim_template": _fim_name(meta, s.fim_template)}
+        return {
+            "url": s.backend_url,
+            "model": s.model or (meta.id if meta is not None else None),
+            "state": "failing" if self.backoff.failures else "starting" if self.starting() else "ok",
+            "last_error": self.backoff.last_error,
+            "retry_in_s": round(self.backoff.retry_in(), 2),
+            "autostarted_pid": child.popen.pid if child is not None and child.alive() else None,
+            "fim_template": _fim_name(meta, s.fim_template),
+        }
 
     def _stop_watching(self) -> None:
         if self._watcher is not None:

@@ -27,8 +27,14 @@ class Debouncer:
     typist does not pay the full default after every key.
     """
 
-    def __init__(self, base_ms: float = 100, *, min_ms: float = 25, adaptive: bool = True,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        base_ms: float = 100,
+        *,
+        min_ms: float = 25,
+        adaptive: bool = True,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.base_ms = base_ms
         self.min_ms = min_ms
         self.adaptive = adaptive
@@ -40,7 +46,7 @@ class Debouncer:
         now = self.clock()
         if key in self._last:
             gap = (now - self._last[key]) * 1000
-            if gap < 2000:   # pauses longer than 2 s are not typing rhythm
+            if gap < 2000:  # pauses longer than 2 s are not typing rhythm
                 prev = self._interval_ms.get(key, gap)
                 self._interval_ms[key] = 0.7 * prev + 0.3 * gap
         self._last[key] = now
@@ -102,11 +108,12 @@ class Supersession:
 @dataclass(frozen=True)
 class Shown:
     """A suggestion as shown: the document text it was computed on and what it inserts after the cursor."""
-    text: str        # document text when shown
-    cursor: int      # code-point offset of the cursor
-    ghost: str       # the text shown after the cursor
-    end: int         # code-point offset where the replaced range ended (>= cursor)
-    extra: object = None   # caller data (e.g. the suggestion's mean log-prob)
+
+    text: str  # document text when shown
+    cursor: int  # code-point offset of the cursor
+    ghost: str  # the text shown after the cursor
+    end: int  # code-point offset where the replaced range ended (>= cursor)
+    extra: object = None  # caller data (e.g. the suggestion's mean log-prob)
 
 
 class TypedAhead:
@@ -136,9 +143,9 @@ class TypedAhead:
             typed = cursor - s.cursor
             if typed <= 0 or typed >= len(s.ghost) or len(text) != len(s.text) + typed:
                 continue
-            if not s.ghost.startswith(text[s.cursor:cursor]):
+            if not s.ghost.startswith(text[s.cursor : cursor]):
                 continue
-            if text[cursor:] != s.text[s.cursor:] or text[:s.cursor] != s.text[:s.cursor]:
+            if text[cursor:] != s.text[s.cursor :] or text[: s.cursor] != s.text[: s.cursor]:
                 continue
             out.append((s, s.ghost[typed:]))
         if out:

@@ -23,6 +23,7 @@ def tiny_dir(tmp_path_factory):
         if key not in made:
             made[key] = make_tiny_model(arch, tmp_path_factory.mktemp(arch), **kw)
         return made[key]
+
     return make
 
 
@@ -36,6 +37,7 @@ def tiny_hf(tiny_dir):
         ckpt = load_checkpoint(path)
         ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         return ref, ckpt.config, ckpt.tensors
+
     return make
 
 
@@ -49,6 +51,7 @@ def tiny_engine(tiny_dir):
         kw.setdefault("quantize", "none")
         kw.setdefault("max_batch", 4)
         return Engine.load(str(tiny_dir(arch)), progress=False, **kw)
+
     return make
 
 

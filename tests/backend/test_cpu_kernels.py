@@ -36,13 +36,20 @@ def make_weight(qtype: str, n: int, k: int, seed: int = 0) -> tuple[np.ndarray, 
     else:
         block, size = ck.BLOCKS[qtype]
         raw = rng.integers(0, 256, size=(n, k // block, size), dtype=np.uint8)
-        d = (rng.uniform(1e-4, 2e-3, size=(n, k // block)).astype(np.float16)).view(np.uint8).reshape(n, -1, 2)
+        d = (
+            (rng.uniform(1e-4, 2e-3, size=(n, k // block)).astype(np.float16))
+            .view(np.uint8)
+            .reshape(n, -1, 2)
+        )
         if qtype == "Q6_K":
             raw[:, :, 208:210] = d
         else:
             raw[:, :, 0:2] = d
-            raw[:, :, 2:4] = (rng.uniform(1e-4, 2e-3, size=(n, k // block)).astype(np.float16)
-                              ).view(np.uint8).reshape(n, -1, 2)
+            raw[:, :, 2:4] = (
+                (rng.uniform(1e-4, 2e-3, size=(n, k // block)).astype(np.float16))
+                .view(np.uint8)
+                .reshape(n, -1, 2)
+            )
         raw = raw.reshape(n, -1)
     ref = quants.dequantize(raw, GT[qtype]).astype(np.float32).reshape(n, k)
     return np.ascontiguousarray(raw).view(np.uint8).reshape(n, -1), ref
@@ -52,7 +59,7 @@ def tolerance(qtype: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Bound on |kernel - x @ w.T| per output: each activation is rounded to int8 at scale max|x| / 127 of its
     block (32 values; 256 for K-quants), an error of at most half that scale per value, times |w|; plus fp32
     summation slack. F16/BF16 products are fp32 throughout (slack only)."""
-    exact = (x.abs() @ w.abs().T)
+    exact = x.abs() @ w.abs().T
     slack = 1e-5 * exact + 1e-6
     if qtype in ("F16", "BF16", "F32"):
         return slack
@@ -92,8 +99,9 @@ def test_matmul_matches_dequantized(qtype: str, n: int, k: int) -> None:
         err = (got.double() - want).abs()
         tol = tolerance(qtype, x.double(), wt.double())
         assert got.shape == (m, n)
-        assert bool((err <= tol).all()), f"{qtype} m={m}: max err {float(err.max()):.3g}, " \
-                                         f"worst err/tol {float((err / tol).max()):.3g}"
+        assert bool((err <= tol).all()), (
+            f"{qtype} m={m}: max err {float(err.max()):.3g}, worst err/tol {float((err / tol).max()):.3g}"
+        )
 
 
 @KERNELS
@@ -114,7 +122,7 @@ def test_matmul_is_batch_and_thread_invariant(qtype: str) -> None:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
     for j in range(13):
-        assert torch.equal(ck.matmul(x[j:j + 1], w), one[j:j + 1]), f"{qtype} row {j}"
+        assert torch.equal(ck.matmul(x[j : j + 1], w), one[j : j + 1]), f"{qtype} row {j}"
     assert torch.equal(ck.matmul(x[4:7], w), one[4:7])
 
 
@@ -170,8 +178,9 @@ def test_fallback_without_the_library_is_correct() -> None:
 
     env = {**os.environ, "COPILOT_LS_KERNELS": "0"}
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=root)
+    proc = subprocess.run(
+        [sys.executable, "-c", FALLBACK], capture_output=True, text=True, env=env, timeout=300, cwd=root
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
 

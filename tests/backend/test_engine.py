@@ -36,10 +36,10 @@ def test_greedy_matches_transformers_generate(arch, tiny_engine, tiny_hf):
     [cand] = engine.generate(ids, greedy(max_tokens=10))
     with torch.no_grad():
         out = ref.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)
-    want = out[0, len(ids):].tolist()
+    want = out[0, len(ids) :].tolist()
     eos = engine.tokenizer.eos_ids
     got = cand.token_ids + ([next(iter(eos))] if cand.finish_reason == "stop" else [])
-    assert got == want[:len(got)]
+    assert got == want[: len(got)]
     assert cand.text == engine.tokenizer.decode(cand.token_ids)
 
 
@@ -97,11 +97,11 @@ def test_same_seed_same_samples_whichever_slots_the_samples_get(tiny_engine):
     engine = tiny_engine(max_batch=2, cache_slots=3)
     enc = engine.tokenizer.encode
     a, b, p = enc("SELECT name FROM users"), enc("The quick brown fox"), enc("x = [1, 2, 3]\nfor i in")
-    for prompt in (a, b, p, a):        # p is cached in slot 2; slot 1 is now the least recently used
+    for prompt in (a, b, p, a):  # p is cached in slot 2; slot 1 is now the least recently used
         engine.generate(prompt, greedy(max_tokens=4))
     warm = engine.generate(p, params)
-    assert engine.slots.tokens[0][:len(a)] == a             # so the main sample ran in slot 2, its sibling in 1
-    assert engine.slots.tokens[1][:len(p)] == engine.slots.tokens[2][:len(p)] == p
+    assert engine.slots.tokens[0][: len(a)] == a  # so the main sample ran in slot 2, its sibling in 1
+    assert engine.slots.tokens[1][: len(p)] == engine.slots.tokens[2][: len(p)] == p
     cold = tiny_engine(max_batch=2, cache_slots=3).generate(p, params)
     assert [c.token_ids for c in warm] == [c.token_ids for c in cold]
 
@@ -135,8 +135,14 @@ def test_prefix_reuse_prefills_only_new_tokens_and_gives_identical_output(tiny_e
 def test_prefix_cache_holds_more_prompts_than_max_batch(tiny_engine):
     engine = tiny_engine(max_batch=2, cache_slots=8)
     assert engine.cache_slots == 8 and engine.model.n_slots == 8
-    texts = ["SELECT name FROM users", "The quick brown fox jumps over", "int main(void) {",
-             "def fibonacci(n):\n    return", "import numpy as np\nx =", "fn main() {\n    let"]
+    texts = [
+        "SELECT name FROM users",
+        "The quick brown fox jumps over",
+        "int main(void) {",
+        "def fibonacci(n):\n    return",
+        "import numpy as np\nx =",
+        "fn main() {\n    let",
+    ]
     prompts = [engine.tokenizer.encode(t) for t in texts]  # 6 distinct prompts > max_batch, <= cache_slots
     for i, p in enumerate(prompts):  # all at once: they queue and are admitted max_batch at a time
         engine.add_request(f"a{i}", p, greedy(max_tokens=5))
@@ -167,7 +173,9 @@ def test_prompts_that_only_begin_alike_both_stay_cached(tiny_engine):
     extra = enc(" x")[-1]
     before = engine.stats.prefill_tokens
     warm = [engine.generate(p + [extra], greedy(max_tokens=5))[0] for p in (a, b)]
-    assert engine.stats.prefill_tokens - before == 2  # b's prefill copied the shared 2 tokens, a kept its slot
+    assert (
+        engine.stats.prefill_tokens - before == 2
+    )  # b's prefill copied the shared 2 tokens, a kept its slot
     for p, w in zip((a, b), warm, strict=True):
         [cold] = tiny_engine(max_batch=1).generate(p + [extra], greedy(max_tokens=5))
         assert w.token_ids == cold.token_ids
@@ -180,9 +188,9 @@ def test_n_samples_get_their_slots_when_the_cache_is_as_small_as_the_batch(tiny_
     engine = tiny_engine(max_batch=2, cache_slots=2)
     enc = engine.tokenizer.encode
     a, b = enc("import os\nimport sys\n\ndef main():\n    print(sys.argv)"), enc("SELECT name FROM users")
-    for prompt in (a, b, a):           # slot 0 holds a (recently used), slot 1 holds b (least recently used)
+    for prompt in (a, b, a):  # slot 0 holds a (recently used), slot 1 holds b (least recently used)
         engine.generate(prompt, greedy(max_tokens=4))
-    p = a[:2] + enc(" The quick brown fox jumps")       # shares only a's first 2 tokens
+    p = a[:2] + enc(" The quick brown fox jumps")  # shares only a's first 2 tokens
     params = SamplingParams(max_tokens=4, temperature=1.0, n=2, seed=1, token_healing=False)
     assert [c.index for c in engine.generate(p, params)] == [0, 1]
 
@@ -229,8 +237,9 @@ def test_beam_width_one_is_greedy(tiny_engine):
     engine = tiny_engine()
     [g] = engine.generate(PROMPT, greedy(max_tokens=10))
     [b] = engine.generate(PROMPT, greedy(max_tokens=10, beam_width=1))
-    [b1] = engine.generate(PROMPT, SamplingParams(max_tokens=10, temperature=0.0, beam_width=1, n=1,
-                                                  token_healing=False))
+    [b1] = engine.generate(
+        PROMPT, SamplingParams(max_tokens=10, temperature=0.0, beam_width=1, n=1, token_healing=False)
+    )
     assert g.token_ids == b.token_ids == b1.token_ids
 
 
@@ -284,10 +293,12 @@ def test_token_healing_backs_off_and_constrains(tiny_engine):
     assert healed == ids[:-1] and removed == last
     assert set(allowed.tolist()) == set(options)
     # the output continues the prompt text: it never repeats the removed text
-    [c] = engine.generate("int main(void) { return 0; }\nint ma", SamplingParams(max_tokens=5, temperature=0.0))
+    [c] = engine.generate(
+        "int main(void) { return 0; }\nint ma", SamplingParams(max_tokens=5, temperature=0.0)
+    )
     first = tok.token_bytes(c.token_ids[0])
     assert first.startswith(last)
-    assert c.text.encode().startswith(first[len(last):].decode("utf-8", "ignore").encode())
+    assert c.text.encode().startswith(first[len(last) :].decode("utf-8", "ignore").encode())
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -296,7 +307,7 @@ def test_stop_strings_cut_exactly(tiny_engine, data):
     engine = _stop_engine(tiny_engine)
     ref = _stop_reference(engine)
     start = data.draw(st.integers(0, len(ref) - 1))
-    stop = ref[start:start + data.draw(st.integers(1, 4))]
+    stop = ref[start : start + data.draw(st.integers(1, 4))]
     extra = data.draw(st.sampled_from(["", "\u00a7never\u00a7"]))
     engine.add_request("s", PROMPT, greedy(max_tokens=20, stop=[stop] + ([extra] if extra else [])))
     streamed, final = "", None
@@ -306,7 +317,7 @@ def test_stop_strings_cut_exactly(tiny_engine, data):
             if o.finished:
                 final = o.candidate
     assert final is not None
-    assert final.text == ref[:ref.find(stop)]
+    assert final.text == ref[: ref.find(stop)]
     assert final.finish_reason == "stop"
     assert streamed == final.text  # never streamed text that turned out to be part of a stop string
 
@@ -387,8 +398,9 @@ def test_default_token_healing_regenerates_the_removed_bytes_whole(default_engin
     # went on ":**" and 4 of 8 samples were garbage. The first token must start with all the removed bytes.
     prompt = "def fibonacci(n):"
     [greedy] = default_engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0))
-    samples = default_engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.8, top_p=0.95, n=8,
-                                                             seed=5))
+    samples = default_engine.generate(
+        prompt, SamplingParams(max_tokens=6, temperature=0.8, top_p=0.95, n=8, seed=5)
+    )
     for c in [greedy, *samples]:
         assert c.text.startswith("\n"), c.text
 
@@ -423,8 +435,9 @@ def test_prefill_and_decode_thread_counts(tiny_engine):
 
 def test_background_packing_serves_at_once_and_converges(tiny_dir):
     ref = Engine.load(str(tiny_dir("llama")), device="cpu", quantize="fp16", progress=False)
-    eng = Engine.load(str(tiny_dir("llama")), device="cpu", quantize="fp16", progress=False,
-                      pack_in_background=True)
+    eng = Engine.load(
+        str(tiny_dir("llama")), device="cpu", quantize="fp16", progress=False, pack_in_background=True
+    )
     eng.generate(PROMPT, greedy(max_tokens=3))  # serves while (or after) packing
     eng.wait_packed()
     assert eng.packing_done
@@ -457,8 +470,10 @@ def test_top_logprobs_per_token(default_engine: Engine) -> None:
         assert abs(values[0] - chosen) < 1e-6
     (b,) = default_engine.generate(PROMPT, greedy(max_tokens=4, beam_width=2, top_logprobs=2))
     assert b.top_logprobs is not None and len(b.top_logprobs) == len(b.token_ids)
-    assert all(any(abs(v - lp) < 1e-6 for _, v in step) for lp, step in zip(b.token_logprobs, b.top_logprobs,
-                                                                            strict=True))
+    assert all(
+        any(abs(v - lp) < 1e-6 for _, v in step)
+        for lp, step in zip(b.token_logprobs, b.top_logprobs, strict=True)
+    )
     assert default_engine.generate(PROMPT, greedy(max_tokens=2))[0].top_logprobs is None
     with pytest.raises(ValueError, match="top_logprobs"):
         SamplingParams(top_logprobs=21).validate()
@@ -472,8 +487,11 @@ def test_a_long_prompt_is_prefilled_between_the_decode_steps_of_others(default_e
     eng = default_engine
     long_prompt = " ".join(f"x{i} = {i} * 2" for i in range(60))
     assert len(eng.tokenizer.encode(long_prompt)) > 3 * engine_mod.INTERLEAVE_CHUNK
-    eng.add_request("a", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", SamplingParams(max_tokens=60, temperature=0.0,
-                                                                            token_healing=False))
+    eng.add_request(
+        "a",
+        "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",
+        SamplingParams(max_tokens=60, temperature=0.0, token_healing=False),
+    )
     while not any(o.request_id == "a" for o in eng.step()):
         pass
     eng.add_request("b", long_prompt, greedy(max_tokens=6))

@@ -39,18 +39,39 @@ PREFIX, SUFFIX = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
 def test_the_tokenizer_the_server_and_the_language_server_agree(name: str) -> None:
     family = fim.FAMILIES[name]
     # the tokenizer looks for every family's markers
-    for role, mark in (("fim_prefix", family.prefix), ("fim_suffix", family.suffix), ("fim_middle", family.middle),
-                       ("file_sep", family.file_sep), ("fim_pad", family.pad)):
+    for role, mark in (
+        ("fim_prefix", family.prefix),
+        ("fim_suffix", family.suffix),
+        ("fim_middle", family.middle),
+        ("file_sep", family.file_sep),
+        ("fim_pad", family.pad),
+    ):
         assert mark is None or mark in SPECIAL_TOKENS[role]
     # the language server's template is the table's
     template = ls_fim.FAMILIES[name]
-    assert (template.prefix, template.suffix, template.middle, template.file_sep, template.layout,
-            template.extra_stops) == (family.prefix, family.suffix, family.middle, family.file_sep, family.layout,
-                                      family.extra_stops)
-    assert ls_fim.template_for({"prefix": family.prefix, "suffix": family.suffix, "middle": family.middle,
-                                "file_sep": family.file_sep}) is template
+    assert (
+        template.prefix,
+        template.suffix,
+        template.middle,
+        template.file_sep,
+        template.layout,
+        template.extra_stops,
+    ) == (family.prefix, family.suffix, family.middle, family.file_sep, family.layout, family.extra_stops)
+    assert (
+        ls_fim.template_for(
+            {
+                "prefix": family.prefix,
+                "suffix": family.suffix,
+                "middle": family.middle,
+                "file_sep": family.file_sep,
+            }
+        )
+        is template
+    )
     # the server's FIM token ids spell the language server's prompt text
-    tok = CharTokenizer({"fim_prefix": family.prefix, "fim_suffix": family.suffix, "fim_middle": family.middle})
+    tok = CharTokenizer(
+        {"fim_prefix": family.prefix, "fim_suffix": family.suffix, "fim_middle": family.middle}
+    )
     tokens = fim.fim_tokens(tok)
     assert tokens is not None and tokens.layout == family.layout
     assert tok.decode(fim.fim_prompt_ids(tok, tokens, PREFIX, SUFFIX)) == template.format(PREFIX, SUFFIX)
@@ -60,13 +81,24 @@ def test_codellama_sentencepiece_markers_carry_the_layout_s_spaces() -> None:
     """CodeLlama's vocabulary spells the markers "▁<PRE>", "▁<SUF>", "▁<MID>" (text " <PRE>"...), and its tokenizer
     adds a dummy-prefix space: the ids still spell `<PRE> {prefix} <SUF>{suffix} <MID>`, as CodeLlama's reference
     code builds them (one space from each marker, the prefix's dummy space, none before the suffix)."""
-    tok = CharTokenizer({"fim_prefix": " <PRE>", "fim_suffix": " <SUF>", "fim_middle": " <MID>"}, space_prefix=True)
+    tok = CharTokenizer(
+        {"fim_prefix": " <PRE>", "fim_suffix": " <SUF>", "fim_middle": " <MID>"}, space_prefix=True
+    )
     tokens = fim.fim_tokens(tok)
     assert tokens is not None and tokens.layout == fim.FAMILIES["codellama"].layout
     ids = fim.fim_prompt_ids(tok, tokens, "x = ", ";")
-    assert tok.decode(ids) == " " + ls_fim.FAMILIES["codellama"].format("x = ", ";") == " <PRE> x =  <SUF>; <MID>"
-    assert ids == [tokens.prefix_id, *tok.encode("x = "), tokens.suffix_id, *tok.encode(";", dummy_prefix=False),
-                   tokens.middle_id]
+    assert (
+        tok.decode(ids)
+        == " " + ls_fim.FAMILIES["codellama"].format("x = ", ";")
+        == " <PRE> x =  <SUF>; <MID>"
+    )
+    assert ids == [
+        tokens.prefix_id,
+        *tok.encode("x = "),
+        tokens.suffix_id,
+        *tok.encode(";", dummy_prefix=False),
+        tokens.middle_id,
+    ]
 
 
 def test_the_tokenizer_s_spellings_are_the_table_s() -> None:

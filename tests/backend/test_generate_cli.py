@@ -12,14 +12,35 @@ import pytest
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "model_backend.cli", "generate", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "model_backend.cli", "generate", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.mark.e2e
 def test_generate_json_with_the_default_model():
-    p = run_cli("def fibonacci(n):\n", "--max-tokens", "8", "--temperature", "0.7", "--n", "2", "--seed", "3",
-                "--stop", "\n\n", "--threads", "1", "--device", "cpu", "--json")
+    p = run_cli(
+        "def fibonacci(n):\n",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0.7",
+        "--n",
+        "2",
+        "--seed",
+        "3",
+        "--stop",
+        "\n\n",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)  # stdout is only the JSON
     assert len(out) == 2

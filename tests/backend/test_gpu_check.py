@@ -55,9 +55,26 @@ def test_the_whole_check_runs_on_the_cpu_with_a_tiny_shape(tmp_path: Path) -> No
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")]
     subprocess.run([*cmd, "--write-vocab", str(vocab)], check=True, capture_output=True, timeout=120)
     assert 0 < vocab.stat().st_size < 5_000_000  # small enough to travel to the GPU machine
-    p = subprocess.run([*cmd, "--vocab", str(vocab), "--out", str(tmp_path), "--device", "cpu",
-                        "--sizes", "tiny", "--types", "F16,Q8_0", "--kl-size", "tiny"],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            *cmd,
+            "--vocab",
+            str(vocab),
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--sizes",
+            "tiny",
+            "--types",
+            "F16,Q8_0",
+            "--kl-size",
+            "tiny",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     assert report["kl"]["kl_mean"] < 0.05 and report["kl"]["top1_agreement"] > 0.8

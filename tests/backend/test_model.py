@@ -18,6 +18,7 @@ def ours(tiny_hf):
         model = build_model(cfg, tensors)
         model.setup_caches(4, 128)
         return hf, model
+
     return make
 
 
@@ -40,7 +41,7 @@ def test_greedy_tokens_match_transformers(arch, ours):
     prompt = [5, 17, 99, 3, 250, 42, 7]
     with torch.no_grad():
         ref = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, min_new_tokens=20)
-    ref_new = ref[0, len(prompt):].tolist()
+    ref_new = ref[0, len(prompt) :].tolist()
     logits = model(torch.tensor([prompt]), [0], [0])
     got = []
     pos = len(prompt)
@@ -60,7 +61,7 @@ def test_incremental_decoding_equals_full_recompute(arch, ours):
     parts = [model(tokens[:, :11], [0], [1], all_logits=True)]
     parts += [model(tokens[:, 11:19], [11], [1], all_logits=True)]  # a multi-token chunk mid-way
     for j in range(19, 30):
-        parts.append(model(tokens[:, j:j + 1], [j], [1], all_logits=True))
+        parts.append(model(tokens[:, j : j + 1], [j], [1], all_logits=True))
     assert (torch.cat(parts, dim=1) - full).abs().max().item() < TOL
 
 
@@ -159,8 +160,11 @@ def _greedy(model, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("arch,qtype,mix", [("llama", t, None) for t in GGUF_TYPES]
-                         + [("qwen2", "Q8_0", None), ("starcoder2", "Q4_1", None), ("qwen2", "Q4_K", Q4_K_M_LIKE)])
+@pytest.mark.parametrize(
+    "arch,qtype,mix",
+    [("llama", t, None) for t in GGUF_TYPES]
+    + [("qwen2", "Q8_0", None), ("starcoder2", "Q4_1", None), ("qwen2", "Q4_K", Q4_K_M_LIKE)],
+)
 def test_packed_gguf_model_matches_its_fp32_reference(tmp_path, arch, qtype, mix):
     """A tiny GGUF of each type, its matrices (embedding included) kept as stored and run by cpu_kernels for a
     prompt and decode steps: logits close to the fp32 model of the same (dequantized) weights (KL), same greedy
@@ -172,14 +176,18 @@ def test_packed_gguf_model_matches_its_fp32_reference(tmp_path, arch, qtype, mix
     from model_backend.weights import load_checkpoint
 
     kw = K_DIMS if qtype in ("Q4_K", "Q5_K", "Q6_K") else {}
-    path, _ = make_tiny_gguf(arch, tmp_path / "m.gguf", qtype=qtype, qtypes=mix, tie=False if mix else None, **kw)
+    path, _ = make_tiny_gguf(
+        arch, tmp_path / "m.gguf", qtype=qtype, qtypes=mix, tie=False if mix else None, **kw
+    )
     ckpt = load_checkpoint(path)
     ref = build_model(ckpt.config, ckpt.tensors)
     got = build_packed_model(ckpt.config, ckpt.tensors)
     assert not any(isinstance(m, torch.nn.Linear) for m in got.modules())
     assert all(p.dim() == 1 for p in got.parameters())  # only norms (and nothing float32 of matrix size)
     if mix:
-        assert isinstance(got.layers[0].attn.wqkv, torch.nn.Module) and len(list(got.layers[0].attn.wqkv.children()))
+        assert isinstance(got.layers[0].attn.wqkv, torch.nn.Module) and len(
+            list(got.layers[0].attn.wqkv.children())
+        )
         assert isinstance(got.lm_head, cpu_kernels.QuantLinear)
     for m in (ref, got):
         m.setup_caches(2, 128)
@@ -209,9 +217,9 @@ def test_the_kv_cache_grows_with_use(ours):
     assert model.capacity == KV_CHUNK
     assert tuple(model.k_cache.shape) == (cfg.n_layers, 2, cfg.n_kv_heads, KV_CHUNK, cfg.head_dim)
     tokens = torch.randint(0, 256, (1, KV_CHUNK + 40), generator=torch.Generator().manual_seed(9))
-    part = model(tokens[:, :KV_CHUNK - 8], [0], [0], all_logits=True)
+    part = model(tokens[:, : KV_CHUNK - 8], [0], [0], all_logits=True)
     assert model.capacity == KV_CHUNK
-    rest = model(tokens[:, KV_CHUNK - 8:], [KV_CHUNK - 8], [0], all_logits=True)
+    rest = model(tokens[:, KV_CHUNK - 8 :], [KV_CHUNK - 8], [0], all_logits=True)
     assert model.capacity == 2 * KV_CHUNK
     full = model(tokens, [0], [1], all_logits=True)
     assert (torch.cat([part, rest], 1) - full).abs().max().item() < TOL

@@ -34,7 +34,9 @@ def test_every_layer_of_the_default_gguf_matches_its_fp32_weights(default_parts)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     ours = dict(packed.named_modules())
     assert {type(ours[n]) for n in linears} == {cpu_kernels.QuantLinear}
-    assert {ours[n].weight.qtype for n in linears} == {"Q4_1", "Q8_0"} and ours["lm_head"].weight.qtype == "Q8_0"
+    assert {ours[n].weight.qtype for n in linears} == {"Q4_1", "Q8_0"} and ours[
+        "lm_head"
+    ].weight.qtype == "Q8_0"
     assert ours["lm_head"].weight is packed.embed.packed  # tied: one copy of the blocks
     gen = torch.Generator().manual_seed(0)
     for name, lin in linears.items():
@@ -67,10 +69,24 @@ def test_attention_kernel_equals_sdpa(nh: int, nkv: int, hd: int, length: int) -
     v = torch.randn(nkv, max_seq, hd, generator=gen)
     q = torch.randn(nh, hd, generator=gen) * 4  # peaky softmax
     out = torch.empty(nh, hd)
-    assert fn(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), nh, nkv, hd, length, k.stride(0),
-              hd ** -0.5) == 0
-    ref = F.scaled_dot_product_attention(q.view(1, nh, 1, hd), k[None, :, :length], v[None, :, :length],
-                                         enable_gqa=True).view(nh, hd)
+    assert (
+        fn(
+            q.data_ptr(),
+            k.data_ptr(),
+            v.data_ptr(),
+            out.data_ptr(),
+            nh,
+            nkv,
+            hd,
+            length,
+            k.stride(0),
+            hd**-0.5,
+        )
+        == 0
+    )
+    ref = F.scaled_dot_product_attention(
+        q.view(1, nh, 1, hd), k[None, :, :length], v[None, :, :length], enable_gqa=True
+    ).view(nh, hd)
     assert torch.allclose(out, ref, atol=2e-5, rtol=1e-4), (out - ref).abs().max()
 
 
@@ -89,13 +105,31 @@ def test_attention_step_rotates_writes_the_cache_and_attends(dtype: torch.dtype)
     rot = torch.view_as_real(torch.view_as_complex(qkv[: nh + nkv].reshape(nh + nkv, hd // 2, 2)) * rope)
     rot = rot.reshape(nh + nkv, hd)
     k_ref, v_ref = k.clone(), v.clone()
-    k_ref[:, pos], v_ref[:, pos] = rot[nh:], qkv[nh + nkv:]
-    ref = F.scaled_dot_product_attention(rot[:nh].view(1, nh, 1, hd), k_ref[None, :, : pos + 1].float(),
-                                         v_ref[None, :, : pos + 1].float(), enable_gqa=True).view(nh, hd)
+    k_ref[:, pos], v_ref[:, pos] = rot[nh:], qkv[nh + nkv :]
+    ref = F.scaled_dot_product_attention(
+        rot[:nh].view(1, nh, 1, hd),
+        k_ref[None, :, : pos + 1].float(),
+        v_ref[None, :, : pos + 1].float(),
+        enable_gqa=True,
+    ).view(nh, hd)
     out = torch.empty(nh, hd)
     fn = cpu_kernels.attention_kernel()[dtype]
-    assert fn(qkv.data_ptr(), torch.view_as_real(rope).data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-              nh, nkv, hd, pos, k.stride(0), hd ** -0.5) == 0
+    assert (
+        fn(
+            qkv.data_ptr(),
+            torch.view_as_real(rope).data_ptr(),
+            k.data_ptr(),
+            v.data_ptr(),
+            out.data_ptr(),
+            nh,
+            nkv,
+            hd,
+            pos,
+            k.stride(0),
+            hd**-0.5,
+        )
+        == 0
+    )
     tol = 1e-6 if dtype == torch.float32 else 2e-3  # the C rotation may differ in the last bit (fma)
     assert torch.allclose(k.float(), k_ref.float(), atol=tol) and torch.equal(v, v_ref)
     assert torch.allclose(out, ref, atol=2e-5, rtol=1e-4)
@@ -124,8 +158,11 @@ def test_default_engine_decodes_on_blocks_with_the_greedy_tokens_of_fp32() -> No
     for e in (ref, eng):
         with torch.inference_mode():
             e.model(torch.tensor([ids[:-6]]), [0], [0])
-            logits.append(torch.stack([e.model(torch.tensor([[ids[i]]]), [i], [0])[0]
-                                       for i in range(len(ids) - 6, len(ids))]))
+            logits.append(
+                torch.stack(
+                    [e.model(torch.tensor([[ids[i]]]), [i], [0])[0] for i in range(len(ids) - 6, len(ids))]
+                )
+            )
     lp_ref, lp = (torch.log_softmax(x.double(), -1) for x in logits)
     kl = (lp_ref.exp() * (lp_ref - lp)).sum(-1).mean().item()
     # int8-rounded activations (as llama.cpp): 3.2e-3 nats measured (the int16 blockq kernel: < 1e-4)
@@ -134,10 +171,17 @@ def test_default_engine_decodes_on_blocks_with_the_greedy_tokens_of_fp32() -> No
 
 
 def test_without_the_kernel_auto_falls_back_to_fp16() -> None:
-    code = ("from model_backend.engine import Engine; e = Engine.load('default', max_seq_len=256, progress=False);"
-            "print(e.weight_format, e.model.layers[0].attn.decode_kernel)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "COPILOT_LS_KERNELS": "0"})
+    code = (
+        "from model_backend.engine import Engine; e = Engine.load('default', max_seq_len=256, progress=False);"
+        "print(e.weight_format, e.model.layers[0].attn.decode_kernel)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COPILOT_LS_KERNELS": "0"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["fp16", "None"]
 
@@ -160,10 +204,17 @@ def test_an_unusable_cache_folder_falls_back_to_fp16_with_a_warning(tmp_path) ->
     stops root too), the kernel is off and the reason is logged, instead of a failure."""
     not_a_dir = tmp_path / "cache"
     not_a_dir.write_text("a file, not a folder")
-    code = ("import logging; logging.basicConfig(level=logging.WARNING);"
-            "from model_backend import cpu_kernels; print(cpu_kernels.library() is None)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "COPILOT_LS_CACHE": str(not_a_dir)})
+    code = (
+        "import logging; logging.basicConfig(level=logging.WARNING);"
+        "from model_backend import cpu_kernels; print(cpu_kernels.library() is None)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COPILOT_LS_CACHE": str(not_a_dir)},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True"]
     assert "kernel" in out.stderr.lower()  # the reason is logged

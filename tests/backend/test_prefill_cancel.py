@@ -40,9 +40,13 @@ async def test_cancel_mid_prefill_frees_the_worker_quickly(backend_url: str) -> 
         assert r.json()["usage"]["prompt_tokens"] > 1500
 
         # another cold prompt; the client gives up a quarter into its prefill
-        doomed = asyncio.create_task(client.post(
-            "/v1/completions", json={"prompt": long_prompt(2), "max_tokens": 1},
-            timeout=httpx.Timeout(600, read=full / 4)))
+        doomed = asyncio.create_task(
+            client.post(
+                "/v1/completions",
+                json={"prompt": long_prompt(2), "max_tokens": 1},
+                timeout=httpx.Timeout(600, read=full / 4),
+            )
+        )
         await asyncio.sleep(full / 4 + 0.05)
         t1 = time.monotonic()
         r = await client.post("/v1/completions", json=short)

@@ -26,12 +26,19 @@ def reference_set(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 logits_st = st.builds(
     lambda seed, vocab, scale: torch.randn(vocab, generator=torch.Generator().manual_seed(seed)) * scale,
-    st.integers(0, 10_000), st.sampled_from([5, 300, 5000]), st.sampled_from([0.5, 3.0, 10.0]))
+    st.integers(0, 10_000),
+    st.sampled_from([5, 300, 5000]),
+    st.sampled_from([0.5, 3.0, 10.0]),
+)
 
 
 @FAST
-@given(logits=logits_st, temperature=st.sampled_from([0.3, 1.0, 1.7]), top_k=st.sampled_from([0, 1, 3, 40]),
-       top_p=st.sampled_from([0.05, 0.5, 0.9, 0.99, 1.0]))
+@given(
+    logits=logits_st,
+    temperature=st.sampled_from([0.3, 1.0, 1.7]),
+    top_k=st.sampled_from([0, 1, 3, 40]),
+    top_p=st.sampled_from([0.05, 0.5, 0.9, 0.99, 1.0]),
+)
 def test_candidate_set_is_the_top_k_top_p_set(logits, temperature, top_k, top_p):
     ids, probs = sampling.candidate_set(logits, temperature, top_k, top_p)
     got = set(ids.tolist())
@@ -42,8 +49,12 @@ def test_candidate_set_is_the_top_k_top_p_set(logits, temperature, top_k, top_p)
 
 
 @FAST
-@given(logits=logits_st, top_k=st.sampled_from([0, 2, 10]), top_p=st.sampled_from([0.3, 0.8, 1.0]),
-       seed=st.integers(0, 2**31))
+@given(
+    logits=logits_st,
+    top_k=st.sampled_from([0, 2, 10]),
+    top_p=st.sampled_from([0.3, 0.8, 1.0]),
+    seed=st.integers(0, 2**31),
+)
 def test_samples_never_leave_the_set_and_seed_reproduces(logits, top_k, top_p, seed):
     allowed = reference_set(logits, 1.0, top_k, top_p)
     ids, _ = sampling.candidate_set(logits, 1.0, top_k, top_p)
@@ -51,8 +62,12 @@ def test_samples_never_leave_the_set_and_seed_reproduces(logits, top_k, top_p, s
     runs = []
     for _ in range(2):
         g = torch.Generator().manual_seed(seed)
-        runs.append([sampling.sample_token(logits, temperature=1.0, top_k=top_k, top_p=top_p, generator=g)[0]
-                     for _ in range(20)])
+        runs.append(
+            [
+                sampling.sample_token(logits, temperature=1.0, top_k=top_k, top_p=top_p, generator=g)[0]
+                for _ in range(20)
+            ]
+        )
     assert runs[0] == runs[1]
     assert set(runs[0]) <= allowed
 
@@ -66,8 +81,9 @@ def test_greedy_and_logprob():
 
 def test_allowed_constrains_even_greedy():
     logits = torch.tensor([5.0, 1.0, 0.0, 2.0])
-    token, lp = sampling.sample_token(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None,
-                                      allowed=torch.tensor([2, 3]))
+    token, lp = sampling.sample_token(
+        logits, temperature=0.0, top_k=0, top_p=1.0, generator=None, allowed=torch.tensor([2, 3])
+    )
     assert token == 3
     assert lp == torch.log_softmax(logits, 0)[3].item()  # the model's own log-prob, not the constrained one
 

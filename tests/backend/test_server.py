@@ -28,13 +28,17 @@ from model_backend.metrics import parse as parse_metrics
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "def fibonacci(n):\n"
-LONG_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"     # keeps counting: a generation that does not stop early
+LONG_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # keeps counting: a generation that does not stop early
 
 
 def complete(url: str, timeout: float = 300, headers: dict | None = None, **body: Any) -> httpx.Response:
     # json.dumps escapes non-ASCII, so lone surrogates ("\ud800") travel as JSON allows (httpx's json= cannot)
-    return httpx.post(url + "/v1/completions", content=json.dumps(body).encode(), timeout=timeout,
-                      headers={"content-type": "application/json", **(headers or {})})
+    return httpx.post(
+        url + "/v1/completions",
+        content=json.dumps(body).encode(),
+        timeout=timeout,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
 
 
 def ok(url: str, **body: Any) -> dict:
@@ -58,7 +62,7 @@ def sse_events(lines: list[str]) -> list[Any]:
     out: list[Any] = []
     for line in lines:
         if line.startswith("data: "):
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
@@ -89,12 +93,12 @@ def test_health_models_and_tokenizer(backend_url: str) -> None:
     entry = models["data"][0]
     assert entry["object"] == "model" and entry["id"]
     assert isinstance(entry["context_length"], int) and entry["context_length"] >= 2048
-    assert entry["fim"] is None                       # SmolLM2 has no FIM tokens
+    assert entry["fim"] is None  # SmolLM2 has no FIM tokens
     text = httpx.get(backend_url + "/v1/tokenizer", timeout=30).text
     tk = tokenizers.Tokenizer.from_str(text)
     ids = tk.encode(PROMPT, add_special_tokens=False).ids
     body = ok(backend_url, prompt=PROMPT, max_tokens=1, temperature=0)
-    assert body["usage"]["prompt_tokens"] in (len(ids), len(ids) + 1)   # + BOS for models that want one
+    assert body["usage"]["prompt_tokens"] in (len(ids), len(ids) + 1)  # + BOS for models that want one
     assert body["model"] == entry["id"]
 
 
@@ -128,16 +132,30 @@ def test_top_logprobs_as_openai_shapes_them(backend_url: str) -> None:
         assert 1 <= len(top) <= 3 and all(v <= 0 for v in top.values())
         assert math.isclose(max(top.values()), chosen, abs_tol=1e-5)  # greedy: the chosen token leads
         assert tok in top
-    assert ok(backend_url, prompt=PROMPT, max_tokens=2, temperature=0, logprobs=0)["choices"][0]["logprobs"][
-        "top_logprobs"] is None
+    assert (
+        ok(backend_url, prompt=PROMPT, max_tokens=2, temperature=0, logprobs=0)["choices"][0]["logprobs"][
+            "top_logprobs"
+        ]
+        is None
+    )
     bad = httpx.post(f"{backend_url}/v1/completions", json={"prompt": PROMPT, "logprobs": 6}, timeout=30)
     assert bad.status_code == 400 and "logprobs" in bad.text
 
 
 def test_greedy_answer_equals_generate_command(backend_url: str) -> None:
     server_text = ok(backend_url, prompt=PROMPT, max_tokens=16, temperature=0)["choices"][0]["text"]
-    cmd = [sys.executable, "-m", "model_backend.cli", "generate", PROMPT, "--max-tokens", "16",
-           "--temperature", "0", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "model_backend.cli",
+        "generate",
+        PROMPT,
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--json",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert server_text.strip(), "the model produced nothing"
@@ -150,17 +168,23 @@ def test_stream_and_non_stream_give_the_same_text(backend_url: str) -> None:
         texts, finals, events = stream(backend_url, prompt=PROMPT, max_tokens=12, **params)
         assert texts[0] == body["choices"][0]["text"]
         assert finals[0]["finish_reason"] == body["choices"][0]["finish_reason"]
-        if "logprobs" in params:                  # the last chunk carries the whole choice's logprobs
+        if "logprobs" in params:  # the last chunk carries the whole choice's logprobs
             streamed, plain = finals[0]["logprobs"], body["choices"][0]["logprobs"]
             assert streamed["tokens"] == plain["tokens"] and streamed["text_offset"] == plain["text_offset"]
             assert streamed["token_logprobs"] == pytest.approx(plain["token_logprobs"], abs=1e-3)
-        assert len(events) > 3                    # text arrived in pieces, not in one final chunk
+        assert len(events) > 3  # text arrived in pieces, not in one final chunk
         assert all(e["object"] == "text_completion" and e["id"] == events[0]["id"] for e in events[:-1])
 
 
 def test_stream_with_usage_and_stop(backend_url: str) -> None:
-    texts, finals, events = stream(backend_url, prompt=LONG_PROMPT, max_tokens=40, temperature=0, stop=[" 15"],
-                                   stream_options={"include_usage": True})
+    texts, finals, events = stream(
+        backend_url,
+        prompt=LONG_PROMPT,
+        max_tokens=40,
+        temperature=0,
+        stop=[" 15"],
+        stream_options={"include_usage": True},
+    )
     assert events[-2]["choices"] == [] and events[-2]["usage"]["prompt_tokens"] > 0
     body = ok(backend_url, prompt=LONG_PROMPT, max_tokens=40, temperature=0, stop=[" 15"])
     assert texts[0] == body["choices"][0]["text"]
@@ -233,7 +257,12 @@ BAD_BODIES: list[tuple[str, Any, int, str | None]] = [
 def test_every_bad_input_gets_its_status(backend_url: str) -> None:
     context = httpx.get(backend_url + "/v1/models", timeout=30).json()["data"][0]["context_length"]
     cases = list(BAD_BODIES) + [
-        ("max_tokens + prompt over the context", {"prompt": PROMPT, "max_tokens": context}, 400, "max_tokens"),
+        (
+            "max_tokens + prompt over the context",
+            {"prompt": PROMPT, "max_tokens": context},
+            400,
+            "max_tokens",
+        ),
         ("prompt over the context", {"prompt": "x y" * (context + 10)}, 400, "prompt"),
     ]
     for name, body, status, param in cases:
@@ -248,8 +277,12 @@ def test_every_bad_input_gets_its_status(backend_url: str) -> None:
         assert err["param"] == param, f"{name}: {err}"
     assert "fill-in-the-middle" in complete(backend_url, prompt="a", suffix="b").json()["error"]["message"]
 
-    big = httpx.post(backend_url + "/v1/completions", content=b'{"prompt": "' + b"x" * (2 << 20) + b'"}',
-                     headers=JSON, timeout=60)
+    big = httpx.post(
+        backend_url + "/v1/completions",
+        content=b'{"prompt": "' + b"x" * (2 << 20) + b'"}',
+        headers=JSON,
+        timeout=60,
+    )
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
     form = httpx.post(backend_url + "/v1/completions", data={"prompt": "x"}, timeout=60)
     assert form.status_code == 415 and "error" in form.json()
@@ -259,18 +292,42 @@ def test_every_bad_input_gets_its_status(backend_url: str) -> None:
     m = metrics(backend_url)
     assert m.get('copilot_backend_requests_total{endpoint="/v1/completions",status="400"}', 0) >= len(cases)
     assert not any('status="500"' in k for k in m), "a bad input produced a 500"
-    assert ok(backend_url, prompt=PROMPT, max_tokens=2)["choices"]      # still serving
+    assert ok(backend_url, prompt=PROMPT, max_tokens=2)["choices"]  # still serving
 
 
 VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 4), st.floats(-2, 3, allow_nan=False),
-    st.text(max_size=8), st.sampled_from(["", "\ud800", "x" * 300, "def f(", "\n"]),
-    st.lists(st.integers(-1, 5), max_size=3), st.lists(st.text(max_size=3), max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 4),
+    st.floats(-2, 3, allow_nan=False),
+    st.text(max_size=8),
+    st.sampled_from(["", "\ud800", "x" * 300, "def f(", "\n"]),
+    st.lists(st.integers(-1, 5), max_size=3),
+    st.lists(st.text(max_size=3), max_size=3),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
-FIELDS = ("prompt", "suffix", "max_tokens", "temperature", "top_p", "top_k", "n", "best_of", "logprobs", "stop",
-          "seed", "stream", "use_beam_search", "beam_width", "echo", "model", "stream_options", "token_healing",
-          "presence_penalty", "logit_bias")
+FIELDS = (
+    "prompt",
+    "suffix",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "n",
+    "best_of",
+    "logprobs",
+    "stop",
+    "seed",
+    "stream",
+    "use_beam_search",
+    "beam_width",
+    "echo",
+    "model",
+    "stream_options",
+    "token_healing",
+    "presence_penalty",
+    "logit_bias",
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -296,8 +353,9 @@ async def test_32_concurrent_clients_get_correct_answers(backend_url: str) -> No
             r = await client.post("/v1/completions", json={"prompt": p, **params})
             expected.append(r.json()["choices"][0]["text"])
         t0 = time.monotonic()
-        rs = await asyncio.gather(*(client.post("/v1/completions", json={"prompt": prompts[i % 4], **params})
-                                    for i in range(32)))
+        rs = await asyncio.gather(
+            *(client.post("/v1/completions", json={"prompt": prompts[i % 4], **params}) for i in range(32))
+        )
         elapsed = time.monotonic() - t0
     assert [r.status_code for r in rs] == [200] * 32
     got = [r.json()["choices"][0]["text"] for r in rs]
@@ -339,10 +397,18 @@ async def _wait_for(pred: Any, url: str, timeout: float = 60) -> None:
 
 def test_metrics_exposition(backend_url: str) -> None:
     ok(backend_url, prompt=PROMPT, max_tokens=4, temperature=0)
-    ok(backend_url, prompt=PROMPT, max_tokens=4, temperature=0)   # same prompt: served from the prefix cache
+    ok(backend_url, prompt=PROMPT, max_tokens=4, temperature=0)  # same prompt: served from the prefix cache
     text = httpx.get(backend_url + "/metrics", timeout=30).text
-    for family in ("requests_total", "prompt_tokens_total", "completion_tokens_total", "queue_depth",
-                   "prefill_seconds", "decode_step_seconds", "prefix_cache_hit_ratio", "cancellations_total"):
+    for family in (
+        "requests_total",
+        "prompt_tokens_total",
+        "completion_tokens_total",
+        "queue_depth",
+        "prefill_seconds",
+        "decode_step_seconds",
+        "prefix_cache_hit_ratio",
+        "cancellations_total",
+    ):
         assert f"# TYPE copilot_backend_{family} " in text, family
     m = parse_metrics(text)
     assert m['copilot_backend_requests_total{endpoint="/v1/completions",status="200"}'] >= 2
@@ -362,8 +428,11 @@ def limited_server(start_backend_module: Any) -> Any:
 
     def get() -> Any:
         if not servers or servers[-1].proc.poll() is not None:
-            servers.append(start_backend_module("--api-key", "s3cret", "--max-batch", "1", "--max-queue", "1",
-                                                "--shutdown-timeout", "10"))
+            servers.append(
+                start_backend_module(
+                    "--api-key", "s3cret", "--max-batch", "1", "--max-queue", "1", "--shutdown-timeout", "10"
+                )
+            )
         return servers[-1]
 
     return get
@@ -375,7 +444,7 @@ KEY = {"Authorization": "Bearer s3cret"}
 async def test_api_key_loading_and_queue_full(limited_server: Any) -> None:
     srv = limited_server()
     h = httpx.get(srv.url + "/health", timeout=30)
-    if h.status_code != 200:                       # a fresh server: HTTP answers while the model loads
+    if h.status_code != 200:  # a fresh server: HTTP answers while the model loads
         assert h.status_code == 503 and h.json()["status"] == "loading"
         r = complete(srv.url, headers=KEY, prompt=PROMPT)
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
@@ -385,17 +454,19 @@ async def test_api_key_loading_and_queue_full(limited_server: Any) -> None:
     wrong = complete(srv.url, prompt=PROMPT, max_tokens=2, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
     assert httpx.get(srv.url + "/v1/models", timeout=30).status_code == 401
-    assert httpx.get(srv.url + "/health", timeout=30).status_code == 200      # probes need no key
+    assert httpx.get(srv.url + "/health", timeout=30).status_code == 200  # probes need no key
     assert complete(srv.url, prompt=PROMPT, max_tokens=2, headers=KEY).status_code == 200
 
     long = {"prompt": LONG_PROMPT, "max_tokens": 2000, "temperature": 0}
     async with httpx.AsyncClient(base_url=srv.url, timeout=600, headers=KEY) as client:
         async with client.stream("POST", "/v1/completions", json={**long, "stream": True}) as running:
             assert running.status_code == 200
-            lines = running.aiter_lines()          # kept alive: dropping it would close the connection
+            lines = running.aiter_lines()  # kept alive: dropping it would close the connection
             while not (await lines.__anext__()).startswith("data: "):
-                pass                               # the one slot is busy now
-            queued = asyncio.create_task(client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}))
+                pass  # the one slot is busy now
+            queued = asyncio.create_task(
+                client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
+            )
             await _until(lambda m: m["copilot_backend_queue_depth"] == 1, srv.url)
             full = await client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
             assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
@@ -404,10 +475,15 @@ async def test_api_key_loading_and_queue_full(limited_server: Any) -> None:
             before = metrics(srv.url)
             queued.cancel()
             after = await _until(lambda m: m["copilot_backend_queue_depth"] == 0, srv.url)
-            assert after["copilot_backend_active_requests"] == 1                  # the stream still runs
-            assert cancellations(srv.url) == sum(
-                v for k, v in before.items() if k.startswith("copilot_backend_cancellations_total")) + 1
-            assert after["copilot_backend_prompt_tokens_total"] == before["copilot_backend_prompt_tokens_total"]
+            assert after["copilot_backend_active_requests"] == 1  # the stream still runs
+            assert (
+                cancellations(srv.url)
+                == sum(v for k, v in before.items() if k.startswith("copilot_backend_cancellations_total"))
+                + 1
+            )
+            assert (
+                after["copilot_backend_prompt_tokens_total"] == before["copilot_backend_prompt_tokens_total"]
+            )
         # leaving the stream cancels it and frees the slot
         await _until(lambda m: m["copilot_backend_active_requests"] == 0, srv.url)
         r = await client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
@@ -430,22 +506,34 @@ def test_sigterm_finishes_in_flight_and_exits_cleanly(limited_server: Any) -> No
     context = httpx.get(srv.url + "/v1/models", headers=KEY, timeout=30).json()["data"][0]["context_length"]
     late: dict[str, httpx.Response] = {}
 
-    def queued() -> None:    # waits for the one slot, then generates far longer than --shutdown-timeout (10 s)
+    def queued() -> None:  # waits for the one slot, then generates far longer than --shutdown-timeout (10 s)
         late["r"] = complete(srv.url, headers=KEY, prompt=LONG_PROMPT, max_tokens=context - 64, temperature=0)
 
-    with httpx.stream("POST", srv.url + "/v1/completions", timeout=600, headers=KEY,
-                      json={"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        srv.url + "/v1/completions",
+        timeout=600,
+        headers=KEY,
+        json={"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True},
+    ) as r:
         lines = r.iter_lines()
         first = next(line for line in lines if line.startswith("data: "))
         admitted = metrics(srv.url)["copilot_backend_prompt_tokens_total"]
         waiter = threading.Thread(target=queued)
         waiter.start()
-        asyncio.run(_until(lambda m: m["copilot_backend_queue_depth"] == 1                 # waits for the slot
-                           or m["copilot_backend_prompt_tokens_total"] > admitted, srv.url))  # or already runs
-        srv.proc.send_signal(signal.SIGTERM)           # while the request is in flight
+        asyncio.run(
+            _until(
+                lambda m: (
+                    m["copilot_backend_queue_depth"] == 1  # waits for the slot
+                    or m["copilot_backend_prompt_tokens_total"] > admitted
+                ),
+                srv.url,
+            )
+        )  # or already runs
+        srv.proc.send_signal(signal.SIGTERM)  # while the request is in flight
         rest = list(lines)
     events = sse_events([first, *rest])
-    assert events[-1] == "[DONE]"                      # the in-flight request was finished, not cut off
+    assert events[-1] == "[DONE]"  # the in-flight request was finished, not cut off
     assert any(ch["finish_reason"] for e in events[:-1] for ch in e["choices"])
     waiter.join(300)
     # the one still running at the deadline is cancelled with a 503 that says why (it was a bare 500, cut by uvicorn)
@@ -464,20 +552,31 @@ def test_fim_suffix_with_a_fim_model(start_backend: Any, tmp_path: Path) -> None
     srv = start_backend(model=str(path))
     srv.wait_ready()
     entry = httpx.get(srv.url + "/v1/models", timeout=30).json()["data"][0]
-    assert entry["fim"] == {"prefix": "<|fim_prefix|>", "suffix": "<|fim_suffix|>",
-                            "middle": "<|fim_middle|>", "file_sep": "<|file_sep|>"}
+    assert entry["fim"] == {
+        "prefix": "<|fim_prefix|>",
+        "suffix": "<|fim_suffix|>",
+        "middle": "<|fim_middle|>",
+        "file_sep": "<|file_sep|>",
+    }
     tk = tokenizers.Tokenizer.from_str(httpx.get(srv.url + "/v1/tokenizer", timeout=30).text)
     prefix, suffix = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
     body = ok(srv.url, prompt=prefix, suffix=suffix, max_tokens=4, temperature=0)
-    n = len(tk.encode(prefix, add_special_tokens=False).ids) + len(tk.encode(suffix, add_special_tokens=False).ids)
-    assert body["usage"]["prompt_tokens"] in (n + 3, n + 4)      # 3 FIM markers (+ BOS when the model wants one)
+    n = len(tk.encode(prefix, add_special_tokens=False).ids) + len(
+        tk.encode(suffix, add_special_tokens=False).ids
+    )
+    assert body["usage"]["prompt_tokens"] in (n + 3, n + 4)  # 3 FIM markers (+ BOS when the model wants one)
     plain = ok(srv.url, prompt=prefix, max_tokens=4, temperature=0)
     assert plain["usage"]["prompt_tokens"] < body["usage"]["prompt_tokens"]
 
 
 def test_a_model_that_cannot_load_is_reported_and_exits_1(tmp_path: Path) -> None:
     missing = tmp_path / "missing.gguf"
-    proc = subprocess.run([sys.executable, "-m", "model_backend.cli", "serve", "--model", str(missing),
-                           "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "model_backend.cli", "serve", "--model", str(missing), "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert "could not load the model" in proc.stderr and "missing.gguf" in proc.stderr

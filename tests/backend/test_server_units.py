@@ -33,8 +33,14 @@ def parse_ok(**body: object) -> CompletionRequest:
 
 def test_defaults_follow_openai() -> None:
     req = parse_ok()
-    assert (req.max_tokens, req.temperature, req.top_p, req.n, req.best_of, req.stream) == (16, 1.0, 1.0, 1, None,
-                                                                                           False)
+    assert (req.max_tokens, req.temperature, req.top_p, req.n, req.best_of, req.stream) == (
+        16,
+        1.0,
+        1.0,
+        1,
+        None,
+        False,
+    )
     assert req.samples == 1 and req.beam_width == 1 and req.stop == []
 
 
@@ -43,22 +49,25 @@ def test_prompt_forms_and_stop_forms() -> None:
     assert parse_completion_request({"prompt": [1, 2, 3]}, LIMITS, 100).prompt == [1, 2, 3]
     assert parse_completion_request({"prompt": [[1, 2]]}, LIMITS, 100).prompt == [1, 2]
     assert parse_ok(stop="\n").stop == ["\n"]
-    assert parse_ok(max_tokens=8.0).max_tokens == 8            # an integral float is an integer
-    assert parse_ok(top_k=-1).top_k == 0                       # vLLM's "off"
+    assert parse_ok(max_tokens=8.0).max_tokens == 8  # an integral float is an integer
+    assert parse_ok(top_k=-1).top_k == 0  # vLLM's "off"
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"n": 2, "best_of": 1}, "best_of"),
-    ({"top_p": 0.0}, "top_p"),
-    ({"temperature": -1}, "temperature"),
-    ({"max_tokens": True}, "max_tokens"),
-    ({"use_beam_search": True, "n": 5, "beam_width": 4}, "n"),
-    ({"stream_options": []}, "stream_options"),
-    ({"presence_penalty": 0.5}, "presence_penalty"),
-    ({"temperature": 10**400}, "temperature"),                  # a JSON integer too large for a float
-    ({"top_p": -(10**400)}, "top_p"),
-    ({"frequency_penalty": 10**400}, "frequency_penalty"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"n": 2, "best_of": 1}, "best_of"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"temperature": -1}, "temperature"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"use_beam_search": True, "n": 5, "beam_width": 4}, "n"),
+        ({"stream_options": []}, "stream_options"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"temperature": 10**400}, "temperature"),  # a JSON integer too large for a float
+        ({"top_p": -(10**400)}, "top_p"),
+        ({"frequency_penalty": 10**400}, "frequency_penalty"),
+    ],
+)
 def test_invalid_values_name_their_param(body: dict, param: str) -> None:
     with pytest.raises(ApiError) as err:
         parse_ok(**body)
@@ -71,7 +80,7 @@ def test_best_of_returns_the_top_mean_logprobs() -> None:
     req = parse_ok(n=2, best_of=4)
     assert req.samples == 4
     assert [c.index for c in select_candidates(req, cands)] == [1, 3]
-    assert [c.index for c in select_candidates(parse_ok(n=4), cands)] == [0, 1, 2, 3]   # n alone keeps order
+    assert [c.index for c in select_candidates(parse_ok(n=4), cands)] == [0, 1, 2, 3]  # n alone keeps order
 
 
 class Tok:
@@ -89,8 +98,12 @@ def test_fim_prompt_layout_and_description() -> None:
     tok = Tok()
     tokens = fim.fim_tokens(tok)
     assert tokens is not None
-    assert fim.describe(tok) == {"prefix": "<fim_prefix>", "suffix": "<fim_suffix>", "middle": "<fim_middle>",
-                                 "file_sep": None}
+    assert fim.describe(tok) == {
+        "prefix": "<fim_prefix>",
+        "suffix": "<fim_suffix>",
+        "middle": "<fim_middle>",
+        "file_sep": None,
+    }
     ids = fim.fim_prompt_ids(tok, tokens, "ab", "c")
     assert ids == [1, 10, *tok.encode("ab"), 11, *tok.encode("c"), 12]
     engine_prompt, n = prepare_prompt(parse_ok(prompt="ab", suffix="c"), tok, tokens, context_length=64)
@@ -102,7 +115,7 @@ def test_fim_prompt_layout_and_description() -> None:
 def test_context_limit_counts_bos_and_max_tokens() -> None:
     tok = Tok()
     _, n = prepare_prompt(parse_ok(prompt="abc", max_tokens=4), tok, None, context_length=8)
-    assert n == 4                                               # BOS + 3
+    assert n == 4  # BOS + 3
     with pytest.raises(ApiError) as err:
         prepare_prompt(parse_ok(prompt="abc", max_tokens=5), tok, None, context_length=8)
     assert err.value.param == "max_tokens" and err.value.code == "context_length_exceeded"
@@ -116,8 +129,11 @@ def test_metrics_text_parses_and_has_the_families() -> None:
     m.count_request("/v1/completions", 200)
     m.count_cancellation("disconnect")
     m.observe(m.prefill_seconds, 0.03)
-    m.engine_stats = lambda: {"prefix_cache_hit_tokens": 30.0, "prefix_cache_query_tokens": 40.0,
-                              "prefix_cache_hit_ratio": 0.75}
+    m.engine_stats = lambda: {
+        "prefix_cache_hit_tokens": 30.0,
+        "prefix_cache_query_tokens": 40.0,
+        "prefix_cache_hit_ratio": 0.75,
+    }
     values = parse(m.render())
     assert values['copilot_backend_requests_total{endpoint="/v1/completions",status="200"}'] == 1
     assert values['copilot_backend_cancellations_total{reason="disconnect"}'] == 1
@@ -137,6 +153,7 @@ def test_fastapi_telemetry_is_off() -> None:
 
 class DroppedAtShutdown:
     """A worker stub that answers every job as the shutdown answers a queued one."""
+
     state, error = "ready", None
 
     def submit(self, job: object) -> None:
@@ -149,8 +166,13 @@ class DroppedAtShutdown:
 async def test_a_job_the_shutdown_drops_answers_503_shutting_down() -> None:
     import httpx
 
-    state = ServerState(worker=DroppedAtShutdown(), metrics=Metrics(), tokenizer=Tok(),  # type: ignore[arg-type]
-                        context_length=64, max_sequences=1)
+    state = ServerState(
+        worker=DroppedAtShutdown(),
+        metrics=Metrics(),
+        tokenizer=Tok(),  # type: ignore[arg-type]
+        context_length=64,
+        max_sequences=1,
+    )
     transport = httpx.ASGITransport(app=create_app(state))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         r = await client.post("/v1/completions", json={"prompt": "ab"})

@@ -129,8 +129,9 @@ def test_ngram_speculation_gives_the_same_greedy_text_and_skips_steps(default_en
     [on], spec = _run(default_engine, "ngram", ASSERTS, max_tokens=48, temperature=0.0)
     assert on.text == off.text and on.token_ids == off.token_ids
     assert on.finish_reason == off.finish_reason
-    assert [round(x, 3) for x in on.token_logprobs] == pytest.approx([round(x, 3) for x in off.token_logprobs],
-                                                                     abs=2e-2)
+    assert [round(x, 3) for x in on.token_logprobs] == pytest.approx(
+        [round(x, 3) for x in off.token_logprobs], abs=2e-2
+    )
     assert spec["spec_steps"] > 0 and spec["spec_accepted"] > 0  # the asserts' pattern was copied
 
 
@@ -143,8 +144,16 @@ def test_ngram_speculation_keeps_stop_strings_and_max_tokens(default_engine: Eng
 
 
 def test_sampling_with_speculation_returns_the_models_tokens(default_engine: Engine) -> None:
-    [cand], spec = _run(default_engine, "ngram", ASSERTS, max_tokens=32, temperature=0.7, top_p=0.95, seed=4,
-                         token_healing=False)
+    [cand], spec = _run(
+        default_engine,
+        "ngram",
+        ASSERTS,
+        max_tokens=32,
+        temperature=0.7,
+        top_p=0.95,
+        seed=4,
+        token_healing=False,
+    )
     assert cand.text == default_engine.tokenizer.decode(cand.token_ids)
     assert 0 < len(cand.token_ids) <= 32 and all(lp <= 0 for lp in cand.token_logprobs)
 

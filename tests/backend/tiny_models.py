@@ -32,10 +32,32 @@ TOKENIZER_VOCAB = 384
 # arch -> (GGUF pre-tokenizer name whose regexes the tokenizer uses, special tokens)
 TOKENIZER_FLAVOUR: dict[str, tuple[str, tuple[str, ...]]] = {
     "llama": ("smollm", ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<file_sep>")),
-    "qwen2": ("qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>",
-                        "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>")),
-    "starcoder2": ("starcoder", ("<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
-                                 "<repo_name>", "<file_sep>")),
+    "qwen2": (
+        "qwen2",
+        (
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|fim_prefix|>",
+            "<|fim_middle|>",
+            "<|fim_suffix|>",
+            "<|fim_pad|>",
+            "<|repo_name|>",
+            "<|file_sep|>",
+        ),
+    ),
+    "starcoder2": (
+        "starcoder",
+        (
+            "<|endoftext|>",
+            "<fim_prefix>",
+            "<fim_middle>",
+            "<fim_suffix>",
+            "<fim_pad>",
+            "<repo_name>",
+            "<file_sep>",
+        ),
+    ),
 }
 
 TRAINING_TEXT = '''\
@@ -92,7 +114,14 @@ def tokenizer_json(arch: str) -> str:
 
 
 def _hf_config(
-    arch: str, vocab_size: int, *, rope_theta: float, rope_scaling: float, tie: bool | None, hidden: int, intermediate: int
+    arch: str,
+    vocab_size: int,
+    *,
+    rope_theta: float,
+    rope_scaling: float,
+    tie: bool | None,
+    hidden: int,
+    intermediate: int,
 ) -> Any:
     import transformers
 
@@ -100,9 +129,16 @@ def _hf_config(
     if rope_scaling != 1.0:
         rope = {"rope_type": "linear", "factor": rope_scaling, "rope_theta": rope_theta}
     common: dict[str, Any] = dict(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=CONTEXT,
-        rope_parameters=rope, bos_token_id=0, eos_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=CONTEXT,
+        rope_parameters=rope,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     if arch == "llama":
         return transformers.LlamaConfig(**common, rms_norm_eps=1e-5, tie_word_embeddings=bool(tie))
@@ -134,7 +170,12 @@ def build_tiny_model(
     if vocab_size is None:
         vocab_size = Tokenizer.from_str(tokenizer_json(arch)).get_vocab_size(with_added_tokens=True)
     cfg = _hf_config(
-        arch, vocab_size, rope_theta=rope_theta, rope_scaling=rope_scaling, tie=tie, hidden=hidden,
+        arch,
+        vocab_size,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        tie=tie,
+        hidden=hidden,
         intermediate=intermediate,
     )
     torch.manual_seed(seed)
@@ -179,10 +220,17 @@ def tokenizer_vocab(arch: str) -> dict[str, int]:
 # with code independent of model_backend.weights, so loading them back checks the loader against the converter.
 
 _GGUF_NAMES = {
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "mlp.c_fc": "ffn_up",
+    "mlp.c_proj": "ffn_down",
 }
 
 # byte offsets of the float16 scale fields in one block, per K-quant (random bytes elsewhere are valid data)
@@ -194,8 +242,12 @@ def gguf_name(hf: str) -> str:
         _, _, i, rest = hf.split(".", 3)
         base, kind = rest.rsplit(".", 1)
         return f"blk.{i}.{_GGUF_NAMES[base]}.{kind}"
-    return {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-            "model.norm.bias": "output_norm.bias", "lm_head.weight": "output.weight"}[hf]
+    return {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "model.norm.bias": "output_norm.bias",
+        "lm_head.weight": "output.weight",
+    }[hf]
 
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -239,10 +291,19 @@ def spm_model_proto() -> bytes:
 
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TRAINING_TEXT.splitlines() * 3), model_writer=out, vocab_size=SPM_VOCAB,
-        model_type="bpe", byte_fallback=True, character_coverage=1.0, add_dummy_prefix=True,
-        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
-        normalization_rule_name="identity", minloglevel=2, num_threads=1,
+        sentence_iterator=iter(TRAINING_TEXT.splitlines() * 3),
+        model_writer=out,
+        vocab_size=SPM_VOCAB,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        minloglevel=2,
+        num_threads=1,
         user_defined_symbols=list(SPM_USER_SYMBOLS),
     )
     return out.getvalue()
@@ -259,9 +320,17 @@ def _add_spm_tokenizer(w: Any) -> None:
         tokens.append(sp.id_to_piece(i))
         scores.append(sp.get_score(i))
         types.append(
-            gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
-            else gguf.TokenType.BYTE if sp.is_byte(i) else gguf.TokenType.UNUSED if sp.is_unused(i)
-            else gguf.TokenType.USER_DEFINED if sp.id_to_piece(i) in SPM_USER_SYMBOLS else gguf.TokenType.NORMAL
+            gguf.TokenType.UNKNOWN
+            if sp.is_unknown(i)
+            else gguf.TokenType.CONTROL
+            if sp.is_control(i)
+            else gguf.TokenType.BYTE
+            if sp.is_byte(i)
+            else gguf.TokenType.UNUSED
+            if sp.is_unused(i)
+            else gguf.TokenType.USER_DEFINED
+            if sp.id_to_piece(i) in SPM_USER_SYMBOLS
+            else gguf.TokenType.NORMAL
         )
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
@@ -338,7 +407,9 @@ def make_tiny_gguf(
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre(TOKENIZER_FLAVOUR[arch][0])
         w.add_token_list(tokens)
-        w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+        w.add_token_types(
+            [gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens]
+        )
         w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
         w.add_bos_token_id(0)
         w.add_eos_token_id(0)
@@ -371,9 +442,16 @@ def make_tiny_gguf(
     return out_path, expected
 
 
-def rewrite_gguf(src: Path, dst: Path, *, arch: str | None = None, drop: frozenset[str] | set[str] = frozenset(),
-             add: dict[str, np.ndarray] | None = None, drop_keys: tuple[str, ...] = (),
-             set_keys: dict[str, tuple[Any, Any]] | None = None) -> Path:
+def rewrite_gguf(
+    src: Path,
+    dst: Path,
+    *,
+    arch: str | None = None,
+    drop: frozenset[str] | set[str] = frozenset(),
+    add: dict[str, np.ndarray] | None = None,
+    drop_keys: tuple[str, ...] = (),
+    set_keys: dict[str, tuple[Any, Any]] | None = None,
+) -> Path:
     """Copy a GGUF, changing its architecture name, leaving out tensors / metadata keys, adding tensors or
     setting metadata keys."""
     import gguf
@@ -383,7 +461,12 @@ def rewrite_gguf(src: Path, dst: Path, *, arch: str | None = None, drop: frozens
     new_arch = arch or old_arch
     w = gguf.GGUFWriter(dst, new_arch)
     for key, f in r.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or key in drop_keys or key in (set_keys or {}):
+        if (
+            key.startswith("GGUF.")
+            or key == "general.architecture"
+            or key in drop_keys
+            or key in (set_keys or {})
+        ):
             continue
         new_key = key.replace(f"{old_arch}.", f"{new_arch}.", 1) if key.startswith(f"{old_arch}.") else key
         vtype = f.types[0]
@@ -394,7 +477,10 @@ def rewrite_gguf(src: Path, dst: Path, *, arch: str | None = None, drop: frozens
     for t in r.tensors:
         if t.name in drop:
             continue
-        native = t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)  # numpy dtypes; the others are raw bytes per row
+        native = t.tensor_type in (
+            gguf.GGMLQuantizationType.F32,
+            gguf.GGMLQuantizationType.F16,
+        )  # numpy dtypes; the others are raw bytes per row
         w.add_tensor(t.name, np.asarray(t.data), raw_dtype=None if native else t.tensor_type)
     for key, (value, vtype) in (set_keys or {}).items():
         w.add_key_value(key, value, vtype)

@@ -57,7 +57,9 @@ def nvims() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def warm_backend(backend_url: str) -> str:
     """The session backend after one small completion, so no editor test pays the first request's cost."""
-    reply = httpx.post(f"{backend_url}/v1/completions", json={"prompt": "def f(", "max_tokens": 2}, timeout=300)
+    reply = httpx.post(
+        f"{backend_url}/v1/completions", json={"prompt": "def f(", "max_tokens": 2}, timeout=300
+    )
     reply.raise_for_status()
     return backend_url
 
@@ -80,8 +82,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_nvim(nvim: Path, tmp_path: Path, scenario: str, settings: dict, mode: str = "auto",
-             extra_env: dict[str, str] | None = None) -> dict:
+def run_nvim(
+    nvim: Path,
+    tmp_path: Path,
+    scenario: str,
+    settings: dict,
+    mode: str = "auto",
+    extra_env: dict[str, str] | None = None,
+) -> dict:
     """Run one scenario of e2e.lua in a fresh workspace and return its JSON result."""
     ws = tmp_path / "ws"
     ws.mkdir(parents=True)
@@ -93,20 +101,32 @@ def run_nvim(nvim: Path, tmp_path: Path, scenario: str, settings: dict, mode: st
         (xdg / name.lower()).mkdir(parents=True)
         env[f"XDG_{name}_HOME"] = str(xdg / name.lower())
     result_file = tmp_path / "result.json"
-    env.update({
-        "COPILOT_LS_PLUGIN": str(PLUGIN),
-        "COPILOT_LS_CMD": json.dumps(server_command()),
-        "COPILOT_LS_SETTINGS": json.dumps(settings),
-        "COPILOT_LS_MODE": mode,
-        "COPILOT_LS_SCENARIO": scenario,
-        "COPILOT_LS_FILE": "test_lib.py",
-        "COPILOT_LS_RESULT": str(result_file),
-        "COPILOT_LS_TIMEOUT_MS": str(GHOST_WAIT_MS),
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
-        **(extra_env or {}),
-    })
-    cmd = ["timeout", "-k", "5", str(GHOST_WAIT_MS // 1000 + 60),
-           str(nvim), "--headless", "--clean", "-n", "-c", f"luafile {DRIVER}"]
+    env.update(
+        {
+            "COPILOT_LS_PLUGIN": str(PLUGIN),
+            "COPILOT_LS_CMD": json.dumps(server_command()),
+            "COPILOT_LS_SETTINGS": json.dumps(settings),
+            "COPILOT_LS_MODE": mode,
+            "COPILOT_LS_SCENARIO": scenario,
+            "COPILOT_LS_FILE": "test_lib.py",
+            "COPILOT_LS_RESULT": str(result_file),
+            "COPILOT_LS_TIMEOUT_MS": str(GHOST_WAIT_MS),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
+            **(extra_env or {}),
+        }
+    )
+    cmd = [
+        "timeout",
+        "-k",
+        "5",
+        str(GHOST_WAIT_MS // 1000 + 60),
+        str(nvim),
+        "--headless",
+        "--clean",
+        "-n",
+        "-c",
+        f"luafile {DRIVER}",
+    ]
     proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True)
     lsp_log = xdg / "state" / "nvim" / "lsp.log"
     log_tail = lsp_log.read_text(errors="replace")[-4000:] if lsp_log.exists() else "(no lsp.log)"
@@ -122,8 +142,12 @@ def run_nvim(nvim: Path, tmp_path: Path, scenario: str, settings: dict, mode: st
 def test_plugin_pure_parts(nvims, tmp_path, name):
     """Positions in every encoding, option validation, health helpers (tests/editors/nvim/unit.lua)."""
     env = {**os.environ, **{f"XDG_{d}_HOME": str(tmp_path / d) for d in ("STATE", "CACHE", "DATA", "CONFIG")}}
-    proc = subprocess.run(["timeout", "60", str(nvims[name]), "--clean", "-l", str(UNIT), str(PLUGIN)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        ["timeout", "60", str(nvims[name]), "--clean", "-l", str(UNIT), str(PLUGIN)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("ok "), proc.stdout
 
@@ -150,9 +174,9 @@ def test_ghost_text_from_the_model_is_accepted_with_tab(nvims, warm_backend, tmp
 def test_accept_the_next_word_then_the_rest(nvims, warm_backend, tmp_path, name):
     result = run_nvim(nvims[name], tmp_path, "partial", settings_for(warm_backend))
     ghost, after_word = result["ghost"], result["after_word"]
-    word = after_word[len(TYPED[1]):]
+    word = after_word[len(TYPED[1]) :]
     assert after_word.startswith(TYPED[1]) and word and ghost.startswith(word) and word != ghost, result
-    assert result["rest"] == ghost[len(word):]  # the rest is still offered
+    assert result["rest"] == ghost[len(word) :]  # the rest is still offered
     assert "\n".join(result["after_accept"]) == TYPED[0] + "\n" + TYPED[1] + ghost
     stats = result["status"]["stats"]
     assert (stats["partially_accepted"], stats["accepted"]) == (1, 1), result["status"]
@@ -224,8 +248,13 @@ def test_cycle_through_candidates_and_accept_the_one_shown(nvims, warm_backend, 
 @pytest.mark.parametrize("name", list(NVIMS))
 def test_settings_change_reaches_the_running_server(nvims, warm_backend, tmp_path, name):
     dead = f"http://127.0.0.1:{free_port()}"
-    result = run_nvim(nvims[name], tmp_path, "settings", {**settings_for(dead), "autostart": False},
-                      extra_env={"COPILOT_LS_LIVE_URL": warm_backend})
+    result = run_nvim(
+        nvims[name],
+        tmp_path,
+        "settings",
+        {**settings_for(dead), "autostart": False},
+        extra_env={"COPILOT_LS_LIVE_URL": warm_backend},
+    )
     assert result.get("ghost_dead") is None
     assert result["ghost"].strip(), result
     assert result["status"]["backend"]["url"] == warm_backend, result["status"]
@@ -238,8 +267,13 @@ UNICODE = [("nvim0.12", "utf-16"), ("nvim0.11", "utf-16"), ("nvim0.11", "utf-8")
 @pytest.mark.e2e
 @pytest.mark.parametrize(("name", "encoding"), UNICODE, ids=[f"{n}-{e}" for n, e in UNICODE])
 def test_accept_after_non_ascii_text_in_each_position_encoding(nvims, warm_backend, tmp_path, name, encoding):
-    result = run_nvim(nvims[name], tmp_path, "unicode", settings_for(warm_backend),
-                      extra_env={"COPILOT_LS_ENCODING": encoding})
+    result = run_nvim(
+        nvims[name],
+        tmp_path,
+        "unicode",
+        settings_for(warm_backend),
+        extra_env={"COPILOT_LS_ENCODING": encoding},
+    )
     assert result["encoding"] == encoding
     typed = result["typed"]
     assert "\n".join(result["after_accept"]) == typed[0] + "\n" + typed[1] + result["ghost"]
@@ -262,8 +296,9 @@ def test_dead_backend_leaves_editing_unharmed(nvims, tmp_path, name):
     assert any("127.0.0.1" in m or "backend" in m for m in result["messages"]), result["messages"]
 
 
-def run_nvim_in_tmux(nvim: Path, tmp_path: Path, scenario: str, settings: dict, columns: int = 80,
-                     lines: int = 24) -> tuple[dict, list[str]]:
+def run_nvim_in_tmux(
+    nvim: Path, tmp_path: Path, scenario: str, settings: dict, columns: int = 80, lines: int = 24
+) -> tuple[dict, list[str]]:
     """Run one scenario of e2e.lua in a real terminal (a tmux pane of `columns` x `lines`, no truecolor) and
     watch its screen. Returns the JSON result and every screen that showed a prompt that waits for a key
     ("Press ENTER", "-- More --"); each such prompt is answered with Enter so that the run can finish."""
@@ -277,21 +312,45 @@ def run_nvim_in_tmux(nvim: Path, tmp_path: Path, scenario: str, settings: dict, 
     env = {f"XDG_{d}_HOME": str(tmp_path / "xdg" / d.lower()) for d in ("STATE", "CACHE", "DATA", "CONFIG")}
     for d in env.values():
         Path(d).mkdir(parents=True)
-    env.update({
-        "COPILOT_LS_PLUGIN": str(PLUGIN), "COPILOT_LS_CMD": json.dumps(server_command()),
-        "COPILOT_LS_SETTINGS": json.dumps(settings), "COPILOT_LS_MODE": "auto", "COPILOT_LS_SCENARIO": scenario,
-        "COPILOT_LS_FILE": "test_lib.py", "COPILOT_LS_RESULT": str(result_file),
-        "COPILOT_LS_TIMEOUT_MS": "60000", "PYTHONPATH": str(REPO), "TERM": "screen",
-    })
+    env.update(
+        {
+            "COPILOT_LS_PLUGIN": str(PLUGIN),
+            "COPILOT_LS_CMD": json.dumps(server_command()),
+            "COPILOT_LS_SETTINGS": json.dumps(settings),
+            "COPILOT_LS_MODE": "auto",
+            "COPILOT_LS_SCENARIO": scenario,
+            "COPILOT_LS_FILE": "test_lib.py",
+            "COPILOT_LS_RESULT": str(result_file),
+            "COPILOT_LS_TIMEOUT_MS": "60000",
+            "PYTHONPATH": str(REPO),
+            "TERM": "screen",
+        }
+    )
     script = tmp_path / "run.sh"
-    script.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-                      + "unset COLORTERM\n"
-                      + f"cd {shlex.quote(str(ws))}\n"
-                      + f"exec timeout -k 5 120 {shlex.quote(str(nvim))} --clean -n -c 'luafile {DRIVER}'\n")
+    script.write_text(
+        "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+        + "unset COLORTERM\n"
+        + f"cd {shlex.quote(str(ws))}\n"
+        + f"exec timeout -k 5 120 {shlex.quote(str(nvim))} --clean -n -c 'luafile {DRIVER}'\n"
+    )
     sock = f"copilot-ls-e2e-{os.getpid()}-{free_port()}"
     tmux = ["tmux", "-L", sock, "-f", "/dev/null"]
-    subprocess.run([*tmux, "new-session", "-d", "-s", "e2e", "-x", str(columns), "-y", str(lines),
-                    f"bash {shlex.quote(str(script))}"], check=True, timeout=30)
+    subprocess.run(
+        [
+            *tmux,
+            "new-session",
+            "-d",
+            "-s",
+            "e2e",
+            "-x",
+            str(columns),
+            "-y",
+            str(lines),
+            f"bash {shlex.quote(str(script))}",
+        ],
+        check=True,
+        timeout=30,
+    )
     prompts: list[str] = []
     try:
         deadline = time.monotonic() + 150
@@ -317,7 +376,9 @@ def test_dead_backend_never_stops_a_narrow_terminal_with_a_prompt(nvims, tmp_pat
     server's message took two lines). Now each message is one line that fits, shown once, and the ghost text's
     highlight has a terminal colour with 'notermguicolors'."""
     dead = f"http://127.0.0.1:{free_port()}"
-    result, prompts = run_nvim_in_tmux(nvims[name], tmp_path, "outage", {"backendUrl": dead, "autostart": False})
+    result, prompts = run_nvim_in_tmux(
+        nvims[name], tmp_path, "outage", {"backendUrl": dead, "autostart": False}
+    )
     assert not result.get("error"), result
     assert not prompts, "a prompt waited for a key:\n" + "\n----\n".join(prompts)
     assert result["columns"] == 80 and result["termguicolors"] is False, result
@@ -356,8 +417,13 @@ def test_checkhealth_reports_server_backend_and_path(nvims, warm_backend, tmp_pa
 @pytest.mark.e2e
 def test_checkhealth_names_a_dead_backend_and_a_missing_server(nvims, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
-    result = run_nvim(nvims["nvim0.11"], tmp_path, "health", {"backendUrl": dead},
-                      extra_env={"COPILOT_LS_CMD": json.dumps(["/nonexistent/copilot-ls"])})
+    result = run_nvim(
+        nvims["nvim0.11"],
+        tmp_path,
+        "health",
+        {"backendUrl": dead},
+        extra_env={"COPILOT_LS_CMD": json.dumps(["/nonexistent/copilot-ls"])},
+    )
     text = "\n".join(result["health"])
     assert "server command not found: /nonexistent/copilot-ls" in text, text
     assert f"the backend does not answer at {dead}" in text, text

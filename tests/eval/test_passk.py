@@ -32,12 +32,12 @@ def test_matches_binomial_formula_for_large_n_without_overflow():
 
 
 def test_edge_cases():
-    assert pass_at_k(20, 0, 1) == 0.0            # c = 0
+    assert pass_at_k(20, 0, 1) == 0.0  # c = 0
     assert pass_at_k(20, 0, 20) == 0.0
-    assert pass_at_k(20, 20, 1) == 1.0           # c = n
-    assert pass_at_k(20, 15, 10) == 1.0          # n - c < k: every subset has a pass
-    assert pass_at_k(20, 1, 20) == 1.0           # k = n and one pass
-    assert pass_at_k(20, 5, 1) == pytest.approx(5 / 20)   # pass@1 = c / n
+    assert pass_at_k(20, 20, 1) == 1.0  # c = n
+    assert pass_at_k(20, 15, 10) == 1.0  # n - c < k: every subset has a pass
+    assert pass_at_k(20, 1, 20) == 1.0  # k = n and one pass
+    assert pass_at_k(20, 5, 1) == pytest.approx(5 / 20)  # pass@1 = c / n
 
 
 def test_bad_arguments_are_rejected():
@@ -58,7 +58,7 @@ def test_mean_over_problems():
 def test_top_logprob_pick():
     assert top_logprob_pass([(-1.0, False), (-0.2, True), (-0.5, False)]) is True
     assert top_logprob_pass([(-0.1, False), (-0.2, True)]) is False
-    assert top_logprob_pass([(-0.3, False), (-0.3, True)]) is False   # tie: the first generated
+    assert top_logprob_pass([(-0.3, False), (-0.3, True)]) is False  # tie: the first generated
 
 
 def test_parse_ks():

@@ -56,29 +56,38 @@ def test_correct_program_passes_and_wrong_one_fails():
 
 
 def test_program_may_write_inside_its_own_temp_dir():
-    res = run_python("import os\nopen('out.txt', 'w').write('x' * 1000)\nassert os.path.getsize('out.txt') == 1000\n")
+    res = run_python(
+        "import os\nopen('out.txt', 'w').write('x' * 1000)\nassert os.path.getsize('out.txt') == 1000\n"
+    )
     assert res.passed, res.output
 
 
 def test_fork_bomb_is_contained():
     start = time.monotonic()
-    res = run_python("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-                     limits=FAST)
+    res = run_python(
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        limits=FAST,
+    )
     assert not res.passed and res.status in ("timeout", "failed")
     assert time.monotonic() - start < FAST.timeout_s + 5
     assert sandbox_processes() == []
 
 
 def test_children_that_escape_the_process_group_are_killed_too():
-    res = run_python("import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        os.setsid()\n"
-                     "        time.sleep(600)\nraise SystemExit(3)\n", limits=FAST)
+    res = run_python(
+        "import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        os.setsid()\n"
+        "        time.sleep(600)\nraise SystemExit(3)\n",
+        limits=FAST,
+    )
     assert res.status == "failed" and res.returncode == 3
     assert sandbox_processes() == []
 
 
 def test_memory_bomb_is_contained():
-    res = run_python("x = []\nwhile True:\n    x.append(bytearray(64 * 2**20))\n",
-                     limits=Limits(timeout_s=20, cpu_s=20, memory_bytes=512 << 20))
+    res = run_python(
+        "x = []\nwhile True:\n    x.append(bytearray(64 * 2**20))\n",
+        limits=Limits(timeout_s=20, cpu_s=20, memory_bytes=512 << 20),
+    )
     assert res.status == "failed" and "MemoryError" in res.summary()
 
 
@@ -96,8 +105,11 @@ def test_sleeping_program_is_killed_at_the_wall_clock_timeout():
 
 
 def test_ten_gigabyte_file_is_stopped():
-    res = run_python("chunk = bytes(2**20)\nwith open('big', 'wb') as f:\n    for _ in range(10 * 1024):\n"
-                     "        f.write(chunk)\n", limits=FAST)
+    res = run_python(
+        "chunk = bytes(2**20)\nwith open('big', 'wb') as f:\n    for _ in range(10 * 1024):\n"
+        "        f.write(chunk)\n",
+        limits=FAST,
+    )
     assert res.status == "failed" and "File too large" in res.output
     sparse = run_python("with open('sparse', 'wb') as f:\n    f.truncate(10 * 2**30)\n", limits=FAST)
     assert sparse.status == "failed"
@@ -120,16 +132,19 @@ def test_cannot_reach_the_network():
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        res = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n",
-                         limits=FAST)
+        res = run_python(
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\n", limits=FAST
+        )
     assert res.status == "failed"
 
 
 def test_environment_has_no_proxies_or_credentials(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-secret")
-    res = run_python("import os\nprint(sorted(os.environ))\n"
-                     "assert not any('PROXY' in k.upper() or 'SECRET' in k.upper() for k in os.environ)\n")
+    res = run_python(
+        "import os\nprint(sorted(os.environ))\n"
+        "assert not any('PROXY' in k.upper() or 'SECRET' in k.upper() for k in os.environ)\n"
+    )
     assert res.passed, res.output
     assert "canary-secret" not in res.output
 
@@ -146,17 +161,19 @@ def test_program_dies_at_its_deadline_even_when_the_harness_is_killed():
     import subprocess
     import sys
 
-    code = ("from copilot_ls.evaluation.sandbox import Limits, run_python\n"
-            "run_python('import time\\ntime.sleep(600)\\n', limits=Limits(timeout_s=1, cpu_s=1), "
-            f"interpreter={sandbox.default_interpreter()!r})\n")
+    code = (
+        "from copilot_ls.evaluation.sandbox import Limits, run_python\n"
+        "run_python('import time\\ntime.sleep(600)\\n', limits=Limits(timeout_s=1, cpu_s=1), "
+        f"interpreter={sandbox.default_interpreter()!r})\n"
+    )
     harness = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
     deadline = time.monotonic() + 30
-    while not sandbox_processes():                     # the sleeper started
+    while not sandbox_processes():  # the sleeper started
         assert time.monotonic() < deadline and harness.poll() is None
         time.sleep(0.05)
     harness.kill()
     harness.wait()
-    deadline = time.monotonic() + 20                   # launcher's alarm: timeout + 5 s
+    deadline = time.monotonic() + 20  # launcher's alarm: timeout + 5 s
     while sandbox_processes():
         assert time.monotonic() < deadline, "sandboxed program outlived its deadline"
         time.sleep(0.2)
@@ -164,7 +181,7 @@ def test_program_dies_at_its_deadline_even_when_the_harness_is_killed():
 
 def test_sandbox_failures_are_errors_and_cannot_be_spoofed_by_the_program():
     spoof = run_python("import sys\nprint('copilot-ls sandbox: cannot start the program')\nsys.exit(125)\n")
-    assert spoof.status == "failed" and spoof.returncode == 125     # a verdict on the program, not an error
+    assert spoof.status == "failed" and spoof.returncode == 125  # a verdict on the program, not an error
     with pytest.raises(sandbox.SandboxError, match="cannot start the program.*No such file"):
         run_python("print(1)\n", interpreter="/nonexistent/python3")
 

@@ -44,16 +44,22 @@ class FakeBackend:
     """mode: "echo" (answer `reply`), "garbage" (200 with junk), "slow" (answer after `delay` s); `port` 0: a
     free one."""
 
-    def __init__(self, mode: str = "echo", reply: str = "a, b)", delay: float = 0.0,
-                 models: list[dict] | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        mode: str = "echo",
+        reply: str = "a, b)",
+        delay: float = 0.0,
+        models: list[dict] | None = None,
+        port: int = 0,
+    ) -> None:
         self.mode, self.reply, self.delay = mode, reply, delay
         # /v1/models entries; the default one reports `fim` like copilot-backend, other servers don't
         self.models = models or [{"id": "fake", "object": "model", "context_length": 2048, "fim": None}]
-        self.requests: list[dict] = []          # bodies of /v1/completions
-        self.headers: list[dict] = []           # and their headers
-        self.disconnects = 0                    # slow requests whose client went away before the answer
-        self.answer: tuple[int, bytes] | None = None   # set: POST answers this (status, JSON body) instead
-        self.loading = False                    # True: /health answers 503 "loading", like a backend loading its model
+        self.requests: list[dict] = []  # bodies of /v1/completions
+        self.headers: list[dict] = []  # and their headers
+        self.disconnects = 0  # slow requests whose client went away before the answer
+        self.answer: tuple[int, bytes] | None = None  # set: POST answers this (status, JSON body) instead
+        self.loading = False  # True: /health answers 503 "loading", like a backend loading its model
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -91,7 +97,7 @@ class FakeBackend:
                     end = time.monotonic() + fake.delay
                     while time.monotonic() < end:
                         time.sleep(0.02)
-                        try:   # a closed client connection reads as EOF
+                        try:  # a closed client connection reads as EOF
                             self.connection.setblocking(False)
                             if self.connection.recv(1, socket.MSG_PEEK) == b"":
                                 fake.disconnects += 1
@@ -101,8 +107,15 @@ class FakeBackend:
                         finally:
                             self.connection.setblocking(True)
                 n = int(body.get("n", 1))
-                choices = [{"index": i, "text": fake.reply, "finish_reason": "stop",
-                            "logprobs": {"token_logprobs": [-0.1 * (i + 1)] * 3}} for i in range(n)]
+                choices = [
+                    {
+                        "index": i,
+                        "text": fake.reply,
+                        "finish_reason": "stop",
+                        "logprobs": {"token_logprobs": [-0.1 * (i + 1)] * 3},
+                    }
+                    for i in range(n)
+                ]
                 self._send(200, json.dumps({"object": "text_completion", "choices": choices}).encode())
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
@@ -128,36 +141,53 @@ def capabilities(encodings: list[str] | None = None, progress: bool = True) -> t
         window=types.WindowClientCapabilities(work_done_progress=progress, show_message=None),
         text_document=types.TextDocumentClientCapabilities(
             synchronization=types.TextDocumentSyncClientCapabilities(),
-            inline_completion=types.InlineCompletionClientCapabilities()),
-        workspace=types.WorkspaceClientCapabilities(configuration=True, did_change_configuration=(
-            types.DidChangeConfigurationClientCapabilities())))
+            inline_completion=types.InlineCompletionClientCapabilities(),
+        ),
+        workspace=types.WorkspaceClientCapabilities(
+            configuration=True, did_change_configuration=(types.DidChangeConfigurationClientCapabilities())
+        ),
+    )
 
 
 def open_doc(client, uri: str, text: str, language_id: str = "python", version: int = 1) -> None:
-    client.text_document_did_open(types.DidOpenTextDocumentParams(
-        text_document=types.TextDocumentItem(uri=uri, language_id=language_id, version=version, text=text)))
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id=language_id, version=version, text=text)
+        )
+    )
     client.__dict__.setdefault("opened", []).append(uri)
 
 
 def close_all(client) -> None:
     """didClose every document `open_doc` opened (other open documents feed the context of the next test)."""
     for uri in client.__dict__.pop("opened", []):
-        client.text_document_did_close(types.DidCloseTextDocumentParams(
-            text_document=types.TextDocumentIdentifier(uri=uri)))
+        client.text_document_did_close(
+            types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
+        )
 
 
 def change(client, uri: str, version: int, start: tuple[int, int], end: tuple[int, int], text: str) -> None:
-    client.text_document_did_change(types.DidChangeTextDocumentParams(
-        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-        content_changes=[types.TextDocumentContentChangePartial(
-            range=types.Range(start=types.Position(*start), end=types.Position(*end)), text=text)]))
+    client.text_document_did_change(
+        types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+            content_changes=[
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(start=types.Position(*start), end=types.Position(*end)), text=text
+                )
+            ],
+        )
+    )
 
 
 def inline_params(uri: str, line: int, character: int, invoked: bool = True) -> types.InlineCompletionParams:
-    kind = types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
+    kind = (
+        types.InlineCompletionTriggerKind.Invoked if invoked else types.InlineCompletionTriggerKind.Automatic
+    )
     return types.InlineCompletionParams(
-        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line, character),
-        context=types.InlineCompletionContext(trigger_kind=kind))
+        text_document=types.TextDocumentIdentifier(uri=uri),
+        position=types.Position(line, character),
+        context=types.InlineCompletionContext(trigger_kind=kind),
+    )
 
 
 async def inline(client, uri: str, line: int, character: int, invoked: bool = True):
@@ -166,7 +196,8 @@ async def inline(client, uri: str, line: int, character: int, invoked: bool = Tr
 
 async def status(client) -> dict:
     return await client.workspace_execute_command_async(
-        types.ExecuteCommandParams(command="copilot-ls.status", arguments=[]))
+        types.ExecuteCommandParams(command="copilot-ls.status", arguments=[])
+    )
 
 
 def end_position(text: str) -> tuple[int, int]:

@@ -25,7 +25,9 @@ def fake():
 async def test_request_shape_and_ranking_data(fake):
     client = BackendClient(fake.url, api_key="sekret", model="m1")
     try:
-        cands = await client.complete("def f():\n    ", max_tokens=7, n=2, stop=["\n\n"], temperature=0.3, seed=1)
+        cands = await client.complete(
+            "def f():\n    ", max_tokens=7, n=2, stop=["\n\n"], temperature=0.3, seed=1
+        )
     finally:
         await client.aclose()
     body, headers = fake.requests[-1], fake.headers[-1]
@@ -39,22 +41,36 @@ async def test_request_shape_and_ranking_data(fake):
 
 
 def test_parse_completion_orders_by_index_and_tolerates_missing_logprobs():
-    cands = parse_completion({"choices": [
-        {"index": 1, "text": "b", "logprobs": None, "finish_reason": "length"},
-        {"index": 0, "text": "a", "logprobs": {"token_logprobs": [None, -1.0, -3.0]}}]})
-    assert [(c.text, c.mean_logprob, c.finish_reason) for c in cands] == [("a", -2.0, "stop"), ("b", 0.0, "length")]
+    cands = parse_completion(
+        {
+            "choices": [
+                {"index": 1, "text": "b", "logprobs": None, "finish_reason": "length"},
+                {"index": 0, "text": "a", "logprobs": {"token_logprobs": [None, -1.0, -3.0]}},
+            ]
+        }
+    )
+    assert [(c.text, c.mean_logprob, c.finish_reason) for c in cands] == [
+        ("a", -2.0, "stop"),
+        ("b", 0.0, "length"),
+    ]
 
 
-@pytest.mark.parametrize("answer, kind, words", [
-    ((200, b"<html>"), "garbage", "non-JSON"),
-    ((200, b'{"id": 1}'), "garbage", "not a completion"),
-    ((200, b'{"choices": [{"text": 5}]}'), "garbage", "without text"),
-    ((400, b'{"error": {"message": "max_tokens too large", "type": "invalid_request_error"}}'), "http",
-     "max_tokens too large"),
-    ((401, b'{"error": {"message": "bad key"}}'), "auth", "refused the API key"),
-    ((503, b'{"status": "loading"}'), "loading", "not ready"),
-    ((500, b"boom"), "http", "HTTP 500"),
-])
+@pytest.mark.parametrize(
+    "answer, kind, words",
+    [
+        ((200, b"<html>"), "garbage", "non-JSON"),
+        ((200, b'{"id": 1}'), "garbage", "not a completion"),
+        ((200, b'{"choices": [{"text": 5}]}'), "garbage", "without text"),
+        (
+            (400, b'{"error": {"message": "max_tokens too large", "type": "invalid_request_error"}}'),
+            "http",
+            "max_tokens too large",
+        ),
+        ((401, b'{"error": {"message": "bad key"}}'), "auth", "refused the API key"),
+        ((503, b'{"status": "loading"}'), "loading", "not ready"),
+        ((500, b"boom"), "http", "HTTP 500"),
+    ],
+)
 async def test_every_failure_is_one_clear_backend_error(fake, answer, kind, words):
     fake.answer = answer
     client = BackendClient(fake.url)
@@ -113,14 +129,17 @@ async def test_meta_without_tokenizer_route(fake):
 
 async def test_autostart_reports_a_child_that_dies(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(autostart, "backend_command",
-                        lambda url: [sys.executable, "-c", "import sys; print('no model here'); sys.exit(3)"])
+    monkeypatch.setattr(
+        autostart,
+        "backend_command",
+        lambda url: [sys.executable, "-c", "import sys; print('no model here'); sys.exit(3)"],
+    )
     url = f"http://127.0.0.1:{free_port()}"
     client = BackendClient(url)
     try:
         with pytest.raises(BackendError, match="exited with code 3: no model here"):
             await autostart.ensure_backend(client, Settings(backend_url=url, autostart=True))
-        with pytest.raises(BackendError, match="cannot reach"):   # not allowed to start one
+        with pytest.raises(BackendError, match="cannot reach"):  # not allowed to start one
             await autostart.ensure_backend(client, Settings(backend_url=url, autostart=False))
     finally:
         await client.aclose()
@@ -133,19 +152,27 @@ def test_backend_logs_are_removed_when_stopped_and_pruned_when_stale(monkeypatch
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     base = tmp_path / "copilot-ls"
     base.mkdir()
-    stale, fresh, alive = base / "backend-999999999.log", base / "backend-999999998.log", base / f"backend-{os.getppid()}.log"
+    stale, fresh, alive = (
+        base / "backend-999999999.log",
+        base / "backend-999999998.log",
+        base / f"backend-{os.getppid()}.log",
+    )
     for f in (stale, fresh, alive):
         f.write_text("x")
     old = time.time() - autostart.LOG_KEEP_S - 60
     os.utime(stale, (old, old))
     os.utime(alive, (old, old))
-    monkeypatch.setattr(autostart, "backend_command", lambda url: [sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(
+        autostart, "backend_command", lambda url: [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
     proc = autostart.BackendProcess("http://127.0.0.1:1")
     assert not stale.exists() and fresh.exists() and alive.exists()  # a dead process's old log goes
     assert proc.log.exists() and proc.alive()
     proc.stop()
     assert not proc.log.exists()  # stopped by us: nothing to keep
-    monkeypatch.setattr(autostart, "backend_command", lambda url: [sys.executable, "-c", "raise SystemExit(2)"])
+    monkeypatch.setattr(
+        autostart, "backend_command", lambda url: [sys.executable, "-c", "raise SystemExit(2)"]
+    )
     failed = autostart.BackendProcess("http://127.0.0.1:1")
     failed.popen.wait(30)
     failed.stop()
@@ -165,15 +192,17 @@ async def test_real_backend(backend_url):
     try:
         meta = await client.meta()
         assert meta.context_length and meta.context_length >= 2048
-        assert meta.fim is None                          # the default model has no FIM tokens
+        assert meta.fim is None  # the default model has no FIM tokens
         assert meta.count_tokens is not None and 0 < meta.count_tokens("def common_prefix(a, b):") < 20
-        cands = await client.complete("def add(a, b):\n    return", max_tokens=6, n=2, temperature=0.8, seed=3)
+        cands = await client.complete(
+            "def add(a, b):\n    return", max_tokens=6, n=2, temperature=0.8, seed=3
+        )
         assert len(cands) == 2 and all(c.text for c in cands)
-        assert all(c.mean_logprob < 0 for c in cands)   # real log-probs came back
+        assert all(c.mean_logprob < 0 for c in cands)  # real log-probs came back
         greedy = await client.complete("def add(a, b):\n    return", max_tokens=6)
         again = await client.complete("def add(a, b):\n    return", max_tokens=6)
         assert greedy[0].text == again[0].text
-        with pytest.raises(BackendError) as info:        # the server's own validation, as a clear error
+        with pytest.raises(BackendError) as info:  # the server's own validation, as a clear error
             await client.complete("x", top_p=0.0)
         assert info.value.status == 400 and "top_p" in str(info.value)
     finally:
@@ -188,7 +217,9 @@ async def test_lone_surrogate_in_the_prompt(backend_url):
     try:
         meta = await client.meta()
         assert meta.count_tokens("s = '\ud800'") == meta.count_tokens("s = '\ufffd'")
-        (cand,) = await client.complete("s = '\udfff'\ndef add(a, b):\n    return", max_tokens=4, stop=["\ud800"])
+        (cand,) = await client.complete(
+            "s = '\udfff'\ndef add(a, b):\n    return", max_tokens=4, stop=["\ud800"]
+        )
         assert cand.text
     finally:
         await client.aclose()

@@ -19,24 +19,29 @@ from model_backend import chat_template
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-FIB_BEFORE = ('# Path: fib.py (python)\ndef fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
-              '    if n < 2:\n        return n\n')
+FIB_BEFORE = (
+    '# Path: fib.py (python)\ndef fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
+    "    if n < 2:\n        return n\n"
+)
 BODY = "    return fibonacci(n - 1) + fibonacci(n - 2)"
 
 
 # --- the reply parse: each shape a chat model answers in ------------------------------------------------
-@pytest.mark.parametrize("reply", [
-    BODY,                                                                  # bare code
-    f"```python\n{BODY}\n```",                                             # fenced
-    f"```\n{BODY}\n```\nThis uses recursion.",                             # fence, prose after
-    f"Here is the code:\n```python\n{BODY}\n```",                          # prose before a fence
-    f"Here is the completed code:\n{BODY}\nThis function recurses.",      # prose around bare code
-    f"Sure! {chat.HOLE} should be:\n\n```py\n{BODY}\n```\n",               # prose naming the hole
-    # the snippet echoed back (lightly reworded, as SmolLM2 does), then the body
-    '```python\n# Path: fib.py (python)\ndef fibonacci(n):\n    """Return the nth Fibonacci number."""\n'
-    f'    if n < 2:\n        return n\n{BODY}\n```\n\nThis is a recursive function.',
-    FIB_BEFORE + BODY,                                                     # the exact prefix repeated
-])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        BODY,  # bare code
+        f"```python\n{BODY}\n```",  # fenced
+        f"```\n{BODY}\n```\nThis uses recursion.",  # fence, prose after
+        f"Here is the code:\n```python\n{BODY}\n```",  # prose before a fence
+        f"Here is the completed code:\n{BODY}\nThis function recurses.",  # prose around bare code
+        f"Sure! {chat.HOLE} should be:\n\n```py\n{BODY}\n```\n",  # prose naming the hole
+        # the snippet echoed back (lightly reworded, as SmolLM2 does), then the body
+        '```python\n# Path: fib.py (python)\ndef fibonacci(n):\n    """Return the nth Fibonacci number."""\n'
+        f"    if n < 2:\n        return n\n{BODY}\n```\n\nThis is a recursive function.",
+        FIB_BEFORE + BODY,  # the exact prefix repeated
+    ],
+)
 def test_reply_shapes_all_give_the_body(reply):
     assert chat.parse_reply(reply, FIB_BEFORE, "\n") == BODY
 
@@ -62,8 +67,10 @@ def test_block_body_after_a_colon_goes_below_the_cursor_line():
 
 
 def test_an_echoed_signature_before_the_body_is_dropped():
-    before = ('from typing import List\n\n\ndef mean(xs: List[float]) -> float:\n    """Return the mean of xs.\n'
-              '    >>> mean([1.0, 3.0])\n    2.0\n    """\n')
+    before = (
+        'from typing import List\n\n\ndef mean(xs: List[float]) -> float:\n    """Return the mean of xs.\n'
+        '    >>> mean([1.0, 3.0])\n    2.0\n    """\n'
+    )
     reply = "\ndef mean(xs: List[float]) -> float:\n    return sum(xs) / len(xs)"
     assert chat.parse_reply(reply, before, "\n") == "    return sum(xs) / len(xs)"
 
@@ -84,7 +91,7 @@ def test_chat_prompt_carries_prefix_suffix_and_hole():
     assert msgs.messages[0]["role"] == "system" and "no markdown fences" in msgs.messages[0]["content"]
     assert "```python\n" in user and f"    path = {chat.HOLE}\n    print(path)" in user
     assert "import os" in user and "no prose, no fences" in user
-    assert "\x00" not in shown.prompt and shown.stop == []        # the markers never leave the LS
+    assert "\x00" not in shown.prompt and shown.stop == []  # the markers never leave the LS
     assert msgs.before.endswith("    path = ") and msgs.after.startswith("\n    print(path)")
 
 
@@ -136,20 +143,27 @@ def test_bundled_model_chat_template_renders_chatml():
 
     template = chat_template.read_template(resolve_model("default"))
     assert template and "<|im_start|>" in template
-    text = chat_template.render(template, [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
+    text = chat_template.render(
+        template, [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    )
     assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_unrenderable_templates_are_clear_errors():
     with pytest.raises(chat_template.ChatTemplateError, match="cannot render"):
-        chat_template.render("{% for m in messages %}{{ m.content | nosuchfilter }}{% endfor %}",
-                             [{"role": "user", "content": "x"}])
+        chat_template.render(
+            "{% for m in messages %}{{ m.content | nosuchfilter }}{% endfor %}",
+            [{"role": "user", "content": "x"}],
+        )
     with pytest.raises(chat_template.ChatTemplateError, match="refused"):
-        chat_template.render("{{ raise_exception('roles must alternate') }}", [{"role": "user", "content": "x"}])
+        chat_template.render(
+            "{{ raise_exception('roles must alternate') }}", [{"role": "user", "content": "x"}]
+        )
     with pytest.raises(chat_template.ChatTemplateError, match="no chat template"):
         chat_template.render(None, [{"role": "user", "content": "x"}])
     assert chat_template.render(None, [{"role": "user", "content": "x"}], has_chatml=True).endswith(
-        "<|im_start|>assistant\n")
+        "<|im_start|>assistant\n"
+    )
 
 
 async def test_auto_endpoint_stays_on_completions_when_the_server_has_them(fake_backend):
@@ -159,7 +173,7 @@ async def test_auto_endpoint_stays_on_completions_when_the_server_has_them(fake_
         assert await client.endpoint_mode() == "completions"
     finally:
         await client.aclose()
-    assert len(fake_backend.requests) == 1 and fake_backend.requests[0]["max_tokens"] == 1   # one probe
+    assert len(fake_backend.requests) == 1 and fake_backend.requests[0]["max_tokens"] == 1  # one probe
 
 
 async def test_auto_endpoint_is_chat_on_404_and_probes_again_after_a_network_error(fake_backend):

@@ -36,14 +36,21 @@ class ChatOnlyServer:
                 pass
 
             def _relay(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0))) if method == "POST" else None
+                body = (
+                    self.rfile.read(int(self.headers.get("Content-Length", 0))) if method == "POST" else None
+                )
                 if method == "POST":
                     proxy.paths.append(self.path)
                 if self.path not in ("/health", "/v1/models", "/v1/tokenizer", "/v1/chat/completions"):
                     out, status = json.dumps({"error": {"message": "Not Found"}}).encode(), 404
                 else:
-                    r = httpx.request(method, upstream + self.path, content=body, timeout=600,
-                                      headers={"Content-Type": "application/json"})
+                    r = httpx.request(
+                        method,
+                        upstream + self.path,
+                        content=body,
+                        timeout=600,
+                        headers={"Content-Type": "application/json"},
+                    )
                     out, status = r.content, r.status_code
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -76,17 +83,23 @@ def chat_only(backend_url):
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module")
 async def client(lsp_client: LanguageClient, backend_url):
-    await lsp_client.initialize_session(types.InitializeParams(
-        capabilities=capabilities(),
-        initialization_options={"backendUrl": backend_url, "endpoint": "chat", **OPTIONS}))
+    await lsp_client.initialize_session(
+        types.InitializeParams(
+            capabilities=capabilities(),
+            initialization_options={"backendUrl": backend_url, "endpoint": "chat", **OPTIONS},
+        )
+    )
     yield
     await lsp_client.shutdown_session()
 
 
 def chat_served(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=30).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("copilot_backend_requests_total{") and 'endpoint="/v1/chat/completions"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("copilot_backend_requests_total{") and 'endpoint="/v1/chat/completions"' in line
+    )
 
 
 def assert_code(text: str) -> None:
@@ -107,15 +120,23 @@ async def test_chat_endpoint_gives_code_ghost_text(client, backend_url):
     assert result is not None and result.items, "no inline item through the chat endpoint"
     text = result.items[0].insert_text
     assert_code(text)
-    assert "fibonacci(" in text or "return" in text, text      # a recursive body, not an echo of the docstring
-    assert chat_served(backend_url) > before                     # it went through /v1/chat/completions
+    assert "fibonacci(" in text or "return" in text, text  # a recursive body, not an echo of the docstring
+    assert chat_served(backend_url) > before  # it went through /v1/chat/completions
 
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module")
 async def auto_client(lsp_client: LanguageClient, chat_only):
-    await lsp_client.initialize_session(types.InitializeParams(
-        capabilities=capabilities(),
-        initialization_options={"backendUrl": chat_only.url, "endpoint": "auto", "autostart": False, **OPTIONS}))
+    await lsp_client.initialize_session(
+        types.InitializeParams(
+            capabilities=capabilities(),
+            initialization_options={
+                "backendUrl": chat_only.url,
+                "endpoint": "auto",
+                "autostart": False,
+                **OPTIONS,
+            },
+        )
+    )
     yield
     await lsp_client.shutdown_session()
 
@@ -141,9 +162,15 @@ async def test_backend_chat_route_answers_the_openai_shape(backend_url):
     body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0}
     async with httpx.AsyncClient(timeout=600) as http:
         r = await http.post(backend_url + "/v1/chat/completions", json=body)
-        bad_answers = [(await http.post(backend_url + "/v1/chat/completions", json=bad), param) for bad, param in (
-            ({**body, "stream": True}, "stream"), ({**body, "messages": []}, "messages"),
-            ({**body, "messages": [{"role": "user"}]}, "messages"), ({**body, "logprobs": True}, "logprobs"))]
+        bad_answers = [
+            (await http.post(backend_url + "/v1/chat/completions", json=bad), param)
+            for bad, param in (
+                ({**body, "stream": True}, "stream"),
+                ({**body, "messages": []}, "messages"),
+                ({**body, "messages": [{"role": "user"}]}, "messages"),
+                ({**body, "logprobs": True}, "logprobs"),
+            )
+        ]
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["object"] == "chat.completion" and data["id"].startswith("chatcmpl-")

@@ -88,8 +88,12 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize("lang,source,name,expected", TABLE, ids=[f"{t[0]}-{t[2]}-{i}" for i, t in enumerate(TABLE)])
-def test_class_signature_lists_fields_and_method_signatures(lang: str, source: str, name: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    "lang,source,name,expected", TABLE, ids=[f"{t[0]}-{t[2]}-{i}" for i, t in enumerate(TABLE)]
+)
+def test_class_signature_lists_fields_and_method_signatures(
+    lang: str, source: str, name: str, expected: str
+) -> None:
     spec = language_for(lang)
     (defn,) = extract_symbols(source, spec, f"/ws/m.{'py' if lang == 'python' else lang[:2]}").named(name)
     assert defn.signature.endswith(expected), defn.signature
@@ -110,7 +114,9 @@ def test_big_class_is_shortened_fields_and_public_methods_first() -> None:
     sig = defn.signature.split("\n")
     assert sig[1:5] == ["    a: int", "    b: str", "    def __init__(self):", "        self.c = 1"]
     assert len(sig) == 1 + CLASS_MEMBERS + 1  # the class line, the members, __init__'s assignment
-    assert "    def m20(self, x: int) -> int: ..." in sig and "    def m21(self, x: int) -> int: ..." not in sig
+    assert (
+        "    def m20(self, x: int) -> int: ..." in sig and "    def m21(self, x: int) -> int: ..." not in sig
+    )
     assert "    def _p0(self): ..." not in sig
     brief = defn.brief.split("\n")
     assert len([ln for ln in brief if ln.startswith("    def ")]) == CLASS_MEMBERS_BRIEF - 2
@@ -169,7 +175,9 @@ def test_prompt_shows_what_the_imported_class_has(tmp_path: Path) -> None:
 def test_tight_budget_falls_back_to_the_brief_form(tmp_path: Path) -> None:
     """When the whole signature does not fit the snippet room, the brief form (fewer members) is tried before
     the class is dropped."""
-    methods = "".join(f"    def method_number_{i}(self, value: int) -> int:\n        return value\n\n" for i in range(30))
+    methods = "".join(
+        f"    def method_number_{i}(self, value: int) -> int:\n        return value\n\n" for i in range(30)
+    )
     (tmp_path / ".git").mkdir()
     (tmp_path / "big.py").write_text("class Big:\n    size: int\n\n" + methods)
     text = "from big import Big\n\n\ndef test_big():\n    b = Big()\n    assert b."
@@ -181,15 +189,31 @@ def test_tight_budget_falls_back_to_the_brief_form(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_complete_explain_shows_the_class_members_and_the_model_calls_the_method(tmp_path: Path, backend_url: str):
+def test_complete_explain_shows_the_class_members_and_the_model_calls_the_method(
+    tmp_path: Path, backend_url: str
+):
     """The issue's two-file example with `copilot-ls complete --explain` against the real backend and default
     model: the prompt lists the dataclass's fields and `def area(self) -> float: ...`; the suggestion, which
     was `area == 0.0` (an attribute) with the old snippet, calls `area()`."""
     snap, line, col = _circle_workspace(tmp_path, ISSUE_GEOMETRY_PY)
     r = subprocess.run(
-        [sys.executable, "-m", "copilot_ls.cli", "complete", f"{tmp_path / 'test_geometry.py'}:{line + 1}:{col + 1}",
-         "--backend", backend_url, "--explain", "--json", "--max-tokens", "16"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "copilot_ls.cli",
+            "complete",
+            f"{tmp_path / 'test_geometry.py'}:{line + 1}:{col + 1}",
+            "--backend",
+            backend_url,
+            "--explain",
+            "--json",
+            "--max-tokens",
+            "16",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

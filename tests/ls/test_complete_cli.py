@@ -12,8 +12,14 @@ from lsp_testing import COMMON_PREFIX_BUFFER, REPO, FakeBackend, free_port
 
 
 def complete(*args: str, stdin: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "copilot_ls.cli", "complete", *args], cwd=REPO, input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "copilot_ls.cli", "complete", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -23,18 +29,21 @@ def buffer(tmp_path):
     return path
 
 
-LAST_LINE = COMMON_PREFIX_BUFFER.count("\n") + 1                    # 1-based
-END_COL = len(COMMON_PREFIX_BUFFER.split("\n")[-1]) + 1            # 1-based: just after the last character
+LAST_LINE = COMMON_PREFIX_BUFFER.count("\n") + 1  # 1-based
+END_COL = len(COMMON_PREFIX_BUFFER.split("\n")[-1]) + 1  # 1-based: just after the last character
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("{missing}:1:1", "no such file"),
-    ("{path}:99:1", "line 99 is past the end"),
-    ("{path}:1:99", "column 99 is past the end of line 1"),
-    ("{path}:0:1", "1-based"),
-    ("{path}:1", "PATH:LINE:COL"),
-    ("{path}:x:1", "must be integers"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{missing}:1:1", "no such file"),
+        ("{path}:99:1", "line 99 is past the end"),
+        ("{path}:1:99", "column 99 is past the end of line 1"),
+        ("{path}:0:1", "1-based"),
+        ("{path}:1", "PATH:LINE:COL"),
+        ("{path}:x:1", "must be integers"),
+    ],
+)
 def test_bad_input_exits_2_with_a_clear_message(buffer, tmp_path, spec, message):
     r = complete(spec.format(path=buffer, missing=tmp_path / "nope.py"), "--backend", "http://127.0.0.1:9")
     assert r.returncode == 2, r.stderr
@@ -105,9 +114,22 @@ def test_closed_stdout_is_no_traceback(buffer):
     """`copilot-ls complete ... --explain | head -1`: the reader leaves early; that printed a BrokenPipeError
     traceback."""
     with FakeBackend(reply="x)") as fake:
-        proc = subprocess.Popen([sys.executable, "-m", "copilot_ls.cli", "complete", f"{buffer}:{LAST_LINE}:{END_COL}",
-                                 "--backend", fake.url, "--explain"], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "copilot_ls.cli",
+                "complete",
+                f"{buffer}:{LAST_LINE}:{END_COL}",
+                "--backend",
+                fake.url,
+                "--explain",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         proc.stdout.close()  # before anything is written
         err = proc.stderr.read()
         proc.wait(timeout=120)
@@ -126,9 +148,23 @@ def test_utf8_bom_is_not_a_character_of_line_1(tmp_path):
 
 
 def test_stdin_that_is_not_utf8_exits_2():
-    r = subprocess.run([sys.executable, "-m", "copilot_ls.cli", "complete", "-:2:5", "--language", "python",
-                        "--backend", "http://127.0.0.1:9"], cwd=REPO, input=b'x = "caf\xe9"\ny = ',
-                       capture_output=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "copilot_ls.cli",
+            "complete",
+            "-:2:5",
+            "--language",
+            "python",
+            "--backend",
+            "http://127.0.0.1:9",
+        ],
+        cwd=REPO,
+        input=b'x = "caf\xe9"\ny = ',
+        capture_output=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and b"stdin is not UTF-8 text" in r.stderr, r.stderr
 
 
@@ -136,14 +172,26 @@ def test_stdin_that_is_not_utf8_exits_2():
 def test_common_prefix_completion(buffer, backend_url):
     r = complete(f"{buffer}:{LAST_LINE}:{END_COL}", "--backend", backend_url, "--max-tokens", "24")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip()                            # what the editor would show
-    assert "\n" not in r.stdout.strip()                # a single line: the cursor is inside a call
+    assert r.stdout.strip()  # what the editor would show
+    assert "\n" not in r.stdout.strip()  # a single line: the cursor is inside a call
 
 
 @pytest.mark.e2e
 def test_json_explain_and_stdin(backend_url):
-    r = complete(f"-:{LAST_LINE}:{END_COL}", "--backend", backend_url, "--json", "--explain", "--n", "2",
-                 "--max-tokens", "16", "--language", "python", stdin=COMMON_PREFIX_BUFFER)
+    r = complete(
+        f"-:{LAST_LINE}:{END_COL}",
+        "--backend",
+        backend_url,
+        "--json",
+        "--explain",
+        "--n",
+        "2",
+        "--max-tokens",
+        "16",
+        "--language",
+        "python",
+        stdin=COMMON_PREFIX_BUFFER,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert (out["line"], out["column"], out["language"]) == (LAST_LINE, END_COL, "python")
@@ -152,14 +200,16 @@ def test_json_explain_and_stdin(backend_url):
         assert item["text"] and item["start"] == {"line": LAST_LINE, "column": END_COL}
         assert isinstance(item["mean_logprob"], float)
     ex = out["explain"]
-    assert ex["prompt"].endswith("    assert common_prefix(")      # the exact prompt sent
+    assert ex["prompt"].endswith("    assert common_prefix(")  # the exact prompt sent
     assert any(s["kind"] == "prefix" for s in ex["sources"])
     assert ex["multiline"] is False and ex["raw"]
 
 
 @pytest.mark.e2e
 def test_explain_human_output(buffer, backend_url):
-    r = complete(f"{buffer}:{LAST_LINE}:{END_COL}", "--backend", backend_url, "--explain", "--max-tokens", "16")
+    r = complete(
+        f"{buffer}:{LAST_LINE}:{END_COL}", "--backend", backend_url, "--explain", "--max-tokens", "16"
+    )
     assert r.returncode == 0, r.stderr
     assert "=== prompt" in r.stdout and "=== sources ===" in r.stdout and "=== completion ===" in r.stdout
     assert "def test_common_prefix():" in r.stdout

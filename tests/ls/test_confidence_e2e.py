@@ -29,8 +29,11 @@ OPTIONS = {"maxTokens": 24, "timeout": 600, "debounceMs": 0}
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module")
 async def client(lsp_client: LanguageClient, backend_url):
-    await lsp_client.initialize_session(types.InitializeParams(
-        capabilities=capabilities(), initialization_options={"backendUrl": backend_url, **OPTIONS}))
+    await lsp_client.initialize_session(
+        types.InitializeParams(
+            capabilities=capabilities(), initialization_options={"backendUrl": backend_url, **OPTIONS}
+        )
+    )
     yield
     await lsp_client.shutdown_session()
 
@@ -58,8 +61,14 @@ async def test_low_confidence_suggestion_is_hidden_only_with_min_confidence(clie
 
 
 def complete(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "copilot_ls.cli", "complete", *args], cwd=REPO, input=stdin,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "copilot_ls.cli", "complete", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_cli_min_confidence_exit_code(backend_url, tmp_path):

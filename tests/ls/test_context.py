@@ -191,7 +191,9 @@ def test_fim_prompt_at_a_blank_indented_line() -> None:
     assert p.prompt == tpl.format("# Path: m.py (python)\ndef f(x):\n", "\n\ndef g():\n    return 2\n")
     assert p.prompt.startswith(tpl.prefix + "# Path: m.py (python)\ndef f(x):\n" + tpl.suffix)
     assert p.prefix.endswith("def f(x):\n    ") and p.multiline
-    assert build_prompt(snap, line, col).prompt == "# Path: m.py (python)\ndef f(x):\n"  # no FIM: that text alone
+    assert (
+        build_prompt(snap, line, col).prompt == "# Path: m.py (python)\ndef f(x):\n"
+    )  # no FIM: that text alone
 
 
 @pytest.mark.parametrize("fim", [None, FAMILIES["starcoder"]])

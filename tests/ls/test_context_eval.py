@@ -68,7 +68,7 @@ def test_cases_in_file(tmp_path: Path) -> None:
     ]
     assert all(c.subject_path == str(tmp_path / "strlib" / "core.py") for c in cases)
     doc, line, col = ce.case_document(cases[0])
-    assert doc.text.endswith('def test_common_prefix():\n    x = 1\n    ')
+    assert doc.text.endswith("def test_common_prefix():\n    x = 1\n    ")
     assert (line, col) == (9, 4)
 
 
@@ -112,15 +112,37 @@ def test_summary_and_table() -> None:
     results = []
     for i in range(10):
         before = i % 2 == 0
-        results.append({"case": f"c{i}", "arm": "prefix-only", "exact": i < 2, "edit_similarity": 0.5, "prompt_tokens": 100, "subject_before": before})
-        results.append({"case": f"c{i}", "arm": "builder", "exact": i < 5, "edit_similarity": 0.7, "prompt_tokens": 200, "subject_before": before})
-    results.append({"case": "lonely", "arm": "builder", "exact": True, "edit_similarity": 1.0, "prompt_tokens": 1})
+        results.append(
+            {
+                "case": f"c{i}",
+                "arm": "prefix-only",
+                "exact": i < 2,
+                "edit_similarity": 0.5,
+                "prompt_tokens": 100,
+                "subject_before": before,
+            }
+        )
+        results.append(
+            {
+                "case": f"c{i}",
+                "arm": "builder",
+                "exact": i < 5,
+                "edit_similarity": 0.7,
+                "prompt_tokens": 200,
+                "subject_before": before,
+            }
+        )
+    results.append(
+        {"case": "lonely", "arm": "builder", "exact": True, "edit_similarity": 1.0, "prompt_tokens": 1}
+    )
     s = ce.summarize(results)
     assert s["cases"] == 10  # only paired cases count
     assert s["arms"]["prefix-only"]["exact_match"] == 0.2 and s["arms"]["builder"]["exact_match"] == 0.5
     assert s["exact_match_lift"] == pytest.approx(0.3)
     assert s["edit_similarity_lift"] == pytest.approx(0.2)
-    table = ce.markdown_table(s, {"packages": ["x"], "model": "m", "max_prompt_tokens": 512, "max_tokens": 24})
+    table = ce.markdown_table(
+        s, {"packages": ["x"], "model": "m", "max_prompt_tokens": 512, "max_tokens": 24}
+    )
     assert "| builder | 50.0 (" in table and "**30.0 points**" in table and table.startswith("10 cases")
     first = s["strata"]["subject called earlier in the test"]  # cases 0, 2, 4, 6, 8: exact 1/5 -> 3/5
     assert first["cases"] == 5 and first["exact_match_lift"] == pytest.approx(0.4)
@@ -148,8 +170,20 @@ def test_one_case_end_to_end(backend_url: str, tmp_path: Path) -> None:
     ce.add_arguments(parser)
     out = tmp_path / "ev"
     args = parser.parse_args(
-        ["--backend", backend_url, "--packages", str(tmp_path / "src" / "strlib"), "--cases", "1",
-         "--max-prompt-tokens", "160", "--max-tokens", "8", "--out", str(out)]
+        [
+            "--backend",
+            backend_url,
+            "--packages",
+            str(tmp_path / "src" / "strlib"),
+            "--cases",
+            "1",
+            "--max-prompt-tokens",
+            "160",
+            "--max-tokens",
+            "8",
+            "--out",
+            str(out),
+        ]
     )
     assert ce.run(args) == 0
     results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
@@ -164,26 +198,41 @@ def test_one_case_end_to_end(backend_url: str, tmp_path: Path) -> None:
 
 # --- the confidence curve ------------------------------------------------------------------------------------
 def _result(exact: bool, mean: float, shown: bool = True) -> dict:
-    feats = {"mean_logprob": mean, "min_logprob": mean * 2, "tokens": 5, "syntax_errors": 0, "static_issues": 0,
-             "agreement": 1.0}
-    return {"arm": "builder", "exact": exact, "got": "x" if shown else "", "shown": shown,
-            "features": feats if shown else None}
+    feats = {
+        "mean_logprob": mean,
+        "min_logprob": mean * 2,
+        "tokens": 5,
+        "syntax_errors": 0,
+        "static_issues": 0,
+        "agreement": 1.0,
+    }
+    return {
+        "arm": "builder",
+        "exact": exact,
+        "got": "x" if shown else "",
+        "shown": shown,
+        "features": feats if shown else None,
+    }
 
 
 def test_confidence_curve_and_threshold_choice():
-    results = ([_result(True, -0.05)] * 3 + [_result(False, -0.1)] + [_result(False, -2.0)] * 4
-               + [_result(False, 0.0, shown=False)])
+    results = (
+        [_result(True, -0.05)] * 3
+        + [_result(False, -0.1)]
+        + [_result(False, -2.0)] * 4
+        + [_result(False, 0.0, shown=False)]
+    )
     curve = ce.confidence_curve(results, thresholds=(0.0, 0.5, 0.99))
     assert [c["shown"] for c in curve] == [8, 4, 0]
     assert curve[0]["coverage"] == 8 / 9 and curve[0]["precision"] == 3 / 8
     assert curve[1]["precision"] == 0.75 and curve[1]["coverage"] == 4 / 9
     lo, hi = curve[1]["precision_ci95"]
     assert lo < 0.75 < hi
-    assert ce.choose_threshold(curve)["threshold"] == 0.5        # 0.75 >= 2 x 0.375 with 44% shown
+    assert ce.choose_threshold(curve)["threshold"] == 0.5  # 0.75 >= 2 x 0.375 with 44% shown
     assert ce.choose_threshold(curve, min_coverage=0.5) is None
     assert "| 0.50 **(default)** | 4 / 9 |" in ce.curve_table(curve, 0.5)
     w = ce.fit_weights(results)
-    assert w["mean_logprob"] > 0                              # likelier text is more often right
+    assert w["mean_logprob"] > 0  # likelier text is more often right
 
 
 def test_fitted_weights_rank_hits_first():
@@ -199,11 +248,14 @@ def test_class_member_cases_in_file(tmp_path: Path) -> None:
     pkg = tmp_path / "geo"
     (pkg / "tests").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "shapes.py").write_text("class Circle:\n    def __init__(self, r):\n        self.r = r\n\n"
-                                   "    def area(self):\n        return 3 * self.r ** 2\n\n\ndef unit():\n    return 1\n")
+    (pkg / "shapes.py").write_text(
+        "class Circle:\n    def __init__(self, r):\n        self.r = r\n\n"
+        "    def area(self):\n        return 3 * self.r ** 2\n\n\ndef unit():\n    return 1\n"
+    )
     test = pkg / "tests" / "test_shapes.py"
-    test.write_text(textwrap.dedent(
-        """\
+    test.write_text(
+        textwrap.dedent(
+            """\
         from geo.shapes import Circle, unit
 
 
@@ -214,8 +266,11 @@ def test_class_member_cases_in_file(tmp_path: Path) -> None:
             assert u.real == 1
             assert c.r == 2
         """
-    ))
+        )
+    )
     cases = ce.class_member_cases_in_file(test, Workspace(tmp_path, index=False))
     assert [(c.line, c.expected, c.subject) for c in cases] == [
-        (6, "assert c.area() == 12", "Circle"), (8, "assert c.r == 2", "Circle")]
+        (6, "assert c.area() == 12", "Circle"),
+        (8, "assert c.r == 2", "Circle"),
+    ]
     assert cases[0].subject_path == str(pkg / "shapes.py")

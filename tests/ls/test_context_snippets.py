@@ -407,8 +407,13 @@ def _names_near_by_walk(snap, line: int) -> list:
             if parent is not None and parent.type in ("attribute", "member_expression"):
                 obj = parent.child_by_field_name("object")
                 attr = parent.child_by_field_name("attribute") or parent.child_by_field_name("property")
-                if attr is not None and attr.id == node.id and obj is not None and (
-                    obj.type == "identifier" or obj.type == "attribute" and cs._DOTTED.fullmatch(obj.text)
+                if (
+                    attr is not None
+                    and attr.id == node.id
+                    and obj is not None
+                    and (
+                        obj.type == "identifier" or obj.type == "attribute" and cs._DOTTED.fullmatch(obj.text)
+                    )
                 ):
                     qual = obj.text.decode()
             key, dist = (node.text.decode(), qual), abs(node.start_point[0] - line)
@@ -421,9 +426,15 @@ def _names_near_by_walk(snap, line: int) -> list:
 @pytest.mark.parametrize(
     "lang, unit",
     [
-        ("python", "class W{i}:\n    def total(self):\n        return sum(x.v for x in self.items) + os.sep\n\n"),
+        (
+            "python",
+            "class W{i}:\n    def total(self):\n        return sum(x.v for x in self.items) + os.sep\n\n",
+        ),
         ("python", "def f{i}(a):\n    return g(a.b, [1,\n\n"),  # broken: ERROR / MISSING nodes
-        ("javascript", "import {{a}} from './b';\nfunction f{i}(a) {{ return a.b + c.d(e, {{x, y: z.w}}); }}\n"),
+        (
+            "javascript",
+            "import {{a}} from './b';\nfunction f{i}(a) {{ return a.b + c.d(e, {{x, y: z.w}}); }}\n",
+        ),
         ("typescript", "type T{i} = {{a: number}};\nfunction f(a: T): T {{ return {{a: a.a + g.h}}; }}\n"),
     ],
 )
@@ -440,7 +451,9 @@ def test_signature_snippet_style(ws: Path) -> None:
     """``signature``: definitions of names near the cursor as header + the docstring's first line, never the body;
     the function under test keeps its implementation."""
     write(ws, {"lib.py": LIB_PY})
-    snap, line, col = open_at(ws / "app.py", "from lib import common_prefix\n\ndef shortest(a, b):\n    return common_prefix(█")
+    snap, line, col = open_at(
+        ws / "app.py", "from lib import common_prefix\n\ndef shortest(a, b):\n    return common_prefix(█"
+    )
     p = build_prompt(snap, line, col, snippet_style="signature")
     assert ("definition", "lib.py") in kinds(p)
     assert p.prompt.startswith(
@@ -523,19 +536,26 @@ def test_index_skips_files_that_are_not_regular(ws: Path) -> None:
 def test_default_import_is_the_default_export_not_the_first_definition(ws: Path, lang: str, ext: str) -> None:
     """`import mainFn from './lib'` showed lib's first function (a helper) as `mainFn` and as the function
     under test; it is the `export default` declaration (named, by identifier, or anonymous)."""
-    write(ws, {
-        f"lib.{ext}": "function helper(x) {\n  return x * 2;\n}\n\n"
-                      "export default function mainFn(a) {\n  return helper(a) + 1;\n}\n",
-        f"byname.{ext}": "function helper2(x) {\n  return x;\n}\nfunction other(a) {\n  return a;\n}\n"
-                         "export default other;\n",
-        f"anon.{ext}": "function helper3(x) {\n  return x;\n}\nexport default function (a) {\n  return a + 3;\n}\n",
-    })
-    src = ("import mainFn from './lib';\nimport other from './byname';\nimport anon from './anon';\n\n"
-           "describe('mainFn', () => {\n  it('works', () => {\n    expect(other(1) + anon(2)).toBe(1);\n"
-           "    expect(mainFn(2)).toBe(█);\n  });\n});\n")
+    write(
+        ws,
+        {
+            f"lib.{ext}": "function helper(x) {\n  return x * 2;\n}\n\n"
+            "export default function mainFn(a) {\n  return helper(a) + 1;\n}\n",
+            f"byname.{ext}": "function helper2(x) {\n  return x;\n}\nfunction other(a) {\n  return a;\n}\n"
+            "export default other;\n",
+            f"anon.{ext}": "function helper3(x) {\n  return x;\n}\nexport default function (a) {\n  return a + 3;\n}\n",
+        },
+    )
+    src = (
+        "import mainFn from './lib';\nimport other from './byname';\nimport anon from './anon';\n\n"
+        "describe('mainFn', () => {\n  it('works', () => {\n    expect(other(1) + anon(2)).toBe(1);\n"
+        "    expect(mainFn(2)).toBe(█);\n  });\n});\n"
+    )
     snap, line, col = open_at(ws / f"lib.test.{ext}", src, lang)
     p = build_prompt(snap, line, col, snippet_style="code")
-    shown = {s.why: (Path(s.path).name, s.start_line) for s in p.sources if s.kind in ("under-test", "definition")}
+    shown = {
+        s.why: (Path(s.path).name, s.start_line) for s in p.sources if s.kind in ("under-test", "definition")
+    }
     assert shown["implementation of `mainFn`, under test"] == (f"lib.{ext}", 4)
     assert shown["definition of `other`, used nearby"] == (f"byname.{ext}", 3)
     assert shown["definition of `anon`, used nearby"] == (f"anon.{ext}", 3)
@@ -546,14 +566,17 @@ def test_definitions_found_through_reexports(ws: Path) -> None:
     """`from pkg import f` where pkg/__init__.py re-exports f (`from .impl import f`, `from .more import *`),
     and `import {g} from './index'` where index.js has `export * from` / `export {x as g} from`: the
     definition in the implementing file (was: nothing). Circular re-exports end."""
-    write(ws, {
-        "pkg/__init__.py": "from .impl import exported\nfrom .more import *\nfrom .loop import *\n",
-        "pkg/impl.py": "from . import more\n\n\ndef exported(a, b):\n    return a + b\n",
-        "pkg/more.py": "def starred(k):\n    return k * 2\n",
-        "pkg/loop.py": "from . import *\nfrom .loop import *\n",
-        "src/lib.js": "export function shout(s) {\n  return s + '!';\n}\nexport default function main() {}\n",
-        "src/index.js": "export * from './lib';\nexport { default as mainFn, shout as yell } from './lib';\n",
-    })
+    write(
+        ws,
+        {
+            "pkg/__init__.py": "from .impl import exported\nfrom .more import *\nfrom .loop import *\n",
+            "pkg/impl.py": "from . import more\n\n\ndef exported(a, b):\n    return a + b\n",
+            "pkg/more.py": "def starred(k):\n    return k * 2\n",
+            "pkg/loop.py": "from . import *\nfrom .loop import *\n",
+            "src/lib.js": "export function shout(s) {\n  return s + '!';\n}\nexport default function main() {}\n",
+            "src/index.js": "export * from './lib';\nexport { default as mainFn, shout as yell } from './lib';\n",
+        },
+    )
     snap, line, col = open_at(
         ws / "test_use.py",
         "from pkg import exported, starred, missing\n\n\ndef check():\n    x = exported(1, 2) + starred(3) + missing\n"
@@ -602,7 +625,8 @@ def test_import_of_a_symlink_loop_does_not_fail_the_request(ws: Path) -> None:
     (ws / "loopy.js").symlink_to("loopy.js")
     write(ws, {"lib.js": LIB_JS})
     snap, line, col = open_at(
-        ws / "use.js", "import { x } from './loopy.js';\nimport { shout } from './lib';\n\nconst y = x(shout(█"
+        ws / "use.js",
+        "import { x } from './loopy.js';\nimport { shout } from './lib';\n\nconst y = x(shout(█",
     )
     p = build_prompt(snap, line, col)
     assert ("definition", "lib.js") in kinds(p)
@@ -611,9 +635,14 @@ def test_import_of_a_symlink_loop_does_not_fail_the_request(ws: Path) -> None:
 def test_typescript_interface_signature_keeps_its_members(ws: Path) -> None:
     """An interface's summary / signature listed only method definitions, which interfaces have none of: the
     default (signature) style showed `interface Shape {\\n}`, an empty interface; its members are its signature."""
-    write(ws, {"shapes.ts": "export interface Shape {\n  area(): number;\n  readonly name: string,\n}\n\n"
-                            "export abstract class Base {\n  abstract run(x: number): void;\n"
-                            "  go() { return 1; }\n}\n"})
+    write(
+        ws,
+        {
+            "shapes.ts": "export interface Shape {\n  area(): number;\n  readonly name: string,\n}\n\n"
+            "export abstract class Base {\n  abstract run(x: number): void;\n"
+            "  go() { return 1; }\n}\n"
+        },
+    )
     snap, line, col = open_at(
         ws / "use.ts", "import { Shape, Base } from './shapes';\n\nconst s: Shape = f(Base);\n█", "typescript"
     )
@@ -625,12 +654,15 @@ def test_typescript_interface_signature_keeps_its_members(ws: Path) -> None:
 def test_module_imported_with_from_dot_import(ws: Path) -> None:
     """`from . import more` then `more.starred(...)`: the module was looked up as "..more" (the parent
     package) and not found; `from .sub import deep` / `deep.f` worked."""
-    write(ws, {
-        "pkg/__init__.py": "",
-        "pkg/more.py": "def starred(k):\n    return k * 2\n",
-        "pkg/sub/__init__.py": "",
-        "pkg/sub/deep.py": "def star_fn(k):\n    return k\n",
-    })
+    write(
+        ws,
+        {
+            "pkg/__init__.py": "",
+            "pkg/more.py": "def starred(k):\n    return k * 2\n",
+            "pkg/sub/__init__.py": "",
+            "pkg/sub/deep.py": "def star_fn(k):\n    return k\n",
+        },
+    )
     snap, line, col = open_at(
         ws / "pkg" / "user.py",
         "from . import more\nfrom .sub import deep\n\n\ndef use():\n    return more.starred(1) + deep.star_fn(█",
@@ -658,25 +690,32 @@ def test_commonjs_exports_resolve_to_their_definitions(ws: Path) -> None:
     """CommonJS modules (`exports.f = function`, `exports.f = () =>`, `module.exports.f = ...`,
     `module.exports = { f, g: helper, h() {} }`, `module.exports = function f() {}`) had no definitions of
     their exported names: `const { f } = require('./lib')` / `lib.f(...)` / `describe('f')` got nothing."""
-    write(ws, {
-        "ops.js": "function unrelated(x) {\n  return x;\n}\n\n"
-                  "exports.add = function (a, b) {\n  return a + b;\n};\n"
-                  "exports.sub = (a) => a - 1;\n"
-                  "module.exports.mul = function mul(a, b) {\n  return a * b;\n};\n",
-        "lib.js": "function helper(x) {\n  return x * 2;\n}\n\nfunction declared(a) {\n  return a + 1;\n}\n\n"
-                  "module.exports = {\n  declared,\n  twice: helper,\n  neg: function (z) {\n    return -z;\n  },\n"
-                  "  half(y) {\n    return y / 2;\n  },\n};\n",
-        "greet.js": "const PREFIX = 'hi ';\n\nmodule.exports = function greet(name) {\n  return PREFIX + name;\n};\n",
-        "anon.js": "function first() {}\n\nmodule.exports = (n) => n + 1;\n",
-    })
-    src = ("const { add, sub } = require('./ops');\nconst ops = require('./ops');\nconst lib = require('./lib');\n"
-           "const { twice } = require('./lib');\nconst greet = require('./greet');\nconst anon = require('./anon');\n\n"
-           "describe('add', () => {\n  it('adds', () => {\n"
-           "    expect(sub(3) + ops.mul(2, 3) + lib.declared(1) + lib.neg(2) + lib.half(4)).toBe(1);\n"
-           "    expect(twice(1) + greet('x') + anon(1)).toBe(add(█\n  });\n});\n")
+    write(
+        ws,
+        {
+            "ops.js": "function unrelated(x) {\n  return x;\n}\n\n"
+            "exports.add = function (a, b) {\n  return a + b;\n};\n"
+            "exports.sub = (a) => a - 1;\n"
+            "module.exports.mul = function mul(a, b) {\n  return a * b;\n};\n",
+            "lib.js": "function helper(x) {\n  return x * 2;\n}\n\nfunction declared(a) {\n  return a + 1;\n}\n\n"
+            "module.exports = {\n  declared,\n  twice: helper,\n  neg: function (z) {\n    return -z;\n  },\n"
+            "  half(y) {\n    return y / 2;\n  },\n};\n",
+            "greet.js": "const PREFIX = 'hi ';\n\nmodule.exports = function greet(name) {\n  return PREFIX + name;\n};\n",
+            "anon.js": "function first() {}\n\nmodule.exports = (n) => n + 1;\n",
+        },
+    )
+    src = (
+        "const { add, sub } = require('./ops');\nconst ops = require('./ops');\nconst lib = require('./lib');\n"
+        "const { twice } = require('./lib');\nconst greet = require('./greet');\nconst anon = require('./anon');\n\n"
+        "describe('add', () => {\n  it('adds', () => {\n"
+        "    expect(sub(3) + ops.mul(2, 3) + lib.declared(1) + lib.neg(2) + lib.half(4)).toBe(1);\n"
+        "    expect(twice(1) + greet('x') + anon(1)).toBe(add(█\n  });\n});\n"
+    )
     snap, line, col = open_at(ws / "ops.test.js", src)
     p = build_prompt(snap, line, col, snippet_style="code")
-    shown = {s.why: (Path(s.path).name, s.start_line) for s in p.sources if s.kind in ("under-test", "definition")}
+    shown = {
+        s.why: (Path(s.path).name, s.start_line) for s in p.sources if s.kind in ("under-test", "definition")
+    }
     assert shown == {
         "implementation of `add`, under test": ("ops.js", 4),
         "definition of `sub`, used nearby": ("ops.js", 7),
@@ -695,7 +734,9 @@ def test_commonjs_exports_resolve_to_their_definitions(ws: Path) -> None:
     assert "exports.sub = (a) =>" in sig and "module.exports.mul = function mul(a, b) {\n  // ...\n}" in sig
     assert "neg: function (z) {\n  // ...\n}" in sig and "half(y) {\n  // ...\n}" in sig
     # the function under test keeps its body; found by the test-file convention too (no require)
-    snap, line, col = open_at(ws / "ops.test.js", "describe('mul', () => {\n  test('mul works', () => {\n    █")
+    snap, line, col = open_at(
+        ws / "ops.test.js", "describe('mul', () => {\n  test('mul works', () => {\n    █"
+    )
     p = build_prompt(snap, line, col)
     assert ("under-test", "ops.js") in kinds(p) and "return a * b;" in p.prompt
 
@@ -703,12 +744,15 @@ def test_commonjs_exports_resolve_to_their_definitions(ws: Path) -> None:
 def test_python_dotted_module_import(ws: Path) -> None:
     """`import pkg.mod` (no alias) then `pkg.mod.f(...)` / `pkg.mod.Thing`: the qualifier `pkg.mod` was not seen
     (only a bare identifier qualified a name), so f got no definition."""
-    write(ws, {
-        "pkg/__init__.py": "",
-        "pkg/mod.py": "def f(a):\n    return a + 1\n\n\nclass Thing:\n    def __init__(self, n):\n        self.n = n\n",
-        "pkg/sub/__init__.py": "def g():\n    return 2\n",
-        "other.py": "def f(a):\n    return a - 1\n",
-    })
+    write(
+        ws,
+        {
+            "pkg/__init__.py": "",
+            "pkg/mod.py": "def f(a):\n    return a + 1\n\n\nclass Thing:\n    def __init__(self, n):\n        self.n = n\n",
+            "pkg/sub/__init__.py": "def g():\n    return 2\n",
+            "other.py": "def f(a):\n    return a - 1\n",
+        },
+    )
     snap, line, col = open_at(
         ws / "use.py",
         "import pkg.mod\nimport pkg.sub\nfrom other import *\n\n\ndef check(self):\n"
@@ -720,8 +764,11 @@ def test_python_dotted_module_import(ws: Path) -> None:
     assert ("f", "pkg.mod") in near and ("Thing", "pkg.mod") in near and ("g", "pkg.sub") in near
     assert ("mod", "pkg") in near and ("f", None) not in near
     p = build_prompt(snap, line, col, snippet_style="code")
-    shown = {s.why: (Path(s.path).as_posix().rsplit("/", 2)[-2:], s.start_line) for s in p.sources
-             if s.kind == "definition"}
+    shown = {
+        s.why: (Path(s.path).as_posix().rsplit("/", 2)[-2:], s.start_line)
+        for s in p.sources
+        if s.kind == "definition"
+    }
     assert shown["definition of `Thing`, used nearby"] == (["pkg", "mod.py"], 4)
     assert shown["definition of `g`, used nearby"] == (["sub", "__init__.py"], 0)
     # `pkg.mod.f` is mod's f, not the bare name's (the star import's f)
@@ -734,12 +781,15 @@ def test_python_dotted_module_import(ws: Path) -> None:
 def test_commonjs_classes_aliases_through_imports_and_es_default_import(ws: Path) -> None:
     """`exports.K = class`, `module.exports = { run: impl }` where impl is required from another file (followed
     there), and `import make from './factory'` of a `module.exports = function make` file."""
-    write(ws, {
-        "impl.js": "function impl(job) {\n  return job.go();\n}\nmodule.exports = { impl };\n",
-        "api.js": "const { impl } = require('./impl');\n\nexports.K = class K {\n  start() { return 1; }\n};\n"
-                  "module.exports.run = impl;\n",
-        "factory.js": "function unrelated() {}\n\nmodule.exports = function make(kind) {\n  return { kind };\n};\n",
-    })
+    write(
+        ws,
+        {
+            "impl.js": "function impl(job) {\n  return job.go();\n}\nmodule.exports = { impl };\n",
+            "api.js": "const { impl } = require('./impl');\n\nexports.K = class K {\n  start() { return 1; }\n};\n"
+            "module.exports.run = impl;\n",
+            "factory.js": "function unrelated() {}\n\nmodule.exports = function make(kind) {\n  return { kind };\n};\n",
+        },
+    )
     snap, line, col = open_at(
         ws / "use.js",
         "import make from './factory';\nconst api = require('./api');\n\nconst k = new api.K(make('a'));\napi.run(█",
@@ -760,7 +810,8 @@ def test_default_keeps_the_file_and_a_short_test_still_gets_its_subject(ws: Path
     assert PromptBudget().keep_in_prefix == "file"
     write(ws, {"lib.py": LIB_PY})
     snap, line, col = open_at(
-        ws / "test_lib.py", "from lib import common_prefix\n\n\ndef test_common_prefix():\n    assert common_prefix(█"
+        ws / "test_lib.py",
+        "from lib import common_prefix\n\n\ndef test_common_prefix():\n    assert common_prefix(█",
     )
     p = build_prompt(snap, line, col)
     assert ("under-test", "lib.py") in kinds(p) and "return a[:n]" in p.prompt

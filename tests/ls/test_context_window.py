@@ -34,17 +34,24 @@ def test_window_step_zero_slides_with_every_line() -> None:
     doc = Document("file:///w/big.py", "python", 1, long_module(3000))
     a = build_prompt(doc.snapshot(), doc.text.count("\n"), 0, budget=budget, workspace=None)
     text = doc.text + "y = 1\n"
-    b = build_prompt(Document("file:///w/big.py", "python", 1, text).snapshot(), text.count("\n"), 0,
-                     budget=budget, workspace=None)
+    b = build_prompt(
+        Document("file:///w/big.py", "python", 1, text).snapshot(),
+        text.count("\n"),
+        0,
+        budget=budget,
+        workspace=None,
+    )
     assert not b.prompt.startswith(a.prompt)
-    full = build_prompt(doc.snapshot(), doc.text.count("\n"), 0, budget=PromptBudget(max_prompt_tokens=1024),
-                        workspace=None)
+    full = build_prompt(
+        doc.snapshot(), doc.text.count("\n"), 0, budget=PromptBudget(max_prompt_tokens=1024), workspace=None
+    )
     assert len(full.prefix) <= len(a.prefix)
 
 
 def test_a_file_that_fits_is_whole() -> None:
     text = long_module(30)
     doc = Document("file:///w/small.py", "python", 1, text)
-    p = build_prompt(doc.snapshot(), text.count("\n"), 0, budget=PromptBudget(max_prompt_tokens=1024),
-                     workspace=None)
+    p = build_prompt(
+        doc.snapshot(), text.count("\n"), 0, budget=PromptBudget(max_prompt_tokens=1024), workspace=None
+    )
     assert p.prefix == text

@@ -303,8 +303,13 @@ def test_fifty_thousand_line_file() -> None:
 @given(
     st.text(alphabet="ab\r\n é😀", max_size=30),
     st.lists(
-        st.tuples(st.integers(0, 6), st.integers(0, 4), st.integers(0, 6), st.integers(0, 4),
-                  st.text(alphabet="ab\r\n é😀", max_size=4)),
+        st.tuples(
+            st.integers(0, 6),
+            st.integers(0, 4),
+            st.integers(0, 6),
+            st.integers(0, 4),
+            st.text(alphabet="ab\r\n é😀", max_size=4),
+        ),
         max_size=8,
     ),
 )
@@ -340,7 +345,7 @@ def test_documents_over_the_size_limit_are_text_only() -> None:
     from copilot_ls.documents import MAX_TREE_BYTES
 
     head = "def f(x):\n    return x\n"
-    big = "s = '" + "😀a中" * (MAX_TREE_BYTES // 8 + 1)   # over the limit in UTF-8 bytes, one line
+    big = "s = '" + "😀a中" * (MAX_TREE_BYTES // 8 + 1)  # over the limit in UTF-8 bytes, one line
     doc = Document("file:///tmp/big.py", "python", 1, head + big)
     assert doc.tree is None and doc.language is not None
     t0 = time.perf_counter()
@@ -350,10 +355,10 @@ def test_documents_over_the_size_limit_are_text_only() -> None:
     assert doc.text == head + big and doc.tree is None
     snap = doc.snapshot()
     assert snap.tree is None and snap.lines()[2] == big
-    doc.apply_change("'", (2, 5), (2, 10**9))      # shrink below the limit: parsed again
+    doc.apply_change("'", (2, 5), (2, 10**9))  # shrink below the limit: parsed again
     assert doc.text == head + "s = ''" and doc.tree is not None
     assert_consistent(doc)
-    doc.apply_change("x", (2, 5), (2, 5))          # and edited incrementally from there
+    doc.apply_change("x", (2, 5), (2, 5))  # and edited incrementally from there
     assert_consistent(doc)
-    doc.apply_change("y" * (MAX_TREE_BYTES + 1), (0, 0), (0, 0))   # grows over it by an edit: dropped
+    doc.apply_change("y" * (MAX_TREE_BYTES + 1), (0, 0), (0, 0))  # grows over it by an edit: dropped
     assert doc.tree is None

@@ -37,9 +37,12 @@ def fake():
 
 @pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module")
 async def client(lsp_client: LanguageClient, fake):
-    result = await lsp_client.initialize_session(types.InitializeParams(
-        capabilities=capabilities(),
-        initialization_options={"copilot-ls": {"backendUrl": fake.url, "debounceMs": 30}}))
+    result = await lsp_client.initialize_session(
+        types.InitializeParams(
+            capabilities=capabilities(),
+            initialization_options={"copilot-ls": {"backendUrl": fake.url, "debounceMs": 30}},
+        )
+    )
     lsp_client.server_caps = result.capabilities
     yield
     await lsp_client.shutdown_session()
@@ -55,7 +58,11 @@ async def test_capabilities(client):
     assert caps.inline_completion_provider is not None
     assert caps.text_document_sync.change == types.TextDocumentSyncKind.Incremental
     assert set(caps.execute_command_provider.commands) >= {
-        "copilot-ls.accepted", "copilot-ls.partiallyAccepted", "copilot-ls.rejected", "copilot-ls.status"}
+        "copilot-ls.accepted",
+        "copilot-ls.partiallyAccepted",
+        "copilot-ls.rejected",
+        "copilot-ls.status",
+    }
 
 
 async def test_typed_ahead_and_cache_make_no_backend_call(client, fake):
@@ -67,7 +74,7 @@ async def test_typed_ahead_and_cache_make_no_backend_call(client, fake):
     assert first.items[0].insert_text == '"flower", "flow")'
     assert len(fake.requests) == n0 + 1
     # the user types the first three characters of the suggestion, one by one
-    line = '    return common_prefix('
+    line = "    return common_prefix("
     for i, ch in enumerate('"fl', start=1):
         change(client, uri, 1 + i, (1, 25 + i - 1), (1, 25 + i - 1), ch)
         res = await inline(client, uri, 1, 25 + i, invoked=False)
@@ -75,7 +82,7 @@ async def test_typed_ahead_and_cache_make_no_backend_call(client, fake):
         assert res.items[0].range.start == types.Position(1, 25 + i)
         doc = text.replace(line, line + '"flower", "flow")'[:i])
         assert apply_item(doc, res.items[0], "utf-16") == text.replace(line, line + '"flower", "flow")')
-    assert len(fake.requests) == n0 + 1              # no backend call while typing into the suggestion
+    assert len(fake.requests) == n0 + 1  # no backend call while typing into the suggestion
     st = await status(client)
     assert st["counters"]["typed_ahead"] >= 3
     # typing something else -> a real request again; asking again for the same context -> the LRU cache
@@ -95,16 +102,16 @@ async def test_newer_request_supersedes_older_and_aborts_its_http_call(client, f
     open_doc(client, uri, "x = f(\n")
     d0 = fake.disconnects
     older = asyncio.ensure_future(inline(client, uri, 0, 6))
-    await asyncio.sleep(0.5)                         # the older one is now waiting on the backend
+    await asyncio.sleep(0.5)  # the older one is now waiting on the backend
     fake.mode = "echo"
     change(client, uri, 2, (0, 6), (0, 6), "1")
     newer = await inline(client, uri, 0, 7)
     t0 = time.monotonic()
     old_result = await older
-    assert time.monotonic() - t0 < 2                 # answered at once, not after the slow backend
+    assert time.monotonic() - t0 < 2  # answered at once, not after the slow backend
     assert old_result is None or old_result.items == []
     assert newer.items[0].insert_text == '"flower", "flow")'
-    for _ in range(50):                              # the fake notices the closed connection
+    for _ in range(50):  # the fake notices the closed connection
         if fake.disconnects > d0:
             break
         await asyncio.sleep(0.05)
@@ -118,8 +125,11 @@ async def test_cancel_request_aborts_the_backend_call(client, fake):
     open_doc(client, uri, "y = g(\n")
     d0 = fake.disconnects
     msg_id = 424242
-    fut = asyncio.ensure_future(client.protocol.send_request_async(
-        types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(uri, 0, 6), msg_id=msg_id))
+    fut = asyncio.ensure_future(
+        client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(uri, 0, 6), msg_id=msg_id
+        )
+    )
     await asyncio.sleep(0.5)
     client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
     with pytest.raises(JsonRpcRequestCancelled):
@@ -130,7 +140,7 @@ async def test_cancel_request_aborts_the_backend_call(client, fake):
         await asyncio.sleep(0.05)
     assert fake.disconnects == d0 + 1
     fake.mode = "echo"
-    assert (await inline(client, uri, 0, 6)).items      # the server is fine afterwards
+    assert (await inline(client, uri, 0, 6)).items  # the server is fine afterwards
 
 
 async def test_bookkeeping_commands_and_status(client, fake):
@@ -144,14 +154,15 @@ async def test_bookkeeping_commands_and_status(client, fake):
 
     async def cmd(name, *args):
         return await client.workspace_execute_command_async(
-            types.ExecuteCommandParams(command=name, arguments=list(args)))
+            types.ExecuteCommandParams(command=name, arguments=list(args))
+        )
 
     accepted = items[0].command
     assert accepted.command == "copilot-ls.accepted"
     assert await cmd(accepted.command, *accepted.arguments) == {"ok": True}
     assert (await cmd("copilot-ls.partiallyAccepted", items[1].command.arguments[0], 3)) == {"ok": True}
     assert (await cmd("copilot-ls.rejected", items[2].command.arguments[0])) == {"ok": True}
-    assert (await cmd("copilot-ls.rejected", items[2].command.arguments[0]))["ok"] is False   # twice
+    assert (await cmd("copilot-ls.rejected", items[2].command.arguments[0]))["ok"] is False  # twice
     after = (await status(client))["stats"]
     assert after["accepted"] == before["accepted"] + 1
     assert after["partially_accepted"] == before["partially_accepted"] + 1
@@ -164,23 +175,31 @@ async def test_bookkeeping_commands_and_status(client, fake):
 async def test_configuration_disables_a_language_and_n_candidates(client, fake):
     uri = "file:///tmp/config.py"
     open_doc(client, uri, "w = k(\n")
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-        settings={"copilot-ls": {"languages": {"python": False}}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"copilot-ls": {"languages": {"python": False}}})
+    )
     n0 = len(fake.requests)
     assert await inline(client, uri, 0, 6) is None
     assert len(fake.requests) == n0
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-        settings={"copilot-ls": {"languages": {"python": True}, "n": 3, "temperature": 0.5}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(
+            settings={"copilot-ls": {"languages": {"python": True}, "n": 3, "temperature": 0.5}}
+        )
+    )
     fake.reply = "1, 2)"
     res = await inline(client, uri, 0, 6)
     assert fake.requests[-1]["n"] == 3 and fake.requests[-1]["logprobs"]
-    assert res.items and len(res.items) <= 3      # equal replies are de-duplicated by post-processing
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-        settings={"copilot-ls": {"n": 1, "temperature": 0, "debounceMs": "soon"}}))   # invalid: ignored
+    assert res.items and len(res.items) <= 3  # equal replies are de-duplicated by post-processing
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(
+            settings={"copilot-ls": {"n": 1, "temperature": 0, "debounceMs": "soon"}}
+        )
+    )  # invalid: ignored
     await asyncio.sleep(0.2)
     assert any("debounce" in m.message for m in client.messages)
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-        settings={"copilot-ls": {"n": 1, "temperature": 0}}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"copilot-ls": {"n": 1, "temperature": 0}})
+    )
 
 
 async def test_unknown_language_gets_text_only_completions(client, fake):
@@ -203,8 +222,9 @@ async def test_request_with_invalid_params_is_answered_with_an_error(fake):
     import json
     import subprocess
 
-    proc = await asyncio.create_subprocess_exec(*LS_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                stderr=subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec(
+        *LS_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
 
     def send(msg: dict) -> None:
         body = json.dumps({"jsonrpc": "2.0", **msg}).encode()
@@ -222,22 +242,47 @@ async def test_request_with_invalid_params_is_answered_with_an_error(fake):
 
     uri = "file:///tmp/invalid_params.py"
     try:
-        send({"id": 1, "method": "initialize", "params": {"capabilities": {}, "initializationOptions": {
-            "backendUrl": fake.url, "debounceMs": 0}}})
+        send(
+            {
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "capabilities": {},
+                    "initializationOptions": {"backendUrl": fake.url, "debounceMs": 0},
+                },
+            }
+        )
         await asyncio.wait_for(response(1), 60)
         send({"method": "initialized", "params": {}})
-        send({"method": "textDocument/didOpen", "params": {"textDocument": {
-            "uri": uri, "languageId": "python", "version": 1, "text": "x = f(\n"}}})
+        send(
+            {
+                "method": "textDocument/didOpen",
+                "params": {
+                    "textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "x = f(\n"}
+                },
+            }
+        )
         ctx = {"triggerKind": 1}
-        bad = [{"textDocument": {"uri": uri}, "position": {"line": -1, "character": 0}, "context": ctx},
-               {"textDocument": {"uri": uri}, "position": {"line": 0, "character": -5}, "context": ctx},
-               {"textDocument": {"uri": uri}}]
+        bad = [
+            {"textDocument": {"uri": uri}, "position": {"line": -1, "character": 0}, "context": ctx},
+            {"textDocument": {"uri": uri}, "position": {"line": 0, "character": -5}, "context": ctx},
+            {"textDocument": {"uri": uri}},
+        ]
         for i, params in enumerate(bad, 2):
             send({"id": i, "method": "textDocument/inlineCompletion", "params": params})
             msg = await asyncio.wait_for(response(i), 30)
             assert msg["error"]["code"] == -32602 and "position" in msg["error"]["message"], msg
-        send({"id": 9, "method": "textDocument/inlineCompletion", "params": {
-            "textDocument": {"uri": uri}, "position": {"line": 0, "character": 6}, "context": ctx}})
+        send(
+            {
+                "id": 9,
+                "method": "textDocument/inlineCompletion",
+                "params": {
+                    "textDocument": {"uri": uri},
+                    "position": {"line": 0, "character": 6},
+                    "context": ctx,
+                },
+            }
+        )
         msg = await asyncio.wait_for(response(9), 30)
         assert msg["result"]["items"][0]["insertText"] == '"flower", "flow")'
     finally:
@@ -261,8 +306,9 @@ async def test_huge_one_line_document_does_not_block_the_others(client, fake):
     assert res.items and res.items[0].range.start == types.Position(0, 8)
     assert time.monotonic() - t0 < 8.0
     for uri in (big, small):
-        client.text_document_did_close(types.DidCloseTextDocumentParams(
-            text_document=types.TextDocumentIdentifier(uri=uri)))
+        client.text_document_did_close(
+            types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
+        )
 
 
 async def test_tcp_mode_for_debugging(fake):
@@ -273,18 +319,25 @@ async def test_tcp_mode_for_debugging(fake):
     from pygls.lsp.client import LanguageClient as PlainClient
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "copilot_ls.cli", "--tcp", "--port", str(port)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "copilot_ls.cli", "--tcp", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         lsp = PlainClient("tcp-test", "0")
-        for _ in range(150):                   # one client per server: connect with the real client directly
+        for _ in range(150):  # one client per server: connect with the real client directly
             try:
                 await lsp.start_tcp("127.0.0.1", port)
                 break
             except OSError:
                 await asyncio.sleep(0.2)
-        result = await lsp.initialize_async(types.InitializeParams(
-            capabilities=capabilities(), initialization_options={"backendUrl": fake.url, "debounceMs": 0}))
+        result = await lsp.initialize_async(
+            types.InitializeParams(
+                capabilities=capabilities(), initialization_options={"backendUrl": fake.url, "debounceMs": 0}
+            )
+        )
         assert result.capabilities.inline_completion_provider is not None
         lsp.initialized(types.InitializedParams())
         open_doc(lsp, "file:///tmp/tcp.py", "x = f(\n")
@@ -295,7 +348,7 @@ async def test_tcp_mode_for_debugging(fake):
         await lsp.stop()
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err.decode()
-        assert out == b"" and b"Traceback" not in err   # nothing on stdout, a clean exit
+        assert out == b"" and b"Traceback" not in err  # nothing on stdout, a clean exit
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -308,8 +361,14 @@ async def test_exit_code_says_whether_shutdown_came_first(fake, shutdown, code):
     import json
     import subprocess
 
-    messages = [{"id": 1, "method": "initialize", "params": {"capabilities": {}, "initializationOptions": {
-        "backendUrl": fake.url}}}, {"method": "initialized", "params": {}}]
+    messages = [
+        {
+            "id": 1,
+            "method": "initialize",
+            "params": {"capabilities": {}, "initializationOptions": {"backendUrl": fake.url}},
+        },
+        {"method": "initialized", "params": {}},
+    ]
     if shutdown:
         messages.append({"id": 2, "method": "shutdown"})
     messages.append({"method": "exit"})
@@ -317,9 +376,11 @@ async def test_exit_code_says_whether_shutdown_came_first(fake, shutdown, code):
     for msg in messages:
         body = json.dumps({"jsonrpc": "2.0", **msg}).encode()
         data += b"Content-Length: %d\r\n\r\n" % len(body) + body
-    proc = subprocess.Popen(LS_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        LS_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     proc.stdin.write(data)
-    proc.stdin.flush()   # stdin stays open: the server leaves because of `exit`, not at end of input
+    proc.stdin.flush()  # stdin stays open: the server leaves because of `exit`, not at end of input
     try:
         assert await asyncio.to_thread(proc.wait, 60) == code
     finally:
@@ -338,25 +399,45 @@ async def test_exit_without_shutdown_while_a_request_is_in_flight(fake):
 
     fake.mode, fake.delay = "slow", 30.0
     uri = "file:///tmp/exit_in_flight.py"
-    messages = [{"id": 1, "method": "initialize", "params": {"capabilities": {}, "initializationOptions": {
-                    "backendUrl": fake.url, "debounceMs": 0}}},
-                {"method": "initialized", "params": {}},
-                {"method": "textDocument/didOpen", "params": {"textDocument": {
-                    "uri": uri, "languageId": "python", "version": 1, "text": "x = f(\n"}}},
-                {"id": 2, "method": "textDocument/inlineCompletion", "params": {
-                    "textDocument": {"uri": uri}, "position": {"line": 0, "character": 6},
-                    "context": {"triggerKind": 1}}}]
+    messages = [
+        {
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "capabilities": {},
+                "initializationOptions": {"backendUrl": fake.url, "debounceMs": 0},
+            },
+        },
+        {"method": "initialized", "params": {}},
+        {
+            "method": "textDocument/didOpen",
+            "params": {
+                "textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "x = f(\n"}
+            },
+        },
+        {
+            "id": 2,
+            "method": "textDocument/inlineCompletion",
+            "params": {
+                "textDocument": {"uri": uri},
+                "position": {"line": 0, "character": 6},
+                "context": {"triggerKind": 1},
+            },
+        },
+    ]
 
     def frame(msg: dict) -> bytes:
         body = json.dumps({"jsonrpc": "2.0", **msg}).encode()
         return b"Content-Length: %d\r\n\r\n" % len(body) + body
 
     sent = len(fake.requests)
-    proc = subprocess.Popen(LS_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        LS_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         proc.stdin.write(b"".join(frame(m) for m in messages))
         proc.stdin.flush()
-        for _ in range(300):                 # until the completion request is at the backend
+        for _ in range(300):  # until the completion request is at the backend
             if len(fake.requests) > sent:
                 break
             await asyncio.sleep(0.05)
@@ -367,7 +448,9 @@ async def test_exit_without_shutdown_while_a_request_is_in_flight(fake):
         err = (await asyncio.to_thread(proc.communicate, timeout=60))[1]
         assert proc.returncode == 1
         assert time.monotonic() - t0 < 5.0
-        assert err.count(b"Error sending data") <= 1 and len(err) < 50_000, err[-3000:].decode(errors="replace")
+        assert err.count(b"Error sending data") <= 1 and len(err) < 50_000, err[-3000:].decode(
+            errors="replace"
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -380,8 +463,10 @@ async def test_stray_output_cannot_reach_the_protocol_stream():
 
     from lsp_testing import REPO
 
-    code = ("import os, sys\nfrom copilot_ls.lsp.cli import protocol_stdout\nout = protocol_stdout()\n"
-            "print('a stray print')\nos.write(1, b'a C-level write')\nout.write(b'PROTOCOL'); out.flush()\n")
+    code = (
+        "import os, sys\nfrom copilot_ls.lsp.cli import protocol_stdout\nout = protocol_stdout()\n"
+        "print('a stray print')\nos.write(1, b'a C-level write')\nout.write(b'PROTOCOL'); out.flush()\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"PROTOCOL"

@@ -13,7 +13,7 @@ from lsp_testing import LS_COMMAND, FakeBackend, apply_item, capabilities, chang
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")   # the tests share the module's LS (and its loop)
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # the tests share the module's LS (and its loop)
 
 OFFERS = {"utf-16": None, "utf-8": ["utf-16", "utf-8"], "utf-32": ["utf-32"]}
 
@@ -25,12 +25,14 @@ def fake():
     fb.close()
 
 
-@pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module",
-                    params=list(OFFERS))
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module", params=list(OFFERS))
 async def client(lsp_client: LanguageClient, fake, request):
-    result = await lsp_client.initialize_session(types.InitializeParams(
-        capabilities=capabilities(OFFERS[request.param]),
-        initialization_options={"backendUrl": fake.url, "debounceMs": 0}))
+    result = await lsp_client.initialize_session(
+        types.InitializeParams(
+            capabilities=capabilities(OFFERS[request.param]),
+            initialization_options={"backendUrl": fake.url, "debounceMs": 0},
+        )
+    )
     lsp_client.encoding = request.param
     lsp_client.negotiated = result.capabilities.position_encoding
     yield
@@ -50,12 +52,15 @@ async def test_encoding_negotiated(client):
     assert client.negotiated == client.encoding
 
 
-@pytest.mark.parametrize("line", [
-    's = "😀😀" + f(',            # astral plane: 2 utf-16 units, 4 utf-8 bytes
-    'name = "中文字" + g(',        # CJK: 1 utf-16 unit, 3 utf-8 bytes
-    'e = "é" + h(',              # e + combining acute: two code points
-    '👩‍👩‍👧 = k(',                 # ZWJ sequence
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        's = "😀😀" + f(',  # astral plane: 2 utf-16 units, 4 utf-8 bytes
+        'name = "中文字" + g(',  # CJK: 1 utf-16 unit, 3 utf-8 bytes
+        'e = "é" + h(',  # e + combining acute: two code points
+        "👩‍👩‍👧 = k(",  # ZWJ sequence
+    ],
+)
 async def test_request_position_after_wide_characters(client, fake, line):
     uri = f"file:///tmp/pos_{abs(hash(line))}_{client.encoding}.py"
     text = f"import os\n{line}\nprint(1)\n"
@@ -63,7 +68,7 @@ async def test_request_position_after_wide_characters(client, fake, line):
     n0 = len(fake.requests)
     result = await inline(client, uri, 1, units(line, client.encoding))
     assert len(fake.requests) == n0 + 1
-    assert fake.requests[-1]["prompt"].endswith(line)   # the cursor is exactly at the end of the line
+    assert fake.requests[-1]["prompt"].endswith(line)  # the cursor is exactly at the end of the line
     assert result is not None and result.items
     after = apply_item(text, result.items[0], client.encoding)
     assert after == f"import os\n{line}XYZ\nprint(1)\n"
@@ -72,7 +77,9 @@ async def test_request_position_after_wide_characters(client, fake, line):
     head = line[: next(i for i, ch in enumerate(line) if not ch.isascii()) + 1]
     result = await inline(client, uri, 1, units(head, client.encoding))
     assert fake.requests[-1]["prompt"].endswith(head)
-    assert apply_item(text, result.items[0], client.encoding) == text.replace(line, head + "XYZ" + line[len(head):])
+    assert apply_item(text, result.items[0], client.encoding) == text.replace(
+        line, head + "XYZ" + line[len(head) :]
+    )
 
 
 async def test_incremental_change_after_emoji(client, fake):
@@ -86,7 +93,10 @@ async def test_incremental_change_after_emoji(client, fake):
     change(client, uri, 3, (1, 4), (1, 5), "2")
     result = await inline(client, uri, 0, col + 5)
     assert fake.requests[-1]["prompt"].endswith('a = "😀中" + x(')
-    assert apply_item('a = "😀中" + x(\nb = 2\n', result.items[0], client.encoding) == 'a = "😀中" + x(XYZ\nb = 2\n'
+    assert (
+        apply_item('a = "😀中" + x(\nb = 2\n', result.items[0], client.encoding)
+        == 'a = "😀中" + x(XYZ\nb = 2\n'
+    )
     await inline(client, uri, 1, 5)
     assert fake.requests[-1]["prompt"].endswith('a = "😀中" + x(\nb = 2')
 
@@ -95,10 +105,11 @@ async def test_crlf_documents(client, fake):
     uri = f"file:///tmp/crlf_{client.encoding}.py"
     text = 'a = "😀"\r\nb = f(\r\nc = 3\r\n'
     open_doc(client, uri, text)
-    change(client, uri, 2, (2, 4), (2, 5), "4")              # c = 4, across a CRLF line
+    change(client, uri, 2, (2, 4), (2, 5), "4")  # c = 4, across a CRLF line
     result = await inline(client, uri, 1, 6)
     assert fake.requests[-1]["prompt"].endswith('a = "😀"\r\nb = f(') or fake.requests[-1]["prompt"].endswith(
-        'a = "😀"\nb = f(')
+        'a = "😀"\nb = f('
+    )
     item = result.items[0]
     assert item.range.start == types.Position(1, 6) and item.range.end == types.Position(1, 6)
     await inline(client, uri, 2, 5)
@@ -132,11 +143,16 @@ async def test_position_past_the_last_line_is_the_end_of_the_document(client, fa
 EDITORS = {"visual-studio-code": "utf-16", "neovim@v0.11.0": "utf-8", "emacs": "utf-16"}
 
 
-@pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module", params=list(EDITORS))
+@pytest_lsp.fixture(
+    config=ClientServerConfig(server_command=LS_COMMAND), scope="module", params=list(EDITORS)
+)
 async def editor(lsp_client: LanguageClient, fake, request):
-    result = await lsp_client.initialize_session(types.InitializeParams(
-        capabilities=pytest_lsp.client_capabilities(request.param),
-        initialization_options={"backendUrl": fake.url, "debounceMs": 0}))
+    result = await lsp_client.initialize_session(
+        types.InitializeParams(
+            capabilities=pytest_lsp.client_capabilities(request.param),
+            initialization_options={"backendUrl": fake.url, "debounceMs": 0},
+        )
+    )
     lsp_client.spec = request.param
     lsp_client.result = result
     yield
@@ -152,8 +168,18 @@ async def test_editor_capability_sets(editor, fake):
     uri = f"file:///tmp/editor_{editor.spec.replace('@', '_')}.py"
     line = 'x = "中😀" + f('
     open_doc(editor, uri, f"{line}\n")
-    result = await inline(editor, uri, 0, units(line, str(caps.position_encoding.value
-                                                              if hasattr(caps.position_encoding, "value")
-                                                              else caps.position_encoding)))
+    result = await inline(
+        editor,
+        uri,
+        0,
+        units(
+            line,
+            str(
+                caps.position_encoding.value
+                if hasattr(caps.position_encoding, "value")
+                else caps.position_encoding
+            ),
+        ),
+    )
     assert fake.requests[-1]["prompt"].endswith(line)
     assert result.items[0].insert_text == "XYZ"

@@ -21,7 +21,9 @@ def logs(client) -> list[str]:
 
 
 def warnings_of(client) -> list[str]:
-    return [m.message for m in client.messages if m.type in (types.MessageType.Warning, types.MessageType.Error)]
+    return [
+        m.message for m in client.messages if m.type in (types.MessageType.Warning, types.MessageType.Error)
+    ]
 
 
 async def wait_for_log(client, words: str, timeout: float) -> str:
@@ -60,8 +62,11 @@ async def client_lost(lsp_client: LanguageClient):
 
 
 async def test_ready_is_logged_once_the_backend_answers(client, fake):
-    await client.initialize_session(types.InitializeParams(
-        capabilities=capabilities(), initialization_options={"backendUrl": fake.url, "debounceMs": 0}))
+    await client.initialize_session(
+        types.InitializeParams(
+            capabilities=capabilities(), initialization_options={"backendUrl": fake.url, "debounceMs": 0}
+        )
+    )
     message = await wait_for_log(client, "copilot-ls ready", 30)
     assert f"backend {fake.url} answers" in message
     assert not warnings_of(client)
@@ -69,9 +74,12 @@ async def test_ready_is_logged_once_the_backend_answers(client, fake):
 
 async def test_a_silent_backend_is_not_called_ready_and_is_found_when_it_comes(client_lost):
     port = free_port()
-    url = f"http://127.0.0.1:{port}"        # not the default URL: no autostart
-    await client_lost.initialize_session(types.InitializeParams(
-        capabilities=capabilities(), initialization_options={"backendUrl": url, "debounceMs": 0}))
+    url = f"http://127.0.0.1:{port}"  # not the default URL: no autostart
+    await client_lost.initialize_session(
+        types.InitializeParams(
+            capabilities=capabilities(), initialization_options={"backendUrl": url, "debounceMs": 0}
+        )
+    )
     message = await wait_for_log(client_lost, "does not answer", 30)
     assert url in message
     assert not [m for m in logs(client_lost) if "ready" in m], logs(client_lost)
@@ -87,7 +95,7 @@ async def test_a_silent_backend_is_not_called_ready_and_is_found_when_it_comes(c
         assert fake.requests == []
         uri = "file:///tmp/supervisor/back.py"
         open_doc(client_lost, uri, "value = compute(\n")
-        res = await inline(client_lost, uri, 0, 16)   # the first keystroke after it came back is served
+        res = await inline(client_lost, uri, 0, 16)  # the first keystroke after it came back is served
         assert res is not None and res.items and res.items[0].insert_text == "x, y)"
     assert len(warnings_of(client_lost)) == 1
 
@@ -98,9 +106,12 @@ async def test_a_loading_backend_is_waited_for_without_progress_on_an_uncreated_
     created (pytest-lsp records such reports, with an "Unknown progress token" warning)."""
     with FakeBackend(reply="x, y)") as fake:
         fake.loading = True
-        await client_loading.initialize_session(types.InitializeParams(
-            capabilities=capabilities(), initialization_options={"backendUrl": fake.url, "debounceMs": 0}))
-        await asyncio.sleep(1.0)                # the LS polls /health meanwhile
+        await client_loading.initialize_session(
+            types.InitializeParams(
+                capabilities=capabilities(), initialization_options={"backendUrl": fake.url, "debounceMs": 0}
+            )
+        )
+        await asyncio.sleep(1.0)  # the LS polls /health meanwhile
         assert not [m for m in logs(client_loading) if "ready" in m], logs(client_loading)
         assert (await status(client_loading))["backend"]["state"] == "starting"
         fake.loading = False

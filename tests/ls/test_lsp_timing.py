@@ -28,8 +28,8 @@ def test_lru_evicts_least_recently_used():
     c: LRUCache[str, int] = LRUCache(2)
     c.put("a", 1)
     c.put("b", 2)
-    assert c.get("a") == 1          # a is now the most recent
-    c.put("c", 3)                   # evicts b
+    assert c.get("a") == 1  # a is now the most recent
+    c.put("c", 3)  # evicts b
     assert c.get("b") is None and c.get("a") == 1 and c.get("c") == 3
     assert (c.hits, c.misses, len(c)) == (3, 1, 2)
     zero: LRUCache[str, int] = LRUCache(0)
@@ -40,12 +40,12 @@ def test_lru_evicts_least_recently_used():
 def test_debounce_waits_from_the_last_keystroke():
     clock = Clock()
     d = Debouncer(100, adaptive=False, clock=clock)
-    assert d.delay_ms("u") == 0                  # never changed: nothing to wait for
+    assert d.delay_ms("u") == 0  # never changed: nothing to wait for
     d.changed("u")
     assert d.delay_ms("u") == pytest.approx(100)
     clock.advance(60)
     assert d.delay_ms("u") == pytest.approx(40)
-    clock.advance(500)                          # the user paused long ago: answer at once
+    clock.advance(500)  # the user paused long ago: answer at once
     assert d.delay_ms("u") == 0
     d.forget("u")
     assert d.delay_ms("u") == 0
@@ -54,12 +54,12 @@ def test_debounce_waits_from_the_last_keystroke():
 def test_adaptive_debounce_follows_typing_rhythm():
     clock = Clock()
     d = Debouncer(100, min_ms=25, clock=clock)
-    for _ in range(10):                         # a fast typist: a key every 30 ms
+    for _ in range(10):  # a fast typist: a key every 30 ms
         d.changed("u")
         clock.advance(30)
     d.changed("u")
-    assert 25 <= d.delay_ms("u") <= 50          # ~1.5 x 30 ms, not the full 100 ms
-    for _ in range(10):                         # slow keys never push the wait above the configured base
+    assert 25 <= d.delay_ms("u") <= 50  # ~1.5 x 30 ms, not the full 100 ms
+    for _ in range(10):  # slow keys never push the wait above the configured base
         clock.advance(400)
         d.changed("u")
     assert d.delay_ms("u") == pytest.approx(100)
@@ -72,7 +72,7 @@ async def test_supersession_cancels_the_older_job_and_its_await():
     async def slow():
         started.set()
         try:
-            await asyncio.sleep(10)             # stands for the HTTP call
+            await asyncio.sleep(10)  # stands for the HTTP call
         except asyncio.CancelledError:
             cancelled.set()
             raise
@@ -104,7 +104,7 @@ async def test_cancelling_the_caller_cancels_the_job():
 
     caller = asyncio.ensure_future(s.run("doc", slow))
     await asyncio.sleep(0.01)
-    caller.cancel()                              # what $/cancelRequest does to the handler task
+    caller.cancel()  # what $/cancelRequest does to the handler task
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert cancelled.is_set()
@@ -133,15 +133,15 @@ def test_backoff_doubles_and_reports_each_outage_once():
     clock = Clock()
     b = Backoff(base_s=1, cap_s=4, clock=clock)
     assert b.ready()
-    assert b.failed("down") is True             # the first failure of an outage: tell the user
+    assert b.failed("down") is True  # the first failure of an outage: tell the user
     assert not b.ready() and b.retry_in() == pytest.approx(1)
     clock.advance(1000)
     assert b.ready()
-    assert b.failed("down") is False            # same outage: no second message
+    assert b.failed("down") is False  # same outage: no second message
     assert b.retry_in() == pytest.approx(2)
     b.failed("down")
     b.failed("down")
-    assert b.retry_in() == pytest.approx(4)     # capped
+    assert b.retry_in() == pytest.approx(4)  # capped
     assert b.succeeded() is True and b.ready() and b.succeeded() is False
 
 
@@ -157,8 +157,18 @@ def test_backoff_survives_a_long_outage():
 
 
 def test_settings_from_camel_case_sections_and_errors():
-    s = from_dict({"copilot-ls": {"backendUrl": "http://127.0.0.1:9/", "apiKey": "k", "debounceMs": 50,
-                                  "maxLines": 3, "languages": {"markdown": False}, "somethingNew": 1}})
+    s = from_dict(
+        {
+            "copilot-ls": {
+                "backendUrl": "http://127.0.0.1:9/",
+                "apiKey": "k",
+                "debounceMs": 50,
+                "maxLines": 3,
+                "languages": {"markdown": False},
+                "somethingNew": 1,
+            }
+        }
+    )
     assert (s.backend_url, s.api_key, s.debounce_ms, s.max_lines) == ("http://127.0.0.1:9", "k", 50, 3)
     assert s.enabled_for("python") and not s.enabled_for("markdown")
     assert not from_dict({"enabled": False}).enabled_for("python")
@@ -181,13 +191,18 @@ def test_stats_accept_partial_reject():
     a, b, c = st.shown("python", "abcdef"), st.shown("python", "xyz"), st.shown("go", "q")
     st.accepted(a)
     st.partially_accepted(b, 1)
-    st.partially_accepted(b, 2)                 # cumulative length, same item: counted once
-    st.rejected(b)                              # dismissed after the partial accept: stays partial
+    st.partially_accepted(b, 2)  # cumulative length, same item: counted once
+    st.rejected(b)  # dismissed after the partial accept: stays partial
     st.rejected(c)
     with pytest.raises(UnknownItem):
-        st.accepted(a)                          # reported twice
+        st.accepted(a)  # reported twice
     summary = st.summary()
-    assert (summary["shown"], summary["accepted"], summary["partially_accepted"], summary["rejected"]) == (3, 1, 1, 1)
+    assert (summary["shown"], summary["accepted"], summary["partially_accepted"], summary["rejected"]) == (
+        3,
+        1,
+        1,
+        1,
+    )
     assert summary["accepted_chars"] == 6 + 2
     assert summary["by_language"]["go"] == {"shown": 1, "rejected": 1}
 
@@ -195,10 +210,10 @@ def test_stats_accept_partial_reject():
 def test_stats_partial_then_accept_counts_each_character_once():
     st = Stats()
     a, b = st.shown("python", "abcdef"), st.shown("python", "xyz")
-    st.partially_accepted(a, 2)                 # the next word
-    st.accepted(a)                              # then Tab takes the rest
+    st.partially_accepted(a, 2)  # the next word
+    st.accepted(a)  # then Tab takes the rest
     st.partially_accepted(b, 1)
-    st.partially_accepted(b, 3)                 # word by word up to the whole item
+    st.partially_accepted(b, 3)  # word by word up to the whole item
     summary = st.summary()
     assert summary["accepted"] == 2 and summary["partially_accepted"] == 2
     assert summary["accepted_chars"] == 6 + 3

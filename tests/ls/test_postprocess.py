@@ -335,28 +335,89 @@ def test_overlap_is_not_quadratic_in_the_text_after_the_cursor() -> None:
     t = time.perf_counter()
     (s,) = postprocess([RawCandidate("0, 1")], snap, 0, 5, multiline=False)
     assert time.perf_counter() - t < 0.5
-    assert (s.text, s.start, s.end) == ("0, ", (0, 5), (0, 5))   # the overlap ("1") is still trimmed
+    assert (s.text, s.start, s.end) == ("0, ", (0, 5), (0, 5))  # the overlap ("1") is still trimmed
 
 
 # What chat and instruct models wrap around code never reaches the editor in a code file (rule 0).
 NON_CODE_CASES = [
-    ("fence-around-body", "python", "def f(x):\n    █\n", "```python\n    return x + 1\n```", True, "return x + 1"),
-    ("fence-after-newline", "python", "def f(x):█\n", "\n```python\n    return x + 1\n```\n", True, "\n    return x + 1"),
+    (
+        "fence-around-body",
+        "python",
+        "def f(x):\n    █\n",
+        "```python\n    return x + 1\n```",
+        True,
+        "return x + 1",
+    ),
+    (
+        "fence-after-newline",
+        "python",
+        "def f(x):█\n",
+        "\n```python\n    return x + 1\n```\n",
+        True,
+        "\n    return x + 1",
+    ),
     ("fence-tilde", "javascript", "function f(x) {\n  █\n}\n", "~~~js\n  return x;\n~~~", True, "return x;"),
-    ("prose-then-fence", "python", "def f(x):\n    █\n",
-     "Here is the code:\n\n```python\n    return x * 2\n```\nThis function doubles x.", True, "return x * 2"),
-    ("sure-prose", "python", "def f(x):\n    █\n", "Sure! The function returns x.\n    return x", True, "return x"),
-    ("closing-fence-then-prose", "python", "def f(x):\n    █\n",
-     "    y = x + 1\n    return y\n```\n\nThis adds one.", True, "y = x + 1\n    return y"),
+    (
+        "prose-then-fence",
+        "python",
+        "def f(x):\n    █\n",
+        "Here is the code:\n\n```python\n    return x * 2\n```\nThis function doubles x.",
+        True,
+        "return x * 2",
+    ),
+    (
+        "sure-prose",
+        "python",
+        "def f(x):\n    █\n",
+        "Sure! The function returns x.\n    return x",
+        True,
+        "return x",
+    ),
+    (
+        "closing-fence-then-prose",
+        "python",
+        "def f(x):\n    █\n",
+        "    y = x + 1\n    return y\n```\n\nThis adds one.",
+        True,
+        "y = x + 1\n    return y",
+    ),
     ("single-line-fence-only", "python", "x = █\n", "```", False, None),
-    ("template-token-ends", "python", "x = █\n", "compute(1)<|im_end|>\n<|im_start|>user", False, "compute(1)"),
+    (
+        "template-token-ends",
+        "python",
+        "x = █\n",
+        "compute(1)<|im_end|>\n<|im_start|>user",
+        False,
+        "compute(1)",
+    ),
     ("inst-token-ends", "python", "def f():\n    █\n", "return 1\n[/INST] Done.", True, "return 1"),
     ("eot-token-ends", "javascript", "const a = █\n", "b + c;<|eot_id|>", False, "b + c;"),
     # kept: a template token inside a string literal, code that starts like prose, markdown inside a docstring
     ("token-in-string-kept", "python", "EOS = █\n", '"<|im_end|>"', False, '"<|im_end|>"'),
-    ("ok-assignment-kept", "python", "def f():\n    █\n", "ok = check()\n    return ok", True, "ok = check()\n    return ok"),
-    ("this-member-kept", "javascript", "class A {\n  f() {\n    █\n  }\n}\n", "this.x = 1;", True, "this.x = 1;"),
-    ("fence-in-docstring-kept", "python", 'def f():\n    """Example:\n\n    █\n    """\n', "```python", False, "```python"),
+    (
+        "ok-assignment-kept",
+        "python",
+        "def f():\n    █\n",
+        "ok = check()\n    return ok",
+        True,
+        "ok = check()\n    return ok",
+    ),
+    (
+        "this-member-kept",
+        "javascript",
+        "class A {\n  f() {\n    █\n  }\n}\n",
+        "this.x = 1;",
+        True,
+        "this.x = 1;",
+    ),
+    (
+        "fence-in-docstring-kept",
+        "python",
+        'def f():\n    """Example:\n\n    █\n    """\n',
+        "```python",
+        False,
+        "```python",
+    ),
     ("fence-in-comment-kept", "rust", "/// █\nfn f() {}\n", "```rust", False, "```rust"),
 ]
 
@@ -366,7 +427,9 @@ NON_CODE_CASES = [
     [c[1:] for c in NON_CODE_CASES],
     ids=[c[0] for c in NON_CODE_CASES],
 )
-def test_non_code_never_reaches_the_editor(lang: str, source: str, raw: str, multiline: bool, expected) -> None:
+def test_non_code_never_reaches_the_editor(
+    lang: str, source: str, raw: str, multiline: bool, expected
+) -> None:
     out, _ = run(lang, source, raw, multiline=multiline)
     if expected is None:
         assert out == []

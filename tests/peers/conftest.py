@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ls"))   # lsp_testing
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ls"))  # lsp_testing
 
 PEER_PYTHON = os.environ.get("COPILOT_LS_PEER_PYTHON")
 
@@ -38,9 +38,23 @@ def llamacpp_url(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("llamacpp") / "server.log"
     with log.open("wb") as fh:
-        proc = subprocess.Popen([PEER_PYTHON, "-m", "llama_cpp.server", "--model", str(resolve_model("default")),
-                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                PEER_PYTHON,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(resolve_model("default")),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "4096",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

@@ -31,11 +31,15 @@ NOT_CODE = ("```", "Here is", "<|im_end|>", "<|im_start|>", "<HOLE>")
 def _client(endpoint: str):
     @pytest_lsp.fixture(config=ClientServerConfig(server_command=LS_COMMAND), scope="module")
     async def fixture(lsp_client: LanguageClient, llamacpp_url):
-        await lsp_client.initialize_session(types.InitializeParams(
-            capabilities=capabilities(),
-            initialization_options={"backendUrl": llamacpp_url, "endpoint": endpoint, **OPTIONS}))
+        await lsp_client.initialize_session(
+            types.InitializeParams(
+                capabilities=capabilities(),
+                initialization_options={"backendUrl": llamacpp_url, "endpoint": endpoint, **OPTIONS},
+            )
+        )
         yield
         await lsp_client.shutdown_session()
+
     return fixture
 
 
@@ -59,7 +63,7 @@ async def _ghost_text(client, uri: str, text: str) -> str:
 
 async def test_completions_endpoint(completions_client):
     text = await _ghost_text(completions_client, "file:///tmp/peers/common_prefix.py", COMMON_PREFIX_BUFFER)
-    assert "\n" not in text.strip()            # single-line after an open call
+    assert "\n" not in text.strip()  # single-line after an open call
     # llama.cpp's greedy text differs from copilot-backend's (no token healing, other kernels): what must hold
     # for any server is code-only ghost text, checked by _ghost_text
     await _ghost_text(completions_client, "file:///tmp/peers/fib.py", FIB)
@@ -74,10 +78,34 @@ async def test_chat_endpoint(chat_client):
 def test_short_humaneval(llamacpp_url, tmp_path, endpoint):
     out = tmp_path / f"he-{endpoint}"
     proc = subprocess.run(
-        [sys.executable, "-m", "copilot_ls.cli", "eval", "humaneval", "--limit", "5", "--n", "1", "--k", "1",
-         "--temperature", "0", "--no-greedy", "--max-tokens", "160", "--backend", llamacpp_url,
-         "--endpoint", endpoint, "--out", str(out)],
-        capture_output=True, text=True, timeout=1800)
+        [
+            sys.executable,
+            "-m",
+            "copilot_ls.cli",
+            "eval",
+            "humaneval",
+            "--limit",
+            "5",
+            "--n",
+            "1",
+            "--k",
+            "1",
+            "--temperature",
+            "0",
+            "--no-greedy",
+            "--max-tokens",
+            "160",
+            "--backend",
+            llamacpp_url,
+            "--endpoint",
+            endpoint,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["problems"] == 5 and 0.0 <= results["pass_at_k"]["pass@1"] <= 1.0
