@@ -89,65 +89,65 @@ def _token_logprobs(logprobs: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
     return tuple(tokens), tuple(vals)
 
 
-def parse_completion(body: Any) -> list[RawCandidate]:
-    """OpenAI completion JSON -> candidates in `index` order; BackendError(kind="garbage") if it is not one."""
+def _choices(body: Any, what: str, candidate: Callable[[dict], RawCandidate | None]) -> list[RawCandidate]:
+    """The candidates of an OpenAI response's `choices` in `index` order; `candidate` reads one choice (None:
+    it has no text). Anything else is a BackendError(kind="garbage")."""
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
         raise BackendError(
-            f"backend answered something that is not a completion: {str(body)[:120]!r}", kind="garbage"
+            f"backend answered something that is not a {what}: {str(body)[:120]!r}", kind="garbage"
         )
     out: list[tuple[int, RawCandidate]] = []
     for i, choice in enumerate(body["choices"]):
-        if not isinstance(choice, dict) or not isinstance(choice.get("text"), str):
+        cand = candidate(choice) if isinstance(choice, dict) else None
+        if cand is None:
             raise BackendError(
-                f"backend answered a completion choice without text: {str(choice)[:120]!r}", kind="garbage"
+                f"backend answered a {what} choice without text: {str(choice)[:120]!r}", kind="garbage"
             )
         index = choice.get("index", i)
-        index = index if isinstance(index, int) else i
-        logprobs = choice.get("logprobs")
-        token_logprobs = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
-        mean = _mean(token_logprobs) if isinstance(token_logprobs, list) else 0.0
-        finish = choice.get("finish_reason")
-        tokens, lps = _token_logprobs(logprobs)
-        out.append(
-            (
-                index,
-                RawCandidate(
-                    choice["text"], mean, finish if isinstance(finish, str) else "stop", tokens, lps
-                ),
-            )
-        )
+        out.append((index if isinstance(index, int) else i, cand))
     out.sort(key=lambda t: t[0])
     return [c for _, c in out]
+
+
+def _finish(choice: dict) -> str:
+    finish = choice.get("finish_reason")
+    return finish if isinstance(finish, str) else "stop"
+
+
+def _completion_choice(choice: dict) -> RawCandidate | None:
+    if not isinstance(choice.get("text"), str):
+        return None
+    logprobs = choice.get("logprobs")
+    token_logprobs = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+    mean = _mean(token_logprobs) if isinstance(token_logprobs, list) else 0.0
+    tokens, lps = _token_logprobs(logprobs)
+    return RawCandidate(choice["text"], mean, _finish(choice), tokens, lps)
+
+
+def _chat_choice(choice: dict) -> RawCandidate | None:
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        return None
+    # chat logprobs: {"content": [{"token", "logprob", ...}, ...]} (OpenAI, vLLM, llama.cpp) or absent
+    logprobs = choice.get("logprobs")
+    entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+    mean = (
+        _mean([e.get("logprob") for e in entries if isinstance(e, dict)])
+        if isinstance(entries, list)
+        else 0.0
+    )
+    return RawCandidate(content, mean, _finish(choice))
+
+
+def parse_completion(body: Any) -> list[RawCandidate]:
+    """OpenAI completion JSON -> candidates in `index` order; BackendError(kind="garbage") if it is not one."""
+    return _choices(body, "completion", _completion_choice)
 
 
 def parse_chat_completion(body: Any) -> list[RawCandidate]:
     """OpenAI chat completion JSON -> candidates (the reply text, not yet parsed) in `index` order."""
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        raise BackendError(
-            f"backend answered something that is not a chat completion: {str(body)[:120]!r}", kind="garbage"
-        )
-    out: list[tuple[int, RawCandidate]] = []
-    for i, choice in enumerate(body["choices"]):
-        message = choice.get("message") if isinstance(choice, dict) else None
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, str):
-            raise BackendError(
-                f"backend answered a chat choice without text: {str(choice)[:120]!r}", kind="garbage"
-            )
-        index = choice.get("index", i)
-        index = index if isinstance(index, int) else i
-        # chat logprobs: {"content": [{"token", "logprob", ...}, ...]} (OpenAI, vLLM, llama.cpp) or absent
-        logprobs = choice.get("logprobs")
-        entries = logprobs.get("content") if isinstance(logprobs, dict) else None
-        mean = (
-            _mean([e.get("logprob") for e in entries if isinstance(e, dict)])
-            if isinstance(entries, list)
-            else 0.0
-        )
-        finish = choice.get("finish_reason")
-        out.append((index, RawCandidate(content, mean, finish if isinstance(finish, str) else "stop")))
-    out.sort(key=lambda t: t[0])
-    return [c for _, c in out]
+    return _choices(body, "chat completion", _chat_choice)
 
 
 ENDPOINTS = ("completions", "chat", "auto")
