@@ -28,12 +28,29 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
 TINY = (64, 2, 4, 2, 128, True)  # hidden, layers, heads, kv heads, ffn, tied: a shape for the CPU-side test
+
+
+def engine_bench() -> Any:
+    """benchmarks/engine.py (probe writing), loaded by path: putting benchmarks/ on sys.path would let its
+    modules shadow packages (benchmarks/kernels.py is not the `kernels` package transformers looks for)."""
+    import importlib.util
+
+    mod = sys.modules.get("copilot_bench_engine")
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(
+            "copilot_bench_engine", ROOT / "benchmarks" / "engine.py"
+        )
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+    return mod
 
 
 def kl_per_position(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -81,13 +98,12 @@ def _sync(device: torch.device) -> None:
 
 def write_vocab(dst: Path, src: Path | None = None) -> Path:
     """A GGUF with only the tokenizer of `src` (default: the bundled default model), for probes elsewhere."""
-    import engine as engine_bench  # benchmarks/engine.py
     import gguf
 
     from model_backend.weights import default_model_path
 
     w = gguf.GGUFWriter(dst, "llama")
-    engine_bench.copy_tokenizer(w, src or default_model_path())
+    engine_bench().copy_tokenizer(w, src or default_model_path())
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.close()
@@ -95,12 +111,10 @@ def write_vocab(dst: Path, src: Path | None = None) -> Path:
 
 
 def probe(out: Path, size: str, qtype: str, vocab: Path | None) -> Path:
-    import engine as engine_bench  # benchmarks/engine.py
-
     path = out / f"probe-{size}-{qtype}.gguf"
     if not path.exists():
         t0 = time.perf_counter()
-        engine_bench.write_probe(path, size, qtype, vocab=vocab)
+        engine_bench().write_probe(path, size, qtype, vocab=vocab)
         print(
             f"wrote {path.name} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s",
             flush=True,
@@ -176,9 +190,7 @@ def check_speed(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import engine as engine_bench
-
-    engine_bench.PROBE_SHAPES.setdefault("tiny", TINY)
+    engine_bench().PROBE_SHAPES.setdefault("tiny", TINY)
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     report: dict[str, Any] = {

@@ -138,23 +138,10 @@ class Engine:
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
-    def load(
-        cls,
-        model: str = "default",
-        *,
-        device: str = "auto",
-        max_batch: int = 8,
-        max_seq_len: int | None = None,
-        quantize: str = "auto",
-        rope_theta: float | None = None,
-        rope_scaling: float | None = None,
-        dtype: str | None = None,
-        cache_dir: Any = None,
-        progress: bool = True,
-        pack_in_background: bool = False,
-        **engine_kw: Any,
-    ) -> Engine:
-        """Load a checkpoint (see weights.resolve_model) onto `device` (model_backend/loader.py).
+    def load(cls, model: str = "default", **options: Any) -> Engine:
+        """Load a checkpoint (see weights.resolve_model) onto `device` (model_backend/loader.py.load_engine, whose
+        signature lists every option: device, max_batch, max_seq_len, quantize, rope_theta, rope_scaling, dtype,
+        cache_dir, progress, pack_in_background, and the engine's own options below).
 
         quantize: "auto" (on CPU "blocks" for GGUF / bf16 / fp16 checkpoints where the kernels run, else "fp16";
         none on CUDA), "blocks" (every matrix as stored, for prompts and decode: model_backend/cpu_kernels.py),
@@ -167,52 +154,14 @@ class Engine:
         """
         from model_backend.loader import load_engine
 
-        return load_engine(
-            cls,
-            model,
-            device=device,
-            max_batch=max_batch,
-            max_seq_len=max_seq_len,
-            quantize=quantize,
-            rope_theta=rope_theta,
-            rope_scaling=rope_scaling,
-            dtype=dtype,
-            cache_dir=cache_dir,
-            progress=progress,
-            pack_in_background=pack_in_background,
-            **engine_kw,
-        )
+        return load_engine(cls, model, **options)
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        ckpt: Any,
-        *,
-        device: torch.device | str = "cpu",
-        max_batch: int = 8,
-        max_seq_len: int | None = None,
-        quantize: str = "auto",
-        rope_theta: float | None = None,
-        rope_scaling: float | None = None,
-        dtype: str | None = None,
-        pack_in_background: bool = False,
-        **engine_kw: Any,
-    ) -> Engine:
+    def from_checkpoint(cls, ckpt: Any, **options: Any) -> Engine:
+        """An engine on an already loaded checkpoint (loader.engine_from_checkpoint; options as for `load`)."""
         from model_backend.loader import engine_from_checkpoint
 
-        return engine_from_checkpoint(
-            cls,
-            ckpt,
-            device=device,
-            max_batch=max_batch,
-            max_seq_len=max_seq_len,
-            quantize=quantize,
-            rope_theta=rope_theta,
-            rope_scaling=rope_scaling,
-            dtype=dtype,
-            pack_in_background=pack_in_background,
-            **engine_kw,
-        )
+        return engine_from_checkpoint(cls, ckpt, **options)
 
     # -- background weight packing (cold start) ------------------------------------------------------------------
     def _start_packing(self, fmt: str) -> None:

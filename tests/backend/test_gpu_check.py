@@ -3,6 +3,7 @@ file that travels to the GPU machine, and the whole check run on the CPU with a 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -13,9 +14,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import gpu_check  # noqa: E402
+# by path, not by putting benchmarks/ on sys.path (its modules would shadow packages for later tests)
+_spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+assert _spec is not None and _spec.loader is not None
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
 
 
 def test_kl_is_zero_for_the_same_logits_and_positive_otherwise() -> None:
