@@ -131,7 +131,7 @@ class Metrics:
         with self._lock:
             return sum(self.cancellations.values())
 
-    def render(self) -> str:
+    def render(self) -> str:  # long: one block per metric family, in exposition order
         engine = _safe_stats(self.engine_stats)
         with self._lock:
             out: list[str] = []

@@ -19,7 +19,7 @@ DEFAULT_BACKEND = "http://127.0.0.1:8765"
 CONTEXT_MODULE = "copilot_ls.evaluation.context_eval"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list of options
     sub = parser.add_subparsers(dest="eval_command", metavar="{humaneval,context}")
     sub.required = True
     he = sub.add_parser(

@@ -662,7 +662,7 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
     return [done[(c.id, a)] for c in cases for a in args.arms if (c.id, a) in done]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list of options
     parser.add_argument(
         "--backend", default=DEFAULT_BACKEND, help=f"OpenAI-compatible server (default {DEFAULT_BACKEND})"
     )

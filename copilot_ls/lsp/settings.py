@@ -102,7 +102,7 @@ def _field_name(key: str) -> str | None:
     return _BY_FOLDED.get(folded) or _ALIASES.get(folded)
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _coerce(name: str, value: Any) -> Any:  # long: one row of the type table per setting
     spec = {
         "backend_url": (str,),
         "api_key": (str, type(None)),
