@@ -255,17 +255,9 @@ class BackendClient:
             "logprobs": 1,
             "stream": False,
         }
-        if stop:
-            payload["stop"] = [valid_unicode(x) for x in stop]
         if suffix is not None:
             payload["suffix"] = valid_unicode(suffix)
-        if seed is not None:
-            payload["seed"] = seed
-        if self.model:
-            payload["model"] = self.model
-        self.requests += 1
-        response = await self._request("POST", "/v1/completions", json=payload)
-        return parse_completion(self._json(response))
+        return await self._generate("/v1/completions", payload, stop, seed, parse_completion)
 
     async def chat(
         self,
@@ -287,6 +279,17 @@ class BackendClient:
             "n": n,
             "stream": False,
         }
+        return await self._generate("/v1/chat/completions", payload, stop, seed, parse_chat_completion)
+
+    async def _generate(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        stop: Sequence[str],
+        seed: int | None,
+        parse: Callable[[Any], list[RawCandidate]],
+    ) -> list[RawCandidate]:
+        """The options both generation routes share (stop strings, seed, model), one POST, its candidates."""
         if stop:
             payload["stop"] = [valid_unicode(x) for x in stop]
         if seed is not None:
@@ -294,8 +297,8 @@ class BackendClient:
         if self.model:
             payload["model"] = self.model
         self.requests += 1
-        response = await self._request("POST", "/v1/chat/completions", json=payload)
-        return parse_chat_completion(self._json(response))
+        response = await self._request("POST", path, json=payload)
+        return parse(self._json(response))
 
     async def endpoint_mode(self) -> str:
         """ "completions" or "chat". With endpoint "auto" the first call probes once: a one-token
