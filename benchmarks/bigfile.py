@@ -28,11 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from ls import Editor, free_port, start_ls, stop_ls  # noqa: E402
-
-from copilot_ls.backend import BackendClient  # noqa: E402
-from copilot_ls.lsp import autostart  # noqa: E402
-from copilot_ls.lsp.settings import Settings  # noqa: E402
+from ls import Editor, start_backend, start_ls, stop_ls  # noqa: E402
 
 MODULES = (
     "_pydecimal.py",
@@ -125,17 +121,7 @@ def prompt_sharing(text: str, lines: list[str], window_step: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    backend, child = args.backend, None
-    if backend is None:
-        backend = f"http://127.0.0.1:{free_port()}"
-        print(f"starting copilot-backend on {backend} ...", file=sys.stderr)
-        bc = BackendClient(backend)
-        child = await autostart.ensure_backend(
-            bc,
-            Settings(backend_url=backend, autostart=True),
-            progress=lambda m: print("  " + m, file=sys.stderr),
-        )
-        await bc.aclose()
+    backend, child = await start_backend(args.backend)
     client = await start_ls(backend, debounce_ms=0)
     results: dict = {}
     try:

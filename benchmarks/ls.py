@@ -272,18 +272,24 @@ async def backend_calls(client: LanguageClient) -> int:
     return st["counters"]["backend_calls"]
 
 
+async def start_backend(backend: str | None) -> tuple[str, object | None]:
+    """`backend`, or a `copilot-backend serve` started on a free port (the child to stop afterwards)."""
+    if backend is not None:
+        return backend, None
+    backend = f"http://127.0.0.1:{free_port()}"
+    print(f"starting copilot-backend on {backend} ...", file=sys.stderr)
+    bc = BackendClient(backend)
+    child = await autostart.ensure_backend(
+        bc,
+        Settings(backend_url=backend, autostart=True),
+        progress=lambda m: print("  " + m, file=sys.stderr),
+    )
+    await bc.aclose()
+    return backend, child
+
+
 async def bench_model(text: str, backend: str | None, keystrokes: int) -> dict:
-    child = None
-    if backend is None:
-        backend = f"http://127.0.0.1:{free_port()}"
-        print(f"starting copilot-backend on {backend} ...", file=sys.stderr)
-        bc = BackendClient(backend)
-        child = await autostart.ensure_backend(
-            bc,
-            Settings(backend_url=backend, autostart=True),
-            progress=lambda m: print("  " + m, file=sys.stderr),
-        )
-        await bc.aclose()
+    backend, child = await start_backend(backend)
     client = await start_ls(backend, debounce_ms=0)
     try:
         # a new statement at the start of a method body; then the user types an expression into it
