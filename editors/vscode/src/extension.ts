@@ -277,7 +277,10 @@ class Extension {
       canSelectFolders: false,
       canSelectMany: false,
     });
-    if (!picked?.[0]) return;
+    if (!picked?.[0]) {
+      this.log("the file picker closed without a choice; copilot-ls.server.command is unchanged");
+      return;
+    }
     this.log(`copilot-ls.server.command <- ${picked[0].fsPath}`);
     await vscode.workspace.getConfiguration(SECTION).update("server.command", picked[0].fsPath, vscode.ConfigurationTarget.Global);
   }
