@@ -4,7 +4,9 @@
   or keyword, not found in the workspace index, and not bound by the text itself (``x = ...``, ``for x in``,
   ``def f(a)``, ``lambda a:``, keyword arguments ``f(a=1)``);
 - unknown members: ``Cls.member`` / ``self.member`` where the class is defined in the document without base
-  classes (so its members are all in its body) and its body never mentions ``member``.
+  classes (so its members are all in its body) and its body never mentions ``member``;
+- unknown keywords: ``f(name=...)`` where ``f`` is a top-level function of the document (or ``Cls(...)`` a
+  base-less class: its ``__init__``) defined once, undecorated, without ``**kwargs``, and has no such parameter.
 
 Both err towards silence: "mentioned anywhere in the document" stands in for "in scope", so a name is only
 reported when nothing in the file could define it. Python only for now (other languages: no issues).
@@ -161,10 +163,116 @@ def unknown_members(snap: Snapshot, line: int, line_prefix: str, text: str) -> l
     return out
 
 
+_DEF_HEAD = re.compile(r"^([ \t]*)def\s+([A-Za-z_]\w*)\s*\(", re.M)
+_CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\(")
+_KEYWORD_ARG = re.compile(r"(?<![\w=!<>*])([A-Za-z_]\w*)\s*=(?!=)")
+_SIGNATURES: MemoKey[dict[str, frozenset[str] | None]] = MemoKey("keyword parameters (static checks)")
+
+
+def _close(code: str, open_at: int) -> int:
+    """The offset of the bracket closing the one at ``open_at`` (or len(code) when the text ends first)."""
+    depth = 0
+    for k in range(open_at, len(code)):
+        c = code[k]
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth == 0:
+                return k
+    return len(code)
+
+
+def _keyword_params(params: str) -> frozenset[str] | None:
+    """The names a call may pass by keyword (None: any, the function takes ``**kwargs``)."""
+    names: set[str] = set()
+    depth, part, parts = 0, [], []
+    for c in params:
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if c == "," and depth == 0:
+            parts.append("".join(part))
+            part = []
+        else:
+            part.append(c)
+    parts.append("".join(part))
+    for raw in parts:
+        p = raw.split(":")[0].split("=")[0].strip()
+        if p.startswith("**"):
+            return None
+        if p == "/":
+            names.clear()  # the parameters before "/" are positional-only
+        elif p and not p.startswith("*"):
+            names.add(p)
+    return frozenset(names)
+
+
+def _signatures(source: str) -> dict[str, frozenset[str] | None]:
+    """Top-level function name -> its keyword parameters; a base-less class -> its ``__init__``'s (without
+    ``self``). Names defined more than once (or decorated: a decorator may change the signature) are left out."""
+    code = _code_only(source)
+    out: dict[str, frozenset[str] | None] = {}
+    seen: set[str] = set()
+    classes = _class_bodies(source)
+    for m in _DEF_HEAD.finditer(code):
+        name, indent = m.group(2), m.group(1)
+        prev = code[: m.start()].rstrip().rsplit("\n", 1)[-1].strip()
+        params = code[m.end() : _close(code, m.end() - 1)]
+        if not indent:
+            key = name
+        elif name == "__init__" and (owner := _enclosing_class(classes, m.start())) and not classes[owner][0]:
+            key = owner
+        else:
+            continue
+        if key in seen or prev.startswith("@"):
+            out.pop(key, None)
+            seen.add(key)
+            continue
+        seen.add(key)
+        kw = _keyword_params(params)
+        out[key] = kw if kw is None or key == name else kw - {"self"}
+    for name, (has_bases, start, end) in classes.items():
+        decorated = code[:start].rstrip().rsplit("\n", 1)[-1].strip().startswith("@")  # @dataclass makes one
+        if name not in seen and not has_bases and not decorated and "__init__" not in source[start:end]:
+            out[name] = frozenset()  # object.__init__ takes no arguments
+    return out
+
+
+def wrong_keywords(snap: Snapshot, line_prefix: str, text: str) -> list[str]:
+    """Keyword arguments in the shown text that the called function (a top-level ``def`` of this document, or a
+    base-less class of it: its ``__init__``) has no parameter for, as "f(name=)"."""
+    if snap.language_id != "python" or "=" not in text:
+        return []
+    sigs = snap.memo(_SIGNATURES, lambda: _signatures(snap.text))
+    if not sigs:
+        return []
+    code = _code_only(line_prefix + text)
+    start = len(line_prefix)
+    out: list[str] = []
+    for call in _CALL.finditer(code):
+        params = sigs.get(call.group(1), None)
+        if params is None or call.group(1) not in sigs:
+            continue
+        close = _close(code, call.end() - 1)
+        if close <= start:
+            continue
+        inner = code[call.end() : close]
+        depth = 0
+        for k, c in enumerate(inner):  # keywords at the call's own bracket depth only
+            depth += c in "([{"
+            depth -= c in ")]}"
+            if depth or not (m := _KEYWORD_ARG.match(inner, k)) or (k and inner[k - 1].isalnum()):
+                continue
+            if call.end() + k >= start and m.group(1) not in params:
+                out.append(f"{call.group(1)}({m.group(1)}=)")
+    return list(dict.fromkeys(out))
+
+
 def issues(
     snap: Snapshot, line: int, line_prefix: str, text: str, known: Callable[[str], bool] | None = None
 ) -> list[str]:
     """All static-check findings of showing ``text`` after ``line_prefix`` on ``line`` (empty: none)."""
     found = [f"undefined name {n!r}" for n in undefined_names(snap, line_prefix, text, known)]
     found += [f"unknown member {m!r}" for m in unknown_members(snap, line, line_prefix, text)]
+    found += [f"unknown keyword {k!r}" for k in wrong_keywords(snap, line_prefix, text)]
     return found

@@ -190,6 +190,77 @@ def test_unknown_members(line, prefix, text, want):
     assert sc.unknown_members(snap_of(SRC), line, prefix, text) == want
 
 
+KW_SRC = """import os
+
+
+def area(width, height=1, *, unit="m"):
+    return width * height
+
+
+def loose(a, **options):
+    return a
+
+
+def positional(a, b, /, c):
+    return a + b + c
+
+
+@functools.cache
+def decorated(a):
+    return a
+
+
+class Box:
+    def __init__(self, size, label=""):
+        self.size = size
+
+
+class Empty:
+    pass
+
+
+@dataclass
+class Point:
+    x: int
+
+
+"""
+
+
+@pytest.mark.parametrize(
+    "prefix, text, want",
+    [
+        ("x = ", "area(2, height=3, unit='cm')", []),
+        ("x = ", "area(2, depth=3)", ["area(depth=)"]),
+        ("x = area(2, ", "heigth=3)", ["area(heigth=)"]),  # the call began before the cursor
+        ("x = area(2, width=", "3)", []),  # the keyword is in the prefix: not the suggestion's
+        ("x = ", "loose(1, anything=2)", []),  # **options
+        ("x = ", "positional(1, a=2, c=3)", ["positional(a=)"]),  # a is positional-only
+        ("x = ", "decorated(b=1)", []),  # a decorator may change the signature
+        ("x = ", "Box(size=1, label='a')", []),
+        ("x = ", "Box(colour='red')", ["Box(colour=)"]),
+        ("x = ", "Empty(a=1)", ["Empty(a=)"]),
+        ("x = ", "Point(x=1)", []),  # a decorated class: @dataclass writes its __init__
+        ("x = ", "area(2, height=max(a, key=len))", []),  # max's keyword, not area's
+        ("x = ", "os.path.join(a, b=1)", []),  # not a function of this file
+        ("x = ", "area(2, height == 3)", []),  # a comparison
+        ("x = ", "unknown(depth=3)", []),
+    ],
+)
+def test_wrong_keywords(prefix, text, want):
+    assert sc.wrong_keywords(snap_of(KW_SRC), prefix, text) == want
+
+
+def test_wrong_keyword_lowers_confidence_and_rank():
+    snap = snap_of(KW_SRC + "x = ")
+    line, col = KW_SRC.count("\n"), 4
+    wrong = cand("area(2, depth=3)\n", [-0.01])
+    right = cand("area(2, height=3)\n", [-0.05])
+    out = postprocess([wrong, right], snap, line, col, multiline=False)
+    assert [s.text for s in out] == ["area(2, height=3)", "area(2, depth=3)"]
+    assert out[1].issues == ("unknown keyword 'area(depth=)'",)
+
+
 # --- through postprocess -------------------------------------------------------------------------------------
 def cand(text: str, lps: list[float]) -> RawCandidate:
     toks = [text[i : i + 3] for i in range(0, len(text), 3)]
