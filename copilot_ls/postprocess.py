@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from copilot_ls import confidence as conf
 from copilot_ls import static_checks
@@ -47,6 +47,7 @@ class Suggestion:
     mean_logprob: float
     confidence: float | None = None  # copilot_ls.confidence; None when the server sent no token log-probs
     issues: tuple[str, ...] = ()  # static-check findings ("undefined name 'foo'")
+    sources: tuple[int, ...] = ()  # indexes of the raw candidates that show this text (duplicates merged)
 
 
 OPENERS = {"(": ")", "[": "]", "{": "}"}
@@ -613,10 +614,7 @@ def postprocess(
     if any(r[3].confidence is None for r in ranked):  # mixed or no confidences: the model's own ranking
         ranked = [(f, -r.mean_logprob, i, r) for f, _, i, r in ranked]
     ranked.sort(key=lambda r: r[:3])
-    seen: set[tuple[str, tuple[int, int]]] = set()
-    out: list[Suggestion] = []
-    for *_, sug in ranked:
-        if (sug.text, sug.end) not in seen:
-            seen.add((sug.text, sug.end))
-            out.append(sug)
-    return out
+    merged: dict[tuple[str, tuple[int, int]], tuple[Suggestion, list[int]]] = {}
+    for _, _, i, sug in ranked:  # the best-ranked copy of a text stands for all its copies
+        merged.setdefault((sug.text, sug.end), (sug, []))[1].append(i)
+    return [replace(sug, sources=tuple(idx)) for sug, idx in merged.values()]

@@ -52,7 +52,7 @@ PROG = "copilot-backend"
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 1 << 20  # 1 MiB: ~250k tokens of code, far above any context we serve
-    max_n: int = 8
+    max_n: int = 16  # as the LS allows (explicitCandidates); one batch of sequences on the engine
     max_best_of: int = 16
     max_beam_width: int = 8
     max_logprobs: int = 5  # as OpenAI

@@ -30,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list
         "Writes samples.jsonl, results.json and pass_at_k.png to --out; rerun the same "
         "command to resume an interrupted run.",
     )
-    he.add_argument("--n", type=int, default=20, help="samples per problem (default 20)")
+    he.add_argument(
+        "--n",
+        type=int,
+        default=10,
+        help="samples per problem (default 10; --through ls: at most 16, one request)",
+    )
     he.add_argument("--k", default="1,10", help="comma-separated k for pass@k (default 1,10; each <= n)")
     he.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8)")
     he.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
@@ -187,6 +192,16 @@ async def _humaneval(cfg) -> int:
     return 0
 
 
+def _interval(share: float, problems: int) -> str:
+    """The 95% Wilson interval of a pass@1 over `problems` (one pass/fail each: exact for greedy and ranked)."""
+    from copilot_ls.evaluation.context_eval import wilson
+
+    if not problems:
+        return ""
+    lo, hi = wilson(round(share * problems), problems)
+    return f"  (95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
+
+
 def format_summary(results: dict) -> str:
     cfg = results["config"]
     model = (results.get("model") or {}).get("id", "?")
@@ -199,10 +214,13 @@ def format_summary(results: dict) -> str:
     for key, label in (
         ("pass_at_1_mean_of_samples", "pass@1, mean of all samples"),
         ("pass_at_1_top_logprob", "pass@1, top mean log-prob sample"),
+        ("pass_at_1_ranked", "pass@1, LS-ranked sample"),
         ("pass_at_1_greedy", "pass@1, greedy"),
     ):
         if results.get(key) is not None:
-            lines.append(f"  {label:<34}{100 * results[key]:6.2f}%")
+            lines.append(
+                f"  {label:<34}{100 * results[key]:6.2f}%{_interval(results[key], results['problems'])}"
+            )
     lines.append(
         f"  wrote {cfg['out']}/results.json, samples.jsonl"
         + (", pass_at_k.png" if results.get("plot") else "")

@@ -37,6 +37,7 @@ STOP = ["\ndef", "\nclass", "\nif", "\n#", "\nprint"]
 SERVER_STOP = STOP[:4]
 RAW_CHUNK = 4
 SAMPLES_FILE, RESULTS_FILE, RUN_FILE, PLOT_FILE = "samples.jsonl", "results.json", "run.json", "pass_at_k.png"
+MAX_LS_N = 16  # candidates in one request (the LS's explicitCandidates and the backend's limit)
 # Settings that must be identical to resume a run in the same --out directory.
 RUN_KEYS = ("through", "endpoint", "n", "temperature", "top_p", "max_tokens", "greedy")
 
@@ -47,7 +48,7 @@ class EvalError(Exception):
 
 @dataclass(frozen=True)
 class EvalConfig:
-    n: int = 20
+    n: int = 10
     ks: tuple[int, ...] = (1, 10)
     temperature: float = 0.8
     top_p: float = 0.95
@@ -70,6 +71,10 @@ class EvalConfig:
             raise EvalError("--through raw sends the bare prompt to /v1/completions; chat needs --through ls")
         if self.n < 1:
             raise EvalError(f"--n must be at least 1, got {self.n}")
+        if self.through == "ls" and self.n > MAX_LS_N:
+            raise EvalError(
+                f"--through ls asks for the {self.n} samples in one request, as the editor does: at most {MAX_LS_N}"
+            )
         too_big = [k for k in self.ks if k > self.n]
         if too_big:
             raise EvalError(
@@ -96,6 +101,9 @@ class Generated:
         None  # (start, end) code-point offsets in the prompt when the LS replaced text
     )
     raw_text: str | None = None  # --through ls: the model's text before post-processing
+    rank: int | None = (
+        None  # --through ls: its place in the LS's ranking of its request's candidates (0 = shown)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,9 +175,10 @@ def cursor_at_end(text: str) -> tuple[int, int]:
 async def generate_ls(
     client: Any, problem: dict[str, Any], count: int, *, temperature: float, cfg: EvalConfig
 ) -> list[Generated]:
-    """`count` times what the editor would show first: the prompt opened as a Python document, the cursor at
-    its end, the LS pipeline with post-processing. One pipeline call per sample (n=1), so every sample is an
-    independent draw that went through the same cleaning the editor applies."""
+    """`count` candidates as the editor gets them when the user asks explicitly: the prompt opened as a Python
+    document, the cursor at its end, ONE pipeline call with n = count (independent draws at `temperature`),
+    post-processed and ranked (confidence, syntax, static checks). Each candidate's shown text and its rank;
+    a candidate post-processing dropped is an empty body (the editor would show nothing for it)."""
     from copilot_ls import pipeline
     from copilot_ls.documents import Document
     from copilot_ls.lsp.settings import Settings
@@ -181,32 +190,22 @@ async def generate_ls(
     settings = replace(
         Settings(),
         backend_url=cfg.backend,
-        n=1,
+        n=count,
         temperature=temperature,
         top_p=cfg.top_p,
         max_tokens=cfg.max_tokens,
     )
-    results = await gather_all(
-        *(
-            retrying(pipeline.complete, snap, line, col, client=client, settings=settings)
-            for _ in range(count)
-        )
-    )
+    res = await retrying(pipeline.complete, snap, line, col, client=client, settings=settings)
+    shown = {i: (rank, sug) for rank, sug in enumerate(res.suggestions) for i in sug.sources}
     out = []
-    for res in results:
-        raw = res.raw[0] if res.raw else None
-        raw_text = raw.text if raw else None
-        if not res.suggestions:  # the editor would show nothing: an empty body, which fails its tests
-            out.append(
-                Generated("", raw.mean_logprob if raw else float("-inf"), "no-suggestion", raw_text=raw_text)
-            )
+    for i, raw in enumerate(res.raw[:count]):
+        if i not in shown:
+            out.append(Generated("", raw.mean_logprob, "no-suggestion", raw_text=raw.text))
             continue
-        sug = res.suggestions[0]
+        rank, sug = shown[i]
         start, end = snap.offset(*sug.start), snap.offset(*sug.end)
         edit = None if start == end == len(prompt) else (start, end)
-        out.append(
-            Generated(sug.text, sug.mean_logprob, raw.finish_reason if raw else "stop", edit, raw_text)
-        )
+        out.append(Generated(sug.text, sug.mean_logprob, raw.finish_reason, edit, raw.text, rank))
     return out
 
 
@@ -353,6 +352,8 @@ async def evaluate(
                 rec["edit"] = list(gen.edit)
             if gen.raw_text is not None:
                 rec["raw_text"] = gen.raw_text
+            if gen.rank is not None:
+                rec["rank"] = gen.rank
             # exit status 0 alone is no pass: `exit(0)` / `os._exit(0)` in the completion ends the program before
             # (or inside) check() with status 0; the marker, unknown to the code, is printed only after check()
             marker = f"copilot-ls: tests done {secrets.token_hex(8)}"
@@ -409,7 +410,8 @@ async def _nothing() -> list[Generated]:
 
 
 def score(problems: list[dict[str, Any]], store: SampleStore, cfg: EvalConfig) -> dict[str, Any]:
-    """results.json: pass@k (unbiased), top-log-prob pass@1 vs mean pass@1, greedy pass@1, per problem."""
+    """results.json: pass@k (unbiased), top-log-prob and LS-ranked pass@1 vs mean pass@1, greedy pass@1, per
+    problem."""
     rows = []
     for p in problems:
         samples = sorted(store.of(p["task_id"], "sample"), key=lambda r: r["index"])[: cfg.n]
@@ -423,12 +425,14 @@ def score(problems: list[dict[str, Any]], store: SampleStore, cfg: EvalConfig) -
                 if samples
                 else None,
                 "greedy_passed": greedy[0]["passed"] if greedy else None,
+                "ranked_passed": ranked_pass(samples),
             }
         )
     n_min = min((r["n"] for r in rows), default=0)
     curve = {k: _mean(pass_at_k(r["n"], r["c"], k) for r in rows) for k in range(1, n_min + 1)}
     greedy = [r["greedy_passed"] for r in rows if r["greedy_passed"] is not None]
     top = [r["top_logprob_passed"] for r in rows if r["top_logprob_passed"] is not None]
+    ranked = [r["ranked_passed"] for r in rows if r["ranked_passed"] is not None]
     return {
         "config": {**asdict(cfg), "out": str(cfg.out), "ks": list(cfg.ks)},
         "problems": len(rows),
@@ -437,9 +441,19 @@ def score(problems: list[dict[str, Any]], store: SampleStore, cfg: EvalConfig) -
         "pass_at_1_mean_of_samples": curve.get(1),
         "pass_at_1_top_logprob": _mean(top) if top else None,
         "pass_at_1_greedy": _mean(greedy) if greedy else None,
+        "pass_at_1_ranked": _mean(ranked) if ranked else None,
         "curve": {str(k): v for k, v in curve.items()},
         "per_problem": rows,
     }
+
+
+def ranked_pass(samples: list[dict[str, Any]]) -> bool | None:
+    """--through ls: whether the sample the LS ranked first (what an explicit request shows) passed; None for
+    runs without ranks. When post-processing dropped every candidate the editor shows nothing: a failure."""
+    if not samples or not any("rank" in r for r in samples):
+        return None
+    best = min(samples, key=lambda r: (r.get("rank", float("inf")), r["index"]))
+    return bool(best["passed"]) if "rank" in best else False
 
 
 def _mean(values: Iterable[float]) -> float:

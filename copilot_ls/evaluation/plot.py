@@ -28,6 +28,7 @@ def plot_pass_at_k(results: dict[str, Any], path: Path) -> Path:
         for key, label, style in (
             ("pass_at_1_greedy", "greedy pass@1", "--"),
             ("pass_at_1_top_logprob", "top mean log-prob sample, pass@1", ":"),
+            ("pass_at_1_ranked", "LS-ranked sample, pass@1", "-."),
         ):
             if results.get(key) is not None:
                 ax.axhline(
@@ -45,7 +46,8 @@ def plot_pass_at_k(results: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("k (samples)")
         ax.set_ylabel("pass@k (%)")
         values = [100 * v for v in curve.values()] + [
-            100 * (results.get(key) or 0) for key in ("pass_at_1_greedy", "pass_at_1_top_logprob")
+            100 * (results.get(key) or 0)
+            for key in ("pass_at_1_greedy", "pass_at_1_top_logprob", "pass_at_1_ranked")
         ]
         ax.set_ylim(0, max(10.0, 1.15 * max(values)))
         ax.set_title(

@@ -13,7 +13,7 @@ import traceback
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from copilot_ls import pipeline
@@ -119,7 +119,9 @@ class Session:
         (after the debounce; None when superseded, stale, backing off or failed)."""
         line, col = pos
         cursor = snap.offset(line, col)
-        hits = self.typed.lookup(snap.uri, snap.text, cursor)
+        # an explicit request wants the ranked alternatives, not the rest of the suggestion typed into
+        wants_more = explicit and self.settings.explicit_n > self.settings.n
+        hits = [] if wants_more else self.typed.lookup(snap.uri, snap.text, cursor)
         if hits:
             self.counters["typed_ahead"] += 1
             typed = cursor - hits[0][0].cursor
@@ -175,7 +177,7 @@ class Session:
                 snap,
                 *pos,
                 client=client,
-                settings=self.settings,
+                settings=self.settings_for(explicit),
                 others=self.store.snapshots(exclude=snap.uri),
                 cache=self.cache,
             )
@@ -193,6 +195,11 @@ class Session:
         self.counters["below_confidence"] += result.hidden
         self.backend.succeeded(client)
         return result
+
+    def settings_for(self, explicit: bool) -> Settings:
+        """An explicit request (manual trigger, cycling) asks for explicitCandidates candidates, ranked."""
+        s = self.settings
+        return replace(s, n=s.explicit_n) if explicit and s.explicit_n > s.n else s
 
     def _items(self, snap: Snapshot, entries: list[tuple[str, Pos, Pos]]) -> list[Item]:
         items = [

@@ -40,6 +40,9 @@ class Settings:
     debounce_ms: int = 100  # wait after the last keystroke before calling the backend
     max_lines: int = 10  # longest multi-line suggestion
     n: int = 1  # candidates per request (items the editor can cycle)
+    explicit_n: int = (
+        4  # candidates, ranked, when the user asks (manual trigger, cycling): one batched request
+    )
     temperature: float = 0.0  # 0 = greedy; with n > 1 the extra candidates are sampled
     sample_temperature: float = 0.6  # temperature of the extra candidates when temperature == 0 and n > 1
     top_p: float = 1.0
@@ -90,6 +93,7 @@ _ALIASES = {
     "maxtokens": "max_tokens",
     "topp": "top_p",
     "candidates": "n",
+    "explicitcandidates": "explicit_n",
     "maxprompttokens": "max_prompt_tokens",
     "fim": "fim_template",
 }
@@ -112,6 +116,7 @@ def _coerce(name: str, value: Any) -> Any:  # long: one row of the type table pe
         "debounce_ms": (int, float),
         "max_lines": (int,),
         "n": (int,),
+        "explicit_n": (int,),
         "temperature": (int, float),
         "sample_temperature": (int, float),
         "top_p": (int, float),
@@ -166,6 +171,7 @@ def _coerce(name: str, value: Any) -> Any:  # long: one row of the type table pe
         "debounce_ms": (0, 10_000),
         "max_lines": (1, 1000),
         "n": (1, 16),
+        "explicit_n": (1, 16),
         "temperature": (0, 5),
         "sample_temperature": (0, 5),
         "top_p": (1e-9, 1),

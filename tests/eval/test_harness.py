@@ -213,3 +213,20 @@ async def test_exiting_with_status_0_before_the_tests_end_is_no_pass(tmp_path):
     assert all(
         r["result"] == "failed: exited with status 0 before its tests ended" for r in recs if r["index"] < 3
     )
+
+
+def _rec(i: int, rank: int | None, passed: bool) -> dict:
+    return {"index": i, "passed": passed, **({} if rank is None else {"rank": rank})}
+
+
+def test_ranked_pass_takes_the_first_ranked_sample():
+    assert humaneval.ranked_pass([_rec(0, 1, True), _rec(1, 0, False), _rec(2, 0, True)]) is False
+    assert humaneval.ranked_pass([_rec(0, None, True), _rec(1, 0, True)]) is True
+    assert humaneval.ranked_pass([_rec(0, None, True), _rec(1, None, True)]) is None  # a raw run: no ranks
+    assert humaneval.ranked_pass([]) is None
+
+
+def test_through_ls_takes_at_most_16_samples_per_request():
+    with pytest.raises(EvalError, match="at most 16"):
+        EvalConfig(n=17, ks=(1,), through="ls").validate()
+    EvalConfig(n=17, ks=(1,), through="raw").validate()

@@ -106,6 +106,17 @@ def test_run_through_the_language_server_pipeline(backend_url, tmp_path):
     check_complete_run(out, n=2, through="ls")
     for r in records(out):  # post-processed: within the editor's line limit (Settings.max_lines = 10)
         assert len(r["completion"].splitlines()) <= 10
+    # The samples of a problem came from one request, ranked as an explicit request in the editor: the shown
+    # ones have ranks 0.. (equal texts share one); the ranked pass@1 is the first-ranked sample's result.
+    res = json.loads((out / "results.json").read_text())
+    assert 0.0 <= res["pass_at_1_ranked"] <= 1.0 and "LS-ranked" in done.stdout
+    for row in res["per_problem"]:
+        samples = [r for r in records(out) if r["task_id"] == row["task_id"] and r["kind"] == "sample"]
+        ranks = sorted({r["rank"] for r in samples if "rank" in r})
+        assert ranks == list(range(len(ranks)))
+        assert all(r["completion"] for r in samples if "rank" in r)
+        first = [r for r in samples if r.get("rank") == 0]
+        assert row["ranked_passed"] == (first[0]["passed"] if first else False)
 
 
 def test_bad_arguments_exit_2_with_a_message(tmp_path):

@@ -92,15 +92,38 @@ async def test_several_candidates_are_several_items(client, backend_url):
     uri = "file:///tmp/e2e/candidates.py"
     open_doc(client, uri, COMMON_PREFIX_BUFFER)
     line, col = end_position(COMMON_PREFIX_BUFFER)
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"n": 3}))
+    settings = {"n": 3, "explicitCandidates": 3}
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=settings))
     try:
         result = await inline(client, uri, line, col)
     finally:
-        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"n": 1}))
+        settings = {"n": 1, "explicitCandidates": 4}
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=settings))
     assert result is not None and 1 <= len(result.items) <= 3
     texts = [item.insert_text for item in result.items]
     assert len(set(texts)) == len(texts)  # de-duplicated
     assert len({item.command.arguments[0] for item in result.items}) == len(texts)  # one id each
+
+
+async def test_explicit_request_gets_ranked_candidates_automatic_gets_one(client, backend_url):
+    """Typing (automatic trigger) asks for n = 1; asking (Alt+\\, cycling) asks for explicitCandidates (4 by
+    default): the greedy candidate and samples, sent together, de-duplicated and ranked."""
+    uri = "file:///tmp/e2e/explicit.py"
+    text = COMMON_PREFIX_BUFFER + '"flower", '
+    open_doc(client, uri, text)
+    line, col = end_position(text)
+    calls = (await status(client))["counters"]["backend_calls"]
+    auto = await inline(client, uri, line, col, invoked=False)
+    assert auto is not None and len(auto.items) == 1
+    after_auto = (await status(client))["counters"]["backend_calls"]
+    assert after_auto == calls + 1
+    asked = await inline(client, uri, line, col, invoked=True)
+    assert asked is not None and 1 <= len(asked.items) <= 4
+    texts = [item.insert_text for item in asked.items]
+    assert len(set(texts)) == len(texts)
+    # one round trip of two requests (greedy n=1 + 3 samples), not four
+    assert (await status(client))["counters"]["backend_calls"] == after_auto + 2
+    assert auto.items[0].insert_text in texts  # the greedy text is among them (the engine is batch-invariant)
 
 
 async def test_typed_ahead_reuse_makes_no_backend_call(client, backend_url):

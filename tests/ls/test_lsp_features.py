@@ -40,7 +40,11 @@ async def client(lsp_client: LanguageClient, fake):
     result = await lsp_client.initialize_session(
         types.InitializeParams(
             capabilities=capabilities(),
-            initialization_options={"copilot-ls": {"backendUrl": fake.url, "debounceMs": 30}},
+            # one candidate per request, explicit or not: these tests count backend requests (explicit ranking:
+            # test_explicit_request_asks_for_ranked_candidates_in_one_round_trip)
+            initialization_options={
+                "copilot-ls": {"backendUrl": fake.url, "debounceMs": 30, "explicitCandidates": 1}
+            },
         )
     )
     lsp_client.server_caps = result.capabilities
@@ -94,6 +98,26 @@ async def test_typed_ahead_and_cache_make_no_backend_call(client, fake):
     await inline(client, uri, 1, 29)
     assert len(fake.requests) == n0 + 2
     assert (await status(client))["counters"]["cache_hits"] >= 1
+
+
+async def test_explicit_request_asks_for_ranked_candidates_in_one_round_trip(client, fake):
+    uri = "file:///tmp/explicit.py"
+    open_doc(client, uri, "x = f(\n")
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"explicitCandidates": 4})
+    )
+    try:
+        n0 = len(fake.requests)
+        await inline(client, uri, 0, 6, invoked=False)  # typing: n = 1
+        assert [r.get("n", 1) for r in fake.requests[n0:]] == [1]
+        n1 = len(fake.requests)
+        await inline(client, uri, 0, 6, invoked=True)  # asked: the greedy one + 3 samples, sent together
+        sent = fake.requests[n1:]
+        assert sorted((r.get("n", 1), r["temperature"] > 0) for r in sent) == [(1, False), (3, True)]
+    finally:
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"explicitCandidates": 1})
+        )
 
 
 async def test_newer_request_supersedes_older_and_aborts_its_http_call(client, fake):

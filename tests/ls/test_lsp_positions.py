@@ -30,7 +30,8 @@ async def client(lsp_client: LanguageClient, fake, request):
     result = await lsp_client.initialize_session(
         types.InitializeParams(
             capabilities=capabilities(OFFERS[request.param]),
-            initialization_options={"backendUrl": fake.url, "debounceMs": 0},
+            # one candidate, one request per completion: the tests read the prompt of the last request
+            initialization_options={"backendUrl": fake.url, "debounceMs": 0, "explicitCandidates": 1},
         )
     )
     lsp_client.encoding = request.param
@@ -150,7 +151,8 @@ async def editor(lsp_client: LanguageClient, fake, request):
     result = await lsp_client.initialize_session(
         types.InitializeParams(
             capabilities=pytest_lsp.client_capabilities(request.param),
-            initialization_options={"backendUrl": fake.url, "debounceMs": 0},
+            # one candidate, one request per completion: the tests read the prompt of the last request
+            initialization_options={"backendUrl": fake.url, "debounceMs": 0, "explicitCandidates": 1},
         )
     )
     lsp_client.spec = request.param

@@ -258,6 +258,7 @@ def test_rank_by_logprob_and_dedupe() -> None:
     out = postprocess(cands, snap, line, col, multiline=False)
     assert [s.text for s in out] == ["1", "2", "3"]
     assert out[0].mean_logprob == -0.1
+    assert [s.sources for s in out] == [(2, 0), (1,), (3,)]  # which raw candidates show each text
 
 
 def test_syntax_check_prefers_candidates_without_new_errors() -> None:

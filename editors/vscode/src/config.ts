@@ -17,6 +17,7 @@ export interface ExtensionSettings {
   debounceMs: number;
   maxLines: number;
   minConfidence: number; // hide suggestions whose confidence is below this (0..1; 0 = show all)
+  explicitCandidates: number; // candidates, ranked, when the user asks (Alt+\\, cycling)
   timeoutSeconds: number; // one backend request
   serverCommand: string;
   pythonPath: string;
@@ -36,6 +37,7 @@ export const DEFAULTS: ExtensionSettings = {
   debounceMs: 100,
   maxLines: 10,
   minConfidence: DEFAULT_MIN_CONFIDENCE,
+  explicitCandidates: 4,
   timeoutSeconds: 30,
   serverCommand: "",
   pythonPath: "",
@@ -48,7 +50,7 @@ export const RESTART_KEYS = ["server.command", "server.pythonPath", "server.args
 
 /** Reads settings through `get(key, default)` (vscode's WorkspaceConfiguration.get has that shape). */
 export function readSettings(get: <T>(key: string, fallback: T) => T): ExtensionSettings {
-  const num = (key: "debounceMs" | "maxLines" | "minConfidence" | "timeoutSeconds"): number => {
+  const num = (key: "debounceMs" | "maxLines" | "minConfidence" | "explicitCandidates" | "timeoutSeconds"): number => {
     const v = get<unknown>(key, DEFAULTS[key]);
     return typeof v === "number" && Number.isFinite(v) ? v : DEFAULTS[key];
   };
@@ -67,6 +69,7 @@ export function readSettings(get: <T>(key: string, fallback: T) => T): Extension
     debounceMs: num("debounceMs"),
     maxLines: num("maxLines"),
     minConfidence: num("minConfidence"),
+    explicitCandidates: num("explicitCandidates"),
     timeoutSeconds: num("timeoutSeconds"),
     serverCommand: str("server.command"),
     pythonPath: str("server.pythonPath"),
@@ -107,6 +110,7 @@ export function serverSettings(settings: ExtensionSettings, apiKey: string | und
     debounceMs: Math.max(0, Math.round(settings.debounceMs)),
     maxLines: Math.max(1, Math.round(settings.maxLines)),
     minConfidence: Math.min(1, Math.max(0, settings.minConfidence)),
+    explicitCandidates: Math.min(16, Math.max(1, Math.round(settings.explicitCandidates))),
     timeout: Math.min(3600, Math.max(0.1, settings.timeoutSeconds)),
   };
 }

@@ -14,6 +14,8 @@ const SERVER_TO_SETTING: Record<string, string> = {
   maxlines: "maxLines",
   min_confidence: "minConfidence",
   minconfidence: "minConfidence",
+  explicit_n: "explicitCandidates",
+  explicitcandidates: "explicitCandidates",
   languages: "languages",
   enabled: "enable",
   enable: "enable",

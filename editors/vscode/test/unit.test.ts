@@ -48,6 +48,7 @@ test("serverSettings: every key, always (the server merges), API key from the se
     debounceMs: 100,
     maxLines: 10,
     minConfidence: DEFAULT_MIN_CONFIDENCE,
+    explicitCandidates: 4,
     timeout: 30,
   });
   const set = serverSettings({ ...DEFAULTS, model: "m", debounceMs: 40.6, maxLines: 0 }, "sk-1");
@@ -56,6 +57,7 @@ test("serverSettings: every key, always (the server merges), API key from the se
   assert.equal(set.debounceMs, 41);
   assert.equal(set.maxLines, 1);
   assert.equal(serverSettings({ ...DEFAULTS, minConfidence: 1.7 }, undefined).minConfidence, 1);
+  assert.equal(serverSettings({ ...DEFAULTS, explicitCandidates: 40 }, undefined).explicitCandidates, 16);
 });
 
 test("resolveServerCommand: setting, python, PATH, workspace venv, nothing", () => {

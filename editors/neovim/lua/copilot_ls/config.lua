@@ -9,7 +9,7 @@ M.defaults = {
   -- Files or folders that mark the project root (the server's workspace folder).
   root_markers = { '.git', 'pyproject.toml', 'setup.py', 'package.json', 'go.mod', 'Cargo.toml', 'pom.xml' },
   -- Server settings, the same names as the VS Code extension's (backendUrl, model, apiKey, debounceMs,
-  -- maxLines, minConfidence, languages = { python = true, ... }). Sent as initializationOptions and with
+  -- maxLines, minConfidence, explicitCandidates, languages = { python = true, ... }). Sent as initializationOptions and with
   -- workspace/didChangeConfiguration; change them at run time with require('copilot_ls').set_settings().
   settings = {},
   -- Which ghost-text machinery to use: 'auto' (Neovim's vim.lsp.inline_completion when it exists, else our
