@@ -24,7 +24,8 @@ from copilot_ls.backend import BackendClient, BackendError
 from copilot_ls.documents import Document, Snapshot, split_lines
 from copilot_ls.languages import language_for
 from copilot_ls.lsp import autostart
-from copilot_ls.lsp.settings import DEFAULT_BACKEND_URL, Settings, SettingsError, from_dict
+from copilot_ls.lsp.settings import SettingsError, from_dict
+from copilot_ls.settings import DEFAULT_BACKEND_URL, Settings
 
 
 class BadInput(ValueError):

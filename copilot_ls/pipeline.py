@@ -22,8 +22,8 @@ from copilot_ls.context.fim import FimTemplate, choose_template
 from copilot_ls.context.workspace import workspace_for
 from copilot_ls.documents import Snapshot
 from copilot_ls.lru import LRUCache
-from copilot_ls.lsp.settings import Settings
 from copilot_ls.postprocess import Suggestion, postprocess
+from copilot_ls.settings import Settings
 
 CacheKey = tuple
 RawCache = LRUCache[CacheKey, list[RawCandidate]]

@@ -1,6 +1,7 @@
 """The house rules of docs/architecture.md, checked on the source: no import cycles (module-level or inside
 functions), model_backend never imports copilot_ls, copilot_ls imports only model_backend.fim (a data table), the
-pure layers import no LSP or HTTP code, and the CPU kernels are a leaf."""
+pure layers import no LSP or HTTP code, the core imports nothing of copilot_ls.lsp, and the CPU kernels are a
+leaf."""
 
 from __future__ import annotations
 
@@ -118,6 +119,23 @@ def test_pure_layers_import_no_lsp_and_no_http() -> None:
                 if d.split(".")[0] in ("pygls", "lsprotocol", "httpx") or d.startswith("copilot_ls.lsp")
             }
             assert not bad, (name, bad)
+
+
+# The front ends: the language server itself and the command-line tools (which may start the backend with
+# lsp.autostart and read editor-style settings with lsp.settings). Everything else in copilot_ls is the core.
+FRONT_ENDS = ("copilot_ls.lsp", "copilot_ls.cli", "copilot_ls.complete_cmd", "copilot_ls.evaluation.cli")
+
+
+def test_the_core_never_imports_the_language_server() -> None:
+    core = [
+        (name, path)
+        for path in (ROOT / "copilot_ls").rglob("*.py")
+        if not (name := _module_name(path)).startswith(FRONT_ENDS)
+    ]
+    assert {"copilot_ls.pipeline", "copilot_ls.settings", "copilot_ls.context.prompt"} <= {n for n, _ in core}
+    for name, path in core:
+        bad = {d for d in _imports(path, name) if d == "copilot_ls.lsp" or d.startswith("copilot_ls.lsp.")}
+        assert not bad, (name, bad)
 
 
 def test_cpu_kernels_are_a_leaf() -> None:

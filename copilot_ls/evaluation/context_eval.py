@@ -43,9 +43,9 @@ from copilot_ls.context import (
 from copilot_ls.context.resolve import Resolver
 from copilot_ls.context.workspace import Workspace, find_root
 from copilot_ls.documents import Document
-from copilot_ls.lsp.settings import Settings
 from copilot_ls.pipeline import ask_chat, chat_prompt, fim_template
 from copilot_ls.postprocess import postprocess
+from copilot_ls.settings import Settings
 
 DEFAULT_BACKEND = "http://127.0.0.1:8765"
 DEFAULT_PACKAGES = ("networkx", "sympy", "mpmath")
@@ -776,7 +776,7 @@ def run(args: argparse.Namespace) -> int:
         "case_set": getattr(args, "case_set", "calls"),
     }
     if "builder" in args.arms:
-        from copilot_ls.lsp.settings import DEFAULT_MIN_CONFIDENCE
+        from copilot_ls.settings import DEFAULT_MIN_CONFIDENCE
 
         if args.fit_weights:
             fitted = fit_weights(results)

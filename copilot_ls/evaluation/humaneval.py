@@ -172,7 +172,7 @@ async def generate_ls(
     independent draw that went through the same cleaning the editor applies."""
     from copilot_ls import pipeline
     from copilot_ls.documents import Document
-    from copilot_ls.lsp.settings import Settings
+    from copilot_ls.settings import Settings
 
     prompt = problem["prompt"]
     uri = f"file:///humaneval/{problem['task_id'].replace('/', '_')}.py"

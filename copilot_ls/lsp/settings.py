@@ -1,4 +1,4 @@
-"""User settings of the language server (and the CLI): one dataclass, built from LSP JSON.
+"""User settings from LSP JSON: the `Settings` dataclass (copilot_ls/settings.py) built from what editors send.
 
 Editors send settings as `initializationOptions` and in `workspace/didChangeConfiguration`, usually in
 camelCase (`backendUrl`) and sometimes wrapped in a section (`{"copilot-ls": {...}}`). `from_dict` accepts both
@@ -10,73 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from copilot_ls.backend import ENDPOINTS
 from copilot_ls.context import KEEP_IN_PREFIX
 from copilot_ls.context.fim import FIM_SETTING_VALUES
+from copilot_ls.settings import Settings
 
-DEFAULT_BACKEND_URL = "http://127.0.0.1:8765"
-# Suggestions whose confidence (copilot_ls.confidence) is below this are not shown. 0 = off; 0.35 met the
-# issue-14 target on `copilot-ls eval context` (docs/quality.md) but is not the default yet.
-DEFAULT_MIN_CONFIDENCE = 0.0
 SECTION_NAMES = ("copilot-ls", "copilotLs", "copilot_ls")
 
 
 class SettingsError(ValueError):
     """A setting has a value of the wrong type or range; the message names the key."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    backend_url: str = DEFAULT_BACKEND_URL
-    api_key: str | None = None
-    model: str | None = None  # sent as `model`; None = whatever the server serves
-    autostart: bool | None = None  # None: start `copilot-backend serve` only for the default URL
-    timeout: float = 30.0  # seconds for one backend request
-    endpoint: str = "completions"  # "completions", "chat" (chat-only servers) or "auto" (probe once)
-    debounce_ms: int = 100  # wait after the last keystroke before calling the backend
-    max_lines: int = 10  # longest multi-line suggestion
-    n: int = 1  # candidates per request (items the editor can cycle)
-    temperature: float = 0.0  # 0 = greedy; with n > 1 the extra candidates are sampled
-    sample_temperature: float = 0.6  # temperature of the extra candidates when temperature == 0 and n > 1
-    top_p: float = 1.0
-    max_tokens: int = 128
-    max_prompt_tokens: int = 1536
-    suffix_fraction: float = 0.25
-    cache_size: int = 256  # LRU entries (prompt -> raw candidates)
-    fim_template: str = "auto"  # "auto" (reported tokens, else the model id), "none", or a family name
-    keep_in_prefix: str = "file"  # what snippets may never push out of the prompt: "file", "function", "none"
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE  # hide suggestions less confident than this (0 = show all)
-    enabled: bool = True
-    languages: dict[str, bool] = field(default_factory=dict)  # per-language enable, e.g. {"markdown": False}
-
-    def enabled_for(self, language_id: str | None) -> bool:
-        if not self.enabled:
-            return False
-        if language_id is not None and language_id in self.languages:
-            return self.languages[language_id]
-        return self.languages.get("*", True)
-
-    def should_autostart(self) -> bool:
-        if self.autostart is not None:  # copilot-backend serves plain HTTP: an https URL can never be it
-            return (
-                self.autostart
-                and is_loopback(self.backend_url)
-                and urlsplit(self.backend_url).scheme == "http"
-            )
-        return self.backend_url.rstrip("/") in (DEFAULT_BACKEND_URL, "http://localhost:8765")
-
-    def merged(self, data: dict[str, Any] | None) -> Settings:
-        """These settings with the keys present in `data` replaced (see module doc)."""
-        return from_dict(data, base=self)
-
-
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1")
 
 
 # JSON key aliases (camelCase as editors send them, and a few common spellings) -> field name
