@@ -48,30 +48,56 @@ def _field_name(key: str) -> str | None:
     return _BY_FOLDED.get(folded) or _ALIASES.get(folded)
 
 
-def _coerce(name: str, value: Any) -> Any:  # long: one row of the type table per setting
-    spec = {
-        "backend_url": (str,),
-        "api_key": (str, type(None)),
-        "model": (str, type(None)),
-        "autostart": (bool, type(None)),
-        "timeout": (int, float),
-        "debounce_ms": (int, float),
-        "max_lines": (int,),
-        "n": (int,),
-        "temperature": (int, float),
-        "sample_temperature": (int, float),
-        "top_p": (int, float),
-        "max_tokens": (int,),
-        "max_prompt_tokens": (int,),
-        "suffix_fraction": (int, float),
-        "cache_size": (int,),
-        "enabled": (bool,),
-        "languages": (dict,),
-        "fim_template": (str,),
-        "keep_in_prefix": (str,),
-        "min_confidence": (int, float),
-        "endpoint": (str,),
-    }[name]
+# The JSON types each setting accepts (a bool is never a number).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "backend_url": (str,),
+    "api_key": (str, type(None)),
+    "model": (str, type(None)),
+    "autostart": (bool, type(None)),
+    "timeout": (int, float),
+    "debounce_ms": (int, float),
+    "max_lines": (int,),
+    "n": (int,),
+    "temperature": (int, float),
+    "sample_temperature": (int, float),
+    "top_p": (int, float),
+    "max_tokens": (int,),
+    "max_prompt_tokens": (int,),
+    "suffix_fraction": (int, float),
+    "cache_size": (int,),
+    "enabled": (bool,),
+    "languages": (dict,),
+    "fim_template": (str,),
+    "keep_in_prefix": (str,),
+    "min_confidence": (int, float),
+    "endpoint": (str,),
+}
+# The closed range of each numeric setting.
+_RANGES: dict[str, tuple[float, float]] = {
+    "timeout": (0.1, 3600),
+    "debounce_ms": (0, 10_000),
+    "max_lines": (1, 1000),
+    "n": (1, 16),
+    "temperature": (0, 5),
+    "sample_temperature": (0, 5),
+    "top_p": (1e-9, 1),
+    "max_tokens": (1, 4096),
+    "max_prompt_tokens": (16, 1_000_000),
+    "suffix_fraction": (0, 0.9),
+    "cache_size": (0, 100_000),
+    "min_confidence": (0, 1),
+}
+# Settings that name one of a fixed set of values, compared lower-cased (`fold`) or as written.
+_CHOICES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "fim_template": (FIM_SETTING_VALUES, True),
+    "keep_in_prefix": (KEEP_IN_PREFIX, False),
+    "endpoint": (ENDPOINTS, True),
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """The setting's value checked against its type, choices and range, in the form Settings holds it."""
+    spec = _TYPES[name]
     if isinstance(value, bool) and bool not in spec:
         raise SettingsError(f"setting {name!r}: expected a number, got {value!r}")
     if not isinstance(value, spec):
@@ -90,39 +116,15 @@ def _coerce(name: str, value: Any) -> Any:  # long: one row of the type table pe
         if bad:
             raise SettingsError(f"setting 'languages': values must be true/false, got {bad!r}")
         return dict(value)
-    if name == "fim_template":
-        if value.lower() not in FIM_SETTING_VALUES:
-            raise SettingsError(
-                f"setting 'fim_template': expected one of {', '.join(FIM_SETTING_VALUES)}, got {value!r}"
-            )
-        return value.lower()
-    if name == "keep_in_prefix":
-        if value not in KEEP_IN_PREFIX:
-            raise SettingsError(
-                f"setting 'keep_in_prefix': expected one of {', '.join(KEEP_IN_PREFIX)}, got {value!r}"
-            )
-    if name == "endpoint":
-        if value.lower() not in ENDPOINTS:
-            raise SettingsError(f"setting 'endpoint': expected one of {', '.join(ENDPOINTS)}, got {value!r}")
-        return value.lower()
+    if name in _CHOICES:
+        choices, fold = _CHOICES[name]
+        if (value.lower() if fold else value) not in choices:
+            raise SettingsError(f"setting {name!r}: expected one of {', '.join(choices)}, got {value!r}")
+        return value.lower() if fold else value
     if name == "debounce_ms":
         value = int(value)
-    ranges = {
-        "timeout": (0.1, 3600),
-        "debounce_ms": (0, 10_000),
-        "max_lines": (1, 1000),
-        "n": (1, 16),
-        "temperature": (0, 5),
-        "sample_temperature": (0, 5),
-        "top_p": (1e-9, 1),
-        "max_tokens": (1, 4096),
-        "max_prompt_tokens": (16, 1_000_000),
-        "suffix_fraction": (0, 0.9),
-        "cache_size": (0, 100_000),
-        "min_confidence": (0, 1),
-    }
-    if name in ranges:
-        lo, hi = ranges[name]
+    if name in _RANGES:
+        lo, hi = _RANGES[name]
         if not lo <= value <= hi:
             raise SettingsError(f"setting {name!r}: {value!r} is outside [{lo}, {hi}]")
     return value
