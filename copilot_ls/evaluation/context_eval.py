@@ -34,6 +34,7 @@ from pathlib import Path
 from tree_sitter import Node
 
 from copilot_ls import chat, confidence
+from copilot_ls.backend import ENDPOINTS
 from copilot_ls.context import (
     DEFAULT_SNIPPET_STYLE,
     KEEP_IN_PREFIX,
@@ -728,7 +729,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list
     )
     parser.add_argument(
         "--endpoint",
-        choices=("completions", "chat", "auto"),
+        choices=ENDPOINTS,
         default="completions",
         help="the server's API (the LS's `endpoint` setting; default completions)",
     )
