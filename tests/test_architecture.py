@@ -1,11 +1,12 @@
 """The house rules of docs/architecture.md, checked on the source: no import cycles (module-level or inside
 functions), model_backend never imports copilot_ls, copilot_ls imports only model_backend.fim (a data table), the
-pure layers import no LSP or HTTP code, the core imports nothing of copilot_ls.lsp, and the CPU kernels are a
-leaf."""
+pure layers import no LSP or HTTP code, the core imports nothing of copilot_ls.lsp, the CPU kernels are a
+leaf, and no function runs over 60 lines without a `# long:` reason on its `def` line."""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,3 +144,51 @@ def test_cpu_kernels_are_a_leaf() -> None:
     if not path.exists():  # before the weights-as-stored engine
         return
     assert not {d for d in _imports(path, "model_backend.cpu_kernels") if d.startswith("model_backend")}
+
+
+LONG_FUNCTION_LINES = 60
+LONG_FUNCTION_DIRS = ("copilot_ls", "model_backend", "benchmarks")
+# Long functions another branch is splitting (remove the entry when it lands): "path:qualified name".
+LONG_FUNCTIONS_PENDING = {"model_backend/model.py:Attention.forward"}
+
+
+Function = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _functions(node: ast.AST, prefix: str = "") -> Iterator[tuple[str, Function]]:
+    """(qualified name, node) of every function under `node`, methods and nested functions included."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = f"{prefix}{child.name}"
+            if not isinstance(child, ast.ClassDef):
+                yield name, child
+            yield from _functions(child, name + ".")
+        else:
+            yield from _functions(child, prefix)
+
+
+def _long_functions() -> list[tuple[str, int, str]]:
+    """(path:qualified name, lines, its def line) of each function longer than LONG_FUNCTION_LINES."""
+    out = []
+    for folder in LONG_FUNCTION_DIRS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            lines = text.splitlines()
+            for name, fn in _functions(ast.parse(text)):
+                n = fn.end_lineno - fn.lineno + 1
+                if n > LONG_FUNCTION_LINES:
+                    out.append((f"{path.relative_to(ROOT).as_posix()}:{name}", n, lines[fn.lineno - 1]))
+    return out
+
+
+def test_long_functions_say_why() -> None:
+    """A function over LONG_FUNCTION_LINES lines (its def line to its last) carries its reason on the def line,
+    `def name(...):  # long: a flat list of options`: split it into named steps, or say why it reads best whole."""
+    found = _long_functions()
+    assert found, "the scan finds no function at all: is LONG_FUNCTION_LINES still meaningful?"
+    unexplained = [
+        f"{where} ({n} lines)"
+        for where, n, def_line in found
+        if "# long: " not in def_line and where not in LONG_FUNCTIONS_PENDING
+    ]
+    assert not unexplained, unexplained
