@@ -616,7 +616,7 @@ def make_probes(out_dir: Path, sizes: list[str], qtypes: list[str]) -> list[Path
     return made
 
 
-def parser() -> argparse.ArgumentParser:  # long: a flat list of options
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="prefill threads")
     ap.add_argument("--decode-threads", type=int, default=None, help="decode threads (default: --threads)")
