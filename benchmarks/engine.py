@@ -176,7 +176,25 @@ def llama_cold_start(gguf: Path, threads: int, decode_threads: int, n_ctx: int) 
     return float(p.stdout.strip().splitlines()[-1])
 
 
-def measure_llama_cpp(
+def _timed_generate(llm: Any, prompt: list[int], n: int, **kw: Any) -> tuple[float, float, int]:
+    """llama.cpp's `generate` of up to n tokens: (seconds to the first token, seconds from the first token to
+    the n-th, tokens)."""
+    t0 = time.perf_counter()
+    gen = llm.generate(prompt, **kw)
+    got = 0
+    t1 = t0
+    for _ in gen:
+        got += 1
+        if got == 1:
+            t1 = time.perf_counter()
+        if got >= n:
+            break
+    t2 = time.perf_counter()
+    gen.close()
+    return t1 - t0, t2 - t1, got
+
+
+def measure_llama_cpp(  # long: one block per figure, in the order `measure` takes them for our engine
     ids_of, gguf: Path, threads: int, decode_threads: int, decode_tokens: int, reuse_len: int
 ) -> dict[str, float]:
     """The same figures as `measure`, for llama.cpp on the same GGUF and the same token ids.
@@ -199,22 +217,6 @@ def measure_llama_cpp(
     ours = ids_of(2048)
     out["tokens_match_first_2048"] = float(own[:2048] == ours)
 
-    def run(prompt: list[int], n: int, **kw) -> tuple[float, float, int]:
-        """(seconds to the first token, seconds from the first token to the n-th, tokens)."""
-        t0 = time.perf_counter()
-        gen = llm.generate(prompt, **kw)
-        got = 0
-        t1 = t0
-        for _ in gen:
-            got += 1
-            if got == 1:
-                t1 = time.perf_counter()
-            if got >= n:
-                break
-        t2 = time.perf_counter()
-        gen.close()
-        return t1 - t0, t2 - t1, got
-
     greedy_kw = dict(temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
     ids = ids_of(512 + 8)
     llm.reset()
@@ -225,7 +227,7 @@ def measure_llama_cpp(
     out["prefill_tok_s"] = 512 / (time.perf_counter() - t0)
 
     llm.reset()
-    _, dt, got = run(ids[:100], decode_tokens, **greedy_kw)
+    _, dt, got = _timed_generate(llm, ids[:100], decode_tokens, **greedy_kw)
     out["decode_tok_s"] = (got - 1) / dt
     out["decode_ms_per_token"] = 1000 * dt / (got - 1)
     out["decode_tokens"] = got
@@ -235,8 +237,8 @@ def measure_llama_cpp(
     t0 = time.perf_counter()
     llm.set_seed(0)
     for _ in range(8):
-        _, dt, got = run(
-            ids[200:300], decode_tokens, temp=0.8, top_p=0.95, top_k=0, min_p=0.0, repeat_penalty=1.0
+        _, dt, got = _timed_generate(
+            llm, ids[200:300], decode_tokens, temp=0.8, top_p=0.95, top_k=0, min_p=0.0, repeat_penalty=1.0
         )
         dsum += dt
         total += got
@@ -246,9 +248,9 @@ def measure_llama_cpp(
 
     long = ids_of(600 + reuse_len + 1)[600:]
     llm.reset()
-    first, _, _ = run(long[:reuse_len], 1, **greedy_kw)
+    first, _, _ = _timed_generate(llm, long[:reuse_len], 1, **greedy_kw)
     out["cold_prefill_2000_s"] = first
-    first, _, _ = run(long, 1, **greedy_kw)
+    first, _, _ = _timed_generate(llm, long, 1, **greedy_kw)
     out["reuse_plus1_s"] = first
     out["reuse_ratio"] = out["reuse_plus1_s"] / out["cold_prefill_2000_s"]
     llm.close()
@@ -519,14 +521,7 @@ def write_probe(path: Path, size: str, qtype: str, seed: int = 0, vocab: Path | 
     copy_tokenizer(w, vocab or default_model_path())
     plan = []
     for name, shape in _probe_tensors(size):
-        if len(shape) == 1:
-            kind = "F32"
-        elif qtype == "Q4_K_M":
-            kind = _q4_k_m_type(name, layers)
-            if shape[1] % 256:  # llama.cpp's fallback for rows that are not whole K-quant super-blocks
-                kind = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}[kind]
-        else:
-            kind = qtype
+        kind = _probe_type(name, shape, qtype, layers)
         plan.append((name, shape, kind))
         if kind in ("F32", "F16"):
             dt = np.dtype(np.float32 if kind == "F32" else np.float16)
@@ -545,20 +540,36 @@ def write_probe(path: Path, size: str, qtype: str, seed: int = 0, vocab: Path | 
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for name, shape, kind in plan:
-        if kind == "F32":
-            data = (
-                (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-                if name.endswith("norm.weight")
-                else (0.02 * rng.standard_normal(shape)).astype(np.float32)
-            )
-        elif kind == "F16":
-            data = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float16)
-        else:
-            data = _random_blocks(kind, shape, rng)
+        data = _probe_data(name, shape, kind, rng)
         w.write_tensor_data(data)
         del data
     w.close()
     return path
+
+
+def _probe_type(name: str, shape: tuple[int, ...], qtype: str, layers: int) -> str:
+    """The GGUF type a probe stores the tensor in: F32 vectors, else `qtype` (Q4_K_M: llama.cpp's mix)."""
+    if len(shape) == 1:
+        return "F32"
+    if qtype != "Q4_K_M":
+        return qtype
+    kind = _q4_k_m_type(name, layers)
+    if shape[1] % 256:  # llama.cpp's fallback for rows that are not whole K-quant super-blocks
+        kind = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}[kind]
+    return kind
+
+
+def _probe_data(name: str, shape: tuple[int, ...], kind: str, rng: Any) -> Any:
+    """Random data of a probe tensor: norms near 1, other weights near 0, quantized ones as valid blocks."""
+    import numpy as np
+
+    if kind == "F32":
+        if name.endswith("norm.weight"):
+            return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        return (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    if kind == "F16":
+        return (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float16)
+    return _random_blocks(kind, shape, rng)
 
 
 def llama_quantize(src: Path, dst: Path, qtype: str) -> bool:
@@ -605,7 +616,7 @@ def make_probes(out_dir: Path, sizes: list[str], qtypes: list[str]) -> list[Path
     return made
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="prefill threads")
     ap.add_argument("--decode-threads", type=int, default=None, help="decode threads (default: --threads)")
@@ -635,7 +646,11 @@ def main() -> int:
     ap.add_argument("--probe-types", default="Q8_0,Q4_K_M", help="--make-probes types")
     ap.add_argument("--child", choices=["ours", "llama.cpp"], help=argparse.SUPPRESS)
     ap.add_argument("--t-spawn", type=float, default=0.0, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = parser().parse_args()
     if args.child:
         return child_main(args.child, str(args.gguf), args.threads, args.decode_threads or 1, args.t_spawn)
     if args.make_probes:
@@ -648,11 +663,32 @@ def main() -> int:
         return 0
     torch.set_num_threads(args.threads)
     formats = args.formats.split(",")
-    results: dict[str, dict[str, float]] = {}
     print(
         f"torch {torch.__version__}, {args.threads} prefill / {args.decode_threads or args.threads} decode threads,"
         f" load average at start {os.getloadavg()[0]:.1f}"
     )
+    results = measure_formats(args, formats)
+    llama, llama_note = measure_llama_reference(args)
+    if llama is not None:
+        print_vs_llama(results, llama, formats)
+    else:
+        print_vs_reference(results, formats, llama_note)
+    if "none" in results:
+        for f in formats:
+            if f != "none":
+                print(
+                    f"{f} vs torch fp32: decode x{results[f]['decode_tok_s'] / results['none']['decode_tok_s']:.2f},"
+                    f" prefill x{results[f]['prefill_tok_s'] / results['none']['prefill_tok_s']:.2f},"
+                    f" 8 samples x{results[f]['samples8_tok_s'] / results['none']['samples8_tok_s']:.2f}"
+                )
+    if args.json:
+        args.json.write_text(json.dumps(figures_doc(args, results, llama, formats), indent=2))
+    return 0
+
+
+def measure_formats(args: argparse.Namespace, formats: list[str]) -> dict[str, dict[str, float]]:
+    """`measure` and the cold starts of the default model in each weight format, printed as they come."""
+    results: dict[str, dict[str, float]] = {}
     Engine.load("default", device="cpu", quantize="none", progress=True)  # converts + caches on first run
     for fmt in formats:
         cs = cold_start(fmt, args.threads)
@@ -673,89 +709,94 @@ def main() -> int:
         results[fmt] = r
         del engine
         print(f"\n[{fmt}] " + ", ".join(f"{k} {v:.3g}" for k, v in r.items()), flush=True)
+    return results
 
-    llama: dict[str, float] | None = None
-    llama_note = ""
+
+def measure_llama_reference(args: argparse.Namespace) -> tuple[dict[str, float] | None, str]:
+    """llama.cpp's figures on the default GGUF in this run, or (None, why not)."""
     try:
         import llama_cpp
     except ImportError as e:
-        llama_note = f"llama_cpp not importable ({e})"
-    else:
-        if args.no_llama_cpp:
-            llama_note = "--no-llama-cpp given"
-        else:
-            tok_engine = Engine.load("default", device="cpu", quantize="none", progress=False)
-            all_ids = tok_engine.tokenizer.encode(corpus_text(), special=False)
-            del tok_engine
-            dthreads = args.decode_threads or args.threads
-            llama = measure_llama_cpp(
-                lambda n: all_ids[:n],
-                args.gguf or default_gguf(),
-                args.threads,
-                dthreads,
-                args.decode_tokens,
-                args.reuse_len,
-            )
-            print(
-                f"\n[llama.cpp {llama_cpp.__version__}, n_threads {dthreads}, n_threads_batch {args.threads}] "
-                + ", ".join(f"{k} {v:.3g}" for k, v in llama.items()),
-                flush=True,
-            )
+        return None, f"llama_cpp not importable ({e})"
+    if args.no_llama_cpp:
+        return None, "--no-llama-cpp given"
+    tok_engine = Engine.load("default", device="cpu", quantize="none", progress=False)
+    all_ids = tok_engine.tokenizer.encode(corpus_text(), special=False)
+    del tok_engine
+    dthreads = args.decode_threads or args.threads
+    llama = measure_llama_cpp(
+        lambda n: all_ids[:n],
+        args.gguf or default_gguf(),
+        args.threads,
+        dthreads,
+        args.decode_tokens,
+        args.reuse_len,
+    )
+    print(
+        f"\n[llama.cpp {llama_cpp.__version__}, n_threads {dthreads}, n_threads_batch {args.threads}] "
+        + ", ".join(f"{k} {v:.3g}" for k, v in llama.items()),
+        flush=True,
+    )
+    return llama, ""
 
+
+def print_vs_llama(results: dict[str, dict[str, float]], llama: dict[str, float], formats: list[str]) -> None:
+    """The figures table with llama.cpp measured in the same run, and our ratios to it."""
+    import llama_cpp
+
+    print(
+        "\n"
+        + "figure".ljust(40)
+        + "".join(f.rjust(10) for f in formats)
+        + "  llama.cpp"
+        + "".join(f"{f + '/llama'}".rjust(12) for f in formats)
+        + "  better"
+    )
+    for k, label, higher in KEYS:
+        row = label.ljust(40) + "".join(f"{results[f][k]:10.3g}" for f in formats) + f"{llama[k]:11.3g}"
+        row += "".join(f"{results[f][k] / llama[k]:12.3g}" for f in formats)
+        print(row + ("  higher" if higher else "  lower"))
+    print(
+        f"llama.cpp measured in this run (llama-cpp-python {llama_cpp.__version__}, high-level Llama API; "
+        "its 8 samples run one after another, not batched); llama.cpp tokenizes the corpus to the same "
+        f"ids: {bool(llama['tokens_match_first_2048'])}. Load average at the end {os.getloadavg()[0]:.1f}."
+    )
+
+
+def print_vs_reference(results: dict[str, dict[str, float]], formats: list[str], llama_note: str) -> None:
+    """The figures table beside the issue author's llama.cpp figures (not measured in this run)."""
+    print("\n" + "figure".ljust(42) + "".join(f.rjust(12) for f in formats) + "   llama.cpp (NOT measured)")
+    for k, label, _ in KEYS:
+        ref = {"prefill_tok_s": "218", "decode_tok_s": "94", "samples8_tok_s": "101"}.get(k, "-")
+        print(label.ljust(42) + "".join(f"{results[f][k]:12.3g}" for f in formats) + f"   {ref}")
+    print(
+        f"llama.cpp figures: the issue author's measurement on this machine, NOT measured in this run "
+        f"({llama_note}). To measure it in the same run: pip install llama-cpp-python (or "
+        "'copilot-ls[bench]'; an sdist that compiles llama.cpp, ~10-25 min on 2 cores)."
+    )
+
+
+def figures_doc(
+    args: argparse.Namespace,
+    results: dict[str, dict[str, float]],
+    llama: dict[str, float] | None,
+    formats: list[str],
+) -> dict:
+    """What --json writes."""
+    doc: dict = {
+        "threads": args.threads,
+        "decode_threads": args.decode_threads or args.threads,
+        "results": results,
+        "higher_is_better": {k: h for k, _, h in KEYS},
+    }
     if llama is not None:
-        print(
-            "\n"
-            + "figure".ljust(40)
-            + "".join(f.rjust(10) for f in formats)
-            + "  llama.cpp"
-            + "".join(f"{f + '/llama'}".rjust(12) for f in formats)
-            + "  better"
-        )
-        for k, label, higher in KEYS:
-            row = label.ljust(40) + "".join(f"{results[f][k]:10.3g}" for f in formats) + f"{llama[k]:11.3g}"
-            row += "".join(f"{results[f][k] / llama[k]:12.3g}" for f in formats)
-            print(row + ("  higher" if higher else "  lower"))
-        print(
-            f"llama.cpp measured in this run (llama-cpp-python {llama_cpp.__version__}, high-level Llama API; "
-            "its 8 samples run one after another, not batched); llama.cpp tokenizes the corpus to the same "
-            f"ids: {bool(llama['tokens_match_first_2048'])}. Load average at the end {os.getloadavg()[0]:.1f}."
-        )
-    else:
-        print(
-            "\n" + "figure".ljust(42) + "".join(f.rjust(12) for f in formats) + "   llama.cpp (NOT measured)"
-        )
-        for k, label, _ in KEYS:
-            ref = {"prefill_tok_s": "218", "decode_tok_s": "94", "samples8_tok_s": "101"}.get(k, "-")
-            print(label.ljust(42) + "".join(f"{results[f][k]:12.3g}" for f in formats) + f"   {ref}")
-        print(
-            f"llama.cpp figures: the issue author's measurement on this machine, NOT measured in this run "
-            f"({llama_note}). To measure it in the same run: pip install llama-cpp-python (or "
-            "'copilot-ls[bench]'; an sdist that compiles llama.cpp, ~10-25 min on 2 cores)."
-        )
-    if "none" in results:
-        for f in formats:
-            if f != "none":
-                print(
-                    f"{f} vs torch fp32: decode x{results[f]['decode_tok_s'] / results['none']['decode_tok_s']:.2f},"
-                    f" prefill x{results[f]['prefill_tok_s'] / results['none']['prefill_tok_s']:.2f},"
-                    f" 8 samples x{results[f]['samples8_tok_s'] / results['none']['samples8_tok_s']:.2f}"
-                )
-    if args.json:
-        doc: dict = {
-            "threads": args.threads,
-            "decode_threads": args.decode_threads or args.threads,
-            "results": results,
-            "higher_is_better": {k: h for k, _, h in KEYS},
+        doc["llama_cpp"] = llama
+        doc["ratio_ours_over_llama_cpp"] = {
+            f: {k: results[f][k] / llama[k] for k, _, _ in KEYS} for f in formats
         }
-        if llama is not None:
-            doc["llama_cpp"] = llama
-            doc["ratio_ours_over_llama_cpp"] = {
-                f: {k: results[f][k] / llama[k] for k, _, _ in KEYS} for f in formats
-            }
-        else:
-            doc["llama_cpp_reference_not_measured"] = LLAMA_CPP_REFERENCE
-        args.json.write_text(json.dumps(doc, indent=2))
-    return 0
+    else:
+        doc["llama_cpp_reference_not_measured"] = LLAMA_CPP_REFERENCE
+    return doc
 
 
 if __name__ == "__main__":

@@ -145,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llama_cpp {llama_cpp.__version__} importable (model-level comparison: benchmarks/engine.py)")
     except ImportError:
         print("llama_cpp not importable: absolute figures only")
-    rows = []
     print(
         f"{'type':6} {'N x K':>11} {'thr':>3} {'time':>4} | {'GEMV ms':>8} {'GB/s':>6} | {'GEMM ms':>8} "
         f"{'GFLOP/s':>8}"
     )
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    rows = []
     saved = torch.get_num_threads()
     try:
         for qtype in args.types.split(","):
@@ -160,33 +160,40 @@ def main(argv: list[str] | None = None) -> int:
                 xm = torch.randn(args.m, k)
                 for threads in (int(t) for t in args.threads.split(",")):
                     torch.set_num_threads(threads)
-                    row = {"type": qtype, "n": n, "k": k, "threads": threads, "m": args.m}
-                    # wall time; with one thread also the thread's CPU time, which other processes on a shared
-                    # machine do not inflate (the fair per-core figure there)
-                    clocks = (
-                        {"wall": time.perf_counter, "cpu": time.thread_time}
-                        if threads == 1
-                        else {"wall": time.perf_counter}
-                    )
-                    for name, clock in clocks.items():
-                        t1 = timed(lambda: ck.matmul(x1, w), clock)  # noqa: B023
-                        tm = timed(lambda: ck.matmul(xm, w), clock, min_time=0.5, min_reps=2)  # noqa: B023
-                        row[f"gemv_ms_{name}"] = t1 * 1e3
-                        row[f"gemv_gbs_{name}"] = w.nbytes / t1 / 1e9
-                        row[f"gemm_ms_{name}"] = tm * 1e3
-                        row[f"gemm_gflops_{name}"] = 2 * args.m * n * k / tm / 1e9
-                        print(
-                            f"{qtype:6} {n:>5}x{k:<5} {threads:>3} {name:>4} | {row[f'gemv_ms_{name}']:8.3f} "
-                            f"{row[f'gemv_gbs_{name}']:6.1f} | {row[f'gemm_ms_{name}']:8.1f} "
-                            f"{row[f'gemm_gflops_{name}']:8.1f}",
-                            flush=True,
-                        )
-                    rows.append(row)
+                    rows.append(measure_row(qtype, n, k, w, x1, xm, threads))
     finally:
         torch.set_num_threads(saved)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def measure_row(
+    qtype: str, n: int, k: int, w: ck.PackedWeight, x1: torch.Tensor, xm: torch.Tensor, threads: int
+) -> dict:
+    """GEMV (one row) and GEMM (xm's rows) of the N x K weight through the kernel on `threads` threads: one
+    printed row."""
+    m = xm.shape[0]
+    row = {"type": qtype, "n": n, "k": k, "threads": threads, "m": m}
+    # wall time; with one thread also the thread's CPU time, which other processes on a shared
+    # machine do not inflate (the fair per-core figure there)
+    clocks = {"wall": time.perf_counter}
+    if threads == 1:
+        clocks["cpu"] = time.thread_time
+    for name, clock in clocks.items():
+        t1 = timed(lambda: ck.matmul(x1, w), clock)
+        tm = timed(lambda: ck.matmul(xm, w), clock, min_time=0.5, min_reps=2)
+        row[f"gemv_ms_{name}"] = t1 * 1e3
+        row[f"gemv_gbs_{name}"] = w.nbytes / t1 / 1e9
+        row[f"gemm_ms_{name}"] = tm * 1e3
+        row[f"gemm_gflops_{name}"] = 2 * m * n * k / tm / 1e9
+        print(
+            f"{qtype:6} {n:>5}x{k:<5} {threads:>3} {name:>4} | {row[f'gemv_ms_{name}']:8.3f} "
+            f"{row[f'gemv_gbs_{name}']:6.1f} | {row[f'gemm_ms_{name}']:8.1f} "
+            f"{row[f'gemm_gflops_{name}']:8.1f}",
+            flush=True,
+        )
+    return row
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ from copilot_ls.backend import BackendClient, ModelMeta, RawCandidate  # noqa: E
 from copilot_ls.context import PromptBudget, build_prompt  # noqa: E402
 from copilot_ls.documents import Document  # noqa: E402
 from copilot_ls.lsp import autostart  # noqa: E402
-from copilot_ls.lsp.settings import Settings  # noqa: E402
 from copilot_ls.postprocess import postprocess  # noqa: E402
+from copilot_ls.settings import Settings  # noqa: E402
 
 LINES = 5000
 

@@ -219,7 +219,17 @@ def format_row(r: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+# why no comparison ran, by whether llama-cpp-python is installed
+NO_COMPARISON = {
+    True: "llama-cpp-python is installed; start `python -m llama_cpp.server --model <the GGUF>` and pass "
+    "--compare-url",
+    False: "llama.cpp's server is not installed here and cannot be installed quickly (llama-cpp-python is "
+    "an sdist that compiles llama.cpp); pass --compare-url URL to compare against any running "
+    "OpenAI-compatible server on the same GGUF",
+}
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="benchmark this running copilot-backend (default: start one)")
     p.add_argument("--model", default="default")
@@ -244,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--compare-url", help="also run the load against this OpenAI-compatible server")
     p.add_argument("--json", type=Path, help="write the results here")
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     proc = None
     url = args.url
     if url is None:
@@ -274,18 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         else:
-            have = importlib.util.find_spec("llama_cpp") is not None
-            print(
-                "\nllama.cpp comparison: not run -- "
-                + (
-                    "llama-cpp-python is installed; start `python -m llama_cpp.server --model <the GGUF>` and pass "
-                    "--compare-url"
-                    if have
-                    else "llama.cpp's server is not installed here and cannot be installed quickly (llama-cpp-python is "
-                    "an sdist that compiles llama.cpp); pass --compare-url URL to compare against any running "
-                    "OpenAI-compatible server on the same GGUF"
-                )
-            )
+            llama_cpp_installed = importlib.util.find_spec("llama_cpp") is not None
+            print("\nllama.cpp comparison: not run -- " + NO_COMPARISON[llama_cpp_installed])
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
     finally:

@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 
 from copilot_ls import pipeline
-from copilot_ls.backend import BackendClient, BackendError
+from copilot_ls.backend import ENDPOINTS, BackendClient, BackendError
 from copilot_ls.documents import Document, Snapshot, split_lines
 from copilot_ls.languages import language_for
 from copilot_ls.lsp import autostart
-from copilot_ls.lsp.settings import DEFAULT_BACKEND_URL, Settings, SettingsError, from_dict
+from copilot_ls.lsp.settings import SettingsError, from_dict
+from copilot_ls.settings import DEFAULT_BACKEND_URL, Settings
 
 
 class BadInput(ValueError):
@@ -69,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--endpoint",
-        choices=("completions", "chat", "auto"),
+        choices=ENDPOINTS,
         default=None,
         help="the server's API: completions (default), chat (/v1/chat/completions, for "
         "chat-only servers) or auto (probe once)",

@@ -22,8 +22,8 @@ from copilot_ls.context.fim import FimTemplate, choose_template
 from copilot_ls.context.workspace import workspace_for
 from copilot_ls.documents import Snapshot
 from copilot_ls.lru import LRUCache
-from copilot_ls.lsp.settings import Settings
 from copilot_ls.postprocess import Suggestion, postprocess
+from copilot_ls.settings import Settings
 
 CacheKey = tuple
 RawCache = LRUCache[CacheKey, list[RawCandidate]]
@@ -121,14 +121,12 @@ async def complete(
     use_chat = await client.endpoint_mode() == "chat"
     t1 = time.perf_counter()
     budget = budget_for(settings, meta)
-    if use_chat:  # the same context, cut at chat.CHAT_FIM's markers into the code before / after the hole
-        budget = replace(budget, max_prompt_tokens=max(16, budget.max_prompt_tokens - chat.OVERHEAD_TOKENS))
     prompt = build_prompt(
         snap,
         line,
         col,
         others=others,
-        budget=budget,
+        budget=chat_budget(budget) if use_chat else budget,
         fim=chat.CHAT_FIM if use_chat else fim_template(meta, settings.fim_template),
         count_tokens=meta.count_tokens,
         specials=meta.special_tokens,
@@ -136,16 +134,8 @@ async def complete(
     msgs = None
     if use_chat:
         prompt, msgs = chat_prompt(prompt, snap)
-    key = cache_key(client, prompt, settings)
-    raw = cache.get(key) if cache is not None else None
-    cached = raw is not None
     t2 = time.perf_counter()
-    if raw is None:
-        raw = await (
-            ask_chat(client, msgs, settings) if msgs is not None else ask_backend(client, prompt, settings)
-        )
-        if cache is not None:
-            cache.put(key, raw)
+    raw, cached = await raw_candidates(client, prompt, msgs, settings, cache)
     t3 = time.perf_counter()
     if prompt.guarded:
         raw = [replace(r, text=unguard(r.text, prompt.guarded)) for r in raw]
@@ -168,6 +158,34 @@ async def complete(
     return CompletionResult(
         shown[: settings.n], prompt, raw, cached, hidden=len(suggestions) - len(shown), timings=timings
     )
+
+
+def chat_budget(budget: PromptBudget) -> PromptBudget:
+    """The budget of the same context sent as chat messages (cut at chat.CHAT_FIM's markers into the code
+    before / after the hole): the chat instructions take chat.OVERHEAD_TOKENS of it."""
+    return replace(budget, max_prompt_tokens=max(16, budget.max_prompt_tokens - chat.OVERHEAD_TOKENS))
+
+
+async def raw_candidates(
+    client: BackendClient,
+    prompt: Prompt,
+    msgs: chat.ChatPrompt | None,
+    settings: Settings,
+    cache: RawCache | None,
+) -> tuple[list[RawCandidate], bool]:
+    """The backend's candidates for the prompt (as chat messages when `msgs` is given), and whether they came
+    from the cache."""
+    key = cache_key(client, prompt, settings)
+    raw = cache.get(key) if cache is not None else None
+    if raw is not None:
+        return raw, True
+    if msgs is not None:
+        raw = await ask_chat(client, msgs, settings)
+    else:
+        raw = await ask_backend(client, prompt, settings)
+    if cache is not None:
+        cache.put(key, raw)
+    return raw, False
 
 
 def known_names(snap: Snapshot):

@@ -540,8 +540,6 @@ def clean(
     if not text.strip():
         return "", cur.col
     text, end_col = overlap(text, cur)
-    if not text.strip() and end_col == cur.col:
-        return "", cur.col
     if not text.strip():
         return "", cur.col
     return text, end_col
@@ -555,6 +553,10 @@ def _bracket_change(text: str, cur: Cursor, end_col: int) -> int:
     head, tail = cur.prefix[-400:], cur.line_text[end_col : end_col + 400]  # bounded: lines can be megabytes
     before = _depth(head + cur.line_text[cur.col : end_col] + tail, cur)
     return int(_depth(head + text + tail, cur) != before)
+
+
+# (index among the backend's candidates, the candidate, its cleaned text, the end column it replaces up to)
+_Cleaned = tuple[int, RawCandidate, str, int]
 
 
 def postprocess(
@@ -574,26 +576,17 @@ def postprocess(
         return []
     cur = make_cursor(snap, line, col)
     line = max(0, min(line, len(snap.lines()) - 1))
-    cleaned: list[tuple[int, RawCandidate, str, int]] = []
+    cleaned: list[_Cleaned] = []
     for i, cand in enumerate(candidates):
         truncated = cand.finish_reason == "length" and not cand.text.rstrip(" \t").endswith("\n")
         text, end_col = clean(cand.text, cur, multiline=multiline, max_lines=max_lines, truncated=truncated)
         if text:
             cleaned.append((i, cand, text, end_col))
-    # The syntax check only orders distinct suggestions (candidates with the same text and end share a flag):
-    # with fewer than two distinct ones its result cannot change the order, so the reparse is skipped.
-    errors_of: dict[tuple[str, int], int] = {}
-    if len({(text, end_col) for _, _, text, end_col in cleaned}) > 1:
-        checker = _SyntaxChecker(snap)
-        for _, _, text, end_col in cleaned:
-            key = (text, end_col)
-            if key not in errors_of:
-                errors_of[key] = checker.new_errors(text, (line, cur.col), (line, end_col))
+    errors_of = _new_syntax_errors(cleaned, snap, line, cur)
     agree = conf.agreement([text for _, _, text, _ in cleaned])
     issues_of: dict[str, tuple[str, ...]] = {}
     ranked: list[tuple[int, float, int, Suggestion]] = []
     for k, (i, cand, text, end_col) in enumerate(cleaned):
-        start, end = (line, cur.col), (line, end_col)
         out_text = text.replace("\n", "\r\n") if cur.crlf else text
         errors = errors_of.get((text, end_col))
         if errors is None:
@@ -602,16 +595,32 @@ def postprocess(
             issues_of[text] = tuple(static_checks.issues(snap, line, cur.prefix, text, known))
         found = issues_of[text]
         c = conf.confidence(cand, text, syntax_errors=errors, static_issues=len(found), agreement=agree[k])
+        sug = Suggestion(out_text, (line, cur.col), (line, end_col), cand.mean_logprob, c, found)
         flag = 1 if errors_of.get((text, end_col)) else 0
-        ranked.append(
-            (
-                flag,
-                -(c if c is not None else cand.mean_logprob),
-                i,
-                Suggestion(out_text, start, end, cand.mean_logprob, c, found),
-            )
-        )
-    if any(r[3].confidence is None for r in ranked):  # mixed or no confidences: the model's own ranking
+        ranked.append((flag, -(c if c is not None else cand.mean_logprob), i, sug))
+    return _best_first(ranked)
+
+
+def _new_syntax_errors(
+    cleaned: list[_Cleaned], snap: Snapshot, line: int, cur: Cursor
+) -> dict[tuple[str, int], int]:
+    """(text, end column) -> the syntax errors inserting it adds, by reparsing the document. The check only
+    orders distinct suggestions: with fewer than two distinct ones it cannot change the order, so it is skipped
+    (the result is empty)."""
+    errors_of: dict[tuple[str, int], int] = {}
+    if len({(text, end_col) for _, _, text, end_col in cleaned}) > 1:
+        checker = _SyntaxChecker(snap)
+        for _, _, text, end_col in cleaned:
+            key = (text, end_col)
+            if key not in errors_of:
+                errors_of[key] = checker.new_errors(text, (line, cur.col), (line, end_col))
+    return errors_of
+
+
+def _best_first(ranked: list[tuple[int, float, int, Suggestion]]) -> list[Suggestion]:
+    """Sorted by (new syntax errors, -confidence, backend order), each (text, end) once. With mixed or no
+    confidences, the model's own ranking (mean log-prob) replaces the confidence."""
+    if any(r[3].confidence is None for r in ranked):
         ranked = [(f, -r.mean_logprob, i, r) for f, _, i, r in ranked]
     ranked.sort(key=lambda r: r[:3])
     merged: dict[tuple[str, tuple[int, int]], tuple[Suggestion, list[int]]] = {}

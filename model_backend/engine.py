@@ -48,7 +48,7 @@ DEFAULT_MAX_SEQ = 4096
 
 
 class Engine:
-    def __init__(
+    def __init__(  # long: its docstring documents each option; the body sets up the fields in one place
         self,
         model: Transformer,
         tokenizer: Any,
@@ -139,9 +139,9 @@ class Engine:
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
     def load(cls, model: str = "default", **options: Any) -> Engine:
-        """Load a checkpoint (see weights.resolve_model) onto `device` (model_backend/loader.py.load_engine, whose
-        signature lists every option: device, max_batch, max_seq_len, quantize, rope_theta, rope_scaling, dtype,
-        cache_dir, progress, pack_in_background, and the engine's own options below).
+        """Load a checkpoint (see weights.resolve_model) onto `device` (model_backend/loader.py: load_engine and
+        engine_from_checkpoint, whose signatures list every option: device, max_batch, max_seq_len, quantize,
+        rope_theta, rope_scaling, dtype, cache_dir, progress, pack_in_background, and the engine's own below).
 
         quantize: "auto" (on CPU "blocks" for GGUF / bf16 / fp16 checkpoints where the kernels run, else "fp16";
         none on CUDA), "blocks" (every matrix as stored, for prompts and decode: model_backend/cpu_kernels.py),

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from model_backend.cli_options import add_speculation_arguments
 
@@ -47,9 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from model_backend.engine import Engine, SamplingParams
+    from model_backend.engine import SamplingParams
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     params = SamplingParams(
@@ -69,23 +68,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"copilot-backend generate: {e}", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    print(f"loading {args.model} ...", file=sys.stderr)
-    try:
-        engine = Engine.load(
-            args.model,
-            device=args.device,
-            quantize=args.quantize,
-            max_batch=max(8, params.n_sequences),
-            decode_threads=args.decode_threads,
-        )
-        engine.set_speculation(args.speculate, args.draft_model, quantize=args.quantize)
-    except Exception as e:  # ModelLoadError, ValueError (device): one clear line, no traceback
-        print(f"copilot-backend generate: cannot load model: {e}", file=sys.stderr)
+    engine = load(args, max_batch=max(8, params.n_sequences))
+    if engine is None:
         return 1
-    print(f"loaded in {time.perf_counter() - t0:.1f}s on {engine.device}", file=sys.stderr)
     t1 = time.perf_counter()
     try:
         candidates = engine.generate(prompt, params)
@@ -95,7 +80,39 @@ def run(args: argparse.Namespace) -> int:
     dt = time.perf_counter() - t1
     n_tok = sum(len(c.token_ids) for c in candidates)
     print(f"{n_tok} tokens in {dt:.2f}s", file=sys.stderr)
-    if args.json:
+    print_candidates(prompt, candidates, as_json=args.json)
+    return 0
+
+
+def load(args: argparse.Namespace, *, max_batch: int) -> Any:
+    """The engine the options ask for, timed on stderr; None (after one clear line there) when it can't load."""
+    import torch
+
+    from model_backend.engine import Engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    print(f"loading {args.model} ...", file=sys.stderr)
+    try:
+        engine = Engine.load(
+            args.model,
+            device=args.device,
+            quantize=args.quantize,
+            max_batch=max_batch,
+            decode_threads=args.decode_threads,
+        )
+        engine.set_speculation(args.speculate, args.draft_model, quantize=args.quantize)
+    except Exception as e:  # ModelLoadError, ValueError (device): one clear line, no traceback
+        print(f"copilot-backend generate: cannot load model: {e}", file=sys.stderr)
+        return None
+    print(f"loaded in {time.perf_counter() - t0:.1f}s on {engine.device}", file=sys.stderr)
+    return engine
+
+
+def print_candidates(prompt: str, candidates: list[Any], *, as_json: bool) -> None:
+    """stdout: a JSON list, the one completion after its prompt, or each of several under a header line."""
+    if as_json:
         out = [
             {
                 "text": c.text,
@@ -106,9 +123,8 @@ def run(args: argparse.Namespace) -> int:
             for c in candidates
         ]
         print(json.dumps(out, ensure_ascii=False, indent=2))
-    else:
-        for i, c in enumerate(candidates):
-            if len(candidates) > 1:
-                print(f"--- completion {i} (mean log-prob {c.mean_logprob:.3f}, {c.finish_reason}) ---")
-            print(prompt + c.text if len(candidates) == 1 else c.text)
-    return 0
+        return
+    for i, c in enumerate(candidates):
+        if len(candidates) > 1:
+            print(f"--- completion {i} (mean log-prob {c.mean_logprob:.3f}, {c.finish_reason}) ---")
+        print(prompt + c.text if len(candidates) == 1 else c.text)

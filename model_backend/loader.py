@@ -51,35 +51,18 @@ def load_engine(
     model: str = "default",
     *,
     device: str = "auto",
-    max_batch: int = 8,
-    max_seq_len: int | None = None,
     quantize: str = "auto",
-    rope_theta: float | None = None,
-    rope_scaling: float | None = None,
-    dtype: str | None = None,
     cache_dir: Any = None,
     progress: bool = True,
-    pack_in_background: bool = False,
-    **engine_kw: Any,
+    **options: Any,
 ) -> Any:
-    """Engine.load (see its docstring)."""
+    """Engine.load (see its docstring): the checkpoint of `model`, then engine_from_checkpoint with `options`
+    (max_batch, max_seq_len, rope_theta, rope_scaling, dtype, pack_in_background and the engine's own)."""
     dev = resolve_device(device)
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize must be auto, none, fp16, int8 or blocks, got {quantize!r}")
     ckpt = load_checkpoint(model, cache_dir=cache_dir, progress=progress)
-    return engine_from_checkpoint(
-        engine_cls,
-        ckpt,
-        device=dev,
-        max_batch=max_batch,
-        max_seq_len=max_seq_len,
-        quantize=quantize,
-        rope_theta=rope_theta,
-        rope_scaling=rope_scaling,
-        dtype=dtype,
-        pack_in_background=pack_in_background,
-        **engine_kw,
-    )
+    return engine_from_checkpoint(engine_cls, ckpt, device=dev, quantize=quantize, **options)
 
 
 def _torch_dtype(dtype: str | None, dev: torch.device) -> torch.dtype:

@@ -456,17 +456,53 @@ def config_from_gguf(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], p
     arch = meta.get("general.architecture")
     if arch not in ARCHS:
         raise ModelLoadError(f"{path}: unknown architecture {arch!r} (supported: {', '.join(ARCHS)})")
-
-    def need(key: str) -> Any:
-        value = meta.get(f"{arch}.{key}")
-        if value is None:
-            raise ModelLoadError(f"{path}: missing metadata {arch}.{key}")
-        return value
-
-    hidden, n_heads = int(need("embedding_length")), int(need("attention.head_count"))
+    hidden = int(_need(meta, arch, "embedding_length", path))
+    n_heads = int(_need(meta, arch, "attention.head_count", path))
     if hidden <= 0 or n_heads <= 0:
         raise ModelLoadError(f"{path}: bad metadata (embedding_length {hidden}, head_count {n_heads})")
     head_dim = int(meta.get(f"{arch}.attention.key_length") or hidden // n_heads)
+    scaling, context = _gguf_rope(meta, arch, head_dim, path)
+    traits = _gguf_traits(arch, shapes)
+    eps_key = (
+        "attention.layer_norm_epsilon"
+        if traits["norm_type"] == "layernorm"
+        else "attention.layer_norm_rms_epsilon"
+    )
+    # stored as float32: rounded to 7 digits so 1e-5 reads back as 1e-5, not 9.99e-6
+    norm_eps = float(f"{float(meta.get(f'{arch}.{eps_key}', 1e-5)):.7g}")
+    embed = shapes.get("model.embed_tokens.weight")
+    if embed is None:
+        raise ModelLoadError(f"{path}: missing tensor 'token_embd.weight'")
+    cfg = ModelConfig(
+        arch=arch,
+        vocab_size=int(embed[0]),
+        hidden_size=hidden,
+        intermediate_size=int(_need(meta, arch, "feed_forward_length", path)),
+        n_layers=int(_need(meta, arch, "block_count", path)),
+        n_heads=n_heads,
+        n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or n_heads),
+        head_dim=head_dim,
+        context_length=context,
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        norm_eps=norm_eps,
+        tie_word_embeddings="lm_head.weight" not in shapes,
+        **traits,
+    )
+    check_config(cfg, path)
+    return cfg
+
+
+def _need(meta: dict[str, Any], arch: str, key: str, path: Path) -> Any:
+    """The metadata value `{arch}.{key}`, which the file must have."""
+    value = meta.get(f"{arch}.{key}")
+    if value is None:
+        raise ModelLoadError(f"{path}: missing metadata {arch}.{key}")
+    return value
+
+
+def _gguf_rope(meta: dict[str, Any], arch: str, head_dim: int, path: Path) -> tuple[float, int]:
+    """(rope scaling, context length) from the metadata; partial rotary embeddings are refused."""
     rot = meta.get(f"{arch}.rope.dimension_count")
     if rot is not None and int(rot) != head_dim:
         raise ModelLoadError(
@@ -476,46 +512,23 @@ def config_from_gguf(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], p
     factor = meta.get(f"{arch}.rope.scaling.factor")
     if kind is None and meta.get(f"{arch}.rope.scale_linear") is not None:  # older files
         kind, factor = "linear", meta[f"{arch}.rope.scale_linear"]
-    scaling, context = _rope_scaling(
+    return _rope_scaling(
         kind,
         factor,
         meta.get(f"{arch}.rope.scaling.original_context_length"),
-        int(need("context_length")),
+        int(_need(meta, arch, "context_length", path)),
         path,
     )
+
+
+def _gguf_traits(arch: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """The architecture's traits, with the biases the file actually holds (llama-family fine-tunes sometimes
+    carry them)."""
     traits = dict(ARCH_TRAITS[arch])
-    # biases: what the file holds (llama-family fine-tunes sometimes carry them)
     traits["qkv_bias"] = "model.layers.0.self_attn.q_proj.bias" in shapes
     traits["out_bias"] = "model.layers.0.self_attn.o_proj.bias" in shapes
     traits["mlp_bias"] = any(f"model.layers.0.mlp.{m}.bias" in shapes for m in ("up_proj", "c_fc"))
-    eps_key = (
-        "attention.layer_norm_epsilon"
-        if traits["norm_type"] == "layernorm"
-        else "attention.layer_norm_rms_epsilon"
-    )
-    embed = shapes.get("model.embed_tokens.weight")
-    if embed is None:
-        raise ModelLoadError(f"{path}: missing tensor 'token_embd.weight'")
-    cfg = ModelConfig(
-        arch=arch,
-        vocab_size=int(embed[0]),
-        hidden_size=hidden,
-        intermediate_size=int(need("feed_forward_length")),
-        n_layers=int(need("block_count")),
-        n_heads=n_heads,
-        n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or n_heads),
-        head_dim=head_dim,
-        context_length=context,
-        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-        rope_scaling=scaling,
-        norm_eps=float(
-            f"{float(meta.get(f'{arch}.{eps_key}', 1e-5)):.7g}"
-        ),  # float32 in the file: 1e-5, not 9.99e-6
-        tie_word_embeddings="lm_head.weight" not in shapes,
-        **traits,
-    )
-    check_config(cfg, path)
-    return cfg
+    return traits
 
 
 def check_config(cfg: ModelConfig, path: Path) -> None:

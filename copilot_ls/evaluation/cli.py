@@ -158,7 +158,7 @@ async def _humaneval(cfg) -> int:
     from copilot_ls.evaluation.humaneval import EvalError, evaluate
     from copilot_ls.evaluation.sandbox import SandboxError
     from copilot_ls.lsp.autostart import ensure_backend
-    from copilot_ls.lsp.settings import Settings
+    from copilot_ls.settings import Settings
 
     client = BackendClient(
         cfg.backend, timeout=900.0, endpoint=cfg.endpoint

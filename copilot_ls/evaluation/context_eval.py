@@ -27,25 +27,29 @@ import re
 import sys
 import sysconfig
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from tree_sitter import Node
+
 from copilot_ls import chat, confidence
+from copilot_ls.backend import ENDPOINTS
 from copilot_ls.context import (
     DEFAULT_SNIPPET_STYLE,
     KEEP_IN_PREFIX,
     SNIPPET_STYLES,
+    Prompt,
     PromptBudget,
     build_prompt,
     unguard,
 )
 from copilot_ls.context.resolve import Resolver
 from copilot_ls.context.workspace import Workspace, find_root
-from copilot_ls.documents import Document
-from copilot_ls.lsp.settings import Settings
-from copilot_ls.pipeline import ask_chat, chat_prompt, fim_template
+from copilot_ls.documents import Document, Snapshot
+from copilot_ls.pipeline import ask_chat, chat_budget, chat_prompt, fim_template
 from copilot_ls.postprocess import postprocess
+from copilot_ls.settings import Settings
 
 DEFAULT_BACKEND = "http://127.0.0.1:8765"
 DEFAULT_PACKAGES = ("networkx", "sympy", "mpmath")
@@ -77,58 +81,77 @@ def _stable_hash(*parts: object) -> int:
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12], 16)
 
 
+@dataclass
+class _TestFile:
+    """One parsed test file: its lines, its import resolution, and the top-level test functions in it."""
+
+    path: Path
+    snap: Snapshot
+    resolver: Resolver
+    lines: list[str]
+    _defined: dict[tuple[str, str], str | None] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path, workspace: Workspace) -> _TestFile | None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        snap = Document(path.as_uri(), "python", 0, text).snapshot()
+        if snap.tree is None:
+            return None
+        return cls(path, snap, Resolver(snap, (), workspace), snap.lines())
+
+    def test_functions(self) -> Iterator[tuple[Node, Node]]:
+        """(function, body) of each top-level `test*` function, decorated or not."""
+        for node in self.snap.tree.root_node.children:
+            fn = node.child_by_field_name("definition") if node.type == "decorated_definition" else node
+            if fn is None or fn.type != "function_definition":
+                continue
+            name, body = fn.child_by_field_name("name"), fn.child_by_field_name("body")
+            if name is not None and body is not None and name.text.decode().startswith("test"):
+                yield fn, body
+
+    def imported_from_elsewhere(self, name: str, kind: str) -> str | None:
+        """The file defining `name` (a "function" or "class") when the test imports it from another file."""
+        if (name, kind) not in self._defined:
+            defs = (
+                [d for d in self.resolver.definition_of(name, None) if d.kind == kind]
+                if name in self.resolver.imported
+                else []
+            )
+            self._defined[name, kind] = defs[0].path if defs and defs[0].path != str(self.path) else None
+        return self._defined[name, kind]
+
+    def target(self, stmt: Node) -> str | None:
+        """The statement's line, stripped, when it can be a case's target: one line of 6 to 120 characters."""
+        ln = stmt.start_point[0]
+        text = self.lines[ln].strip()
+        return text if stmt.end_point[0] == ln and 6 <= len(text) <= 120 else None
+
+    def case(self, ln: int, subject: str, subject_path: str, subject_before: bool = False) -> Case:
+        line = self.lines[ln]
+        col = len(line) - len(line.lstrip())
+        cid = f"{self.path.name}:{ln + 1}"
+        return Case(cid, str(self.path), ln, col, line.strip(), subject, subject_path, subject_before)
+
+
 def cases_in_file(path: Path, workspace: Workspace) -> list[Case]:
     """Candidate lines of one test file (see the module doc)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+    f = _TestFile.open(path, workspace)
+    if f is None:
         return []
-    doc = Document(path.as_uri(), "python", 0, text)
-    snap = doc.snapshot()
-    if snap.tree is None:
-        return []
-    res = Resolver(snap, (), workspace)
-    lines = snap.lines()
-    resolved: dict[str, str | None] = {}
-
-    def subject_path(name: str) -> str | None:
-        if name not in resolved:
-            defs = [d for d in res.definition_of(name, None) if d.kind == "function"]
-            resolved[name] = defs[0].path if defs and defs[0].path != str(path) else None
-        return resolved[name]
-
     out: list[Case] = []
-    for node in snap.tree.root_node.children:
-        fn = node.child_by_field_name("definition") if node.type == "decorated_definition" else node
-        if fn is None or fn.type != "function_definition":
-            continue
-        name = fn.child_by_field_name("name")
-        body = fn.child_by_field_name("body")
-        if name is None or body is None or not name.text.decode().startswith("test"):
-            continue
+    for fn, body in f.test_functions():
         for stmt in body.named_children:
             ln = stmt.start_point[0]
-            if stmt.end_point[0] != ln or ln <= fn.start_point[0]:
-                continue  # one-line statements only (the target is "the next line")
-            line_text = lines[ln]
-            target = line_text.strip()
-            if len(target) < 6 or len(target) > 120:
-                continue
-            calls = [
-                n.text.decode()
-                for n in _walk(stmt)
-                if n.type == "call"
-                and n.child_by_field_name("function") is not None
-                and n.child_by_field_name("function").type == "identifier"
-                for n in [n.child_by_field_name("function")]
-            ]
-            for callee in calls:
-                sp = subject_path(callee) if callee in res.imported else None
+            if ln <= fn.start_point[0] or f.target(stmt) is None:
+                continue  # one-line statements below the def only (the target is "the next line")
+            for callee in _called_names(stmt):
+                sp = f.imported_from_elsewhere(callee, "function")
                 if sp:
-                    col = len(line_text) - len(line_text.lstrip())
-                    cid = f"{path.name}:{ln + 1}"
-                    before = any(_calls(lines[k], callee) for k in range(fn.start_point[0] + 1, ln))
-                    out.append(Case(cid, str(path), ln, col, target, callee, sp, before))
+                    before = any(_calls(f.lines[k], callee) for k in range(fn.start_point[0] + 1, ln))
+                    out.append(f.case(ln, callee, sp, before))
                     break
     return out
 
@@ -137,85 +160,60 @@ def class_member_cases_in_file(path: Path, workspace: Workspace) -> list[Case]:
     """Lines inside a test function that use a member (``v.attr``) of a variable the test assigned from a
     class imported from another file (``v = Circle(...)``): what a class snippet's fields and method signatures
     are for (issue 15, item 5). The subject is the class."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+    f = _TestFile.open(path, workspace)
+    if f is None:
         return []
-    snap = Document(path.as_uri(), "python", 0, text).snapshot()
-    if snap.tree is None:
-        return []
-    res = Resolver(snap, (), workspace)
-    lines = snap.lines()
-    classes: dict[str, str | None] = {}
-
-    def class_path(name: str) -> str | None:
-        if name not in classes:
-            defs = (
-                [d for d in res.definition_of(name, None) if d.kind == "class"]
-                if name in res.imported
-                else []
-            )
-            classes[name] = defs[0].path if defs and defs[0].path != str(path) else None
-        return classes[name]
-
     out: list[Case] = []
-    for node in snap.tree.root_node.children:
-        fn = node.child_by_field_name("definition") if node.type == "decorated_definition" else node
-        if fn is None or fn.type != "function_definition":
-            continue
-        name, body = fn.child_by_field_name("name"), fn.child_by_field_name("body")
-        if name is None or body is None or not name.text.decode().startswith("test"):
-            continue
+    for _, body in f.test_functions():
         instances: dict[str, str] = {}  # variable -> its class
         for stmt in body.named_children:
-            ln = stmt.start_point[0]
-            expr = (
-                stmt.named_children[0]
-                if stmt.type == "expression_statement" and stmt.named_child_count
-                else None
-            )
-            target = lines[ln].strip()
-            if stmt.end_point[0] == ln and 6 <= len(target) <= 120 and instances:
-                used = next(
-                    (
-                        instances[obj.text.decode()]
-                        for n in _walk(stmt)
-                        if n.type == "attribute"
-                        for obj in [n.child_by_field_name("object")]
-                        if obj is not None and obj.type == "identifier" and obj.text.decode() in instances
-                    ),
-                    None,
-                )
-                if used is not None:
-                    col = len(lines[ln]) - len(lines[ln].lstrip())
-                    out.append(
-                        Case(
-                            f"{path.name}:{ln + 1}",
-                            str(path),
-                            ln,
-                            col,
-                            target,
-                            used,
-                            class_path(used) or "",
-                            False,
-                        )
-                    )
-            if expr is not None and expr.type == "assignment":  # record `v = Cls(...)` after using the line
-                left, right = expr.child_by_field_name("left"), expr.child_by_field_name("right")
-                callee = (
-                    right.child_by_field_name("function")
-                    if right is not None and right.type == "call"
-                    else None
-                )
-                if (
-                    left is not None
-                    and left.type == "identifier"
-                    and callee is not None
-                    and callee.type == "identifier"
-                    and class_path(callee.text.decode())
-                ):
-                    instances[left.text.decode()] = callee.text.decode()
+            used = _instance_used(stmt, instances) if instances and f.target(stmt) else None
+            if used is not None:
+                out.append(f.case(stmt.start_point[0], used, f.imported_from_elsewhere(used, "class") or ""))
+            assigned = _instance_assigned(stmt)  # recorded after the line is used: `v = Cls(...)` then `v.x`
+            if assigned is not None and f.imported_from_elsewhere(assigned[1], "class"):
+                instances[assigned[0]] = assigned[1]
     return out
+
+
+def _called_names(stmt: Node) -> list[str]:
+    """Names called as plain identifiers in the statement (``f(...)``, not ``obj.f(...)``), in tree order."""
+    return [
+        n.text.decode()
+        for n in _walk(stmt)
+        if n.type == "call"
+        and n.child_by_field_name("function") is not None
+        and n.child_by_field_name("function").type == "identifier"
+        for n in [n.child_by_field_name("function")]
+    ]
+
+
+def _instance_used(stmt: Node, instances: dict[str, str]) -> str | None:
+    """The class of the first known instance whose member (``v.attr``) the statement reads."""
+    return next(
+        (
+            instances[obj.text.decode()]
+            for n in _walk(stmt)
+            if n.type == "attribute"
+            for obj in [n.child_by_field_name("object")]
+            if obj is not None and obj.type == "identifier" and obj.text.decode() in instances
+        ),
+        None,
+    )
+
+
+def _instance_assigned(stmt: Node) -> tuple[str, str] | None:
+    """(variable, called name) of a statement ``v = Name(...)``; None for anything else."""
+    if stmt.type != "expression_statement" or not stmt.named_child_count:
+        return None
+    expr = stmt.named_children[0]
+    if expr.type != "assignment":
+        return None
+    left, right = expr.child_by_field_name("left"), expr.child_by_field_name("right")
+    callee = right.child_by_field_name("function") if right is not None and right.type == "call" else None
+    if left is None or left.type != "identifier" or callee is None or callee.type != "identifier":
+        return None
+    return left.text.decode(), callee.text.decode()
 
 
 CASE_SETS = {"calls": cases_in_file, "class-members": class_member_cases_in_file}
@@ -408,25 +406,10 @@ async def run_case(
     style: str = "code",
     use_chat: bool = False,
 ) -> dict:
+    """One case through one arm: its prompt, one greedy completion, post-processing; the results.jsonl row."""
     doc, line, col = case_document(case)
     snap = doc.snapshot()
-    if (
-        use_chat
-    ):  # the same context as chat messages (copilot_ls/chat.py), as the editor sends with endpoint chat
-        budget = replace(budget, max_prompt_tokens=max(16, budget.max_prompt_tokens - chat.OVERHEAD_TOKENS))
-    prompt = build_prompt(
-        snap,
-        line,
-        col,
-        budget=budget,
-        count_tokens=meta.count_tokens,
-        fim=chat.CHAT_FIM if use_chat else fim_template(meta),  # a FIM model: its template in both arms
-        specials=meta.special_tokens,
-        snippets=(arm == "builder"),
-        # both arms: the same root, so the same path header (prefix-only never looks anything up)
-        workspace=Workspace(find_root(case.path)[0], index=False),
-        snippet_style=style,
-    )
+    prompt = case_prompt(case, arm, snap, line, col, meta, budget, style, use_chat)
     t0 = time.monotonic()
     if use_chat:
         settings = replace(Settings(), max_tokens=max_tokens, temperature=0.0, n=1)
@@ -441,15 +424,6 @@ async def run_case(
         raw = [replace(r, text=unguard(r.text, prompt.guarded)) for r in raw]
     sugg = postprocess(raw, snap, line, col, multiline=False, max_lines=1)
     got = sugg[0].text.split("\n")[0].strip() if sugg else ""
-    feats = None
-    if sugg and raw:  # the features of the shown suggestion (the curve rescores them with confidence.WEIGHTS)
-        f = confidence.features(
-            raw[0],
-            sugg[0].text,
-            syntax_errors=_bracket_errors(sugg[0], snap, line, col),
-            static_issues=len(sugg[0].issues),
-        )
-        feats = asdict(f) if f is not None else None
     count = meta.count_tokens or (lambda s: math.ceil(len(s) / 3))
     return {
         "case": case.id,
@@ -465,9 +439,42 @@ async def run_case(
         "subject_before": case.subject_before,
         "shown": bool(sugg),
         "confidence": sugg[0].confidence if sugg else None,
-        "features": feats,
+        "features": _shown_features(raw, sugg, snap, line, col),
         "issues": list(sugg[0].issues) if sugg else [],
     }
+
+
+def case_prompt(
+    case: Case, arm: str, snap, line: int, col: int, meta, budget: PromptBudget, style: str, use_chat: bool
+) -> Prompt:
+    """The arm's prompt for the case: the same builder, with snippets only in the builder arm."""
+    return build_prompt(
+        snap,
+        line,
+        col,
+        # chat: the same context as chat messages (copilot_ls/chat.py), as the editor sends with endpoint chat
+        budget=chat_budget(budget) if use_chat else budget,
+        count_tokens=meta.count_tokens,
+        fim=chat.CHAT_FIM if use_chat else fim_template(meta),  # a FIM model: its template in both arms
+        specials=meta.special_tokens,
+        snippets=(arm == "builder"),
+        # both arms: the same root, so the same path header (prefix-only never looks anything up)
+        workspace=Workspace(find_root(case.path)[0], index=False),
+        snippet_style=style,
+    )
+
+
+def _shown_features(raw, sugg, snap, line: int, col: int) -> dict | None:
+    """The confidence features of the shown suggestion (the curve rescores them with confidence.WEIGHTS)."""
+    if not (sugg and raw):
+        return None
+    f = confidence.features(
+        raw[0],
+        sugg[0].text,
+        syntax_errors=_bracket_errors(sugg[0], snap, line, col),
+        static_issues=len(sugg[0].issues),
+    )
+    return asdict(f) if f is not None else None
 
 
 def _bracket_errors(sug, snap, line: int, col: int) -> int:
@@ -722,7 +729,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list
     )
     parser.add_argument(
         "--endpoint",
-        choices=("completions", "chat", "auto"),
+        choices=ENDPOINTS,
         default="completions",
         help="the server's API (the LS's `endpoint` setting; default completions)",
     )
@@ -732,20 +739,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list
 
 def run(args: argparse.Namespace) -> int:
     packages = [p.strip() for p in args.packages.split(",") if p.strip()]
-    if not package_dirs(packages):
-        print(f"copilot-ls eval context: none of {packages} is installed", file=sys.stderr)
-        return 2
-    if args.cases < 1 or args.concurrency < 1 or args.max_prompt_tokens < 64:
-        print(
-            "copilot-ls eval context: --cases and --concurrency must be >= 1, --max-prompt-tokens >= 64",
-            file=sys.stderr,
-        )
-        return 2
     args.arms = (
         [a.strip() for a in args.arms.split(",") if a.strip()] if isinstance(args.arms, str) else args.arms
     )
-    if not args.arms or set(args.arms) - set(ARMS):
-        print(f"copilot-ls eval context: --arms must name some of {', '.join(ARMS)}", file=sys.stderr)
+    error = _bad_arguments(args, packages)
+    if error:
+        print(f"copilot-ls eval context: {error}", file=sys.stderr)
         return 2
     cases = build_cases(packages, args.cases, args.seed, getattr(args, "case_set", "calls"))
     if args.list:
@@ -763,7 +762,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"copilot-ls eval context: backend {args.backend}: {exc}", file=sys.stderr)
         return 1
     summary = summarize(results) if set(ARMS) <= set(args.arms) else {"cases": 0, "arms": {}}
-    meta = {
+    meta = run_meta(args, packages)
+    if "builder" in args.arms:
+        summary.update(confidence_report(results, out, fit=args.fit_weights))
+    (out / "summary.json").write_text(json.dumps({**summary, "meta": meta}, indent=2))
+    if not summary["arms"]:
+        return 0
+    table = markdown_table(summary, meta)
+    (out / "summary.md").write_text(table)
+    print(table)
+    return 0
+
+
+def _bad_arguments(args: argparse.Namespace, packages: list[str]) -> str | None:
+    """What is wrong with the command line, or None."""
+    if not package_dirs(packages):
+        return f"none of {packages} is installed"
+    if args.cases < 1 or args.concurrency < 1 or args.max_prompt_tokens < 64:
+        return "--cases and --concurrency must be >= 1, --max-prompt-tokens >= 64"
+    if not args.arms or set(args.arms) - set(ARMS):
+        return f"--arms must name some of {', '.join(ARMS)}"
+    return None
+
+
+def run_meta(args: argparse.Namespace, packages: list[str]) -> dict:
+    """The run's settings, as summary.json records them under "meta"."""
+    return {
         "packages": packages,
         "model": getattr(args, "_model", "?"),
         "fim_template": getattr(args, "_fim", "?"),
@@ -775,28 +799,26 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "case_set": getattr(args, "case_set", "calls"),
     }
-    if "builder" in args.arms:
-        from copilot_ls.lsp.settings import DEFAULT_MIN_CONFIDENCE
 
-        if args.fit_weights:
-            fitted = fit_weights(results)
-            print("weights fitted on these results (for confidence.WEIGHTS): " + json.dumps(fitted))
-            summary["fitted_weights"] = fitted
-        curve = confidence_curve(results)
-        chosen = choose_threshold(curve)
-        summary["confidence_curve"] = curve
-        summary["confidence_target_met_at"] = chosen["threshold"] if chosen else None
-        curve_md = curve_table(curve, DEFAULT_MIN_CONFIDENCE)
-        note = (
-            f"lowest minConfidence with exact-among-shown >= 2x the all-shown {100 * curve[0]['precision']:.1f}% "
-            f"and coverage >= 40%: " + (f"{chosen['threshold']:.2f}" if chosen else "none")
-        )
-        (out / "confidence.md").write_text(curve_md + "\n" + note + "\n")
-        print("precision / coverage of the confidence (builder arm):\n" + curve_md + note + "\n")
-    (out / "summary.json").write_text(json.dumps({**summary, "meta": meta}, indent=2))
-    if not summary["arms"]:
-        return 0
-    table = markdown_table(summary, meta)
-    (out / "summary.md").write_text(table)
-    print(table)
-    return 0
+
+def confidence_report(results: list[dict], out: Path, *, fit: bool) -> dict:
+    """The builder arm's precision / coverage curve, printed and written to confidence.md; the summary keys."""
+    from copilot_ls.settings import DEFAULT_MIN_CONFIDENCE
+
+    keys: dict = {}
+    if fit:
+        fitted = fit_weights(results)
+        print("weights fitted on these results (for confidence.WEIGHTS): " + json.dumps(fitted))
+        keys["fitted_weights"] = fitted
+    curve = confidence_curve(results)
+    chosen = choose_threshold(curve)
+    keys["confidence_curve"] = curve
+    keys["confidence_target_met_at"] = chosen["threshold"] if chosen else None
+    curve_md = curve_table(curve, DEFAULT_MIN_CONFIDENCE)
+    note = (
+        f"lowest minConfidence with exact-among-shown >= 2x the all-shown {100 * curve[0]['precision']:.1f}% "
+        f"and coverage >= 40%: " + (f"{chosen['threshold']:.2f}" if chosen else "none")
+    )
+    (out / "confidence.md").write_text(curve_md + "\n" + note + "\n")
+    print("precision / coverage of the confidence (builder arm):\n" + curve_md + note + "\n")
+    return keys

@@ -181,7 +181,7 @@ async def generate_ls(
     a candidate post-processing dropped is an empty body (the editor would show nothing for it)."""
     from copilot_ls import pipeline
     from copilot_ls.documents import Document
-    from copilot_ls.lsp.settings import Settings
+    from copilot_ls.settings import Settings
 
     prompt = problem["prompt"]
     uri = f"file:///humaneval/{problem['task_id'].replace('/', '_')}.py"
@@ -324,85 +324,107 @@ async def evaluate(
     model_info = await client.model_info()
     check_run_dir(cfg.out, cfg.run_record(model_info.get("id")))
     store = SampleStore.open(cfg.out / SAMPLES_FILE)
-    generate: Generate = generate_ls if cfg.through == "ls" else generate_raw
     per_problem = cfg.n + (1 if cfg.greedy else 0)
-    total = per_problem * len(problems)
-    done = sum(
-        min(len(store.of(p["task_id"], "sample")), cfg.n) + min(len(store.of(p["task_id"], "greedy")), 1)
-        for p in problems
-    )
-    bar = _progress_bar(total, done, enabled=progress)
-    sem = asyncio.Semaphore(cfg.workers)
-    limits = sandbox.Limits(timeout_s=cfg.timeout_s, cpu_s=max(1, int(cfg.timeout_s)))
-    loop = asyncio.get_running_loop()
+    bar = _progress_bar(per_problem * len(problems), samples_done(store, problems, cfg), enabled=progress)
     started = time.monotonic()
-
     with ThreadPoolExecutor(max_workers=cfg.workers * 2, thread_name_prefix="sandbox") as pool:
-
-        async def execute(problem: dict[str, Any], kind: str, index: int, gen: Generated) -> None:
-            rec: dict[str, Any] = {
-                "task_id": problem["task_id"],
-                "kind": kind,
-                "index": index,
-                "completion": gen.completion,
-                "mean_logprob": gen.mean_logprob,
-                "finish_reason": gen.finish_reason,
-            }
-            if gen.edit is not None:
-                rec["edit"] = list(gen.edit)
-            if gen.raw_text is not None:
-                rec["raw_text"] = gen.raw_text
-            if gen.rank is not None:
-                rec["rank"] = gen.rank
-            # exit status 0 alone is no pass: `exit(0)` / `os._exit(0)` in the completion ends the program before
-            # (or inside) check() with status 0; the marker, unknown to the code, is printed only after check()
-            marker = f"copilot-ls: tests done {secrets.token_hex(8)}"
-            res = await loop.run_in_executor(
-                pool, lambda: sandbox.run_python(program_text(problem, rec, marker), limits=limits)
-            )
-            passed = res.passed and marker in res.output
-            result = (
-                res.summary()
-                if passed == res.passed
-                else "failed: exited with status 0 before its tests ended"
-            )
-            rec.update(passed=passed, result=result, exec_s=res.elapsed_s)
-            store.append(rec)
-            bar.update(1)
-
-        async def one_problem(problem: dict[str, Any]) -> None:
-            task = problem["task_id"]
-            async with sem:
-                have = {r["index"] for r in store.of(task, "sample")}
-                missing = [i for i in range(cfg.n) if i not in have]
-                want_greedy = cfg.greedy and not store.of(task, "greedy")
-                sampled, greedy = await gather_all(  # sent together: the backend batches them
-                    generate(client, problem, len(missing), temperature=cfg.temperature, cfg=cfg)
-                    if missing
-                    else _nothing(),
-                    generate(client, problem, 1, temperature=0.0, cfg=cfg) if want_greedy else _nothing(),
-                )
-            jobs = [execute(problem, "sample", i, g) for i, g in zip(missing, sampled, strict=False)]
-            jobs += [execute(problem, "greedy", 0, g) for g in greedy[:1]]
-            await gather_all(*jobs)  # execution overlaps the next problem's generation
-
+        run = _Run(cfg, client, store, bar, pool)
         try:
-            await gather_all(*(one_problem(p) for p in problems))
+            await gather_all(*(run.one_problem(p) for p in problems))
         finally:
             bar.close()
-
     results = score(problems, store, cfg)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["model"] = model_info
-    (cfg.out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, cfg.out)
+    return results
+
+
+def samples_done(store: SampleStore, problems: list[dict[str, Any]], cfg: EvalConfig) -> int:
+    """How many of the run's samples (and greedy completions) an earlier run already stored."""
+    return sum(
+        min(len(store.of(p["task_id"], "sample")), cfg.n) + min(len(store.of(p["task_id"], "greedy")), 1)
+        for p in problems
+    )
+
+
+def sample_record(problem: dict[str, Any], kind: str, index: int, gen: Generated) -> dict[str, Any]:
+    """The samples.jsonl record of one generated completion, before it is executed."""
+    rec: dict[str, Any] = {
+        "task_id": problem["task_id"],
+        "kind": kind,
+        "index": index,
+        "completion": gen.completion,
+        "mean_logprob": gen.mean_logprob,
+        "finish_reason": gen.finish_reason,
+    }
+    if gen.edit is not None:
+        rec["edit"] = list(gen.edit)
+    if gen.raw_text is not None:
+        rec["raw_text"] = gen.raw_text
+    if gen.rank is not None:
+        rec["rank"] = gen.rank
+    return rec
+
+
+@dataclass
+class _Run:
+    """One evaluation's moving parts: per problem, generate what is missing, then execute it in the sandbox
+    pool while the next problem generates."""
+
+    cfg: EvalConfig
+    client: Any
+    store: SampleStore
+    bar: Any
+    pool: ThreadPoolExecutor
+
+    def __post_init__(self) -> None:
+        self.generate: Generate = generate_ls if self.cfg.through == "ls" else generate_raw
+        self.sem = asyncio.Semaphore(self.cfg.workers)
+        self.limits = sandbox.Limits(timeout_s=self.cfg.timeout_s, cpu_s=max(1, int(self.cfg.timeout_s)))
+
+    async def one_problem(self, problem: dict[str, Any]) -> None:
+        cfg, task, generate = self.cfg, problem["task_id"], self.generate
+        async with self.sem:
+            have = {r["index"] for r in self.store.of(task, "sample")}
+            missing = [i for i in range(cfg.n) if i not in have]
+            want_greedy = cfg.greedy and not self.store.of(task, "greedy")
+            sampled, greedy = await gather_all(  # sent together: the backend batches them
+                generate(self.client, problem, len(missing), temperature=cfg.temperature, cfg=cfg)
+                if missing
+                else _nothing(),
+                generate(self.client, problem, 1, temperature=0.0, cfg=cfg) if want_greedy else _nothing(),
+            )
+        jobs = [self.execute(problem, "sample", i, g) for i, g in zip(missing, sampled, strict=False)]
+        jobs += [self.execute(problem, "greedy", 0, g) for g in greedy[:1]]
+        await gather_all(*jobs)  # execution overlaps the next problem's generation
+
+    async def execute(self, problem: dict[str, Any], kind: str, index: int, gen: Generated) -> None:
+        rec = sample_record(problem, kind, index, gen)
+        # exit status 0 alone is no pass: `exit(0)` / `os._exit(0)` in the completion ends the program before
+        # (or inside) check() with status 0; the marker, unknown to the code, is printed only after check()
+        marker = f"copilot-ls: tests done {secrets.token_hex(8)}"
+        res = await asyncio.get_running_loop().run_in_executor(
+            self.pool, lambda: sandbox.run_python(program_text(problem, rec, marker), limits=self.limits)
+        )
+        passed = res.passed and marker in res.output
+        early_exit = "failed: exited with status 0 before its tests ended"
+        result = res.summary() if passed == res.passed else early_exit
+        rec.update(passed=passed, result=result, exec_s=res.elapsed_s)
+        self.store.append(rec)
+        self.bar.update(1)
+
+
+def write_results(results: dict[str, Any], out: Path) -> None:
+    """results.json, and the pass@k plot where matplotlib is installed (its path then goes into `results`)."""
+    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     try:
         from copilot_ls.evaluation.plot import plot_pass_at_k
 
-        plot_pass_at_k(results, cfg.out / PLOT_FILE)
-        results["plot"] = str(cfg.out / PLOT_FILE)
+        plot_pass_at_k(results, out / PLOT_FILE)
+        results["plot"] = str(out / PLOT_FILE)
     except ImportError as exc:
         print(f"copilot-ls eval: no plot ({exc}); pip install 'copilot-ls[eval]'", file=sys.stderr)
-    return results
 
 
 async def _nothing() -> list[Generated]:

@@ -3,5 +3,5 @@ requests: debounce, supersession, typed-ahead, counters) over `supervisor` (the 
 `autostart` (the backend child process); `timing`, `settings` and `stats` are plain leaves.
 
 This file imports nothing, so that `copilot_ls.lsp.settings` and `copilot_ls.lsp.autostart` (also used by the
-pipeline and the command-line tools) load without pygls.
+command-line tools) load without pygls. The core (pipeline, context, ...) never imports this package.
 """

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from copilot_ls.backend import BackendClient, BackendError
-from copilot_ls.lsp.settings import Settings
+from copilot_ls.settings import Settings
 
 Progress = Callable[[str], None]
 

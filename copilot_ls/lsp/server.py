@@ -306,11 +306,16 @@ def _record(action, *args) -> dict:
     return {"ok": True}
 
 
+def _only_item_id(command: str, args: tuple) -> str:
+    """The item id of a command that takes nothing else."""
+    if not args:
+        raise ValueError(f"{command} takes the item id")
+    return _item_id(args[0])
+
+
 @server.command(CMD_ACCEPTED)
 def cmd_accepted(ls: CopilotServer, *args) -> dict:
-    if not args:
-        raise ValueError(f"{CMD_ACCEPTED} takes the item id")
-    return _record(ls.session.stats.accepted, _item_id(args[0]))
+    return _record(ls.session.stats.accepted, _only_item_id(CMD_ACCEPTED, args))
 
 
 @server.command(CMD_PARTIAL)
@@ -327,9 +332,7 @@ def cmd_partial(ls: CopilotServer, *args) -> dict:
 
 @server.command(CMD_REJECTED)
 def cmd_rejected(ls: CopilotServer, *args) -> dict:
-    if not args:
-        raise ValueError(f"{CMD_REJECTED} takes the item id")
-    return _record(ls.session.stats.rejected, _item_id(args[0]))
+    return _record(ls.session.stats.rejected, _only_item_id(CMD_REJECTED, args))
 
 
 @server.command(CMD_STATUS)

@@ -20,10 +20,11 @@ from copilot_ls import pipeline
 from copilot_ls.backend import BackendError
 from copilot_ls.documents import DocumentStore, Snapshot
 from copilot_ls.lru import LRUCache
-from copilot_ls.lsp.settings import Settings, SettingsError, from_dict
+from copilot_ls.lsp.settings import SettingsError, from_dict
 from copilot_ls.lsp.stats import Stats
 from copilot_ls.lsp.supervisor import REFUSED, Say, Supervisor
 from copilot_ls.lsp.timing import Debouncer, Shown, Superseded, Supersession, TypedAhead
+from copilot_ls.settings import Settings
 
 log = logging.getLogger("copilot_ls")
 

@@ -1,4 +1,4 @@
-"""User settings of the language server (and the CLI): one dataclass, built from LSP JSON.
+"""User settings from LSP JSON: the `Settings` dataclass (copilot_ls/settings.py) built from what editors send.
 
 Editors send settings as `initializationOptions` and in `workspace/didChangeConfiguration`, usually in
 camelCase (`backendUrl`) and sometimes wrapped in a section (`{"copilot-ls": {...}}`). `from_dict` accepts both
@@ -10,76 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from copilot_ls.backend import ENDPOINTS
 from copilot_ls.context import KEEP_IN_PREFIX
 from copilot_ls.context.fim import FIM_SETTING_VALUES
+from copilot_ls.settings import Settings
 
-DEFAULT_BACKEND_URL = "http://127.0.0.1:8765"
-# Suggestions whose confidence (copilot_ls.confidence) is below this are not shown. 0 = off; 0.35 met the
-# issue-14 target on `copilot-ls eval context` (docs/quality.md) but is not the default yet.
-DEFAULT_MIN_CONFIDENCE = 0.0
 SECTION_NAMES = ("copilot-ls", "copilotLs", "copilot_ls")
 
 
 class SettingsError(ValueError):
     """A setting has a value of the wrong type or range; the message names the key."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    backend_url: str = DEFAULT_BACKEND_URL
-    api_key: str | None = None
-    model: str | None = None  # sent as `model`; None = whatever the server serves
-    autostart: bool | None = None  # None: start `copilot-backend serve` only for the default URL
-    timeout: float = 30.0  # seconds for one backend request
-    endpoint: str = "completions"  # "completions", "chat" (chat-only servers) or "auto" (probe once)
-    debounce_ms: int = 100  # wait after the last keystroke before calling the backend
-    max_lines: int = 10  # longest multi-line suggestion
-    n: int = 1  # candidates per request (items the editor can cycle)
-    explicit_n: int = (
-        4  # candidates, ranked, when the user asks (manual trigger, cycling): one batched request
-    )
-    temperature: float = 0.0  # 0 = greedy; with n > 1 the extra candidates are sampled
-    sample_temperature: float = 0.6  # temperature of the extra candidates when temperature == 0 and n > 1
-    top_p: float = 1.0
-    max_tokens: int = 128
-    max_prompt_tokens: int = 1536
-    suffix_fraction: float = 0.25
-    cache_size: int = 256  # LRU entries (prompt -> raw candidates)
-    fim_template: str = "auto"  # "auto" (reported tokens, else the model id), "none", or a family name
-    keep_in_prefix: str = "file"  # what snippets may never push out of the prompt: "file", "function", "none"
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE  # hide suggestions less confident than this (0 = show all)
-    enabled: bool = True
-    languages: dict[str, bool] = field(default_factory=dict)  # per-language enable, e.g. {"markdown": False}
-
-    def enabled_for(self, language_id: str | None) -> bool:
-        if not self.enabled:
-            return False
-        if language_id is not None and language_id in self.languages:
-            return self.languages[language_id]
-        return self.languages.get("*", True)
-
-    def should_autostart(self) -> bool:
-        if self.autostart is not None:  # copilot-backend serves plain HTTP: an https URL can never be it
-            return (
-                self.autostart
-                and is_loopback(self.backend_url)
-                and urlsplit(self.backend_url).scheme == "http"
-            )
-        return self.backend_url.rstrip("/") in (DEFAULT_BACKEND_URL, "http://localhost:8765")
-
-    def merged(self, data: dict[str, Any] | None) -> Settings:
-        """These settings with the keys present in `data` replaced (see module doc)."""
-        return from_dict(data, base=self)
-
-
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1")
 
 
 # JSON key aliases (camelCase as editors send them, and a few common spellings) -> field name
@@ -106,31 +49,58 @@ def _field_name(key: str) -> str | None:
     return _BY_FOLDED.get(folded) or _ALIASES.get(folded)
 
 
-def _coerce(name: str, value: Any) -> Any:  # long: one row of the type table per setting
-    spec = {
-        "backend_url": (str,),
-        "api_key": (str, type(None)),
-        "model": (str, type(None)),
-        "autostart": (bool, type(None)),
-        "timeout": (int, float),
-        "debounce_ms": (int, float),
-        "max_lines": (int,),
-        "n": (int,),
-        "explicit_n": (int,),
-        "temperature": (int, float),
-        "sample_temperature": (int, float),
-        "top_p": (int, float),
-        "max_tokens": (int,),
-        "max_prompt_tokens": (int,),
-        "suffix_fraction": (int, float),
-        "cache_size": (int,),
-        "enabled": (bool,),
-        "languages": (dict,),
-        "fim_template": (str,),
-        "keep_in_prefix": (str,),
-        "min_confidence": (int, float),
-        "endpoint": (str,),
-    }[name]
+# The JSON types each setting accepts (a bool is never a number).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "backend_url": (str,),
+    "api_key": (str, type(None)),
+    "model": (str, type(None)),
+    "autostart": (bool, type(None)),
+    "timeout": (int, float),
+    "debounce_ms": (int, float),
+    "max_lines": (int,),
+    "n": (int,),
+    "explicit_n": (int,),
+    "temperature": (int, float),
+    "sample_temperature": (int, float),
+    "top_p": (int, float),
+    "max_tokens": (int,),
+    "max_prompt_tokens": (int,),
+    "suffix_fraction": (int, float),
+    "cache_size": (int,),
+    "enabled": (bool,),
+    "languages": (dict,),
+    "fim_template": (str,),
+    "keep_in_prefix": (str,),
+    "min_confidence": (int, float),
+    "endpoint": (str,),
+}
+# The closed range of each numeric setting.
+_RANGES: dict[str, tuple[float, float]] = {
+    "timeout": (0.1, 3600),
+    "debounce_ms": (0, 10_000),
+    "max_lines": (1, 1000),
+    "n": (1, 16),
+    "explicit_n": (1, 16),
+    "temperature": (0, 5),
+    "sample_temperature": (0, 5),
+    "top_p": (1e-9, 1),
+    "max_tokens": (1, 4096),
+    "max_prompt_tokens": (16, 1_000_000),
+    "suffix_fraction": (0, 0.9),
+    "cache_size": (0, 100_000),
+    "min_confidence": (0, 1),
+}
+# Settings that name one of a fixed set of values, compared lower-cased (`fold`) or as written.
+_CHOICES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "fim_template": (FIM_SETTING_VALUES, True),
+    "keep_in_prefix": (KEEP_IN_PREFIX, False),
+    "endpoint": (ENDPOINTS, True),
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """The setting's value checked against its type, choices and range, in the form Settings holds it."""
+    spec = _TYPES[name]
     if isinstance(value, bool) and bool not in spec:
         raise SettingsError(f"setting {name!r}: expected a number, got {value!r}")
     if not isinstance(value, spec):
@@ -149,40 +119,15 @@ def _coerce(name: str, value: Any) -> Any:  # long: one row of the type table pe
         if bad:
             raise SettingsError(f"setting 'languages': values must be true/false, got {bad!r}")
         return dict(value)
-    if name == "fim_template":
-        if value.lower() not in FIM_SETTING_VALUES:
-            raise SettingsError(
-                f"setting 'fim_template': expected one of {', '.join(FIM_SETTING_VALUES)}, got {value!r}"
-            )
-        return value.lower()
-    if name == "keep_in_prefix":
-        if value not in KEEP_IN_PREFIX:
-            raise SettingsError(
-                f"setting 'keep_in_prefix': expected one of {', '.join(KEEP_IN_PREFIX)}, got {value!r}"
-            )
-    if name == "endpoint":
-        if value.lower() not in ENDPOINTS:
-            raise SettingsError(f"setting 'endpoint': expected one of {', '.join(ENDPOINTS)}, got {value!r}")
-        return value.lower()
+    if name in _CHOICES:
+        choices, fold = _CHOICES[name]
+        if (value.lower() if fold else value) not in choices:
+            raise SettingsError(f"setting {name!r}: expected one of {', '.join(choices)}, got {value!r}")
+        return value.lower() if fold else value
     if name == "debounce_ms":
         value = int(value)
-    ranges = {
-        "timeout": (0.1, 3600),
-        "debounce_ms": (0, 10_000),
-        "max_lines": (1, 1000),
-        "n": (1, 16),
-        "explicit_n": (1, 16),
-        "temperature": (0, 5),
-        "sample_temperature": (0, 5),
-        "top_p": (1e-9, 1),
-        "max_tokens": (1, 4096),
-        "max_prompt_tokens": (16, 1_000_000),
-        "suffix_fraction": (0, 0.9),
-        "cache_size": (0, 100_000),
-        "min_confidence": (0, 1),
-    }
-    if name in ranges:
-        lo, hi = ranges[name]
+    if name in _RANGES:
+        lo, hi = _RANGES[name]
         if not lo <= value <= hi:
             raise SettingsError(f"setting {name!r}: {value!r} is outside [{lo}, {hi}]")
     return value

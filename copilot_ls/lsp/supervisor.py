@@ -13,8 +13,8 @@ from typing import Protocol
 from copilot_ls import pipeline
 from copilot_ls.backend import BackendClient, BackendError, ModelMeta
 from copilot_ls.lsp import autostart
-from copilot_ls.lsp.settings import Settings
 from copilot_ls.lsp.timing import Backoff
+from copilot_ls.settings import Settings
 
 log = logging.getLogger("copilot_ls")
 

@@ -271,7 +271,8 @@ def test_ghost_text_accepted_with_tab_then_backend_down(vsix: Path, backend_url:
 def test_extension_unit_tests_and_settings_contract(vsix: Path) -> None:
     """The extension's own unit tests (pure modules under node), and the settings it sends are the ones
     copilot_ls.lsp.settings reads: a set value arrives, a cleared one resets the server's."""
-    from copilot_ls.lsp.settings import DEFAULT_BACKEND_URL, from_dict
+    from copilot_ls.lsp.settings import from_dict
+    from copilot_ls.settings import DEFAULT_BACKEND_URL
 
     ext = REPO / "editors" / "vscode"
     proc = subprocess.run(["npm", "test", "--silent"], cwd=ext, capture_output=True, text=True, timeout=300)

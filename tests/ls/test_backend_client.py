@@ -12,7 +12,7 @@ from lsp_testing import FakeBackend, free_port
 
 from copilot_ls.backend import BackendClient, BackendError, parse_completion
 from copilot_ls.lsp import autostart
-from copilot_ls.lsp.settings import Settings
+from copilot_ls.settings import Settings
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ from copilot_ls import chat
 from copilot_ls.backend import BackendClient, BackendError, parse_chat_completion, parse_completion
 from copilot_ls.context import PromptBudget, build_prompt
 from copilot_ls.documents import Document
-from copilot_ls.lsp.settings import Settings, SettingsError, from_dict
+from copilot_ls.lsp.settings import SettingsError, from_dict
 from copilot_ls.pipeline import chat_prompt
+from copilot_ls.settings import Settings
 from model_backend import chat_template
 
 FIXTURES = Path(__file__).parent / "fixtures"

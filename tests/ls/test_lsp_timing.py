@@ -8,9 +8,10 @@ import asyncio
 import pytest
 
 from copilot_ls.lru import LRUCache
-from copilot_ls.lsp.settings import DEFAULT_BACKEND_URL, Settings, SettingsError, from_dict
+from copilot_ls.lsp.settings import SettingsError, from_dict
 from copilot_ls.lsp.stats import Stats, UnknownItem
 from copilot_ls.lsp.timing import Backoff, Debouncer, Shown, Superseded, Supersession, TypedAhead
+from copilot_ls.settings import DEFAULT_BACKEND_URL, Settings
 
 
 class Clock:
