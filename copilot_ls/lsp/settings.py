@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from copilot_ls.backend import ENDPOINTS
+from copilot_ls.backend import ENDPOINTS, GUIDED_STYLES
 from copilot_ls.context import KEEP_IN_PREFIX
 from copilot_ls.context.fim import FIM_SETTING_VALUES
 
@@ -50,6 +50,9 @@ class Settings:
     fim_template: str = "auto"  # "auto" (reported tokens, else the model id), "none", or a family name
     keep_in_prefix: str = "file"  # what snippets may never push out of the prompt: "file", "function", "none"
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # hide suggestions less confident than this (0 = show all)
+    # guided decoding (copilot_ls/constraints.py): "auto" (our engine's field where the server reports it),
+    # "off", or a field style to force: "allowed_identifiers", "regex" (vLLM), "grammar" (llama.cpp)
+    guided_decoding: str = "auto"
     enabled: bool = True
     languages: dict[str, bool] = field(default_factory=dict)  # per-language enable, e.g. {"markdown": False}
 
@@ -125,6 +128,7 @@ def _coerce(name: str, value: Any) -> Any:  # long: one row of the type table pe
         "keep_in_prefix": (str,),
         "min_confidence": (int, float),
         "endpoint": (str,),
+        "guided_decoding": (str, bool),
     }[name]
     if isinstance(value, bool) and bool not in spec:
         raise SettingsError(f"setting {name!r}: expected a number, got {value!r}")
@@ -158,6 +162,14 @@ def _coerce(name: str, value: Any) -> Any:  # long: one row of the type table pe
     if name == "endpoint":
         if value.lower() not in ENDPOINTS:
             raise SettingsError(f"setting 'endpoint': expected one of {', '.join(ENDPOINTS)}, got {value!r}")
+        return value.lower()
+    if name == "guided_decoding":
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        if value.lower() not in GUIDED_STYLES:
+            raise SettingsError(
+                f"setting 'guided_decoding': expected true, false or one of {', '.join(GUIDED_STYLES)}, got {value!r}"
+            )
         return value.lower()
     if name == "debounce_ms":
         value = int(value)
