@@ -118,3 +118,18 @@ def test_a_class_imported_from_the_workspace(tmp_path):
     (pkg / "base.py").write_text("class Base(Mystery):\n    pass\n")  # a base of a base not known: not sure
     ws = Workspace(tmp_path, index=False)
     assert at("from geo import Rect\nr = Rect(1, 2)\nr.|\n", test, ws) is None
+
+
+def test_the_setting_turns_it_off():
+    from copilot_ls.lsp.settings import SettingsError, from_dict
+    from copilot_ls.pipeline import guide_for
+
+    snap = Document("file:///tmp/constraints/a.py", "python", 0, point("self.")).snapshot()
+    col = len("        return math.sqrt(self.")
+    assert from_dict({}).guided_decoding == "auto"
+    assert guide_for(snap, 11, col, from_dict({})) is not None
+    off = from_dict({"guidedDecoding": False})
+    assert off.guided_decoding == "off" and guide_for(snap, 11, col, off) is None
+    assert from_dict({"guided_decoding": "regex"}).guided_decoding == "regex"
+    with pytest.raises(SettingsError, match="guided_decoding"):
+        from_dict({"guidedDecoding": "sometimes"})
