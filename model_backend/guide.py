@@ -46,16 +46,19 @@ class IdentifierGuide:
         self.healer = healer
         self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=healer.device)
         self._by_bytes: dict[bytes, int] | None = None
-        self._boundary: list[int] | None = None
+        self._boundary: torch.Tensor | None = None  # tokens starting with a non-identifier byte, and EOS
         self._cache: OrderedDict[tuple[bytes, tuple[bytes, ...]], torch.Tensor] = OrderedDict()
 
-    def _tables(self) -> tuple[dict[bytes, int], list[int]]:
+    def _tables(self) -> tuple[dict[bytes, int], torch.Tensor]:
         if self._by_bytes is None:
             keys, ids = self.healer._sorted_vocab()
             self._by_bytes = {}
             for k, i in zip(keys, ids, strict=True):
                 self._by_bytes.setdefault(k, i)
-            self._boundary = [i for k, i in zip(keys, ids, strict=True) if k and not continues_identifier(k[0])]
+            boundary = [i for k, i in zip(keys, ids, strict=True) if k and not continues_identifier(k[0])]
+            self._boundary = torch.cat(
+                [torch.tensor(boundary, dtype=torch.long, device=self.healer.device), self.eos]
+            )
         assert self._boundary is not None
         return self._by_bytes, self._boundary
 
@@ -93,11 +96,9 @@ class IdentifierGuide:
                     for b, t in self._starting_with(full)
                     if len(b) > len(full) and not continues_identifier(b[len(full)])
                 )
-            else:
-                out.update(boundary)
         ids = torch.tensor(sorted(out), dtype=torch.long, device=self.healer.device)
-        if not pending and b"" in rest:
-            ids = torch.cat([ids, self.eos])  # a whole choice may also end the completion
+        if not pending and b"" in rest:  # a whole choice: any non-identifier byte may follow, or the end
+            ids = torch.cat([ids, boundary])
         if ids.numel() == 0:
             return None  # nothing in the vocabulary can follow (cannot happen with byte-level tokens): free
         self._cache[key] = ids
