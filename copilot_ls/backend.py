@@ -294,7 +294,11 @@ class BackendClient:
             except BackendError as exc:
                 if exc.status != 400:
                     raise
-                self.guided_rejected.update(extra)
+            # remembered only when the request without the field is accepted (a 400 for another reason is not
+            # the field's fault)
+            got = await self._generate("/v1/completions", payload, stop, seed, parse_completion)
+            self.guided_rejected.update(extra)
+            return got
         return await self._generate("/v1/completions", payload, stop, seed, parse_completion)
 
     async def _constraint(self, identifiers: Sequence[str] | None, guided: str) -> dict[str, Any]:
