@@ -23,15 +23,22 @@ from dataclasses import dataclass
 
 from copilot_ls.context.resolve import Resolver
 from copilot_ls.context.workspace import Workspace
-from copilot_ls.documents import Snapshot
+from copilot_ls.documents import MemoKey, Snapshot
 from copilot_ls.static_checks import _COMMENT, _STRING
 
 MAX_BASE_DEPTH = 6  # base classes followed this deep
+_CODE: MemoKey[str] = MemoKey("code only (constraints)")
 _OBJECT_MEMBERS = frozenset(dir(object))
 _AT_DOT = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\.([A-Za-z_]\w*)?$")
 _DEF = re.compile(r"^([ \t]*)(?:async[ \t]+)?def[ \t]+(\w+)[ \t]*\(")
 _CLASS = re.compile(r"^([ \t]*)class[ \t]+(\w+)")
 _DYNAMIC = re.compile(r"__getattr__|__getattribute__|\bsetattr\s*\(|__dict__|\bvars\s*\(|\bmetaclass\s*=")
+_DYNAMIC_WORDS = ("__getattr", "__dict__", "setattr", "vars", "metaclass")  # cheap test before _DYNAMIC
+_DEF_ANY = re.compile(r"^([ \t]*)(?:async\s+)?def\s+(\w+)\s*\(\s*(\w+)?", re.M)
+_BLOCK_LINE = re.compile(r"(?:if|elif|else|try|except|finally|for|while|with|match|import|from|exec)\b")
+_CLASS_LINE = re.compile(r"class\s+(\w+)")
+_ASSIGN_LINE = re.compile(r"([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*(?::[^=]*)?(?:=(?!=)|$)")
+_NAME = re.compile(r"[A-Za-z_]\w*")
 _SAFE_DECORATORS = re.compile(
     r"@(?:dataclasses\.)?dataclass\b|@(?:functools\.)?total_ordering\b|@(?:typing\.)?final\b"
 )
@@ -130,11 +137,12 @@ def _scope(lines: list[str], line: int, indent: int) -> _Scope:
 
 
 def _block_end(lines: list[str], header: int) -> int:
-    ind = _indent(lines[header])
-    for j in range(header + 1, len(lines)):
-        if lines[j].strip() and _indent(lines[j]) <= ind and not lines[j].lstrip().startswith((")", "]", "}")):
-            return j
-    return len(lines)
+    """The line after the block that ``lines[header]`` opens (the first non-blank line indented no deeper than
+    the header, closing brackets of a multi-line header aside)."""
+    ind = re.escape(lines[header][: _indent(lines[header])])
+    rest = "\n".join(lines[header + 1 :])
+    m = re.search(rf"^(?!{ind}[ \t])[ \t]*[^\s)\]}}]", rest, re.M)
+    return header + 1 + rest.count("\n", 0, m.start()) if m else len(lines)
 
 
 def class_members(lines: list[str], header: int) -> tuple[set[str], list[str]] | None:
@@ -153,38 +161,37 @@ def class_members(lines: list[str], header: int) -> tuple[set[str], list[str]] |
     if hm is None:
         return None
     body = "\n".join(lines[header + 1 : end])
-    if _DYNAMIC.search(head_text.split(":", 1)[0]) or _DYNAMIC.search(body):
-        return None
+    for text in (head_text.split(":", 1)[0], body):
+        if any(w in text for w in _DYNAMIC_WORDS) and _DYNAMIC.search(text):
+            return None
     bases = [b.strip() for b in (hm.group(2) or "").split(",") if b.strip()]
     if any("=" in b or "*" in b for b in bases):
         return None
-    body_lines = [ln for ln in lines[header + 1 : end] if ln.strip()]
-    if not body_lines:
+    first = re.search(r"^([ \t]*)\S", body, re.M)
+    if first is None:
         return None
-    body_ind = _indent(body_lines[0])
+    body_ind = first.group(1)
     members: set[str] = set()
     selves = {"self", "cls"}
-    for ln in body_lines:
-        s = ln.strip()
-        m = re.match(r"(?:async\s+)?def\s+(\w+)\s*\(\s*(\w+)?", s)
-        if m:  # at any depth: a nested function's name is a harmless extra
-            members.add(m.group(1))
-            if m.group(2) and _indent(ln) == body_ind:
-                selves.add(m.group(2))
+    for m in _DEF_ANY.finditer(body):  # at any depth: a nested function's name is a harmless extra
+        members.add(m.group(2))
+        if m.group(3) and m.group(1) == body_ind:
+            selves.add(m.group(3))
+    for m in re.finditer(rf"^{re.escape(body_ind)}(\S.*)$", body, re.M):
+        s = m.group(1)
+        if s.startswith(("def ", "async ", "@")):
             continue
-        if _indent(ln) != body_ind:
-            continue
-        if re.match(r"(?:if|elif|else|try|except|finally|for|while|with|match|import|from|exec)\b", s):
+        if _BLOCK_LINE.match(s):
             return None  # members defined conditionally, in a loop or by an import: not sure of them all
-        m = re.match(r"class\s+(\w+)", s)
-        if m:
-            members.add(m.group(1))
+        c = _CLASS_LINE.match(s)
+        if c:
+            members.add(c.group(1))
             continue
-        m = re.match(r"([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*(?::[^=]*)?(?:=(?!=)|$)", s)
-        if m and (":" in s or "=" in s):
-            members.update(re.findall(r"[A-Za-z_]\w*", m.group(1)))
-    for name in selves:
-        members.update(re.findall(rf"(?<![\w.]){name}\.([A-Za-z_]\w*)", body))
+        a = _ASSIGN_LINE.match(s) if (":" in s or "=" in s) else None
+        if a:
+            members.update(_NAME.findall(a.group(1)))
+    alts = "|".join(sorted(selves))
+    members.update(re.findall(rf"(?<![\w.])(?:{alts})\.([A-Za-z_]\w*)", body))
     return members, bases
 
 
@@ -198,13 +205,14 @@ class _Classes:
     def __init__(self, doc_lines: list[str], resolver: Resolver) -> None:
         self.doc_lines = doc_lines
         self.res = resolver
+        self._text: str | None = None
 
     def doc_class(self, name: str) -> int | None:
-        for i, ln in enumerate(self.doc_lines):
-            m = _CLASS.match(ln)
-            if m and m.group(2) == name and not m.group(1):
-                return i
-        return None
+        """The header line of the document's top-level class ``name`` (the first one), or None."""
+        if self._text is None:
+            self._text = "\n".join(self.doc_lines)
+        m = re.search(rf"^class[ \t]+{re.escape(name)}\b", self._text, re.M)
+        return self._text.count("\n", 0, m.start()) if m else None
 
     def members_in_doc(self, header: int, depth: int = 0) -> set[str] | None:
         found = class_members(self.doc_lines, header)
@@ -351,12 +359,15 @@ def member_constraint(
         return None
     obj, typed = m.group(1), m.group(2) or ""
     offset = snap.offset(line, col)
-    code_before = _code_only(snap.text[:offset])
-    if not code_before.endswith(m.group(0)):
+    code = snap.memo(_CODE, lambda: _code_only(snap.text))
+    if code[offset - len(m.group(0)) : offset] != m.group(0):
         return None  # inside a string or a comment
-    # code-only lines, the cursor's line cut at the cursor (what the user is typing is not a member)
-    blanked = snap.text[: offset - len(m.group(0))] + " " * len(m.group(0)) + snap.text[offset:]
-    code_lines = _code_only(blanked).split("\n")
+    # code-only lines, with what the user is typing blanked (it is not a member)
+    code_lines = re.split(r"\r\n|\r|\n", code) if "\r" in code else code.split("\n")  # as snap.lines()
+    if line >= len(code_lines):
+        return None
+    cur = code_lines[line]
+    code_lines[line] = cur[: m.start()] + " " * len(m.group(0)) + cur[col:]
     head = code_lines[line][: m.start()]
     scope = _scope(code_lines, line, _indent(raw_line))
     classes = _Classes(code_lines, Resolver(snap, others, workspace))
