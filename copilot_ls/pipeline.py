@@ -96,7 +96,9 @@ async def ask_chat(client: BackendClient, msgs: chat.ChatPrompt, settings: Setti
     return [replace(r, text=chat.parse_reply(r.text, msgs.before, msgs.after)) for r in raw]
 
 
-def guide_for(snap: Snapshot, line: int, col: int, settings: Settings, others: Sequence[Snapshot] = ()):
+def guide_for(
+    snap: Snapshot, line: int, col: int, settings: Settings, others: Sequence[Snapshot] = ()
+) -> Constraint | None:
     """The guided-decoding constraint at the cursor (copilot_ls/constraints.py), or None (off, or not sure)."""
     if settings.guided_decoding == "off":
         return None
