@@ -726,12 +726,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list
         default="completions",
         help="the server's API (the LS's `endpoint` setting; default completions)",
     )
-    parser.add_argument(
-        "--guided",
-        action="store_true",
-        help="guided decoding with vs without, on class-member cases where a constraint applies "
-        "(copilot_ls/evaluation/guided_eval.py)",
-    )
     parser.add_argument("--out", type=Path, default=Path("out/context-eval"), help="output directory")
     parser.add_argument("--list", action="store_true", help="only build and print the cases")
 
@@ -753,10 +747,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.arms or set(args.arms) - set(ARMS):
         print(f"copilot-ls eval context: --arms must name some of {', '.join(ARMS)}", file=sys.stderr)
         return 2
-    if getattr(args, "guided", False):
-        from copilot_ls.evaluation.guided_eval import run_guided
-
-        return run_guided(args, packages)
     cases = build_cases(packages, args.cases, args.seed, getattr(args, "case_set", "calls"))
     if args.list:
         for c in cases:

@@ -1,4 +1,4 @@
-"""`copilot-ls eval context --guided`: decoding guided by the server's knowledge, with vs without (issue 14,
+"""`copilot-ls eval guided`: decoding guided by the server's knowledge, with vs without (issue 14,
 item 3).
 
 Cases: the class-member lines of `eval context --case-set class-members` (a test uses ``v.attr`` of ``v =
@@ -259,8 +259,30 @@ async def run_all(args: argparse.Namespace, cases: list[GuidedCase], out: Path) 
     return [done[(c.id, a)] for c in cases for a in ARMS if (c.id, a) in done]
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`eval context`'s options (--cases, --seed, --packages, --backend, --max-tokens, --max-prompt-tokens,
+    --concurrency, --timeout, --out, --list; the arm, case-set and snippet options do not apply here)."""
+    from copilot_ls.evaluation.context_eval import add_arguments as context_arguments
+
+    context_arguments(parser)
+    parser.set_defaults(out=Path("out/guided-eval"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from copilot_ls.evaluation.context_eval import package_dirs
+
+    packages = [p.strip() for p in args.packages.split(",") if p.strip()]
+    if not package_dirs(packages):
+        print(f"copilot-ls eval guided: none of {packages} is installed", file=sys.stderr)
+        return 2
+    if args.cases < 1 or args.concurrency < 1:
+        print("copilot-ls eval guided: --cases and --concurrency must be >= 1", file=sys.stderr)
+        return 2
+    return run_guided(args, packages)
+
+
 def run_guided(args: argparse.Namespace, packages: list[str]) -> int:
-    """The `--guided` run of `eval context` (its --cases, --seed, --backend, --out ... apply)."""
+    """Build the cases, complete each free and guided (resuming from --out), print and write the summary."""
     cases, seen = build_guided_cases(packages, args.cases, args.seed)
     applied, default_cases = default_set_applied(packages, args.cases, args.seed)
     out: Path = args.out
@@ -275,7 +297,7 @@ def run_guided(args: argparse.Namespace, packages: list[str]) -> int:
     try:
         results = asyncio.run(run_all(args, cases, out))
     except BackendError as exc:
-        print(f"copilot-ls eval context --guided: backend {args.backend}: {exc}", file=sys.stderr)
+        print(f"copilot-ls eval guided: backend {args.backend}: {exc}", file=sys.stderr)
         return 1
     summary = summarize(results, allowed_names(cases))
     meta = {
