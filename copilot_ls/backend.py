@@ -50,6 +50,7 @@ class ModelMeta:
     count_tokens: Callable[[str], int] | None  # exact, from the server's tokenizer.json; None if unavailable
     reports_fim: bool = False  # /v1/models has a `fim` field (copilot-backend; others don't)
     special_tokens: tuple[str, ...] = ()  # control-token strings of the tokenizer (guarded in prompts)
+    guided: tuple[str, ...] = ()  # /v1/models `guided_decoding`: constraint fields the server takes (ours)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -151,6 +152,29 @@ def parse_chat_completion(body: Any) -> list[RawCandidate]:
 
 
 ENDPOINTS = ("completions", "chat", "auto")
+# how a guided-decoding constraint is sent (the `guidedDecoding` setting; docs/backend.md): "auto" = our field
+# where the server reports it (/v1/models `guided_decoding`), nothing elsewhere
+GUIDED_STYLES = ("auto", "off", "allowed_identifiers", "regex", "grammar")
+_GUIDED_FIELDS = {"allowed_identifiers": "allowed_identifiers", "regex": "guided_regex", "grammar": "grammar"}
+
+
+def constraint_fields(identifiers: Sequence[str], style: str) -> dict[str, Any]:
+    """The request fields that say "the completion starts with one of ``identifiers``, then a character that
+    cannot continue an identifier, or ends": ours (``allowed_identifiers``), vLLM's ``guided_regex``, or
+    llama.cpp's GBNF ``grammar``; {} for "off" (or an unknown style)."""
+    if style == "allowed_identifiers":
+        return {"allowed_identifiers": list(identifiers)}
+    names = [i for i in identifiers if i]
+    optional = len(names) < len(identifiers)  # "" among them: the typed part is already a whole member
+    if style == "regex":
+        alts = "|".join(re.escape(i) for i in names)
+        head = f"(?:{alts})" + ("?" if optional else "") if names else ""
+        return {"guided_regex": head + r"(?:[^A-Za-z0-9_][\s\S]*)?"}
+    if style == "grammar":
+        alts = " | ".join(json.dumps(i) for i in names)
+        head = f"({alts})" + ("?" if optional else "") if names else ""
+        return {"grammar": f"root ::= {head} ([^a-zA-Z0-9_] [^\\x00]*)?\n".replace("root ::=  ", "root ::= ")}
+    return {}
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -186,6 +210,9 @@ class BackendClient:
         self.model = model
         self.timeout = timeout
         self.requests = 0  # /v1/completions calls made (the LS's own counter)
+        self.guided_rejected: set[str] = (
+            set()
+        )  # constraint fields this server answered 400 to: never sent again
         self._meta: ModelMeta | None = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
@@ -244,8 +271,13 @@ class BackendClient:
         n: int = 1,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        allowed_identifiers: Sequence[str] | None = None,
+        guided: str = "auto",
     ) -> list[RawCandidate]:
-        """One /v1/completions call (logprobs requested; mean log-prob ranks candidates)."""
+        """One /v1/completions call (logprobs requested; mean log-prob ranks candidates). allowed_identifiers:
+        the completion starts with one of these (guided decoding), sent as the `guided` style says (see
+        GUIDED_STYLES); a server that answers 400 to the field gets the request again without it, and never
+        that field again."""
         payload: dict[str, Any] = {
             "prompt": valid_unicode(prompt),
             "max_tokens": max_tokens,
@@ -257,7 +289,32 @@ class BackendClient:
         }
         if suffix is not None:
             payload["suffix"] = valid_unicode(suffix)
+        extra = await self._constraint(allowed_identifiers, guided)
+        if extra:
+            try:
+                return await self._generate(
+                    "/v1/completions", {**payload, **extra}, stop, seed, parse_completion
+                )
+            except BackendError as exc:
+                if exc.status != 400:
+                    raise
+            # remembered only when the request without the field is accepted (a 400 for another reason is not
+            # the field's fault)
+            got = await self._generate("/v1/completions", payload, stop, seed, parse_completion)
+            self.guided_rejected.update(extra)
+            return got
         return await self._generate("/v1/completions", payload, stop, seed, parse_completion)
+
+    async def _constraint(self, identifiers: Sequence[str] | None, guided: str) -> dict[str, Any]:
+        """The guided-decoding fields to send ({} where the server does not take one)."""
+        if not identifiers or guided == "off":
+            return {}
+        if guided == "auto":
+            taken = (await self.meta()).guided
+            guided = "allowed_identifiers" if "allowed_identifiers" in taken else "off"
+        if _GUIDED_FIELDS.get(guided) in self.guided_rejected:
+            return {}
+        return constraint_fields(identifiers, guided)
 
     async def chat(
         self,
@@ -375,6 +432,9 @@ class BackendClient:
                 count_tokens=_token_counter(tokenizer),
                 reports_fim="fim" in info,
                 special_tokens=_special_tokens(tokenizer),
+                guided=tuple(g for g in info.get("guided_decoding") or () if isinstance(g, str))
+                if isinstance(info.get("guided_decoding"), list)
+                else (),
             )
         return self._meta
 

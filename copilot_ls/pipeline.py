@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from copilot_ls import chat
 from copilot_ls.backend import BackendClient, ModelMeta, RawCandidate
 from copilot_ls.confidence import passes
+from copilot_ls.constraints import Constraint, member_constraint
 from copilot_ls.context import Prompt, PromptBudget, build_prompt, unguard
 from copilot_ls.context.fim import FimTemplate, choose_template
 from copilot_ls.context.workspace import workspace_for
@@ -57,10 +58,14 @@ def budget_for(settings: Settings, meta: ModelMeta) -> PromptBudget:
     )
 
 
-async def ask_backend(client: BackendClient, prompt: Prompt, settings: Settings) -> list[RawCandidate]:
+async def ask_backend(
+    client: BackendClient, prompt: Prompt, settings: Settings, guide: Constraint | None = None
+) -> list[RawCandidate]:
     """n candidates for `prompt`. With temperature 0 and n > 1: the greedy one plus n-1 samples (the greedy
-    candidate repeated n times would offer the editor nothing to cycle through)."""
-    kw = dict(max_tokens=settings.max_tokens, top_p=settings.top_p, stop=prompt.stop)
+    candidate repeated n times would offer the editor nothing to cycle through). `guide`: guided decoding."""
+    kw: dict = dict(max_tokens=settings.max_tokens, top_p=settings.top_p, stop=prompt.stop)
+    if guide is not None:
+        kw.update(allowed_identifiers=guide.identifiers, guided=settings.guided_decoding)
     if settings.n > 1 and settings.temperature == 0:
         greedy, sampled = await asyncio.gather(
             client.complete(prompt.prompt, n=1, temperature=0.0, **kw),
@@ -91,8 +96,20 @@ async def ask_chat(client: BackendClient, msgs: chat.ChatPrompt, settings: Setti
     return [replace(r, text=chat.parse_reply(r.text, msgs.before, msgs.after)) for r in raw]
 
 
-def cache_key(client: BackendClient, prompt: Prompt, settings: Settings) -> CacheKey:
+def guide_for(
+    snap: Snapshot, line: int, col: int, settings: Settings, others: Sequence[Snapshot] = ()
+) -> Constraint | None:
+    """The guided-decoding constraint at the cursor (copilot_ls/constraints.py), or None (off, or not sure)."""
+    if settings.guided_decoding == "off":
+        return None
+    return member_constraint(snap, line, col, others=others, workspace=workspace_for(snap.path))
+
+
+def cache_key(
+    client: BackendClient, prompt: Prompt, settings: Settings, guide: Constraint | None = None
+) -> CacheKey:
     return (
+        guide.identifiers if guide is not None else None,
         client.base_url,
         client.model,
         prompt.prompt,
@@ -132,10 +149,13 @@ async def complete(
         specials=meta.special_tokens,
     )
     msgs = None
+    guide = None
     if use_chat:
         prompt, msgs = chat_prompt(prompt, snap)
+    else:
+        guide = guide_for(snap, line, col, settings, others)
     t2 = time.perf_counter()
-    raw, cached = await raw_candidates(client, prompt, msgs, settings, cache)
+    raw, cached = await raw_candidates(client, prompt, msgs, settings, cache, guide)
     t3 = time.perf_counter()
     if prompt.guarded:
         raw = [replace(r, text=unguard(r.text, prompt.guarded)) for r in raw]
@@ -172,17 +192,18 @@ async def raw_candidates(
     msgs: chat.ChatPrompt | None,
     settings: Settings,
     cache: RawCache | None,
+    guide: Constraint | None = None,
 ) -> tuple[list[RawCandidate], bool]:
-    """The backend's candidates for the prompt (as chat messages when `msgs` is given), and whether they came
-    from the cache."""
-    key = cache_key(client, prompt, settings)
+    """The backend's candidates for the prompt (as chat messages when `msgs` is given; `guide`: guided decoding
+    of a completions request), and whether they came from the cache."""
+    key = cache_key(client, prompt, settings, guide)
     raw = cache.get(key) if cache is not None else None
     if raw is not None:
         return raw, True
     if msgs is not None:
         raw = await ask_chat(client, msgs, settings)
     else:
-        raw = await ask_backend(client, prompt, settings)
+        raw = await ask_backend(client, prompt, settings, guide)
     if cache is not None:
         cache.put(key, raw)
     return raw, False

@@ -37,6 +37,9 @@ class Settings:
     fim_template: str = "auto"  # "auto" (reported tokens, else the model id), "none", or a family name
     keep_in_prefix: str = "file"  # what snippets may never push out of the prompt: "file", "function", "none"
     min_confidence: float = DEFAULT_MIN_CONFIDENCE  # hide suggestions less confident than this (0 = show all)
+    # guided decoding (copilot_ls/constraints.py): "auto" (our engine's field where the server reports it),
+    # "off", or a field style to force: "allowed_identifiers", "regex" (vLLM), "grammar" (llama.cpp)
+    guided_decoding: str = "auto"
     enabled: bool = True
     languages: dict[str, bool] = field(default_factory=dict)  # per-language enable, e.g. {"markdown": False}
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from model_backend import beam, sampling, speculate
+from model_backend.guide import IdentifierGuide
 from model_backend.healing import TokenHealer
 from model_backend.loader import resolve_device
 from model_backend.model import Transformer, pack_linear, pack_targets
@@ -103,6 +104,7 @@ class Engine:
         self.slots = SlotCache(model, cache_slots, self.max_seq_len, self.kv_dtype)
         self.eos_ids = frozenset(getattr(tokenizer, "eos_ids", ()) or ())
         self.healer = TokenHealer(tokenizer, config.vocab_size, device)
+        self.guide = IdentifierGuide(self.healer, self.eos_ids)
         self.speculator = speculate.Speculator()
         self._waiting: deque[Request] = deque()
         self._running: dict[str, Request] = {}
@@ -213,7 +215,10 @@ class Engine:
         seed = params.seed if params.seed is not None else random.getrandbits(63)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed)
-        self._waiting.append(Request(request_id, params, ids, heal, allowed, gen))
+        guide = None
+        if params.allowed_identifiers is not None:
+            guide = tuple(c.encode("utf-8") for c in params.allowed_identifiers)
+        self._waiting.append(Request(request_id, params, ids, heal, allowed, gen, guide=guide))
 
     def has_unfinished(self) -> bool:
         return bool(self._waiting or self._running)
@@ -387,11 +392,11 @@ class Engine:
     def _speculative_step(self, req: Request, seq: Seq) -> list[StepOutput] | None:
         """The pending token and draft tokens in ONE forward (all positions' logits); the tokens the verification
         keeps go into the slot, as if each had had its own step. None when there is nothing to verify (beam search,
-        token healing still constraining the next token, no draft)."""
+        token healing or guided decoding still constraining the next token, no draft)."""
         p = req.params
         pos = len(self.slots.tokens[seq.slot])
         budget = min(p.max_tokens - len(seq.ids) - 1, self.max_seq_len - pos - 2)
-        if p.beam_width > 1 or seq.out.strip or budget < 1:
+        if p.beam_width > 1 or seq.out.strip or seq.guided or budget < 1:
             return None
         key = (req.id, seq.index)
         draft = self.speculator.draft(key, req.prompt + seq.ids, budget, p, req.generator)
@@ -450,7 +455,7 @@ class Engine:
         p = req.params
         out: list[StepOutput] = []
         for seq, logits, lp in sorted(rows, key=lambda r: r[0].index):
-            allowed = self.healer.options(seq.out.strip) if seq.out.strip else None
+            allowed = self._allowed(req, seq)
             token, logprob = sampling.sample_token(
                 logits,
                 temperature=p.temperature,
@@ -462,6 +467,21 @@ class Engine:
             )
             out.extend(self._accept(req, seq, token, logprob, sampling.top_tokens(lp, p.top_logprobs)))
         return out + self._finish_if_done(req)
+
+    def _allowed(self, req: Request, seq: Seq) -> torch.Tensor | None:
+        """The tokens `seq` may take next: guided decoding's (guide.py, token healing included), else token
+        healing's, else None (any)."""
+        if seq.guided and req.guide is not None:
+            pending = seq.out.strip
+            generated = b""
+            if not pending:
+                text = b"".join(self.tokenizer.token_bytes(t) for t in seq.ids if t not in self.eos_ids)
+                generated = text[len(req.heal) :]
+            ids = self.guide.allowed(req.guide, generated, pending)
+            if ids is not None:
+                return ids
+            seq.guided = False  # past the identifier (or off its path): free from now on
+        return self.healer.options(seq.out.strip) if seq.out.strip else None
 
     def _accept(
         self, req: Request, seq: Seq, token: int, logprob: float, top: list[tuple[int, float]] | None
@@ -498,6 +518,14 @@ class Engine:
     def _beam_step(self, req: Request, lps: torch.Tensor, beams: list[Seq]) -> list[StepOutput]:
         """Expand the alive beams (rows of `lps`), keep the best `beam_width`, move their KV into the slots."""
         p = req.params
+        if req.guide is not None:  # each beam's own guided-decoding mask (the healing one is in `allowed`)
+            lps = lps.clone()
+            for row, b in enumerate(beams):
+                ids = self._allowed(req, b)
+                if ids is not None:
+                    keep = lps[row, ids]
+                    lps[row] = float("-inf")
+                    lps[row, ids] = keep
         at_limit = len(self.slots.tokens[beams[0].slot]) + 1 >= self.max_seq_len
         tops = [sampling.top_tokens(row, p.top_logprobs) for row in lps] if p.top_logprobs else None
         alive, parents = beam.expand(

@@ -8,6 +8,7 @@ Plain data: this module imports no torch at run time, so the server can read the
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,11 @@ from model_backend.stops import TextStream
 
 if TYPE_CHECKING:
     import torch
+
+# guided decoding (guide.py): the most identifiers one request may list, and how long each may be
+MAX_CHOICES = 5000
+MAX_CHOICE_CHARS = 200
+IDENTIFIER_CHARS = re.compile(r"\w*")
 
 
 @dataclass
@@ -30,6 +36,9 @@ class SamplingParams:
     seed: int | None = None
     token_healing: bool = True
     top_logprobs: int = 0  # > 0: each generated token also carries the log-probs of the most likely tokens
+    # guided decoding (guide.py): the completion starts with one of these, then a non-identifier character or
+    # its end; None: unconstrained
+    allowed_identifiers: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         if self.max_tokens < 1:
@@ -52,6 +61,17 @@ class SamplingParams:
             raise ValueError(f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
         if any(not isinstance(s, str) or s == "" for s in self.stop):
             raise ValueError("stop strings must be non-empty strings")
+        if self.allowed_identifiers is not None:
+            choices = self.allowed_identifiers
+            if not choices or len(choices) > MAX_CHOICES:
+                raise ValueError(f"allowed_identifiers must hold 1 to {MAX_CHOICES} names")
+            if any(
+                not isinstance(c, str) or len(c) > MAX_CHOICE_CHARS or not IDENTIFIER_CHARS.fullmatch(c)
+                for c in choices
+            ):
+                raise ValueError(
+                    f"allowed_identifiers: identifier characters only, at most {MAX_CHOICE_CHARS}"
+                )
 
     @property
     def n_sequences(self) -> int:
@@ -111,6 +131,7 @@ class Seq:
     top: list[list[tuple[int, float]]] = field(default_factory=list)  # per token, when top_logprobs > 0
     finish_reason: str | None = None
     ended_by_eos: bool = False
+    guided: bool = False  # the request's allowed_identifiers still constrain this sequence's next token
 
     @property
     def live(self) -> bool:
@@ -135,6 +156,7 @@ class Request:
     heal: bytes  # the prompt bytes token healing removed; the first token(s) must regenerate them
     allowed: torch.Tensor | None  # the tokens that may come first (token healing), else None
     generator: torch.Generator
+    guide: tuple[bytes, ...] | None = None  # params.allowed_identifiers as UTF-8 (guide.py)
     seqs: list[Seq] = field(default_factory=list)
     beams_finished: list[Seq] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
@@ -151,4 +173,4 @@ class Request:
         return self.prefilled < len(self.prompt)
 
     def new_seq(self, index: int, slot: int) -> Seq:
-        return Seq(index=index, slot=slot, out=TextStream(self.heal))
+        return Seq(index=index, slot=slot, out=TextStream(self.heal), guided=self.guide is not None)

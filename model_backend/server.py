@@ -42,7 +42,7 @@ from model_backend import fim as fimlib  # noqa: E402
 from model_backend.cli_options import add_speculation_arguments  # noqa: E402
 from model_backend.metrics import Metrics  # noqa: E402
 from model_backend.ranking import best_n  # noqa: E402
-from model_backend.sequences import SamplingParams  # noqa: E402
+from model_backend.sequences import IDENTIFIER_CHARS, MAX_CHOICE_CHARS, MAX_CHOICES, SamplingParams  # noqa: E402
 from model_backend.worker import Job, NotReady, QueueFull, Worker  # noqa: E402
 
 PROG = "copilot-backend"
@@ -120,6 +120,7 @@ class CompletionRequest:
     include_usage: bool = False
     beam_width: int = 1
     token_healing: bool = True
+    allowed_identifiers: tuple[str, ...] | None = None  # guided decoding (model_backend/guide.py)
 
     @property
     def samples(self) -> int:
@@ -259,7 +260,29 @@ def parse_completion_request(body: Any, limits: Limits, vocab_size: int) -> Comp
         include_usage=_get_bool(stream_options or {}, "include_usage", False),
         beam_width=beam_width,
         token_healing=_get_bool(body, "token_healing", True),
+        allowed_identifiers=_get_allowed_identifiers(body),
     )
+
+
+def _get_allowed_identifiers(body: dict) -> tuple[str, ...] | None:
+    """Guided decoding: the completion starts with one of these identifiers (model_backend/guide.py)."""
+    value = body.get("allowed_identifiers")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise _bad(
+            "'allowed_identifiers' must be a non-empty list of strings", "allowed_identifiers", "invalid_type"
+        )
+    if len(value) > MAX_CHOICES:
+        raise _bad(f"'allowed_identifiers' holds at most {MAX_CHOICES} names", "allowed_identifiers")
+    for c in value:
+        if not isinstance(c, str) or len(c) > MAX_CHOICE_CHARS or not IDENTIFIER_CHARS.fullmatch(c):
+            raise _bad(
+                f"'allowed_identifiers' entries must be identifier characters (at most {MAX_CHOICE_CHARS}): "
+                f"{json.dumps(c)[:40]}",
+                "allowed_identifiers",
+            )
+    return tuple(dict.fromkeys(value))
 
 
 def _get_str(body: dict, name: str) -> str | None:
@@ -360,6 +383,7 @@ def sampling_params(req: CompletionRequest) -> SamplingParams:
         seed=req.seed,
         token_healing=req.token_healing,
         top_logprobs=req.logprobs or 0,
+        allowed_identifiers=req.allowed_identifiers,
     )
 
 
@@ -603,6 +627,8 @@ def _add_info_routes(app: FastAPI, state: ServerState) -> None:
             "owned_by": "copilot-ls",
             "context_length": state.context_length,
             "fim": dict(state.fim.strings) if state.fim else None,
+            # request fields for decoding guided by the client's knowledge (docs/backend.md)
+            "guided_decoding": ["allowed_identifiers"],
         }
         return JSONResponse({"object": "list", "data": [entry]})
 

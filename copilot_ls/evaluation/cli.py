@@ -1,10 +1,11 @@
-"""`copilot-ls eval humaneval ...` and `copilot-ls eval context ...`.
+"""`copilot-ls eval humaneval ...`, `copilot-ls eval context ...` and `copilot-ls eval guided ...`.
 
 Only argparse at import time: every `copilot-ls` start (the LSP server too) builds this parser, so the heavy
 modules (the harness, matplotlib, the context evaluation) are imported when their subcommand runs.
 
-`eval context` belongs to copilot_ls/evaluation/context_eval.py, which follows the subcommand convention
-(`add_arguments(parser)`, `run(args) -> int`); its arguments are handed over untouched and parsed by it.
+`eval context` belongs to copilot_ls/evaluation/context_eval.py and `eval guided` to guided_eval.py, which follow
+the subcommand convention (`add_arguments(parser)`, `run(args) -> int`); their arguments are handed over untouched
+and parsed by them.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from pathlib import Path
 
 DEFAULT_BACKEND = "http://127.0.0.1:8765"
 CONTEXT_MODULE = "copilot_ls.evaluation.context_eval"
+GUIDED_MODULE = "copilot_ls.evaluation.guided_eval"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list of options
-    sub = parser.add_subparsers(dest="eval_command", metavar="{humaneval,context}")
+    sub = parser.add_subparsers(dest="eval_command", metavar="{humaneval,context,guided}")
     sub.required = True
     he = sub.add_parser(
         "humaneval",
@@ -87,6 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list
     )
     ctx.add_argument("args", nargs="*")
     ctx.set_defaults(_eval_run=run_context)
+    guided = sub.add_parser(
+        "guided",
+        help="guided decoding with vs without, on class-member cases where a constraint applies",
+        add_help=False,
+        prefix_chars="\x00",
+    )
+    guided.add_argument("args", nargs="*")
+    guided.set_defaults(_eval_run=run_guided)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,23 +113,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_context(args: argparse.Namespace) -> int:
+    return _run_module("context", CONTEXT_MODULE, args.args, "copilot_ls/evaluation/context_eval.py")
+
+
+def run_guided(args: argparse.Namespace) -> int:
+    return _run_module("guided", GUIDED_MODULE, args.args, "copilot_ls/evaluation/guided_eval.py")
+
+
+def _run_module(command: str, name: str, argv: list[str], source: str) -> int:
+    """A subcommand that follows the convention: the module's own `add_arguments(parser)` and `run(args)`."""
     try:
-        module = importlib.import_module(CONTEXT_MODULE)
+        module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name != CONTEXT_MODULE:
+        if exc.name != name:
             raise
         print(
-            "copilot-ls eval context: not available in this build "
-            "(copilot_ls/evaluation/context_eval.py is missing)",
+            f"copilot-ls eval {command}: not available in this build ({source} is missing)",
             file=sys.stderr,
         )
         return 2
     if not (hasattr(module, "add_arguments") and hasattr(module, "run")):
-        print(f"copilot-ls eval context: {CONTEXT_MODULE} lacks add_arguments()/run()", file=sys.stderr)
+        print(f"copilot-ls eval {command}: {name} lacks add_arguments()/run()", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog="copilot-ls eval context")
+    parser = argparse.ArgumentParser(prog=f"copilot-ls eval {command}")
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(args.args)) or 0)
+    return int(module.run(parser.parse_args(argv)) or 0)
 
 
 def run_humaneval(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from copilot_ls.backend import ENDPOINTS
+from copilot_ls.backend import ENDPOINTS, GUIDED_STYLES
 from copilot_ls.context import KEEP_IN_PREFIX
 from copilot_ls.context.fim import FIM_SETTING_VALUES
 from copilot_ls.settings import Settings
@@ -73,6 +73,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "keep_in_prefix": (str,),
     "min_confidence": (int, float),
     "endpoint": (str,),
+    "guided_decoding": (str, bool),
 }
 # The closed range of each numeric setting.
 _RANGES: dict[str, tuple[float, float]] = {
@@ -95,6 +96,7 @@ _CHOICES: dict[str, tuple[tuple[str, ...], bool]] = {
     "fim_template": (FIM_SETTING_VALUES, True),
     "keep_in_prefix": (KEEP_IN_PREFIX, False),
     "endpoint": (ENDPOINTS, True),
+    "guided_decoding": (GUIDED_STYLES, True),
 }
 
 
@@ -119,6 +121,10 @@ def _coerce(name: str, value: Any) -> Any:
         if bad:
             raise SettingsError(f"setting 'languages': values must be true/false, got {bad!r}")
         return dict(value)
+    if name == "guided_decoding" and isinstance(
+        value, bool
+    ):  # true / false: our field where supported / never
+        return "auto" if value else "off"
     if name in _CHOICES:
         choices, fold = _CHOICES[name]
         if (value.lower() if fold else value) not in choices:
