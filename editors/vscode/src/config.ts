@@ -7,6 +7,8 @@ export const API_KEY_SECRET = "copilot-ls.apiKey";
 export const DEFAULT_BACKEND_URL = "http://127.0.0.1:8765";
 // The server's DEFAULT_MIN_CONFIDENCE (copilot_ls/lsp/settings.py; chosen in docs/quality.md).
 export const DEFAULT_MIN_CONFIDENCE = 0;
+// The server's guided-decoding field styles (copilot_ls/backend.py GUIDED_STYLES).
+export const GUIDED_STYLES = ["auto", "off", "allowed_identifiers", "regex", "grammar"];
 
 export interface ExtensionSettings {
   enable: boolean;
@@ -18,6 +20,7 @@ export interface ExtensionSettings {
   maxLines: number;
   minConfidence: number; // hide suggestions whose confidence is below this (0..1; 0 = show all)
   explicitCandidates: number; // candidates, ranked, when the user asks (Alt+\\, cycling)
+  guidedDecoding: string; // "auto" | "off" | "allowed_identifiers" | "regex" (vLLM) | "grammar" (llama.cpp)
   timeoutSeconds: number; // one backend request
   serverCommand: string;
   pythonPath: string;
@@ -38,6 +41,7 @@ export const DEFAULTS: ExtensionSettings = {
   maxLines: 10,
   minConfidence: DEFAULT_MIN_CONFIDENCE,
   explicitCandidates: 4,
+  guidedDecoding: "auto",
   timeoutSeconds: 30,
   serverCommand: "",
   pythonPath: "",
@@ -70,6 +74,7 @@ export function readSettings(get: <T>(key: string, fallback: T) => T): Extension
     maxLines: num("maxLines"),
     minConfidence: num("minConfidence"),
     explicitCandidates: num("explicitCandidates"),
+    guidedDecoding: GUIDED_STYLES.includes(str("guidedDecoding")) ? str("guidedDecoding") : DEFAULTS.guidedDecoding,
     timeoutSeconds: num("timeoutSeconds"),
     serverCommand: str("server.command"),
     pythonPath: str("server.pythonPath"),
@@ -111,6 +116,7 @@ export function serverSettings(settings: ExtensionSettings, apiKey: string | und
     maxLines: Math.max(1, Math.round(settings.maxLines)),
     minConfidence: Math.min(1, Math.max(0, settings.minConfidence)),
     explicitCandidates: Math.min(16, Math.max(1, Math.round(settings.explicitCandidates))),
+    guidedDecoding: settings.guidedDecoding || DEFAULTS.guidedDecoding,
     timeout: Math.min(3600, Math.max(0.1, settings.timeoutSeconds)),
   };
 }

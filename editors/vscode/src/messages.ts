@@ -16,6 +16,8 @@ const SERVER_TO_SETTING: Record<string, string> = {
   minconfidence: "minConfidence",
   explicit_n: "explicitCandidates",
   explicitcandidates: "explicitCandidates",
+  guided_decoding: "guidedDecoding",
+  guideddecoding: "guidedDecoding",
   languages: "languages",
   enabled: "enable",
   enable: "enable",

@@ -49,6 +49,7 @@ test("serverSettings: every key, always (the server merges), API key from the se
     maxLines: 10,
     minConfidence: DEFAULT_MIN_CONFIDENCE,
     explicitCandidates: 4,
+    guidedDecoding: "auto",
     timeout: 30,
   });
   const set = serverSettings({ ...DEFAULTS, model: "m", debounceMs: 40.6, maxLines: 0 }, "sk-1");
