@@ -235,10 +235,9 @@ def format_summary(results: dict) -> str:
         ("pass_at_1_ranked", "pass@1, LS-ranked sample"),
         ("pass_at_1_greedy", "pass@1, greedy"),
     ):
-        if results.get(key) is not None:
-            lines.append(
-                f"  {label:<34}{100 * results[key]:6.2f}%{_interval(results[key], results['problems'])}"
-            )
+        if results.get(key) is not None:  # the mean of samples is no pass/fail per problem: no interval
+            ci = "" if key == "pass_at_1_mean_of_samples" else _interval(results[key], results["problems"])
+            lines.append(f"  {label:<34}{100 * results[key]:6.2f}%{ci}")
     lines.append(
         f"  wrote {cfg['out']}/results.json, samples.jsonl"
         + (", pass_at_k.png" if results.get("plot") else "")
