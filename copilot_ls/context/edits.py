@@ -4,7 +4,7 @@
 it produced, merges a change into a region it touches or borders (typing a line is one region, not 40), moves
 regions below a change up or down with it, forgets the regions of closed documents and keeps only the newest
 ``MAX_REGIONS``. ``edit_snippets`` turns the regions into ``edit`` snippets (the region with a few lines around
-it, read from the current text), newest first, leaving out what the prompt already shows: the region the cursor
+it, read from the current text; the region alone is the short form), newest first, leaving out what the prompt already shows: the region the cursor
 is in and any region inside the prefix or suffix window.
 """
 
@@ -152,6 +152,7 @@ def edit_snippets(
         if last < first:
             continue
         text = "\n".join(lines[first : last + 1])
+        edited = "\n".join(lines[max(first, r.start_line) : min(last, end) + 1])  # the short form
         age = len(out)
         out.append(
             Snippet(
@@ -160,7 +161,7 @@ def edit_snippets(
                 first,
                 last,
                 text,
-                text,
+                edited if edited.strip() else text,
                 EDIT_SCORE - age,
                 "recently edited" + (f" ({age + 1} edits back)" if age else " (the latest edit elsewhere)"),
             )
