@@ -43,7 +43,7 @@ from copilot_ls.context import (
 from copilot_ls.context.resolve import Resolver
 from copilot_ls.context.workspace import Workspace, find_root
 from copilot_ls.documents import Document
-from copilot_ls.evaluation.edit_cases import replay
+from copilot_ls.evaluation.edit_cases import build_edit_cases, replay
 from copilot_ls.lsp.settings import Settings
 from copilot_ls.pipeline import ask_chat, chat_prompt, fim_template
 from copilot_ls.postprocess import postprocess
@@ -243,9 +243,10 @@ def build_cases(packages: Sequence[str], limit: int, seed: int = 0, case_set: st
     """Up to ``limit`` cases, at most MAX_PER_FILE per test file, chosen deterministically by ``seed``;
     ``case_set`` names the kind of line (``CASE_SETS``, or ``edits``: edit_cases.py)."""
     if case_set == "edits":
-        from copilot_ls.evaluation.edit_cases import build_edit_cases
-
-        return build_edit_cases(packages, limit, seed)
+        found = build_edit_cases(
+            package_dirs(packages), limit, seed, similarity=edit_similarity, stable_hash=_stable_hash
+        )
+        return [Case(**c) for c in found]
     find_cases = CASE_SETS[case_set]
     keyed: list[tuple[int, str, Path]] = []
     for pkg in package_dirs(packages):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from copilot_ls.context.edits import EditHistory, EditRegion
@@ -35,6 +35,7 @@ STATEMENTS = frozenset(
     {"expression_statement", "return_statement", "assert_statement", "raise_statement", "delete_statement"}
 )
 _FIRST = re.compile(r"\s*([A-Za-z_]\w*)")
+Similarity = Callable[[str, str], float]
 
 
 def _first_word(line: str) -> str | None:
@@ -51,9 +52,7 @@ def _bucket(lines: Sequence[str]) -> dict[str, list[int]]:
     return out
 
 
-def _similar(lines: Sequence[str], rows: Sequence[int], target: str) -> list[int]:
-    from copilot_ls.evaluation.context_eval import edit_similarity
-
+def _similar(lines: Sequence[str], rows: Sequence[int], target: str, similarity: Similarity) -> list[int]:
     n, bag = len(target), Counter(target)
     out = []
     for i in rows:
@@ -63,7 +62,7 @@ def _similar(lines: Sequence[str], rows: Sequence[int], target: str) -> list[int
         longer = max(n, len(line))
         if min(n, len(line)) < SIMILAR * longer or (bag & Counter(line)).total() < SIMILAR * longer:
             continue
-        if edit_similarity(line, target) >= SIMILAR:
+        if similarity(line, target) >= SIMILAR:
             out.append(i)
     return out
 
@@ -120,10 +119,8 @@ class Siblings:
         return [s for s in self._cache[folder] if s[0] != path][:MAX_SIBLINGS]
 
 
-def cases_in_file(path: Path, siblings: Siblings, order):
-    """The edit cases of one file (see the module doc), as ``Case``s."""
-    from copilot_ls.evaluation.context_eval import Case
-
+def cases_in_file(path: Path, siblings: Siblings, order, similarity: Similarity) -> list[dict]:
+    """The edit cases of one file (see the module doc), as the fields of `context_eval.Case`."""
     snap = _parse(path)
     if snap is None:
         return []
@@ -138,45 +135,65 @@ def cases_in_file(path: Path, siblings: Siblings, order):
             word = _first_word(target)
             if row <= first_row or word is None or not MIN_LEN <= len(target) <= MAX_LEN:
                 continue
-            above = _similar(lines, [i for i in buckets.get(word, ()) if i < row], target)
+            above = _similar(lines, [i for i in buckets.get(word, ()) if i < row], target, similarity)
             col = len(lines[row]) - len(lines[row].lstrip())
             cid = f"{path.name}:{row + 1}"
             if len(above) == 1 and not first_row <= above[0] <= last_row:
                 src = above[0]
-                out.append(Case(cid, str(path), row, col, target, lines[src].strip(), str(path), True,
-                                ((str(path), src, src),)))
+                out.append(_case(cid, path, row, col, target, lines[src].strip(), path, True, src))
             elif not above:
                 for sib, slines, sbuckets in siblings.of(path, order):
-                    found = _similar(slines, sbuckets.get(word, ()), target)
+                    found = _similar(slines, sbuckets.get(word, ()), target, similarity)
                     if found:
                         src = found[0]
-                        out.append(Case(cid, str(path), row, col, target, slines[src].strip(), str(sib),
-                                        False, ((str(sib), src, src),)))
+                        out.append(_case(cid, path, row, col, target, slines[src].strip(), sib, False, src))
                         break
     return out
 
 
-def build_edit_cases(packages: Sequence[str], limit: int, seed: int = 0, per_file: int = MAX_PER_FILE):
-    """Up to ``limit`` cases, at most ``per_file`` per file, chosen by ``seed`` (see the module doc)."""
-    from copilot_ls.evaluation.context_eval import _stable_hash, package_dirs
+def _case(cid: str, path: Path, row: int, col: int, target: str, source: str, where: Path, same: bool, src: int):
+    return {
+        "id": cid,
+        "path": str(path),
+        "line": row,
+        "col": col,
+        "expected": target,
+        "subject": source,  # the edited line
+        "subject_path": str(where),
+        "subject_before": same,  # the edit is in the same file
+        "edits": ((str(where), src, src),),
+    }
 
+
+def build_edit_cases(
+    dirs: Sequence[Path],
+    limit: int,
+    seed: int,
+    *,
+    similarity: Similarity,
+    stable_hash: Callable[..., int],
+    per_file: int = MAX_PER_FILE,
+) -> list[dict]:
+    """Up to ``limit`` cases (`context_eval.Case` fields) from the package folders ``dirs``, at most
+    ``per_file`` per file, chosen by ``seed`` (see the module doc); ``similarity`` and ``stable_hash`` are
+    context_eval's."""
     keyed: list[tuple[int, str, Path]] = []
     rel_of: dict[Path, str] = {}
-    for pkg in package_dirs(packages):
+    for pkg in dirs:
         for p in pkg.rglob("*.py"):
             rel = p.relative_to(pkg.parent).as_posix()
             rel_of[p] = rel
-            keyed.append((_stable_hash(seed, rel), rel, p))
+            keyed.append((stable_hash(seed, rel), rel, p))
 
     def order(p: Path):
         rel = rel_of.get(p, p.name)
-        return (_stable_hash(seed, rel), rel)
+        return (stable_hash(seed, rel), rel)
 
     siblings = Siblings()
     cases = []
     for _, _, f in sorted(keyed):
-        found = cases_in_file(f, siblings, order)
-        found.sort(key=lambda c: _stable_hash(seed, c.id))
+        found = cases_in_file(f, siblings, order, similarity)
+        found.sort(key=lambda c: stable_hash(seed, c["id"]))
         cases.extend(found[:per_file])
         if len(cases) >= limit:
             break

@@ -14,7 +14,7 @@ import pytest
 from copilot_ls.backend import ModelMeta
 from copilot_ls.context import PromptBudget
 from copilot_ls.evaluation import context_eval as ce
-from copilot_ls.evaluation.edit_cases import build_edit_cases, replay
+from copilot_ls.evaluation.edit_cases import replay
 
 META = ModelMeta(id=None, context_length=None, fim=None, count_tokens=None)
 
@@ -30,7 +30,7 @@ def make_package(root: Path) -> Path:
         "def show(request):\n    data = request.json()\n    audit.record(request.user, 'show')\n"
         "    return data\n"
         + filler
-        + "\n\ndef edit(request):\n    data = request.json()\n    audit.record(request.user, 'edit')\n"
+        + "\n\ndef edit(request):\n    audit.record(request.user, 'edit')\n"
         "    return data\n\n\ndef save(request, form):\n    form.validate()\n    self_check = form.clean_email()\n"
     )
     (pkg / "forms.py").write_text(
@@ -48,7 +48,7 @@ def make_package(root: Path) -> Path:
 
 def test_cases_are_the_repeated_patterns_and_do_not_depend_on_where_the_package_lives(tmp_path: Path) -> None:
     pkg = make_package(tmp_path / "a")
-    cases = build_edit_cases([str(pkg)], 10, seed=0, per_file=10)
+    cases = ce.build_cases([str(pkg)], 10, 0, "edits")
     by_line = {c.expected: c for c in cases if c.path.endswith("views.py")}
     same = by_line["audit.record(request.user, 'edit')"]
     assert same.subject == "audit.record(request.user, 'show')" and same.subject_before
@@ -59,20 +59,20 @@ def test_cases_are_the_repeated_patterns_and_do_not_depend_on_where_the_package_
     assert not {"form.validate()", "return data"} & {c.expected for c in cases}
     moved = tmp_path / "b" / "deeper"
     shutil.copytree(pkg, moved / "shop")
-    again = build_edit_cases([str(moved / "shop")], 10, seed=0, per_file=10)
+    again = ce.build_cases([str(moved / "shop")], 10, 0, "edits")
     assert [(c.id, c.expected) for c in again] == [(c.id, c.expected) for c in cases]
 
 
 def test_the_edits_arm_shows_the_replayed_edit_and_the_builder_arm_does_not(tmp_path: Path) -> None:
     pkg = make_package(tmp_path)
-    case = next(c for c in build_edit_cases([str(pkg)], 10, per_file=10) if c.expected.startswith("audit.record"))
+    case = next(c for c in ce.build_cases([str(pkg)], 10, 0, "edits") if c.expected.startswith("audit.record"))
     budget = PromptBudget(max_prompt_tokens=256)
     builder, *_ = ce.case_prompt(case, "builder", META, budget)
     edits, snap, line, _ = ce.case_prompt(case, "edits", META, budget)
     assert "audit.record(request.user, 'show')" not in builder.prompt
     assert "audit.record(request.user, 'show')" in edits.prompt and "edit" in [s.kind for s in edits.sources]
     assert len(edits.prompt) <= 3 * 256
-    other = next(c for c in build_edit_cases([str(pkg)], 10, per_file=10) if c.edits[0][0].endswith("forms.py"))
+    other = next(c for c in ce.build_cases([str(pkg)], 10, 0, "edits") if c.edits[0][0].endswith("forms.py"))
     others, regions = replay(other, ce.case_document(other)[0].snapshot())
     assert [o.path for o in others] == [str(pkg / "forms.py")] and regions[0].start_line == 3
 
