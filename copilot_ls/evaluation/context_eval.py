@@ -654,6 +654,7 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
             snippet_fraction=args.snippet_fraction,
             keep_in_prefix=args.keep_in_prefix,
             window_step=args.window_step,
+            edit_fraction=args.edit_fraction,
         )
         sem = asyncio.Semaphore(args.concurrency)
         todo = [(c, a) for c in cases for a in args.arms if (c.id, a) not in done]
@@ -725,6 +726,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list
         type=float,
         default=PromptBudget().window_step,
         help=f"share of the prefix window its anchored start moves by (0: slides; default {PromptBudget().window_step})",
+    )
+    parser.add_argument(
+        "--edit-fraction",
+        type=float,
+        default=PromptBudget().edit_fraction,
+        help="share of the budget recent edits may take besides the snippets' room (the edits arm; default "
+        f"{PromptBudget().edit_fraction})",
     )
     parser.add_argument(
         "--arms",
@@ -802,6 +810,7 @@ def run(args: argparse.Namespace) -> int:
         "snippet_fraction": args.snippet_fraction,
         "snippet_style": args.snippet_style,
         "keep_in_prefix": args.keep_in_prefix,
+        "edit_fraction": args.edit_fraction,
         "seed": args.seed,
         "case_set": getattr(args, "case_set", "calls"),
     }

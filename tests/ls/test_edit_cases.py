@@ -116,5 +116,6 @@ def test_arms_default_to_all_three_for_the_edits_set(tmp_path: Path, capsys) -> 
     pkg = make_package(tmp_path)
     args = parser.parse_args(["--case-set", "edits", "--packages", str(pkg), "--list", "--cases", "3"])
     assert ce.run(args) == 0 and args.arms == ["prefix-only", "builder", "edits"]
+    assert args.edit_fraction == PromptBudget().edit_fraction == 0.15
     assert len(capsys.readouterr().out.splitlines()) == 3
     assert ce.run(parser.parse_args(["--arms", "builder,nope"])) == 2
