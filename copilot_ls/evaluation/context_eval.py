@@ -797,7 +797,8 @@ def run(args: argparse.Namespace) -> int:
     except BackendError as exc:
         print(f"copilot-ls eval context: backend {args.backend}: {exc}", file=sys.stderr)
         return 1
-    summary = summarize(results) if set(ARMS) <= set(args.arms) else {"cases": 0, "arms": {}}
+    strata = EDIT_STRATA if getattr(args, "case_set", "calls") == "edits" else STRATA
+    summary = summarize(results, ARMS, strata) if set(ARMS) <= set(args.arms) else {"cases": 0, "arms": {}}
     edits_md = ""
     if {"builder", EDITS_ARM} <= set(args.arms):  # what the recent edits add to the builder
         summary["edits"] = summarize(results, ("builder", EDITS_ARM), EDIT_STRATA)
