@@ -16,7 +16,7 @@ import re
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -121,6 +121,26 @@ def _clamp_offset(text: str, starts: list[int], line: int, col: int) -> int:
     else:
         end = len(text)
     return start + max(0, min(col, end - start))
+
+
+# (start, old_end, new_end): a change replaced lines [start, old_end] with lines [start, new_end] (0-based,
+# inclusive; old_end = start - 1 when lines were only inserted)
+LineSpan = tuple[int, int, int]
+
+
+def changed_lines(old: Sequence[str], new: Sequence[str]) -> LineSpan | None:
+    """(start, old_end, new_end) of the lines that differ between two versions of a text (a whole-text
+    change: the common head and tail lines are left out), or None when they are equal."""
+    n = min(len(old), len(new))
+    head = 0
+    while head < n and old[head] == new[head]:
+        head += 1
+    if head == len(old) == len(new):
+        return None
+    tail = 0
+    while tail < n - head and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    return head, len(old) - 1 - tail, len(new) - 1 - tail
 
 
 T = TypeVar("T")
@@ -280,24 +300,28 @@ class Document:
         start: tuple[int, int] | None = None,
         end: tuple[int, int] | None = None,
         version: int | None = None,
-    ) -> None:
-        """Replace [start, end) (positions in (line, code-point col); None = the whole text) with ``text``."""
+    ) -> LineSpan | None:
+        """Replace [start, end) (positions in (line, code-point col); None = the whole text) with ``text``.
+        Returns the lines changed (for the recent-edits history), or None when nothing changed."""
         with self._lock:
             if start is None or end is None:
+                old = self._lines
                 self._set_full(text)
+                span = changed_lines(old, self._lines)
             else:
-                self._apply_range(text, start, end)
+                span = self._apply_range(text, start, end)
             if version is not None:
                 self.version = version
+            return span
 
-    def _apply_range(self, new: str, start: tuple[int, int], end: tuple[int, int]) -> None:
+    def _apply_range(self, new: str, start: tuple[int, int], end: tuple[int, int]) -> LineSpan | None:
         old_text, old_bytes, starts = self._text, self._bytes, self._starts
         a = self.offset(*start)
         b = self.offset(*end)
         if b < a:
             a, b = b, a
         if a == b and not new:
-            return
+            return None
         text = old_text[:a] + new + old_text[b:]
         # Byte offsets (ASCII fast path: bytes == code points).
         if old_text.isascii():
@@ -336,6 +360,8 @@ class Document:
                 new_end_point=new_end_point,
             )
             self._tree = self._parser.parse(data, tree)
+        first = bisect.bisect_right(starts, a) - 1
+        return first, bisect.bisect_right(starts, b) - 1, bisect.bisect_right(self._starts, a + len(new)) - 1
 
     @staticmethod
     def _update_lines(

@@ -19,6 +19,7 @@ from copilot_ls.backend import BackendClient, ModelMeta, RawCandidate
 from copilot_ls.confidence import passes
 from copilot_ls.constraints import Constraint, member_constraint
 from copilot_ls.context import Prompt, PromptBudget, build_prompt, unguard
+from copilot_ls.context.edits import EditRegion
 from copilot_ls.context.fim import FimTemplate, choose_template
 from copilot_ls.context.workspace import workspace_for
 from copilot_ls.documents import Snapshot
@@ -131,8 +132,10 @@ async def complete(
     settings: Settings,
     others: Sequence[Snapshot] = (),
     cache: RawCache | None = None,
+    edits: Sequence[EditRegion] = (),
 ) -> CompletionResult:
-    """Suggestions at (line, code-point col) of `snap`, best first (at most settings.n)."""
+    """Suggestions at (line, code-point col) of `snap`, best first (at most settings.n); `edits`: the recent
+    edit regions of the open documents (the LS's history; none from the CLI)."""
     t0 = time.perf_counter()
     meta = await client.meta()
     use_chat = await client.endpoint_mode() == "chat"
@@ -147,6 +150,7 @@ async def complete(
         fim=chat.CHAT_FIM if use_chat else fim_template(meta, settings.fim_template),
         count_tokens=meta.count_tokens,
         specials=meta.special_tokens,
+        edits=edits,
     )
     msgs = None
     guide = None

@@ -4,6 +4,7 @@
 
     prompt      assembly: budget split, snippet choice, windows, trimming -> Prompt
     choice      which snippets fit the room the budget leaves them
+    edits       recent edit regions: the history the LS keeps of them, and the snippets they give
     render      how parts look in the prompt text (path header, snippet styles, guarded control tokens)
     budget      token limits, counting, the longest head / tail within a number of tokens
     snippets    candidates: function under test, definitions via imports, similar windows, scope headers

@@ -28,6 +28,9 @@ class PromptBudget:
     # prefix cache); the window then holds between (1 - window_step) and all of its budget. 0: the window
     # starts wherever the budget runs out, one line further down for each line typed.
     window_step: float = 0.5
+    # Recent edits (``context.edits``) may take this share of what is left after the suffix on top of the
+    # snippets' room, even where ``keep_in_prefix`` leaves none (they push the prefix window's first lines out).
+    edit_fraction: float = 0.15
 
 
 KEEP_IN_PREFIX = ("none", "function", "file")

@@ -54,18 +54,20 @@ def rough_window_start(line: int, before: str, tokens: int, count: CountTokens) 
 
 
 def choose(
-    candidates: Iterable[Snippet], room: int, render: RenderSnippet, count: CountTokens
+    candidates: Iterable[Snippet], room: int, render: RenderSnippet, count: CountTokens, edit_room: int = 0
 ) -> list[Chosen]:
-    """Greedily by rank: each candidate whole, else in its short form, while the room lasts."""
+    """Greedily by rank: each candidate whole, else in its short form, while the room lasts. ``edit``
+    snippets (recent edits) may also take ``edit_room`` more tokens, which they use before ``room``."""
     chosen: list[Chosen] = []
-    used = 0
+    used = edits = 0  # tokens of all chosen snippets, of the edit snippets among them
     for snip in candidates:
         for short in (False, True):
             rendered = render(snip, short)
             t = count(rendered)
-            if used + t <= room:
+            e = edits + t if snip.kind == "edit" else edits
+            if used + t - min(e, edit_room) <= room:
                 chosen.append(Chosen(snip, rendered, t))
-                used += t
+                used, edits = used + t, e
                 break
             if snip.summary == snip.text and not snip.brief:  # no shorter form
                 break

@@ -25,6 +25,7 @@ from copilot_ls.context.budget import (
 )
 from copilot_ls.context.choice import Chosen, RenderSnippet, choose, rough_window_start, snippet_room
 from copilot_ls.context.cursor import is_multiline, stop_strings
+from copilot_ls.context.edits import EditRegion, edit_snippets
 from copilot_ls.context.fim import FAMILIES, FimTemplate, template_for
 from copilot_ls.context.render import (
     DEFAULT_SNIPPET_STYLE,
@@ -35,7 +36,7 @@ from copilot_ls.context.render import (
     lf,
     render_snippet,
 )
-from copilot_ls.context.snippets import collect, scope_headers
+from copilot_ls.context.snippets import collect, dedupe, scope_headers
 from copilot_ls.context.workspace import Workspace, display_path, find_root, workspace_for
 from copilot_ls.documents import Snapshot
 
@@ -46,7 +47,7 @@ SUFFIX_LINES_WITHOUT_FIM = 20  # raw suffix kept for post-processing when the pr
 class SnippetSource:
     """Where one part of the prompt came from (for ``--explain``)."""
 
-    kind: str  # "header" | "prefix" | "suffix" | "definition" | "under-test" | "similar" | "scope"
+    kind: str  # "header" | "prefix" | "suffix" | "definition" | "under-test" | "similar" | "scope" | "edit"
     path: str | None  # file the text came from (None: the current document's URI was not a file)
     start_line: int  # 0-based, inclusive
     end_line: int  # 0-based, inclusive
@@ -102,13 +103,15 @@ def build_prompt(
     snippets: bool = True,
     snippet_style: str = DEFAULT_SNIPPET_STYLE,
     specials: Sequence[str] = (),
+    edits: Sequence[EditRegion] = (),
 ) -> Prompt:
     """The prompt for a completion at (line, code-point col) of ``snap``. Deterministic.
 
     ``workspace``: "auto" = the shared index of the project around ``snap.path`` (files read on demand,
     cached); None = open documents only. ``snippets=False`` gives the plain prefix/suffix prompt (the baseline
     of ``copilot-ls eval context``). ``specials``: the model's control-token strings; they and the FIM
-    template's are guarded in the code text (`guard`).
+    template's are guarded in the code text (`guard`). ``edits``: the recent edit regions (``context.edits``),
+    newest first; none (the CLI, the default eval set) gives the same prompt as before they existed.
     """
     _check_options(budget, snippet_style)
     count = count_tokens or estimate_tokens
@@ -129,10 +132,9 @@ def build_prompt(
     chosen: list[Chosen] = []
     kept = None
     if snippets and available > 0:
-        room, kept = snippet_room(snap, line, col, before, available, budget, count)
-        start = rough_window_start(line, before, available - room, count)
-        candidates = collect(snap, line, col, others=others, workspace=ws, window_start_line=start)
-        chosen = choose(candidates, room, _snippet_renderer(snap, root, snippet_style), count)
+        chosen, kept = _snippets(
+            snap, line, col, before, suffix, available, budget, count, others, ws, root, snippet_style, edits
+        )
         available -= sum(c.tokens for c in chosen)
     prefix, scope = _prefix_window(snap, line, col, before, available, kept, count, budget.window_step)
     parts = Parts(
@@ -148,6 +150,43 @@ def build_prompt(
         sources=sources(parts, snap, line, count, fim),
         guarded=tuple(s for s in controls if s[0] + GUARD + s[1:] in prompt),
     )
+
+
+def _snippets(
+    snap: Snapshot,
+    line: int,
+    col: int,
+    before: str,
+    suffix: str,
+    available: int,
+    budget: PromptBudget,
+    count: CountTokens,
+    others: Sequence[Snapshot],
+    ws: Workspace | None,
+    root: str | os.PathLike[str] | None,
+    snippet_style: str,
+    edits: Sequence[EditRegion],
+) -> tuple[list[Chosen], int | None]:
+    """The snippets chosen within ``available`` tokens (recent edits with their own share), and what
+    keep_in_prefix keeps whole (snippet_room's; None when recent edits took its room)."""
+    room, kept = snippet_room(snap, line, col, before, available, budget, count)
+    extra = share(available, budget.edit_fraction) if edits else 0
+    start = rough_window_start(line, before, available - room - extra, count)
+    recent = []
+    if edits:  # leave out the edits the windows show (the smallest window, anchored as it will be)
+        least = available - room - extra
+        shown = anchor_tail(fit_tail(before, least, count), line, least, budget.window_step)
+        visible = (line - shown.count("\n"), line + suffix.count("\n"))
+        recent = edit_snippets(snap, line, edits, others, visible=visible)
+    if not recent and extra:  # no edit to show: the window is what it is without edits
+        extra, start = 0, rough_window_start(line, before, available - room, count)
+    candidates = collect(snap, line, col, others=others, workspace=ws, window_start_line=start)
+    if recent:
+        candidates = dedupe(recent + candidates)
+    chosen = choose(candidates, room, _snippet_renderer(snap, root, snippet_style), count, extra)
+    if sum(c.tokens for c in chosen) > room:  # recent edits took room keep_in_prefix keeps: it may not fit
+        kept = None
+    return chosen, kept
 
 
 def _check_options(budget: PromptBudget, snippet_style: str) -> None:

@@ -58,8 +58,8 @@ def render_snippet(snip: Snippet, comment: str, root, *, short: bool = False, st
     like ``code`` but definitions of names used near the cursor only as header + the docstring's first line
     (never whole bodies; a class: its fields and method signatures, fewer of them when ``short``). The function
     under test keeps its implementation in every style: asserts need what it does, not just its name
-    (docs/context.md)."""
-    if style == "signature" and snip.kind not in ("similar", "under-test"):
+    (docs/context.md); similar windows and recent edits are code in every style."""
+    if style == "signature" and snip.kind not in ("similar", "under-test", "edit"):
         body = ((short and snip.brief) or snip.signature or snip.summary).rstrip()
     else:
         body = (snip.summary if short else snip.text).rstrip()

@@ -47,6 +47,7 @@ from copilot_ls.context import (
 from copilot_ls.context.resolve import Resolver
 from copilot_ls.context.workspace import Workspace, find_root
 from copilot_ls.documents import Document, Snapshot
+from copilot_ls.evaluation.edit_cases import build_edit_cases, replay
 from copilot_ls.pipeline import ask_chat, chat_budget, chat_prompt, fim_template
 from copilot_ls.postprocess import postprocess
 from copilot_ls.settings import Settings
@@ -54,6 +55,8 @@ from copilot_ls.settings import Settings
 DEFAULT_BACKEND = "http://127.0.0.1:8765"
 DEFAULT_PACKAGES = ("networkx", "sympy", "mpmath")
 ARMS = ("prefix-only", "builder")
+EDITS_ARM = "edits"  # the builder with the recent edits of the case (copilot_ls/evaluation/edit_cases.py)
+ALL_ARMS = (*ARMS, EDITS_ARM)
 MAX_PER_FILE = 2
 
 
@@ -67,6 +70,9 @@ class Case:
     subject: str  # the imported function the line calls
     subject_path: str  # where it is defined
     subject_before: bool = False  # the test already called the subject above the line (a repeated pattern)
+    # recent edits replayed before the request, newest first: (path, first line, last line); the `edits` set's
+    # cases have one (there `subject` is the edited line, `subject_before`: it is in the same file)
+    edits: tuple[tuple[str, int, int], ...] = ()
 
 
 # --- the case set ---------------------------------------------------------------------------------------------
@@ -233,7 +239,12 @@ def _walk(node):
 
 def build_cases(packages: Sequence[str], limit: int, seed: int = 0, case_set: str = "calls") -> list[Case]:
     """Up to ``limit`` cases, at most MAX_PER_FILE per test file, chosen deterministically by ``seed``;
-    ``case_set`` names the kind of line (``CASE_SETS``)."""
+    ``case_set`` names the kind of line (``CASE_SETS``, or ``edits``: edit_cases.py)."""
+    if case_set == "edits":
+        found = build_edit_cases(
+            package_dirs(packages), limit, seed, similarity=edit_similarity, stable_hash=_stable_hash
+        )
+        return [Case(**c) for c in found]
     find_cases = CASE_SETS[case_set]
     keyed: list[tuple[int, str, Path]] = []
     for pkg in package_dirs(packages):
@@ -300,13 +311,15 @@ def bootstrap_ci(values: Sequence[float], *, rounds: int = 2000, seed: int = 0) 
     return (means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1])
 
 
-def summarize(results: list[dict]) -> dict:
+def summarize(results: list[dict], arms: tuple[str, str] = ARMS, strata=None) -> dict:
+    """The two ``arms`` (base, new) over the cases that have both, and the new arm's lift over the base."""
+    base, new = arms
     by_case: dict[str, dict[str, dict]] = {}
     for r in results:
         by_case.setdefault(r["case"], {})[r["arm"]] = r
-    paired = [v for v in by_case.values() if all(a in v for a in ARMS)]
-    out: dict = {"cases": len(paired), "arms": {}}
-    for arm in ARMS:
+    paired = [v for v in by_case.values() if all(a in v for a in arms)]
+    out: dict = {"cases": len(paired), "arms": {}, "pair": list(arms)}
+    for arm in arms:
         em = [1.0 if v[arm]["exact"] else 0.0 for v in paired]
         es = [v[arm]["edit_similarity"] for v in paired]
         n = len(paired)
@@ -317,36 +330,36 @@ def summarize(results: list[dict]) -> dict:
             "edit_similarity_ci95": bootstrap_ci(es),
             "mean_prompt_tokens": sum(v[arm]["prompt_tokens"] for v in paired) / n if n else 0.0,
         }
-    diff = [
-        (1.0 if v["builder"]["exact"] else 0.0) - (1.0 if v["prefix-only"]["exact"] else 0.0) for v in paired
-    ]
+    diff = [(1.0 if v[new]["exact"] else 0.0) - (1.0 if v[base]["exact"] else 0.0) for v in paired]
     out["exact_match_lift"] = sum(diff) / len(diff) if diff else 0.0
     out["exact_match_lift_ci95"] = bootstrap_ci(diff)
-    es_diff = [v["builder"]["edit_similarity"] - v["prefix-only"]["edit_similarity"] for v in paired]
+    es_diff = [v[new]["edit_similarity"] - v[base]["edit_similarity"] for v in paired]
     out["edit_similarity_lift"] = sum(es_diff) / len(es_diff) if es_diff else 0.0
     out["edit_similarity_lift_ci95"] = bootstrap_ci(es_diff)
     out["strata"] = {}
-    for name, want in STRATA:
-        sub = [v for v in paired if bool(v["builder"].get("subject_before")) == want]
+    for name, want in strata or STRATA:
+        sub = [v for v in paired if bool(v[new].get("subject_before")) == want]
         if sub:
-            out["strata"][name] = _stratum(sub)
+            out["strata"][name] = _stratum(sub, arms)
     return out
 
 
 # Cases split by whether the test already called the subject above the line (the model can copy the pattern)
 STRATA = (("subject called earlier in the test", True), ("first call of the subject in the test", False))
+EDIT_STRATA = (("edit in the same file", True), ("edit in another file", False))  # the `edits` set's
 
 
-def _stratum(paired: list[dict]) -> dict:
+def _stratum(paired: list[dict], arms: tuple[str, str] = ARMS) -> dict:
+    base, new = arms
     n = len(paired)
     row: dict = {"cases": n}
-    for arm in ARMS:
+    for arm in arms:
         row[arm] = {
             "exact_match": sum(bool(v[arm]["exact"]) for v in paired) / n,
             "edit_similarity": sum(v[arm]["edit_similarity"] for v in paired) / n,
         }
-    em = [float(v["builder"]["exact"]) - float(v["prefix-only"]["exact"]) for v in paired]
-    es = [v["builder"]["edit_similarity"] - v["prefix-only"]["edit_similarity"] for v in paired]
+    em = [float(v[new]["exact"]) - float(v[base]["exact"]) for v in paired]
+    es = [v[new]["edit_similarity"] - v[base]["edit_similarity"] for v in paired]
     row["exact_match_lift"], row["exact_match_lift_ci95"] = sum(em) / n, bootstrap_ci(em)
     row["edit_similarity_lift"], row["edit_similarity_lift_ci95"] = sum(es) / n, bootstrap_ci(es)
     return row
@@ -358,7 +371,8 @@ def markdown_table(summary: dict, meta: dict) -> str:
         "| prompt | exact match % (95% CI) | edit similarity % (95% CI) | mean prompt tokens |",
         "|---|---|---|---|",
     ]
-    for arm in ARMS:
+    base, new = summary.get("pair", ARMS)
+    for arm in (base, new):
         a = summary["arms"][arm]
         lo, hi = a["exact_match_ci95"]
         elo, ehi = a["edit_similarity_ci95"]
@@ -369,27 +383,28 @@ def markdown_table(summary: dict, meta: dict) -> str:
     lo, hi = summary["exact_match_lift_ci95"]
     elo, ehi = summary["edit_similarity_lift_ci95"]
     rows.append(
-        f"| **builder − prefix-only** | **{pct(summary['exact_match_lift'])} points** ({pct(lo)}–{pct(hi)}, "
+        f"| **{new} − {base}** | **{pct(summary['exact_match_lift'])} points** ({pct(lo)}–{pct(hi)}, "
         f"paired bootstrap) | {pct(summary['edit_similarity_lift'])} points ({pct(elo)}–{pct(ehi)}) | |"
     )
     if summary.get("strata"):
         rows += [
             "",
-            "| cases | n | exact match %, prefix-only → builder | lift (95% CI) | edit similarity %, prefix-only → "
-            "builder | lift (95% CI) |",
+            f"| cases | n | exact match %, {base} → {new} | lift (95% CI) | edit similarity %, {base} → "
+            f"{new} | lift (95% CI) |",
             "|---|---|---|---|---|---|",
         ]
         for name, st in summary["strata"].items():
             lo, hi = st["exact_match_lift_ci95"]
             elo, ehi = st["edit_similarity_lift_ci95"]
             rows.append(
-                f"| {name} | {st['cases']} | {pct(st['prefix-only']['exact_match'])} → "
-                f"{pct(st['builder']['exact_match'])} | {pct(st['exact_match_lift'])} ({pct(lo)}–{pct(hi)}) | "
-                f"{pct(st['prefix-only']['edit_similarity'])} → {pct(st['builder']['edit_similarity'])} | "
+                f"| {name} | {st['cases']} | {pct(st[base]['exact_match'])} → "
+                f"{pct(st[new]['exact_match'])} | {pct(st['exact_match_lift'])} ({pct(lo)}–{pct(hi)}) | "
+                f"{pct(st[base]['edit_similarity'])} → {pct(st[new]['edit_similarity'])} | "
                 f"{pct(st['edit_similarity_lift'])} ({pct(elo)}–{pct(ehi)}) |"
             )
+    where = "the code" if meta.get("case_set") == "edits" else "the test suites"
     head = (
-        f"{summary['cases']} cases from the test suites of {', '.join(meta['packages'])}; model "
+        f"{summary['cases']} cases from {where} of {', '.join(meta['packages'])}; model "
         f"{meta['model']}; greedy; max prompt {meta['max_prompt_tokens']} tokens; {meta['max_tokens']} new tokens."
     )
     return head + "\n\n" + "\n".join(rows) + "\n"
@@ -407,9 +422,7 @@ async def run_case(
     use_chat: bool = False,
 ) -> dict:
     """One case through one arm: its prompt, one greedy completion, post-processing; the results.jsonl row."""
-    doc, line, col = case_document(case)
-    snap = doc.snapshot()
-    prompt = case_prompt(case, arm, snap, line, col, meta, budget, style, use_chat)
+    prompt, snap, line, col = case_prompt(case, arm, meta, budget, style, use_chat)
     t0 = time.monotonic()
     if use_chat:
         settings = replace(Settings(), max_tokens=max_tokens, temperature=0.0, n=1)
@@ -445,10 +458,14 @@ async def run_case(
 
 
 def case_prompt(
-    case: Case, arm: str, snap, line: int, col: int, meta, budget: PromptBudget, style: str, use_chat: bool
-) -> Prompt:
-    """The arm's prompt for the case: the same builder, with snippets only in the builder arm."""
-    return build_prompt(
+    case: Case, arm: str, meta, budget: PromptBudget, style: str = "code", use_chat: bool = False
+) -> tuple[Prompt, Snapshot, int, int]:
+    """(the arm's prompt for the case, its snapshot, line, column): the same builder, with snippets in the
+    builder and edits arms and the case's recent edits (replayed) in the edits arm."""
+    doc, line, col = case_document(case)
+    snap = doc.snapshot()
+    others, edits = replay(case, snap) if case.edits else ([], ())
+    prompt = build_prompt(
         snap,
         line,
         col,
@@ -457,11 +474,14 @@ def case_prompt(
         count_tokens=meta.count_tokens,
         fim=chat.CHAT_FIM if use_chat else fim_template(meta),  # a FIM model: its template in both arms
         specials=meta.special_tokens,
-        snippets=(arm == "builder"),
+        snippets=(arm != "prefix-only"),
+        others=others,  # the file edited last is open in the editor (the builder and edits arms see it)
+        edits=edits if arm == EDITS_ARM else (),
         # both arms: the same root, so the same path header (prefix-only never looks anything up)
         workspace=Workspace(find_root(case.path)[0], index=False),
         snippet_style=style,
     )
+    return prompt, snap, line, col
 
 
 def _shown_features(raw, sugg, snap, line: int, col: int) -> dict | None:
@@ -637,6 +657,7 @@ async def run_all(args: argparse.Namespace, cases: list[Case], out: Path) -> lis
             snippet_fraction=args.snippet_fraction,
             keep_in_prefix=args.keep_in_prefix,
             window_step=args.window_step,
+            edit_fraction=args.edit_fraction,
         )
         sem = asyncio.Semaphore(args.concurrency)
         todo = [(c, a) for c in cases for a in args.arms if (c.id, a) not in done]
@@ -710,10 +731,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list
         help=f"share of the prefix window its anchored start moves by (0: slides; default {PromptBudget().window_step})",
     )
     parser.add_argument(
+        "--edit-fraction",
+        type=float,
+        default=PromptBudget().edit_fraction,
+        help="share of the budget recent edits may take besides the snippets' room (the edits arm; default "
+        f"{PromptBudget().edit_fraction})",
+    )
+    parser.add_argument(
         "--arms",
-        default=",".join(ARMS),
-        help=f"prompt arms to run, comma-separated (default {','.join(ARMS)}; the confidence "
-        "curve is the builder arm's)",
+        default=None,
+        help=f"prompt arms to run, comma-separated, of {','.join(ALL_ARMS)} (default {','.join(ARMS)}; with "
+        f"--case-set edits all three; the confidence curve is the builder arm's)",
     )
     parser.add_argument(
         "--fit-weights",
@@ -722,10 +750,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list
     )
     parser.add_argument(
         "--case-set",
-        choices=sorted(CASE_SETS),
+        choices=sorted([*CASE_SETS, "edits"]),
         default="calls",
-        help="which lines: calls of an imported function (default), or uses of a member of an instance of an "
-        "imported class (class-members)",
+        help="which lines: calls of an imported function (default), uses of a member of an instance of an "
+        "imported class (class-members), or lines that repeat a pattern just written elsewhere, replayed as a "
+        "recent edit (edits)",
     )
     parser.add_argument(
         "--endpoint",
@@ -739,6 +768,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:  # long: a flat list
 
 def run(args: argparse.Namespace) -> int:
     packages = [p.strip() for p in args.packages.split(",") if p.strip()]
+    if args.arms is None:
+        args.arms = list(ALL_ARMS if getattr(args, "case_set", "calls") == "edits" else ARMS)
     args.arms = (
         [a.strip() for a in args.arms.split(",") if a.strip()] if isinstance(args.arms, str) else args.arms
     )
@@ -761,14 +792,19 @@ def run(args: argparse.Namespace) -> int:
     except BackendError as exc:
         print(f"copilot-ls eval context: backend {args.backend}: {exc}", file=sys.stderr)
         return 1
-    summary = summarize(results) if set(ARMS) <= set(args.arms) else {"cases": 0, "arms": {}}
+    strata = EDIT_STRATA if getattr(args, "case_set", "calls") == "edits" else STRATA
+    summary = summarize(results, ARMS, strata) if set(ARMS) <= set(args.arms) else {"cases": 0, "arms": {}}
+    if {"builder", EDITS_ARM} <= set(args.arms):  # what the recent edits add to the builder
+        summary["edits"] = summarize(results, ("builder", EDITS_ARM), EDIT_STRATA)
     meta = run_meta(args, packages)
     if "builder" in args.arms:
         summary.update(confidence_report(results, out, fit=args.fit_weights))
     (out / "summary.json").write_text(json.dumps({**summary, "meta": meta}, indent=2))
-    if not summary["arms"]:
+    if not summary["arms"] and "edits" not in summary:
         return 0
-    table = markdown_table(summary, meta)
+    table = markdown_table(summary, meta) if summary["arms"] else ""
+    if "edits" in summary:
+        table = (table + "\n" + markdown_table(summary["edits"], meta)).lstrip("\n")
     (out / "summary.md").write_text(table)
     print(table)
     return 0
@@ -780,8 +816,8 @@ def _bad_arguments(args: argparse.Namespace, packages: list[str]) -> str | None:
         return f"none of {packages} is installed"
     if args.cases < 1 or args.concurrency < 1 or args.max_prompt_tokens < 64:
         return "--cases and --concurrency must be >= 1, --max-prompt-tokens >= 64"
-    if not args.arms or set(args.arms) - set(ARMS):
-        return f"--arms must name some of {', '.join(ARMS)}"
+    if not args.arms or set(args.arms) - set(ALL_ARMS):
+        return f"--arms must name some of {', '.join(ALL_ARMS)}"
     return None
 
 
@@ -796,6 +832,7 @@ def run_meta(args: argparse.Namespace, packages: list[str]) -> dict:
         "snippet_fraction": args.snippet_fraction,
         "snippet_style": args.snippet_style,
         "keep_in_prefix": args.keep_in_prefix,
+        "edit_fraction": args.edit_fraction,
         "seed": args.seed,
         "case_set": getattr(args, "case_set", "calls"),
     }

@@ -262,9 +262,9 @@ def on_change(ls: CopilotServer, params: types.DidChangeTextDocumentParams) -> N
             r = change.range
             start = (r.start.line, to_codepoints(line_text(doc, r.start.line), r.start.character, enc))
             end = (r.end.line, to_codepoints(line_text(doc, r.end.line), r.end.character, enc))
-            doc.apply_change(change.text, start, end)
+            ls.session.edited(uri, doc.apply_change(change.text, start, end))
         else:
-            doc.apply_change(change.text)
+            ls.session.edited(uri, doc.apply_change(change.text))
     doc.version = params.text_document.version
     ls.session.changed(uri)
 

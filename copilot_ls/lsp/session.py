@@ -18,7 +18,8 @@ from typing import Any
 
 from copilot_ls import pipeline
 from copilot_ls.backend import BackendError
-from copilot_ls.documents import DocumentStore, Snapshot
+from copilot_ls.context.edits import EditHistory
+from copilot_ls.documents import DocumentStore, LineSpan, Snapshot
 from copilot_ls.lru import LRUCache
 from copilot_ls.lsp.settings import SettingsError, from_dict
 from copilot_ls.lsp.stats import Stats
@@ -58,6 +59,7 @@ class Session:
     def __init__(self, say: Say) -> None:
         self.say = say
         self.store = DocumentStore()
+        self.edits = EditHistory()  # recent edit regions of the open documents (a context source)
         self.settings = Settings()
         self.stats = Stats()
         self.debouncer = Debouncer(self.settings.debounce_ms)
@@ -97,9 +99,15 @@ class Session:
     def changed(self, uri: str) -> None:
         self.debouncer.changed(uri)
 
+    def edited(self, uri: str, span: LineSpan | None) -> None:
+        """One change of a document's lines (from `Document.apply_change`), for the recent-edits history."""
+        if span is not None:
+            self.edits.record(uri, *span)
+
     def close(self, uri: str) -> None:
         self.supersession.cancel(uri)
         self.store.close(uri)
+        self.edits.forget(uri)
         self.typed.forget(uri)
         self.debouncer.forget(uri)
 
@@ -181,6 +189,7 @@ class Session:
                 settings=self.settings_for(explicit),
                 others=self.store.snapshots(exclude=snap.uri),
                 cache=self.cache,
+                edits=self.edits.regions(),
             )
         except BackendError as exc:
             waits.lost = True  # time lost to a failure is not overhead: not recorded
