@@ -62,6 +62,8 @@ BLOCKS: dict[str, tuple[int, int]] = {
     "Q6_K": (256, 210),
 }
 _TYPE_ID = {t: i for i, t in enumerate(GGML_TYPES)}
+_X8 = 16  # type-id flag of the 8-row interleaved layout (kernels/quant.c's X8)
+INTERLEAVED_TYPES = ("Q4_0", "Q4_1", "Q8_0")
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
 SOURCES = (KERNEL_DIR / "quant.c", KERNEL_DIR / "attention.c")
@@ -147,6 +149,8 @@ def library() -> Any | None:
     lib.ck_matmul.restype = ctypes.c_int
     lib.ck_dequant_rows.argtypes = [ctypes.c_int, ptr, i64, ptr, i64, i64, i64, ptr]
     lib.ck_dequant_rows.restype = ctypes.c_int
+    lib.ck_interleave.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr]
+    lib.ck_interleave.restype = ctypes.c_int
     lib.bq_attention.argtypes = [ptr] * 4 + [i64] * 5 + [ctypes.c_float]
     lib.bq_attention.restype = ctypes.c_int
     for fn in (lib.bq_attention_step, lib.bq_attention_step_h):
@@ -181,14 +185,18 @@ def attention_kernel() -> dict[torch.dtype, Any] | None:
 
 class PackedWeight:
     """A weight matrix [out_features, in_features] as the GGUF stores it: `data` is uint8 [out_features,
-    row bytes] (a view of the caller's array or memory map when it is contiguous: never an fp32 copy)."""
+    row bytes] (a view of the caller's array or memory map when it is contiguous: never an fp32 copy), or with
+    `interleaved` the same bytes re-laid out 8 rows at a time by `interleave` (rows padded to a multiple of 8)."""
 
-    def __init__(self, data: np.ndarray, qtype: str, out_features: int, in_features: int) -> None:
+    def __init__(
+        self, data: np.ndarray, qtype: str, out_features: int, in_features: int, interleaved: bool = False
+    ) -> None:
         self.data, self.qtype = data, qtype
         self.out_features, self.in_features = out_features, in_features
         self.nbytes = int(data.nbytes)
         self.ptr = int(data.ctypes.data)  # the bytes' address, for the C calls (data keeps them alive)
-        self.type_id = _TYPE_ID[qtype]
+        self.interleaved = interleaved
+        self.type_id = _TYPE_ID[qtype] | (_X8 if interleaved else 0)
         self._f32: Tensor | None = None
 
     @property
@@ -204,7 +212,8 @@ class PackedWeight:
         return self._f32
 
     def __repr__(self) -> str:
-        return f"PackedWeight({self.qtype}, {self.out_features}x{self.in_features}, {self.nbytes} bytes)"
+        x8 = ", x8" if self.interleaved else ""
+        return f"PackedWeight({self.qtype}{x8}, {self.out_features}x{self.in_features}, {self.nbytes} bytes)"
 
 
 def row_bytes(qtype: str, in_features: int) -> int:
@@ -240,6 +249,21 @@ def pack(raw: np.ndarray | Tensor, qtype: str, shape: tuple[int, int]) -> Packed
     if arr.size != n * rb:
         raise ValueError(f"{name} tensor of {arr.size} bytes does not hold {n}x{k} values ({n * rb} bytes)")
     return PackedWeight(arr.reshape(n, rb), name, n, k)
+
+
+def interleave(w: PackedWeight) -> PackedWeight:
+    """`w` re-laid out 8 rows at a time for the C kernels (a copy of the same bytes, padded to whole groups of 8
+    rows; see kernels/quant.c, "x8"): its decode steps and prompts run ~2x faster than on the file's layout. `w`
+    itself when its type has no such layout or the library is not available."""
+    lib = library()
+    if lib is None or w.interleaved or w.qtype not in INTERLEAVED_TYPES:
+        return w
+    n8 = -(-w.out_features // 8) * 8
+    out = np.empty((n8, w.row_bytes), dtype=np.uint8)
+    rc = lib.ck_interleave(w.type_id, w.ptr, w.row_bytes, w.out_features, w.in_features, out.ctypes.data)
+    if rc != 0:
+        raise RuntimeError(f"CPU kernel ck_interleave failed (code {rc}) for {w!r}")
+    return PackedWeight(out, w.qtype, w.out_features, w.in_features, interleaved=True)
 
 
 # --- products ------------------------------------------------------------------------------------------------

@@ -524,10 +524,11 @@ class FusedLinear(nn.Module):
 
 def packed_linear(parts: list[Any], biases: list[Tensor] | None, release: Any = None) -> nn.Module:
     """One Linear over row blocks `parts` (checkpoint matrices, same input size) as stored. Consecutive parts of
-    one type are packed together (their rows concatenated: one kernel call instead of several per step; the
-    copied source pages are handed to `release(QTensor)` so they stop counting in RSS); parts of different types
-    (a Q4_K_M file mixes Q4_K and Q6_K) become the parts of a FusedLinear. A single part is packed on its own
-    bytes (a view of the file)."""
+    one type are packed together (their rows concatenated: one kernel call instead of several per step) and
+    types with an 8-row interleaved layout are re-laid out (cpu_kernels.interleave); the copied source pages are
+    handed to `release(QTensor)` so they stop counting in RSS. Parts of different types (a Q4_K_M file mixes
+    Q4_K and Q6_K) become the parts of a FusedLinear. Otherwise a single part is packed on its own bytes (a view
+    of the file)."""
     import numpy as np
 
     from model_backend import cpu_kernels
@@ -544,10 +545,10 @@ def packed_linear(parts: list[Any], biases: list[Tensor] | None, release: Any = 
     for qtype, members, bs in groups:
         raws = [_as_stored(m)[1] for m in members]
         raw = raws[0] if len(raws) == 1 else np.concatenate(raws)
-        if len(raws) > 1 and release is not None:
+        packed = cpu_kernels.interleave(cpu_kernels.pack(raw, qtype, (raw.shape[0], parts[0].shape[1])))
+        if (len(raws) > 1 or packed.interleaved) and release is not None:
             for m in members:
                 release(m)
-        packed = cpu_kernels.pack(raw, qtype, (raw.shape[0], parts[0].shape[1]))
         mods.append(cpu_kernels.QuantLinear(packed, torch.cat(bs) if bs else None))
     return mods[0] if len(mods) == 1 else FusedLinear(mods)
 
@@ -555,7 +556,7 @@ def packed_linear(parts: list[Any], biases: list[Tensor] | None, release: Any = 
 def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any = None) -> Transformer:
     """The CPU model on weights as stored (see the module docstring). Raises cpu_kernels.UnsupportedQuantType
     for a tensor type the kernels do not multiply. release(QTensor): called for each tensor whose bytes were
-    copied (fused), so its pages of the mapped file can leave the resident set (Checkpoint.release)."""
+    copied (fused or interleaved), so its pages of the mapped file can leave the resident set (Checkpoint.release)."""
     from model_backend import cpu_kernels
 
     def get(name: str) -> Any:
@@ -572,7 +573,9 @@ def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any =
     model = Transformer(cfg, device="meta")
     e = get("model.embed_tokens.weight")
     qtype, raw = _as_stored(e)
-    embed = cpu_kernels.pack(raw, qtype, tuple(e.shape))
+    embed = cpu_kernels.interleave(cpu_kernels.pack(raw, qtype, tuple(e.shape)))  # also the tied lm_head
+    if embed.interleaved and release is not None:
+        release(e)
     model.embed = QuantEmbedding(embed, cfg.hidden_size)
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
