@@ -66,7 +66,8 @@ _X8 = 16  # type-id flag of the 8-row interleaved layout (kernels/quant.c's X8)
 INTERLEAVED_TYPES = ("Q4_0", "Q4_1", "Q8_0")
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
-SOURCES = (KERNEL_DIR / "quant.c", KERNEL_DIR / "attention.c")
+SOURCES = (KERNEL_DIR / "quant.c", KERNEL_DIR / "attention.c", KERNEL_DIR / "layer.c")
+HEADERS = (KERNEL_DIR / "simd.h",)
 FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fPIC", "-shared", "-std=c11", "-pthread")
 
 
@@ -134,7 +135,9 @@ def library() -> Any | None:
         return None
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-        key = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + repr((FLAGS, version)).encode())
+        key = hashlib.sha256(
+            b"".join(p.read_bytes() for p in SOURCES + HEADERS) + repr((FLAGS, version)).encode()
+        )
         out = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
         if not out.is_file() and not _compile(cc, out):
             return None
@@ -156,7 +159,19 @@ def library() -> Any | None:
     for fn in (lib.bq_attention_step, lib.bq_attention_step_h):
         fn.argtypes = [ptr] * 5 + [i64] * 5 + [ctypes.c_float]
         fn.restype = ctypes.c_int
+    _bind_layer_functions(lib)
     return lib
+
+
+def _bind_layer_functions(lib: Any) -> None:
+    """argtypes of layer.c's row functions and the prompt attention (see rmsnorm, swiglu, LayerStack)."""
+    i64, ptr, f32, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    lib.ck_rmsnorm.argtypes = [ptr, ptr, f32, i64, i64, ptr]
+    lib.ck_swiglu.argtypes = [ptr, i64, i64, ptr]
+    lib.ck_attention_rows.argtypes = [c_int, ptr, ptr, ptr, ptr, ptr] + [i64] * 6 + [f32, c_int]
+    lib.ck_decode_layers.argtypes = [ptr, ptr, ptr, ptr, ptr, c_int, i64, i64, i64, c_int]
+    for fn in (lib.ck_rmsnorm, lib.ck_swiglu, lib.ck_attention_rows, lib.ck_decode_layers):
+        fn.restype = c_int
 
 
 def available() -> bool:
@@ -348,6 +363,119 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, {self.weight.qtype}, bias={self.bias is not None}"
+
+
+# --- the rows of a llama / qwen2 layer (kernels/layer.c, attention.c) ----------------------------------------------
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"CPU kernel {what} failed (code {rc})")
+
+
+def rmsnorm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm of each row of fp32 x [..., D] (D % 8 == 0) with fp32 weight [D]: the bits a decode step's
+    LayerStack computes for the same row."""
+    x = x.contiguous()
+    d = x.shape[-1]
+    out = torch.empty_like(x)
+    _check(library().ck_rmsnorm(x.data_ptr(), weight.data_ptr(), eps, x.numel() // d, d, out.data_ptr()), "rmsnorm")
+    return out
+
+
+def swiglu(h: Tensor) -> Tensor:
+    """silu(gate) * up of fp32 rows h [..., 2I] = gate | up (I % 8 == 0), as LayerStack computes it."""
+    h = h.contiguous()
+    i = h.shape[-1] // 2
+    out = torch.empty(*h.shape[:-1], i, dtype=torch.float32)
+    _check(library().ck_swiglu(h.data_ptr(), h.numel() // (2 * i), i, out.data_ptr()), "swiglu")
+    return out
+
+
+def attention_rows(
+    qkv: Tensor, rope: Tensor, k: Tensor, v: Tensor, heads: tuple[int, int, int], p0: int, scale: float
+) -> Tensor:
+    """One sequence's t tokens at positions p0.. after the q|k|v projection: qkv [t, (nh + 2 nkv) hd] fp32,
+    contiguous, rotated in place; rope [t, hd] (cos/sin pairs); k, v: the sequence's cache [nkv, capacity, hd]
+    (fp32 or fp16, contiguous), written at p0..p0+t-1. Each token attends as a decode step at its position
+    would (same bits), the tokens spread over torch.get_num_threads() threads. Returns [t, nh hd]."""
+    nh, nkv, hd = heads
+    t = qkv.shape[0]
+    out = torch.empty(t, nh * hd, dtype=torch.float32)
+    rc = library().ck_attention_rows(
+        int(k.dtype == torch.float16), qkv.data_ptr(), rope.data_ptr(), k.data_ptr(), v.data_ptr(),
+        out.data_ptr(), nh, nkv, hd, p0, t, k.stride(0), scale, torch.get_num_threads(),
+    )  # fmt: skip
+    _check(rc, "ck_attention_rows")
+    return out
+
+
+class _Mat(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_int64),
+        ("W", ctypes.c_void_p),
+        ("row_bytes", ctypes.c_int64),
+        ("N", ctypes.c_int64),
+        ("bias", ctypes.c_void_p),
+    ]
+
+
+class _Lin(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_int64), ("m", _Mat * 3)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("attn_norm", ctypes.c_void_p), ("ffn_norm", ctypes.c_void_p)] + [
+        (name, _Lin) for name in ("qkv", "wo", "w_in", "w_out")
+    ]
+
+
+class _Stack(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in ("n_layers", "dim", "n_heads", "n_kv", "head_dim", "inter")] + [
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        ("layers", ctypes.POINTER(_Layer)),
+    ]
+
+
+def _lin(parts: list[QuantLinear]) -> _Lin:
+    lin = _Lin(n=len(parts))
+    for i, p in enumerate(parts):
+        w = p.weight
+        bias = None if p.bias is None else p.bias.data_ptr()
+        lin.m[i] = _Mat(type=w.type_id, W=w.ptr, row_bytes=w.row_bytes, N=w.out_features, bias=bias)
+    return lin
+
+
+class LayerStack:
+    """Every layer of a llama / qwen2 model (RMSNorm, SwiGLU, packed Linears of any non-F32 type: each a list
+    of up to 3 QuantLinear parts whose outputs are concatenated) for one C call per decode row (layer.c's
+    ck_decode_layers). layers: per layer {"attn_norm", "ffn_norm": fp32 [dim], "qkv", "wo", "w_in", "w_out":
+    parts}; shape: (dim, n_heads, n_kv_heads, head_dim, intermediate)."""
+
+    def __init__(self, layers: list[dict[str, Any]], shape: tuple[int, ...], eps: float, scale: float) -> None:
+        self._keep = layers  # the norms, biases and weights the structures point into
+        arr = (_Layer * len(layers))()
+        for i, ly in enumerate(layers):
+            arr[i] = _Layer(
+                ly["attn_norm"].data_ptr(),
+                ly["ffn_norm"].data_ptr(),
+                *(_lin(ly[n]) for n in ("qkv", "wo", "w_in", "w_out")),
+            )
+        self._layers = arr
+        self._stack = _Stack(len(layers), *shape, eps, scale, arr)
+        self._ref = ctypes.byref(self._stack)
+
+    def run(self, x: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor, slot: int, pos: int) -> None:
+        """x: one row [dim] fp32 contiguous, updated in place through every layer (RoPE, cache write at `pos`
+        of `slot`, attention over 0..pos); rope [hd] fp32 (cos/sin pairs of pos); k_cache, v_cache: the whole
+        cache [layers, slots, nkv, capacity, hd] (fp32 or fp16, contiguous)."""
+        rc = library().ck_decode_layers(
+            self._ref, x.data_ptr(), rope.data_ptr(), k_cache[0, slot].data_ptr(), v_cache[0, slot].data_ptr(),
+            int(k_cache.dtype == torch.float16), k_cache.stride(0), k_cache.stride(2), pos,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        _check(rc, "ck_decode_layers")
 
 
 # --- numpy dequantization (the fallback; the same arithmetic as gguf-py's) ---------------------------------------

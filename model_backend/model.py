@@ -216,6 +216,8 @@ class Transformer(nn.Module):
         self.k_cache: Tensor | None = None
         self.v_cache: Tensor | None = None
         self.rope: Tensor | None = None
+        self.rope_pairs: Tensor | None = None  # the rope table as fp32 cos/sin pairs [max_seq, hd] (C kernels)
+        self.layer_stack: Any = None  # cpu_kernels.LayerStack (use_cpu_kernels): the C-kernel forward
         self.kv_dtype: torch.dtype = torch.float32
         self.n_slots = 0
         self.max_seq = 0
@@ -241,7 +243,36 @@ class Transformer(nn.Module):
             fn = None
         for layer in self.layers:
             layer.attn.decode_kernel = fn
+        self.layer_stack = None if fn is None else self._layer_stack()
         return fn is not None
+
+    def _layer_stack(self) -> Any:
+        """cpu_kernels.LayerStack over every layer when this is a packed llama / qwen2 model (RMSNorm, SwiGLU,
+        every matrix a non-F32 QuantLinear or FusedLinear of them), else None (the torch path runs)."""
+        from model_backend import cpu_kernels
+
+        cfg = self.config
+
+        def parts(m: nn.Module) -> list[Any] | None:
+            ps = list(m.parts) if isinstance(m, FusedLinear) else [m]
+            ok = all(isinstance(p, cpu_kernels.QuantLinear) and p.weight.qtype != "F32" for p in ps)
+            return ps if ok and len(ps) <= 3 else None
+
+        if cfg.norm_type == "layernorm" or cfg.mlp_type != "swiglu" or cfg.hidden_size % 8:
+            return None
+        layers = []
+        for ly in self.layers:
+            mats = {
+                "qkv": parts(ly.attn.wqkv),
+                "wo": parts(ly.attn.wo),
+                "w_in": parts(ly.mlp.w_in),
+                "w_out": parts(ly.mlp.w_out),
+            }
+            if any(v is None for v in mats.values()) or ly.mlp.w_out.in_features % 8:
+                return None
+            layers.append({"attn_norm": ly.attn_norm.weight, "ffn_norm": ly.ffn_norm.weight, **mats})
+        shape = (cfg.hidden_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.intermediate_size)
+        return cpu_kernels.LayerStack(layers, shape, cfg.norm_eps, cfg.head_dim**-0.5)
 
     def setup_caches(
         self,
@@ -261,6 +292,7 @@ class Transformer(nn.Module):
         theta = rope_theta if rope_theta is not None else cfg.rope_theta
         scaling = rope_scaling if rope_scaling is not None else cfg.rope_scaling
         self.rope = rope_table(cfg.head_dim, max_seq, theta, scaling, device)
+        self.rope_pairs = torch.view_as_real(self.rope).reshape(max_seq, cfg.head_dim).contiguous()
         self.n_slots, self.max_seq = n_slots, max_seq
         self._zeroed = [0] * n_slots
         self.k_cache = self.v_cache = None
@@ -337,6 +369,8 @@ class Transformer(nn.Module):
         if kv_len > self.max_seq:
             raise ValueError(f"sequence of {kv_len} tokens exceeds the KV cache length {self.max_seq}")
         self.ensure_zeroed(slots, kv_len)
+        if self.layer_stack is not None and tokens.device.type == "cpu":
+            return self._forward_kernels(tokens, start_pos, slots, all_logits)
         pos = torch.tensor(list(start_pos), device=device).unsqueeze(1) + torch.arange(t, device=device)
         rows = torch.tensor(list(slots), device=device).unsqueeze(1)
         s0 = slots[0]
@@ -375,6 +409,36 @@ class Transformer(nn.Module):
         if not all_logits:
             x = x[:, -1]
         return self.lm_head(self.norm(x)).float()
+
+    def _forward_kernels(
+        self, tokens: Tensor, start_pos: Sequence[int], slots: Sequence[int], all_logits: bool
+    ) -> Tensor:
+        """forward() on the C kernels' row functions (layer_stack): a one-row decode step is one C call for
+        every layer; other batches run layer by layer on the same functions (RMSNorm, matmul, each row's
+        attention as its decode steps would, SwiGLU), so every row gets the bits a decode step gives it."""
+        from model_backend import cpu_kernels as ck
+
+        assert self.k_cache is not None and self.v_cache is not None and self.rope_pairs is not None
+        cfg = self.config
+        b, t = tokens.shape
+        x = self.embed(tokens)  # [b, t, dim] fp32, a new tensor
+        if b == 1 and t == 1:
+            p = start_pos[0]
+            self.layer_stack.run(x.view(-1), self.rope_pairs[p], self.k_cache, self.v_cache, slots[0], p)
+        else:
+            heads, eps, scale = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim), cfg.norm_eps, cfg.head_dim**-0.5
+            for i, layer in enumerate(self.layers):
+                qkv = layer.attn.wqkv(ck.rmsnorm(x, layer.attn_norm.weight, eps)).contiguous()
+                att = torch.empty(b, t, cfg.n_heads * cfg.head_dim)
+                for r, (slot, p0) in enumerate(zip(slots, start_pos, strict=True)):
+                    k, v, rope = self.k_cache[i, slot], self.v_cache[i, slot], self.rope_pairs[p0 : p0 + t]
+                    att[r] = ck.attention_rows(qkv[r], rope, k, v, heads, p0, scale)
+                x = x + layer.attn.wo(att)
+                h = layer.mlp.w_in(ck.rmsnorm(x, layer.ffn_norm.weight, eps))
+                x = x + layer.mlp.w_out(ck.swiglu(h))
+        if not all_logits:
+            x = x[:, -1]
+        return self.lm_head(ck.rmsnorm(x, self.norm.weight, cfg.norm_eps))
 
 
 # -- building from a checkpoint ----------------------------------------------------------------------

@@ -763,6 +763,9 @@ static void parallel(task_fn fn, void *ctx, int nt) {
     pthread_mutex_unlock(&pool.dispatch);
 }
 
+/* the pool for the other C files (attention.c's prompt rows) */
+void ck_parallel(task_fn fn, void *ctx, int nt) { parallel(fn, ctx, nt); }
+
 static void matmul_task(void *ctx, int tid, int nt) {
     const job_t *J = (const job_t *)ctx;
     const int64_t groups = (J->N + 7) / 8;  /* threads take whole groups of 8 weight rows */
