@@ -542,6 +542,8 @@ def build_model(
 
 # -- weights as stored (CPU) -------------------------------------------------------------------------
 
+INTERLEAVE_ALL_BYTES = 256 << 20  # models up to this size get every matrix in the x8 layout (build_packed_model)
+
 _FLOAT_TYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
@@ -586,13 +588,15 @@ class FusedLinear(nn.Module):
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
-def packed_linear(parts: list[Any], biases: list[Tensor] | None, release: Any = None) -> nn.Module:
+def packed_linear(
+    parts: list[Any], biases: list[Tensor] | None, release: Any = None, interleave: bool = False
+) -> nn.Module:
     """One Linear over row blocks `parts` (checkpoint matrices, same input size) as stored. Consecutive parts of
-    one type are packed together (their rows concatenated: one kernel call instead of several per step) and
-    types with an 8-row interleaved layout are re-laid out (cpu_kernels.interleave); the copied source pages are
-    handed to `release(QTensor)` so they stop counting in RSS. Parts of different types (a Q4_K_M file mixes
-    Q4_K and Q6_K) become the parts of a FusedLinear. Otherwise a single part is packed on its own bytes (a view
-    of the file)."""
+    one type are packed together (their rows concatenated: one kernel call instead of several per step), in the
+    8-row interleaved layout where the type has one (cpu_kernels.interleave_parts; also a single part when
+    `interleave`); the copied source pages are handed to `release(QTensor)` so they stop counting in RSS. Parts
+    of different types (a Q4_K_M file mixes Q4_K and Q6_K) become the parts of a FusedLinear. Otherwise a single
+    part is packed on its own bytes (a view of the file)."""
     import numpy as np
 
     from model_backend import cpu_kernels
@@ -606,10 +610,13 @@ def packed_linear(parts: list[Any], biases: list[Tensor] | None, release: Any = 
         else:
             groups.append((_as_stored(part)[0], [part], bias))
     mods: list[nn.Module] = []
+    k = parts[0].shape[1]
     for qtype, members, bs in groups:
         raws = [_as_stored(m)[1] for m in members]
-        raw = raws[0] if len(raws) == 1 else np.concatenate(raws)
-        packed = cpu_kernels.interleave(cpu_kernels.pack(raw, qtype, (raw.shape[0], parts[0].shape[1])))
+        packed = cpu_kernels.interleave_parts(raws, qtype, k) if len(raws) > 1 or interleave else None
+        if packed is None:
+            raw = raws[0] if len(raws) == 1 else np.concatenate(raws)
+            packed = cpu_kernels.pack(raw, qtype, (raw.shape[0], k))
         if (len(raws) > 1 or packed.interleaved) and release is not None:
             for m in members:
                 release(m)
@@ -635,11 +642,16 @@ def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any =
         return interleave_rows(torch.arange(n_heads * cfg.head_dim), n_heads, cfg.head_dim)
 
     model = Transformer(cfg, device="meta")
+    # a small model's single matrices are re-laid out too (a copy of under INTERLEAVE_ALL_BYTES: well under a
+    # second); bigger ones only re-lay out what fusing copies anyway, so their load time and RSS stay the file's
+    small = sum(int(getattr(t, "nbytes", 0)) for t in tensors.values()) <= INTERLEAVE_ALL_BYTES
     e = get("model.embed_tokens.weight")
     qtype, raw = _as_stored(e)
-    embed = cpu_kernels.interleave(cpu_kernels.pack(raw, qtype, tuple(e.shape)))  # also the tied lm_head
-    if embed.interleaved and release is not None:
-        release(e)
+    embed = cpu_kernels.pack(raw, qtype, tuple(e.shape))
+    if small:
+        embed = cpu_kernels.interleave(embed)  # also the tied lm_head's weight
+        if embed.interleaved and release is not None:
+            release(e)
     model.embed = QuantEmbedding(embed, cfg.hidden_size)
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
@@ -653,7 +665,7 @@ def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any =
             qkv_b = [b if perm is None else b[perm] for b, perm in zip(qkv_b, perms, strict=True)]
         layer.attn.wqkv = packed_linear(qkv, qkv_b, release)
         layer.attn.wo = packed_linear(
-            [get(att + "o_proj.weight")], [get(att + "o_proj.bias")] if cfg.out_bias else None
+            [get(att + "o_proj.weight")], [get(att + "o_proj.bias")] if cfg.out_bias else None, release, small
         )
         ins, out = (
             (("gate_proj", "up_proj"), "down_proj") if cfg.mlp_type == "swiglu" else (("c_fc",), "c_proj")
@@ -664,7 +676,7 @@ def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any =
             release,
         )
         layer.mlp.w_out = packed_linear(
-            [get(f"{p}mlp.{out}.weight")], [get(f"{p}mlp.{out}.bias")] if cfg.mlp_bias else None
+            [get(f"{p}mlp.{out}.weight")], [get(f"{p}mlp.{out}.bias")] if cfg.mlp_bias else None, release, small
         )
         for ours, theirs in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
             norm = getattr(layer, ours)
@@ -675,7 +687,7 @@ def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any =
     if cfg.norm_type == "layernorm":
         model.norm.bias = vec("model.norm.bias")
     if "lm_head.weight" in tensors and not cfg.tie_word_embeddings:
-        model.lm_head = packed_linear([tensors["lm_head.weight"]], None)
+        model.lm_head = packed_linear([tensors["lm_head.weight"]], None, release, small)
     else:
         model.lm_head = cpu_kernels.QuantLinear(embed, None)  # tied: the embedding's blocks, not a copy
     return model.eval().requires_grad_(False)

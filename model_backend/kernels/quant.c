@@ -615,13 +615,14 @@ static void x8_row(int T, const uint8_t *W, int64_t n, int64_t K, uint8_t *out) 
     }
 }
 
-/* dst (ceil(N / 8) * 8 * row_bytes bytes) = the x8 layout of W [N rows as stored]; returns 0 or -2 */
+/* dst (ceil(N / 8) * 8 * row_bytes bytes) = the x8 layout of W [N rows as stored], padded with zero rows;
+ * returns 0 or -2 */
 int ck_interleave(int type, const uint8_t *W, int64_t row_bytes, int64_t N, int64_t K, uint8_t *dst) {
     if (type < 0 || type >= T_COUNT || !x8_type(type) || K <= 0 || K % 32 || N < 0 ||
         row_bytes != K / 32 * BYTES[type])
         return -2;
     const int64_t nb = K / 32, bytes = BYTES[type], sb = x8_scale_bytes(type);
-    memset(dst, 0, (size_t)((N + 7) / 8 * 8 * row_bytes));
+    if (N % 8) memset(dst + N / 8 * 8 * row_bytes, 0, (size_t)(8 * row_bytes)); /* the last group's padding */
     for (int64_t n = 0; n < N; n++) {
         uint8_t *r = dst + (n / 8) * nb * 8 * bytes;
         const uint8_t *s = W + n * row_bytes;
