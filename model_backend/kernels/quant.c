@@ -536,24 +536,37 @@ AI __m256i bcast4(const int8_t *p) {
     return _mm256_set1_epi32(v);
 }
 
-/* one record's integer block sums with one activation block (lane i = row i) */
-AI __m256i rec_dot(int T, const uint8_t *qs, const int8_t *x) {
-    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0F);
+/* one record's quants, ready for vpmaddubsw: Q4_0 / Q4_1 low nibbles in w[0..3] and high nibbles in w[4..7];
+ * Q8_0 |q| in w[0..7] (the signs are applied to the activations, from the record again) */
+AI void rec_unpack(int T, const uint8_t *qs, __m256i w[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int c = 0; c < (T == T_Q8_0 ? 8 : 4); c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        if (T == T_Q8_0) {
+            w[c] = _mm256_abs_epi8(v);
+        } else {
+            w[c] = _mm256_and_si256(v, m4);
+            w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+    }
+}
+
+/* the record's 8 integer block sums with one activation block (lane i = row i) */
+AI __m256i rec_dot(int T, const __m256i w[8], const uint8_t *qs, const int8_t *x) {
+    const __m256i ones = _mm256_set1_epi16(1);
     if (T == T_Q8_0) {
         __m256i s = _mm256_setzero_si256();
         for (int c = 0; c < 8; c++) {
             __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-            __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(v), _mm256_sign_epi8(bcast4(x + 4 * c), v));
+            __m256i p = _mm256_maddubs_epi16(w[c], _mm256_sign_epi8(bcast4(x + 4 * c), v));
             s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
         }
         return s;
     }
     __m256i s16 = _mm256_setzero_si256(); /* |sum| <= 8 * 2 * 15 * 127 < 2^15: int16 is exact */
     for (int c = 0; c < 4; c++) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-        __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo, bcast4(x + 4 * c)));
-        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi, bcast4(x + 16 + 4 * c)));
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[c], bcast4(x + 4 * c)));
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[4 + c], bcast4(x + 16 + 4 * c)));
     }
     return _mm256_madd_epi16(s16, ones);
 }
@@ -570,8 +583,11 @@ AI void tile_x8(int T, int RX, const job_t *J, int64_t g, int64_t m) {
     for (int64_t b = 0; b < nb; b++, r += rec) {
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)r));
         const __m256 mn = T == T_Q4_1 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 16))) : d;
+        const uint8_t *qs = r + 8 * x8_scale_bytes(T);
+        __m256i w[8];
+        rec_unpack(T, qs, w);  /* once for the RX activation rows */
         for (int j = 0; j < RX; j++) {
-            __m256i s = rec_dot(T, r + 8 * x8_scale_bytes(T), xq + j * K + b * 32);
+            __m256i s = rec_dot(T, w, qs, xq + j * K + b * 32);
             if (T == T_Q4_0) s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * isr[j * nb + b]));
             acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(dxr[j * nb + b])), acc[j]);
             if (T == T_Q4_1) macc[j] = _mm256_fmadd_ps(mn, _mm256_set1_ps(xsr[j * nb + b]), macc[j]);
