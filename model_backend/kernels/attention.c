@@ -26,6 +26,33 @@ static inline __attribute__((always_inline)) __m256 load8(int half, const void *
     return _mm256_loadu_ps((const float *)base + i);
 }
 
+/* s[i] = scale * q . K[i] for 8 rows of hd (K at element offset k0): 8 dot products reduced together */
+static inline __attribute__((always_inline)) void scores8(int half, const float *q, const void *k, int64_t k0,
+                                                          int64_t hd, float scale, float *s) {
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd; d += 8) {
+        __m256 qv = _mm256_loadu_ps(q + d);
+        for (int i = 0; i < 8; i++) a[i] = _mm256_fmadd_ps(qv, load8(half, k, k0 + i * hd + d), a[i]);
+    }
+    __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(s, _mm256_mul_ps(r, _mm256_set1_ps(scale)));
+}
+
+/* o[0 .. 8 NV) = sum over p < L of probs[p] * V[p, 0 .. 8 NV) (V at element offset v0, rows of hd) */
+static inline __attribute__((always_inline)) void pv_cols(int half, int NV, const float *probs, const void *v,
+                                                          int64_t v0, int64_t hd, int64_t L, float *o) {
+    __m256 a[4];
+    for (int c = 0; c < NV; c++) a[c] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < L; p++) {
+        const __m256 bp = _mm256_set1_ps(probs[p]);
+        for (int c = 0; c < NV; c++) a[c] = _mm256_fmadd_ps(bp, load8(half, v, v0 + p * hd + 8 * c), a[c]);
+    }
+    for (int c = 0; c < NV; c++) _mm256_storeu_ps(o + 8 * c, a[c]);
+}
+
 static inline __attribute__((always_inline)) int attention(int half, const float *q, const void *k, const void *v,
                                                            float *out, int64_t nh, int64_t nkv, int64_t hd,
                                                            int64_t L, int64_t stride_h, float scale) {
@@ -44,20 +71,14 @@ static inline __attribute__((always_inline)) int attention(int half, const float
         float *O = out + h * g * hd;
         /* scores [g, L]: 8 positions at a time, their 8 dot products reduced together */
         int64_t p0 = 0;
+        float kb[8 * 256];
         for (; p0 + 8 <= L; p0 += 8) {
-            for (int64_t j = 0; j < g; j++) {
-                const float *qj = Q + j * hd;
-                __m256 a[8];
-                for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
-                for (int64_t d = 0; d < hd; d += 8) {
-                    __m256 qv = _mm256_loadu_ps(qj + d);
-                    for (int i = 0; i < 8; i++)
-                        a[i] = _mm256_fmadd_ps(qv, load8(half, k, kv0 + (p0 + i) * hd + d), a[i]);
-                }
-                __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-                __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-                __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-                _mm256_storeu_ps(att_buf + j * L + p0, _mm256_mul_ps(r, _mm256_set1_ps(scale)));
+            if (half && g > 1) { /* the 8 rows converted once for the g query heads (the same values) */
+                for (int64_t i = 0; i < 8 * hd; i += 8) _mm256_storeu_ps(kb + i, load8(1, k, kv0 + p0 * hd + i));
+                for (int64_t j = 0; j < g; j++) scores8(0, Q + j * hd, kb, 0, hd, scale, att_buf + j * L + p0);
+            } else {
+                for (int64_t j = 0; j < g; j++)
+                    scores8(half, Q + j * hd, k, kv0 + p0 * hd, hd, scale, att_buf + j * L + p0);
             }
         }
         for (int64_t p = p0; p < L; p++) {
@@ -86,19 +107,13 @@ static inline __attribute__((always_inline)) int attention(int half, const float
             float inv = 1.0f / sum;
             for (p = 0; p < L; p++) s[p] *= inv;
         }
-        /* out = probs @ V, one pass over V for all g query heads (accumulators stay in L1) */
-        float acc[16 * 256];
-        for (int64_t i = 0; i < g * hd; i++) acc[i] = 0.0f;
-        for (int64_t p = 0; p < L; p++) {
-            for (int64_t d = 0; d < hd; d += 8) {
-                __m256 vv = load8(half, v, kv0 + p * hd + d);
-                for (int64_t j = 0; j < g; j++) {
-                    float *aj = acc + j * hd + d;
-                    _mm256_storeu_ps(aj, _mm256_fmadd_ps(_mm256_set1_ps(att_buf[j * L + p]), vv, _mm256_loadu_ps(aj)));
-                }
-            }
+        /* out = probs @ V: per query head, up to 32 output values in registers over all positions (each value
+         * an fma chain over p = 0..L-1 from 0, as one accumulator per value) */
+        for (int64_t j = 0; j < g; j++) {
+            int64_t d0 = 0;
+            for (; d0 + 32 <= hd; d0 += 32) pv_cols(half, 4, att_buf + j * L, v, kv0 + d0, hd, L, O + j * hd + d0);
+            for (; d0 < hd; d0 += 8) pv_cols(half, 1, att_buf + j * L, v, kv0 + d0, hd, L, O + j * hd + d0);
         }
-        memcpy(O, acc, sizeof(float) * g * hd);
     }
     return 0;
 }
