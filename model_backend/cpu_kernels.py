@@ -4,8 +4,10 @@ A leaf module: it imports nothing from the model code. `pack` wraps a tensor's b
 them (no copy when they are contiguous, e.g. a read-only memory-map slice); `matmul` multiplies fp32
 activations with them for any number of rows (decode steps and prompts) in C (kernels/quant.c, AVX2 + FMA +
 F16C); `dequantize_rows` gives fp32 rows (embedding lookups). The activations are rounded to int8 per block of
-32 (per 256 for K-quants) as llama.cpp does; the weights are used exactly as stored. Layouts, rounding bounds
-and measured speeds: docs/performance.md ("CPU kernels on GGUF types").
+32 (per 256 for K-quants) as llama.cpp does; the weights are used exactly as stored, or for Q4_0 / Q4_1 / Q8_0
+re-laid out 8 rows at a time by `interleave` (the same bytes). `rmsnorm`, `swiglu`, `attention_rows` and
+`LayerStack` (kernels/layer.c) are the rows of a llama / qwen2 decoder layer, for model.py's C-kernel forward.
+Layouts, rounding bounds and measured speeds: docs/performance.md ("CPU kernels on GGUF types").
 
 The C library is compiled with the system's compiler on first use and cached under the cache root
 (<COPILOT_LS_CACHE or ~/.cache/copilot-ls>/kernels/cpu_kernels-<hash>.so, hashed over its C sources, flags and

@@ -13,8 +13,10 @@ Weights are stored fused (q|k|v in one Linear, gate|up in one Linear) so a decod
 On CUDA weights are bf16/fp16 with norms and softmax in fp32. On the CPU the default (`build_packed_model`) keeps
 every matrix as the checkpoint stores it (a GGUF's quantized blocks, safetensors' bf16/fp16/fp32), packed for
 model_backend/cpu_kernels.py, for prompts and decode steps alike; the embedding stays quantized too (only the
-looked-up rows are dequantized). `build_model` gives the dense fp32 reference (and the CUDA model); fbgemm fp16 /
-int8 packs of it (`quantize_linears`) remain as opt-in formats.
+looked-up rows are dequantized), and a llama / qwen2 model then runs on the kernels' row functions
+(`Transformer._forward_kernels`: one C call per decode step for all layers). `build_model` gives the dense
+fp32 reference (and the CUDA model); fbgemm fp16 / int8 packs of it (`quantize_linears`) remain as opt-in
+formats.
 """
 
 from __future__ import annotations
