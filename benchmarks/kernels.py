@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/kernels.py [--types Q8_0,Q4_K] [--threads 1,2] [--m 512] [--json OUT]
     .venv/bin/python benchmarks/kernels.py --vs-llama PROBE.gguf [--m 512]
 
-For each type and shape (N x K = 1536x1536, 8960x1536, 1536x8960) it prints GEMV (M = 1, a decode step) in ms
+Types ending in x8 (Q4_1x8) are the 8-row interleaved layout the model loader makes for Q4_0 / Q4_1 / Q8_0. For each
+type and shape (N x K = 1536x1536, 8960x1536, 1536x8960, or --shapes) it prints GEMV (M = 1, a decode step) in ms
 and GB/s of weight bytes read, and GEMM (M = --m rows, a prompt) in ms and GFLOP/s (2*M*N*K / time), with 1 and
 2 threads: wall time, and with 1 thread also the thread's CPU time (what a busy shared machine does not
 inflate). Weights are random bytes with sane fp16 scales (speed does not depend on the values). When the
@@ -27,10 +28,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model_backend import cpu_kernels as ck  # noqa: E402
 
 SHAPES = ((1536, 1536), (8960, 1536), (1536, 8960))
-DEFAULT_TYPES = ("Q8_0", "Q4_K", "Q6_K", "Q5_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16")
+DEFAULT_TYPES = (
+    "Q8_0",
+    "Q4_K",
+    "Q6_K",
+    "Q5_K",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "F16",
+    "BF16",
+    "Q8_0x8",
+    "Q4_0x8",
+    "Q4_1x8",
+)
+# default model (SmolLM2-135M) shapes: q|k|v, o, gate|up, down, the tied output
+DEFAULT_MODEL_SHAPES = ((960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576))
 
 
 def random_weight(qtype: str, n: int, k: int, seed: int = 0) -> ck.PackedWeight:
+    """Random blocks of `qtype`; a type ending in "x8" (Q4_1x8) is that type in the 8-row interleaved layout
+    the model loader uses (cpu_kernels.interleave)."""
+    if qtype.endswith("x8"):
+        return ck.interleave(random_weight(qtype[:-2], n, k, seed))
     rng = np.random.default_rng(seed)
     block, size = ck.BLOCKS[qtype]
     if qtype in ("F16", "BF16", "F32"):
@@ -123,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--types", default=",".join(DEFAULT_TYPES))
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--m", type=int, default=512, help="rows of the GEMM (a prompt's tokens)")
+    ap.add_argument(
+        "--shapes",
+        default=None,
+        help="NxK,... (default: Qwen2.5-Coder-1.5B's; 'default-model': SmolLM2-135M's)",
+    )
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument(
         "--vs-llama",
@@ -145,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llama_cpp {llama_cpp.__version__} importable (model-level comparison: benchmarks/engine.py)")
     except ImportError:
         print("llama_cpp not importable: absolute figures only")
+    shapes = (
+        SHAPES
+        if args.shapes is None
+        else DEFAULT_MODEL_SHAPES
+        if args.shapes == "default-model"
+        else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    )
     print(
         f"{'type':6} {'N x K':>11} {'thr':>3} {'time':>4} | {'GEMV ms':>8} {'GB/s':>6} | {'GEMM ms':>8} "
         f"{'GFLOP/s':>8}"
@@ -154,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = torch.get_num_threads()
     try:
         for qtype in args.types.split(","):
-            for n, k in SHAPES:
+            for n, k in shapes:
                 w = random_weight(qtype, n, k)
                 x1 = torch.randn(1, k)
                 xm = torch.randn(args.m, k)

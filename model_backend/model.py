@@ -13,8 +13,10 @@ Weights are stored fused (q|k|v in one Linear, gate|up in one Linear) so a decod
 On CUDA weights are bf16/fp16 with norms and softmax in fp32. On the CPU the default (`build_packed_model`) keeps
 every matrix as the checkpoint stores it (a GGUF's quantized blocks, safetensors' bf16/fp16/fp32), packed for
 model_backend/cpu_kernels.py, for prompts and decode steps alike; the embedding stays quantized too (only the
-looked-up rows are dequantized). `build_model` gives the dense fp32 reference (and the CUDA model); fbgemm fp16 /
-int8 packs of it (`quantize_linears`) remain as opt-in formats.
+looked-up rows are dequantized), and a llama / qwen2 model then runs on the kernels' row functions
+(`Transformer._forward_kernels`: one C call per decode step for all layers). `build_model` gives the dense
+fp32 reference (and the CUDA model); fbgemm fp16 / int8 packs of it (`quantize_linears`) remain as opt-in
+formats.
 """
 
 from __future__ import annotations
@@ -216,6 +218,10 @@ class Transformer(nn.Module):
         self.k_cache: Tensor | None = None
         self.v_cache: Tensor | None = None
         self.rope: Tensor | None = None
+        self.rope_pairs: Tensor | None = (
+            None  # the rope table as fp32 cos/sin pairs [max_seq, hd] (C kernels)
+        )
+        self.layer_stack: Any = None  # cpu_kernels.LayerStack (use_cpu_kernels): the C-kernel forward
         self.kv_dtype: torch.dtype = torch.float32
         self.n_slots = 0
         self.max_seq = 0
@@ -241,7 +247,36 @@ class Transformer(nn.Module):
             fn = None
         for layer in self.layers:
             layer.attn.decode_kernel = fn
+        self.layer_stack = None if fn is None else self._layer_stack()
         return fn is not None
+
+    def _layer_stack(self) -> Any:
+        """cpu_kernels.LayerStack over every layer when this is a packed llama / qwen2 model (RMSNorm, SwiGLU,
+        every matrix a non-F32 QuantLinear or FusedLinear of them), else None (the torch path runs)."""
+        from model_backend import cpu_kernels
+
+        cfg = self.config
+
+        def parts(m: nn.Module) -> list[Any] | None:
+            ps = list(m.parts) if isinstance(m, FusedLinear) else [m]
+            ok = all(isinstance(p, cpu_kernels.QuantLinear) and p.weight.qtype != "F32" for p in ps)
+            return ps if ok and len(ps) <= 3 else None
+
+        if cfg.norm_type == "layernorm" or cfg.mlp_type != "swiglu" or cfg.hidden_size % 8:
+            return None
+        layers = []
+        for ly in self.layers:
+            mats = {
+                "qkv": parts(ly.attn.wqkv),
+                "wo": parts(ly.attn.wo),
+                "w_in": parts(ly.mlp.w_in),
+                "w_out": parts(ly.mlp.w_out),
+            }
+            if any(v is None for v in mats.values()) or ly.mlp.w_out.in_features % 8:
+                return None
+            layers.append({"attn_norm": ly.attn_norm.weight, "ffn_norm": ly.ffn_norm.weight, **mats})
+        shape = (cfg.hidden_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.intermediate_size)
+        return cpu_kernels.LayerStack(layers, shape, cfg.norm_eps, cfg.head_dim**-0.5)
 
     def setup_caches(
         self,
@@ -261,6 +296,7 @@ class Transformer(nn.Module):
         theta = rope_theta if rope_theta is not None else cfg.rope_theta
         scaling = rope_scaling if rope_scaling is not None else cfg.rope_scaling
         self.rope = rope_table(cfg.head_dim, max_seq, theta, scaling, device)
+        self.rope_pairs = torch.view_as_real(self.rope).reshape(max_seq, cfg.head_dim).contiguous()
         self.n_slots, self.max_seq = n_slots, max_seq
         self._zeroed = [0] * n_slots
         self.k_cache = self.v_cache = None
@@ -337,6 +373,8 @@ class Transformer(nn.Module):
         if kv_len > self.max_seq:
             raise ValueError(f"sequence of {kv_len} tokens exceeds the KV cache length {self.max_seq}")
         self.ensure_zeroed(slots, kv_len)
+        if self.layer_stack is not None and tokens.device.type == "cpu":
+            return self._forward_kernels(tokens, start_pos, slots, all_logits)
         pos = torch.tensor(list(start_pos), device=device).unsqueeze(1) + torch.arange(t, device=device)
         rows = torch.tensor(list(slots), device=device).unsqueeze(1)
         s0 = slots[0]
@@ -375,6 +413,36 @@ class Transformer(nn.Module):
         if not all_logits:
             x = x[:, -1]
         return self.lm_head(self.norm(x)).float()
+
+    def _forward_kernels(
+        self, tokens: Tensor, start_pos: Sequence[int], slots: Sequence[int], all_logits: bool
+    ) -> Tensor:
+        """forward() on the C kernels' row functions (layer_stack): a one-row decode step is one C call for
+        every layer; other batches run layer by layer on the same functions (RMSNorm, matmul, each row's
+        attention as its decode steps would, SwiGLU), so every row gets the bits a decode step gives it."""
+        from model_backend import cpu_kernels as ck
+
+        assert self.k_cache is not None and self.v_cache is not None and self.rope_pairs is not None
+        cfg = self.config
+        b, t = tokens.shape
+        x = self.embed(tokens)  # [b, t, dim] fp32, a new tensor
+        if b == 1 and t == 1:
+            p = start_pos[0]
+            self.layer_stack.run(x.view(-1), self.rope_pairs[p], self.k_cache, self.v_cache, slots[0], p)
+        else:
+            heads, eps, scale = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim), cfg.norm_eps, cfg.head_dim**-0.5
+            for i, layer in enumerate(self.layers):
+                qkv = layer.attn.wqkv(ck.rmsnorm(x, layer.attn_norm.weight, eps)).contiguous()
+                att = torch.empty(b, t, cfg.n_heads * cfg.head_dim)
+                for r, (slot, p0) in enumerate(zip(slots, start_pos, strict=True)):
+                    k, v, rope = self.k_cache[i, slot], self.v_cache[i, slot], self.rope_pairs[p0 : p0 + t]
+                    att[r] = ck.attention_rows(qkv[r], rope, k, v, heads, p0, scale)
+                x = x + layer.attn.wo(att)
+                h = layer.mlp.w_in(ck.rmsnorm(x, layer.ffn_norm.weight, eps))
+                x = x + layer.mlp.w_out(ck.swiglu(h))
+        if not all_logits:
+            x = x[:, -1]
+        return self.lm_head(ck.rmsnorm(x, self.norm.weight, cfg.norm_eps))
 
 
 # -- building from a checkpoint ----------------------------------------------------------------------
@@ -478,6 +546,10 @@ def build_model(
 
 # -- weights as stored (CPU) -------------------------------------------------------------------------
 
+INTERLEAVE_ALL_BYTES = (
+    256 << 20
+)  # models up to this size get every matrix in the x8 layout (build_packed_model)
+
 _FLOAT_TYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
@@ -522,12 +594,15 @@ class FusedLinear(nn.Module):
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
-def packed_linear(parts: list[Any], biases: list[Tensor] | None, release: Any = None) -> nn.Module:
+def packed_linear(
+    parts: list[Any], biases: list[Tensor] | None, release: Any = None, interleave: bool = False
+) -> nn.Module:
     """One Linear over row blocks `parts` (checkpoint matrices, same input size) as stored. Consecutive parts of
-    one type are packed together (their rows concatenated: one kernel call instead of several per step; the
-    copied source pages are handed to `release(QTensor)` so they stop counting in RSS); parts of different types
-    (a Q4_K_M file mixes Q4_K and Q6_K) become the parts of a FusedLinear. A single part is packed on its own
-    bytes (a view of the file)."""
+    one type are packed together (their rows concatenated: one kernel call instead of several per step), in the
+    8-row interleaved layout where the type has one (cpu_kernels.interleave_parts; also a single part when
+    `interleave`); the copied source pages are handed to `release(QTensor)` so they stop counting in RSS. Parts
+    of different types (a Q4_K_M file mixes Q4_K and Q6_K) become the parts of a FusedLinear. Otherwise a single
+    part is packed on its own bytes (a view of the file)."""
     import numpy as np
 
     from model_backend import cpu_kernels
@@ -541,21 +616,62 @@ def packed_linear(parts: list[Any], biases: list[Tensor] | None, release: Any = 
         else:
             groups.append((_as_stored(part)[0], [part], bias))
     mods: list[nn.Module] = []
+    k = parts[0].shape[1]
     for qtype, members, bs in groups:
         raws = [_as_stored(m)[1] for m in members]
-        raw = raws[0] if len(raws) == 1 else np.concatenate(raws)
-        if len(raws) > 1 and release is not None:
+        packed = cpu_kernels.interleave_parts(raws, qtype, k) if len(raws) > 1 or interleave else None
+        if packed is None:
+            raw = raws[0] if len(raws) == 1 else np.concatenate(raws)
+            packed = cpu_kernels.pack(raw, qtype, (raw.shape[0], k))
+        if (len(raws) > 1 or packed.interleaved) and release is not None:
             for m in members:
                 release(m)
-        packed = cpu_kernels.pack(raw, qtype, (raw.shape[0], parts[0].shape[1]))
         mods.append(cpu_kernels.QuantLinear(packed, torch.cat(bs) if bs else None))
     return mods[0] if len(mods) == 1 else FusedLinear(mods)
+
+
+def _pack_layer(layer: Any, p: str, cfg: ModelConfig, get: Any, vec: Any, release: Any, small: bool) -> None:
+    """One decoder layer's weights (tensor names under prefix ``p``) packed into ``layer``: q|k|v and the MLP's
+    input projections fused, q and k rows in the order our RoPE wants."""
+
+    def qk_rows(n_heads: int) -> Tensor:
+        return interleave_rows(torch.arange(n_heads * cfg.head_dim), n_heads, cfg.head_dim)
+
+    att = p + "self_attn."
+    perms = (qk_rows(cfg.n_heads), qk_rows(cfg.n_kv_heads), None)
+    qkv = [get(f"{att}{n}_proj.weight") for n in "qkv"]
+    qkv = [t if perm is None else _rows(t, perm) for t, perm in zip(qkv, perms, strict=True)]
+    qkv_b = None
+    if cfg.qkv_bias:
+        qkv_b = [get(f"{att}{n}_proj.bias").float() for n in "qkv"]
+        qkv_b = [b if perm is None else b[perm] for b, perm in zip(qkv_b, perms, strict=True)]
+    layer.attn.wqkv = packed_linear(qkv, qkv_b, release)
+    layer.attn.wo = packed_linear(
+        [get(att + "o_proj.weight")], [get(att + "o_proj.bias")] if cfg.out_bias else None, release, small
+    )
+    ins, out = (("gate_proj", "up_proj"), "down_proj") if cfg.mlp_type == "swiglu" else (("c_fc",), "c_proj")
+    layer.mlp.w_in = packed_linear(
+        [get(f"{p}mlp.{n}.weight") for n in ins],
+        [get(f"{p}mlp.{n}.bias") for n in ins] if cfg.mlp_bias else None,
+        release,
+    )
+    layer.mlp.w_out = packed_linear(
+        [get(f"{p}mlp.{out}.weight")],
+        [get(f"{p}mlp.{out}.bias")] if cfg.mlp_bias else None,
+        release,
+        small,
+    )
+    for ours, theirs in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
+        norm = getattr(layer, ours)
+        norm.weight = vec(f"{p}{theirs}.weight")
+        if cfg.norm_type == "layernorm":
+            norm.bias = vec(f"{p}{theirs}.bias")
 
 
 def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any = None) -> Transformer:
     """The CPU model on weights as stored (see the module docstring). Raises cpu_kernels.UnsupportedQuantType
     for a tensor type the kernels do not multiply. release(QTensor): called for each tensor whose bytes were
-    copied (fused), so its pages of the mapped file can leave the resident set (Checkpoint.release)."""
+    copied (fused or interleaved), so its pages of the mapped file can leave the resident set (Checkpoint.release)."""
     from model_backend import cpu_kernels
 
     def get(name: str) -> Any:
@@ -566,49 +682,25 @@ def build_packed_model(cfg: ModelConfig, tensors: dict[str, Any], release: Any =
     def vec(name: str) -> nn.Parameter:
         return nn.Parameter(get(name).float().contiguous(), requires_grad=False)
 
-    def qk_rows(n_heads: int) -> Tensor:
-        return interleave_rows(torch.arange(n_heads * cfg.head_dim), n_heads, cfg.head_dim)
-
     model = Transformer(cfg, device="meta")
+    # a small model's single matrices are re-laid out too (a copy of under INTERLEAVE_ALL_BYTES: well under a
+    # second); bigger ones only re-lay out what fusing copies anyway, so their load time and RSS stay the file's
+    small = sum(int(getattr(t, "nbytes", 0)) for t in tensors.values()) <= INTERLEAVE_ALL_BYTES
     e = get("model.embed_tokens.weight")
     qtype, raw = _as_stored(e)
     embed = cpu_kernels.pack(raw, qtype, tuple(e.shape))
+    if small:
+        embed = cpu_kernels.interleave(embed)  # also the tied lm_head's weight
+        if embed.interleaved and release is not None:
+            release(e)
     model.embed = QuantEmbedding(embed, cfg.hidden_size)
     for i, layer in enumerate(model.layers):
-        p = f"model.layers.{i}."
-        att = p + "self_attn."
-        perms = (qk_rows(cfg.n_heads), qk_rows(cfg.n_kv_heads), None)
-        qkv = [get(f"{att}{n}_proj.weight") for n in "qkv"]
-        qkv = [t if perm is None else _rows(t, perm) for t, perm in zip(qkv, perms, strict=True)]
-        qkv_b = None
-        if cfg.qkv_bias:
-            qkv_b = [get(f"{att}{n}_proj.bias").float() for n in "qkv"]
-            qkv_b = [b if perm is None else b[perm] for b, perm in zip(qkv_b, perms, strict=True)]
-        layer.attn.wqkv = packed_linear(qkv, qkv_b, release)
-        layer.attn.wo = packed_linear(
-            [get(att + "o_proj.weight")], [get(att + "o_proj.bias")] if cfg.out_bias else None
-        )
-        ins, out = (
-            (("gate_proj", "up_proj"), "down_proj") if cfg.mlp_type == "swiglu" else (("c_fc",), "c_proj")
-        )
-        layer.mlp.w_in = packed_linear(
-            [get(f"{p}mlp.{n}.weight") for n in ins],
-            [get(f"{p}mlp.{n}.bias") for n in ins] if cfg.mlp_bias else None,
-            release,
-        )
-        layer.mlp.w_out = packed_linear(
-            [get(f"{p}mlp.{out}.weight")], [get(f"{p}mlp.{out}.bias")] if cfg.mlp_bias else None
-        )
-        for ours, theirs in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
-            norm = getattr(layer, ours)
-            norm.weight = vec(f"{p}{theirs}.weight")
-            if cfg.norm_type == "layernorm":
-                norm.bias = vec(f"{p}{theirs}.bias")
+        _pack_layer(layer, f"model.layers.{i}.", cfg, get, vec, release, small)
     model.norm.weight = vec("model.norm.weight")
     if cfg.norm_type == "layernorm":
         model.norm.bias = vec("model.norm.bias")
     if "lm_head.weight" in tensors and not cfg.tie_word_embeddings:
-        model.lm_head = packed_linear([tensors["lm_head.weight"]], None)
+        model.lm_head = packed_linear([tensors["lm_head.weight"]], None, release, small)
     else:
         model.lm_head = cpu_kernels.QuantLinear(embed, None)  # tied: the embedding's blocks, not a copy
     return model.eval().requires_grad_(False)

@@ -516,6 +516,142 @@ AI void tile(int T, int RW, int RX, const job_t *J, int64_t n, int64_t m) {
     for (int j = 0; j < RX; j++) memcpy(J->y + (m + j) * J->N + n, out + j * RW, sizeof(float) * nv);
 }
 
+/* ---- Q4_0 / Q4_1 / Q8_0 interleaved 8 rows at a time ("x8", made by ck_interleave) -----------------------------
+ * Rows 8g .. 8g+7 (padded with zero rows), block b: one record of the 8 blocks' bytes: their 8 fp16 d, their 8
+ * fp16 m (Q4_1), then the quants in chunks of 32 bytes that hold 4 bytes of each row in turn (row i at bytes
+ * 4i..4i+3 of a chunk). One vpmaddubsw of a chunk with 4 activation bytes broadcast gives the 8 rows' partial
+ * sums side by side: a block's 8 integer sums come out as one vector (lane i = row i) without horizontal adds,
+ * and the float work (d * dx, the min term) is done once for 8 rows. Per lane it is one row's arithmetic,
+ *   acc = fma(isum_b, d_b * dx_b, acc), macc = fma(m_b, xs_b, macc) (Q4_1), y = acc + macc,
+ * so a row's bits do not depend on the other activation rows or the threads. */
+
+#define X8 16 /* type flag: the weight is in the x8 layout */
+
+static int x8_type(int T) { return T == T_Q4_0 || T == T_Q4_1 || T == T_Q8_0; }
+AI int64_t x8_scale_bytes(int T) { return T == T_Q4_1 ? 4 : 2; }
+
+AI __m256i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* one record's quants, ready for vpmaddubsw: Q4_0 / Q4_1 low nibbles in w[0..3] and high nibbles in w[4..7];
+ * Q8_0 |q| in w[0..7] (the signs are applied to the activations, from the record again) */
+AI void rec_unpack(int T, const uint8_t *qs, __m256i w[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int c = 0; c < (T == T_Q8_0 ? 8 : 4); c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        if (T == T_Q8_0) {
+            w[c] = _mm256_abs_epi8(v);
+        } else {
+            w[c] = _mm256_and_si256(v, m4);
+            w[4 + c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        }
+    }
+}
+
+/* the record's 8 integer block sums with one activation block (lane i = row i) */
+AI __m256i rec_dot(int T, const __m256i w[8], const uint8_t *qs, const int8_t *x) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (T == T_Q8_0) {
+        __m256i s = _mm256_setzero_si256();
+        for (int c = 0; c < 8; c++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i p = _mm256_maddubs_epi16(w[c], _mm256_sign_epi8(bcast4(x + 4 * c), v));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+        }
+        return s;
+    }
+    __m256i s16 = _mm256_setzero_si256(); /* |sum| <= 8 * 2 * 15 * 127 < 2^15: int16 is exact */
+    for (int c = 0; c < 4; c++) {
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[c], bcast4(x + 4 * c)));
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[4 + c], bcast4(x + 16 + 4 * c)));
+    }
+    return _mm256_madd_epi16(s16, ones);
+}
+
+/* rows 8g .. 8g+7 (those past N are not stored) x activation rows m .. m + RX - 1 */
+AI void tile_x8(int T, int RX, const job_t *J, int64_t g, int64_t m) {
+    const int64_t K = J->K, nb = K / 32, rec = 8 * BYTES[T], n = 8 * g;
+    const uint8_t *r = J->W + g * nb * rec;
+    const int8_t *xq = J->X->q + m * K;
+    const float *dxr = J->X->dx + m * nb, *xsr = J->X->xs + m * nb;
+    const int16_t *isr = J->X->bs32 + m * nb;
+    __m256 acc[4], macc[4];
+    for (int j = 0; j < RX; j++) acc[j] = macc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, r += rec) {
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)r));
+        const __m256 mn = T == T_Q4_1 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(r + 16))) : d;
+        const uint8_t *qs = r + 8 * x8_scale_bytes(T);
+        __m256i w[8];
+        rec_unpack(T, qs, w);  /* once for the RX activation rows */
+        for (int j = 0; j < RX; j++) {
+            __m256i s = rec_dot(T, w, qs, xq + j * K + b * 32);
+            if (T == T_Q4_0) s = _mm256_sub_epi32(s, _mm256_set1_epi32(8 * isr[j * nb + b]));
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(dxr[j * nb + b])), acc[j]);
+            if (T == T_Q4_1) macc[j] = _mm256_fmadd_ps(mn, _mm256_set1_ps(xsr[j * nb + b]), macc[j]);
+        }
+    }
+    const int64_t nv = J->N - n < 8 ? J->N - n : 8;
+    for (int j = 0; j < RX; j++) {
+        float out[8];
+        _mm256_storeu_ps(out, T == T_Q4_1 ? _mm256_add_ps(acc[j], macc[j]) : acc[j]);
+        memcpy(J->y + (m + j) * J->N + n, out, sizeof(float) * nv);
+    }
+}
+
+/* one thread's share of an x8 weight: rows [n0, n1) (whole groups) x all M activation rows, taken in chunks
+ * whose int8 copy stays in L2 (~256 KiB) while the weights stream past */
+AI void run_x8(int T, const job_t *J, int64_t n0, int64_t n1) {
+    int64_t mc = (256 * 1024) / J->K;
+    mc = mc < 4 ? 4 : mc / 4 * 4;
+    for (int64_t mb = 0; mb < J->M; mb += mc) {
+        const int64_t me = mb + mc < J->M ? mb + mc : J->M;
+        for (int64_t g = n0 / 8; g < (n1 + 7) / 8; g++)
+            for (int64_t m = mb; m < me; m += 4) {
+                switch (me - m < 4 ? me - m : 4) {
+                case 1: tile_x8(T, 1, J, g, m); break;
+                case 2: tile_x8(T, 2, J, g, m); break;
+                case 3: tile_x8(T, 3, J, g, m); break;
+                default: tile_x8(T, 4, J, g, m); break;
+                }
+            }
+    }
+}
+
+/* row n of an x8 weight back in the file's layout (row_bytes bytes) */
+static void x8_row(int T, const uint8_t *W, int64_t n, int64_t K, uint8_t *out) {
+    const int64_t nb = K / 32, bytes = BYTES[T], sb = x8_scale_bytes(T), i = n % 8;
+    const uint8_t *r = W + (n / 8) * nb * 8 * bytes;
+    for (int64_t b = 0; b < nb; b++, r += 8 * bytes, out += bytes) {
+        memcpy(out, r + 2 * i, 2);
+        if (sb == 4) memcpy(out + 2, r + 16 + 2 * i, 2);
+        for (int64_t c = 0; c < (bytes - sb) / 4; c++) memcpy(out + sb + 4 * c, r + 8 * sb + 32 * c + 4 * i, 4);
+    }
+}
+
+/* dst (ceil(N / 8) * 8 * row_bytes bytes) = the x8 layout of W [N rows as stored], padded with zero rows;
+ * returns 0 or -2 */
+int ck_interleave(int type, const uint8_t *W, int64_t row_bytes, int64_t N, int64_t K, uint8_t *dst) {
+    if (type < 0 || type >= T_COUNT || !x8_type(type) || K <= 0 || K % 32 || N < 0 ||
+        row_bytes != K / 32 * BYTES[type])
+        return -2;
+    const int64_t nb = K / 32, bytes = BYTES[type], sb = x8_scale_bytes(type);
+    if (N % 8) memset(dst + N / 8 * 8 * row_bytes, 0, (size_t)(8 * row_bytes)); /* the last group's padding */
+    for (int64_t n = 0; n < N; n++) {
+        uint8_t *r = dst + (n / 8) * nb * 8 * bytes;
+        const uint8_t *s = W + n * row_bytes;
+        const int64_t i = n % 8;
+        for (int64_t b = 0; b < nb; b++, r += 8 * bytes, s += bytes) {
+            memcpy(r + 2 * i, s, 2);
+            if (sb == 4) memcpy(r + 16 + 2 * i, s + 2, 2);
+            for (int64_t c = 0; c < (bytes - sb) / 4; c++) memcpy(r + 8 * sb + 32 * c + 4 * i, s + sb + 4 * c, 4);
+        }
+    }
+    return 0;
+}
+
 #ifndef RW_K
 #define RW_K 2
 #endif
@@ -554,6 +690,9 @@ static void run_job(const job_t *J, int64_t n0, int64_t n1) {
     case T_Q4_K: run_rows(T_Q4_K, J, n0, n1); break;
     case T_Q5_K: run_rows(T_Q5_K, J, n0, n1); break;
     case T_Q6_K: run_rows(T_Q6_K, J, n0, n1); break;
+    case X8 | T_Q4_0: run_x8(T_Q4_0, J, n0, n1); break;
+    case X8 | T_Q4_1: run_x8(T_Q4_1, J, n0, n1); break;
+    case X8 | T_Q8_0: run_x8(T_Q8_0, J, n0, n1); break;
     default: break;
     }
 }
@@ -641,6 +780,9 @@ static void parallel(task_fn fn, void *ctx, int nt) {
     pthread_mutex_unlock(&pool.dispatch);
 }
 
+/* the pool for the other C files (attention.c's prompt rows) */
+void ck_parallel(task_fn fn, void *ctx, int nt) { parallel(fn, ctx, nt); }
+
 static void matmul_task(void *ctx, int tid, int nt) {
     const job_t *J = (const job_t *)ctx;
     const int64_t groups = (J->N + 7) / 8;  /* threads take whole groups of 8 weight rows */
@@ -669,16 +811,17 @@ static void quantize_task(void *ctx, int tid, int nt) {
  * Returns 0, -1 (out of memory) or -2 (bad arguments). */
 int ck_matmul(int type, const uint8_t *W, int64_t row_bytes, const float *x, float *y, int64_t M, int64_t N,
               int64_t K, int nthreads, const float *bias) {
-    if (type <= T_F32 || type >= T_COUNT || M < 0 || N < 0 || K <= 0 || K % BLOCK[type] || K % 32 ||
-        row_bytes != K / BLOCK[type] * BYTES[type])
+    const int T = type & ~X8; /* type | X8: W is in the x8 layout (Q4_0, Q4_1, Q8_0) */
+    if (T <= T_F32 || T >= T_COUNT || (type & X8 && !x8_type(T)) || M < 0 || N < 0 || K <= 0 || K % BLOCK[T] ||
+        K % 32 || row_bytes != K / BLOCK[T] * BYTES[T])
         return -2;
     if (M == 0 || N == 0) return 0;
     job_t J = {type, W, row_bytes, M, N, K, x, &xbuf, y, bias};
     const int64_t groups = (N + 7) / 8;
     int nt = nthreads < 1 ? 1 : nthreads;
-    if (type != T_F16 && type != T_BF16) {
+    if (T != T_F16 && T != T_BF16) {
         if (alloc_x(M, K) != 0) return -1;
-        qjob_t Q = {&xbuf, x, M, K, type >= T_Q4_K};
+        qjob_t Q = {&xbuf, x, M, K, T >= T_Q4_K};
         parallel(quantize_task, &Q, M >= 16 ? nt : 1);  /* a prompt's rows are rounded in parallel too */
     }
     if (nt > groups) nt = (int)groups;
@@ -741,11 +884,17 @@ AI void dequant_row(int T, const uint8_t *r, int64_t K, float *o) {
 /* out[i, :] = row rows[i] of W, as float32 */
 int ck_dequant_rows(int type, const uint8_t *W, int64_t row_bytes, const int64_t *rows, int64_t nrows, int64_t N,
                     int64_t K, float *out) {
-    if (type < 0 || type >= T_COUNT || K <= 0 || K % BLOCK[type] || row_bytes != K / BLOCK[type] * BYTES[type])
+    const int x8 = type & X8; /* W in the x8 layout: each row is put back in the file's layout first */
+    type &= ~X8;
+    if (type < 0 || type >= T_COUNT || (x8 && !x8_type(type)) || K <= 0 || K % BLOCK[type] ||
+        row_bytes != K / BLOCK[type] * BYTES[type])
         return -2;
+    uint8_t *tmp = x8 ? malloc((size_t)row_bytes) : NULL;
+    if (x8 && !tmp) return -1;
     for (int64_t i = 0; i < nrows; i++) {
-        if (rows[i] < 0 || rows[i] >= N) return -2;
+        if (rows[i] < 0 || rows[i] >= N) { free(tmp); return -2; }
         const uint8_t *r = W + rows[i] * row_bytes;
+        if (x8) { x8_row(type, W, rows[i], K, tmp); r = tmp; }
         switch (type) {  /* constant type per call, so each case is compiled on its own */
         case T_F32: dequant_row(T_F32, r, K, out + i * K); break;
         case T_F16: dequant_row(T_F16, r, K, out + i * K); break;
@@ -760,5 +909,6 @@ int ck_dequant_rows(int type, const uint8_t *W, int64_t row_bytes, const int64_t
         default: dequant_row(T_Q6_K, r, K, out + i * K); break;
         }
     }
+    free(tmp);
     return 0;
 }

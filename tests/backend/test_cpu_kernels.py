@@ -209,3 +209,59 @@ def test_kernels_work_in_a_forked_child() -> None:
     proc = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=120, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
+
+
+@KERNELS
+@pytest.mark.parametrize("qtype", ck.INTERLEAVED_TYPES)
+def test_interleaved_layout_matches_gguf_and_is_batch_and_thread_invariant(qtype: str) -> None:
+    """The x8 layout (8 rows interleaved, made at load): the same bytes re-laid out, so rows dequantize exactly
+    as gguf-py's, products stay within the activation-rounding bound, and a row's bits do not depend on the
+    batch or the threads (row counts that are not a multiple of 8 are padded)."""
+    n, k = 21, 512
+    raw, ref = make_weight(qtype, n, k, seed=11)
+    w = ck.interleave(ck.pack(raw, qtype, (n, k)))
+    assert w.interleaved and w.out_features == n and w.nbytes == 24 * raw.shape[1]
+    rows = torch.tensor([20, 0, 9, 9, 16])
+    np.testing.assert_array_equal(ck.dequantize_rows(w, rows).numpy(), ref[rows.numpy()])
+    x = torch.randn(11, k, generator=torch.Generator().manual_seed(2))
+    x[0, :40] *= 30.0
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ck.matmul(x, w)
+        torch.set_num_threads(2)
+        two = ck.matmul(x, w)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    for j in range(11):
+        assert torch.equal(ck.matmul(x[j : j + 1], w), one[j : j + 1]), f"{qtype} row {j}"
+    wt = torch.from_numpy(ref).double()
+    err = (one.double() - x.double() @ wt.T).abs()
+    assert bool((err <= tolerance(qtype, x.double(), wt)).all())
+
+
+@KERNELS
+def test_interleave_parts_equals_interleaving_the_concatenation() -> None:
+    """q|k|v and gate|up parts are re-laid out straight into one buffer: the same bytes as interleaving their
+    concatenation (parts of 8k rows), and a concatenation first otherwise."""
+    a, _ = make_weight("Q4_1", 16, 256, seed=1)
+    b, _ = make_weight("Q4_1", 5, 256, seed=2)
+    c, _ = make_weight("Q4_1", 3, 256, seed=3)
+    for parts in ([a, b], [b, c, a]):
+        got = ck.interleave_parts(parts, "Q4_1", 256)
+        want = ck.interleave(ck.pack(np.concatenate(parts), "Q4_1", (sum(len(p) for p in parts), 256)))
+        assert got is not None and np.array_equal(got.data, want.data)
+    assert ck.interleave_parts([a], "Q4_K", 256) is None  # no x8 layout for K-quants
+
+
+@KERNELS
+def test_row_functions_match_torch() -> None:
+    """RMSNorm and SwiGLU of the C decode step (kernels/layer.c) against torch's."""
+    x = torch.randn(3, 576, generator=torch.Generator().manual_seed(4)) * 3
+    w = torch.rand(576) + 0.5
+    ref = torch.nn.functional.rms_norm(x, (576,), w, 1e-5)
+    assert torch.allclose(ck.rmsnorm(x, w, 1e-5), ref, rtol=1e-5, atol=1e-6)
+    h = torch.randn(2, 2 * 1536) * 4
+    ref = torch.nn.functional.silu(h[:, :1536]) * h[:, 1536:]
+    assert torch.allclose(ck.swiglu(h), ref, rtol=1e-5, atol=1e-6)

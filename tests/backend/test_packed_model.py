@@ -218,3 +218,56 @@ def test_an_unusable_cache_folder_falls_back_to_fp16_with_a_warning(tmp_path) ->
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True"]
     assert "kernel" in out.stderr.lower()  # the reason is logged
+
+
+def test_prompt_rows_have_the_bits_of_decode_steps() -> None:
+    """The default model on the C row functions: a prompt's logits (all positions), the same tokens decoded one
+    at a time (one C call per step for every layer), a prompt split in two, two rows decoded together and two
+    threads all give identical bits, so batching, prefix reuse and speculative verification never change the
+    text."""
+    from model_backend.engine import Engine
+
+    eng = Engine.load("default", max_batch=4, max_seq_len=256, progress=False)
+    m = eng.model
+    assert m.layer_stack is not None
+    toks = torch.tensor([eng.tokenizer.encode("def fibonacci(n):\n    if n < 2:\n        return n\n")])
+    t = toks.shape[1]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            prompt = m(toks, [0], [0], all_logits=True)[0]
+            steps = torch.stack([m(toks[:, j : j + 1], [j], [1])[0] for j in range(t)])
+            m(toks[:, :5], [0], [2])
+            split = m(toks[:, 5:], [5], [2], all_logits=True)[0]
+            torch.set_num_threads(2)
+            pair = m(toks[:, -1:].repeat(2, 1), [t - 1, t - 1], [0, 1])
+            two = m(toks, [0], [3], all_logits=True)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(prompt, steps) and torch.equal(split, prompt[5:]) and torch.equal(two, prompt)
+    assert torch.equal(pair[0], prompt[-1]) and torch.equal(pair[1], prompt[-1])
+
+
+def test_attention_rows_equal_decode_steps() -> None:
+    """A prompt's attention in one call (cache writes first, then every token on the pool's threads) gives each
+    token the bits of a decode step at its position (bq_attention_step_h)."""
+    from model_backend.model import rope_table
+
+    nh, nkv, hd, p0, t, cap = 9, 3, 64, 3, 20, 64
+    gen = torch.Generator().manual_seed(5)
+    qkv = torch.randn(t, (nh + 2 * nkv) * hd, generator=gen)
+    rope = torch.view_as_real(rope_table(hd, cap, 10000.0, 1.0, torch.device("cpu"))).reshape(cap, hd)
+    k0 = torch.randn(nkv, cap, hd, generator=gen).half()
+    v0 = torch.randn(nkv, cap, hd, generator=gen).half()
+    k, v = k0.clone(), v0.clone()
+    got = cpu_kernels.attention_rows(
+        qkv.clone(), rope[p0 : p0 + t].contiguous(), k, v, (nh, nkv, hd), p0, hd**-0.5
+    )
+    fn = cpu_kernels.attention_kernel()[torch.float16]
+    for j in range(t):
+        q, out = qkv[j].clone(), torch.empty(nh * hd)
+        rc = fn(q.data_ptr(), rope[p0 + j].data_ptr(), k0.data_ptr(), v0.data_ptr(), out.data_ptr(),
+                nh, nkv, hd, p0 + j, k0.stride(0), hd**-0.5)  # fmt: skip
+        assert rc == 0 and torch.equal(out, got[j]), j
+    assert torch.equal(k, k0) and torch.equal(v, v0)
