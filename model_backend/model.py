@@ -98,28 +98,7 @@ class Attention(nn.Module):
             # position (cpu_kernels.attention_kernel). Prompts go through it too, token by token, so a token's
             # result never depends on how it was batched or whether its prefix came from the cache (with
             # int8-rounded activations a last-bit difference in attention can flip a rounding and change the text)
-            qkv = qkv.contiguous()
-            out = torch.empty(b, t, nh * hd)
-            rope_f = torch.view_as_real(rope).contiguous()  # [b, t, 1, hd/2, 2]
-            for i, (slot, p0) in enumerate(steps):
-                kc, vc = k_cache[slot], v_cache[slot]  # [nkv, capacity, hd], contiguous
-                for j in range(t):
-                    rc = fn(
-                        qkv[i, j].data_ptr(),
-                        rope_f[i, j].data_ptr(),
-                        kc.data_ptr(),
-                        vc.data_ptr(),
-                        out[i, j].data_ptr(),
-                        nh,
-                        nkv,
-                        hd,
-                        p0 + j,
-                        kc.stride(0),
-                        hd**-0.5,
-                    )
-                    if rc != 0:
-                        raise RuntimeError(f"attention kernel failed (code {rc})")
-            return self.wo(out)
+            return self.wo(self._kernel_steps(fn, qkv.contiguous(), rope, k_cache, v_cache, steps))
         # RoPE on q and k at once: their weights are stored with each head's dims interleaved in pairs,
         # so a rotation is one complex multiply (q.k is unchanged by the same permutation of both)
         qk = qkv[..., : (nh + nkv) * hd].float().reshape(b, t, nh + nkv, hd // 2, 2)
@@ -154,6 +133,40 @@ class Attention(nn.Module):
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         out = torch.matmul(probs, values)  # [b, nkv, g, hd]
         return self.wo(out.reshape(b, 1, nh * hd))
+
+    def _kernel_steps(
+        self,
+        fn: Any,
+        qkv: Tensor,
+        rope: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        steps: Sequence[tuple[int, int]],
+    ) -> Tensor:
+        """Attention through the C step (see forward): each row's tokens in order; the heads' outputs."""
+        b, t, _ = qkv.shape
+        hd, nh, nkv = self.head_dim, self.n_heads, self.n_kv
+        out = torch.empty(b, t, nh * hd)
+        rope_f = torch.view_as_real(rope).contiguous()  # [b, t, 1, hd/2, 2]
+        for i, (slot, p0) in enumerate(steps):
+            kc, vc = k_cache[slot], v_cache[slot]  # [nkv, capacity, hd], contiguous
+            for j in range(t):
+                rc = fn(
+                    qkv[i, j].data_ptr(),
+                    rope_f[i, j].data_ptr(),
+                    kc.data_ptr(),
+                    vc.data_ptr(),
+                    out[i, j].data_ptr(),
+                    nh,
+                    nkv,
+                    hd,
+                    p0 + j,
+                    kc.stride(0),
+                    hd**-0.5,
+                )
+                if rc != 0:
+                    raise RuntimeError(f"attention kernel failed (code {rc})")
+        return out
 
 
 class MLP(nn.Module):
