@@ -173,9 +173,13 @@ def _cut_template_tokens(text: str) -> str:
     return text
 
 
+_PATH_HEADER = re.compile(r"^\s*(?:#|//|--|;+|%)\s*Path: \S")  # the prompt's file header (context.render)
+
+
 def strip_non_code(text: str, cur: Cursor) -> str:
     """What a chat or instruct model wraps around code is not code: template tokens end the text, leading
-    fence and prose lines go (with blank lines between them), and a later fence ends the code."""
+    fence and prose lines and echoes of the prompt's "# Path: file" header go (with blank lines between them),
+    and a later fence ends the code."""
     if cur.language is None or cur.in_text:
         return text
     lines = _cut_template_tokens(text).split("\n")
@@ -187,6 +191,7 @@ def strip_non_code(text: str, cur: Cursor) -> str:
         ln = lines[k]
         if (
             _FENCE.match(ln)
+            or (_PATH_HEADER.match(ln) and (k > 0 or cur.prefix_is_blank))
             or (_is_prose(ln) and (k > 0 or cur.prefix_is_blank))
             or (k > first and not ln.strip())
         ):

@@ -17,7 +17,8 @@ from pytest_lsp import ClientServerConfig, LanguageClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
-OPTIONS = {"maxTokens": 48, "timeout": 600, "debounceMs": 0}
+# one candidate per request: these tests are about the chat path, not ranking (test_lsp_e2e covers that)
+OPTIONS = {"maxTokens": 48, "timeout": 600, "debounceMs": 0, "explicitCandidates": 1}
 
 FIB = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n    '
 NOT_CODE = ("```", "Here is", "here is", "<|im_end|>", "<|im_start|>", "<HOLE>", "This ")

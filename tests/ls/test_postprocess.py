@@ -366,6 +366,23 @@ NON_CODE_CASES = [
         True,
         "return x * 2",
     ),
+    ("path-header-echo", "python", "def f(n):\n    █\n", "# Path: fib.py", True, None),
+    (
+        "path-header-then-code",
+        "python",
+        "def f(n):\n    █\n",
+        "# Path: fib.py\n    return n",
+        True,
+        "return n",
+    ),
+    (
+        "js-path-header",
+        "javascript",
+        "function f(x) {\n  █\n}\n",
+        "// Path: a.js\nreturn x;",
+        True,
+        "return x;",
+    ),
     (
         "sure-prose",
         "python",
