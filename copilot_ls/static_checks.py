@@ -165,7 +165,7 @@ def unknown_members(snap: Snapshot, line: int, line_prefix: str, text: str) -> l
 
 _DEF_HEAD = re.compile(r"^([ \t]*)def\s+([A-Za-z_]\w*)\s*\(", re.M)
 _CALL = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\s*\(")
-_KEYWORD_ARG = re.compile(r"(?<![\w=!<>*])([A-Za-z_]\w*)\s*=(?!=)")
+_KEYWORD_ARG = re.compile(r"\s*([A-Za-z_]\w*)\s*=(?!=)")  # at the start of an argument
 _SIGNATURES: MemoKey[dict[str, frozenset[str] | None]] = MemoKey("keyword parameters (static checks)")
 
 
@@ -183,20 +183,23 @@ def _close(code: str, open_at: int) -> int:
     return len(code)
 
 
-def _keyword_params(params: str) -> frozenset[str] | None:
-    """The names a call may pass by keyword (None: any, the function takes ``**kwargs``)."""
-    names: set[str] = set()
-    depth, part, parts = 0, [], []
-    for c in params:
+def _arguments(code: str) -> list[tuple[int, str]]:
+    """The comma-separated parts of a bracket's contents at its own depth, each with its offset in ``code``."""
+    out, depth, begin = [], 0, 0
+    for k, c in enumerate(code):
         depth += c in "([{"
         depth -= c in ")]}"
         if c == "," and depth == 0:
-            parts.append("".join(part))
-            part = []
-        else:
-            part.append(c)
-    parts.append("".join(part))
-    for raw in parts:
+            out.append((begin, code[begin:k]))
+            begin = k + 1
+    out.append((begin, code[begin:]))
+    return out
+
+
+def _keyword_params(params: str) -> frozenset[str] | None:
+    """The names a call may pass by keyword (None: any, the function takes ``**kwargs``)."""
+    names: set[str] = set()
+    for _, raw in _arguments(params):
         p = raw.split(":")[0].split("=")[0].strip()
         if p.startswith("**"):
             return None
@@ -256,14 +259,9 @@ def wrong_keywords(snap: Snapshot, line_prefix: str, text: str) -> list[str]:
         close = _close(code, call.end() - 1)
         if close <= start:
             continue
-        inner = code[call.end() : close]
-        depth = 0
-        for k, c in enumerate(inner):  # keywords at the call's own bracket depth only
-            depth += c in "([{"
-            depth -= c in ")]}"
-            if depth or not (m := _KEYWORD_ARG.match(inner, k)) or (k and inner[k - 1].isalnum()):
-                continue
-            if call.end() + k >= start and m.group(1) not in params:
+        for offset, arg in _arguments(code[call.end() : close]):  # the call's own arguments only
+            m = _KEYWORD_ARG.match(arg)
+            if m and call.end() + offset + m.start(1) >= start and m.group(1) not in params:
                 out.append(f"{call.group(1)}({m.group(1)}=)")
     return list(dict.fromkeys(out))
 

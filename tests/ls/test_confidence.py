@@ -242,6 +242,7 @@ class Point:
         ("x = ", "Empty(a=1)", ["Empty(a=)"]),
         ("x = ", "Point(x=1)", []),  # a decorated class: @dataclass writes its __init__
         ("x = ", "area(2, height=max(a, key=len))", []),  # max's keyword, not area's
+        ("x = ", "area(lambda depth=1: depth)", []),  # a lambda's default, not a keyword argument
         ("x = ", "os.path.join(a, b=1)", []),  # not a function of this file
         ("x = ", "area(2, height == 3)", []),  # a comparison
         ("x = ", "unknown(depth=3)", []),
