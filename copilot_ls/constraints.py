@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from copilot_ls.context.resolve import Resolver
 from copilot_ls.context.workspace import Workspace
 from copilot_ls.documents import MemoKey, Snapshot
-from copilot_ls.static_checks import _COMMENT, _STRING
+from copilot_ls.static_checks import code_only
 
 MAX_BASE_DEPTH = 6  # base classes followed this deep
 _CODE: MemoKey[str] = MemoKey("code only (constraints)")
@@ -70,15 +70,6 @@ class Constraint:
     typed: str  # the part of the member already typed before the cursor
     owner: str  # the class whose members these are
     obj: str  # the name before the dot
-
-
-def _code_only(text: str) -> str:
-    """``text`` with string literals and comments blanked, line breaks kept (so lines and offsets hold)."""
-
-    def blank(m: re.Match) -> str:
-        return re.sub(r"[^\n]", " ", m.group(0))
-
-    return _COMMENT.sub(blank, _STRING.sub(blank, text))
 
 
 def _indent(line: str) -> int:
@@ -238,7 +229,7 @@ class _Classes:
         return self._with_bases(members, bases, None, depth)
 
     def members_of_definition(self, d, depth: int) -> set[str] | None:
-        lines = _code_only(d.text).split("\n")
+        lines = code_only(d.text, keep_lines=True).split("\n")
         header = next((i for i, ln in enumerate(lines) if _CLASS.match(ln)), None)
         if header is None:
             return None
@@ -403,7 +394,7 @@ def member_constraint(
         return None
     obj, typed = m.group(1), m.group(2) or ""
     offset = snap.offset(line, col)
-    code = snap.memo(_CODE, lambda: _code_only(snap.text))
+    code = snap.memo(_CODE, lambda: code_only(snap.text, keep_lines=True))
     if code[offset - len(m.group(0)) : offset] != m.group(0):
         return None  # inside a string or a comment
     # code-only lines, with what the user is typing blanked (it is not a member)

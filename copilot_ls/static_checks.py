@@ -40,10 +40,14 @@ _KWARG_OR_ANN = re.compile(r"([A-Za-z_]\w*)\s*(?:=(?!=)|:(?=\s*[A-Za-z_]))")
 _DOC_NAMES: MemoKey[frozenset[str]] = MemoKey("identifiers mentioned in the document")
 
 
-def _code_only(text: str) -> str:
-    """``text`` with string literals and comments blanked (same length, so offsets hold)."""
-    text = _STRING.sub(lambda m: " " * len(m.group(0)), text)
-    return _COMMENT.sub(lambda m: " " * len(m.group(0)), text)
+def code_only(text: str, *, keep_lines: bool = False) -> str:
+    """``text`` with string literals and comments blanked (same length, so offsets hold); ``keep_lines``: the
+    line breaks inside triple-quoted strings stay, so line numbers hold too."""
+
+    def blank(m: re.Match) -> str:
+        return re.sub(r"[^\n]", " ", m.group(0)) if keep_lines else " " * len(m.group(0))
+
+    return _COMMENT.sub(blank, _STRING.sub(blank, text))
 
 
 def document_names(snap: Snapshot) -> frozenset[str]:
@@ -53,7 +57,7 @@ def document_names(snap: Snapshot) -> frozenset[str]:
 
 def bound_names(text: str) -> set[str]:
     """Names the text binds itself."""
-    code = _code_only(text)
+    code = code_only(text)
     out: set[str] = set()
     for rx in (_BINDERS, _LAMBDA, _DEF_PARAMS, _ASSIGN_LHS):
         for m in rx.finditer(code):
@@ -65,7 +69,7 @@ def bound_names(text: str) -> set[str]:
 def used_names(line_prefix: str, text: str) -> list[str]:
     """Identifiers the shown ``text`` uses as plain names (not after a dot), continuing a word the cursor's
     line already started (``pri`` + ``nt(x)`` uses ``print``)."""
-    code = _code_only(line_prefix + text)
+    code = code_only(line_prefix + text)
     start = len(line_prefix)
     out = []
     for m in _IDENT.finditer(code):
@@ -143,7 +147,7 @@ def unknown_members(snap: Snapshot, line: int, line_prefix: str, text: str) -> l
     classes = snap.memo(_CLASSES, lambda: _class_bodies(source))
     if not classes:
         return []
-    code = _code_only(line_prefix + text)
+    code = code_only(line_prefix + text)
     here = None
     out: list[str] = []
     for m in _MEMBER_USE.finditer(code):
@@ -213,7 +217,7 @@ def _keyword_params(params: str) -> frozenset[str] | None:
 def _signatures(source: str) -> dict[str, frozenset[str] | None]:
     """Top-level function name -> its keyword parameters; a base-less class -> its ``__init__``'s (without
     ``self``). Names defined more than once (or decorated: a decorator may change the signature) are left out."""
-    code = _code_only(source)
+    code = code_only(source)
     out: dict[str, frozenset[str] | None] = {}
     seen: set[str] = set()
     classes = _class_bodies(source)
@@ -249,7 +253,7 @@ def wrong_keywords(snap: Snapshot, line_prefix: str, text: str) -> list[str]:
     sigs = snap.memo(_SIGNATURES, lambda: _signatures(snap.text))
     if not sigs:
         return []
-    code = _code_only(line_prefix + text)
+    code = code_only(line_prefix + text)
     start = len(line_prefix)
     out: list[str] = []
     for call in _CALL.finditer(code):
