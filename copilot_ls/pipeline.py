@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from copilot_ls import chat
@@ -59,21 +59,26 @@ def budget_for(settings: Settings, meta: ModelMeta) -> PromptBudget:
     )
 
 
+Ask = Callable[[int, float], Awaitable[list[RawCandidate]]]  # (n, temperature) -> candidates
+
+
+async def n_candidates(ask: Ask, settings: Settings) -> list[RawCandidate]:
+    """settings.n candidates. With temperature 0 and n > 1: the greedy one plus n-1 samples, sent together (the
+    greedy candidate repeated n times would offer the editor nothing to cycle through)."""
+    if settings.n > 1 and settings.temperature == 0:
+        greedy, sampled = await asyncio.gather(ask(1, 0.0), ask(settings.n - 1, settings.sample_temperature))
+        return greedy + sampled
+    return await ask(settings.n, settings.temperature)
+
+
 async def ask_backend(
     client: BackendClient, prompt: Prompt, settings: Settings, guide: Constraint | None = None
 ) -> list[RawCandidate]:
-    """n candidates for `prompt`. With temperature 0 and n > 1: the greedy one plus n-1 samples (the greedy
-    candidate repeated n times would offer the editor nothing to cycle through). `guide`: guided decoding."""
+    """n candidates for `prompt` (n_candidates). `guide`: guided decoding."""
     kw: dict = dict(max_tokens=settings.max_tokens, top_p=settings.top_p, stop=prompt.stop)
     if guide is not None:
         kw.update(allowed_identifiers=guide.identifiers, guided=settings.guided_decoding)
-    if settings.n > 1 and settings.temperature == 0:
-        greedy, sampled = await asyncio.gather(
-            client.complete(prompt.prompt, n=1, temperature=0.0, **kw),
-            client.complete(prompt.prompt, n=settings.n - 1, temperature=settings.sample_temperature, **kw),
-        )
-        return greedy + sampled
-    return await client.complete(prompt.prompt, n=settings.n, temperature=settings.temperature, **kw)
+    return await n_candidates(lambda n, t: client.complete(prompt.prompt, n=n, temperature=t, **kw), settings)
 
 
 def chat_prompt(prompt: Prompt, snap: Snapshot) -> tuple[Prompt, chat.ChatPrompt]:
@@ -86,14 +91,7 @@ def chat_prompt(prompt: Prompt, snap: Snapshot) -> tuple[Prompt, chat.ChatPrompt
 async def ask_chat(client: BackendClient, msgs: chat.ChatPrompt, settings: Settings) -> list[RawCandidate]:
     """n candidates from a chat endpoint, each reply parsed to the text inserted at the cursor."""
     kw = dict(max_tokens=settings.max_tokens, top_p=settings.top_p)
-    if settings.n > 1 and settings.temperature == 0:
-        greedy, sampled = await asyncio.gather(
-            client.chat(msgs.messages, n=1, temperature=0.0, **kw),
-            client.chat(msgs.messages, n=settings.n - 1, temperature=settings.sample_temperature, **kw),
-        )
-        raw = greedy + sampled
-    else:
-        raw = await client.chat(msgs.messages, n=settings.n, temperature=settings.temperature, **kw)
+    raw = await n_candidates(lambda n, t: client.chat(msgs.messages, n=n, temperature=t, **kw), settings)
     return [replace(r, text=chat.parse_reply(r.text, msgs.before, msgs.after)) for r in raw]
 
 
